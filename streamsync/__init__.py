@@ -1,0 +1,1 @@
+"""streamsync: keeps Iterable user profiles in step with Salesforce (CDC + backfill)."""
