@@ -1,0 +1,79 @@
+"""Prometheus metrics of the sync, one registry per process (tests build their own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+class Metrics:
+    """Every metric the service exposes on /metrics, with stable names."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge(
+            "streamsync_queue_depth", "Records waiting in the queue", registry=r
+        )
+        self.queue_oldest_age_s = Gauge(
+            "streamsync_queue_oldest_age_seconds", "Age of the oldest queued record", registry=r
+        )
+        self.commit_to_iterable_s = Histogram(
+            "streamsync_commit_to_iterable_seconds",
+            "Time from the Salesforce commit to Iterable's confirmation",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.events_received = Counter(
+            "streamsync_events_received_total", "CDC events received", ["channel"], registry=r
+        )
+        self.last_event_ts = Gauge(
+            "streamsync_last_event_timestamp_seconds",
+            "Commit time of the last event seen per channel",
+            ["channel"],
+            registry=r,
+        )
+        self.records_synced = Counter(
+            "streamsync_records_synced_total", "Records confirmed by Iterable", ["object"],
+            registry=r,
+        )
+        self.records_skipped = Counter(
+            "streamsync_records_skipped_total", "Records skipped as unchanged", ["object"],
+            registry=r,
+        )
+        self.iterable_requests = Counter(
+            "streamsync_iterable_requests_total", "Iterable requests by endpoint and status",
+            ["endpoint", "status"], registry=r,
+        )
+        self.iterable_429s = Counter(
+            "streamsync_iterable_rate_limited_total", "Iterable 429 replies", registry=r
+        )
+        self.salesforce_calls = Counter(
+            "streamsync_salesforce_api_calls_total", "Salesforce REST calls by kind", ["kind"],
+            registry=r,
+        )
+        self.salesforce_api_usage = Gauge(
+            "streamsync_salesforce_api_usage", "Daily API requests used (Sforce-Limit-Info)",
+            registry=r,
+        )
+        self.salesforce_api_limit = Gauge(
+            "streamsync_salesforce_api_limit", "Daily API request allocation (Sforce-Limit-Info)",
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "streamsync_dead_letters", "Records in the dead-letter table by reason", ["reason"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "streamsync_dead_lettered_total", "Records dead-lettered by reason", ["reason"],
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            "streamsync_reconciliations_total", "Reconciliations run by trigger", ["trigger"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
