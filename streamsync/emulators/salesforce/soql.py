@@ -1,0 +1,906 @@
+"""A SOQL subset: tokenizer, recursive-descent parser and compiled execution over the tables."""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from operator import itemgetter
+from typing import Any
+
+from .errors import SalesforceError
+from .ids import is_valid_id, to18
+from .schema import BY_PREFIX, NAME_FIELDS, SCHEMA, SCHEMA_LOWER, STRING_TYPES, Field, SObject
+from .state import OrgState, Row, parse_datetime
+
+Getter = Callable[[Row], Any]
+Predicate = Callable[[Row], bool]
+
+_KEYWORDS = frozenset({"select", "from", "where", "and", "or", "not", "in", "like", "order", "by",
+                       "asc", "desc", "nulls", "first", "last", "limit", "offset", "null",
+                       "true", "false", "count"})
+_TOKEN_RE = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?(?:Z|[+-]\d{2}:?\d{2}))
+  | (?P<date>\d{4}-\d{2}-\d{2}(?![\dT]))
+  | (?P<number>[+-]?\d+(?:\.\d+)?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<string>')
+  | (?P<op>!=|<>|<=|>=|=|<|>)
+  | (?P<punct>[(),.:])
+""", re.VERBOSE)
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "'": "'",
+            "\\": "\\", "%": "\\%", "_": "\\_"}
+_RELATIVE_DATES = frozenset({"today", "yesterday", "tomorrow", "last_n_days", "next_n_days"})
+
+
+@dataclass
+class Token:
+    kind: str  # ident, string, number, date, datetime, op, punct, eof
+    value: str
+    pos: int
+
+
+def _malformed(query: str, pos: int, message: str) -> SalesforceError:
+    return SalesforceError(400, "MALFORMED_QUERY", _located(query, pos, message))
+
+
+def _located(query: str, pos: int, message: str) -> str:
+    line = query.replace("\n", " ")
+    return f"\n{line}\n{' ' * pos}^\nERROR at Row:1:Column:{pos + 1}\n{message}"
+
+
+def tokenize(query: str) -> list[Token]:
+    """Split a SOQL statement into tokens (strings unescaped, LIKE escapes kept)."""
+    out: list[Token] = []
+    pos = 0
+    n = len(query)
+    while pos < n:
+        m = _TOKEN_RE.match(query, pos)
+        if m is None:
+            raise _malformed(query, pos, f"unexpected token: '{query[pos]}'")
+        kind = m.lastgroup or ""
+        if kind == "ws":
+            pos = m.end()
+            continue
+        if kind == "string":
+            buf: list[str] = []
+            i = pos + 1
+            while True:
+                if i >= n:
+                    raise _malformed(query, pos, "unexpected end of query: missing quote")
+                ch = query[i]
+                if ch == "\\":
+                    if i + 1 >= n or query[i + 1] not in _ESCAPES:
+                        raise _malformed(query, i, "Invalid string literal: bad escape sequence")
+                    buf.append(_ESCAPES[query[i + 1]])
+                    i += 2
+                    continue
+                if ch == "'":
+                    break
+                buf.append(ch)
+                i += 1
+            out.append(Token("string", "".join(buf), pos))
+            pos = i + 1
+            continue
+        out.append(Token(kind, m.group(kind), pos))
+        pos = m.end()
+    out.append(Token("eof", "", n))
+    return out
+
+
+# -- AST ----------------------------------------------------------------------------------------
+@dataclass
+class Path:
+    parts: list[str]
+    pos: int
+
+
+@dataclass
+class Literal:
+    kind: str  # string, number, date, datetime, bool, null, relative
+    value: Any
+    pos: int
+
+
+@dataclass
+class Compare:
+    path: Path
+    op: str  # = != < <= > >= in notin like
+    values: list[Literal]
+
+
+@dataclass
+class BoolOp:
+    op: str  # and, or
+    items: list[Any]
+
+
+@dataclass
+class Not:
+    item: Any
+
+
+@dataclass
+class OrderKey:
+    path: Path
+    desc: bool
+    nulls_first: bool
+
+
+@dataclass
+class SelectItem:
+    path: Path | None  # None for COUNT()
+    aggregate: str | None = None
+    alias: str | None = None
+
+
+@dataclass
+class Query:
+    text: str
+    select: list[SelectItem]
+    sobject: str
+    sobject_pos: int
+    where: Any = None
+    order: list[OrderKey] = field(default_factory=list)
+    limit: int | None = None
+    offset: int = 0
+
+    @property
+    def is_count(self) -> bool:
+        return len(self.select) == 1 and self.select[0].aggregate == "count" \
+            and self.select[0].path is None
+
+
+class Parser:
+    """Recursive descent over the token list."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.toks = tokenize(text)
+        self.i = 0
+
+    def peek(self) -> Token:
+        return self.toks[self.i]
+
+    def next(self) -> Token:
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def is_kw(self, word: str, offset: int = 0) -> bool:
+        tok = self.toks[min(self.i + offset, len(self.toks) - 1)]
+        return tok.kind == "ident" and tok.value.lower() == word
+
+    def expect_kw(self, word: str) -> Token:
+        tok = self.next()
+        if tok.kind != "ident" or tok.value.lower() != word:
+            raise self.unexpected(tok)
+        return tok
+
+    def expect_punct(self, ch: str) -> Token:
+        tok = self.next()
+        if tok.kind != "punct" or tok.value != ch:
+            raise self.unexpected(tok)
+        return tok
+
+    def unexpected(self, tok: Token) -> SalesforceError:
+        if tok.kind == "eof":
+            return _malformed(self.text, tok.pos, "unexpected token: '<EOF>'")
+        shown = f"'{tok.value}'" if tok.kind == "string" else tok.value
+        return _malformed(self.text, tok.pos, f"unexpected token: {shown}")
+
+    def parse(self) -> Query:
+        self.expect_kw("select")
+        select = self.select_list()
+        self.expect_kw("from")
+        obj_tok = self.next()
+        if obj_tok.kind != "ident":
+            raise self.unexpected(obj_tok)
+        q = Query(self.text, select, obj_tok.value, obj_tok.pos)
+        if self.is_kw("where"):
+            self.next()
+            q.where = self.or_expr()
+        if self.is_kw("order"):
+            self.next()
+            self.expect_kw("by")
+            q.order = self.order_list()
+        if self.is_kw("limit"):
+            self.next()
+            q.limit = self.integer()
+        if self.is_kw("offset"):
+            self.next()
+            q.offset = self.integer()
+            if q.offset > 2000:
+                raise _malformed(self.text, self.toks[self.i - 1].pos,
+                                 "Maximum SOQL offset allowed is 2000")
+        tok = self.peek()
+        if tok.kind != "eof":
+            raise self.unexpected(tok)
+        return q
+
+    def integer(self) -> int:
+        tok = self.next()
+        if tok.kind != "number" or not tok.value.isdigit():
+            raise self.unexpected(tok)
+        return int(tok.value)
+
+    def select_list(self) -> list[SelectItem]:
+        items: list[SelectItem] = []
+        while True:
+            if self.is_kw("count") and self.toks[self.i + 1].value == "(":
+                self.next()
+                self.expect_punct("(")
+                path = None
+                if not (self.peek().kind == "punct" and self.peek().value == ")"):
+                    path = self.path()
+                self.expect_punct(")")
+                alias = None
+                tok = self.peek()
+                if tok.kind == "ident" and tok.value.lower() not in _KEYWORDS:
+                    alias = self.next().value
+                items.append(SelectItem(path, "count", alias))
+            else:
+                items.append(SelectItem(self.path()))
+            tok = self.peek()
+            if tok.kind == "punct" and tok.value == ",":
+                self.next()
+                continue
+            return items
+
+    def path(self) -> Path:
+        tok = self.next()
+        if tok.kind != "ident" or tok.value.lower() in ("from", "where"):
+            raise self.unexpected(tok)
+        parts = [tok.value]
+        while self.peek().kind == "punct" and self.peek().value == ".":
+            self.next()
+            nxt = self.next()
+            if nxt.kind != "ident":
+                raise self.unexpected(nxt)
+            parts.append(nxt.value)
+        return Path(parts, tok.pos)
+
+    def order_list(self) -> list[OrderKey]:
+        keys: list[OrderKey] = []
+        while True:
+            path = self.path()
+            desc = False
+            if self.is_kw("asc") or self.is_kw("desc"):
+                desc = self.next().value.lower() == "desc"
+            nulls_first = not desc
+            if self.is_kw("nulls"):
+                self.next()
+                tok = self.next()
+                if tok.kind != "ident" or tok.value.lower() not in ("first", "last"):
+                    raise self.unexpected(tok)
+                nulls_first = tok.value.lower() == "first"
+            keys.append(OrderKey(path, desc, nulls_first))
+            if self.peek().kind == "punct" and self.peek().value == ",":
+                self.next()
+                continue
+            return keys
+
+    def or_expr(self) -> Any:
+        items = [self.and_expr()]
+        while self.is_kw("or"):
+            self.next()
+            items.append(self.and_expr())
+        return items[0] if len(items) == 1 else BoolOp("or", items)
+
+    def and_expr(self) -> Any:
+        items = [self.not_expr()]
+        while self.is_kw("and"):
+            self.next()
+            items.append(self.not_expr())
+        return items[0] if len(items) == 1 else BoolOp("and", items)
+
+    def not_expr(self) -> Any:
+        if self.is_kw("not"):
+            self.next()
+            return Not(self.not_expr())
+        tok = self.peek()
+        if tok.kind == "punct" and tok.value == "(":
+            self.next()
+            inner = self.or_expr()
+            self.expect_punct(")")
+            return inner
+        return self.comparison()
+
+    def comparison(self) -> Compare:
+        path = self.path()
+        tok = self.next()
+        if tok.kind == "op":
+            op = "!=" if tok.value == "<>" else tok.value
+            return Compare(path, op, [self.literal()])
+        if tok.kind == "ident":
+            word = tok.value.lower()
+            if word == "like":
+                return Compare(path, "like", [self.literal()])
+            if word == "in":
+                return Compare(path, "in", self.literal_list())
+            if word == "not" and self.is_kw("in"):
+                self.next()
+                return Compare(path, "notin", self.literal_list())
+        raise self.unexpected(tok)
+
+    def literal_list(self) -> list[Literal]:
+        self.expect_punct("(")
+        values = [self.literal()]
+        while self.peek().kind == "punct" and self.peek().value == ",":
+            self.next()
+            values.append(self.literal())
+        self.expect_punct(")")
+        return values
+
+    def literal(self) -> Literal:
+        tok = self.next()
+        if tok.kind == "string":
+            if len(tok.value) > 4000:
+                raise _malformed(self.text, tok.pos, "String literal too long (max 4000)")
+            return Literal("string", tok.value, tok.pos)
+        if tok.kind == "number":
+            return Literal("number", float(tok.value), tok.pos)
+        if tok.kind == "date":
+            return Literal("date", tok.value, tok.pos)
+        if tok.kind == "datetime":
+            return Literal("datetime", parse_datetime(tok.value), tok.pos)
+        if tok.kind == "ident":
+            word = tok.value.lower()
+            if word in ("true", "false"):
+                return Literal("bool", word == "true", tok.pos)
+            if word == "null":
+                return Literal("null", None, tok.pos)
+            if word in _RELATIVE_DATES:
+                n = 0
+                if word.endswith("_n_days"):
+                    self.expect_punct(":")
+                    n = self.integer()
+                return Literal("relative", (word, n), tok.pos)
+        raise self.unexpected(tok)
+
+
+def parse(text: str) -> Query:
+    """Parse one SOQL statement."""
+    if not text.strip():
+        raise SalesforceError(400, "MALFORMED_QUERY", "unexpected token: '<EOF>'")
+    return Parser(text).parse()
+
+
+# -- compilation --------------------------------------------------------------------------------
+@dataclass
+class ResolvedPath:
+    """A field path resolved against the schema, with a row getter."""
+
+    names: list[str]  # canonical names along the path
+    leaf: Field
+    getter: Getter
+    hops: list[tuple[str, Field]]  # (relationship name, reference field) per hop
+
+
+class Compiler:
+    """Turns a parsed query into getters, a predicate and a renderer."""
+
+    def __init__(self, state: OrgState, query: Query, *, version: str) -> None:
+        self.state = state
+        self.q = query
+        self.version = version
+        obj = SCHEMA_LOWER.get(query.sobject.lower())
+        if obj is None:
+            raise SalesforceError(400, "INVALID_TYPE", _located(
+                query.text, query.sobject_pos,
+                f"sObject type '{query.sobject}' is not supported. If you are attempting to use a "
+                "custom object, be sure to append the '__c' after the entity name. Please "
+                "reference your WSDL or the describe call for the appropriate names."))
+        self.obj = obj
+        self.rows_by_prefix = {t.obj.key_prefix: t.rows for t in state.tables.values()}
+
+    def invalid_field(self, path: Path, message: str) -> SalesforceError:
+        return SalesforceError(400, "INVALID_FIELD", _located(self.q.text, path.pos, message))
+
+    def resolve(self, path: Path) -> ResolvedPath:
+        parts = list(path.parts)
+        if len(parts) > 1 and parts[0].lower() == self.obj.name.lower():
+            parts = parts[1:]
+        objs: list[SObject] = [self.obj]
+        names: list[str] = []
+        hops: list[tuple[str, Field]] = []
+        polymorphic = False
+        for hop in parts[:-1]:
+            if polymorphic:
+                raise self.invalid_field(path, f"Didn't understand relationship '{hop}' in "
+                                         "field path.")
+            rel: Field | None = None
+            for o in objs:
+                rel = o.relationships.get(hop.lower())
+                if rel is not None:
+                    break
+            if rel is None or not rel.reference_to or not all(r in SCHEMA
+                                                              for r in rel.reference_to):
+                raise self.invalid_field(
+                    path, f"Didn't understand relationship '{hop}' in field path. If you are "
+                    "attempting to use a custom relationship, be sure to append the '__r' after "
+                    "the custom relationship name. Please reference your WSDL or the describe "
+                    "call for the appropriate names.")
+            assert rel.relationship_name is not None
+            names.append(rel.relationship_name)
+            hops.append((rel.relationship_name, rel))
+            objs = [SCHEMA[r] for r in rel.reference_to]
+            polymorphic = len(objs) > 1
+        leaf_name = parts[-1]
+        leaf: Field | None = None
+        if polymorphic and leaf_name.lower() not in NAME_FIELDS:
+            leaf = None
+        else:
+            for o in objs:
+                leaf = o.get(leaf_name)
+                if leaf is not None:
+                    break
+        if leaf is None:
+            entity = "Name" if polymorphic else objs[0].name
+            raise self.invalid_field(
+                path, f"No such column '{leaf_name}' on entity '{entity}'. If you are attempting "
+                "to use a custom field, be sure to append the '__c' after the custom field name. "
+                "Please reference your WSDL or the describe call for the appropriate names.")
+        names.append(leaf.name)
+        getter = self._getter(hops, leaf.name)
+        return ResolvedPath(names, leaf, getter, hops)
+
+    def _leaf_getter(self, obj: SObject, name: str) -> Getter:
+        f = obj.get(name)
+        if f is None:
+            return lambda row: None
+        if not f.is_compound:
+            return itemgetter(f.slot)
+        slots = [(k, obj.by_lower[s.lower()].slot) for k, s in f.components]
+        if f.type == "address":
+            def address(row: Row) -> Any:
+                vals = {k: row[s] for k, s in slots}
+                if all(v is None for v in vals.values()):
+                    return None
+                return {"city": vals["City"], "country": vals["Country"],
+                        "geocodeAccuracy": None, "latitude": None, "longitude": None,
+                        "postalCode": vals["PostalCode"], "state": vals["State"],
+                        "street": vals["Street"]}
+            return address
+        name_slots = [s for k, s in slots if k in ("FirstName", "LastName")]
+
+        def full_name(row: Row) -> Any:
+            return " ".join(row[s] for s in name_slots if row[s]) or None
+        return full_name
+
+    def parent_getter(self, hops: list[tuple[str, Field]]) -> Callable[[Row], Row | None]:
+        """Row -> the parent row reached through `hops` (None when a link is empty)."""
+        rows_by_prefix = self.rows_by_prefix
+        steps: list[tuple[str, int]] = []
+        objs = [self.obj]
+        for _, ref in hops:
+            slot = next(o.get(ref.name) for o in objs if o.get(ref.name) is not None)
+            assert slot is not None
+            steps.append((ref.name, slot.slot))
+            objs = [SCHEMA[r] for r in ref.reference_to]
+        slots_only = [s for _, s in steps]
+        get_rows = rows_by_prefix.get
+
+        def parent(row: Row) -> Row | None:
+            cur: Row | None = row
+            for s in slots_only:
+                assert cur is not None
+                ref = cur[s]
+                if ref is None:
+                    return None
+                table = get_rows(ref[:3])
+                cur = table.get(ref) if table is not None else None
+                if cur is None:
+                    return None
+            return cur
+        return parent
+
+    def _getter(self, hops: list[tuple[str, Field]], leaf: str) -> Getter:
+        if not hops:
+            return self._leaf_getter(self.obj, leaf)
+        parent = self.parent_getter(hops)
+        targets = [SCHEMA[r] for r in hops[-1][1].reference_to]
+        by_prefix = {o.key_prefix: self._leaf_getter(o, leaf) for o in targets}
+        if len(by_prefix) == 1:
+            only = next(iter(by_prefix.values()))
+
+            def single(row: Row) -> Any:
+                p = parent(row)
+                return None if p is None else only(p)
+            return single
+
+        def poly(row: Row) -> Any:
+            p = parent(row)
+            if p is None:
+                return None
+            g = by_prefix.get(p[0][:3])
+            return None if g is None else g(p)
+        return poly
+
+    # -- WHERE ----------------------------------------------------------------------------------
+    def predicate(self, node: Any) -> Predicate:
+        if isinstance(node, BoolOp):
+            preds = [self.predicate(i) for i in node.items]
+            if node.op == "and":
+                return lambda row: all(p(row) for p in preds)
+            return lambda row: any(p(row) for p in preds)
+        if isinstance(node, Not):
+            inner = self.predicate(node.item)
+            return lambda row: not inner(row)
+        assert isinstance(node, Compare)
+        return self.compare(node)
+
+    def value_of(self, path: Path, f: Field, lit: Literal) -> Any:
+        """A literal converted to the stored representation of field f."""
+        t = f.type
+        if lit.kind == "null":
+            return None
+        if lit.kind == "relative":
+            word, n = lit.value
+            today = datetime.fromtimestamp(self.state.clock(), UTC).date()
+            offsets = {"today": 0, "yesterday": -1, "tomorrow": 1, "last_n_days": -n,
+                       "next_n_days": n}
+            day = today + timedelta(days=offsets[word])
+            if t == "date":
+                return day.isoformat()
+            if t == "datetime":
+                return day.isoformat() + "T00:00:00.000+0000"
+        if t in ("id", "reference"):
+            if lit.kind == "string":
+                v = lit.value
+                return to18(v) if len(v) == 15 and is_valid_id(v) else v
+        elif t in STRING_TYPES or t in ("address",):
+            if lit.kind == "string":
+                return lit.value
+        elif t == "boolean":
+            if lit.kind == "bool":
+                return lit.value
+        elif t in ("double", "currency", "percent", "int"):
+            if lit.kind == "number":
+                return lit.value
+        elif t == "date":
+            if lit.kind == "date":
+                return lit.value
+        elif t == "datetime":
+            if lit.kind == "datetime":
+                return lit.value
+        expected = {"reference": "id", "id": "id", "boolean": "boolean", "date": "date",
+                    "datetime": "dateTime", "double": "double", "currency": "double",
+                    "int": "int"}.get(t, "string")
+        quoted = "and should be enclosed in quotes" if expected in ("string", "id") \
+            else "and should not be enclosed in quotes"
+        raise SalesforceError(400, "INVALID_FIELD", _located(
+            self.q.text, lit.pos,
+            f"value of filter criterion for field '{f.name}' must be of type {expected} "
+            f"{quoted}"))
+
+    def compare(self, node: Compare) -> Predicate:
+        rp = self.resolve(node.path)
+        f = rp.leaf
+        if f.type == "address":
+            raise self.invalid_field(node.path, f"field '{f.name}' can not be filtered in a "
+                                     "query call")
+        get = rp.getter
+        values = [self.value_of(node.path, f, lit) for lit in node.values]
+        fold = f.type in STRING_TYPES
+        read: Getter = get
+        if fold:
+            values = [v.casefold() if isinstance(v, str) else v for v in values]
+
+            def folded(row: Row) -> Any:
+                v = get(row)
+                return v.casefold() if isinstance(v, str) else v
+            read = folded
+        op = node.op
+        if op == "like":
+            if f.type not in STRING_TYPES and f.type not in ("id", "reference"):
+                raise self.invalid_field(node.path, f"invalid operator on {f.type} field")
+            pattern = _like_regex(node.values[0].value)
+
+            def like(row: Row) -> bool:
+                v = get(row)
+                return v is not None and pattern.fullmatch(str(v)) is not None
+            return like
+        if op in ("in", "notin"):
+            wanted = set(values)
+            has_null = None in wanted
+            if op == "in":
+                return lambda row: read(row) in wanted
+            return lambda row: (read(row) not in wanted) and not (has_null and read(row) is None)
+        v0 = values[0]
+        if op == "=":
+            return lambda row: read(row) == v0
+        if op == "!=":
+            return lambda row: read(row) != v0
+        if v0 is None:
+            return lambda row: False
+        if op == "<":
+            return lambda row: (x := read(row)) is not None and x < v0
+        if op == "<=":
+            return lambda row: (x := read(row)) is not None and x <= v0
+        if op == ">":
+            return lambda row: (x := read(row)) is not None and x > v0
+        return lambda row: (x := read(row)) is not None and x >= v0
+
+    # -- SELECT rendering -----------------------------------------------------------------------
+    def renderer(self) -> tuple[Callable[[Row], dict[str, Any]], list[tuple[str, Getter]]]:
+        """(row -> REST record dict, [(dotted column, getter)] for CSV)."""
+        columns: list[tuple[str, Getter]] = []
+        tree: dict[str, Any] = {}
+        seen: set[str] = set()
+        for item in self.q.select:
+            if item.aggregate:
+                raise SalesforceError(400, "MALFORMED_QUERY", _located(
+                    self.q.text, 0, "Aggregate functions must be the only field selected"))
+            assert item.path is not None
+            rp = self.resolve(item.path)
+            dotted = ".".join(rp.names)
+            if dotted.lower() in seen:
+                raise self.invalid_field(item.path, f"duplicate field selected: {dotted}")
+            seen.add(dotted.lower())
+            columns.append((dotted, rp.getter))
+            node = tree
+            for i, (rel_name, _) in enumerate(rp.hops):
+                sub = node.get(rel_name)
+                if sub is None:
+                    sub = {"__hops__": rp.hops[: i + 1]}
+                    node[rel_name] = sub
+                node = sub
+            node[rp.names[-1]] = self._leaf_getter_any(rp)
+        return self._render_node(tree, self.obj.name, None), columns
+
+    def _leaf_getter_any(self, rp: ResolvedPath) -> Callable[[Row], Any]:
+        """Getter applied to the row of the leaf's own object (the parent row for a path)."""
+        if not rp.hops:
+            return rp.getter
+        targets = [SCHEMA[r] for r in rp.hops[-1][1].reference_to]
+        by_prefix = {o.key_prefix: self._leaf_getter(o, rp.leaf.name) for o in targets}
+        if len(by_prefix) == 1:
+            return next(iter(by_prefix.values()))
+        return lambda row: (g(row) if (g := by_prefix.get(row[0][:3])) else None)
+
+    def _render_node(self, tree: dict[str, Any], obj_name: str | None,
+                     hop_field: Field | None) -> Callable[[Row], dict[str, Any]]:
+        prefix = f"/services/data/v{self.version}/sobjects/"
+        leaves: list[tuple[str, Callable[[Row], Any]]] = []
+        children: list[tuple[str, Callable[[Row], Row | None], Callable[[Row], Any]]] = []
+        for key, value in tree.items():
+            if key == "__hops__":
+                continue
+            if isinstance(value, dict):
+                hops = value["__hops__"]
+                ref = hops[-1][1]
+                # Parent row from *this* node's row: one hop.
+                child_parent = self._one_hop(ref, obj_name)
+                targets = ref.reference_to
+                child_render = self._render_node(
+                    value, targets[0] if len(targets) == 1 else None, ref)
+                children.append((key, child_parent, child_render))
+            else:
+                leaves.append((key, value))
+        fixed_type = obj_name
+        poly = hop_field is not None and len(hop_field.reference_to) > 1
+
+        def render(row: Row) -> dict[str, Any]:
+            sf_id = row[0]
+            if fixed_type is not None:
+                t = fixed_type
+                url_obj = fixed_type
+            else:
+                o = BY_PREFIX.get(sf_id[:3])
+                url_obj = o.name if o else "Name"
+                t = "Name" if poly else url_obj
+            rec: dict[str, Any] = {"attributes": {"type": t, "url": prefix + url_obj + "/" + sf_id}}
+            for key, get in leaves:
+                rec[key] = get(row)
+            for key, parent, sub in children:
+                p = parent(row)
+                rec[key] = None if p is None else sub(p)
+            return rec
+        return render
+
+    def _one_hop(self, ref: Field, obj_name: str | None) -> Callable[[Row], Row | None]:
+        rows_by_prefix = self.rows_by_prefix
+        name = ref.name
+        if obj_name is not None:
+            slot = SCHEMA[obj_name].slot(name)
+            targets = {SCHEMA[r].key_prefix for r in ref.reference_to}
+            if len(targets) == 1:
+                only = rows_by_prefix[next(iter(targets))]
+
+                def fixed(row: Row) -> Row | None:
+                    target = row[slot]
+                    return None if target is None else only.get(target)
+                return fixed
+
+            def fixed_poly(row: Row) -> Row | None:
+                target = row[slot]
+                if target is None:
+                    return None
+                table = rows_by_prefix.get(target[:3])
+                return None if table is None else table.get(target)
+            return fixed_poly
+
+        def hop(row: Row) -> Row | None:
+            o = BY_PREFIX.get(row[0][:3])
+            if o is None:
+                return None
+            f = o.get(name)
+            if f is None:
+                return None
+            target = row[f.slot]
+            if target is None:
+                return None
+            table = rows_by_prefix.get(target[:3])
+            return None if table is None else table.get(target)
+        return hop
+
+
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
+
+
+# -- execution ----------------------------------------------------------------------------------
+@dataclass
+class QueryResult:
+    """Matched rows in order, and how to render them."""
+
+    sobject: str
+    rows: list[Row]
+    render: Callable[[Row], dict[str, Any]] | None
+    columns: list[tuple[str, Getter]]
+    total_size: int
+    aggregate: list[dict[str, Any]] | None = None
+
+
+def execute(state: OrgState, text: str, *, include_deleted: bool = False,
+            version: str = "66.0") -> QueryResult:
+    """Parse, compile and run a query against the state."""
+    q = parse(text)
+    comp = Compiler(state, q, version=version)
+    table = state.tables[comp.obj.name]
+    pred = comp.predicate(q.where) if q.where is not None else None
+    deleted_slot = table.deleted_slot
+    if not include_deleted and deleted_slot >= 0:
+        base = pred
+
+        def live(row: Row) -> bool:
+            return not row[deleted_slot] and (base is None or base(row))
+        pred = live
+
+    render = None
+    columns: list[tuple[str, Getter]] = []
+    aggregates = [i for i in q.select if i.aggregate]
+    if aggregates and len(q.select) > 1:
+        raise SalesforceError(400, "MALFORMED_QUERY", _located(
+            text, 0, "Field must be grouped or aggregated"))
+    if not aggregates:
+        render, columns = comp.renderer()
+    order_keys = [(comp.resolve(k.path), k) for k in q.order]
+    for rp, k in order_keys:
+        if rp.leaf.type == "address":
+            raise comp.invalid_field(k.path, f"field '{rp.leaf.name}' can not be sorted in a "
+                                     "query call")
+
+    id_order = (not order_keys) or (len(order_keys) == 1 and not order_keys[0][0].hops
+                                    and order_keys[0][0].leaf.name == "Id")
+    descending = bool(order_keys) and order_keys[0][1].desc
+    stop = None
+    if id_order and q.limit is not None and not aggregates:
+        stop = q.limit + q.offset
+    rows = _scan(table.ids, table.rows, q.where, pred, stop, descending if id_order else False)
+    if not id_order:
+        rows = _sort(rows, order_keys)
+    total = len(rows)
+    if q.offset:
+        rows = rows[q.offset:]
+    if q.limit is not None:
+        rows = rows[: q.limit]
+    if aggregates:
+        item = aggregates[0]
+        if item.path is None:
+            if q.limit is not None:
+                total = min(total, q.limit)
+            return QueryResult(comp.obj.name, [], None, [], total)
+        rp = comp.resolve(item.path)
+        n = sum(1 for r in rows if rp.getter(r) is not None)
+        alias = item.alias or "expr0"
+        agg = [{"attributes": {"type": "AggregateResult"}, alias: n}]
+        return QueryResult(comp.obj.name, [], None, [], 1, agg)
+    return QueryResult(comp.obj.name, rows, render, columns, len(rows))
+
+
+def _id_bounds(where: Any) -> tuple[str | None, bool, str | None, bool, list[str] | None]:
+    """Id range and Id list implied by top-level AND terms: (lo, lo_incl, hi, hi_incl, ids)."""
+    terms = where.items if isinstance(where, BoolOp) and where.op == "and" else [where]
+    lo: str | None = None
+    lo_incl = True
+    hi: str | None = None
+    hi_incl = True
+    ids: list[str] | None = None
+    for t in terms:
+        if not isinstance(t, Compare) or len(t.path.parts) != 1 \
+                or t.path.parts[0].lower() != "id":
+            continue
+        vals = [v.value for v in t.values if v.kind == "string"]
+        if len(vals) != len(t.values):
+            continue
+        vals = [to18(v) if len(v) == 15 and is_valid_id(v) else v for v in vals]
+        if t.op == "in" or t.op == "=":
+            ids = sorted(set(vals)) if ids is None else sorted(set(ids) & set(vals))
+        elif t.op in (">", ">="):
+            if lo is None or vals[0] > lo or (vals[0] == lo and t.op == ">"):
+                lo, lo_incl = vals[0], t.op == ">="
+        elif t.op in ("<", "<="):
+            if hi is None or vals[0] < hi or (vals[0] == hi and t.op == "<"):
+                hi, hi_incl = vals[0], t.op == "<="
+    return lo, lo_incl, hi, hi_incl, ids
+
+
+def _scan(ids: list[str], rows: dict[str, Row], where: Any, pred: Predicate | None,
+          stop: int | None, descending: bool) -> list[Row]:
+    """Matching rows in Id order, using the sorted ids for ranges and lists."""
+    start, end = 0, len(ids)
+    id_list: list[str] | None = None
+    if where is not None:
+        lo, lo_incl, hi, hi_incl, id_list = _id_bounds(where)
+        if lo is not None:
+            start = bisect_left(ids, lo) if lo_incl else bisect_right(ids, lo)
+        if hi is not None:
+            end = bisect_right(ids, hi) if hi_incl else bisect_left(ids, hi)
+    out: list[Row] = []
+    if id_list is not None:
+        candidates = [rows[i] for i in id_list if i in rows]
+        if descending:
+            candidates.reverse()
+        for row in candidates:
+            if pred is None or pred(row):
+                out.append(row)
+                if stop is not None and len(out) >= stop:
+                    break
+        return out
+    if start >= end:
+        return out
+    rng = range(end - 1, start - 1, -1) if descending else range(start, end)
+    if pred is None and stop is None:
+        seq = ids[start:end]
+        if descending:
+            seq.reverse()
+        return [rows[i] for i in seq]
+    for k in rng:
+        row = rows[ids[k]]
+        if pred is None or pred(row):
+            out.append(row)
+            if stop is not None and len(out) >= stop:
+                break
+    return out
+
+
+def _sort(rows: list[Row], keys: list[tuple[ResolvedPath, OrderKey]]) -> list[Row]:
+    out = list(rows)
+    for rp, k in reversed(keys):
+        get = rp.getter
+        fold = rp.leaf.type in STRING_TYPES
+        null_rank = 0 if (k.nulls_first != k.desc) else 2
+
+        def key(row: Row, get: Getter = get, fold: bool = fold,
+                null_rank: int = null_rank) -> tuple[int, Any]:
+            v = get(row)
+            if v is None:
+                return (null_rank, 0)
+            return (1, v.casefold() if fold and isinstance(v, str) else v)
+        out.sort(key=key, reverse=k.desc)
+    return out

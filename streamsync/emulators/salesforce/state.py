@@ -1,0 +1,572 @@
+"""The org's records and the write API; every committed write publishes CDC events."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from .errors import SalesforceError, not_found
+from .ids import IdSequence, is_valid_id, to18
+from .schema import BY_PREFIX, CDC_EXCLUDED, SCHEMA, SCHEMA_LOWER, Field, SObject
+
+Row = list[Any]
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:?\d{2})$")
+
+
+class Publisher(Protocol):
+    """What the state needs from the event bus."""
+
+    def publish(self, entity_name: str, payload: dict[str, Any]) -> int: ...
+
+
+def format_datetime(epoch_s: float) -> str:
+    """A REST/SOQL datetime: 2026-01-02T03:04:05.000+0000."""
+    return datetime.fromtimestamp(int(epoch_s), UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+def event_datetime(value: str) -> str:
+    """The CometD form of a stored datetime: 2026-01-02T03:04:05Z."""
+    return value[:19] + "Z"
+
+
+def parse_datetime(value: str) -> str:
+    """Normalise an ISO-8601 datetime to the stored form, or raise ValueError."""
+    if not _DATETIME_RE.match(value):
+        raise ValueError(value)
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+class Table:
+    """Records of one sObject: a dict by id and the ids in sorted (creation) order."""
+
+    __slots__ = ("obj", "rows", "ids", "seq", "deleted_slot")
+
+    def __init__(self, obj: SObject, seq: IdSequence) -> None:
+        self.obj = obj
+        self.rows: dict[str, Row] = {}
+        self.ids: list[str] = []
+        self.seq = seq
+        f = obj.get("IsDeleted")
+        self.deleted_slot = f.slot if f else -1
+
+    def insert(self, row: Row) -> None:
+        sf_id = row[0]
+        if self.ids and sf_id <= self.ids[-1]:
+            pos = bisect_left(self.ids, sf_id)
+            self.ids.insert(pos, sf_id)
+        else:
+            self.ids.append(sf_id)
+        self.rows[sf_id] = row
+
+    def remove(self, sf_id: str) -> None:
+        del self.rows[sf_id]
+        pos = bisect_left(self.ids, sf_id)
+        if pos < len(self.ids) and self.ids[pos] == sf_id:
+            del self.ids[pos]
+
+    def live_count(self) -> int:
+        if self.deleted_slot < 0:
+            return len(self.rows)
+        s = self.deleted_slot
+        return sum(1 for r in self.rows.values() if not r[s])
+
+
+class ApiUsage:
+    """Daily API request accounting, by kind of call."""
+
+    def __init__(self, daily_max: int) -> None:
+        self.daily_max = daily_max
+        self.used = 0
+        self.by_kind: dict[str, int] = {}
+
+    def count(self, kind: str) -> bool:
+        """Count one call; False when the allocation is already spent."""
+        if self.used >= self.daily_max:
+            self.by_kind["rejected"] = self.by_kind.get("rejected", 0) + 1
+            return False
+        self.used += 1
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"used": self.used, "max": self.daily_max, "by_kind": dict(self.by_kind)}
+
+
+class _Undo:
+    __slots__ = ("kind", "table", "sf_id", "row")
+
+    def __init__(self, kind: str, table: Table, sf_id: str, row: Row | None) -> None:
+        self.kind = kind
+        self.table = table
+        self.sf_id = sf_id
+        self.row = row
+
+
+class Transaction:
+    """One unit of work: writes, their undo log, and the CDC events they produce."""
+
+    def __init__(self, state: OrgState, *, origin: str, user_id: str) -> None:
+        self.state = state
+        self.origin = origin
+        self.user_id = user_id
+        self.now_s = state.clock()
+        self.now = format_datetime(self.now_s)
+        self.events: list[tuple[str, str, list[str], dict[str, Any], list[str], list[str]]] = []
+        self.undo: list[_Undo] = []
+
+    # -- writes -----------------------------------------------------------------------------
+    def create(self, obj_name: str, values: dict[str, Any]) -> str:
+        table = self.state.table(obj_name)
+        obj = table.obj
+        if any(k.lower() == "id" for k in values):
+            raise SalesforceError(400, "INVALID_FIELD",
+                                  "The Id field should not be specified in the sobject data.")
+        row: Row = [None] * obj.width
+        for f in obj.stored:
+            if f.type == "boolean":
+                row[f.slot] = False
+        self._apply(obj, row, values, creating=True)
+        missing = [f.name for f in obj.stored
+                   if not f.nillable and f.createable and row[f.slot] is None
+                   and f.name not in ("OwnerId",)]
+        if missing:
+            raise SalesforceError(400, "REQUIRED_FIELD_MISSING",
+                                  f"Required fields are missing: [{', '.join(missing)}]", missing)
+        sf_id = table.seq.next()
+        row[0] = sf_id
+        self._set_defaults(obj, row, creating=True)
+        table.insert(row)
+        self.undo.append(_Undo("create", table, sf_id, None))
+        self._event(obj.name, "CREATE", [sf_id], self.state.full_payload(obj, row), [], [])
+        return sf_id
+
+    def update(self, obj_name: str, sf_id: str, values: dict[str, Any], *,
+               touch_last_modified: bool = True, system: bool = False) -> None:
+        table = self.state.table(obj_name)
+        obj = table.obj
+        row = self._live_row(table, sf_id)
+        if obj.name == "Lead" and row[obj.slot("IsConverted")] and not system:
+            raise SalesforceError(400, "CANNOT_UPDATE_CONVERTED_LEAD",
+                                  "cannot reference converted lead")
+        before = list(row)
+        new = list(row)
+        self._apply(obj, new, values, creating=False, system=system)
+        changed = [f for f in obj.stored if new[f.slot] != before[f.slot]]
+        self._set_defaults(obj, new, creating=False)
+        row[:] = new
+        self.undo.append(_Undo("update", table, row[0], before))
+        if obj.name not in ("Lead", "Contact", "Account"):
+            return
+        payload: dict[str, Any] = {}
+        changed_names: list[str] = []
+        nulled: list[str] = []
+        for f in changed:
+            if f.name in CDC_EXCLUDED or f.name in ("LastModifiedDate", "LastModifiedById"):
+                continue
+            value = _event_value(f, new[f.slot])
+            if f.compound_of:
+                comp = obj.by_lower[f.compound_of.lower()]
+                key = next(k for k, stored in comp.components if stored == f.name)
+                payload.setdefault(comp.name, {})[key] = value
+                path = f"{comp.name}.{key}"
+            else:
+                payload[f.name] = value
+                path = f.name
+            changed_names.append(path)
+            if value is None:
+                nulled.append(path)
+        if touch_last_modified:
+            lm = obj.get("LastModifiedDate")
+            if lm is not None:
+                payload["LastModifiedDate"] = event_datetime(new[lm.slot])
+                changed_names.append("LastModifiedDate")
+            lmb = obj.slot("LastModifiedById")
+            if before[lmb] != new[lmb]:
+                payload["LastModifiedById"] = new[lmb]
+                changed_names.append("LastModifiedById")
+        if not changed_names:
+            return
+        self._event(obj.name, "UPDATE", [row[0]], payload, changed_names, nulled)
+
+    def delete(self, obj_name: str, sf_id: str) -> None:
+        table = self.state.table(obj_name)
+        if table.deleted_slot < 0:
+            raise SalesforceError(400, "INVALID_TYPE_FOR_OPERATION",
+                                  f"entity type {table.obj.name} does not support delete")
+        row = self._live_row(table, sf_id)
+        before = list(row)
+        row[table.deleted_slot] = True
+        row[table.obj.slot("SystemModstamp")] = self.now
+        self.undo.append(_Undo("update", table, row[0], before))
+        self._event(table.obj.name, "DELETE", [row[0]], {}, [], [])
+
+    def undelete(self, obj_name: str, sf_id: str) -> None:
+        table = self.state.table(obj_name)
+        row = table.rows.get(_norm_id(sf_id))
+        if row is None or table.deleted_slot < 0:
+            raise not_found()
+        if not row[table.deleted_slot]:
+            raise SalesforceError(400, "UNDELETE_FAILED", "Entity is not in the recycle bin")
+        before = list(row)
+        row[table.deleted_slot] = False
+        row[table.obj.slot("SystemModstamp")] = self.now
+        self.undo.append(_Undo("update", table, row[0], before))
+        self._event(table.obj.name, "UNDELETE", [row[0]],
+                    self.state.full_payload(table.obj, row), [], [])
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _live_row(self, table: Table, sf_id: str) -> Row:
+        if not is_valid_id(sf_id):
+            raise SalesforceError(400, "MALFORMED_ID",
+                                  f"{table.obj.name} ID: id value of incorrect type: {sf_id}",
+                                  ["Id"])
+        row = table.rows.get(to18(sf_id))
+        if row is None:
+            raise not_found()
+        if table.deleted_slot >= 0 and row[table.deleted_slot]:
+            raise SalesforceError(400, "ENTITY_IS_DELETED", "entity is deleted")
+        return row
+
+    def _set_defaults(self, obj: SObject, row: Row, *, creating: bool) -> None:
+        user = self.user_id
+        for name, value in (("LastModifiedDate", self.now), ("SystemModstamp", self.now),
+                            ("LastModifiedById", user)):
+            f = obj.get(name)
+            if f is not None:
+                row[f.slot] = value
+        if creating:
+            for name, value in (("CreatedDate", self.now), ("CreatedById", user),
+                                ("OwnerId", user)):
+                f = obj.get(name)
+                if f is not None and row[f.slot] is None:
+                    row[f.slot] = value
+            status = obj.get("Status")
+            if status is not None and row[status.slot] is None and status.picklist:
+                row[status.slot] = status.picklist[0]
+
+    def _apply(self, obj: SObject, row: Row, values: dict[str, Any], *, creating: bool,
+               system: bool = False) -> None:
+        bad: list[str] = []
+        for key, value in values.items():
+            if key == "attributes":
+                continue
+            f = obj.get(key)
+            if f is None:
+                raise SalesforceError(
+                    400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {obj.name}")
+            allowed = f.createable if creating else f.updateable
+            if (not allowed or f.is_compound) and not system:
+                bad.append(f.name)
+                continue
+            row[f.slot] = self.state.coerce(obj, f, value)
+        if bad:
+            raise SalesforceError(
+                400, "INVALID_FIELD_FOR_INSERT_UPDATE",
+                f"Unable to create/update fields: {', '.join(bad)}. Please check the security "
+                "settings of this field and verify that it is read/write for your profile or "
+                "permission set.", bad)
+
+    def _event(self, entity: str, change_type: str, record_ids: list[str],
+               payload: dict[str, Any], changed: list[str], nulled: list[str]) -> None:
+        if entity in ("Lead", "Contact", "Account"):
+            self.events.append((entity, change_type, record_ids, payload, changed, nulled))
+
+    def rollback(self) -> None:
+        for u in reversed(self.undo):
+            if u.kind == "create":
+                u.table.remove(u.sf_id)
+            elif u.row is not None:
+                u.table.rows[u.sf_id][:] = u.row
+        self.undo.clear()
+        self.events.clear()
+
+
+def _norm_id(sf_id: str) -> str:
+    return to18(sf_id) if len(sf_id) == 15 else sf_id
+
+
+def _event_value(f: Field, value: Any) -> Any:
+    if value is not None and f.type == "datetime":
+        return event_datetime(value)
+    return value
+
+
+class OrgState:
+    """Everything the emulated org holds: tables, users, the event bus and API usage."""
+
+    def __init__(self, *, bus: Publisher | None = None, api_version: str = "66.0",
+                 daily_api_max: int = 1_000_000, clock: Callable[[], float] = time.time,
+                 org_id: str = "00D8W0000000001EAA", event_log_size: int = 10_000) -> None:
+        self.bus = bus
+        self.api_version = api_version
+        self.clock = clock
+        self.org_id = org_id
+        self.usage = ApiUsage(daily_api_max)
+        self.tables: dict[str, Table] = {
+            name: Table(obj, IdSequence(obj.key_prefix)) for name, obj in SCHEMA.items()
+        }
+        self.commit_number = 10_000_000_000
+        self.event_log: deque[dict[str, Any]] = deque(maxlen=event_log_size)
+        self.integration_user_id = ""
+        self.sessions: Any = None  # set by the app: oauth.Sessions
+
+    # -- lookups ----------------------------------------------------------------------------
+    def table(self, obj_name: str) -> Table:
+        obj = SCHEMA_LOWER.get(obj_name.lower())
+        if obj is None:
+            raise SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
+        return self.tables[obj.name]
+
+    def get_row(self, sf_id: str) -> Row | None:
+        """The stored row of any object, found by key prefix."""
+        obj = BY_PREFIX.get(sf_id[:3])
+        if obj is None:
+            return None
+        return self.tables[obj.name].rows.get(sf_id)
+
+    def record(self, obj_name: str, sf_id: str) -> dict[str, Any] | None:
+        """A record as a {field: value} dict (stored fields only), or None."""
+        table = self.table(obj_name)
+        row = table.rows.get(_norm_id(sf_id))
+        if row is None:
+            return None
+        return {f.name: row[f.slot] for f in table.obj.stored}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {name: {"total": len(t.rows), "live": t.live_count()}
+                for name, t in self.tables.items()}
+
+    # -- values -----------------------------------------------------------------------------
+    def coerce(self, obj: SObject, f: Field, value: Any) -> Any:
+        """Validate one written value and turn it into its stored form."""
+        if value is None:
+            if not f.nillable:
+                if f.type == "boolean":
+                    raise SalesforceError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                                          f"{f.label}: value not of required type: null",
+                                          [f.name])
+                raise SalesforceError(400, "REQUIRED_FIELD_MISSING",
+                                      f"Required fields are missing: [{f.name}]", [f.name])
+            return None
+        t = f.type
+        if t == "boolean":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+        elif t in ("double", "currency", "percent"):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        elif t == "int":
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+        elif t == "date":
+            if isinstance(value, str) and _DATE_RE.match(value):
+                return value
+        elif t == "datetime":
+            if isinstance(value, str):
+                try:
+                    return parse_datetime(value)
+                except ValueError:
+                    pass
+        elif t in ("reference", "id"):
+            if isinstance(value, str) and is_valid_id(value):
+                ref = to18(value)
+                if ref[:3] not in {SCHEMA[r].key_prefix for r in f.reference_to if r in SCHEMA}:
+                    raise SalesforceError(
+                        400, "FIELD_INTEGRITY_EXCEPTION",
+                        f"{f.label}: id value of incorrect type: {value}", [f.name])
+                if self.get_row(ref) is None:
+                    raise SalesforceError(
+                        400, "INVALID_CROSS_REFERENCE_KEY",
+                        "invalid cross reference id", [f.name])
+                return ref
+            if isinstance(value, str):
+                raise SalesforceError(400, "MALFORMED_ID",
+                                      f"{f.label}: id value of incorrect type: {value}",
+                                      [f.name])
+        else:
+            if isinstance(value, str):
+                if f.length and len(value) > f.length:
+                    raise SalesforceError(
+                        400, "STRING_TOO_LONG",
+                        f"{f.label}: data value too large: {value[:40]} "
+                        f"(max length={f.length})", [f.name])
+                if t == "email" and value and not _EMAIL_RE.match(value):
+                    raise SalesforceError(400, "INVALID_EMAIL_ADDRESS",
+                                          f"{f.label}: invalid email address: {value}",
+                                          [f.name])
+                return value if value != "" else None
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return str(value)
+        raise SalesforceError(400, "JSON_PARSER_ERROR",
+                              f"Cannot deserialize instance of {t} from value {value!r} "
+                              f"for field {f.name}")
+
+    def full_payload(self, obj: SObject, row: Row) -> dict[str, Any]:
+        """A CREATE/UNDELETE event body: every non-null field, compounds nested."""
+        payload: dict[str, Any] = {}
+        for f in obj.fields:
+            if f.name in CDC_EXCLUDED or f.compound_of:
+                continue
+            if f.is_compound:
+                comp = {k: row[obj.by_lower[s.lower()].slot] for k, s in f.components}
+                comp = {k: v for k, v in comp.items() if v is not None}
+                if comp:
+                    payload[f.name] = comp
+                continue
+            value = row[f.slot]
+            if value is not None:
+                payload[f.name] = _event_value(f, value)
+        return payload
+
+    # -- transactions -----------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, *, origin: str = "", user_id: str | None = None,
+                    merge: bool = True) -> Iterator[Transaction]:
+        """Run writes as one transaction: all or nothing, then publish its events."""
+        tx = Transaction(self, origin=origin, user_id=user_id or self.integration_user_id)
+        try:
+            yield tx
+        except BaseException:
+            tx.rollback()
+            raise
+        self._commit(tx, merge=merge)
+
+    def _commit(self, tx: Transaction, *, merge: bool) -> None:
+        if not tx.events:
+            return
+        events = _merge(tx.events) if merge else tx.events
+        self.commit_number += 1
+        key = str(uuid.UUID(int=uuid.uuid4().int))
+        commit_ms = int(tx.now_s * 1000)
+        for seq, (entity, change_type, record_ids, payload, changed, nulled) in enumerate(
+                events, start=1):
+            header = {
+                "entityName": entity,
+                "recordIds": record_ids,
+                "changeType": change_type,
+                "changeOrigin": tx.origin,
+                "transactionKey": key,
+                "sequenceNumber": seq,
+                "commitTimestamp": commit_ms,
+                "commitNumber": self.commit_number,
+                "commitUser": tx.user_id,
+                "changedFields": changed,
+                "diffFields": [],
+                "nulledFields": nulled,
+            }
+            body = {"ChangeEventHeader": header, **payload}
+            self.event_log.append(body)
+            if self.bus is not None:
+                self.bus.publish(entity, body)
+
+    # -- convenience write API (one transaction each) ---------------------------------------
+    def create(self, obj_name: str, values: dict[str, Any], *, origin: str = "") -> str:
+        with self.transaction(origin=origin) as tx:
+            return tx.create(obj_name, values)
+
+    def update(self, obj_name: str, sf_id: str, values: dict[str, Any], *,
+               origin: str = "") -> None:
+        with self.transaction(origin=origin) as tx:
+            tx.update(obj_name, sf_id, values)
+
+    def delete(self, obj_name: str, sf_id: str, *, origin: str = "") -> None:
+        with self.transaction(origin=origin) as tx:
+            tx.delete(obj_name, sf_id)
+
+    def undelete(self, obj_name: str, sf_id: str, *, origin: str = "") -> None:
+        with self.transaction(origin=origin) as tx:
+            tx.undelete(obj_name, sf_id)
+
+    def mass_update(self, obj_name: str, record_ids: list[str], values: dict[str, Any], *,
+                    origin: str = "") -> int:
+        """Apply the same change to many records in one transaction (merged CDC events)."""
+        with self.transaction(origin=origin) as tx:
+            for sf_id in record_ids:
+                tx.update(obj_name, sf_id, values)
+        return len(record_ids)
+
+    def convert_lead(self, lead_id: str, *, converted_status: str = "Closed - Converted",
+                     account_id: str | None = None, origin: str = "") -> dict[str, str]:
+        """Convert a Lead: Account CREATE (unless given), Contact CREATE, Lead UPDATE."""
+        leads = self.table("Lead")
+        with self.transaction(origin=origin, merge=False) as tx:
+            row = tx._live_row(leads, lead_id)
+            lead = {f.name: row[f.slot] for f in leads.obj.stored}
+            if lead["IsConverted"]:
+                raise SalesforceError(400, "CANNOT_UPDATE_CONVERTED_LEAD",
+                                      "cannot reference converted lead")
+            owner = lead["OwnerId"] if str(lead["OwnerId"]).startswith("005") else None
+            if account_id is None:
+                acc: dict[str, Any] = {
+                    "Name": lead["Company"], "Industry": lead["Industry"],
+                    "Phone": lead["Phone"], "Website": lead["Website"],
+                    "AnnualRevenue": lead["AnnualRevenue"],
+                    "NumberOfEmployees": lead["NumberOfEmployees"],
+                    "BillingStreet": lead["Street"], "BillingCity": lead["City"],
+                    "BillingState": lead["State"], "BillingPostalCode": lead["PostalCode"],
+                    "BillingCountry": lead["Country"],
+                }
+                if owner:
+                    acc["OwnerId"] = owner
+                account_id = tx.create("Account", {k: v for k, v in acc.items()
+                                                   if v is not None})
+            con: dict[str, Any] = {
+                "AccountId": account_id, "Salutation": lead["Salutation"],
+                "FirstName": lead["FirstName"], "LastName": lead["LastName"],
+                "Title": lead["Title"], "Email": lead["Email"], "Phone": lead["Phone"],
+                "MobilePhone": lead["MobilePhone"], "LeadSource": lead["LeadSource"],
+                "MailingStreet": lead["Street"], "MailingCity": lead["City"],
+                "MailingState": lead["State"], "MailingPostalCode": lead["PostalCode"],
+                "MailingCountry": lead["Country"],
+                "HasOptedOutOfEmail": lead["HasOptedOutOfEmail"],
+                "Lifecycle_Stage__c": lead["Lifecycle_Stage__c"],
+                "External_Id__c": lead["External_Id__c"],
+            }
+            if owner:
+                con["OwnerId"] = owner
+            contact_id = tx.create("Contact", {k: v for k, v in con.items() if v is not None})
+            today = datetime.fromtimestamp(int(tx.now_s), UTC).strftime("%Y-%m-%d")
+            tx.update("Lead", row[0], {
+                "Status": converted_status, "IsConverted": True, "ConvertedDate": today,
+                "ConvertedAccountId": account_id, "ConvertedContactId": contact_id,
+            }, touch_last_modified=False, system=True)
+        return {"leadId": row[0], "accountId": account_id, "contactId": contact_id}
+
+
+def _merge(events: list[tuple[str, str, list[str], dict[str, Any], list[str], list[str]]],
+           ) -> list[tuple[str, str, list[str], dict[str, Any], list[str], list[str]]]:
+    """Merge consecutive identical non-CREATE changes to records of one type."""
+    out: list[tuple[str, str, list[str], dict[str, Any], list[str], list[str]]] = []
+    last_key: bytes | None = None
+    for ev in events:
+        entity, change_type, record_ids, payload, changed, nulled = ev
+        key = None
+        if change_type != "CREATE" and change_type != "UNDELETE":
+            key = orjson.dumps([entity, change_type, payload, changed, nulled],
+                               option=orjson.OPT_SORT_KEYS)
+        if key is not None and key == last_key:
+            out[-1][2].extend(record_ids)
+            continue
+        out.append((entity, change_type, list(record_ids), payload, changed, nulled))
+        last_key = key
+    return out
