@@ -1,0 +1,366 @@
+"""The one HTTP session factory, status and network error mapping, retries and call counting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import random
+import ssl as ssl_module
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+
+from streamsync.errors import (
+    AuthError,
+    FatalError,
+    RateLimited,
+    RetriableError,
+    TransientError,
+)
+from streamsync.logs import get_logger
+
+T = TypeVar("T")
+
+log = get_logger(__name__)
+
+NETWORK_ERROR = "network"
+TIMEOUT = "timeout"
+BODY_EXCERPT_CHARS = 300
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def make_session(
+    timeout_s: float,
+    *,
+    ssl: ssl_module.SSLContext | bool = True,
+    limit: int = 100,
+    connect_timeout_s: float | None = None,
+) -> aiohttp.ClientSession:
+    """A client session with a total per-request timeout, TLS verification on by default, a
+    bounded connection pool and orjson for JSON bodies. Must be called inside a running loop."""
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    connector = aiohttp.TCPConnector(limit=limit, ssl=ssl)
+    timeout = aiohttp.ClientTimeout(
+        total=timeout_s, connect=connect_timeout_s if connect_timeout_s is not None else timeout_s
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        json_serialize=_json_dumps,
+        raise_for_status=False,
+        auto_decompress=True,
+    )
+
+
+class UnexpectedStatus(FatalError):
+    """A non-retriable HTTP reply that no adapter rule covers (an unexpected 4xx)."""
+
+    def __init__(self, api: str, endpoint: str, status: int, detail: str) -> None:
+        super().__init__(f"{api} {endpoint} answered HTTP {status}: {detail}")
+        self.api = api
+        self.endpoint = endpoint
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A fully read HTTP reply: status, headers and body bytes."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    api: str
+    endpoint: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body parsed as JSON; an unparsable body is a TransientError (a garbled reply)."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise TransientError(
+                f"{self.api} {self.endpoint} sent a body that is not JSON "
+                f"(HTTP {self.status}): {excerpt(self.body)}"
+            ) from exc
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+def excerpt(body: bytes, limit: int = BODY_EXCERPT_CHARS) -> str:
+    """The start of a reply body for an error message, never more than `limit` characters."""
+    text = body.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        current = time.time() if now_s is None else now_s
+        return max(0.0, when.timestamp() - current)
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return None
+    return seconds
+
+
+def default_status_error(resp: HttpResponse) -> Exception:
+    """The generic mapping of a non-2xx reply: 429 → RateLimited, 408/5xx → TransientError,
+    401/403 → AuthError, any other status → UnexpectedStatus."""
+    where = f"{resp.api} {resp.endpoint}"
+    status = resp.status
+    if status == 429:
+        return RateLimited(
+            f"{where} is rate limited (HTTP 429)",
+            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
+        )
+    if status == 408 or status >= 500:
+        return TransientError(
+            f"{where} failed with HTTP {status}: {excerpt(resp.body)}",
+            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
+        )
+    if status in (401, 403):
+        return AuthError(f"{where} refused the credentials (HTTP {status}): {excerpt(resp.body)}")
+    return UnexpectedStatus(resp.api, resp.endpoint, status, excerpt(resp.body))
+
+
+def raise_for_status(resp: HttpResponse) -> HttpResponse:
+    """Return a 2xx reply unchanged; raise the generic error of any other."""
+    if resp.ok:
+        return resp
+    raise default_status_error(resp)
+
+
+class UsageCounter:
+    """Counts calls per API, endpoint and status, and remembers reported usage allocations.
+
+    Statuses are HTTP codes as strings, or "network"/"timeout" when no reply arrived.
+    """
+
+    def __init__(self) -> None:
+        self._calls: Counter[tuple[str, str, str]] = Counter()
+        self._usage: dict[str, tuple[int, int]] = {}
+        self._listeners: list[Callable[[str, str, str], None]] = []
+
+    def subscribe(self, listener: Callable[[str, str, str], None]) -> None:
+        """Call `listener(api, endpoint, status)` on every recorded call (e.g. for metrics)."""
+        self._listeners.append(listener)
+
+    def record(self, api: str, endpoint: str, status: int | str) -> None:
+        key = (api, endpoint, str(status))
+        self._calls[key] += 1
+        for listener in self._listeners:
+            listener(*key)
+
+    def set_usage(self, api: str, used: int, allowed: int) -> None:
+        """Store the latest usage the remote side reported (e.g. Sforce-Limit-Info)."""
+        self._usage[api] = (used, allowed)
+
+    def usage(self, api: str) -> tuple[int, int] | None:
+        return self._usage.get(api)
+
+    def total(
+        self,
+        api: str | None = None,
+        *,
+        endpoint: str | None = None,
+        status: int | str | None = None,
+    ) -> int:
+        """Calls matching every given filter."""
+        wanted = None if status is None else str(status)
+        return sum(
+            n
+            for (a, e, s), n in self._calls.items()
+            if (api is None or a == api)
+            and (endpoint is None or e == endpoint)
+            and (wanted is None or s == wanted)
+        )
+
+    def by_status(self, api: str, endpoint: str | None = None) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for (a, e, s), n in self._calls.items():
+            if a == api and (endpoint is None or e == endpoint):
+                out[s] += n
+        return dict(out)
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{api: {endpoint: {status: calls}}}, a copy safe to serialise."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for (a, e, s), n in sorted(self._calls.items()):
+            out.setdefault(a, {}).setdefault(e, {})[s] = n
+        return out
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    api: str,
+    endpoint: str,
+    counter: UsageCounter | None = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+    form: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> HttpResponse:
+    """Send one request and read the whole reply. Network failures, timeouts and truncated
+    replies become TransientError; the status is NOT checked (callers map it)."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+    body: bytes | aiohttp.FormData | None = data
+    if form is not None:
+        body = aiohttp.FormData(dict(form))
+    try:
+        async with session.request(
+            method, url, headers=headers, params=params, data=body, timeout=timeout
+        ) as raw:
+            payload = await raw.read()
+            resp = HttpResponse(raw.status, raw.headers, payload, api, endpoint)
+    except TimeoutError as exc:
+        if counter is not None:
+            counter.record(api, endpoint, TIMEOUT)
+        raise TransientError(f"{api} {endpoint}: no reply in time ({method})") from exc
+    except aiohttp.ClientError as exc:
+        if counter is not None:
+            counter.record(api, endpoint, NETWORK_ERROR)
+        raise TransientError(
+            f"{api} {endpoint}: network failure ({type(exc).__name__}: {exc})"
+        ) from exc
+    if counter is not None:
+        counter.record(api, endpoint, resp.status)
+    return resp
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    api: str,
+    endpoint: str,
+    counter: UsageCounter | None = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+    error_for: Callable[[HttpResponse], Exception] = default_status_error,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """Open a request whose 2xx body the caller reads incrementally. A non-2xx reply is read
+    and raised through `error_for`; network failures while reading become TransientError."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+    try:
+        async with session.request(
+            method, url, headers=headers, params=params, timeout=timeout
+        ) as raw:
+            if counter is not None:
+                counter.record(api, endpoint, raw.status)
+            if not 200 <= raw.status < 300:
+                payload = await raw.read()
+                raise error_for(HttpResponse(raw.status, raw.headers, payload, api, endpoint))
+            yield raw
+    except TimeoutError as exc:
+        raise TransientError(f"{api} {endpoint}: no reply in time ({method})") from exc
+    except aiohttp.ClientError as exc:
+        raise TransientError(
+            f"{api} {endpoint}: network failure ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _uniform(low: float, high: float) -> float:
+    return random.uniform(low, high)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A retry policy declared at the call site: exponential backoff with full jitter, a cap on
+    attempts and on total time, and `retry_after_s` from the error honoured when it is sent.
+
+        result = await Retry(attempts=5, deadline_s=60).call(lambda: client.query_page(url))
+
+    Tests inject `sleep` (and `clock`) so no real time passes.
+    """
+
+    attempts: int = 5
+    base_s: float = 0.5
+    max_backoff_s: float = 30.0
+    deadline_s: float | None = None
+    retry_on: tuple[type[BaseException], ...] = (RetriableError,)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    jitter: Callable[[float, float], float] = _uniform
+    on_retry: Callable[[int, BaseException, float], None] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+        if self.base_s < 0 or self.max_backoff_s < 0:
+            raise ValueError("base_s and max_backoff_s must not be negative")
+
+    def delay_s(self, attempt: int, error: BaseException) -> float:
+        """The wait after failed attempt number `attempt` (1-based)."""
+        ceiling = min(self.max_backoff_s, self.base_s * (2 ** (attempt - 1)))
+        delay = self.jitter(0.0, ceiling)
+        retry_after = getattr(error, "retry_after_s", None)
+        if isinstance(retry_after, int | float) and retry_after > 0:
+            # The server said when; a little jitter spreads the waiting callers apart.
+            delay = float(retry_after) + self.jitter(0.0, min(self.base_s, float(retry_after)))
+        return delay
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await `fn()` until it succeeds, a non-retriable error is raised, or the attempts or
+        the deadline run out (then the last error is raised unchanged)."""
+        started = self.clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn()
+            except self.retry_on as exc:
+                if attempt >= self.attempts:
+                    raise
+                delay = self.delay_s(attempt, exc)
+                if self.deadline_s is not None:
+                    remaining = self.deadline_s - (self.clock() - started)
+                    if delay > remaining:
+                        raise
+                if self.on_retry is not None:
+                    self.on_retry(attempt, exc, delay)
+                log.info(
+                    "http.retry",
+                    attempt=attempt,
+                    delay_s=round(delay, 3),
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                )
+                await self.sleep(delay)
+
+
+NO_RETRY = Retry(attempts=1)
