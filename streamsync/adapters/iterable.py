@@ -1,0 +1,380 @@
+"""Iterable users API client: bulk updates with per-user failure attribution, single-user calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from streamsync.adapters.http import (
+    HttpResponse,
+    UsageCounter,
+    excerpt,
+    parse_retry_after,
+    send,
+)
+from streamsync.errors import (
+    AuthError,
+    RateLimited,
+    RecordError,
+    StreamsyncError,
+    TransientError,
+)
+from streamsync.logs import get_logger
+
+log = get_logger(__name__)
+
+API = "iterable"
+Secret = str | Callable[[], str]
+
+# failedUpdates list name → (identifier kind, reason recorded in the dead-letter table)
+FAILURE_LISTS: dict[str, tuple[str, str]] = {
+    "invalidEmails": ("email", "invalid_email"),
+    "invalidUserIds": ("userId", "invalid_user_id"),
+    "invalidDataEmails": ("email", "invalid_data"),
+    "invalidDataUserIds": ("userId", "invalid_data"),
+    "forgottenEmails": ("email", "forgotten"),
+    "forgottenUserIds": ("userId", "forgotten"),
+    "conflictEmails": ("email", "conflict"),
+    "conflictUserIds": ("userId", "conflict"),
+    "notFoundEmails": ("email", "not_found"),
+    "notFoundUserIds": ("userId", "not_found"),
+}
+# Iterable error codes on single-user calls → per-record reason
+RECORD_REASONS: dict[str, str] = {
+    "InvalidEmailAddressError": "invalid_email",
+    "InvalidUserIdError": "invalid_user_id",
+    "EmailAlreadyExists": "conflict",
+    "UserIdAlreadyExists": "conflict",
+    "ExternalKeyConflict": "conflict",
+    "ForgottenUserError": "forgotten",
+    "UnknownEmailError": "not_found",
+    "UnknownUserIdError": "not_found",
+    "NotFound": "not_found",
+    "RequestFieldsTypesMismatched": "type_mismatch",
+    "UniqueFieldsLimitExceeded": "field_limit",
+}
+
+
+class BatchError(StreamsyncError):
+    """Iterable refused a whole request (HTTP 400 BadParams, BadJsonBody, ...): nothing in it
+    was applied. The caller dead-letters or splits the batch; a retry as is cannot succeed."""
+
+    def __init__(self, status: int, code: str, msg: str, params: Any = None) -> None:
+        super().__init__(f"iterable rejected the request: HTTP {status} {code}: {msg}")
+        self.status = status
+        self.code = code
+        self.msg = msg
+        self.params = params
+
+
+class BatchRejected(BatchError):
+    """400 RequestFieldsTypesMismatched: some users carry values whose type does not match the
+    project's field types. `fields` maps each offending field name to Iterable's detail
+    (expectedType, incomingTypes, offendingValue); the caller isolates the offending users."""
+
+    def __init__(self, status: int, code: str, msg: str, params: Any,
+                 fields: dict[str, dict[str, Any]]) -> None:
+        super().__init__(status, code, msg, params)
+        self.fields = fields
+
+
+class BatchTooLarge(BatchError):
+    """413, or 400 BatchTooLarge: the body or user count is over the limit; split and resend."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserFailure:
+    """One user Iterable did not update, by the identifier it reported."""
+
+    key: str
+    kind: str  # "email" or "userId"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """A 200 reply to bulkUpdate: counts, per-user failures, and field bookkeeping."""
+
+    success_count: int
+    fail_count: int
+    failures: tuple[UserFailure, ...] = ()
+    created_fields: tuple[str, ...] = ()
+    filtered_out_fields: tuple[str, ...] = ()
+    _by_email: dict[str, str] = field(default_factory=dict, repr=False)
+    _by_user_id: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def reason_for(self, *, email: str | None = None, user_id: str | None = None) -> str | None:
+        """The failure reason of the user sent with this email/userId, or None if it succeeded.
+        Emails compare case-insensitively (Iterable stores them lower-cased)."""
+        if email is not None:
+            reason = self._by_email.get(email.lower())
+            if reason is not None:
+                return reason
+        if user_id is not None:
+            return self._by_user_id.get(user_id)
+        return None
+
+
+def parse_bulk_result(body: Any) -> BulkResult:
+    """Build a BulkResult from a bulkUpdate 200 body (failedUpdates plus the deprecated
+    top-level invalidEmails/invalidUserIds)."""
+    if not isinstance(body, dict) or "successCount" not in body or "failCount" not in body:
+        raise TransientError("iterable bulkUpdate: 200 reply lacks successCount/failCount")
+    lists: dict[str, list[Any]] = {}
+    failed = body.get("failedUpdates")
+    if isinstance(failed, dict):
+        for name, values in failed.items():
+            if isinstance(values, list):
+                lists.setdefault(name, []).extend(values)
+    for name in ("invalidEmails", "invalidUserIds"):
+        values = body.get(name)
+        if isinstance(values, list):
+            lists.setdefault(name, []).extend(values)
+    failures: list[UserFailure] = []
+    by_email: dict[str, str] = {}
+    by_user_id: dict[str, str] = {}
+    for name, values in lists.items():
+        kind, reason = FAILURE_LISTS.get(
+            name, ("userId" if name.endswith("UserIds") else "email", _snake(name))
+        )
+        target = by_email if kind == "email" else by_user_id
+        for value in values:
+            key = str(value)
+            lookup = key.lower() if kind == "email" else key
+            if lookup in target:
+                continue  # listed in failedUpdates and the deprecated top level
+            target[lookup] = reason
+            failures.append(UserFailure(key, kind, reason))
+    return BulkResult(
+        success_count=int(body["successCount"]),
+        fail_count=int(body["failCount"]),
+        failures=tuple(failures),
+        created_fields=tuple(str(f) for f in body.get("createdFields") or ()),
+        filtered_out_fields=tuple(str(f) for f in body.get("filteredOutFields") or ()),
+        _by_email=by_email,
+        _by_user_id=by_user_id,
+    )
+
+
+def _snake(name: str) -> str:
+    out = "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+    return out.removesuffix("_emails").removesuffix("_user_ids").strip("_") or "failed"
+
+
+def _envelope(resp: HttpResponse) -> tuple[str, str, Any]:
+    try:
+        body = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return "", excerpt(resp.body), None
+    if isinstance(body, dict):
+        return str(body.get("code", "")), str(body.get("msg", "")), body.get("params")
+    return "", excerpt(resp.body), None
+
+
+def mismatched_fields(params: Any) -> dict[str, dict[str, Any]]:
+    """Field name → detail from RequestFieldsTypesMismatched params.validationErrors; keys look
+    like `<project prefix>:::<fieldName>`."""
+    errors = params.get("validationErrors") if isinstance(params, dict) else None
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(errors, dict):
+        for key, detail in errors.items():
+            name = str(key).split(":::", 1)[-1]
+            out[name] = detail if isinstance(detail, dict) else {"detail": detail}
+    return out
+
+
+def error_for(resp: HttpResponse) -> Exception:
+    """Map a non-2xx Iterable reply (of any endpoint) to the error tree."""
+    status = resp.status
+    code, msg, params = _envelope(resp)
+    where = f"iterable {resp.endpoint}"
+    if status == 429 or code == "RateLimitExceeded":
+        return RateLimited(
+            f"{where}: rate limited: {msg}",
+            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
+        )
+    if status in (408, 425) or status >= 500 or code in ("DatabaseError", "GenericError"):
+        return TransientError(f"{where}: HTTP {status} {code}: {msg}")
+    if status == 401 or code in ("BadApiKey", "BadAuthorizationHeader", "Unauthorized"):
+        return AuthError(f"{where}: the API key was refused (HTTP {status} {code}): {msg}")
+    if status == 413 or code == "BatchTooLarge":
+        return BatchTooLarge(status, code or "BatchTooLarge", msg or "request body too large")
+    if code == "RequestFieldsTypesMismatched":
+        return BatchRejected(status, code, msg, params, mismatched_fields(params))
+    return BatchError(status, code or f"HTTP_{status}", msg, params)
+
+
+def _record_error(error: Exception) -> Exception:
+    """On single-user calls a request rejection concerns that one user: a RecordError."""
+    if isinstance(error, BatchTooLarge):
+        return RecordError("too_large", error.msg)
+    if isinstance(error, BatchRejected):
+        return RecordError("type_mismatch", ", ".join(sorted(error.fields)) or error.msg)
+    if isinstance(error, BatchError):
+        reason = RECORD_REASONS.get(error.code)
+        if reason is None:
+            # A JSON 404 or "User does not exist" means the user is unknown; an HTML 404
+            # ("Action not found") means a wrong base URL and stays a rejection.
+            unknown = "does not exist" in error.msg.lower() or (
+                error.status == 404 and not error.code.startswith("HTTP_")
+            )
+            reason = "not_found" if unknown else "rejected"
+        return RecordError(reason, f"{error.code}: {error.msg}")
+    return error
+
+
+class IterableClient:
+    """Calls Iterable's users API with the `Api-Key` header (never logged, hidden in repr).
+
+    It does not retry and does not rate-limit: the writer wraps calls in a shared RateLimiter
+    and a Retry policy. Every call is counted in `counter` per endpoint and status.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: Secret,
+        counter: UsageCounter | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> None:
+        self._session = session
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.counter = counter if counter is not None else UsageCounter()
+        self._timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"IterableClient(base_url={self.base_url!r}, api_key=[redacted])"
+
+    def _headers(self, with_body: bool) -> dict[str, str]:
+        key = self._api_key() if callable(self._api_key) else self._api_key
+        headers = {"Api-Key": key, "Accept": "application/json"}
+        if with_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        resp = await send(
+            self._session,
+            method,
+            self.base_url + path,
+            api=API,
+            endpoint=endpoint,
+            counter=self.counter,
+            headers=self._headers(data is not None),
+            params=params,
+            data=data,
+            timeout_s=self._timeout_s,
+        )
+        if not resp.ok:
+            raise error_for(resp)
+        return resp
+
+    async def _single(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        try:
+            return await self._call(method, path, endpoint, data=data, params=params)
+        except BatchError as exc:
+            raise _record_error(exc) from exc
+
+    async def bulk_update(self, body: bytes) -> BulkResult:
+        """POST /api/users/bulkUpdate with a pre-encoded body `{"users": [...], ...}`.
+
+        200 → BulkResult (per-user failures by reason); 400 RequestFieldsTypesMismatched →
+        BatchRejected; 413/BatchTooLarge → BatchTooLarge; other 400 → BatchError;
+        429 → RateLimited; 5xx, timeouts, network → TransientError; 401 → AuthError.
+        """
+        resp = await self._call("POST", "/api/users/bulkUpdate", "bulkUpdate", data=body)
+        return parse_bulk_result(resp.json())
+
+    async def update_user(self, user: Mapping[str, Any]) -> None:
+        """POST /api/users/update for one user (`email` or `userId`, `dataFields`, ...).
+        A rejection of that user (invalid email, type mismatch, conflict) is a RecordError."""
+        await self._single("POST", "/api/users/update", "update", data=orjson.dumps(user))
+
+    async def update_email(
+        self,
+        new_email: str,
+        *,
+        current_email: str | None = None,
+        current_user_id: str | None = None,
+    ) -> None:
+        """POST /api/users/updateEmail: move a profile to `new_email`, keeping its history."""
+        if (current_email is None) == (current_user_id is None):
+            raise ValueError("give exactly one of current_email and current_user_id")
+        body: dict[str, str] = {"newEmail": new_email}
+        if current_email is not None:
+            body["currentEmail"] = current_email
+        else:
+            body["currentUserId"] = str(current_user_id)
+        await self._single(
+            "POST", "/api/users/updateEmail", "updateEmail", data=orjson.dumps(body)
+        )
+
+    async def get_user(
+        self, *, email: str | None = None, user_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """The user profile (`{"email", "userId", "dataFields"}`) or None when unknown
+        (Iterable answers 200 `{}` for an unknown user)."""
+        if (email is None) == (user_id is None):
+            raise ValueError("give exactly one of email and user_id")
+        if email is not None:
+            resp = await self._single(
+                "GET", "/api/users/getByEmail", "getUser", params={"email": email}
+            )
+        else:
+            resp = await self._single(
+                "GET", "/api/users/byUserId", "getUser", params={"userId": str(user_id)}
+            )
+        body = resp.json()
+        if not isinstance(body, dict):
+            raise TransientError("iterable getUser: reply is not a JSON object")
+        user = body.get("user")
+        return user if isinstance(user, dict) else None
+
+    async def delete_user(self, *, email: str | None = None, user_id: str | None = None) -> bool:
+        """Delete a user; True if Iterable deleted one, False if there was none (idempotent)."""
+        if (email is None) == (user_id is None):
+            raise ValueError("give exactly one of email and user_id")
+        if email is not None:
+            path = f"/api/users/{quote(email, safe='@')}"
+        else:
+            path = f"/api/users/byUserId/{quote(str(user_id), safe='')}"
+        try:
+            await self._single("DELETE", path, "deleteUser")
+        except RecordError as exc:
+            if exc.reason == "not_found":
+                return False
+            raise
+        return True
+
+    async def get_fields(self) -> dict[str, str]:
+        """GET /api/users/getFields: field name (dotted for nested) → type."""
+        resp = await self._call("GET", "/api/users/getFields", "getFields")
+        body = resp.json()
+        fields = body.get("fields") if isinstance(body, dict) else None
+        if not isinstance(fields, dict):
+            raise TransientError("iterable getFields: reply has no fields object")
+        return {str(k): str(v) for k, v in fields.items()}
