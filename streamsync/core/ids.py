@@ -1,0 +1,68 @@
+"""Salesforce record ids: validation, 15→18 conversion with the case checksum, key prefixes."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from streamsync.errors import RecordError
+
+_CHECKSUM_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_ID_RE: Final = re.compile(r"[0-9A-Za-z]{15}(?:[0-9A-Za-z]{3})?")
+_PREFIX_RE: Final = re.compile(r"[0-9A-Za-z]{3}")
+
+KEY_PREFIXES: Final[dict[str, str]] = {
+    "001": "Account",
+    "003": "Contact",
+    "005": "User",
+    "006": "Opportunity",
+    "00D": "Organization",
+    "00G": "Group",
+    "00Q": "Lead",
+}
+PREFIX_OF: Final[dict[str, str]] = {name: prefix for prefix, name in KEY_PREFIXES.items()}
+
+
+def checksum(id15: str) -> str:
+    """The three case-checksum characters of a 15-character id."""
+    if len(id15) != 15:
+        raise ValueError(f"a 15-character id is needed, got {len(id15)} characters")
+    out = []
+    for chunk in range(0, 15, 5):
+        bits = 0
+        for pos, ch in enumerate(id15[chunk : chunk + 5]):
+            if "A" <= ch <= "Z":
+                bits |= 1 << pos
+        out.append(_CHECKSUM_ALPHABET[bits])
+    return "".join(out)
+
+
+def is_valid_id(value: object) -> bool:
+    """A base-62 15-character id, or an 18-character id whose checksum matches."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        return False
+    return len(value) == 15 or checksum(value[:15]) == value[15:]
+
+
+def to_18(value: object) -> str:
+    """The 18-character form of a valid id; RecordError("invalid_id") otherwise."""
+    if not is_valid_id(value):
+        shown = repr(value)[:40]
+        raise RecordError("invalid_id", f"not a Salesforce id: {shown}")
+    assert isinstance(value, str)
+    return value if len(value) == 18 else value + checksum(value)
+
+
+def key_prefix(sf_id: str) -> str:
+    """The first three characters, which name the object type."""
+    return sf_id[:3]
+
+
+def object_for_id(sf_id: str) -> str | None:
+    """The object a key prefix belongs to, for the standard objects streamsync knows."""
+    return KEY_PREFIXES.get(sf_id[:3])
+
+
+def is_key_prefix(value: str) -> bool:
+    """Three base-62 characters."""
+    return bool(_PREFIX_RE.fullmatch(value))

@@ -1,0 +1,373 @@
+"""Salesforce record → Iterable user: the mapping, validated and compiled once, applied per record."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Final, Literal
+
+import orjson
+
+from streamsync.core.ids import is_valid_id, to_18
+from streamsync.core.soql import SoqlError, validate_field_path
+from streamsync.errors import ConfigError, RecordError
+from streamsync.models import DeadLetterReason as R
+from streamsync.models import MappedUser
+
+Identity = Literal["email", "userId", "both"]
+NullPolicy = Literal["omit", "clear"]
+
+MAX_VALUE_CHARS: Final = 32_000          # Iterable: field values up to ~32k characters
+MAX_FIELD_NAME_CHARS: Final = 128
+MAX_TARGET_DEPTH: Final = 8
+MAX_USER_ID_CHARS: Final = 52
+_INT64: Final = 2**63
+
+COMPOUND_COMPONENTS: Final = frozenset({
+    "street", "city", "state", "postalcode", "country", "statecode", "countrycode",
+    "latitude", "longitude", "geocodeaccuracy",
+})
+RESERVED_TARGETS: Final = frozenset({"email", "userId"})
+MANAGED_FIELDS: Final = frozenset({
+    "emailListIds", "itblInternal", "profileUpdatedAt", "signupDate", "signupSource",
+    "subscribedMessageTypeIds", "unsubscribedChannelIds", "unsubscribedMessageTypeIds",
+    "itblUserId", "userListIds", "phoneNumberDetails", "itblDS",
+})
+
+_DATETIME_RE: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})"
+)
+_DATE_RE: Final = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_BAD_CHARS_RE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_EMAIL_RE: Final = re.compile(
+    r"(?P<local>[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"@(?P<domain>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+    r"(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59}))"
+)
+_TARGET_CTRL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# ---------------------------------------------------------------- value conversion
+
+
+def iterable_date(value: str) -> str | None:
+    """A Salesforce date or datetime string as `yyyy-MM-dd HH:mm:ss +00:00` (UTC), else None."""
+    n = len(value)
+    if n == 10:
+        m = _DATE_RE.fullmatch(value)
+        if m is None:
+            return None
+        try:
+            moment = datetime(int(m[1]), int(m[2]), int(m[3]), tzinfo=UTC)
+        except ValueError:
+            return None
+    elif 20 <= n <= 35:
+        m = _DATETIME_RE.fullmatch(value)
+        if m is None:
+            return None
+        tz = m[7]
+        try:
+            if tz == "Z":
+                offset = timedelta(0)
+            else:
+                hours, minutes = int(tz[1:3]), int(tz[-2:])
+                if hours > 23 or minutes > 59:
+                    return None
+                offset = timedelta(hours=hours, minutes=minutes) * (-1 if tz[0] == "-" else 1)
+            moment = datetime(int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]),
+                              tzinfo=timezone(offset)).astimezone(UTC)
+        except (ValueError, OverflowError):
+            return None
+    else:
+        return None
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d} +00:00")
+
+
+def clean_text(value: str) -> str:
+    """Drop control characters (tab, CR, LF kept) and replace lone surrogates with U+FFFD."""
+    if _BAD_CHARS_RE.search(value) is None:
+        return value
+    return _BAD_CHARS_RE.sub(lambda m: "" if m.group() < "\ud800" else "\ufffd", value)
+
+
+def convert_value(value: Any, target: str, convert_dates: bool = True) -> Any:
+    """One SOQL JSON value as Iterable should receive it; RecordError when it cannot be sent."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise RecordError(R.INVALID_VALUE, f"{target}: integer out of 64-bit range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RecordError(R.INVALID_VALUE, f"{target}: {value} is not a finite number")
+        return value
+    if isinstance(value, str):
+        if convert_dates:
+            date = iterable_date(value)
+            if date is not None:
+                return date
+        text = clean_text(value)
+        if len(text) > MAX_VALUE_CHARS:
+            raise RecordError(R.VALUE_TOO_LONG,
+                              f"{target}: {len(text)} characters (limit {MAX_VALUE_CHARS})")
+        return text
+    if isinstance(value, dict):
+        out = {clean_text(str(k)): convert_value(v, target, convert_dates)
+               for k, v in value.items() if k != "attributes"}
+    elif isinstance(value, list):
+        out = [convert_value(v, target, convert_dates) for v in value]  # type: ignore[assignment]
+    else:
+        raise RecordError(R.INVALID_VALUE, f"{target}: unsupported value type "
+                                           f"{type(value).__name__}")
+    if len(orjson.dumps(out)) > MAX_VALUE_CHARS:
+        raise RecordError(R.VALUE_TOO_LONG, f"{target}: structured value over {MAX_VALUE_CHARS}"
+                                            " characters")
+    return out
+
+
+def normalize_email(value: Any) -> str:
+    """Stripped, lower-cased, validated like Iterable (format and TLD); RecordError otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RecordError(R.MISSING_EMAIL, "the record has no email")
+    if not isinstance(value, str):
+        raise RecordError(R.INVALID_EMAIL, f"email is a {type(value).__name__}, not text")
+    email = value.strip().lower()
+    m = _EMAIL_RE.fullmatch(email)
+    if m is None or len(email) > 254 or len(m["local"]) > 64:
+        shown = clean_text(email)[:80]
+        raise RecordError(R.INVALID_EMAIL, f"not a valid email address: {shown!r}")
+    return email
+
+
+def normalize_user_id(value: Any, from_id_field: bool) -> str:
+    """An Iterable userId: the 18-character Salesforce Id, or printable ASCII up to 52 chars."""
+    if value is None or value == "":
+        raise RecordError(R.MISSING_USER_ID, "the record has no value for userId")
+    if from_id_field and is_valid_id(value):
+        return to_18(value)
+    text = value if isinstance(value, str) else str(value)
+    if (len(text) > MAX_USER_ID_CHARS or not text.isascii() or not text.isprintable()
+            or text != text.strip()):
+        raise RecordError(R.INVALID_USER_ID, f"userId not accepted by Iterable: {text[:60]!r}")
+    return text
+
+
+def payload_hash(payload: Mapping[str, Any]) -> str:
+    """A stable hash of a payload (sorted keys), for skipping unchanged records."""
+    return hashlib.blake2b(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS),
+                           digest_size=16).hexdigest()
+
+
+# ---------------------------------------------------------------- config-time checks
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePath:
+    """A mapped source: the SOQL field to select and the keys to walk in the JSON record."""
+
+    path: str
+    soql_field: str
+    keys: tuple[str, ...]
+    component: str | None  # compound field component (`city` of `MailingAddress.city`)
+
+
+def parse_source(path: str) -> SourcePath:
+    """Validate a dotted source path; compound components (`MailingAddress.city`) recognised."""
+    try:
+        validate_field_path(path)
+    except SoqlError as exc:
+        raise ValueError(str(exc)) from None
+    parts = path.split(".")
+    if (len(parts) >= 2 and parts[-1].lower() in COMPOUND_COMPONENTS
+            and parts[-2].lower().endswith(("address", "location", "__s"))):
+        return SourcePath(path, ".".join(parts[:-1]), tuple(parts), parts[-1])
+    return SourcePath(path, path, tuple(parts), None)
+
+
+def target_problem(target: object) -> str | None:
+    """Why Iterable cannot take this target name, or None when it can."""
+    if not isinstance(target, str):
+        return "the target must be a string"
+    if target in RESERVED_TARGETS:
+        return None
+    if not target.startswith("dataFields."):
+        return (f"target {target!r:.80} must be `email`, `userId` or `dataFields.<name>` "
+                "(nested names separated by dots)")
+    segments = target.split(".")[1:]
+    if len(segments) > MAX_TARGET_DEPTH:
+        return f"target nests deeper than {MAX_TARGET_DEPTH} levels"
+    for seg in segments:
+        if not seg:
+            return f"target {target!r:.80} has an empty name segment"
+        if seg != seg.strip():
+            return f"field name {seg!r:.80} has leading or trailing spaces"
+        if len(seg) > MAX_FIELD_NAME_CHARS:
+            return f"field name {seg[:40]!r}... is longer than {MAX_FIELD_NAME_CHARS} characters"
+        if _TARGET_CTRL_RE.search(seg) or not seg.isprintable():
+            return f"field name {seg!r:.80} contains control characters"
+    if segments[0] in RESERVED_TARGETS:
+        return (f"dataFields.{segments[0]} is Iterable's own identifier: map to the "
+                f"`{segments[0]}` target instead")
+    if segments[0] in MANAGED_FIELDS:
+        return f"dataFields.{segments[0]} is managed by Iterable and cannot be written"
+    return None
+
+
+def mapping_problems(mapping: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every problem of a mapping table as (source key, message); empty when it is valid."""
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for source, target in mapping.items():
+        try:
+            parse_source(source)
+        except ValueError as exc:
+            problems.append((source, str(exc)))
+        problem = target_problem(target)
+        if problem is not None:
+            problems.append((source, problem))
+            continue
+        if target in seen:
+            problems.append((source, f"target {target!r} is also mapped from {seen[target]!r}"))
+        seen.setdefault(target, source)
+    data_targets = sorted(t for t in seen if t.startswith("dataFields."))
+    for shorter, longer in zip(data_targets, data_targets[1:], strict=False):
+        if longer.startswith(shorter + "."):
+            problems.append((seen[longer], f"target {longer!r} is nested inside {shorter!r}, "
+                                           f"which {seen[shorter]!r} maps to a value"))
+    return problems
+
+
+# ---------------------------------------------------------------- the compiled mapping
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    keys: tuple[str, ...]
+    container: tuple[str, ...]
+    leaf: str
+    target: str
+
+
+def _lookup(node: Any, key: str) -> Any:
+    if key in node:
+        return node[key]
+    lowered = key.lower()
+    for k, v in node.items():
+        if isinstance(k, str) and k.lower() == lowered:
+            return v
+    return None
+
+
+def _walk(record: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    node: Any = record
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = _lookup(node, key)
+        if node is None:
+            return None
+    return node
+
+
+class CompiledMapping:
+    """One object's mapping, validated and laid out once; `map()` is the per-record fast path."""
+
+    def __init__(self, object_name: str, mapping: Mapping[str, str], *,
+                 identity: Identity = "email", email_field: str = "Email",
+                 user_id_field: str = "Id", null_policy: NullPolicy = "clear",
+                 convert_dates: bool = True, extra_fields: Iterable[str] = ()) -> None:
+        problems = mapping_problems(mapping)
+        for name, value in (("email_field", email_field), ("user_id_field", user_id_field)):
+            try:
+                validate_field_path(value)
+            except SoqlError as exc:
+                problems.append((name, str(exc)))
+        if problems:
+            raise ConfigError("; ".join(f"{object_name} mapping {k!r}: {m}" for k, m in problems))
+        self.object_name = object_name
+        self.identity: Identity = identity
+        self.null_policy: NullPolicy = null_policy
+        self.convert_dates = convert_dates
+        self.mapping = dict(mapping)
+        self.sources = tuple(parse_source(s) for s in mapping)
+        by_target = {t: s for s, t in mapping.items()}
+        self.email_source = parse_source(by_target.get("email", email_field))
+        self.user_id_source = parse_source(by_target.get("userId", user_id_field))
+        self.send_email = identity in ("email", "both") or "email" in by_target
+        self.send_user_id = identity in ("userId", "both") or "userId" in by_target
+        self._user_id_is_id = self.user_id_source.path.lower() == "id"
+        slots = []
+        for src in self.sources:
+            target = mapping[src.path]
+            if target in RESERVED_TARGETS:
+                continue
+            segments = tuple(target.split(".")[1:])
+            slots.append(_Slot(src.keys, segments[:-1], segments[-1], target))
+        self._slots = tuple(slots)
+        self._extra = tuple(validate_field_path(f) for f in extra_fields)
+
+    def soql_fields(self, *extra: str) -> list[str]:
+        """The distinct SOQL fields this mapping reads: Id first, then identity, then mapped."""
+        wanted = ["Id", self.email_source.soql_field, self.user_id_source.soql_field,
+                  *(s.soql_field for s in self.sources), *self._extra, *extra]
+        out: dict[str, str] = {}
+        for f in wanted:
+            validate_field_path(f)
+            out.setdefault(f.lower(), f)
+        return list(out.values())
+
+    def map(self, record: Mapping[str, Any]) -> MappedUser:
+        """Map one SOQL JSON record; raises RecordError with a dead-letter reason."""
+        sf_id = to_18(_walk(record, ("Id",)))
+        payload: dict[str, Any] = {}
+        email: str | None = None
+        user_id: str | None = None
+        if self.send_email:
+            raw = _walk(record, self.email_source.keys)
+            if self.identity == "userId":
+                try:
+                    email = normalize_email(raw)
+                except RecordError:
+                    email = None
+            else:
+                email = normalize_email(raw)
+            if email is not None:
+                payload["email"] = email
+        if self.send_user_id:
+            raw = _walk(record, self.user_id_source.keys)
+            user_id = normalize_user_id(raw, self._user_id_is_id)
+            payload["userId"] = user_id
+        data: dict[str, Any] = {}
+        omit = self.null_policy == "omit"
+        dates = self.convert_dates
+        for slot in self._slots:
+            value = _walk(record, slot.keys)
+            if value is None:
+                if omit:
+                    continue
+            else:
+                value = convert_value(value, slot.target, dates)
+            node = data
+            for key in slot.container:
+                child = node.get(key)
+                if not isinstance(child, dict):
+                    child = node[key] = {}
+                node = child
+            node[slot.leaf] = value
+        if data:
+            payload["dataFields"] = data
+        return MappedUser(self.object_name, sf_id, email, user_id, payload,
+                          payload_hash(payload))
+
+    def map_or_error(self, record: Mapping[str, Any]) -> MappedUser | RecordError:
+        """`map()` that returns the RecordError instead of raising it."""
+        try:
+            return self.map(record)
+        except RecordError as exc:
+            return exc
