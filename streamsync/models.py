@@ -21,6 +21,7 @@ class DeadLetterReason:
     CONFLICT: Final = "conflict"
     FORGOTTEN: Final = "forgotten"
     MALFORMED_EVENT: Final = "malformed_event"
+    UNKNOWN_ENTITY: Final = "unknown_entity"
     INVALID_ID: Final = "invalid_id"
     MAX_ATTEMPTS: Final = "max_attempts"
 

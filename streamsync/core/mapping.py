@@ -1,4 +1,4 @@
-"""Salesforce record → Iterable user: the mapping, validated and compiled once, applied per record."""
+"""Salesforce record → Iterable user: the mapping, validated and compiled once, applied fast."""
 
 from __future__ import annotations
 

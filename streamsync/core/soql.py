@@ -1,4 +1,4 @@
-"""Safe SOQL: validated identifiers, escaped literals, a safe WHERE-filter parser, query builders."""
+"""Safe SOQL: validated identifiers, escaped literals, a safe filter parser, query builders."""
 
 from __future__ import annotations
 

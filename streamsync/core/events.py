@@ -1,0 +1,179 @@
+"""CometD CDC messages → frozen `ChangeEvent`s; malformed input becomes a clear `MalformedEvent`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
+from streamsync.errors import RecordError
+from streamsync.models import ChangeEvent, ChangeType, DeadLetterReason
+
+_WILDCARD_RE: Final = re.compile(r"([0-9A-Za-z]{3})\*")
+_ENTITY_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
+_CHANNEL_RE: Final = re.compile(r"/[A-Za-z0-9_/]{1,200}")
+MAX_RECORD_IDS: Final = 100_000
+
+
+class MalformedEvent(RecordError):
+    """A CometD message that is not a well-formed CDC event; carries what could be read."""
+
+    def __init__(self, detail: str, *, channel: str | None = None,
+                 replay_id: int | None = None) -> None:
+        super().__init__(DeadLetterReason.MALFORMED_EVENT, detail)
+        self.channel = channel
+        self.replay_id = replay_id
+
+
+class UnexpectedEntity(MalformedEvent):
+    """A well-formed event for an object this service does not sync."""
+
+    def __init__(self, entity: str, *, channel: str | None = None,
+                 replay_id: int | None = None) -> None:
+        super().__init__(f"events of {entity!r} are not configured", channel=channel,
+                         replay_id=replay_id)
+        self.reason = DeadLetterReason.UNKNOWN_ENTITY
+        self.entity = entity
+
+
+def channel_for(entity: str) -> str:
+    """The per-object CDC channel: `/data/LeadChangeEvent`, `/data/Foo__ChangeEvent`."""
+    base = entity[:-3] + "__" if entity.endswith("__c") else entity
+    return f"/data/{base}ChangeEvent"
+
+
+def _int(value: Any, name: str, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"{name} must be an integer, got {value!r:.40}")
+
+
+def _str(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_event(message: Mapping[str, Any],
+                expected_entities: Iterable[str] | None = None) -> ChangeEvent:
+    """Parse one delivered CDC message: `{"channel", "data": {"payload", "event"}}`."""
+    if not isinstance(message, Mapping):
+        raise MalformedEvent(f"message is a {type(message).__name__}, not an object")
+    channel = message.get("channel")
+    if not isinstance(channel, str) or not _CHANNEL_RE.fullmatch(channel):
+        raise MalformedEvent(f"missing or invalid channel {channel!r:.60}")
+    data = message.get("data")
+    if not isinstance(data, Mapping):
+        raise MalformedEvent("message has no data object", channel=channel)
+    event = data.get("event")
+    try:
+        replay_id = _int(event.get("replayId") if isinstance(event, Mapping) else None,
+                         "data.event.replayId")
+    except ValueError as exc:
+        raise MalformedEvent(str(exc), channel=channel) from None
+    assert replay_id is not None
+    try:
+        return _parse_payload(data.get("payload"), channel, replay_id, expected_entities)
+    except ValueError as exc:
+        raise MalformedEvent(str(exc), channel=channel, replay_id=replay_id) from None
+
+
+def _parse_payload(payload: Any, channel: str, replay_id: int,
+                   expected_entities: Iterable[str] | None) -> ChangeEvent:
+    if not isinstance(payload, Mapping):
+        raise ValueError("data.payload is missing or not an object")
+    header = payload.get("ChangeEventHeader")
+    if not isinstance(header, Mapping):
+        raise ValueError("data.payload.ChangeEventHeader is missing or not an object")
+    entity = header.get("entityName")
+    if not isinstance(entity, str) or not _ENTITY_RE.fullmatch(entity):
+        raise ValueError(f"invalid entityName {entity!r:.60}")
+    change_type = header.get("changeType")
+    if change_type not in ChangeType.ALL:
+        raise ValueError(f"unknown changeType {change_type!r:.40}")
+    assert isinstance(change_type, str)
+    if channel.startswith("/data/") and channel.endswith("ChangeEvent") \
+            and channel != channel_for(entity):
+        raise ValueError(f"entity {entity!r} does not belong on channel {channel}")
+    if expected_entities is not None and entity not in set(expected_entities):
+        raise UnexpectedEntity(entity, channel=channel, replay_id=replay_id)
+    ids, wildcards, unexpected = _record_ids(header.get("recordIds"), entity, change_type)
+    commit_ts = _int(header.get("commitTimestamp"), "commitTimestamp")
+    assert commit_ts is not None
+    if commit_ts < 0:
+        raise ValueError("commitTimestamp must not be negative")
+    changed = header.get("changedFields") or []
+    if not isinstance(changed, list) or not all(isinstance(f, str) for f in changed):
+        raise ValueError("changedFields must be a list of strings")
+    return ChangeEvent(
+        channel=channel,
+        replay_id=replay_id,
+        entity=entity,
+        change_type=change_type,
+        record_ids=ids,
+        wildcard_prefixes=wildcards,
+        unexpected_ids=unexpected,
+        commit_timestamp_ms=commit_ts,
+        commit_number=_int(header.get("commitNumber"), "commitNumber", optional=True),
+        transaction_key=_str(header.get("transactionKey"), "transactionKey"),
+        sequence_number=_int(header.get("sequenceNumber"), "sequenceNumber", optional=True),
+        change_origin=_str(header.get("changeOrigin"), "changeOrigin"),
+        commit_user=_str(header.get("commitUser"), "commitUser"),
+        changed_fields=tuple(changed),
+    )
+
+
+def _record_ids(raw: Any, entity: str, change_type: str
+                ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    overflow = change_type == ChangeType.GAP_OVERFLOW
+    if raw is None and overflow:
+        return (), (), ()
+    if not isinstance(raw, list):
+        raise ValueError("recordIds must be a list")
+    if len(raw) > MAX_RECORD_IDS:
+        raise ValueError(f"recordIds holds {len(raw)} ids (more than {MAX_RECORD_IDS})")
+    ids: dict[str, None] = {}
+    wildcards: dict[str, None] = {}
+    unexpected: dict[str, None] = {}
+    for value in raw:
+        if isinstance(value, str) and (m := _WILDCARD_RE.fullmatch(value)):
+            wildcards[m[1]] = None
+            continue
+        if not is_valid_id(value):
+            if overflow:
+                continue  # overflow events may carry a dummy id
+            raise ValueError(f"invalid record id {value!r:.40} in recordIds")
+        sf_id = to_18(value)
+        owner = KEY_PREFIXES.get(sf_id[:3])
+        if owner is not None and owner != entity:
+            unexpected[sf_id] = None
+        else:
+            ids[sf_id] = None
+    if not ids and not wildcards and not unexpected and not overflow:
+        raise ValueError("recordIds is empty")
+    return tuple(ids), tuple(wildcards), tuple(unexpected)
+
+
+def origin_client(change_origin: str) -> str | None:
+    """The `client=` value of a changeOrigin such as `com/salesforce/api/rest/66.0;client=X`."""
+    for part in change_origin.split(";")[1:]:
+        key, sep, value = part.strip().partition("=")
+        if sep and key.strip().lower() == "client":
+            return value.strip()
+    return None
+
+
+def is_echo(event: ChangeEvent, client_id: str | None) -> bool:
+    """True when the change was made by our own client id (echo suppression)."""
+    if not client_id:
+        return False
+    return origin_client(event.change_origin) == client_id
