@@ -1,0 +1,53 @@
+"""Durable SQLite store: work queue, replay ids, dead letters, identities, backfill checkpoints."""
+
+from __future__ import annotations
+
+from .base import Synchronous
+from .schema import LATEST_VERSION, MIGRATIONS, Migration, migrate, schema_version
+from .store import Store
+from .types import (
+    RETRIES_EXHAUSTED,
+    SOURCES,
+    AckResult,
+    BackfillRun,
+    BackfillWindow,
+    Backoff,
+    Checkpoint,
+    DeadLetter,
+    ErrorEntry,
+    Failure,
+    Identity,
+    IdentityUpdate,
+    Lease,
+    QueueInput,
+    QueueStats,
+    ReplayState,
+    SettleResult,
+)
+
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "RETRIES_EXHAUSTED",
+    "SOURCES",
+    "AckResult",
+    "BackfillRun",
+    "BackfillWindow",
+    "Backoff",
+    "Checkpoint",
+    "DeadLetter",
+    "ErrorEntry",
+    "Failure",
+    "Identity",
+    "IdentityUpdate",
+    "Lease",
+    "Migration",
+    "QueueInput",
+    "QueueStats",
+    "ReplayState",
+    "SettleResult",
+    "Store",
+    "Synchronous",
+    "migrate",
+    "schema_version",
+]

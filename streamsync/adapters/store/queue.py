@@ -1,0 +1,408 @@
+"""The durable work queue: coalescing enqueue, leases, ack by version, backoff, replay ids."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+import aiosqlite
+
+from .base import StoreBase, clean_error
+from .types import (
+    RETRIES_EXHAUSTED,
+    SOURCES,
+    AckResult,
+    Backoff,
+    Failure,
+    Lease,
+    QueueInput,
+    QueueStats,
+    ReplayState,
+    SettleResult,
+)
+
+# A new row is due now; an existing row gets version + 1 and keeps its place and its backoff.
+# The earliest commit time is kept (min that ignores NULL). A change arriving while the row is
+# leased is also remembered in requeued_*, which replace the row's age once the older version
+# is acked.
+UPSERT_SQL = """
+INSERT INTO queue (object_name, record_id, change_type, source, first_enqueued_at,
+                   last_enqueued_at, commit_ts_ms, next_attempt_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?5)
+ON CONFLICT (object_name, record_id) DO UPDATE SET
+    version = version + 1,
+    change_type = excluded.change_type,
+    source = excluded.source,
+    last_enqueued_at = excluded.last_enqueued_at,
+    commit_ts_ms = min(coalesce(commit_ts_ms, excluded.commit_ts_ms),
+                       coalesce(excluded.commit_ts_ms, commit_ts_ms)),
+    requeued_at = CASE WHEN lease_token IS NULL THEN NULL
+                       ELSE coalesce(requeued_at, excluded.last_enqueued_at) END,
+    requeued_commit_ts_ms = CASE WHEN lease_token IS NULL THEN NULL
+        ELSE min(coalesce(requeued_commit_ts_ms, excluded.commit_ts_ms),
+                 coalesce(excluded.commit_ts_ms, requeued_commit_ts_ms)) END
+"""
+
+REPLAY_UPSERT_SQL = """
+INSERT INTO replay (channel, replay_id, last_commit_ts_ms, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (channel) DO UPDATE SET
+    replay_id = coalesce(excluded.replay_id, replay_id),
+    last_commit_ts_ms = coalesce(excluded.last_commit_ts_ms, last_commit_ts_ms),
+    updated_at = excluded.updated_at
+"""
+
+CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, leased_at = NULL, lease_expires_at = NULL"
+
+# The row now stands for the change(s) that arrived during the lease only.
+NEWER_ONLY = f"""{CLEAR_LEASE}, attempts = 0, last_error = NULL,
+    commit_ts_ms = requeued_commit_ts_ms,
+    first_enqueued_at = coalesce(requeued_at, first_enqueued_at),
+    requeued_at = NULL, requeued_commit_ts_ms = NULL"""
+
+KEY_TOKEN = "object_name = ? AND record_id = ? AND lease_token = ?"
+KEY_VERSION_TOKEN = "object_name = ? AND record_id = ? AND version = ? AND lease_token = ?"
+
+LEASE_COLUMNS = (
+    "object_name, record_id, version, change_type, source, attempts, commit_ts_ms, "
+    "first_enqueued_at"
+)
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"unknown queue source {source!r}; expected one of {sorted(SOURCES)}")
+
+
+def _check_replay_id(replay_id: object) -> None:
+    if isinstance(replay_id, bool) or not isinstance(replay_id, int | str | None):
+        raise ValueError(f"replay id must be an int, a str or None, not {type(replay_id).__name__}")
+
+
+def _upsert_rows(
+    items: Sequence[QueueInput], source: str, commit_ts_ms: int | None, now: float
+) -> list[tuple[object, ...]]:
+    return [
+        (item.object_name, item.record_id, item.change_type, source, now, commit_ts_ms)
+        for item in items
+    ]
+
+
+async def _dead_letter_rows(
+    conn: aiosqlite.Connection, failures: Sequence[tuple[Lease, str, str, int]], now: float
+) -> tuple[int, int]:
+    """Move leased rows to dead_letter when version and token still match.
+
+    Returns (dead-lettered, kept because a newer change arrived): a kept row loses its lease,
+    starts over with attempts 0 and is due now.
+    """
+    if not failures:
+        return 0, 0
+    await conn.executemany(
+        f"""
+        INSERT INTO dead_letter (object_name, record_id, change_type, reason, last_error,
+                                 attempts, first_failed_at, last_failed_at)
+        SELECT object_name, record_id, change_type, ?, ?, ?, ?, ? FROM queue
+        WHERE {KEY_VERSION_TOKEN}
+        ON CONFLICT (object_name, record_id) DO UPDATE SET
+            change_type = excluded.change_type, reason = excluded.reason,
+            last_error = excluded.last_error, attempts = excluded.attempts,
+            last_failed_at = excluded.last_failed_at
+        """,
+        [
+            (reason, clean_error(error), attempts, now, now, *_key_version_token(lease))
+            for lease, reason, error, attempts in failures
+        ],
+    )
+    cursor = await conn.executemany(
+        f"DELETE FROM queue WHERE {KEY_VERSION_TOKEN}",
+        [_key_version_token(lease) for lease, _r, _e, _a in failures],
+    )
+    dead = max(cursor.rowcount, 0)
+    cursor = await conn.executemany(
+        f"UPDATE queue SET {NEWER_ONLY}, next_attempt_at = ? WHERE {KEY_TOKEN}",
+        [(now, *_key_token(lease)) for lease, _r, _e, _a in failures],
+    )
+    return dead, max(cursor.rowcount, 0)
+
+
+def _key_token(lease: Lease) -> tuple[str, str, str]:
+    return (lease.object_name, lease.record_id, lease.token)
+
+
+def _key_version_token(lease: Lease) -> tuple[str, str, int, str]:
+    return (lease.object_name, lease.record_id, lease.version, lease.token)
+
+
+class QueueOps(StoreBase):
+    """Queue and replay-id operations; all times are passed in (epoch seconds)."""
+
+    async def record_event(
+        self,
+        channel: str,
+        replay_id: str | int | None,
+        items: Sequence[QueueInput],
+        commit_ts_ms: int | None,
+        now: float,
+    ) -> None:
+        """Enqueue the ids of one CDC event and store the channel's replay id, atomically.
+
+        When this returns, both are committed; if it raises, neither is (invariant 1).
+        """
+        _check_replay_id(replay_id)
+        rows = _upsert_rows(items, "cdc", commit_ts_ms, now)
+        async with self._tx("record_event") as conn:
+            if rows:
+                await conn.executemany(UPSERT_SQL, rows)
+            await conn.execute(REPLAY_UPSERT_SQL, (channel, replay_id, commit_ts_ms, now))
+
+    async def enqueue(
+        self,
+        items: Sequence[QueueInput],
+        now: float,
+        source: str,
+        commit_ts_ms: int | None = None,
+    ) -> int:
+        """Enqueue records without a replay id (reconcile, fan-out, catch-up, retry)."""
+        _check_source(source)
+        if not items:
+            return 0
+        rows = _upsert_rows(items, source, commit_ts_ms, now)
+        async with self._tx("enqueue") as conn:
+            await conn.executemany(UPSERT_SQL, rows)
+        return len(rows)
+
+    async def lease(
+        self,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        now: float,
+        objects: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to `limit` due rows, oldest first, until `now + lease_s`.
+
+        Due means `next_attempt_at <= now`: new rows, rows whose backoff ended, and rows whose
+        lease expired (their holder crashed); the latter count one more attempt, so a record
+        that kills its flusher every time still reaches the dead-letter table.
+        """
+        if limit <= 0 or (objects is not None and not objects):
+            return []
+        token = f"{owner}/{secrets.token_hex(6)}"
+        expires = now + lease_s
+        where = "next_attempt_at <= ?"
+        params: list[object] = [owner, token, now, expires, expires, now]
+        if objects is not None:
+            where += f" AND object_name IN ({', '.join('?' for _ in objects)})"
+            params.extend(objects)
+        params.append(int(limit))
+        sql = f"""
+            UPDATE queue SET lease_owner = ?, lease_token = ?, leased_at = ?,
+                lease_expires_at = ?, next_attempt_at = ?,
+                attempts = attempts + (lease_token IS NOT NULL),
+                requeued_at = NULL, requeued_commit_ts_ms = NULL
+            WHERE rowid IN (SELECT rowid FROM queue WHERE {where}
+                            ORDER BY next_attempt_at LIMIT ?)
+            RETURNING {LEASE_COLUMNS}
+        """
+        async with self._tx("lease") as conn:
+            async with conn.execute(sql, params) as cursor:
+                rows = await cursor.fetchall()
+        leases = [
+            Lease(
+                object_name=row[0],
+                record_id=row[1],
+                version=row[2],
+                change_type=row[3],
+                source=row[4],
+                attempts=row[5],
+                commit_ts_ms=row[6],
+                first_enqueued_at=row[7],
+                token=token,
+                lease_expires_at=expires,
+            )
+            for row in rows
+        ]
+        leases.sort(key=lambda lease: (lease.first_enqueued_at, lease.object_name, lease.record_id))
+        return leases
+
+    async def ack(self, leases: Sequence[Lease]) -> AckResult:
+        """The sink confirmed these: delete each row whose version is still the leased one.
+
+        A row re-enqueued meanwhile stays (its lease cleared, due at once) so the newer change
+        is synced too (invariant 2).
+        """
+        if not leases:
+            return AckResult(0, 0)
+        async with self._tx("ack") as conn:
+            cursor = await conn.executemany(
+                "DELETE FROM queue WHERE object_name = ? AND record_id = ? AND version = ?",
+                [(lease.object_name, lease.record_id, lease.version) for lease in leases],
+            )
+            deleted = max(cursor.rowcount, 0)
+            cursor = await conn.executemany(
+                f"UPDATE queue SET {NEWER_ONLY}, next_attempt_at = coalesce(leased_at, "
+                f"next_attempt_at) WHERE {KEY_TOKEN}",
+                [_key_token(lease) for lease in leases],
+            )
+            kept = max(cursor.rowcount, 0)
+        return AckResult(deleted=deleted, kept=kept)
+
+    async def retry_later(
+        self,
+        leases: Sequence[Lease],
+        error: str,
+        now: float,
+        backoff: Backoff,
+        retry_after_s: float | None = None,
+    ) -> SettleResult:
+        """A transient failure: attempts + 1 and a jittered backoff (at least `retry_after_s`).
+
+        Rows that reach `backoff.max_attempts` are dead-lettered as `retries_exhausted` (unless a
+        newer change arrived, which then starts over).
+        """
+        if not leases:
+            return SettleResult()
+        error = clean_error(error)
+        exhausted = [
+            (lease, RETRIES_EXHAUSTED, error, lease.attempts + 1)
+            for lease in leases
+            if lease.attempts + 1 >= backoff.max_attempts
+        ]
+        later = [
+            (
+                lease.attempts + 1,
+                now + backoff.delay_s(lease.attempts + 1, retry_after_s),
+                error,
+                *_key_token(lease),
+            )
+            for lease in leases
+            if lease.attempts + 1 < backoff.max_attempts
+        ]
+        async with self._tx("retry_later") as conn:
+            retried = 0
+            if later:
+                cursor = await conn.executemany(
+                    f"""UPDATE queue SET {CLEAR_LEASE}, attempts = ?, next_attempt_at = ?,
+                        last_error = ?, requeued_at = NULL, requeued_commit_ts_ms = NULL
+                        WHERE {KEY_TOKEN}""",
+                    later,
+                )
+                retried = max(cursor.rowcount, 0)
+            dead, kept = await _dead_letter_rows(conn, exhausted, now)
+        return SettleResult(
+            retried=retried,
+            dead_lettered=dead,
+            kept_newer=kept,
+            stale=len(leases) - retried - dead - kept,
+        )
+
+    async def dead_letter(
+        self, leases: Sequence[Lease], reason: str, error: str, now: float
+    ) -> SettleResult:
+        """Poison records: move each to the dead-letter table if its version is unchanged.
+
+        A row whose record changed meanwhile stays queued and is retried from scratch instead.
+        """
+        return await self.dead_letter_each([Failure(lease, reason, error) for lease in leases], now)
+
+    async def dead_letter_each(self, failures: Sequence[Failure], now: float) -> SettleResult:
+        """Like `dead_letter`, with a reason and error per record (per-user failures of a reply)."""
+        if not failures:
+            return SettleResult()
+        rows = [(f.lease, f.reason, f.error, f.lease.attempts + 1) for f in failures]
+        async with self._tx("dead_letter") as conn:
+            dead, kept = await _dead_letter_rows(conn, rows, now)
+        return SettleResult(dead_lettered=dead, kept_newer=kept, stale=len(rows) - dead - kept)
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give leases back without penalty (shutdown); the rows are due again at once."""
+        if not leases:
+            return 0
+        async with self._tx("release") as conn:
+            cursor = await conn.executemany(
+                f"""UPDATE queue SET {CLEAR_LEASE},
+                    next_attempt_at = coalesce(leased_at, next_attempt_at),
+                    requeued_at = NULL, requeued_commit_ts_ms = NULL WHERE {KEY_TOKEN}""",
+                [_key_token(lease) for lease in leases],
+            )
+            return max(cursor.rowcount, 0)
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        """Depth, rows due now, rows under a live lease, rows in backoff, oldest row's age."""
+        async with self._read("queue_stats") as conn:
+            async with conn.execute(
+                """
+                SELECT count(*),
+                       coalesce(sum(next_attempt_at <= ?1), 0),
+                       coalesce(sum(lease_expires_at > ?1), 0),
+                       coalesce(sum(attempts > 0 AND next_attempt_at > ?1
+                                    AND lease_token IS NULL), 0),
+                       min(first_enqueued_at)
+                FROM queue
+                """,
+                (now,),
+            ) as cursor:
+                row = await cursor.fetchone()
+        assert row is not None
+        oldest = None if row[4] is None else max(0.0, now - float(row[4]))
+        return QueueStats(
+            depth=int(row[0]),
+            due=int(row[1]),
+            leased=int(row[2]),
+            retrying=int(row[3]),
+            oldest_age_s=oldest,
+        )
+
+    async def queue_depth_by_object(self) -> dict[str, int]:
+        """Rows per Salesforce object, for the queue-depth gauge."""
+        async with self._read("queue_depth_by_object") as conn:
+            async with conn.execute(
+                "SELECT object_name, count(*) FROM queue GROUP BY object_name"
+            ) as cursor:
+                return {str(name): int(count) for name, count in await cursor.fetchall()}
+
+    async def get_replay(self, channel: str) -> ReplayState | None:
+        """Where `channel` resumes, or None if nothing was ever recorded for it."""
+        async with self._read("get_replay") as conn:
+            async with conn.execute(
+                "SELECT channel, replay_id, last_commit_ts_ms, updated_at FROM replay "
+                "WHERE channel = ?",
+                (channel,),
+            ) as cursor:
+                row = await cursor.fetchone()
+        return None if row is None else ReplayState(row[0], row[1], row[2], row[3])
+
+    async def replays(self) -> list[ReplayState]:
+        """Every channel's replay state, by channel name (for `status`)."""
+        async with self._read("replays") as conn:
+            async with conn.execute(
+                "SELECT channel, replay_id, last_commit_ts_ms, updated_at FROM replay "
+                "ORDER BY channel"
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [ReplayState(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def set_replay(
+        self,
+        channel: str,
+        replay_id: str | int | None,
+        now: float,
+        commit_ts_ms: int | None = None,
+    ) -> None:
+        """Set where `channel` resumes (the `replay` command); None forgets the replay id.
+
+        The last commit time is replaced only when `commit_ts_ms` is given.
+        """
+        _check_replay_id(replay_id)
+        async with self._tx("set_replay") as conn:
+            await conn.execute(
+                """
+                INSERT INTO replay (channel, replay_id, last_commit_ts_ms, updated_at)
+                VALUES (?, ?, ?, ?)
+                ON CONFLICT (channel) DO UPDATE SET
+                    replay_id = excluded.replay_id,
+                    last_commit_ts_ms = coalesce(excluded.last_commit_ts_ms, last_commit_ts_ms),
+                    updated_at = excluded.updated_at
+                """,
+                (channel, replay_id, commit_ts_ms, now),
+            )

@@ -1,0 +1,182 @@
+"""Dead letters, the identity table, the recent-errors ring and small meta values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .base import StoreBase, clean_error
+from .queue import UPSERT_SQL
+from .types import DeadLetter, ErrorEntry, Identity, IdentityUpdate
+
+ERROR_RING_SIZE = 200
+IN_CHUNK = 500
+"""Ids per `IN (...)` lookup: well under SQLite's bound-parameter limit."""
+
+DEAD_LETTER_COLUMNS = (
+    "object_name, record_id, change_type, reason, last_error, attempts, first_failed_at, "
+    "last_failed_at"
+)
+IDENTITY_COLUMNS = (
+    "object_name, record_id, iterable_email, iterable_user_id, payload_hash, synced_at"
+)
+
+
+def _chunks(ids: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _reason_filter(reason: str | None) -> tuple[str, tuple[str, ...]]:
+    return ("WHERE reason = ?", (reason,)) if reason is not None else ("", ())
+
+
+class RecordOps(StoreBase):
+    """Dead-letter table, identity table, error ring and meta key/values."""
+
+    async def dead_letters(self, reason: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recently failed dead letters, optionally of one reason."""
+        where, params = _reason_filter(reason)
+        async with self._read("dead_letters") as conn:
+            async with conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letter {where} "
+                "ORDER BY last_failed_at DESC, object_name, record_id LIMIT ?",
+                (*params, max(0, int(limit))),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters by reason."""
+        async with self._read("dead_letter_counts") as conn:
+            async with conn.execute(
+                "SELECT reason, count(*) FROM dead_letter GROUP BY reason ORDER BY reason"
+            ) as cursor:
+                return {str(reason): int(count) for reason, count in await cursor.fetchall()}
+
+    async def retry_dead_letters(self, reason: str | None, now: float) -> int:
+        """Move dead letters (all, or one reason) back to the queue as source 'retry'."""
+        where, params = _reason_filter(reason)
+        # INSERT ... SELECT feeds the same upsert as enqueue: an id still queued is coalesced.
+        upsert = UPSERT_SQL.replace(
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?5)",
+            "SELECT object_name, record_id, change_type, 'retry', ?1, ?1, NULL, ?1 "
+            f"FROM dead_letter WHERE {'reason = ?2' if reason is not None else 'true'}",
+        )
+        async with self._tx("retry_dead_letters") as conn:
+            await conn.execute(upsert, (now, *params))
+            cursor = await conn.execute(f"DELETE FROM dead_letter {where}", params)
+            return max(cursor.rowcount, 0)
+
+    async def purge_dead_letters(self, reason: str | None) -> int:
+        """Delete dead letters (all, or one reason) for good."""
+        where, params = _reason_filter(reason)
+        async with self._tx("purge_dead_letters") as conn:
+            cursor = await conn.execute(f"DELETE FROM dead_letter {where}", params)
+            return max(cursor.rowcount, 0)
+
+    async def identities(self, object_name: str, ids: Sequence[str]) -> dict[str, Identity]:
+        """Stored identities of these records of `object_name`, by record id."""
+        found: dict[str, Identity] = {}
+        if not ids:
+            return found
+        async with self._read("identities") as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                marks = ", ".join("?" for _ in chunk)
+                async with conn.execute(
+                    f"SELECT {IDENTITY_COLUMNS} FROM identity "
+                    f"WHERE object_name = ? AND record_id IN ({marks})",
+                    (object_name, *chunk),
+                ) as cursor:
+                    for row in await cursor.fetchall():
+                        found[row[1]] = Identity(*row)
+        return found
+
+    async def save_identities(self, rows: Sequence[IdentityUpdate], now: float) -> None:
+        """Record what was just sent to Iterable (after it confirmed)."""
+        if not rows:
+            return
+        async with self._tx("save_identities") as conn:
+            await conn.executemany(
+                """
+                INSERT INTO identity (object_name, record_id, iterable_email, iterable_user_id,
+                                      payload_hash, synced_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (object_name, record_id) DO UPDATE SET
+                    iterable_email = excluded.iterable_email,
+                    iterable_user_id = excluded.iterable_user_id,
+                    payload_hash = excluded.payload_hash,
+                    synced_at = excluded.synced_at
+                """,
+                [
+                    (
+                        row.object_name,
+                        row.record_id,
+                        row.iterable_email,
+                        row.iterable_user_id,
+                        row.payload_hash,
+                        now,
+                    )
+                    for row in rows
+                ],
+            )
+
+    async def forget_identity(self, object_name: str, ids: Sequence[str]) -> int:
+        """Drop identities (after the Iterable user was deleted); returns rows removed."""
+        if not ids:
+            return 0
+        async with self._tx("forget_identity") as conn:
+            cursor = await conn.executemany(
+                "DELETE FROM identity WHERE object_name = ? AND record_id = ?",
+                [(object_name, record_id) for record_id in ids],
+            )
+            return max(cursor.rowcount, 0)
+
+    async def find_by_email(self, email: str) -> list[Identity]:
+        """Identities holding this Iterable email (case-insensitive, as Iterable compares)."""
+        async with self._read("find_by_email") as conn:
+            async with conn.execute(
+                f"SELECT {IDENTITY_COLUMNS} FROM identity "
+                "WHERE iterable_email = ? COLLATE NOCASE ORDER BY object_name, record_id",
+                (email,),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [Identity(*row) for row in rows]
+
+    async def note_error(self, component: str, message: str, now: float) -> None:
+        """Remember an error for `status` (secrets masked); the ring keeps the newest 200."""
+        async with self._tx("note_error") as conn:
+            await conn.execute(
+                "INSERT INTO error_log (at, component, message) VALUES (?, ?, ?)",
+                (now, component, clean_error(message)),
+            )
+            await conn.execute(
+                "DELETE FROM error_log WHERE id <= (SELECT max(id) FROM error_log) - ?",
+                (ERROR_RING_SIZE,),
+            )
+
+    async def recent_errors(self, limit: int = 20) -> list[ErrorEntry]:
+        """The newest errors first."""
+        async with self._read("recent_errors") as conn:
+            async with conn.execute(
+                "SELECT at, component, message FROM error_log ORDER BY id DESC LIMIT ?",
+                (max(0, int(limit)),),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [ErrorEntry(float(row[0]), str(row[1]), str(row[2])) for row in rows]
+
+    async def get_meta(self, key: str) -> str | None:
+        """A small stored value (e.g. the store's creation time, a client id)."""
+        async with self._read("get_meta") as conn:
+            async with conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cursor:
+                row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str, now: float) -> None:
+        """Store a small value under `key`."""
+        async with self._tx("set_meta") as conn:
+            await conn.execute(
+                "INSERT INTO meta (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (key, value, now),
+            )

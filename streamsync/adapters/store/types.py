@@ -1,0 +1,217 @@
+"""Frozen value types that go in and out of the SQLite store."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCES = frozenset({"cdc", "reconcile", "fanout", "retry", "catchup"})
+"""Why a queue row was (last) enqueued; stored in `queue.source`."""
+
+RETRIES_EXHAUSTED = "retries_exhausted"
+"""Dead-letter reason of a record whose transient failures outlived `Backoff.max_attempts`."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInput:
+    """One record to (re)sync: which object, which Id, and what kind of change was seen."""
+
+    object_name: str
+    record_id: str
+    change_type: str = "UPDATE"
+
+    def __post_init__(self) -> None:
+        for name in ("object_name", "record_id", "change_type"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"QueueInput.{name} must be a non-empty str, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A queue row handed to one flusher until `lease_expires_at`; settle it with the same token.
+
+    `commit_ts_ms` is the earliest Salesforce commit time the row covers (None when the row came
+    from a reconcile, fan-out, catch-up or retry), for the commit-to-Iterable latency metric.
+    """
+
+    object_name: str
+    record_id: str
+    version: int
+    change_type: str
+    source: str
+    attempts: int
+    commit_ts_ms: int | None
+    first_enqueued_at: float
+    token: str
+    lease_expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One leased record that can never succeed as it is, with its reason and last error."""
+
+    lease: Lease
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """What `ack` did: rows deleted, and rows kept because a newer change arrived meanwhile."""
+
+    deleted: int
+    kept: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """What `retry_later` / `dead_letter` did with the leases they were given.
+
+    `stale` counts leases that no longer held their row (it was acked, or its lease expired and
+    another flusher took it): those were left alone.
+    """
+
+    retried: int = 0
+    dead_lettered: int = 0
+    kept_newer: int = 0
+    stale: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: delay = U(0, min(max_delay_s, base_s * 2**(n-1))).
+
+    `n` is the number of failed attempts so far (1 after the first failure). Once `n` reaches
+    `max_attempts` the record is dead-lettered as `retries_exhausted` instead. `rand` returns a
+    float in [0, 1); inject a fixed one in tests.
+    """
+
+    base_s: float = 1.0
+    max_delay_s: float = 300.0
+    max_attempts: int = 12
+    rand: Callable[[], float] = field(default=random.random, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.base_s <= 0 or self.max_delay_s < self.base_s:
+            raise ValueError("Backoff needs 0 < base_s <= max_delay_s")
+        if self.max_attempts < 1:
+            raise ValueError("Backoff.max_attempts must be >= 1")
+
+    def ceiling_s(self, attempts: int) -> float:
+        """The upper bound of the delay after `attempts` failures."""
+        exponent = min(max(attempts, 1) - 1, 62)
+        return float(min(self.max_delay_s, self.base_s * (2.0**exponent)))
+
+    def delay_s(self, attempts: int, retry_after_s: float | None = None) -> float:
+        """The jittered delay after `attempts` failures, never below a server's Retry-After."""
+        delay = self.rand() * self.ceiling_s(attempts)
+        if retry_after_s is not None and retry_after_s > delay:
+            delay = retry_after_s
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayState:
+    """Where a CometD channel resumes: the opaque replay id (int or str, as stored)."""
+
+    channel: str
+    replay_id: int | str | None
+    last_commit_ts_ms: int | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityUpdate:
+    """What was last sent to Iterable for one Salesforce record."""
+
+    object_name: str
+    record_id: str
+    iterable_email: str | None
+    iterable_user_id: str | None
+    payload_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A stored identity row: Salesforce Id -> Iterable key and the hash of the last payload."""
+
+    object_name: str
+    record_id: str
+    iterable_email: str | None
+    iterable_user_id: str | None
+    payload_hash: str | None
+    synced_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be synced; payload-free (reason and error text only)."""
+
+    object_name: str
+    record_id: str
+    change_type: str
+    reason: str
+    last_error: str
+    attempts: int
+    first_failed_at: float
+    last_failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Queue gauges: rows, rows due now, rows leased, rows in backoff, age of the oldest row."""
+
+    depth: int
+    due: int
+    leased: int
+    retrying: int
+    oldest_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillWindow:
+    """One slice of a backfill: an object and a half-open range (opaque text, e.g. ISO dates)."""
+
+    object_name: str
+    window_start: str = ""
+    window_end: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Progress of one backfill window: the last Id done (keyset pagination) and a count."""
+
+    run_id: str
+    window: BackfillWindow
+    last_id: str | None
+    records_done: int
+    done: bool
+    started_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRun:
+    """One backfill invocation and the options it was started with."""
+
+    run_id: str
+    started_at: float
+    finished_at: float | None
+    options: Mapping[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEntry:
+    """One line of the recent-errors ring shown by `status`."""
+
+    at: float
+    component: str
+    message: str
