@@ -138,15 +138,14 @@ class Transaction:
             if f.type == "boolean":
                 row[f.slot] = False
         self._apply(obj, row, values, creating=True)
+        self._set_defaults(obj, row, creating=True)
         missing = [f.name for f in obj.stored
-                   if not f.nillable and f.createable and row[f.slot] is None
-                   and f.name not in ("OwnerId",)]
+                   if not f.nillable and f.createable and row[f.slot] is None]
         if missing:
             raise SalesforceError(400, "REQUIRED_FIELD_MISSING",
                                   f"Required fields are missing: [{', '.join(missing)}]", missing)
         sf_id = table.seq.next()
         row[0] = sf_id
-        self._set_defaults(obj, row, creating=True)
         table.insert(row)
         self.undo.append(_Undo("create", table, sf_id, None))
         self._event(obj.name, "CREATE", [sf_id], self.state.full_payload(obj, row), [], [])

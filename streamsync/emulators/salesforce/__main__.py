@@ -1,0 +1,89 @@
+"""Command line: run the Salesforce emulator and print one JSON line describing it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from .app import SalesforceEmulator, SalesforceEmulatorConfig, dumps_line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SalesforceEmulatorConfig()
+    p = argparse.ArgumentParser(prog="python -m streamsync.emulators.salesforce",
+                                description="Run the Salesforce emulator until SIGTERM/SIGINT.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    p.add_argument("--seed-accounts", type=int, default=d.seed_accounts)
+    p.add_argument("--seed-contacts", type=int, default=d.seed_contacts)
+    p.add_argument("--seed-leads", type=int, default=d.seed_leads)
+    p.add_argument("--seed-users", type=int, default=d.seed_users)
+    p.add_argument("--seed-queues", type=int, default=d.seed_queues)
+    p.add_argument("--seed", type=int, default=d.seed_value, help="random seed of the data")
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms)
+    p.add_argument("--per-record-ms", type=float, default=d.per_record_ms)
+    p.add_argument("--client-id", default=d.client_id)
+    p.add_argument("--client-secret", default=d.client_secret)
+    p.add_argument("--username", default=d.username)
+    p.add_argument("--password", default=d.password)
+    p.add_argument("--refresh-token", default=d.refresh_token)
+    p.add_argument("--api-version", default=d.api_version)
+    p.add_argument("--session-lifetime-s", type=float, default=d.session_lifetime_s)
+    p.add_argument("--daily-api-max", type=int, default=d.daily_api_max)
+    p.add_argument("--jwt-public-key", type=Path, default=None,
+                   help="PEM public key or certificate that verifies JWT bearer assertions")
+    p.add_argument("--long-poll-s", type=float, default=d.long_poll_s)
+    p.add_argument("--reconnect-timeout-s", type=float, default=d.reconnect_timeout_s)
+    p.add_argument("--daily-delivery-limit", type=int, default=d.daily_delivery_limit)
+    p.add_argument("--retention-s", type=float, default=d.retention_s)
+    p.add_argument("--retention-count", type=int, default=d.retention_count)
+    p.add_argument("--tls", action="store_true", help="serve HTTPS with a self-signed cert")
+    p.add_argument("--tls-dir", default=None, help="where to write the certificate")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SalesforceEmulatorConfig:
+    return SalesforceEmulatorConfig(
+        seed_accounts=args.seed_accounts, seed_contacts=args.seed_contacts,
+        seed_leads=args.seed_leads, seed_users=args.seed_users, seed_queues=args.seed_queues,
+        seed_value=args.seed, latency_ms=args.latency_ms, per_record_ms=args.per_record_ms,
+        client_id=args.client_id, client_secret=args.client_secret, username=args.username,
+        password=args.password, refresh_token=args.refresh_token,
+        api_version=args.api_version, session_lifetime_s=args.session_lifetime_s,
+        daily_api_max=args.daily_api_max,
+        jwt_public_key_pem=args.jwt_public_key.read_bytes() if args.jwt_public_key else None,
+        long_poll_s=args.long_poll_s, reconnect_timeout_s=args.reconnect_timeout_s,
+        daily_delivery_limit=args.daily_delivery_limit, retention_s=args.retention_s,
+        retention_count=args.retention_count, tls=args.tls, tls_dir=args.tls_dir)
+
+
+async def serve(config: SalesforceEmulatorConfig, host: str, port: int) -> None:
+    emu = SalesforceEmulator(config)
+    await emu.start(host=host, port=port)
+    print(dumps_line(emu.info()), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await emu.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
