@@ -197,9 +197,7 @@ async def test_second_connection_reads_and_writes_while_the_first_writes(tmp_pat
         # A reader is never blocked by an open write transaction of the other process...
         raw = sqlite3.connect(path, timeout=0)
         raw.execute("BEGIN IMMEDIATE")
-        raw.execute(
-            "INSERT INTO meta (key, value, updated_at) VALUES ('uncommitted', 'x', 0)"
-        )
+        raw.execute("INSERT INTO meta (key, value, updated_at) VALUES ('uncommitted', 'x', 0)")
         assert await status.get_meta("uncommitted") is None
         assert (await status.queue_stats(T0 + 100)).depth == 121
         # ...and a writer that waits longer than busy_timeout gets a retriable error.
@@ -250,7 +248,11 @@ async def test_kill_9_never_loses_a_committed_event(tmp_path: Path) -> None:
     start = 0
     for round_no in range(3):
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, str(path), str(start),
+            sys.executable,
+            "-c",
+            CHILD,
+            str(path),
+            str(start),
             stdout=asyncio.subprocess.PIPE,
             cwd=REPO_ROOT,
         )

@@ -73,9 +73,7 @@ class BackfillOps(StoreBase):
             )
         return BackfillRun(run_id, now, None, orjson.loads(encoded))
 
-    async def add_windows(
-        self, run_id: str, windows: Sequence[BackfillWindow], now: float
-    ) -> None:
+    async def add_windows(self, run_id: str, windows: Sequence[BackfillWindow], now: float) -> None:
         """Add windows to an existing run (windows already there are left as they are)."""
         if not windows:
             return

@@ -31,6 +31,7 @@ from .schema import migrate
 
 Synchronous = Literal["NORMAL", "FULL"]
 FILE_MODE = 0o600
+MIN_SQLITE = (3, 35, 0)
 MAX_ERROR_CHARS = 1000
 _BUSY_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED")
 
@@ -112,6 +113,11 @@ class StoreBase:
         """
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise FatalError(
+                f"store: SQLite {sqlite3.sqlite_version} is too old; streamsync needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or later (UPDATE ... RETURNING)"
+            )
         path = Path(path)
         prepare_file(path, create)
         try:

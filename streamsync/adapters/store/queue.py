@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import aiosqlite
 
-from .base import StoreBase, clean_error
+from .base import clean_error
+from .replay import REPLAY_UPSERT_SQL, ReplayOps, check_replay_id
 from .types import (
     RETRIES_EXHAUSTED,
     SOURCES,
@@ -17,7 +18,6 @@ from .types import (
     Lease,
     QueueInput,
     QueueStats,
-    ReplayState,
     SettleResult,
 )
 
@@ -43,14 +43,6 @@ ON CONFLICT (object_name, record_id) DO UPDATE SET
                  coalesce(excluded.commit_ts_ms, requeued_commit_ts_ms)) END
 """
 
-REPLAY_UPSERT_SQL = """
-INSERT INTO replay (channel, replay_id, last_commit_ts_ms, updated_at) VALUES (?, ?, ?, ?)
-ON CONFLICT (channel) DO UPDATE SET
-    replay_id = coalesce(excluded.replay_id, replay_id),
-    last_commit_ts_ms = coalesce(excluded.last_commit_ts_ms, last_commit_ts_ms),
-    updated_at = excluded.updated_at
-"""
-
 CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, leased_at = NULL, lease_expires_at = NULL"
 
 # The row now stands for the change(s) that arrived during the lease only.
@@ -71,11 +63,6 @@ LEASE_COLUMNS = (
 def _check_source(source: str) -> None:
     if source not in SOURCES:
         raise ValueError(f"unknown queue source {source!r}; expected one of {sorted(SOURCES)}")
-
-
-def _check_replay_id(replay_id: object) -> None:
-    if isinstance(replay_id, bool) or not isinstance(replay_id, int | str | None):
-        raise ValueError(f"replay id must be an int, a str or None, not {type(replay_id).__name__}")
 
 
 def _upsert_rows(
@@ -133,7 +120,7 @@ def _key_version_token(lease: Lease) -> tuple[str, str, int, str]:
     return (lease.object_name, lease.record_id, lease.version, lease.token)
 
 
-class QueueOps(StoreBase):
+class QueueOps(ReplayOps):
     """Queue and replay-id operations; all times are passed in (epoch seconds)."""
 
     async def record_event(
@@ -148,7 +135,7 @@ class QueueOps(StoreBase):
 
         When this returns, both are committed; if it raises, neither is (invariant 1).
         """
-        _check_replay_id(replay_id)
+        check_replay_id(replay_id)
         rows = _upsert_rows(items, "cdc", commit_ts_ms, now)
         async with self._tx("record_event") as conn:
             if rows:
@@ -360,49 +347,3 @@ class QueueOps(StoreBase):
                 "SELECT object_name, count(*) FROM queue GROUP BY object_name"
             ) as cursor:
                 return {str(name): int(count) for name, count in await cursor.fetchall()}
-
-    async def get_replay(self, channel: str) -> ReplayState | None:
-        """Where `channel` resumes, or None if nothing was ever recorded for it."""
-        async with self._read("get_replay") as conn:
-            async with conn.execute(
-                "SELECT channel, replay_id, last_commit_ts_ms, updated_at FROM replay "
-                "WHERE channel = ?",
-                (channel,),
-            ) as cursor:
-                row = await cursor.fetchone()
-        return None if row is None else ReplayState(row[0], row[1], row[2], row[3])
-
-    async def replays(self) -> list[ReplayState]:
-        """Every channel's replay state, by channel name (for `status`)."""
-        async with self._read("replays") as conn:
-            async with conn.execute(
-                "SELECT channel, replay_id, last_commit_ts_ms, updated_at FROM replay "
-                "ORDER BY channel"
-            ) as cursor:
-                rows = await cursor.fetchall()
-        return [ReplayState(row[0], row[1], row[2], row[3]) for row in rows]
-
-    async def set_replay(
-        self,
-        channel: str,
-        replay_id: str | int | None,
-        now: float,
-        commit_ts_ms: int | None = None,
-    ) -> None:
-        """Set where `channel` resumes (the `replay` command); None forgets the replay id.
-
-        The last commit time is replaced only when `commit_ts_ms` is given.
-        """
-        _check_replay_id(replay_id)
-        async with self._tx("set_replay") as conn:
-            await conn.execute(
-                """
-                INSERT INTO replay (channel, replay_id, last_commit_ts_ms, updated_at)
-                VALUES (?, ?, ?, ?)
-                ON CONFLICT (channel) DO UPDATE SET
-                    replay_id = excluded.replay_id,
-                    last_commit_ts_ms = coalesce(excluded.last_commit_ts_ms, last_commit_ts_ms),
-                    updated_at = excluded.updated_at
-                """,
-                (channel, replay_id, commit_ts_ms, now),
-            )
