@@ -1,0 +1,672 @@
+"""config.toml as pydantic models; secrets only from the environment or $CREDENTIALS_DIRECTORY."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from streamsync.core.describe_check import DescribeChecker, DescribeProblem
+from streamsync.core.events import channel_for
+from streamsync.core.mapping import CompiledMapping, mapping_problems, target_problem
+from streamsync.core.soql import (
+    SafeFilter,
+    SoqlError,
+    parse_filter,
+    validate_field_path,
+    validate_identifier,
+)
+from streamsync.errors import ConfigError
+from streamsync.logs import get_logger, redactor
+
+PASSWORD_FLOW_RETIREMENT: Final = "2027-02-20"
+US_BASE_URL: Final = "https://api.iterable.com"
+EU_BASE_URL: Final = "https://api.eu.iterable.com"
+SECRET_KEY_HINTS: Final = ("secret", "password", "passwd", "token", "api_key", "apikey",
+                           "private_key", "privatekey", "passphrase")
+_LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
+
+AuthFlow = Literal["jwt", "client_credentials", "refresh_token", "password"]
+ProjectType = Literal["email", "userId", "hybrid"]
+
+
+class _Problems(ValueError):
+    """Several problems under one key: (sub-key, message) pairs."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{k}: {m}" for k, m in items))
+        self.items = items
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _url(value: str, what: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an http(s) URL, got {value!r:.80}")
+    if parts.username or parts.password:
+        raise ValueError(f"{what} must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{what} must not have a query or fragment")
+    return value.strip().rstrip("/")
+
+
+def _is_plain_remote(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and (parts.hostname or "") not in _LOOPBACK
+
+
+# ---------------------------------------------------------------- sections
+
+
+class SalesforceConfig(_Model):
+    """[salesforce]: where and how to log in."""
+
+    login_url: str = "https://login.salesforce.com"
+    instance_url: str | None = None
+    api_version: str = "66.0"
+    auth: AuthFlow = "jwt"
+    client_id: str = Field(min_length=1)
+    username: str | None = None
+    audience: str | None = None
+    client_name: str = Field(default="streamsync", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    suppress_echoes: bool = False
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_in_flight: int = Field(default=8, ge=1, le=25)
+
+    @field_validator("login_url", "instance_url", "audience")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        return None if v is None else _url(v, "URL")
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = f"{float(v):.1f}"
+        if isinstance(v, str):
+            m = re.fullmatch(r"v?(\d{2,3})\.0", v.strip())
+            if m is None:
+                raise ValueError(f"api_version must look like '66.0', got {v!r:.20}")
+            if int(m[1]) < 37:
+                raise ValueError("api_version must be 37.0 or later (durable streaming)")
+            return f"{m[1]}.0"
+        return v
+
+    @model_validator(mode="after")
+    def _flow_needs(self) -> SalesforceConfig:
+        if self.auth in ("jwt", "password") and not self.username:
+            raise ValueError(f"auth = {self.auth!r} needs salesforce.username")
+        return self
+
+    @property
+    def token_url(self) -> str:
+        return self.login_url + "/services/oauth2/token"
+
+    @property
+    def jwt_audience(self) -> str:
+        return self.audience or self.login_url
+
+
+class IterableConfig(_Model):
+    """[iterable]: the project, its data center, and how hard to push."""
+
+    base_url: str = US_BASE_URL
+    project_type: ProjectType = "hybrid"
+    batch_max_users: int = Field(default=1000, ge=1, le=10_000)
+    batch_max_bytes: int = Field(default=4_000_000, ge=4096, le=4 * 1024 * 1024)
+    rate_limit_per_s: float = Field(default=5.0, gt=0, le=1000)
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    update_only: bool = False
+    create_new_fields: bool | None = None
+    merge_nested_objects: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        return _url(v, "base_url")
+
+    @model_validator(mode="after")
+    def _eu_email(self) -> IterableConfig:
+        if self.base_url == EU_BASE_URL and self.project_type == "email":
+            raise ValueError("Iterable's EU data center has no email-based projects")
+        return self
+
+
+class FanOut(_Model):
+    """Re-sync the children of a changed record: `{ object = "Contact", via = "AccountId" }`."""
+
+    object: str
+    via: str
+
+    @field_validator("object", "via")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        return validate_identifier(v)
+
+
+class ObjectConfig(_Model):
+    """[objects.<Name>]: one synced Salesforce object."""
+
+    channel: str | None = Field(default=None, pattern=r"^/data/[A-Za-z0-9_]{1,120}$")
+    filter: str | None = None
+    identity: Literal["email", "userId", "both"] = "email"
+    email_field: str = "Email"
+    user_id_field: str = "Id"
+    delete_policy: Literal["delete", "flag", "ignore"] = "flag"
+    delete_flag_field: str = "dataFields.salesforceDeleted"
+    null_policy: Literal["omit", "clear"] = "clear"
+    convert_dates: bool = True
+    mapping: dict[str, str] = Field(default_factory=dict)
+    fan_out: list[FanOut] = Field(default_factory=list)
+    converted_precedence: Literal["contact", "lead"] | None = None
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_filter(v)
+        return v
+
+    @field_validator("email_field", "user_id_field")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return validate_field_path(v)
+
+    @field_validator("delete_flag_field")
+    @classmethod
+    def _flag(cls, v: str) -> str:
+        problem = target_problem(v)
+        if problem is None and not v.startswith("dataFields."):
+            problem = "the delete flag must be a dataFields.<name> target"
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = mapping_problems(v)
+        if problems:
+            raise _Problems(problems)
+        return v
+
+    @property
+    def safe_filter(self) -> SafeFilter | None:
+        return None if self.filter is None else parse_filter(self.filter)
+
+    @property
+    def writes_users(self) -> bool:
+        """False for objects that only fan out (Account by default)."""
+        return bool(self.mapping)
+
+
+class QueueConfig(_Model):
+    """[queue]: the durable SQLite queue."""
+
+    path: str = "streamsync.db"
+    lease_s: float = Field(default=120.0, gt=0, le=86_400)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    backoff_base_s: float = Field(default=1.0, gt=0, le=3600)
+    backoff_max_s: float = Field(default=300.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> QueueConfig:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s must not be below backoff_base_s")
+        return self
+
+
+class FlushConfig(_Model):
+    """[flush]: how queued ids become Iterable batches."""
+
+    batch_ids: int = Field(default=2000, ge=1, le=50_000)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    linger_ms: int = Field(default=200, ge=0, le=60_000)
+
+
+class IngestConfig(_Model):
+    """[ingest]: the CometD subscription."""
+
+    watchdog_s: float = Field(default=300.0, gt=0, le=86_400)
+    reconcile_overlap_s: float = Field(default=60.0, ge=0, le=86_400)
+
+
+class BackfillConfig(_Model):
+    """[backfill]: defaults for `python -m streamsync.backfill`."""
+
+    parallel: int = Field(default=4, ge=1, le=25)
+    page_size: int = Field(default=2000, ge=200, le=2000)
+    api: Literal["rest", "bulk"] = "rest"
+    window_field: str = "CreatedDate"
+
+    @field_validator("window_field")
+    @classmethod
+    def _field(cls, v: str) -> str:
+        return validate_identifier(v)
+
+
+class HealthConfig(_Model):
+    """[health]: the health and metrics endpoint (localhost by default)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65_535)
+
+
+class LoggingConfig(_Model):
+    """[logging]."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "human"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets from the environment or credential files; never printed."""
+
+    sf_client_secret: SecretStr | None = None
+    sf_private_key: SecretStr | None = None
+    sf_refresh_token: SecretStr | None = None
+    sf_password: SecretStr | None = None
+    iterable_api_key: SecretStr | None = None
+
+    def values(self) -> list[str]:
+        """Every secret value present (for the log redactor)."""
+        out = []
+        for s in (self.sf_client_secret, self.sf_private_key, self.sf_refresh_token,
+                  self.sf_password, self.iterable_api_key):
+            if s is not None:
+                out.append(s.get_secret_value())
+        return out
+
+
+# name → (environment variable, credential file name)
+SECRET_SOURCES: Final[dict[str, tuple[str, str]]] = {
+    "sf_client_secret": ("STREAMSYNC_SF_CLIENT_SECRET", "sf_client_secret"),
+    "sf_private_key": ("STREAMSYNC_SF_PRIVATE_KEY", "sf_private_key"),
+    "sf_refresh_token": ("STREAMSYNC_SF_REFRESH_TOKEN", "sf_refresh_token"),
+    "sf_password": ("STREAMSYNC_SF_PASSWORD", "sf_password"),
+    "iterable_api_key": ("STREAMSYNC_ITERABLE_API_KEY", "iterable_api_key"),
+}
+_NEEDED: Final[dict[str, tuple[str, ...]]] = {
+    "jwt": ("sf_private_key",),
+    "client_credentials": ("sf_client_secret",),
+    "refresh_token": ("sf_refresh_token",),
+    "password": ("sf_client_secret", "sf_password"),
+}
+
+DEFAULT_LEAD_MAPPING: Final = {
+    "Email": "email",
+    "Id": "dataFields.sfLeadId",
+    "FirstName": "dataFields.firstName",
+    "LastName": "dataFields.lastName",
+    "Status": "dataFields.leadStatus",
+    "LeadSource": "dataFields.leadSource",
+    "Company": "dataFields.Company.Name",
+    "Owner.Id": "dataFields.Owner.Id",
+    "Owner.Name": "dataFields.Owner.Name",
+    "Owner.Email": "dataFields.Owner.Email",
+    "Owner.IsActive": "dataFields.Owner.IsActive",
+}
+DEFAULT_CONTACT_MAPPING: Final = {
+    "Email": "email",
+    "Id": "dataFields.sfContactId",
+    "FirstName": "dataFields.firstName",
+    "LastName": "dataFields.lastName",
+    "LeadSource": "dataFields.leadSource",
+    "Account.Id": "dataFields.Company.Id",
+    "Account.Name": "dataFields.Company.Name",
+    "Owner.Id": "dataFields.Owner.Id",
+    "Owner.Name": "dataFields.Owner.Name",
+    "Owner.Email": "dataFields.Owner.Email",
+    "Owner.IsActive": "dataFields.Owner.IsActive",
+}
+DEFAULT_OBJECTS: Final[dict[str, dict[str, Any]]] = {
+    "Lead": {"mapping": DEFAULT_LEAD_MAPPING},
+    "Contact": {"mapping": DEFAULT_CONTACT_MAPPING},
+    "Account": {"fan_out": [{"object": "Contact", "via": "AccountId"}]},
+}
+
+
+class Config(_Model):
+    """The whole configuration, validated; `secrets` and `warnings` are filled by the loader."""
+
+    salesforce: SalesforceConfig
+    iterable: IterableConfig = IterableConfig()
+    objects: dict[str, ObjectConfig] = Field(default_factory=dict)
+    queue: QueueConfig = QueueConfig()
+    flush: FlushConfig = FlushConfig()
+    ingest: IngestConfig = IngestConfig()
+    backfill: BackfillConfig = BackfillConfig()
+    health: HealthConfig = HealthConfig()
+    logging: LoggingConfig = LoggingConfig()
+    secrets: Secrets = Field(default_factory=Secrets, exclude=True, repr=False)
+    warnings: tuple[str, ...] = Field(default=(), exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_objects(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        objects = data.get("objects")
+        if objects is None:
+            objects = {name: {} for name in DEFAULT_OBJECTS}
+        if not isinstance(objects, dict):
+            return data
+        filled = {}
+        for name, raw in objects.items():
+            if isinstance(raw, dict) and name in DEFAULT_OBJECTS:
+                raw = {**DEFAULT_OBJECTS[name], **raw}
+            filled[name] = raw
+        return {**data, "objects": filled}
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        problems: list[tuple[str, str]] = []
+        if not self.objects:
+            problems.append(("objects", "at least one object must be configured"))
+        ptype = self.iterable.project_type
+        for name, obj in self.objects.items():
+            try:
+                validate_identifier(name, "object")
+            except SoqlError as exc:
+                problems.append((f"objects.{name}", str(exc)))
+            if not obj.mapping and not obj.fan_out:
+                problems.append((f"objects.{name}", "needs a mapping, a fan_out, or both"))
+            if ptype == "email" and obj.identity == "userId" and obj.writes_users:
+                problems.append((f"objects.{name}.identity", "email-based Iterable projects "
+                                 "identify users by email: use 'email' or 'both'"))
+            if ptype == "userId" and obj.identity == "email" and obj.writes_users:
+                problems.append((f"objects.{name}.identity", "userId-based Iterable projects "
+                                 "identify users by userId: use 'userId' or 'both'"))
+            if obj.converted_precedence is not None and name != "Lead":
+                problems.append((f"objects.{name}.converted_precedence",
+                                 "only applies to Lead"))
+            for i, fan in enumerate(obj.fan_out):
+                if fan.object not in self.objects:
+                    problems.append((f"objects.{name}.fan_out[{i}].object",
+                                     f"{fan.object!r} is not a configured object"))
+            if obj.delete_flag_field in obj.mapping.values() and obj.delete_policy == "flag":
+                problems.append((f"objects.{name}.delete_flag_field",
+                                 "is also a mapping target"))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    # -- derived values the runtime uses
+
+    def channel(self, name: str) -> str:
+        """The CDC channel of a configured object."""
+        return self.objects[name].channel or channel_for(name)
+
+    def converted_precedence(self) -> Literal["contact", "lead"]:
+        lead = self.objects.get("Lead")
+        return (lead.converted_precedence if lead and lead.converted_precedence else "contact")
+
+    def compiled(self) -> dict[str, CompiledMapping]:
+        """Each object that writes users, with its mapping compiled once."""
+        out: dict[str, CompiledMapping] = {}
+        for name, obj in self.objects.items():
+            if not obj.writes_users:
+                continue
+            extra: tuple[str, ...] = ()
+            if name == "Lead" and self.converted_precedence() == "contact":
+                extra = ("IsConverted", "ConvertedContactId")
+            out[name] = CompiledMapping(
+                name, obj.mapping, identity=obj.identity, email_field=obj.email_field,
+                user_id_field=obj.user_id_field, null_policy=obj.null_policy,
+                convert_dates=obj.convert_dates, extra_fields=extra)
+        return out
+
+    def check_describe(self, describes: Mapping[str, Mapping[str, Any]]
+                       ) -> list[DescribeProblem]:
+        """Every mapped path, relationship, filter and fan-out field against describe results."""
+        checker = DescribeChecker(describes)
+        problems: list[DescribeProblem] = []
+        for name, obj in self.objects.items():
+            key = f"objects.{name}"
+            safe = obj.safe_filter
+            extra = {f"{key}.fan_out[{i}].via": (fan.object, fan.via)
+                     for i, fan in enumerate(obj.fan_out)}
+            problems.extend(checker.check_object(
+                name, key=key, mapping=obj.mapping,
+                filter_fields=safe.fields if safe else (),
+                email_field=obj.email_field if obj.writes_users and obj.identity != "userId"
+                else None))
+            for label, (child, via) in extra.items():
+                _, why = checker.resolve(child, via)
+                if why:
+                    problems.append(DescribeProblem(label, why))
+        return problems
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _key(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else '"' + part + '"'
+        out += ("." if out else "") + text
+    return out
+
+
+_SECTIONS: Final[dict[str, type[BaseModel]]] = {
+    "salesforce": SalesforceConfig, "iterable": IterableConfig, "queue": QueueConfig,
+    "flush": FlushConfig, "ingest": IngestConfig, "backfill": BackfillConfig,
+    "health": HealthConfig, "logging": LoggingConfig,
+}
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    if len(loc) == 1:
+        return Config
+    if len(loc) == 2 and isinstance(loc[0], str):
+        return _SECTIONS.get(loc[0])
+    if len(loc) == 3 and loc[0] == "objects":
+        return ObjectConfig
+    if len(loc) == 5 and loc[0] == "objects" and loc[2] == "fan_out":
+        return FanOut
+    return None
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _Problems):
+            for sub, message in ctx_error.items:
+                lines.append(f"{_key((*loc, sub)) if loc else sub}: {message}")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            hint = ""
+            if model is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+            message = f"unknown key{hint}"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        elif err["type"] != "value_error" and not isinstance(err.get("input"), dict | list):
+            message += f" (got {err.get('input')!r:.60})"
+        lines.append(f"{_key(loc) or '(top level)'}: {message}")
+    return lines
+
+
+def _secret_keys(data: Mapping[str, Any], prefix: tuple[str, ...] = ()
+                 ) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        if len(path) == 3 and path[0] == "objects" and path[2] == "mapping":
+            continue
+        lowered = str(key).lower()
+        if any(h in lowered for h in SECRET_KEY_HINTS):
+            found.append(path)
+            continue
+        if isinstance(value, Mapping):
+            found.extend(_secret_keys(value, path))
+    return found
+
+
+def _without(data: Mapping[str, Any], paths: list[tuple[str, ...]]) -> dict[str, Any]:
+    """A copy of `data` with the given key paths removed."""
+    out = dict(data)
+    for path in paths:
+        node: dict[str, Any] = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, Mapping):
+                break
+            node[part] = dict(child)
+            node = node[part]
+        else:
+            node.pop(path[-1], None)
+    return out
+
+
+def _secret_hint(key: str) -> str:
+    lowered = key.lower()
+    for name, (env_name, cred) in SECRET_SOURCES.items():
+        if lowered in name or name.endswith(lowered):
+            return f"set {env_name} or the credential file $CREDENTIALS_DIRECTORY/{cred}"
+    return ("use an environment variable STREAMSYNC_... or a file in $CREDENTIALS_DIRECTORY")
+
+
+def _read_secret_file(path: Path, origin: str) -> SecretStr:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{origin}: secret file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read secret file {path}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+    if not text:
+        raise ConfigError(f"{origin}: secret file {path} is empty")
+    return SecretStr(text)
+
+
+def load_secrets(env: Mapping[str, str]) -> tuple[Secrets, list[str]]:
+    """Secrets from `env` (NAME, NAME_FILE) or `$CREDENTIALS_DIRECTORY/<file>`; and problems."""
+    values: dict[str, SecretStr | None] = {}
+    problems: list[str] = []
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    for name, (env_name, cred_name) in SECRET_SOURCES.items():
+        value: SecretStr | None = None
+        try:
+            if env.get(env_name):
+                value = SecretStr(env[env_name].strip())
+            elif env.get(env_name + "_FILE"):
+                value = _read_secret_file(Path(env[env_name + "_FILE"]), env_name + "_FILE")
+            elif cred_dir and (Path(cred_dir) / cred_name).exists():
+                value = _read_secret_file(Path(cred_dir) / cred_name, "CREDENTIALS_DIRECTORY")
+        except ConfigError as exc:
+            problems.append(str(exc))
+        values[name] = value
+    key = values["sf_private_key"]
+    if key is not None and "-----BEGIN" not in key.get_secret_value():
+        problems.append("STREAMSYNC_SF_PRIVATE_KEY: the private key is not in PEM format "
+                        "(expected a -----BEGIN ... PRIVATE KEY----- block)")
+    return Secrets(**values), problems
+
+
+def _missing_secrets(cfg: Config, secrets: Secrets) -> list[str]:
+    needed = [*_NEEDED[cfg.salesforce.auth], "iterable_api_key"]
+    out = []
+    for name in needed:
+        if getattr(secrets, name) is None:
+            env_name, cred = SECRET_SOURCES[name]
+            out.append(f"secret {name} is missing (needed by "
+                       f"{'Iterable' if name.startswith('iterable') else cfg.salesforce.auth}"
+                       f" auth): set {env_name}, {env_name}_FILE or "
+                       f"$CREDENTIALS_DIRECTORY/{cred}")
+    return out
+
+
+def parse_config(data: Mapping[str, Any], env: Mapping[str, str], *,
+                 base_dir: Path | None = None, require_secrets: bool = True) -> Config:
+    """Validate parsed TOML; every problem is reported at once in one ConfigError."""
+    secret_keys = _secret_keys(data)
+    problems = [f"{_key(k)}: secrets are never read from the config file; {_secret_hint(k[-1])}"
+                for k in secret_keys]
+    cfg: Config | None = None
+    try:
+        cfg = Config.model_validate(_without(data, secret_keys))
+    except ValidationError as exc:
+        problems.extend(_format_errors(exc))
+    secrets, secret_problems = load_secrets(env)
+    problems.extend(secret_problems)
+    if cfg is not None and require_secrets:
+        problems.extend(_missing_secrets(cfg, secrets))
+    if problems or cfg is None:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    warnings: list[str] = []
+    if cfg.salesforce.auth == "password":
+        warnings.append("salesforce.auth = 'password': Salesforce retires the username-password "
+                        f"flow on {PASSWORD_FLOW_RETIREMENT}; move to 'jwt' or "
+                        "'client_credentials'")
+    for key, url in (("salesforce.login_url", cfg.salesforce.login_url),
+                     ("salesforce.instance_url", cfg.salesforce.instance_url),
+                     ("iterable.base_url", cfg.iterable.base_url)):
+        if url and _is_plain_remote(url):
+            warnings.append(f"{key} uses plain http to a non-local host: secrets travel "
+                            "unencrypted")
+    queue_path = Path(cfg.queue.path)
+    if base_dir is not None and not queue_path.is_absolute():
+        queue_path = base_dir / queue_path
+    for value in secrets.values():
+        redactor().add(value)
+    log = get_logger(__name__)
+    for warning in warnings:
+        log.warning("config.warning", message=warning)
+    return cfg.model_copy(update={"secrets": secrets, "warnings": tuple(warnings),
+                                  "queue": cfg.queue.model_copy(
+                                      update={"path": str(queue_path)})})
+
+
+def load_config(path: str | Path, env: Mapping[str, str], *,
+                require_secrets: bool = True) -> Config:
+    """Read and validate config.toml; relative paths in it are relative to its directory."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return parse_config(data, env, base_dir=file.resolve().parent,
+                        require_secrets=require_secrets)
