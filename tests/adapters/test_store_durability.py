@@ -291,3 +291,23 @@ async def _acked_ids(store: Store) -> set[str]:
     async with store._read("peek") as conn:
         async with conn.execute("SELECT record_id FROM identity") as cursor:
             return {row[0] for row in await cursor.fetchall()}
+
+
+async def test_cancelled_write_leaves_all_or_nothing_and_a_usable_store(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "cancel.db", synchronous="NORMAL")
+    try:
+        for yields in range(8):
+            items = [QueueInput(f"Obj{yields}", f"id{n}") for n in range(2_000)]
+            task = asyncio.create_task(store.record_event(CHANNEL, yields, items, None, T0))
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            depth = (await store.queue_depth_by_object()).get(f"Obj{yields}", 0)
+            replay = await store.get_replay(CHANNEL)
+            committed = replay is not None and replay.replay_id == yields
+            assert depth == (2_000 if committed else 0)
+            await store.enqueue([QueueInput("After", str(yields))], T0, "cdc")  # still usable
+    finally:
+        await store.close()

@@ -168,12 +168,11 @@ class StoreBase:
             conn = self._require()
             try:
                 await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise translate(exc, doing) from exc
-            try:
                 yield conn
                 await conn.execute("COMMIT")
             except BaseException as exc:
+                # Also on cancellation: aiosqlite runs calls in order, so this ROLLBACK follows
+                # whatever statement was in flight, and the next BEGIN finds no open transaction.
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
