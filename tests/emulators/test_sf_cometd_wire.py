@@ -721,6 +721,9 @@ async def test_daily_delivery_allocation() -> None:
         reply, data = await c.connect()
         assert data == [] and reply["successful"] is False
         assert reply["error"] == "403::Organization total events daily limit exceeded"
+        assert reply["advice"] == {"reconnect": "none", "interval": 0}
+        again_reply, _ = await c.connect()
+        assert again_reply["error"] == "403::Organization total events daily limit exceeded"
         other = harness.client()
         await other.handshake()
         sub = await other.subscribe("/data/ChangeEvents", {"/data/ChangeEvents": -2})
@@ -758,5 +761,21 @@ async def test_large_backlogs_are_delivered_in_capped_batches() -> None:
             assert len(data) == expected
             got.extend(m["data"]["event"]["replayId"] for m in data)
         assert got == ids
+    finally:
+        await stop_harness(harness, runner)
+
+
+async def test_server_shutdown_releases_pending_long_polls() -> None:
+    harness, runner = await start_harness(long_poll_s=60.0)
+    try:
+        c = harness.client()
+        await c.open()
+        poll = asyncio.create_task(c.connect())
+        await until(lambda: harness.server.stats()["polling"] == 1)
+        started = asyncio.get_running_loop().time()
+        await runner.shutdown()
+        reply, _ = await asyncio.wait_for(poll, 5.0)
+        assert reply["error"] == "403::Unknown client"
+        assert asyncio.get_running_loop().time() - started < 5.0
     finally:
         await stop_harness(harness, runner)

@@ -136,6 +136,11 @@ class CometdServer:
         app.router.add_route("GET", "/cometd/{version}", self._handle_get)
         app.router.add_route("POST", "/cometd", self._handle_post)
         app.router.add_route("POST", "/cometd/", self._handle_post)
+        app.on_shutdown.append(self._release_on_shutdown)
+
+    async def _release_on_shutdown(self, app: web.Application) -> None:
+        """Answer every pending long poll so the server can stop without waiting them out."""
+        self.forget_all_clients()
 
     def forget_all_clients(self) -> int:
         """Drop every client: its next call gets 403::Unknown client. Returns how many."""
@@ -386,7 +391,7 @@ class CometdServer:
                                advice={"reconnect": "none", "interval": 0})
         self._wake(client, "superseded")
         if not client.disconnect_pending and self.deliveries_24h() >= self.daily_delivery_limit:
-            self._forget(client, "limit")
+            client.last_seen = self._clock()
             return self._reply(message, successful=False, error=ERR_DAILY_LIMIT,
                                advice={"reconnect": "none", "interval": 0})
         first = not client.connected_once
