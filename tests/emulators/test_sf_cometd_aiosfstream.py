@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiosfstream_ng.auth import PasswordAuthenticator
 from aiosfstream_ng.client import Client, ReplayMarkerStoragePolicy
@@ -132,3 +133,39 @@ async def test_recovers_after_unknown_client_by_rehandshaking(h: Harness) -> Non
     assert message["data"]["event"]["replayId"] == second > first
     assert h.server.stats()["handshakes"] == 2
     assert h.tokens.issued == 2
+
+
+async def test_a_rest_patch_arrives_as_an_update_event_through_the_full_emulator() -> None:
+    from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
+
+    emu = SalesforceEmulator(SalesforceEmulatorConfig(seed_leads=3, long_poll_s=2.0))
+    await emu.start(host="127.0.0.1", port=0)
+    try:
+        auth = LocalPasswordAuthenticator(emu.token_url, consumer_key=emu.client_id,
+                                          consumer_secret=emu.client_secret,
+                                          username=emu.username, password=emu.password)
+        client = Client(auth, replay=ReplayOption.NEW_EVENTS, connection_timeout=0)
+        await client.open()
+        try:
+            await client.subscribe(LEADS)
+            await until(lambda: emu.cometd.stats()["polling"] == 1)
+            lead_id = emu.select_ids("Lead", limit=1)[0]
+            async with aiohttp.ClientSession() as http:
+                async with http.patch(
+                        f"{emu.instance_url}/services/data/v66.0/sobjects/Lead/{lead_id}",
+                        json={"Title": "Chief Emulation Officer"},
+                        headers={"Authorization": f"Bearer {emu.issue_token()}"}) as resp:
+                    assert resp.status == 204
+            (message,) = await receive(client, 1)
+        finally:
+            await client.close()
+    finally:
+        await emu.stop()
+    assert message["channel"] == LEADS
+    payload = message["data"]["payload"]
+    header = payload["ChangeEventHeader"]
+    assert header["changeType"] == "UPDATE" and header["entityName"] == "Lead"
+    assert header["recordIds"] == [lead_id]
+    assert "Title" in header["changedFields"]
+    assert payload["Title"] == "Chief Emulation Officer"
+    assert message["data"]["event"]["replayId"] == emu.bus.latest_replay_id
