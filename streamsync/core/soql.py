@@ -245,7 +245,8 @@ class _Parser:
         if depth > MAX_FILTER_DEPTH:
             raise SoqlError(f"filter nests deeper than {MAX_FILTER_DEPTH} levels")
         if self.keyword("NOT"):
-            return "NOT (" + self.not_expr(depth + 1) + ")"
+            inner = self.not_expr(depth + 1)
+            return "NOT " + (inner if _wrapped(inner) else "(" + inner + ")")
         tok = self.peek()
         if tok is not None and tok.text == "(":
             self.i += 1
@@ -333,6 +334,34 @@ def _check_datetime(text: str) -> None:
 def _group(text: str) -> str:
     """Parenthesise a sub-expression that holds a top-level AND/OR."""
     return text if _is_atomic(text) else "(" + text + ")"
+
+
+def _wrapped(text: str) -> bool:
+    """True when the whole text is one parenthesised group."""
+    return text.startswith("(") and _closing_paren(text) == len(text) - 1
+
+
+def _closing_paren(text: str) -> int:
+    depth = 0
+    in_str = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if in_str:
+            if ch == "\\":
+                i += 1
+            elif ch == "'":
+                in_str = False
+        elif ch == "'":
+            in_str = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
 
 
 def _is_atomic(text: str) -> bool:
