@@ -169,3 +169,23 @@ async def test_a_rest_patch_arrives_as_an_update_event_through_the_full_emulator
     assert "Title" in header["changedFields"]
     assert payload["Title"] == "Chief Emulation Officer"
     assert message["data"]["event"]["replayId"] == emu.bus.latest_replay_id
+
+
+async def test_recovers_after_its_token_is_revoked_mid_stream(h: Harness) -> None:
+    client = make_client(h, {})
+    await client.open()
+    try:
+        await client.subscribe(LEADS)
+        await until(lambda: h.server.stats()["polling"] == 1)
+        for token in list(h.tokens.status):
+            h.tokens.status[token] = "expired"
+        h.publish(Email="wakes-the-poll@example.com")
+        await receive(client, 1)
+        await until(lambda: h.server.stats()["handshakes"] == 2
+                    and h.server.stats()["polling"] == 1)
+        after = h.publish(Email="after-reauth@example.com")
+        (message,) = await receive(client, 1)
+    finally:
+        await client.close()
+    assert message["data"]["event"]["replayId"] == after
+    assert h.tokens.issued == 2

@@ -404,6 +404,19 @@ async def test_connect_and_resubscribe_in_one_post_like_a_rehandshaking_client(
     assert [m["data"]["event"]["replayId"] for m in data] == [second]
 
 
+async def test_a_stale_resubscribe_in_a_connect_batch_fails_alone(h: Harness) -> None:
+    stale = h.publish()
+    h.bus.purge()
+    c = h.client()
+    await c.handshake()
+    connect, subscribe = await c.send(
+        c.connect_msg(), c.subscribe_msg("/data/ChangeEvents", {"/data/ChangeEvents": stale}))
+    assert connect["successful"] is True
+    assert subscribe["successful"] is False
+    assert subscribe["error"] == f"400::The replayId {{{stale}}}{INVALID_TAIL}"
+    assert h.server.stats()["subscriptions"] == 0
+
+
 async def test_bare_object_body_is_http_400(h: Harness) -> None:
     c = h.client()
     status, _ = await c.raw(orjson.dumps({"channel": "/meta/handshake", "version": "1.0"}))
