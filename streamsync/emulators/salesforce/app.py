@@ -22,7 +22,7 @@ from .control import CONTROL_PREFIX, ControlApi
 from .errors import SalesforceError, invalid_session
 from .faults import FaultPlan
 from .oauth import OAuthConfig, Sessions, TokenEndpoint
-from .rest import RestApi, error_response
+from .rest import LIMITS_KEY, RECORDS_KEY, USER_KEY, RestApi, error_response
 from .schema import SCHEMA
 from .seed import seed
 from .soql import execute
@@ -135,7 +135,7 @@ class SalesforceEmulator:
     # -- wiring ---------------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
-        app["limits_provider"] = self.limits
+        app[LIMITS_KEY] = self.limits
         app.router.add_post("/services/oauth2/token", self.token_endpoint.handle)
         self.rest.register(app)
         self.bulk.register(app)
@@ -168,7 +168,7 @@ class SalesforceEmulator:
             token = _token(request.headers.get("Authorization", ""))
             if token is None or self.sessions.check(token) != "ok":
                 return error_response(invalid_session())
-            request["user_id"] = self.sessions.user_of(token)
+            request[USER_KEY] = self.sessions.user_of(token) or self.state.integration_user_id
             if not self.state.usage.count(_path_kind(path)):
                 resp: web.StreamResponse = error_response(SalesforceError(
                     403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."))
@@ -188,7 +188,7 @@ class SalesforceEmulator:
                 raise
             resp = error_response(SalesforceError(
                 405, "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed"))
-        delay = self.faults.delay_s(int(request.get("records", 0)))
+        delay = self.faults.delay_s(request.get(RECORDS_KEY, 0))
         if delay > 0 and not path.startswith("/cometd"):
             await asyncio.sleep(delay)
         if is_data:
@@ -228,7 +228,7 @@ class SalesforceEmulator:
         sock.bind((host, port))
         self.host = host
         self.port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock, ssl_context=ssl_ctx, shutdown_timeout=1.0)
+        site = web.SockSite(self._runner, sock, ssl_context=ssl_ctx)
         await site.start()
         self.oauth_config.instance_url = self.instance_url
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .errors import SalesforceError
 from .ids import IdSequence
-from .rest import json_response
+from .rest import RECORDS_KEY, USER_KEY, json_response
 from .soql import Compiler, Query, execute, parse
 from .state import OrgState, format_datetime
 
@@ -137,7 +137,7 @@ class BulkQueryApi:
         # Fields are checked now: a bad field fails job creation, as on Salesforce.
         obj_name = self._validate(parsed, version)
         job = QueryJob(self.ids.next(), operation, query, obj_name,
-                       str(request.get("user_id") or self.state.integration_user_id),
+                       request.get(USER_KEY) or self.state.integration_user_id,
                        format_datetime(self.clock()), version, delimiter, line_ending)
         self.jobs[job.id] = job
         self.jobs_created += 1
@@ -238,7 +238,7 @@ class BulkQueryApi:
         lines.extend(sep.join(_cell(v) for v in row) for row in job.rows[offset:end])
         body = (nl.join(lines) + nl).encode()
         self.bytes_served += len(body)
-        request["records"] = end - offset
+        request[RECORDS_KEY] = end - offset
         locator = encode_locator(end) if end < len(job.rows) else "null"
         resp = web.Response(body=body, content_type="text/csv", charset="utf-8", headers={
             "Sforce-Locator": locator, "Sforce-NumberOfRecords": str(end - offset)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ JSON = "application/json"
 MAX_COLLECTION = 200
 CURSOR_IDLE_S = 15 * 60
 MAX_CURSORS = 200
+RECORDS_KEY = web.RequestKey("records", int)
+USER_KEY = web.RequestKey("user_id", str)
+LIMITS_KEY = web.AppKey("limits_provider", Callable[[], dict[str, Any]])
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -102,7 +106,7 @@ class RestApi:
             "limits", "query", "queryAll", "sobjects", "composite", "jobs")})
 
     async def limits(self, request: web.Request) -> web.Response:
-        app_limits = request.app.get("limits_provider")
+        app_limits = request.app.get(LIMITS_KEY)
         body = app_limits() if app_limits else {}
         return json_response(body)
 
@@ -148,6 +152,8 @@ class RestApi:
         if result.aggregate is not None:
             return json_response({"totalSize": len(result.aggregate), "done": True,
                                   "records": result.aggregate})
+        if result.render is None:
+            return json_response({"totalSize": result.total_size, "done": True, "records": []})
         cursor = Cursor(result, batch_size_of(request), version, self.clock())
         return self._page(request, cursor, None, 0)
 
@@ -170,7 +176,7 @@ class RestApi:
         render = result.render
         assert render is not None
         records = [render(r) for r in rows[offset:end]]
-        request["records"] = len(records)
+        request[RECORDS_KEY] = len(records)
         body: dict[str, Any] = {"totalSize": result.total_size, "done": end >= len(rows)}
         if end < len(rows):
             if locator is None:
@@ -346,8 +352,8 @@ def _obj_by_id(sf_id: str) -> str:
 
 
 def _user(request: web.Request, state: OrgState) -> str:
-    user = request.get("user_id")
-    return str(user) if user else state.integration_user_id
+    user = request.get(USER_KEY)
+    return user if user else state.integration_user_id
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
