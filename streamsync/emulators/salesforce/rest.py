@@ -23,7 +23,7 @@ CURSOR_IDLE_S = 15 * 60
 MAX_CURSORS = 200
 RECORDS_KEY = web.RequestKey("records", int)
 USER_KEY = web.RequestKey("user_id", str)
-LIMITS_KEY = web.AppKey("limits_provider", Callable[[], dict[str, Any]])
+LIMITS_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("limits_provider")
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
