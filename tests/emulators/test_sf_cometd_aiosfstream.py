@@ -189,3 +189,19 @@ async def test_recovers_after_its_token_is_revoked_mid_stream(h: Harness) -> Non
         await client.close()
     assert message["data"]["event"]["replayId"] == after
     assert h.tokens.issued == 2
+
+
+async def test_survives_a_server_pushed_disconnect(h: Harness) -> None:
+    client = make_client(h, {})
+    await client.open()
+    try:
+        await client.subscribe(LEADS)
+        await until(lambda: h.server.stats()["polling"] == 1)
+        assert h.server.push_disconnect() == 1
+        await until(lambda: h.server.stats()["handshakes"] == 2
+                    and h.server.stats()["polling"] == 1)
+        rid = h.publish(Email="after-push@example.com")
+        (message,) = await receive(client, 1)
+    finally:
+        await client.close()
+    assert message["data"]["event"]["replayId"] == rid
