@@ -218,6 +218,11 @@ class UsageCounter:
         return out
 
 
+def _timeout(session: aiohttp.ClientSession, timeout_s: float | None) -> aiohttp.ClientTimeout:
+    """A per-call override or the session's own (aiohttp reads `timeout=None` as NO timeout)."""
+    return session.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+
+
 async def send(
     session: aiohttp.ClientSession,
     method: str,
@@ -234,13 +239,17 @@ async def send(
 ) -> HttpResponse:
     """Send one request and read the whole reply. Network failures, timeouts and truncated
     replies become TransientError; the status is NOT checked (callers map it)."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
     body: bytes | aiohttp.FormData | None = data
     if form is not None:
         body = aiohttp.FormData(dict(form))
     try:
         async with session.request(
-            method, url, headers=headers, params=params, data=body, timeout=timeout
+            method,
+            url,
+            headers=headers,
+            params=params,
+            data=body,
+            timeout=_timeout(session, timeout_s),
         ) as raw:
             payload = await raw.read()
             resp = HttpResponse(raw.status, raw.headers, payload, api, endpoint)
@@ -275,10 +284,9 @@ async def stream(
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Open a request whose 2xx body the caller reads incrementally. A non-2xx reply is read
     and raised through `error_for`; network failures while reading become TransientError."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
     try:
         async with session.request(
-            method, url, headers=headers, params=params, timeout=timeout
+            method, url, headers=headers, params=params, timeout=_timeout(session, timeout_s)
         ) as raw:
             if counter is not None:
                 counter.record(api, endpoint, raw.status)
