@@ -72,7 +72,8 @@ class _RawClient:
         return [m["data"]["event"]["replayId"] for m in body if "data" in m]
 
 
-async def _run(events: int, chunk: int) -> dict[str, Any]:
+async def bench_cometd_async(events: int = 50_000, chunk: int = 500) -> dict[str, Any]:
+    """bench_cometd for callers already inside an event loop."""
     bus = EventBus()
     server = CometdServer(bus, lambda token: "ok" if token == TOKEN else "invalid",
                           long_poll_s=5.0, daily_delivery_limit=10 * events)
@@ -132,7 +133,7 @@ async def _run(events: int, chunk: int) -> dict[str, Any]:
 def bench_cometd(events: int = 50_000, chunk: int = 500) -> dict[str, Any]:
     """Publish `events` CDC events and measure their delivery to one long-polling subscriber:
     live (published while it polls) and as a -2 backlog. Returns figures as a dict."""
-    return asyncio.run(_run(events, chunk))
+    return asyncio.run(bench_cometd_async(events, chunk))
 
 
 def main() -> None:
