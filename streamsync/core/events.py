@@ -134,9 +134,8 @@ def _parse_payload(payload: Any, channel: str, replay_id: int,
 
 def _record_ids(raw: Any, entity: str, change_type: str
                 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    overflow = change_type == ChangeType.GAP_OVERFLOW
-    if raw is None and overflow:
-        return (), (), ()
+    if change_type == ChangeType.GAP_OVERFLOW:
+        return (), (), ()  # overflow events carry no record ids (a dummy at most)
     if not isinstance(raw, list):
         raise ValueError("recordIds must be a list")
     if len(raw) > MAX_RECORD_IDS:
@@ -149,8 +148,6 @@ def _record_ids(raw: Any, entity: str, change_type: str
             wildcards[m[1]] = None
             continue
         if not is_valid_id(value):
-            if overflow:
-                continue  # overflow events may carry a dummy id
             raise ValueError(f"invalid record id {value!r:.40} in recordIds")
         sf_id = to_18(value)
         owner = KEY_PREFIXES.get(sf_id[:3])
@@ -158,7 +155,7 @@ def _record_ids(raw: Any, entity: str, change_type: str
             unexpected[sf_id] = None
         else:
             ids[sf_id] = None
-    if not ids and not wildcards and not unexpected and not overflow:
+    if not ids and not wildcards and not unexpected:
         raise ValueError("recordIds is empty")
     return tuple(ids), tuple(wildcards), tuple(unexpected)
 
