@@ -45,7 +45,7 @@ async def test_job_lifecycle_and_results(
         job = await r.json()
     assert job["id"].startswith("750") and job["state"] == "UploadComplete"
     assert job["object"] == "Lead" and job["operation"] == "queryAll"
-    states = []
+    states: list[str] = []
     while not states or states[-1] != "JobComplete":
         async with s.get(f"{V}/jobs/query/{job['id']}") as r:
             info = await r.json()

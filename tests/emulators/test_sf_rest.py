@@ -88,9 +88,10 @@ async def test_oauth_grants(emu: SalesforceEmulator, rsa_key: rsa.RSAPrivateKey)
     grant = "urn:ietf:params:oauth:grant-type:jwt-bearer"
     status, body = await _token(emu, {"grant_type": grant, "assertion": assertion()})
     assert status == 200 and "refresh_token" not in body
-    checks = [({"aud": "https://evil.example"}, "audience is invalid"),
-              ({"exp": int(time.time()) - 10}, "expired assertion"),
-              ({"sub": "someone@else"}, "user hasn't approved this consumer")]
+    checks: list[tuple[dict[str, Any], str]] = [
+        ({"aud": "https://evil.example"}, "audience is invalid"),
+        ({"exp": int(time.time()) - 10}, "expired assertion"),
+        ({"sub": "someone@else"}, "user hasn't approved this consumer")]
     for over, description in checks:
         status, body = await _token(emu, {"grant_type": grant, "assertion": assertion(**over)})
         assert (status, body["error_description"]) == (400, description)

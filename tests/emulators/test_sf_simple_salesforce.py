@@ -7,13 +7,15 @@ import csv
 import io
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
-from simple_salesforce import Salesforce
+from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import SalesforceExpiredSession, SalesforceMalformedRequest
 
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
@@ -26,14 +28,15 @@ class _ToEmulator(HTTPAdapter):
         self.target = target
         super().__init__()
 
-    def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
-        u = urlsplit(request.url)
+    def send(self, request: requests.PreparedRequest,  # type: ignore[override]
+             **kwargs: Any) -> requests.Response:
+        u = urlsplit(str(request.url))
         request.url = urlunsplit(("https", self.target, u.path, u.query, u.fragment))
         return super().send(request, **kwargs)
 
 
 @pytest.fixture
-async def emu(tmp_path) -> AsyncIterator[SalesforceEmulator]:  # type: ignore[no-untyped-def]
+async def emu(tmp_path: Path) -> AsyncIterator[SalesforceEmulator]:
     e = SalesforceEmulator(SalesforceEmulatorConfig(
         seed_accounts=20, seed_contacts=50, seed_leads=2600, tls=True, tls_dir=str(tmp_path)))
     await e.start()
@@ -62,7 +65,7 @@ async def test_tls_certificate_verifies(emu: SalesforceEmulator) -> None:
 
 
 async def test_query_query_all_and_crud(emu: SalesforceEmulator) -> None:
-    sf = Salesforce(instance_url=emu.instance_url, session_id=emu.issue_token(),
+    sf: Any = Salesforce(instance_url=emu.instance_url, session_id=emu.issue_token(),
                     session=_session(emu), version="66.0")
     first = await asyncio.to_thread(sf.query, "SELECT Id, Email, Owner.Email FROM Lead")
     assert first["totalSize"] == 2600 and not first["done"] and len(first["records"]) == 2000
@@ -85,7 +88,8 @@ async def test_query_query_all_and_crud(emu: SalesforceEmulator) -> None:
     assert deleted["records"][0]["IsDeleted"] is True
     with pytest.raises(SalesforceMalformedRequest) as exc:
         await asyncio.to_thread(sf.query, "SELECT Bogus__c FROM Lead")
-    assert exc.value.content[0]["errorCode"] == "INVALID_FIELD"
+    content: Any = exc.value.content
+    assert content[0]["errorCode"] == "INVALID_FIELD"
     emu.sessions.expire_all()
     with pytest.raises(SalesforceExpiredSession):
         await asyncio.to_thread(sf.query, "SELECT Id FROM Lead LIMIT 1")
@@ -94,12 +98,12 @@ async def test_query_query_all_and_crud(emu: SalesforceEmulator) -> None:
 async def test_password_and_client_credentials_login(emu: SalesforceEmulator) -> None:
     s = _session(emu)
     s.mount("https://", _ToEmulator(urlsplit(emu.instance_url).netloc))
-    sf = await asyncio.to_thread(lambda: Salesforce(
+    sf: Any = await asyncio.to_thread(lambda: Salesforce(
         username=emu.username, password=emu.password, consumer_key=emu.client_id,
         consumer_secret=emu.client_secret, session=s, version="66.0"))
     res = await asyncio.to_thread(sf.query, "SELECT COUNT() FROM Account")
     assert res["totalSize"] == 20
-    sf2 = await asyncio.to_thread(lambda: Salesforce(
+    sf2: Any = await asyncio.to_thread(lambda: Salesforce(
         consumer_key=emu.client_id, consumer_secret=emu.client_secret, domain="acme.my",
         session=s, version="66.0"))
     assert (await asyncio.to_thread(sf2.query, "SELECT Id FROM User LIMIT 1"))["totalSize"] == 1
@@ -107,7 +111,7 @@ async def test_password_and_client_credentials_login(emu: SalesforceEmulator) ->
 
 
 async def test_bulk2_query(emu: SalesforceEmulator) -> None:
-    sf = Salesforce(instance_url=emu.instance_url, session_id=emu.issue_token(),
+    sf: Any = Salesforce(instance_url=emu.instance_url, session_id=emu.issue_token(),
                     session=_session(emu), version="66.0")
     q = "SELECT Id, Email, Owner.Email, IsConverted FROM Lead ORDER BY Id"
     pages = await asyncio.to_thread(
