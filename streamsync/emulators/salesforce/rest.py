@@ -274,13 +274,13 @@ class RestApi:
         failed = False
         with self.state.transaction(origin=origin, user_id=user) as tx:
             for op, item in items:
-                mark = (len(tx.undo), len(tx.events))
+                mark = tx.savepoint()
                 try:
                     sf_id = self._collection_item(tx, op, item)
                     results.append({"id": sf_id, "success": True, "errors": []})
                 except SalesforceError as err:
                     failed = True
-                    _rollback_to(tx, mark)
+                    tx.rollback_to(mark)
                     entry: dict[str, Any] = {"success": False, "errors": [err.collection_error()]}
                     if op != "create":
                         entry["id"] = item if op == "delete" else (
@@ -324,18 +324,6 @@ def _rolled_back(r: dict[str, Any]) -> dict[str, Any]:
             "message": "Record rolled back because not all records were valid and the request "
                        "was using AllOrNone header", "fields": []}]}
     return r
-
-
-def _rollback_to(tx: Transaction, mark: tuple[int, int]) -> None:
-    undo_len, events_len = mark
-    tail = tx.undo[undo_len:]
-    del tx.undo[undo_len:]
-    del tx.events[events_len:]
-    for u in reversed(tail):
-        if u.kind == "create":
-            u.table.remove(u.sf_id)
-        elif u.row is not None:
-            u.table.rows[u.sf_id][:] = u.row
 
 
 def _limit_error() -> SalesforceError:

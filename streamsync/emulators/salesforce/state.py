@@ -16,6 +16,7 @@ import orjson
 
 from .errors import SalesforceError, not_found
 from .ids import IdSequence, is_valid_id, to18
+from .oauth import Sessions
 from .schema import BY_PREFIX, CDC_EXCLUDED, SCHEMA, SCHEMA_LOWER, Field, SObject
 
 Row = list[Any]
@@ -282,14 +283,23 @@ class Transaction:
         if entity in ("Lead", "Contact", "Account"):
             self.events.append((entity, change_type, record_ids, payload, changed, nulled))
 
-    def rollback(self) -> None:
-        for u in reversed(self.undo):
+    def savepoint(self) -> tuple[int, int]:
+        """A mark to roll back to when one item of a collection fails."""
+        return len(self.undo), len(self.events)
+
+    def rollback_to(self, mark: tuple[int, int]) -> None:
+        """Undo the writes (and drop the events) made after `mark`."""
+        undo_len, events_len = mark
+        for u in reversed(self.undo[undo_len:]):
             if u.kind == "create":
                 u.table.remove(u.sf_id)
             elif u.row is not None:
                 u.table.rows[u.sf_id][:] = u.row
-        self.undo.clear()
-        self.events.clear()
+        del self.undo[undo_len:]
+        del self.events[events_len:]
+
+    def rollback(self) -> None:
+        self.rollback_to((0, 0))
 
 
 def _norm_id(sf_id: str) -> str:
@@ -319,7 +329,7 @@ class OrgState:
         self.commit_number = 10_000_000_000
         self.event_log: deque[dict[str, Any]] = deque(maxlen=event_log_size)
         self.integration_user_id = ""
-        self.sessions: Any = None  # set by the app: oauth.Sessions
+        self.sessions: Sessions | None = None  # set by the app
 
     # -- lookups ----------------------------------------------------------------------------
     def table(self, obj_name: str) -> Table:
