@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from streamsync.adapters.store import (
+    LEASE_EXPIRED,
     RETRIES_EXHAUSTED,
     AckResult,
     Backoff,
@@ -117,6 +118,30 @@ async def test_expired_lease_is_recovered_after_a_crash(tmp_path: Path) -> None:
         assert replay is not None and replay.replay_id == 7
     finally:
         await second.close()
+
+
+async def test_a_record_that_crashes_its_flusher_ends_in_dead_letter(tmp_path: Path) -> None:
+    path = tmp_path / "crash-loop.db"
+    store = await Store.open(path)
+    await store.enqueue([lead(1), lead(2)], T0, "cdc")
+    now = T0
+    for attempt in range(3):
+        leases = await store.lease("f", 10, 30, now, max_attempts=3)
+        poison = [lease for lease in leases if lease.record_id == lead(1).record_id]
+        assert [lease.attempts for lease in poison] == [attempt]
+        await store.ack([lease for lease in leases if lease not in poison])
+        await store.enqueue([lead(2)], now, "cdc")  # healthy records keep flowing
+        await store.close()  # the flusher dies on lead(1) every time
+        store = await Store.open(path)
+        now += 30
+    try:
+        [healthy] = await store.lease("f", 10, 30, now, max_attempts=3)
+        assert healthy.record_id == lead(2).record_id and healthy.attempts == 0
+        [dead] = await store.dead_letters()
+        assert (dead.record_id, dead.reason, dead.attempts) == (lead(1).record_id, LEASE_EXPIRED, 3)
+        assert (await store.queue_stats(now)).depth == 1
+    finally:
+        await store.close()
 
 
 async def test_release_returns_rows_without_penalty(store: Store) -> None:

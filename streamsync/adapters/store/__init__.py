@@ -6,6 +6,7 @@ from .base import Synchronous
 from .schema import LATEST_VERSION, MIGRATIONS, Migration, migrate, schema_version
 from .store import Store
 from .types import (
+    LEASE_EXPIRED,
     RETRIES_EXHAUSTED,
     SOURCES,
     AckResult,
@@ -27,6 +28,7 @@ from .types import (
 
 __all__ = [
     "LATEST_VERSION",
+    "LEASE_EXPIRED",
     "MIGRATIONS",
     "RETRIES_EXHAUSTED",
     "SOURCES",

@@ -10,6 +10,7 @@ import aiosqlite
 from .base import clean_error
 from .replay import REPLAY_UPSERT_SQL, ReplayOps, check_replay_id
 from .types import (
+    LEASE_EXPIRED,
     RETRIES_EXHAUSTED,
     SOURCES,
     AckResult,
@@ -165,12 +166,15 @@ class QueueOps(ReplayOps):
         lease_s: float,
         now: float,
         objects: Sequence[str] | None = None,
+        max_attempts: int | None = None,
     ) -> list[Lease]:
         """Lease up to `limit` due rows, oldest first, until `now + lease_s`.
 
         Due means `next_attempt_at <= now`: new rows, rows whose backoff ended, and rows whose
-        lease expired (their holder crashed); the latter count one more attempt, so a record
-        that kills its flusher every time still reaches the dead-letter table.
+        lease expired (their holder crashed or hung). An expired lease counts as a failed
+        attempt; with `max_attempts` (pass `Backoff.max_attempts`), a row that reaches it that
+        way is dead-lettered as `lease_expired` instead of being handed out again, so a record
+        that crashes its flusher every time cannot stall the queue in a crash loop.
         """
         if limit <= 0 or (objects is not None and not objects):
             return []
@@ -194,21 +198,39 @@ class QueueOps(ReplayOps):
         async with self._tx("lease") as conn:
             async with conn.execute(sql, params) as cursor:
                 rows = await cursor.fetchall()
-        leases = [
-            Lease(
-                object_name=row[0],
-                record_id=row[1],
-                version=row[2],
-                change_type=row[3],
-                source=row[4],
-                attempts=row[5],
-                commit_ts_ms=row[6],
-                first_enqueued_at=row[7],
-                token=token,
-                lease_expires_at=expires,
-            )
-            for row in rows
-        ]
+            leases = [
+                Lease(
+                    object_name=row[0],
+                    record_id=row[1],
+                    version=row[2],
+                    change_type=row[3],
+                    source=row[4],
+                    attempts=row[5],
+                    commit_ts_ms=row[6],
+                    first_enqueued_at=row[7],
+                    token=token,
+                    lease_expires_at=expires,
+                )
+                for row in rows
+            ]
+            if max_attempts is not None:
+                crashed = [lease for lease in leases if lease.attempts >= max_attempts]
+                if crashed:
+                    await _dead_letter_rows(
+                        conn,
+                        [
+                            (
+                                lease,
+                                LEASE_EXPIRED,
+                                f"attempt {lease.attempts} ended in an expired lease, without "
+                                "ack, retry or release (a flusher crashed or hung on it)",
+                                lease.attempts,
+                            )
+                            for lease in crashed
+                        ],
+                        now,
+                    )
+                    leases = [lease for lease in leases if lease.attempts < max_attempts]
         leases.sort(key=lambda lease: (lease.first_enqueued_at, lease.object_name, lease.record_id))
         return leases
 

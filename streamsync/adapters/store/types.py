@@ -10,6 +10,9 @@ from typing import Any
 SOURCES = frozenset({"cdc", "reconcile", "fanout", "retry", "catchup"})
 """Why a queue row was (last) enqueued; stored in `queue.source`."""
 
+LEASE_EXPIRED = "lease_expired"
+"""Dead-letter reason of a record whose leases kept expiring (it crashes or hangs its flusher)."""
+
 RETRIES_EXHAUSTED = "retries_exhausted"
 """Dead-letter reason of a record whose transient failures outlived `Backoff.max_attempts`."""
 
