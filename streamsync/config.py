@@ -48,8 +48,9 @@ ProjectType = Literal["email", "userId", "hybrid"]
 class _Problems(ValueError):
     """Several problems under one key: (sub-key, message) pairs."""
 
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{k}: {m}" for k, m in items))
+    def __init__(self, items: list[tuple[str | tuple[str | int, ...], str]]) -> None:
+        super().__init__("; ".join(f"{_key(k if isinstance(k, tuple) else (k,))}: {m}"
+                                   for k, m in items))
         self.items = items
 
 
@@ -206,7 +207,7 @@ class ObjectConfig(_Model):
     def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
         problems = mapping_problems(v)
         if problems:
-            raise _Problems(problems)
+            raise _Problems(list(problems))
         return v
 
     @property
@@ -386,7 +387,7 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
-        problems: list[tuple[str, str]] = []
+        problems: list[tuple[str | tuple[str | int, ...], str]] = []
         if not self.objects:
             problems.append(("objects", "at least one object must be configured"))
         ptype = self.iterable.project_type
@@ -394,24 +395,24 @@ class Config(_Model):
             try:
                 validate_identifier(name, "object")
             except SoqlError as exc:
-                problems.append((f"objects.{name}", str(exc)))
+                problems.append((("objects", name), str(exc)))
             if not obj.mapping and not obj.fan_out:
-                problems.append((f"objects.{name}", "needs a mapping, a fan_out, or both"))
+                problems.append((("objects", name), "needs a mapping, a fan_out, or both"))
             if ptype == "email" and obj.identity == "userId" and obj.writes_users:
-                problems.append((f"objects.{name}.identity", "email-based Iterable projects "
+                problems.append((("objects", name, "identity"), "email-based Iterable projects "
                                  "identify users by email: use 'email' or 'both'"))
             if ptype == "userId" and obj.identity == "email" and obj.writes_users:
-                problems.append((f"objects.{name}.identity", "userId-based Iterable projects "
+                problems.append((("objects", name, "identity"), "userId-based Iterable projects "
                                  "identify users by userId: use 'userId' or 'both'"))
             if obj.converted_precedence is not None and name != "Lead":
-                problems.append((f"objects.{name}.converted_precedence",
+                problems.append((("objects", name, "converted_precedence"),
                                  "only applies to Lead"))
             for i, fan in enumerate(obj.fan_out):
                 if fan.object not in self.objects:
-                    problems.append((f"objects.{name}.fan_out[{i}].object",
+                    problems.append((("objects", name, "fan_out", i, "object"),
                                      f"{fan.object!r} is not a configured object"))
             if obj.delete_flag_field in obj.mapping.values() and obj.delete_policy == "flag":
-                problems.append((f"objects.{name}.delete_flag_field",
+                problems.append((("objects", name, "delete_flag_field"),
                                  "is also a mapping target"))
         if problems:
             raise _Problems(problems)
@@ -504,7 +505,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _Problems):
             for sub, message in ctx_error.items:
-                lines.append(f"{_key((*loc, sub)) if loc else sub}: {message}")
+                lines.append(f"{_key((*loc, *(sub if isinstance(sub, tuple) else (sub,))))}: "
+                             f"{message}")
             continue
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
