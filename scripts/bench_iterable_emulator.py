@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,8 @@ def build_body(request_no: int, users: int, fields: int) -> bytes:
             "sfId": f"00Q{n:015d}",
             "score": n % 100,
         }
-        batch.append({"email": f"user{n}@example.com", "dataFields": dict(list(data.items())[:fields])})
+        trimmed = dict(list(data.items())[:fields])
+        batch.append({"email": f"user{n}@example.com", "dataFields": trimmed})
     return orjson.dumps({"users": batch})
 
 
@@ -58,10 +59,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if args.no_history:
         cmd.append("--no-history")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        info = orjson.loads(proc.stdout.readline())
+        info = orjson.loads(await proc.stdout.readline())
         server = psutil.Process(proc.pid)
         bodies = [build_body(i, args.users, args.fields) for i in range(args.requests)]
         url = info["base_url"] + "/api/users/bulkUpdate"
@@ -107,7 +108,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        await asyncio.wait_for(proc.wait(), 10)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import signal
 import subprocess
@@ -43,15 +44,15 @@ def test_package_imports_nothing_from_the_rest_of_streamsync() -> None:
 
 
 async def test_cli_prints_one_json_line_serves_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamsync.emulators.iterable", "--host", "127.0.0.1",
-         "--port", "0", "--project-type", "hybrid", "--latency-ms", "0", "--lag-s", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamsync.emulators.iterable", "--host", "127.0.0.1",
+        "--port", "0", "--project-type", "hybrid", "--latency-ms", "0", "--lag-s", "0",
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert proc.stdout is not None
-        info = orjson.loads(proc.stdout.readline())
+        info = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
         assert info["base_url"].startswith("http://127.0.0.1:")
         assert not info["base_url"].endswith(":0") and len(info["api_key"]) == 32
         assert info["project_type"] == "hybrid"
@@ -61,11 +62,11 @@ async def test_cli_prints_one_json_line_serves_and_stops_on_sigterm() -> None:
                 assert resp.status == 200
                 assert (await resp.json())["fields"]["email"] == "string"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()
 
 
 async def test_unknown_user_is_200_empty_object_on_every_read_path(api: Api) -> None:

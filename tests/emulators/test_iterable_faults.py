@@ -208,7 +208,8 @@ async def test_control_api_projects_keys_and_reset(make_api: MakeApi) -> None:
     created = (await api.call("POST", "/__emulator__/projects", {"project_type": "userId"})).body
     key = created["api_key"]
     assert (await api.call("POST", "/api/users/update", {"userId": "u1"}, key=key)).status == 200
-    snap = await api.call("GET", "/__emulator__/snapshot", params={"project": created["project_id"]})
+    project = {"project": created["project_id"]}
+    snap = await api.call("GET", "/__emulator__/snapshot", params=project)
     assert set(snap.body) == {"u1"}
     extra = (await api.call("POST", "/__emulator__/keys", {"kind": "read_only"})).body["api_key"]
     assert (await api.call("GET", "/api/users/getFields", key=extra)).status == 200

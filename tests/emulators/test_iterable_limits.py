@@ -1,4 +1,4 @@
-"""Iterable emulator limits: token buckets per project and endpoint, body size, user cap, bad JSON."""
+"""Iterable emulator limits: token buckets per project/endpoint, body size, user cap, bad JSON."""
 
 from __future__ import annotations
 

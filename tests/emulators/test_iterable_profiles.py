@@ -252,7 +252,8 @@ async def test_type_is_locked_by_first_value_and_mismatch_fails_the_user(api: Ap
     assert (reply.body["successCount"], reply.body["failCount"]) == (1, 3)
     assert (await api.get_email("b@example.com")).body == {}
     fields = (await api.call("GET", "/api/users/getFields")).body["fields"]
-    assert (fields["n"], fields["d"], fields["s"], fields["f"]) == ("long", "date", "string", "double")
+    types = (fields["n"], fields["d"], fields["s"], fields["f"])
+    assert types == ("long", "date", "string", "double")
 
 
 async def test_new_field_types_are_locked_within_one_batch(api: Api) -> None:

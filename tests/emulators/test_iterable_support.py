@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 
 
