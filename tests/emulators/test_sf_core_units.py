@@ -267,3 +267,23 @@ def test_validation_errors(org: tuple[OrgState, RecordingBus, Clock]) -> None:
         with pytest.raises(SalesforceError) as exc:
             state.create("Lead", values)
         assert exc.value.error_code == code, values
+
+
+def test_system_modstamp_filter_sees_recent_writes(org: tuple[OrgState, RecordingBus, Clock]
+                                                   ) -> None:
+    state, _, clock = org
+    lead = state.tables["Lead"]
+    clock.t = 1_900_000_000.0  # later than every seeded stamp
+    touched = [lead.ids[250], lead.ids[3], lead.ids[120]]
+    for sf_id in touched:
+        state.update("Lead", sf_id, {"Title": "Changed"})
+    new_id = state.create("Lead", {"LastName": "New", "Company": "Co"})
+    state.delete("Lead", lead.ids[40])
+    q = "SELECT Id FROM Lead WHERE SystemModstamp >= 2030-03-17T00:00:00Z ORDER BY Id"
+    got = [r[0] for r in execute(state, q, include_deleted=True).rows]
+    assert got == sorted([*touched, new_id, lead.ids[40]])
+    got = [r[0] for r in execute(state, q).rows]
+    assert got == sorted([*touched, new_id])
+    q = (f"SELECT Id FROM Lead WHERE SystemModstamp > 2030-03-17T00:00:00Z AND "
+         f"Id > '{lead.ids[3]}' ORDER BY Id LIMIT 2")
+    assert [r[0] for r in execute(state, q).rows] == sorted(touched)[1:3]

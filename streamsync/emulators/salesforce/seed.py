@@ -181,6 +181,8 @@ def seed(state: OrgState, *, accounts: int = 0, contacts: int = 0, leads: int = 
         row[s["External_Id__c"]] = f"L-{i:08d}"
         t.ids.append(sf_id)
         t.rows[sf_id] = row
+    for table in state.tables.values():
+        table.rebuild_stamp_index()
     return {"User": len(user_ids), "Group": len(queue_ids), "Account": accounts,
             "Contact": contacts, "Lead": leads}
 

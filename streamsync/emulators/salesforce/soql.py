@@ -13,7 +13,7 @@ from typing import Any
 from .errors import SalesforceError
 from .ids import is_valid_id, to18
 from .schema import BY_PREFIX, NAME_FIELDS, SCHEMA, SCHEMA_LOWER, STRING_TYPES, Field, SObject
-from .state import OrgState, Row, parse_datetime
+from .state import OrgState, Row, Table, parse_datetime
 
 Getter = Callable[[Row], Any]
 Predicate = Callable[[Row], bool]
@@ -801,7 +801,7 @@ def execute(state: OrgState, text: str, *, include_deleted: bool = False,
     stop = None
     if id_order and q.limit is not None and not aggregates:
         stop = q.limit + q.offset
-    rows = _scan(table.ids, table.rows, q.where, pred, stop, descending if id_order else False)
+    rows = _scan(table, q.where, pred, stop, descending if id_order else False)
     if not id_order:
         rows = _sort(rows, order_keys)
     total = len(rows)
@@ -850,9 +850,24 @@ def _id_bounds(where: Any) -> tuple[str | None, bool, str | None, bool, list[str
     return lo, lo_incl, hi, hi_incl, ids
 
 
-def _scan(ids: list[str], rows: dict[str, Row], where: Any, pred: Predicate | None,
-          stop: int | None, descending: bool) -> list[Row]:
-    """Matching rows in Id order, using the sorted ids for ranges and lists."""
+def _stamp_floor(where: Any) -> str | None:
+    """The lowest SystemModstamp a top-level AND term allows (>= or > a datetime literal)."""
+    terms = where.items if isinstance(where, BoolOp) and where.op == "and" else [where]
+    floor: str | None = None
+    for t in terms:
+        if isinstance(t, Compare) and t.op in (">", ">=") and len(t.path.parts) == 1 \
+                and t.path.parts[0].lower() == "systemmodstamp" \
+                and t.values[0].kind == "datetime":
+            value = str(t.values[0].value)
+            floor = value if floor is None or value > floor else floor
+    return floor
+
+
+def _scan(table: Table, where: Any, pred: Predicate | None, stop: int | None,
+          descending: bool) -> list[Row]:
+    """Matching rows in Id order, using the sorted ids for ranges and lists, and the
+    SystemModstamp index for recent-change filters."""
+    ids, rows = table.ids, table.rows
     start, end = 0, len(ids)
     id_list: list[str] | None = None
     if where is not None:
@@ -861,6 +876,14 @@ def _scan(ids: list[str], rows: dict[str, Row], where: Any, pred: Predicate | No
             start = bisect_left(ids, lo) if lo_incl else bisect_right(ids, lo)
         if hi is not None:
             end = bisect_right(ids, hi) if hi_incl else bisect_left(ids, hi)
+        floor = _stamp_floor(where) if id_list is None else None
+        if floor is not None:
+            recent = table.modified_since(floor)
+            if len(recent) * 4 < end - start:
+                lo_id = ids[start] if start < len(ids) else None
+                hi_id = ids[end - 1] if end > 0 else None
+                id_list = sorted(i for i in recent if i in rows and lo_id is not None
+                                 and hi_id is not None and lo_id <= i <= hi_id)
     out: list[Row] = []
     if id_list is not None:
         candidates = [rows[i] for i in id_list if i in rows]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,7 +52,8 @@ def parse_datetime(value: str) -> str:
 class Table:
     """Records of one sObject: a dict by id and the ids in sorted (creation) order."""
 
-    __slots__ = ("obj", "rows", "ids", "seq", "deleted_slot")
+    __slots__ = ("obj", "rows", "ids", "seq", "deleted_slot", "stamp_slot", "mod_stamps",
+                 "mod_ids")
 
     def __init__(self, obj: SObject, seq: IdSequence) -> None:
         self.obj = obj
@@ -61,6 +62,12 @@ class Table:
         self.seq = seq
         f = obj.get("IsDeleted")
         self.deleted_slot = f.slot if f else -1
+        f = obj.get("SystemModstamp")
+        self.stamp_slot = f.slot if f else -1
+        # (SystemModstamp, Id) of every write, sorted by stamp; stale entries stay until the
+        # next rebuild, so readers re-check the row. Serves "SystemModstamp >= t" filters.
+        self.mod_stamps: list[str] = []
+        self.mod_ids: list[str] = []
 
     def insert(self, row: Row) -> None:
         sf_id = row[0]
@@ -76,6 +83,39 @@ class Table:
         pos = bisect_left(self.ids, sf_id)
         if pos < len(self.ids) and self.ids[pos] == sf_id:
             del self.ids[pos]
+
+    def rebuild_stamp_index(self) -> None:
+        """Index every row by SystemModstamp (after seeding, or to drop stale entries)."""
+        s = self.stamp_slot
+        if s < 0:
+            return
+        stamps = [self.rows[i][s] for i in self.ids]
+        if all(a <= b for a, b in zip(stamps, stamps[1:], strict=False)):
+            self.mod_stamps, self.mod_ids = stamps, list(self.ids)
+            return
+        pairs = sorted(zip(stamps, self.ids, strict=True))
+        self.mod_stamps = [p[0] for p in pairs]
+        self.mod_ids = [p[1] for p in pairs]
+
+    def touch(self, sf_id: str) -> None:
+        """Record that the row's SystemModstamp was just set."""
+        row = self.rows.get(sf_id)
+        if row is None or self.stamp_slot < 0:
+            return
+        stamp = row[self.stamp_slot]
+        if self.mod_stamps and stamp < self.mod_stamps[-1]:
+            pos = bisect_right(self.mod_stamps, stamp)
+            self.mod_stamps.insert(pos, stamp)
+            self.mod_ids.insert(pos, sf_id)
+        else:
+            self.mod_stamps.append(stamp)
+            self.mod_ids.append(sf_id)
+        if len(self.mod_ids) > 2 * len(self.rows) + 4096:
+            self.rebuild_stamp_index()
+
+    def modified_since(self, stamp: str) -> set[str]:
+        """Ids whose SystemModstamp may be >= stamp (a superset: callers re-check rows)."""
+        return set(self.mod_ids[bisect_left(self.mod_stamps, stamp):])
 
     def live_count(self) -> int:
         if self.deleted_slot < 0:
@@ -458,6 +498,8 @@ class OrgState:
         except BaseException:
             tx.rollback()
             raise
+        for u in tx.undo:
+            u.table.touch(u.sf_id)
         self._commit(tx, merge=merge)
 
     def _commit(self, tx: Transaction, *, merge: bool) -> None:
