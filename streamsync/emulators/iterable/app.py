@@ -209,13 +209,15 @@ class IterableEmulator:
             return resp
         resource = request.match_info.route.resource
         endpoint = f"{request.method} {resource.canonical if resource is not None else '(unknown)'}"
-        fault = self.faults.take(request.method, path) if self.faults._faults else None  # noqa: SLF001
+        fault = self.faults.take(request.method, path) if self.faults else None
         if fault is not None:
-            faulted = await self._apply_fault(request, fault)
-            if faulted is not None or fault.kind == "drop":
-                self.state.record_call(endpoint, faulted.status if faulted is not None else 0)
-                if faulted is None:
-                    raise asyncio.CancelledError
+            try:
+                faulted = await self._apply_fault(request, fault)
+            except asyncio.CancelledError:
+                self.state.record_call(endpoint, 0)  # dropped, or the client gave up waiting
+                raise
+            if faulted is not None:
+                self.state.record_call(endpoint, faulted.status)
                 return faulted
         latency_s = self.config.latency_ms / 1000.0
         if latency_s > 0:
@@ -235,12 +237,12 @@ class IterableEmulator:
         return resp
 
     async def _apply_fault(self, request: web.Request, fault: Fault) -> web.Response | None:
-        """Run a fault: a reply to send, or None to carry on (slow/hang) or after a drop."""
+        """Run a fault: a reply to send, or None to carry on (slow/hang); a drop never returns."""
         if fault.kind == "drop":
             await request.read()
             if request.transport is not None:
                 request.transport.close()
-            return None
+            raise asyncio.CancelledError  # no answer: the connection is gone
         if fault.kind in ("slow", "hang"):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), fault.delay_s)

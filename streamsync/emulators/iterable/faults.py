@@ -137,6 +137,9 @@ class FaultPlan:
         """The next `times` calls to `path` are answered normally after `delay_s`."""
         return self.add("slow", path, times, delay_s=delay_s)
 
+    def __bool__(self) -> bool:
+        return bool(self._faults)
+
     def clear(self) -> None:
         """Disarm every fault."""
         self._faults.clear()
