@@ -50,7 +50,20 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def add_control_routes(app: web.Application, emu: IterableEmulator) -> None:
-    """Register the control routes for one emulator."""
+    """Register the control routes for one emulator (no API key; not counted, limited or faulted).
+
+    GET  state | counts | snapshot?project= | history?key=&project= | faults | limits
+    POST faults {kind: status|hang|drop|slow, path, times, method, status, body, headers, delay_s}
+    DELETE faults
+    POST limits {group, rate_per_s, burst} | limits/lift {group?} | limits/restore
+    POST limits/retry-after {retry_after: null|"auto"|seconds}
+    POST projects {project_type, api_key?, create_new_fields?} -> {project_id, api_key}
+    POST keys {project_id?, api_key?, kind: server_side|read_only} | keys/disable {api_key}
+    POST settings {latency_ms, latency_per_user_ms, type_mismatch, oversize_status,
+                   max_users_per_request, max_fields, max_body_bytes, bulk_lag_s, single_lag_s,
+                   create_new_fields (+ project_id)}
+    POST flush {queue?} | apply-due | reset
+    """
     state = emu.state
 
     async def get_state(request: web.Request) -> web.Response:
