@@ -1,0 +1,282 @@
+"""IterableClient against the Iterable emulator over real HTTP: bulk results, errors, users."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from streamsync.adapters.http import Retry, UsageCounter, make_session
+from streamsync.adapters.iterable import (
+    BatchError,
+    BatchRejected,
+    BatchTooLarge,
+    IterableClient,
+    UserFailure,
+    parse_bulk_result,
+)
+from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
+from streamsync.errors import AuthError, RateLimited, RecordError, TransientError
+
+
+@contextlib.asynccontextmanager
+async def _emulator(**kw: Any) -> AsyncIterator[IterableEmulator]:
+    kw.setdefault("latency_ms", 0.0)
+    emu = IterableEmulator(IterableEmulatorConfig(**kw))
+    await emu.start("127.0.0.1", 0)
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[IterableEmulator]:
+    async with _emulator() as e:
+        yield e
+
+
+def _body(*users: dict[str, Any]) -> bytes:
+    return orjson.dumps({"users": list(users)})
+
+
+@pytest.fixture
+async def client(emu: IterableEmulator) -> AsyncIterator[IterableClient]:
+    async with make_session(5.0) as session:
+        yield IterableClient(session, emu.base_url, emu.api_key, UsageCounter())
+
+
+async def test_bulk_update_applies_users(emu: IterableEmulator, client: IterableClient) -> None:
+    result = await client.bulk_update(_body(
+        {"email": "a@example.com", "dataFields": {"firstName": "Ann", "score": 3}},
+        {"email": "b@example.com", "dataFields": {"firstName": "Bo"}},
+    ))
+    assert (result.success_count, result.fail_count, result.failures) == (2, 0, ())
+    emu.flush()
+    user = await client.get_user(email="a@example.com")
+    assert user is not None and user["dataFields"]["firstName"] == "Ann"
+    assert client.counter.by_status("iterable", "bulkUpdate") == {"200": 1}
+
+
+async def test_partial_failures_are_attributed_per_user(client: IterableClient) -> None:
+    result = await client.bulk_update(_body(
+        {"email": "good@example.com", "dataFields": {"n": 1}},
+        {"email": "not an email", "dataFields": {"n": 2}},
+        {"email": "Other@Example.com", "dataFields": {"n": 3}},
+    ))
+    assert result.success_count == 2 and result.fail_count == 1
+    assert result.failures == (UserFailure("not an email", "email", "invalid_email"),)
+    assert result.reason_for(email="not an email") == "invalid_email"
+    assert result.reason_for(email="good@example.com") is None
+    assert result.reason_for(email="Other@Example.com") is None
+
+
+async def test_type_conflict_per_user_is_invalid_data(client: IterableClient) -> None:
+    await client.bulk_update(_body({"email": "a@example.com", "dataFields": {"age": 30}}))
+    result = await client.bulk_update(_body(
+        {"email": "b@example.com", "dataFields": {"age": "thirty"}},
+        {"email": "c@example.com", "dataFields": {"age": 41}},
+    ))
+    assert result.success_count == 1
+    assert result.reason_for(email="b@example.com") == "invalid_data"
+    assert result.reason_for(email="c@example.com") is None
+
+
+async def test_whole_batch_type_mismatch_is_batch_rejected_with_fields() -> None:
+    async with _emulator(type_mismatch="batch") as emu:
+        async with make_session(5.0) as session:
+            client = IterableClient(session, emu.base_url, emu.api_key)
+            await client.bulk_update(_body({"email": "a@example.com", "dataFields": {"age": 30}}))
+            with pytest.raises(BatchRejected) as info:
+                await client.bulk_update(_body(
+                    {"email": "b@example.com", "dataFields": {"age": "thirty"}},
+                    {"email": "c@example.com", "dataFields": {"age": 41}},
+                ))
+            assert set(info.value.fields) == {"age"}
+            assert info.value.fields["age"].get("expectedType") == "long"
+            assert info.value.status == 400 and info.value.code == "RequestFieldsTypesMismatched"
+            emu.flush()
+            assert await client.get_user(email="c@example.com") is None  # nothing applied
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"users": 5}', b'{"users": [', b'["not", "an", "object"]']
+)
+async def test_bad_bodies_are_batch_errors(client: IterableClient, body: bytes) -> None:
+    with pytest.raises(BatchError) as info:
+        await client.bulk_update(body)
+    assert not isinstance(info.value, BatchRejected | BatchTooLarge)
+    assert info.value.code == "BadJsonBody" and info.value.status == 400
+
+
+async def test_oversized_bodies_are_batch_too_large() -> None:
+    users = [{"email": f"u{i}@example.com", "dataFields": {"pad": "x" * 100}} for i in range(20)]
+    async with _emulator(max_body_bytes=1000) as emu:
+        async with make_session(5.0) as session:
+            with pytest.raises(BatchTooLarge) as info:
+                await IterableClient(session, emu.base_url, emu.api_key).bulk_update(
+                    _body(*users)
+                )
+            assert info.value.status == 413
+    async with _emulator(max_body_bytes=1000, oversize_status=400) as emu:
+        async with make_session(5.0) as session:
+            with pytest.raises(BatchTooLarge) as info:
+                await IterableClient(session, emu.base_url, emu.api_key).bulk_update(
+                    _body(*users)
+                )
+            assert info.value.status == 400 and info.value.code == "BatchTooLarge"
+    async with _emulator(max_users_per_request=5) as emu:
+        async with make_session(5.0) as session:
+            with pytest.raises(BatchTooLarge):
+                await IterableClient(session, emu.base_url, emu.api_key).bulk_update(
+                    _body(*users)
+                )
+
+
+async def test_429_is_rate_limited_with_retry_after() -> None:
+    async with _emulator(retry_after="auto") as emu:
+        async with make_session(5.0) as session:
+            client = IterableClient(session, emu.base_url, emu.api_key)
+            body = _body({"email": "a@example.com", "dataFields": {"n": 1}})
+            results = await asyncio.gather(
+                *(client.bulk_update(body) for _ in range(8)), return_exceptions=True
+            )
+            limited = [r for r in results if isinstance(r, RateLimited)]
+            assert len(limited) >= 2  # the server's bucket holds 5 (one may refill meanwhile)
+            assert all(r.retry_after_s is not None and r.retry_after_s >= 1 for r in limited)
+            assert client.counter.by_status("iterable", "bulkUpdate") == {
+                "200": 8 - len(limited), "429": len(limited)
+            }
+
+
+async def test_the_shared_limiter_runs_at_the_rate_without_429s() -> None:
+    async with _emulator() as emu:
+        emu.limits.set_limit("bulkUpdate", 20.0)
+        limiter = RateLimiter(20.0, max_in_flight=4)
+        async with make_session(5.0) as session:
+            client = IterableClient(session, emu.base_url, emu.api_key)
+            body = _body({"email": "a@example.com", "dataFields": {"n": 1}})
+
+            async def write() -> None:
+                async with limiter.slot():
+                    await client.bulk_update(body)
+
+            started = time.monotonic()
+            await asyncio.gather(*(write() for _ in range(41)))
+            elapsed = time.monotonic() - started
+        assert client.counter.by_status("iterable", "bulkUpdate") == {"200": 41}
+        assert elapsed >= 1.9  # 40 intervals of 50 ms: never faster than the rate
+
+
+async def test_server_errors_drops_and_hangs_are_transient(emu: IterableEmulator) -> None:
+    async with make_session(5.0) as session:
+        client = IterableClient(session, emu.base_url, emu.api_key, timeout_s=0.3)
+        body = _body({"email": "a@example.com"})
+        emu.faults.fail_next("/api/users/bulkUpdate", status=503)
+        with pytest.raises(TransientError, match="503"):
+            await client.bulk_update(body)
+        emu.faults.drop_next("/api/users/bulkUpdate")
+        with pytest.raises(TransientError, match="network failure"):
+            await client.bulk_update(body)
+        emu.faults.hang_next("/api/users/bulkUpdate")
+        with pytest.raises(TransientError, match="no reply in time"):
+            await client.bulk_update(body)
+        emu.faults.fail_next("/api/users/bulkUpdate", times=2, status=500)
+        retry = Retry(attempts=3, sleep=_no_sleep)
+        result = await retry.call(lambda: client.bulk_update(body))
+        assert result.success_count == 1
+
+
+async def _no_sleep(delay_s: float) -> None:
+    return None
+
+
+async def test_a_bad_key_is_an_auth_error_and_the_key_never_shows(
+    emu: IterableEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with make_session(5.0) as session:
+        client = IterableClient(session, emu.base_url, "wrong-key-0123456789")
+        with pytest.raises(AuthError, match="BadApiKey") as info:
+            await client.bulk_update(_body({"email": "a@example.com"}))
+        good = IterableClient(session, emu.base_url, lambda: emu.api_key)
+        await good.get_fields()
+    assert "wrong-key-0123456789" not in str(info.value)
+    assert "wrong-key-0123456789" not in repr(client) and emu.api_key not in repr(good)
+    assert emu.api_key not in caplog.text and "wrong-key-0123456789" not in caplog.text
+
+
+async def test_single_user_calls(emu: IterableEmulator, client: IterableClient) -> None:
+    await client.update_user({"email": "old@example.com", "dataFields": {"plan": "pro"}})
+    emu.flush()
+    await client.update_email("new@example.com", current_email="old@example.com")
+    emu.flush()
+    assert await client.get_user(email="old@example.com") is None
+    moved = await client.get_user(email="new@example.com")
+    assert moved is not None and moved["dataFields"]["plan"] == "pro"
+    await client.update_user({"email": "taken@example.com"})
+    emu.flush()
+    with pytest.raises(RecordError) as conflict:
+        await client.update_email("taken@example.com", current_email="new@example.com")
+    assert conflict.value.reason == "conflict"
+    with pytest.raises(RecordError) as unknown:
+        await client.update_email("x@example.com", current_email="nobody@example.com")
+    assert unknown.value.reason == "not_found"
+    with pytest.raises(RecordError) as invalid:
+        await client.update_user({"email": "nope", "dataFields": {}})
+    assert invalid.value.reason == "invalid_email"
+    fields = await client.get_fields()
+    assert fields.get("plan") == "string"
+
+
+async def test_user_id_lookups_and_idempotent_deletes(
+    emu: IterableEmulator, client: IterableClient
+) -> None:
+    await client.bulk_update(_body(
+        {"email": "a@example.com", "dataFields": {"userId": "003AAA"}},
+        {"email": "b@example.com"},
+    ))
+    emu.flush()
+    assert await client.get_user(email="nobody@example.com") is None
+    assert await client.get_user(user_id="nobody") is None
+    assert await client.delete_user(email="b@example.com") is True
+    emu.flush()
+    assert await client.delete_user(email="b@example.com") is False
+    assert await client.delete_user(user_id="never-seen") is False
+    with pytest.raises(ValueError):
+        await client.delete_user()
+
+
+def test_parse_bulk_result_merges_deprecated_lists_without_duplicates() -> None:
+    result = parse_bulk_result({
+        "successCount": 1, "failCount": 4,
+        "invalidEmails": ["Bad@x"], "invalidUserIds": [],
+        "createdFields": ["score"], "filteredOutFields": ["junk"],
+        "failedUpdates": {
+            "invalidEmails": ["Bad@x"], "forgottenEmails": ["gone@x.com"],
+            "conflictUserIds": ["003X"], "invalidDataEmails": ["typed@x.com"],
+            "notFoundEmails": [], "noOpEmails": [],
+        },
+    })
+    assert result.fail_count == 4
+    assert sorted((f.key, f.kind, f.reason) for f in result.failures) == [
+        ("003X", "userId", "conflict"),
+        ("Bad@x", "email", "invalid_email"),
+        ("gone@x.com", "email", "forgotten"),
+        ("typed@x.com", "email", "invalid_data"),
+    ]
+    assert result.reason_for(email="bad@X") == "invalid_email"
+    assert result.reason_for(user_id="003X") == "conflict"
+    assert result.created_fields == ("score",) and result.filtered_out_fields == ("junk",)
+
+
+def test_parse_bulk_result_rejects_a_reply_without_counts() -> None:
+    with pytest.raises(TransientError):
+        parse_bulk_result({"msg": "", "code": "Success"})
