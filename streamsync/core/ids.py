@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 from typing import Final
 
 from streamsync.errors import RecordError
@@ -10,6 +11,8 @@ from streamsync.errors import RecordError
 _CHECKSUM_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _ID_RE: Final = re.compile(r"[0-9A-Za-z]{15}(?:[0-9A-Za-z]{3})?")
 _PREFIX_RE: Final = re.compile(r"[0-9A-Za-z]{3}")
+_UPPER_BITS: Final = str.maketrans(string.ascii_uppercase + string.ascii_lowercase + string.digits,
+                                   "1" * 26 + "0" * 36)
 
 KEY_PREFIXES: Final[dict[str, str]] = {
     "001": "Account",
@@ -27,14 +30,13 @@ def checksum(id15: str) -> str:
     """The three case-checksum characters of a 15-character id."""
     if len(id15) != 15:
         raise ValueError(f"a 15-character id is needed, got {len(id15)} characters")
-    out = []
-    for chunk in range(0, 15, 5):
-        bits = 0
-        for pos, ch in enumerate(id15[chunk : chunk + 5]):
-            if "A" <= ch <= "Z":
-                bits |= 1 << pos
-        out.append(_CHECKSUM_ALPHABET[bits])
-    return "".join(out)
+    bits = id15.translate(_UPPER_BITS)  # '1' for A-Z, '0' for a-z and 0-9
+    try:
+        return (_CHECKSUM_ALPHABET[int(bits[4::-1], 2)]
+                + _CHECKSUM_ALPHABET[int(bits[9:4:-1], 2)]
+                + _CHECKSUM_ALPHABET[int(bits[14:9:-1], 2)])
+    except ValueError:
+        raise ValueError(f"not a base-62 id: {id15!r}") from None
 
 
 def is_valid_id(value: object) -> bool:

@@ -97,17 +97,9 @@ def clean_text(value: str) -> str:
 
 def convert_value(value: Any, target: str, convert_dates: bool = True) -> Any:
     """One SOQL JSON value as Iterable should receive it; RecordError when it cannot be sent."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        if not -_INT64 <= value < _INT64:
-            raise RecordError(R.INVALID_VALUE, f"{target}: integer out of 64-bit range")
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise RecordError(R.INVALID_VALUE, f"{target}: {value} is not a finite number")
-        return value
-    if isinstance(value, str):
+    if value is None:
+        return None
+    if type(value) is str:
         if convert_dates:
             date = iterable_date(value)
             if date is not None:
@@ -117,6 +109,18 @@ def convert_value(value: Any, target: str, convert_dates: bool = True) -> Any:
             raise RecordError(R.VALUE_TOO_LONG,
                               f"{target}: {len(text)} characters (limit {MAX_VALUE_CHARS})")
         return text
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise RecordError(R.INVALID_VALUE, f"{target}: integer out of 64-bit range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RecordError(R.INVALID_VALUE, f"{target}: {value} is not a finite number")
+        return value
+    if isinstance(value, str):  # a str subclass
+        return convert_value(str(value), target, convert_dates)
     if isinstance(value, dict):
         out = {clean_text(str(k)): convert_value(v, target, convert_dates)
                for k, v in value.items() if k != "attributes"}
