@@ -22,6 +22,7 @@ from .validation import normalize_email, user_id_problem
 
 log = logging.getLogger("streamsync.emulators.iterable")
 
+BULK_PATH = "/api/users/bulkUpdate"
 _READ_ONLY_OK = frozenset({"GET"})
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024
 # How a refused single-user write is answered (status, code).
@@ -181,7 +182,7 @@ class IterableEmulator:
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=_CLIENT_MAX_SIZE)
         r = app.router
-        r.add_post("/api/users/bulkUpdate", self.bulk_update)
+        r.add_post(BULK_PATH, self.bulk_update)
         r.add_post("/api/users/update", self.update_user)
         r.add_post("/api/users/updateEmail", self.update_email)
         r.add_post("/api/users/forget", self.forget)
@@ -332,7 +333,16 @@ class IterableEmulator:
             return _too_large_response()
         project = self._auth(request, "bulkUpdate")
         body = await self._json_body(request)
-        path = request.path
+        receipt = self._receipt(request, "bulk")
+        result = self.process_bulk(project, body, receipt)
+        per_user_s = self.config.latency_per_user_ms * result.users / 1000.0
+        if per_user_s > 0:
+            await asyncio.sleep(per_user_s)
+        return json_response(result.body())
+
+    def process_bulk(self, project: Project, body: Any, receipt: Receipt) -> BulkResult:
+        """A parsed bulkUpdate body checked, accepted writes queued/applied; the reply to send."""
+        path = BULK_PATH
         if type(body) is not dict:
             raise _not_an_object(path)
         users = body.get("users")
@@ -360,7 +370,6 @@ class IterableEmulator:
             create_new if create_new is not None else project.create_new_fields,
             per_user_types=self.config.type_mismatch == "per_user",
         )
-        receipt = self._receipt(request, "bulk")
         check = checker.check
         outcomes = [check(user, f"obj.users[{i}]", receipt) for i, user in enumerate(users)]
         checker.raise_for_request_errors(path)
@@ -376,14 +385,12 @@ class IterableEmulator:
                 result.fail(outcome.category, outcome.key)
                 self.state.record_rejection(project, outcome, receipt)
         result.success = len(writes)
+        result.users = len(users)
         result.created = created
         result.filtered = checker.fields.filtered
         self.state.users_received += len(users)
         self.state.submit(project, writes, "bulk")
-        per_user_s = self.config.latency_per_user_ms * len(users) / 1000.0
-        if per_user_s > 0:
-            await asyncio.sleep(per_user_s)
-        return json_response(result.body())
+        return result
 
     async def update_user(self, request: web.Request) -> web.StreamResponse:
         """POST /api/users/update."""

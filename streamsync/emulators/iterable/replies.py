@@ -60,10 +60,11 @@ class ApiError(Exception):
 class BulkResult:
     """Accumulates the outcome of a bulk update into `UserBulkUpdateListResponse`."""
 
-    __slots__ = ("success", "failed", "created", "filtered")
+    __slots__ = ("success", "users", "failed", "created", "filtered")
 
     def __init__(self) -> None:
         self.success = 0
+        self.users = 0
         self.failed: dict[str, list[str]] = {name: [] for name in FAILED_LISTS}
         self.created: list[str] = []
         self.filtered: dict[str, None] = {}
