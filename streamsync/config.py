@@ -446,7 +446,15 @@ class Config(_Model):
     def check_describe(self, describes: Mapping[str, Mapping[str, Any]]
                        ) -> list[DescribeProblem]:
         """Every mapped path, relationship, filter and fan-out field against describe results."""
+        return self._check(DescribeChecker(describes))
+
+    def objects_to_describe(self, describes: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """Objects whose describe a check still needs; fetch them until this is empty."""
         checker = DescribeChecker(describes)
+        self._check(checker)
+        return checker.absent
+
+    def _check(self, checker: DescribeChecker) -> list[DescribeProblem]:
         problems: list[DescribeProblem] = []
         for name, obj in self.objects.items():
             key = f"objects.{name}"
@@ -532,7 +540,8 @@ def _secret_keys(data: Mapping[str, Any], prefix: tuple[str, ...] = ()
         if len(path) == 3 and path[0] == "objects" and path[2] == "mapping":
             continue
         lowered = str(key).lower()
-        if any(h in lowered for h in SECRET_KEY_HINTS):
+        is_object_name = len(path) == 2 and path[0] == "objects"
+        if not is_object_name and any(h in lowered for h in SECRET_KEY_HINTS):
             found.append(path)
             continue
         if isinstance(value, Mapping):
@@ -601,14 +610,14 @@ def load_secrets(env: Mapping[str, str]) -> tuple[Secrets, list[str]]:
     return Secrets(**values), problems
 
 
-def _missing_secrets(cfg: Config, secrets: Secrets) -> list[str]:
-    needed = [*_NEEDED[cfg.salesforce.auth], "iterable_api_key"]
+def _missing_secrets(auth: str, secrets: Secrets) -> list[str]:
+    needed = [*_NEEDED.get(auth, ()), "iterable_api_key"]
     out = []
     for name in needed:
         if getattr(secrets, name) is None:
             env_name, cred = SECRET_SOURCES[name]
             out.append(f"secret {name} is missing (needed by "
-                       f"{'Iterable' if name.startswith('iterable') else cfg.salesforce.auth}"
+                       f"{'Iterable' if name.startswith('iterable') else auth}"
                        f" auth): set {env_name}, {env_name}_FILE or "
                        f"$CREDENTIALS_DIRECTORY/{cred}")
     return out
@@ -620,15 +629,20 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], *,
     secret_keys = _secret_keys(data)
     problems = [f"{_key(k)}: secrets are never read from the config file; {_secret_hint(k[-1])}"
                 for k in secret_keys]
+    internal = [k for k in ("warnings",) if k in data]
+    problems.extend(f"{k}: unknown key" for k in internal)
     cfg: Config | None = None
     try:
-        cfg = Config.model_validate(_without(data, secret_keys))
+        cfg = Config.model_validate(_without(data, secret_keys + [(k,) for k in internal]))
     except ValidationError as exc:
         problems.extend(_format_errors(exc))
     secrets, secret_problems = load_secrets(env)
     problems.extend(secret_problems)
-    if cfg is not None and require_secrets:
-        problems.extend(_missing_secrets(cfg, secrets))
+    if require_secrets:
+        sf = data.get("salesforce")
+        auth = cfg.salesforce.auth if cfg else (sf.get("auth", "jwt") if isinstance(sf, Mapping)
+                                                else "jwt")
+        problems.extend(_missing_secrets(str(auth), secrets))
     if problems or cfg is None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     warnings: list[str] = []

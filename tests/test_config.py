@@ -383,3 +383,39 @@ def test_secret_file_permissions_do_not_matter_to_loading(tmp_path: Path) -> Non
                              "STREAMSYNC_ITERABLE_API_KEY_FILE": str(key)})
     assert cfg.secrets.iterable_api_key is not None
     assert cfg.secrets.iterable_api_key.get_secret_value() == "it-key-9999"
+
+
+def test_objects_to_describe_drives_fetching() -> None:
+    from streamsync.emulators.salesforce.schema import SCHEMA, describe
+
+    cfg = parse_config(MIN, ENV)
+    fetched: dict[str, Any] = {}
+    rounds = 0
+    while need := cfg.objects_to_describe(fetched):
+        rounds += 1
+        assert rounds < 5
+        for name in need:
+            fetched[name] = describe(SCHEMA[name], "66.0")
+    assert set(fetched) == {"Lead", "Contact", "Account", "User"}
+    assert cfg.check_describe(fetched) == []
+    broken = parse_config({**MIN, "objects": {"Contact": {"mapping": {
+        "Email": "email", "Acount.Name": "dataFields.c"}, "filter": "Nope__c = 1"}}}, ENV)
+    assert [str(p) for p in broken.check_describe(fetched)] == [
+        "objects.Contact.mapping.\"Acount.Name\": Contact has no relationship 'Acount' "
+        "(did you mean Account?)",
+        "objects.Contact.filter: Contact has no field 'Nope__c'"]
+
+
+def test_objects_named_like_secrets_and_internal_keys() -> None:
+    data = {**MIN, "objects": {"Password_Reset__c": {"mapping": {"Email__c": "email"}}}}
+    assert "Password_Reset__c" in parse_config(data, ENV).objects
+    assert _errors({**MIN, "warnings": ["x"]}) == ["warnings: unknown key"]
+    assert _errors({**MIN, "secrets": {"a": "b"}})[0].startswith(
+        "secrets: secrets are never read from the config file")
+
+
+def test_missing_secrets_reported_alongside_other_problems() -> None:
+    errors = _errors(_with("iterable", batch_max_users=0), env={})
+    assert [e.split(":")[0] for e in errors] == [
+        "iterable.batch_max_users", "secret sf_private_key is missing (needed by jwt auth)",
+        "secret iterable_api_key is missing (needed by Iterable auth)"]

@@ -62,12 +62,14 @@ class DescribeChecker:
     def __init__(self, describes: Mapping[str, Mapping[str, Any]]) -> None:
         self._describes = {k.lower(): v for k, v in describes.items()}
         self._index: dict[str, _Index] = {}
+        self.absent: set[str] = set()  # objects a check needed but had no describe for
 
     def _get(self, obj: str) -> _Index | None:
         key = obj.lower()
         if key not in self._index:
             describe = self._describes.get(key)
             if describe is None:
+                self.absent.add(obj)
                 return None
             self._index[key] = _Index(describe)
         return self._index[key]

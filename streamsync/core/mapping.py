@@ -369,6 +369,32 @@ class CompiledMapping:
         return MappedUser(self.object_name, sf_id, email, user_id, payload,
                           payload_hash(payload))
 
+    def flag_user(self, sf_id: str, email: str | None, user_id: str | None, flag_target: str,
+                  deleted: bool = True) -> MappedUser:
+        """The update that marks a deleted (or undeleted) record's profile: `delete_policy=flag`.
+
+        `email`/`user_id` come from the identity table, since Salesforce no longer returns the
+        record; the flag is the only data field sent.
+        """
+        problem = target_problem(flag_target)
+        if problem is not None or not flag_target.startswith("dataFields."):
+            raise ConfigError(f"{self.object_name} delete flag {flag_target!r}: "
+                              f"{problem or 'must be a dataFields.<name> target'}")
+        payload: dict[str, Any] = {}
+        if email is not None:
+            payload["email"] = email
+        if user_id is not None:
+            payload["userId"] = user_id
+        if not payload:
+            raise RecordError(R.MISSING_EMAIL, f"no known Iterable identity for {sf_id}")
+        node = payload.setdefault("dataFields", {})
+        segments = flag_target.split(".")[1:]
+        for key in segments[:-1]:
+            node = node.setdefault(key, {})
+        node[segments[-1]] = deleted
+        return MappedUser(self.object_name, to_18(sf_id), email, user_id, payload,
+                          payload_hash(payload))
+
     def map_or_error(self, record: Mapping[str, Any]) -> MappedUser | RecordError:
         """`map()` that returns the RecordError instead of raising it."""
         try:

@@ -389,3 +389,20 @@ def test_dates_always_in_iterable_format(moment: Any, fmt: str) -> None:
     converted = iterable_date(raw)
     assert converted is not None, raw
     assert ITERABLE_DATE.fullmatch(converted)
+
+
+def test_flag_user_for_deletes() -> None:
+    m = CompiledMapping("Contact", CLASSIC)
+    flagged = m.flag_user("003000000000001", "ada@example.com", None,
+                          "dataFields.salesforce.deleted")
+    assert flagged.sf_id == CONTACT_ID
+    assert flagged.payload == {"email": "ada@example.com",
+                               "dataFields": {"salesforce": {"deleted": True}}}
+    undeleted = m.flag_user(CONTACT_ID, None, CONTACT_ID, "dataFields.sfDeleted", deleted=False)
+    assert undeleted.payload == {"userId": CONTACT_ID, "dataFields": {"sfDeleted": False}}
+    assert undeleted.payload_hash != flagged.payload_hash
+    with pytest.raises(RecordError) as exc:
+        m.flag_user(CONTACT_ID, None, None, "dataFields.sfDeleted")
+    assert exc.value.reason == "missing_email"
+    with pytest.raises(ConfigError):
+        m.flag_user(CONTACT_ID, "a@example.com", None, "dataFields.email")
