@@ -287,3 +287,22 @@ def test_system_modstamp_filter_sees_recent_writes(org: tuple[OrgState, Recordin
     q = (f"SELECT Id FROM Lead WHERE SystemModstamp > 2030-03-17T00:00:00Z AND "
          f"Id > '{lead.ids[3]}' ORDER BY Id LIMIT 2")
     assert [r[0] for r in execute(state, q).rows] == sorted(touched)[1:3]
+
+
+def test_transaction_over_the_change_cap_ends_with_overflow_events() -> None:
+    bus = RecordingBus()
+    state = OrgState(bus=bus, overflow_changes=6)
+    seed(state, accounts=3, contacts=10, leads=10)
+    with state.transaction() as tx:
+        for sf_id in state.tables["Contact"].ids[:4]:
+            tx.update("Contact", sf_id, {"Title": f"T{sf_id}"})  # 3 changes each
+        tx.delete("Lead", state.tables["Lead"].ids[0])
+        tx.delete("Account", state.tables["Account"].ids[0])
+    headers = [e["ChangeEventHeader"] for _, e in bus.events]
+    assert [(h["entityName"], h["changeType"]) for h in headers] == [
+        ("Contact", "UPDATE"), ("Contact", "UPDATE"),
+        ("Contact", "GAP_OVERFLOW"), ("Lead", "GAP_OVERFLOW"), ("Account", "GAP_OVERFLOW")]
+    assert headers[2]["recordIds"] == [] and headers[4]["sequenceNumber"] == 5
+    assert len({h["transactionKey"] for h in headers}) == 1
+    rec = state.record("Account", state.tables["Account"].ids[0])
+    assert rec is not None and rec["IsDeleted"] is True  # the data change still happened

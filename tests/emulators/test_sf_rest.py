@@ -172,6 +172,9 @@ async def test_query_errors_count_and_uri_limit(emu: SalesforceEmulator,
     q = "SELECT Id FROM Lead WHERE Id IN ('" + "','".join(ids[:1000]) + "')"
     async with http.get(f"{V}/query", params={"q": q}) as r:
         assert r.status == 414
+    q = "SELECT Id FROM Lead WHERE Id IN ('" + "','".join(ids[:600]) + "')"
+    async with http.get(f"{V}/query", params={"q": q}, headers={"X-Big": "x" * 4000}) as r:
+        assert r.status == 431
 
 
 async def test_query_all_sees_deleted(emu: SalesforceEmulator,

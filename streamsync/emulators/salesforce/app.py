@@ -145,8 +145,12 @@ class SalesforceEmulator:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if len(request.raw_path) > MAX_URI_BYTES:
+        uri_bytes = len(request.raw_path)
+        if uri_bytes > MAX_URI_BYTES:
             return web.Response(status=414, text="URI Too Long")
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if uri_bytes + header_bytes > MAX_URI_BYTES:
+            return web.Response(status=431, text="Request Header Fields Too Large")
         path = request.path
         if path.startswith(CONTROL_PREFIX):
             try:

@@ -357,8 +357,10 @@ class OrgState:
 
     def __init__(self, *, bus: Publisher | None = None, api_version: str = "66.0",
                  daily_api_max: int = 1_000_000, clock: Callable[[], float] = time.time,
-                 org_id: str = "00D8W0000000001EAA", event_log_size: int = 10_000) -> None:
+                 org_id: str = "00D8W0000000001EAA", event_log_size: int = 10_000,
+                 overflow_changes: int = 100_000) -> None:
         self.bus = bus
+        self.overflow_changes = overflow_changes
         self.api_version = api_version
         self.clock = clock
         self.org_id = org_id
@@ -505,7 +507,22 @@ class OrgState:
     def _commit(self, tx: Transaction, *, merge: bool) -> None:
         if not tx.events:
             return
-        events = _merge(tx.events) if merge else tx.events
+        # Past `overflow_changes` changes in one transaction, Salesforce sends one GAP_OVERFLOW
+        # event per entity type instead (a create/delete/undelete is one change, an update one
+        # per changed field).
+        kept = tx.events
+        overflowed: list[str] = []
+        budget = self.overflow_changes
+        for n, ev in enumerate(tx.events):
+            budget -= len(ev[4]) if ev[1] == "UPDATE" else 1
+            if budget < 0:
+                kept = tx.events[:n]
+                for later in tx.events[n:]:
+                    if later[0] not in overflowed:
+                        overflowed.append(later[0])
+                break
+        events = _merge(kept) if merge else list(kept)
+        events += [(entity, "GAP_OVERFLOW", [], {}, [], []) for entity in overflowed]
         self.commit_number += 1
         key = str(uuid.UUID(int=uuid.uuid4().int))
         commit_ms = int(tx.now_s * 1000)
