@@ -232,6 +232,8 @@ class IterableEmulator:
         except web.HTTPException as exc:
             if exc.status in (404, 405):
                 resp = web.Response(text=NOT_FOUND_HTML, status=404, content_type="text/html")
+            elif exc.status == 413:  # past aiohttp's own cap (64 MB): same ingress answer
+                resp = _too_large_response()
             else:
                 raise
         self.state.record_call(endpoint, resp.status)
