@@ -185,3 +185,18 @@ async def test_malformed_json_and_wrong_types_name_the_path(make_api: MakeApi) -
     assert reply.body["params"] == {"obj.users[0]": "Either email or userId must be provided"}
     reply = await api.update(email="a@example.com", mergeNestedObjects="no")
     assert reply.body["params"] == {"obj.mergeNestedObjects": "Boolean value expected"}
+
+
+async def test_chunked_body_over_the_limit_is_413_too(make_api: MakeApi) -> None:
+    api = await make_api()
+    raw = _big_body(4 * 1024 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 1 << 20):
+            yield raw[start : start + (1 << 20)]
+
+    async with api.session.post(
+        api.emu.base_url + "/api/users/update", data=chunks(), headers={"Api-Key": api.key}
+    ) as resp:
+        assert resp.status == 413
+    assert api.emu.state.count("POST /api/users/update", 413) == 1
