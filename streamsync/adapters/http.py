@@ -284,10 +284,12 @@ async def stream(
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Open a request whose 2xx body the caller reads incrementally. A non-2xx reply is read
     and raised through `error_for`; network failures while reading become TransientError."""
+    answered = False
     try:
         async with session.request(
             method, url, headers=headers, params=params, timeout=_timeout(session, timeout_s)
         ) as raw:
+            answered = True
             if counter is not None:
                 counter.record(api, endpoint, raw.status)
             if not 200 <= raw.status < 300:
@@ -295,8 +297,12 @@ async def stream(
                 raise error_for(HttpResponse(raw.status, raw.headers, payload, api, endpoint))
             yield raw
     except TimeoutError as exc:
+        if counter is not None and not answered:
+            counter.record(api, endpoint, TIMEOUT)
         raise TransientError(f"{api} {endpoint}: no reply in time ({method})") from exc
     except aiohttp.ClientError as exc:
+        if counter is not None and not answered:
+            counter.record(api, endpoint, NETWORK_ERROR)
         raise TransientError(
             f"{api} {endpoint}: network failure ({type(exc).__name__}: {exc})"
         ) from exc

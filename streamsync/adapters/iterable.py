@@ -12,6 +12,7 @@ import orjson
 
 from streamsync.adapters.http import (
     HttpResponse,
+    UnexpectedStatus,
     UsageCounter,
     excerpt,
     parse_retry_after,
@@ -200,8 +201,14 @@ def error_for(resp: HttpResponse) -> Exception:
         )
     if status in (408, 425) or status >= 500 or code in ("DatabaseError", "GenericError"):
         return TransientError(f"{where}: HTTP {status} {code}: {msg}")
-    if status == 401 or code in ("BadApiKey", "BadAuthorizationHeader", "Unauthorized"):
+    if status in (401, 403) or code in (
+        "BadApiKey", "BadAuthorizationHeader", "Unauthorized", "Forbidden"
+    ):
         return AuthError(f"{where}: the API key was refused (HTTP {status} {code}): {msg}")
+    if status == 404 and not code:
+        # Iterable's ingress answers unknown routes with an HTML 404: a wrong base URL, not a
+        # problem of the records in the request.
+        return UnexpectedStatus(API, resp.endpoint, status, msg)
     if status == 413 or code == "BatchTooLarge":
         return BatchTooLarge(status, code or "BatchTooLarge", msg or "request body too large")
     if code == "RequestFieldsTypesMismatched":

@@ -50,6 +50,7 @@ QUERY_ERROR_CODES = frozenset(
 BULK_RUNNING_STATES = frozenset({"UploadComplete", "InProgress", "Open"})
 LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 CSV_CHUNK_BYTES = 64 * 1024
+NUMERIC_TYPES = frozenset({"double", "currency", "percent", "long"})
 
 
 class SalesforceError(FatalError):
@@ -127,12 +128,38 @@ def error_for(resp: HttpResponse) -> Exception:
     return SalesforceError(status, code or f"HTTP_{status}", message, resp.endpoint)
 
 
-def _nest(row: dict[str, str]) -> dict[str, Any]:
-    """A Bulk CSV row shaped like a REST record: empty strings are nulls, and dotted columns
-    (`Owner.Email`) become nested objects (None when every field of the parent is null)."""
+def coerce_csv_value(sf_type: str, raw: str) -> Any:
+    """A Bulk CSV cell as REST would type it, given the field's describe type: booleans and
+    numbers become bool/int/float; anything else stays a string. Raises ValueError if the
+    cell does not fit the type."""
+    kind = sf_type.lower()
+    if kind == "boolean":
+        if raw.lower() not in ("true", "false"):
+            raise ValueError(f"not a boolean: {raw!r}")
+        return raw.lower() == "true"
+    if kind == "int":
+        return int(raw)
+    if kind in NUMERIC_TYPES:
+        return float(raw)
+    return raw
+
+
+def _nest(row: dict[str, str], field_types: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A Bulk CSV row shaped like a REST record: empty strings are nulls, dotted columns
+    (`Owner.Email`) become nested objects (None when every field of the parent is null), and
+    columns named in `field_types` are typed by `coerce_csv_value`."""
     out: dict[str, Any] = {}
     for column, raw in row.items():
         value: Any = raw if raw != "" else None
+        if value is not None and field_types:
+            sf_type = field_types.get(column)
+            if sf_type is not None:
+                try:
+                    value = coerce_csv_value(sf_type, raw)
+                except ValueError as exc:
+                    raise TransientError(
+                        f"salesforce bulk results: column {column} is not a {sf_type}: {exc}"
+                    ) from exc
         if "." not in column:
             out[column] = value
             continue
@@ -419,17 +446,23 @@ class SalesforceClient:
             delay_s = min(self.bulk_max_poll_s, delay_s * 1.5)
 
     async def bulk_query_results(
-        self, job_id: str, *, locator: str | None = None
+        self,
+        job_id: str,
+        *,
+        locator: str | None = None,
+        field_types: Mapping[str, str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Rows of a completed job, page by page (by locator), parsed as the CSV streams in.
-        Rows are shaped like REST records (see `_nest`); values are strings or None."""
+        Rows are shaped like REST records (see `_nest`): values are strings or None, except
+        the columns typed by `field_types` (column, e.g. `Account.NumberOfEmployees` → the
+        describe type, e.g. `int`), so the same mapping serves REST and Bulk reads."""
         path = f"{self.data_path}/jobs/query/{quote(job_id, safe='')}/results"
         while True:
             params = {"maxRecords": str(self.bulk_max_records)}
             if locator:
                 params["locator"] = locator
             next_locator: str | None = None
-            async for row, page_locator in self._results_page(path, params):
+            async for row, page_locator in self._results_page(path, params, field_types):
                 next_locator = page_locator
                 yield row
             if next_locator is None:
@@ -437,7 +470,7 @@ class SalesforceClient:
             locator = next_locator
 
     async def _results_page(
-        self, path: str, params: Mapping[str, str]
+        self, path: str, params: Mapping[str, str], field_types: Mapping[str, str] | None
     ) -> AsyncIterator[tuple[dict[str, Any], str | None]]:
         for attempt in (1, 2):
             token = await self.auth.token()
@@ -459,7 +492,7 @@ class SalesforceClient:
                     empty = True
                     async for row in _csv_rows(raw.content.iter_chunked(CSV_CHUNK_BYTES)):
                         empty = False
-                        yield _nest(row), page_locator
+                        yield _nest(row, field_types), page_locator
                     if empty and page_locator is not None:
                         raise TransientError(
                             "salesforce bulk results: empty page with a further locator"
@@ -471,12 +504,16 @@ class SalesforceClient:
                 self.auth.invalidate(token)
 
     async def bulk_query(
-        self, soql: str, *, include_deleted: bool = False
+        self,
+        soql: str,
+        *,
+        include_deleted: bool = False,
+        field_types: Mapping[str, str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Create a Bulk API 2.0 query job, wait for it, and stream its rows."""
         job_id = await self.create_bulk_query_job(soql, include_deleted=include_deleted)
         await self.wait_bulk_query_job(job_id)
-        async for row in self.bulk_query_results(job_id):
+        async for row in self.bulk_query_results(job_id, field_types=field_types):
             yield row
 
 

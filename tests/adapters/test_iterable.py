@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamsync.adapters.http import Retry, UsageCounter, make_session
+from streamsync.adapters.http import Retry, UnexpectedStatus, UsageCounter, make_session
 from streamsync.adapters.iterable import (
     BatchError,
     BatchRejected,
@@ -252,6 +252,16 @@ async def test_user_id_lookups_and_idempotent_deletes(
     assert await client.delete_user(user_id="never-seen") is False
     with pytest.raises(ValueError):
         await client.delete_user()
+
+
+async def test_a_wrong_base_url_is_fatal_not_a_batch_problem(emu: IterableEmulator) -> None:
+    async with make_session(5.0) as session:
+        client = IterableClient(session, emu.base_url + "/v2", emu.api_key)
+        with pytest.raises(UnexpectedStatus) as info:
+            await client.bulk_update(_body({"email": "a@example.com"}))
+        assert info.value.status == 404
+        with pytest.raises(UnexpectedStatus):
+            await client.delete_user(email="a@example.com")
 
 
 def test_parse_bulk_result_merges_deprecated_lists_without_duplicates() -> None:

@@ -15,6 +15,7 @@ from streamsync.adapters.salesforce import (
     SalesforceClient,
     SalesforceError,
     _csv_rows,
+    coerce_csv_value,
     parse_limit_info,
     split_complete_records,
 )
@@ -298,3 +299,35 @@ async def test_csv_rows_parse_across_tiny_chunks() -> None:
         assert [r["Id"] for r in rows] == ["1", "2", "3"], size
         assert rows[0]["Note"] == 'say "hi"\nthen, go'
         assert rows[2]["Note"] == "ü, ß"
+
+
+async def test_bulk_rows_typed_by_describe_equal_rest_records(rig: Rig) -> None:
+    client = rig.client()
+    soql = (
+        "SELECT Id, IsConverted, NumberOfEmployees, AnnualRevenue, Lead_Score__c, Email "
+        "FROM Lead ORDER BY Id"
+    )
+    lead_id = rig.emu.select_ids("Lead", limit=1)[0]
+    rig.emu.state.update(
+        "Lead", lead_id, {"NumberOfEmployees": 12, "AnnualRevenue": 1500.5, "Lead_Score__c": 7.25}
+    )
+    describe = await client.describe("Lead")
+    types = {f["name"]: f["type"] for f in describe["fields"]}
+    rows = [r async for r in client.bulk_query(soql, field_types=types)]
+    rest = [_plain(r) async for r in client.records(soql)]
+    assert rows == rest
+    typed = next(r for r in rows if r["Id"] == lead_id)
+    assert (typed["NumberOfEmployees"], typed["AnnualRevenue"], typed["Lead_Score__c"]) == (
+        12, 1500.5, 7.25
+    )
+    assert all(isinstance(r["IsConverted"], bool) for r in rows)
+
+
+def test_coerce_csv_value() -> None:
+    assert coerce_csv_value("boolean", "true") is True
+    assert coerce_csv_value("boolean", "False") is False
+    assert coerce_csv_value("int", "42") == 42
+    assert coerce_csv_value("currency", "12.5") == 12.5
+    assert coerce_csv_value("string", "007") == "007"
+    with pytest.raises(ValueError):
+        coerce_csv_value("boolean", "yes")
