@@ -125,3 +125,17 @@ async def test_bulk2_query(emu: SalesforceEmulator) -> None:
     lead = emu.state.tables["Lead"]
     assert len(no_email) == sum(1 for r in lead.rows.values()
                                 if r[lead.obj.slot("Email")] is None)
+
+
+async def test_upsert_by_external_id(emu: SalesforceEmulator) -> None:
+    sf: Any = Salesforce(instance_url=emu.instance_url, session_id=emu.issue_token(),
+                         session=_session(emu), version="66.0")
+    created = await asyncio.to_thread(sf.Contact.upsert, "External_Id__c/X-1",
+                                      {"LastName": "Knuth"}, raw_response=True)
+    assert created.status_code == 201 and created.json()["created"] is True
+    updated = await asyncio.to_thread(sf.Contact.upsert, "External_Id__c/X-1",
+                                      {"Title": "Prof"}, raw_response=True)
+    assert updated.status_code == 200 and updated.json()["id"] == created.json()["id"]
+    rec = await asyncio.to_thread(sf.Contact.get_by_custom_id, "External_Id__c", "X-1")
+    assert rec["Title"] == "Prof" and rec["LastName"] == "Knuth"
+    assert await asyncio.to_thread(sf.Contact.delete, created.json()["id"]) == 204

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .errors import SalesforceError, not_found
 from .ids import IdSequence, is_valid_id, to18
-from .schema import BY_PREFIX, SCHEMA, SCHEMA_LOWER, describe
+from .schema import BY_PREFIX, EXTERNAL_ID_FIELDS, SCHEMA, SCHEMA_LOWER, describe
 from .soql import QueryResult, execute
 from .state import OrgState, Transaction
 
@@ -89,6 +89,8 @@ class RestApi:
             r.add_post(base + "/sobjects/{sobject}" + suffix, self.create)
             r.add_get(base + "/sobjects/{sobject}/describe" + suffix, self.describe)
             r.add_route("*", base + "/sobjects/{sobject}/{id}" + suffix, self.record)
+            r.add_route("*", base + "/sobjects/{sobject}/{field}/{value}" + suffix,
+                        self.by_external_id)
             r.add_route("*", base + "/composite/sobjects" + suffix, self.collection)
         r.add_get(base + "/query/{locator}", self.query_more)
         r.add_get(base + "/queryAll/{locator}", self.query_more)
@@ -245,6 +247,60 @@ class RestApi:
         if not result.rows or result.render is None:
             raise not_found()
         return json_response(result.render(result.rows[0]))
+
+    # -- external ids (upsert) ------------------------------------------------------------------
+    async def by_external_id(self, request: web.Request) -> web.Response:
+        obj = self._obj(request)
+        version = request.match_info["version"]
+        name = request.match_info["field"]
+        value = request.match_info["value"]
+        f = obj.get(name)
+        if f is None or (f.name not in EXTERNAL_ID_FIELDS and f.name != "Id"):
+            raise SalesforceError(404, "NOT_FOUND", "Provided external ID field does not exist "
+                                  f"or is not accessible: {name}")
+        if f.name == "Id":
+            matches = [to18(value)] if is_valid_id(value) and to18(value) in \
+                self.state.tables[obj.name].rows else []
+        else:
+            literal = value.replace("\\", "\\\\").replace("'", "\\'")
+            matches = [r[0] for r in execute(
+                self.state, f"SELECT Id FROM {obj.name} WHERE {f.name} = '{literal}'").rows]
+        if len(matches) > 1:
+            return json_response([f"/services/data/v{version}/sobjects/{obj.name}/{m}"
+                                  for m in matches], 300)
+        method = request.method
+        if method == "POST" and request.query.get("_HttpMethod", "").upper() == "PATCH":
+            method = "PATCH"
+        if method == "GET":
+            if not matches:
+                raise not_found()
+            return self._get_record(request, obj.name, matches[0], version)
+        if method == "DELETE":
+            if not matches:
+                raise not_found()
+            with self.state.transaction(origin=change_origin(request, version),
+                                        user_id=_user(request, self.state)) as tx:
+                tx.delete(obj.name, matches[0])
+            return web.Response(status=204)
+        if method != "PATCH":
+            raise SalesforceError(405, "METHOD_NOT_ALLOWED",
+                                  f"HTTP Method '{method}' not allowed. Allowed are GET,PATCH,"
+                                  "DELETE,HEAD")
+        values = await _json_object(request)
+        if any(k.lower() == f.name.lower() for k in values) and f.name != "Id":
+            raise SalesforceError(400, "INVALID_FIELD", f"{f.name} is specified in the URL; "
+                                  "it should not be specified in the sobject data.")
+        with self.state.transaction(origin=change_origin(request, version),
+                                    user_id=_user(request, self.state)) as tx:
+            if matches:
+                tx.update(obj.name, matches[0], values)
+                sf_id, created = matches[0], False
+            elif f.name == "Id":
+                raise not_found()
+            else:
+                sf_id, created = tx.create(obj.name, {**values, f.name: value}), True
+        return json_response({"id": sf_id, "success": True, "errors": [], "created": created},
+                             201 if created else 200)
 
     # -- collections ----------------------------------------------------------------------------
     async def collection(self, request: web.Request) -> web.Response:

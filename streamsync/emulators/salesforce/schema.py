@@ -264,6 +264,7 @@ SCHEMA: dict[str, SObject] = build_schema()
 SCHEMA_LOWER: dict[str, SObject] = {k.lower(): v for k, v in SCHEMA.items()}
 BY_PREFIX: dict[str, SObject] = {o.key_prefix: o for o in SCHEMA.values()}
 
+EXTERNAL_ID_FIELDS = frozenset({"External_Id__c"})
 CDC_EXCLUDED = frozenset({"Id", "IsDeleted", "SystemModstamp"})
 
 
@@ -311,6 +312,8 @@ def _describe_field(f: Field) -> dict[str, Any]:
         "referenceTo": list(f.reference_to),
         "relationshipName": f.relationship_name,
         "polymorphicForeignKey": len(f.reference_to) > 1,
+        "externalId": f.name in EXTERNAL_ID_FIELDS,
+        "unique": f.name in EXTERNAL_ID_FIELDS,
         "picklistValues": [
             {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
             for v in f.picklist
