@@ -43,11 +43,16 @@ _DATETIME_RE: Final = re.compile(
 )
 _DATE_RE: Final = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _BAD_CHARS_RE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-_EMAIL_RE: Final = re.compile(
-    r"(?P<local>[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
-    r"@(?P<domain>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
-    r"(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59}))"
-)
+# Apache Commons EmailValidator's rules, which Iterable uses: a local part of dot-separated words
+# without spaces, controls or specials; a domain of valid labels under an alphabetic TLD (IDN
+# domains checked in their punycode form), or an IPv4 literal.
+_LOCAL_WORD: Final = r"[^\s\x00-\x1f\x7f()<>@,;:\\\"\[\].]+"
+_LOCAL_RE: Final = re.compile(rf"{_LOCAL_WORD}(?:\.{_LOCAL_WORD})*")
+_DOMAIN_RE: Final = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})")
+_IP_LITERAL_RE: Final = re.compile(r"\[(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\]")
+_RESERVED_TLDS: Final = frozenset({"test", "example", "invalid", "localhost", "local",
+                                   "localdomain"})
 _TARGET_CTRL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -142,11 +147,28 @@ def normalize_email(value: Any) -> str:
     if not isinstance(value, str):
         raise RecordError(R.INVALID_EMAIL, f"email is a {type(value).__name__}, not text")
     email = value.strip().lower()
-    m = _EMAIL_RE.fullmatch(email)
-    if m is None or len(email) > 254 or len(m["local"]) > 64:
+    if not _valid_email(email):
         shown = clean_text(email)[:80]
         raise RecordError(R.INVALID_EMAIL, f"not a valid email address: {shown!r}")
     return email
+
+
+def _valid_email(email: str) -> bool:
+    local, at, domain = email.rpartition("@")
+    if not at or len(email) > 254 or not 0 < len(local) <= 64:
+        return False
+    if _LOCAL_RE.fullmatch(local) is None:
+        return False
+    ip = _IP_LITERAL_RE.fullmatch(domain)
+    if ip is not None:
+        return all(int(part) <= 255 for part in ip.groups())
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    return (_DOMAIN_RE.fullmatch(domain) is not None
+            and domain.rsplit(".", 1)[-1] not in _RESERVED_TLDS)
 
 
 def normalize_user_id(value: Any, from_id_field: bool) -> str:
