@@ -217,7 +217,7 @@ def test_valid_emails(raw: str, expected: str) -> None:
      ("ada@localhost", "invalid_email"), ("ada@[256.1.1.1]", "invalid_email"),
      ("a(b)@example.com", "invalid_email"), ("a\"b@example.com", "invalid_email"),
      ("ada.@example.com", "invalid_email"), ("ada@example.com.", "invalid_email"),
-     ("ada@b\u00fccher\u200b.de", "invalid_email"), ("ada\t@example.com", "invalid_email"),
+     ("ada@-bücher.de", "invalid_email"), ("ada\t@example.com", "invalid_email"),
      ("ada@example.com\x00", "invalid_email"), ("a" * 65 + "@example.com", "invalid_email"),
      ("a@" + "b" * 250 + ".com", "invalid_email"), ("a@b@example.com", "invalid_email"),
      (42, "invalid_email")],
