@@ -350,16 +350,17 @@ class CometdSubscriber:
         self.stats.subscribes += 1
         if self.stats.subscribes > 1:
             self.stats.resubscribes += 1
+        stored = {channel: await self._replay_from(channel) for channel in self._channels}
         replay = {
-            channel: _wire_replay(await self._replay_from(channel), self._initial_replay)
-            for channel in self._channels
+            channel: _wire_replay(value, self._initial_replay) for channel, value in stored.items()
         }
         rejected = await self._subscribe(replay)
         if rejected:
-            for channel, replay_id in rejected.items():
+            for channel, sent in rejected.items():
                 self.stats.replay_fallbacks += 1
-                log.warning("cometd.replay_invalid", channel=channel, replay_id=str(replay_id))
-                await self._on_replay_invalid(channel, replay_id)
+                log.warning("cometd.replay_invalid", channel=channel, replay_id=str(sent))
+                # The caller gets the id as its store holds it, to compare or clear it.
+                await self._on_replay_invalid(channel, stored[channel] or sent)
             again = await self._subscribe({channel: NEW_EVENTS for channel in rejected})
             if again:
                 raise TransientError(f"CometD subscribe with replay -1 rejected for {list(again)}")
