@@ -163,6 +163,8 @@ def _valid_email(email: str) -> bool:
     if ip is not None:
         return all(int(part) <= 255 for part in ip.groups())
     if not domain.isascii():
+        if any(label.startswith("-") or label.endswith("-") for label in domain.split(".")):
+            return False
         try:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
