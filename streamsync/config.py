@@ -145,6 +145,15 @@ class IterableConfig(_Model):
     def _base(cls, v: str) -> str:
         return _url(v, "base_url")
 
+    def bulk_envelope(self) -> dict[str, bool]:
+        """Top-level bulkUpdate fields besides `users` (for the batch cutter)."""
+        out: dict[str, bool] = {}
+        if self.create_new_fields is not None:
+            out["createNewFields"] = self.create_new_fields
+        if self.update_only:
+            out["updateOnly"] = True
+        return out
+
     @model_validator(mode="after")
     def _eu_email(self) -> IterableConfig:
         if self.base_url == EU_BASE_URL and self.project_type == "email":
@@ -200,6 +209,16 @@ class ObjectConfig(_Model):
             problem = "the delete flag must be a dataFields.<name> target"
         if problem:
             raise ValueError(problem)
+        return v
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _dotted_keys(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            nested = [k for k, val in v.items() if isinstance(val, dict)]
+            if nested:
+                raise _Problems([(k, f"a table, not a target: quote dotted source paths, e.g. "
+                                     f'"{k}.Name" = "dataFields.x"') for k in nested])
         return v
 
     @field_validator("mapping")

@@ -419,3 +419,20 @@ def test_missing_secrets_reported_alongside_other_problems() -> None:
     assert [e.split(":")[0] for e in errors] == [
         "iterable.batch_max_users", "secret sf_private_key is missing (needed by jwt auth)",
         "secret iterable_api_key is missing (needed by Iterable auth)"]
+
+
+def test_unquoted_dotted_mapping_keys_get_a_hint(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[salesforce]\nclient_id = "ck"\nusername = "u"\n'
+                        '[objects.Contact.mapping]\nEmail = "email"\n'
+                        'Account.Name = "dataFields.Company.Name"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg_file, ENV)
+    assert ('objects.Contact.mapping.Account: a table, not a target: quote dotted source '
+            'paths, e.g. "Account.Name" = "dataFields.x"') in str(exc.value)
+
+
+def test_bulk_envelope() -> None:
+    assert parse_config(MIN, ENV).iterable.bulk_envelope() == {}
+    cfg = parse_config(_with("iterable", update_only=True, create_new_fields=False), ENV)
+    assert cfg.iterable.bulk_envelope() == {"createNewFields": False, "updateOnly": True}
