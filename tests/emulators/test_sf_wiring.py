@@ -75,3 +75,28 @@ def test_session_lifetime_is_inactivity_based() -> None:
     now[0] += 61
     assert sessions.check(s.token) == "expired"
     assert sessions.check("unknown") == "invalid"
+
+
+async def test_control_api_forgets_and_disconnects_cometd_clients(emu: SalesforceEmulator
+                                                                  ) -> None:
+    token = emu.issue_token()
+    async with aiohttp.ClientSession(base_url=emu.instance_url) as s:
+        async def handshake() -> str:
+            hs = await _bayeux(s, token, [{"channel": "/meta/handshake", "version": "1.0",
+                                           "supportedConnectionTypes": ["long-polling"],
+                                           "id": "1"}])
+            return str(hs[0]["clientId"])
+
+        client_id = await handshake()
+        async with s.post("/__emulator__/cometd/forget") as r:
+            assert (await r.json())["forgotten"] == 1
+        got = await _bayeux(s, token, [{"channel": "/meta/connect", "clientId": client_id,
+                                        "connectionType": "long-polling", "id": "2"}])
+        assert got[0]["error"] == "403::Unknown client"
+        assert got[0]["advice"]["reconnect"] == "handshake"
+        client_id = await handshake()
+        async with s.post("/__emulator__/cometd/disconnect") as r:
+            assert (await r.json())["disconnected"] == 1
+        got = await _bayeux(s, token, [{"channel": "/meta/connect", "clientId": client_id,
+                                        "connectionType": "long-polling", "id": "3"}])
+        assert any(m.get("channel") == "/meta/disconnect" for m in got)

@@ -39,7 +39,6 @@ class QueryJob:
     columns: list[str] = field(default_factory=list)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     processed: int = 0
-    started_s: float = 0.0
     processing_ms: int = 0
     error: str | None = None
 
@@ -162,7 +161,6 @@ class BulkQueryApi:
     def _advance(self, job: QueryJob) -> None:
         if job.state == "UploadComplete":
             job.state = "InProgress"
-            job.started_s = self.clock()
         elif job.state == "InProgress":
             self._run(job)
 

@@ -68,7 +68,8 @@ def change_origin(request: web.Request, version: str) -> str:
 class RestApi:
     """Handlers under /services/data/v{version}/."""
 
-    def __init__(self, state: OrgState, *, clock: Any = time.monotonic) -> None:
+    def __init__(self, state: OrgState, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
         self.clock = clock
         self.cursors: OrderedDict[str, Cursor] = OrderedDict()
