@@ -448,7 +448,7 @@ class Config(_Model):
         return (lead.converted_precedence if lead and lead.converted_precedence else "contact")
 
     def compiled(self) -> dict[str, CompiledMapping]:
-        """Each object that writes users, with its mapping compiled once."""
+        """Each object that writes users, its mapping compiled (call once; keep the result)."""
         out: dict[str, CompiledMapping] = {}
         for name, obj in self.objects.items():
             if not obj.writes_users:
