@@ -140,6 +140,8 @@ def parse_bulk_result(body: Any) -> BulkResult:
     by_email: dict[str, str] = {}
     by_user_id: dict[str, str] = {}
     for name, values in lists.items():
+        if name.startswith("noOp"):
+            continue  # nothing to change for those users: not a failure
         kind, reason = FAILURE_LISTS.get(
             name, ("userId" if name.endswith("UserIds") else "email", _snake(name))
         )

@@ -43,7 +43,6 @@ QUERY_ERROR_CODES = frozenset(
         "INVALID_TYPE",
         "QUERY_TOO_COMPLICATED",
         "INVALID_QUERY_FILTER_OPERATOR",
-        "INVALID_QUERY_LOCATOR",
         "MALFORMED_ID",
     }
 )
@@ -120,6 +119,9 @@ def error_for(resp: HttpResponse) -> Exception:
         )
     if status == 408 or status >= 500 or code in ("QUERY_TIMEOUT", "SERVER_UNAVAILABLE"):
         return TransientError(f"{where}: HTTP {status} {code}: {message}")
+    if code == "INVALID_QUERY_LOCATOR":
+        # The server dropped the cursor (idle too long): running the query again fixes it.
+        return TransientError(f"{where}: query cursor expired, restart the query: {message}")
     if status in (414, 431):
         return QueryError(status, code or "URI_TOO_LONG", message or "request URI too long",
                           resp.endpoint)

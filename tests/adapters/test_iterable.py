@@ -11,14 +11,23 @@ from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from streamsync.adapters.http import Retry, UnexpectedStatus, UsageCounter, make_session
+from streamsync.adapters.http import (
+    HttpResponse,
+    Retry,
+    UnexpectedStatus,
+    UsageCounter,
+    make_session,
+)
 from streamsync.adapters.iterable import (
     BatchError,
     BatchRejected,
     BatchTooLarge,
     IterableClient,
     UserFailure,
+    error_for,
+    mismatched_fields,
     parse_bulk_result,
 )
 from streamsync.adapters.ratelimit import RateLimiter
@@ -272,7 +281,7 @@ def test_parse_bulk_result_merges_deprecated_lists_without_duplicates() -> None:
         "failedUpdates": {
             "invalidEmails": ["Bad@x"], "forgottenEmails": ["gone@x.com"],
             "conflictUserIds": ["003X"], "invalidDataEmails": ["typed@x.com"],
-            "notFoundEmails": [], "noOpEmails": [],
+            "notFoundEmails": [], "noOpEmails": ["same@x.com"],
         },
     })
     assert result.fail_count == 4
@@ -283,6 +292,7 @@ def test_parse_bulk_result_merges_deprecated_lists_without_duplicates() -> None:
         ("typed@x.com", "email", "invalid_data"),
     ]
     assert result.reason_for(email="bad@X") == "invalid_email"
+    assert result.reason_for(email="same@x.com") is None
     assert result.reason_for(user_id="003X") == "conflict"
     assert result.created_fields == ("score",) and result.filtered_out_fields == ("junk",)
 
@@ -290,3 +300,46 @@ def test_parse_bulk_result_merges_deprecated_lists_without_duplicates() -> None:
 def test_parse_bulk_result_rejects_a_reply_without_counts() -> None:
     with pytest.raises(TransientError):
         parse_bulk_result({"msg": "", "code": "Success"})
+
+
+def _reply(status: int, body: Any, **headers: str) -> HttpResponse:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return HttpResponse(status, CIMultiDictProxy(CIMultiDict(headers)), raw, "iterable", "x")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (429, {"msg": "Exceeded rate limit.", "code": "RateLimitExceeded"}, RateLimited),
+        (401, {"msg": "Invalid API key", "code": "BadApiKey", "params": {}}, AuthError),
+        (401, {"msg": "Invalid API key", "code": "Success"}, AuthError),
+        (403, {"msg": "no", "code": "Forbidden"}, AuthError),
+        (400, {"msg": "bad", "code": "BadParams"}, BatchError),
+        (400, {"msg": "x", "code": "RequestFieldsTypesMismatched", "params": {}}, BatchRejected),
+        (400, {"msg": "big", "code": "BatchTooLarge"}, BatchTooLarge),
+        (413, b"<html>Request Entity Too Large</html>", BatchTooLarge),
+        (500, {"msg": "db", "code": "DatabaseError"}, TransientError),
+        (502, b"<html>Bad Gateway</html>", TransientError),
+        (504, b"", TransientError),
+        (404, b"<html>Action not found</html>", UnexpectedStatus),
+    ],
+)
+def test_iterable_error_mapping(status: int, body: Any, error: type[Exception]) -> None:
+    assert type(error_for(_reply(status, body))) is error
+
+
+def test_retry_after_reaches_the_rate_limited_error() -> None:
+    mapped = error_for(_reply(429, {"msg": "slow", "code": "RateLimitExceeded"}, **{
+        "Retry-After": "2"
+    }))
+    assert isinstance(mapped, RateLimited) and mapped.retry_after_s == 2.0
+
+
+def test_mismatched_fields_strip_the_project_prefix() -> None:
+    params = {"validationErrors": {"my_project_etl:::soc_signup_at": {
+        "incomingTypes": ["string", "keyword"], "expectedType": "date",
+        "offendingValue": "2020-04-13 14:04:09.000", "_type": "UnexpectedType",
+    }}}
+    fields = mismatched_fields(params)
+    assert list(fields) == ["soc_signup_at"] and fields["soc_signup_at"]["expectedType"] == "date"
+    assert mismatched_fields(None) == {}

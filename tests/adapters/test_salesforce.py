@@ -8,14 +8,16 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from streamsync.adapters.http import Retry, UsageCounter, make_session
+from streamsync.adapters.http import HttpResponse, Retry, UsageCounter, make_session
 from streamsync.adapters.salesforce import (
     QueryError,
     SalesforceClient,
     SalesforceError,
     _csv_rows,
     coerce_csv_value,
+    error_for,
     parse_limit_info,
     split_complete_records,
 )
@@ -331,3 +333,31 @@ def test_coerce_csv_value() -> None:
     assert coerce_csv_value("string", "007") == "007"
     with pytest.raises(ValueError):
         coerce_csv_value("boolean", "yes")
+
+
+def _reply(status: int, body: bytes, **headers: str) -> HttpResponse:
+    return HttpResponse(status, CIMultiDictProxy(CIMultiDict(headers)), body, "salesforce", "x")
+
+
+def _sf_body(code: str, message: str = "m") -> bytes:
+    return orjson.dumps([{"message": message, "errorCode": code}])
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (401, _sf_body("INVALID_SESSION_ID"), SessionExpired),
+        (403, _sf_body("REQUEST_LIMIT_EXCEEDED"), RateLimited),
+        (403, _sf_body("INSUFFICIENT_ACCESS"), SalesforceError),
+        (400, _sf_body("INVALID_QUERY_LOCATOR"), TransientError),
+        (400, _sf_body("QUERY_TIMEOUT"), TransientError),
+        (400, _sf_body("MALFORMED_ID"), QueryError),
+        (404, _sf_body("NOT_FOUND"), SalesforceError),
+        (409, _sf_body("API_VERSION_MISMATCH"), SalesforceError),
+        (431, b"Request Header Fields Too Large", QueryError),
+        (500, b"<html>Internal error</html>", TransientError),
+        (503, b"", TransientError),
+    ],
+)
+def test_salesforce_error_mapping(status: int, body: bytes, error: type[Exception]) -> None:
+    assert type(error_for(_reply(status, body))) is error
