@@ -18,6 +18,7 @@ from streamsync.adapters.http import (
     parse_retry_after,
     send,
 )
+from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.errors import (
     AuthError,
     RateLimited,
@@ -240,8 +241,10 @@ def _record_error(error: Exception) -> Exception:
 class IterableClient:
     """Calls Iterable's users API with the `Api-Key` header (never logged, hidden in repr).
 
-    It does not retry and does not rate-limit: the writer wraps calls in a shared RateLimiter
-    and a Retry policy. Every call is counted in `counter` per endpoint and status.
+    It does not retry (callers declare a Retry policy). With a `bulk_limiter` (one RateLimiter
+    shared by every writer of the project), each bulkUpdate waits for an in-flight place and a
+    send slot, and a 429 slows the limiter down. Every call is counted in `counter` per
+    endpoint and status.
     """
 
     def __init__(
@@ -252,12 +255,14 @@ class IterableClient:
         counter: UsageCounter | None = None,
         *,
         timeout_s: float | None = None,
+        bulk_limiter: RateLimiter | None = None,
     ) -> None:
         self._session = session
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.counter = counter if counter is not None else UsageCounter()
         self._timeout_s = timeout_s
+        self.bulk_limiter = bulk_limiter
 
     def __repr__(self) -> str:
         return f"IterableClient(base_url={self.base_url!r}, api_key=[redacted])"
@@ -315,7 +320,16 @@ class IterableClient:
         BatchRejected; 413/BatchTooLarge → BatchTooLarge; other 400 → BatchError;
         429 → RateLimited; 5xx, timeouts, network → TransientError; 401 → AuthError.
         """
-        resp = await self._call("POST", "/api/users/bulkUpdate", "bulkUpdate", data=body)
+        limiter = self.bulk_limiter
+        if limiter is None:
+            resp = await self._call("POST", "/api/users/bulkUpdate", "bulkUpdate", data=body)
+            return parse_bulk_result(resp.json())
+        async with limiter.slot():
+            try:
+                resp = await self._call("POST", "/api/users/bulkUpdate", "bulkUpdate", data=body)
+            except RateLimited as exc:
+                limiter.on_rate_limited(exc.retry_after_s)
+                raise
         return parse_bulk_result(resp.json())
 
     async def update_user(self, user: Mapping[str, Any]) -> None:

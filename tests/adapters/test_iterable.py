@@ -170,18 +170,28 @@ async def test_the_shared_limiter_runs_at_the_rate_without_429s() -> None:
         emu.limits.set_limit("bulkUpdate", 20.0)
         limiter = RateLimiter(20.0, max_in_flight=4)
         async with make_session(5.0) as session:
-            client = IterableClient(session, emu.base_url, emu.api_key)
+            client = IterableClient(session, emu.base_url, emu.api_key, bulk_limiter=limiter)
             body = _body({"email": "a@example.com", "dataFields": {"n": 1}})
-
-            async def write() -> None:
-                async with limiter.slot():
-                    await client.bulk_update(body)
-
             started = time.monotonic()
-            await asyncio.gather(*(write() for _ in range(41)))
+            await asyncio.gather(*(client.bulk_update(body) for _ in range(41)))
             elapsed = time.monotonic() - started
         assert client.counter.by_status("iterable", "bulkUpdate") == {"200": 41}
         assert elapsed >= 1.9  # 40 intervals of 50 ms: never faster than the rate
+
+
+async def test_a_429_slows_the_shared_limiter_down(emu: IterableEmulator) -> None:
+    limiter = RateLimiter(5.0, max_in_flight=2)
+    async with make_session(5.0) as session:
+        client = IterableClient(session, emu.base_url, emu.api_key, bulk_limiter=limiter)
+        emu.faults.fail_next(
+            "/api/users/bulkUpdate", status=429, headers={"Retry-After": "1"},
+            body={"msg": "Exceeded rate limit", "code": "RateLimitExceeded", "params": {}},
+        )
+        with pytest.raises(RateLimited):
+            await client.bulk_update(_body({"email": "a@example.com"}))
+    assert limiter.rate_limited_total == 1
+    assert limiter.current_rate_per_s() < 5.0
+    assert limiter.in_flight == 0
 
 
 async def test_server_errors_drops_and_hangs_are_transient(emu: IterableEmulator) -> None:
