@@ -7,6 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -197,3 +199,55 @@ async def test_secrets_may_be_callables_and_never_show_in_repr(emu: SalesforceEm
     assert reads == 1
     assert emu.client_secret not in repr(auth)
     assert token.access_token not in repr(token)
+
+
+async def test_rotated_refresh_tokens_are_used_and_handed_over() -> None:
+    seen: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        seen.append(str(form["refresh_token"]))
+        n = len(seen)
+        return web.json_response({
+            "access_token": f"00D!access{n}", "instance_url": "http://127.0.0.1:1/",
+            "token_type": "Bearer", "refresh_token": f"5Aep-rotated-{n}",
+        })
+
+    app = web.Application()
+    app.router.add_post("/services/oauth2/token", token)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    handed: list[str] = []
+    try:
+        async with make_session(5.0) as session:
+            auth = SalesforceAuth(
+                session, login_url=str(server.make_url("")), flow="refresh_token",
+                client_id="ck", refresh_token="5Aep-original", on_refresh_token=handed.append,
+            )
+            first = await auth.token()
+            auth.invalidate(first)
+            second = await auth.token()
+    finally:
+        await server.close()
+    assert seen == ["5Aep-original", "5Aep-rotated-1"]
+    assert handed == ["5Aep-rotated-1", "5Aep-rotated-2"]
+    assert first.instance_url == "http://127.0.0.1:1"  # no trailing slash
+    assert second.access_token == "00D!access2"
+
+
+async def test_a_token_reply_without_access_token_is_transient() -> None:
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"instance_url": "http://x"})
+
+    app = web.Application()
+    app.router.add_post("/services/oauth2/token", token)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        async with make_session(5.0) as session:
+            auth = SalesforceAuth(session, login_url=str(server.make_url("")),
+                                  flow="client_credentials", client_id="c", client_secret="s")
+            with pytest.raises(TransientError, match="access_token"):
+                await auth.token()
+    finally:
+        await server.close()
