@@ -306,3 +306,28 @@ def test_transaction_over_the_change_cap_ends_with_overflow_events() -> None:
     assert len({h["transactionKey"] for h in headers}) == 1
     rec = state.record("Account", state.tables["Account"].ids[0])
     assert rec is not None and rec["IsDeleted"] is True  # the data change still happened
+
+
+def test_reference_filters_follow_writes(org: tuple[OrgState, RecordingBus, Clock]) -> None:
+    state, _, _ = org
+    con = state.tables["Contact"]
+    slot = con.obj.slot("AccountId")
+    acc_a, acc_b = state.tables["Account"].ids[:2]
+
+    def by_scan(acc: str) -> list[str]:
+        return [i for i in con.ids if con.rows[i][slot] == acc]
+
+    def by_query(acc: str) -> list[str]:
+        return [r[0] for r in execute(state, f"SELECT Id FROM Contact WHERE AccountId = '{acc}'"
+                                      " ORDER BY Id").rows]
+    assert by_query(acc_a) == by_scan(acc_a)  # builds the index
+    moved = by_scan(acc_b)[0] if by_scan(acc_b) else con.ids[0]
+    state.update("Contact", moved, {"AccountId": acc_a})
+    new_id = state.create("Contact", {"LastName": "Z", "AccountId": acc_a})
+    with pytest.raises(SalesforceError), state.transaction() as tx:
+        tx.update("Contact", by_scan(acc_a)[0], {"AccountId": acc_b})
+        tx.create("Contact", {"FirstName": "no last name"})
+    assert by_query(acc_a) == by_scan(acc_a) and moved in by_scan(acc_a)
+    assert new_id in by_query(acc_a)
+    q = f"SELECT Id FROM Contact WHERE AccountId IN ('{acc_a}', '{acc_b[:15]}') ORDER BY Id"
+    assert [r[0] for r in execute(state, q).rows] == sorted(by_scan(acc_a) + by_scan(acc_b))

@@ -863,6 +863,27 @@ def _stamp_floor(where: Any) -> str | None:
     return floor
 
 
+def _reference_candidates(table: Table, where: Any) -> list[str] | None:
+    """Sorted ids allowed by top-level AND terms `Ref = 'id'` / `Ref IN (...)` on reference
+    fields of the queried object, via the table's reference index (None: no such term)."""
+    terms = where.items if isinstance(where, BoolOp) and where.op == "and" else [where]
+    found: set[str] | None = None
+    for t in terms:
+        if not isinstance(t, Compare) or t.op not in ("=", "in") or len(t.path.parts) != 1:
+            continue
+        f = table.obj.get(t.path.parts[0])
+        if f is None or f.type != "reference" or any(v.kind != "string" for v in t.values):
+            continue
+        index = table.index_for(f.slot)
+        ids: set[str] = set()
+        for v in t.values:
+            value = str(v.value)
+            key = to18(value) if len(value) == 15 and is_valid_id(value) else value
+            ids |= index.get(key, set())
+        found = ids if found is None else found & ids
+    return None if found is None else sorted(found)
+
+
 def _scan(table: Table, where: Any, pred: Predicate | None, stop: int | None,
           descending: bool) -> list[Row]:
     """Matching rows in Id order, using the sorted ids for ranges and lists, and the
@@ -876,6 +897,8 @@ def _scan(table: Table, where: Any, pred: Predicate | None, stop: int | None,
             start = bisect_left(ids, lo) if lo_incl else bisect_right(ids, lo)
         if hi is not None:
             end = bisect_right(ids, hi) if hi_incl else bisect_left(ids, hi)
+        if id_list is None:
+            id_list = _reference_candidates(table, where)
         floor = _stamp_floor(where) if id_list is None else None
         if floor is not None:
             recent = table.modified_since(floor)

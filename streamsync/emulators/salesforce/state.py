@@ -53,7 +53,7 @@ class Table:
     """Records of one sObject: a dict by id and the ids in sorted (creation) order."""
 
     __slots__ = ("obj", "rows", "ids", "seq", "deleted_slot", "stamp_slot", "mod_stamps",
-                 "mod_ids")
+                 "mod_ids", "ref_index")
 
     def __init__(self, obj: SObject, seq: IdSequence) -> None:
         self.obj = obj
@@ -68,9 +68,38 @@ class Table:
         # next rebuild, so readers re-check the row. Serves "SystemModstamp >= t" filters.
         self.mod_stamps: list[str] = []
         self.mod_ids: list[str] = []
+        # slot -> value -> ids, for reference fields; built on first use, kept up to date.
+        self.ref_index: dict[int, dict[str, set[str]]] = {}
+
+    def index_for(self, slot: int) -> dict[str, set[str]]:
+        """The value -> ids index of one (reference) field, built on first use."""
+        index = self.ref_index.get(slot)
+        if index is None:
+            index = {}
+            for sf_id, row in self.rows.items():
+                value = row[slot]
+                if value is not None:
+                    index.setdefault(value, set()).add(sf_id)
+            self.ref_index[slot] = index
+        return index
+
+    def replace(self, row: Row, new: Row) -> None:
+        """Overwrite a stored row's values in place, keeping the indexes right."""
+        sf_id = row[0]
+        for slot, index in self.ref_index.items():
+            old_value, new_value = row[slot], new[slot]
+            if old_value != new_value:
+                if old_value is not None:
+                    index.get(old_value, set()).discard(sf_id)
+                if new_value is not None:
+                    index.setdefault(new_value, set()).add(sf_id)
+        row[:] = new
 
     def insert(self, row: Row) -> None:
         sf_id = row[0]
+        for slot, index in self.ref_index.items():
+            if row[slot] is not None:
+                index.setdefault(row[slot], set()).add(sf_id)
         if self.ids and sf_id <= self.ids[-1]:
             pos = bisect_left(self.ids, sf_id)
             self.ids.insert(pos, sf_id)
@@ -79,7 +108,10 @@ class Table:
         self.rows[sf_id] = row
 
     def remove(self, sf_id: str) -> None:
-        del self.rows[sf_id]
+        row = self.rows.pop(sf_id)
+        for slot, index in self.ref_index.items():
+            if row[slot] is not None:
+                index.get(row[slot], set()).discard(sf_id)
         pos = bisect_left(self.ids, sf_id)
         if pos < len(self.ids) and self.ids[pos] == sf_id:
             del self.ids[pos]
@@ -205,7 +237,7 @@ class Transaction:
         self._apply(obj, new, values, creating=False, system=system)
         changed = [f for f in obj.stored if new[f.slot] != before[f.slot]]
         self._set_defaults(obj, new, creating=False)
-        row[:] = new
+        table.replace(row, new)
         self.undo.append(_Undo("update", table, row[0], before))
         if obj.name not in ("Lead", "Contact", "Account"):
             return
@@ -334,7 +366,7 @@ class Transaction:
             if u.kind == "create":
                 u.table.remove(u.sf_id)
             elif u.row is not None:
-                u.table.rows[u.sf_id][:] = u.row
+                u.table.replace(u.table.rows[u.sf_id], u.row)
         del self.undo[undo_len:]
         del self.events[events_len:]
 
