@@ -11,7 +11,8 @@ from urllib.parse import quote as _urlquote
 
 from streamsync.core.ids import is_valid_id, to_18
 
-MAX_URI: Final = 16_384
+MAX_URI: Final = 16_384           # request URI cap (414); URI plus headers share it (431)
+HEADER_ALLOWANCE: Final = 2_048   # room kept for headers when chunking against MAX_URI
 MAX_STRING_LITERAL: Final = 4_000
 MAX_FILTER_CHARS: Final = 4_000
 MAX_FILTER_DEPTH: Final = 16
@@ -488,8 +489,14 @@ def select_by_ids_uri_base(object_name: str, fields: Iterable[str], uri_prefix: 
 
 def select_by_ids_chunked(object_name: str, fields: Sequence[str], ids: Iterable[str],
                           uri_prefix: str, where: SafeFilter | str | None = None,
-                          max_uri: int = MAX_URI, max_ids: int | None = None) -> list[str]:
-    """One `select_by_ids` query per chunk, each one's request URI within `max_uri`."""
+                          max_uri: int = MAX_URI - HEADER_ALLOWANCE,
+                          max_ids: int | None = None) -> list[str]:
+    """One `select_by_ids` query per chunk, each one's request URI within `max_uri`.
+
+    `uri_prefix` is the request target before the query text, e.g.
+    `/services/data/v66.0/query?q=`. Salesforce caps URI plus headers at 16,384 bytes, so the
+    default budget keeps `HEADER_ALLOWANCE` bytes free for the headers.
+    """
     base = select_by_ids_uri_base(object_name, fields, uri_prefix, where)
     return [select_by_ids(object_name, fields, chunk, where)
             for chunk in chunk_ids_by_uri_length(ids, base, max_uri, max_ids)]
