@@ -45,9 +45,14 @@ def make_session(
     ssl: ssl_module.SSLContext | bool = True,
     limit: int = 100,
     connect_timeout_s: float | None = None,
+    cookie_jar: aiohttp.abc.AbstractCookieJar | None = None,
 ) -> aiohttp.ClientSession:
     """A client session with a total per-request timeout, TLS verification on by default, a
-    bounded connection pool and orjson for JSON bodies. Must be called inside a running loop."""
+    bounded connection pool and orjson for JSON bodies. Must be called inside a running loop.
+
+    `cookie_jar`: CometD needs its session cookies back, also from an IP host such as
+    127.0.0.1, which aiohttp's default jar refuses: pass `aiohttp.CookieJar(unsafe=True)`.
+    """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     connector = aiohttp.TCPConnector(limit=limit, ssl=ssl)
@@ -58,6 +63,7 @@ def make_session(
         connector=connector,
         timeout=timeout,
         json_serialize=_json_dumps,
+        cookie_jar=cookie_jar,
         raise_for_status=False,
         auto_decompress=True,
     )

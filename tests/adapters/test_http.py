@@ -435,3 +435,25 @@ async def test_session_pool_limit_is_applied() -> None:
     async with make_session(5.0, limit=3) as session:
         assert isinstance(session.connector, aiohttp.TCPConnector)
         assert session.connector.limit == 3
+
+
+async def test_an_unsafe_cookie_jar_returns_cookies_to_an_ip_host() -> None:
+    async def set_cookie(request: web.Request) -> web.Response:
+        resp = web.Response(text="set")
+        resp.set_cookie("BAYEUX_BROWSER", "abc123")
+        return resp
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.cookies.get("BAYEUX_BROWSER", "none"))
+
+    app = web.Application()
+    app.router.add_get("/set", set_cookie)
+    app.router.add_get("/echo", echo)
+    async with serve(app) as server:
+        for jar, expected in ((None, b"none"), (aiohttp.CookieJar(unsafe=True), b"abc123")):
+            async with make_session(5.0, cookie_jar=jar) as session:
+                await send(session, "GET", str(server.make_url("/set")), api="t", endpoint="c")
+                resp = await send(
+                    session, "GET", str(server.make_url("/echo")), api="t", endpoint="c"
+                )
+                assert resp.body == expected
