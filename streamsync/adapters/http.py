@@ -274,6 +274,31 @@ async def send(
     return resp
 
 
+async def request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    api: str,
+    endpoint: str,
+    counter: UsageCounter | None = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+    form: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+    error_for: Callable[[HttpResponse], Exception] = default_status_error,
+) -> HttpResponse:
+    """`send`, then raise `error_for(reply)` unless the status is 2xx."""
+    resp = await send(
+        session, method, url, api=api, endpoint=endpoint, counter=counter, headers=headers,
+        params=params, data=data, form=form, timeout_s=timeout_s,
+    )
+    if not resp.ok:
+        raise error_for(resp)
+    return resp
+
+
 @contextlib.asynccontextmanager
 async def stream(
     session: aiohttp.ClientSession,

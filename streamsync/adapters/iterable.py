@@ -16,7 +16,7 @@ from streamsync.adapters.http import (
     UsageCounter,
     excerpt,
     parse_retry_after,
-    send,
+    request,
 )
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.errors import (
@@ -283,7 +283,7 @@ class IterableClient:
         data: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> HttpResponse:
-        resp = await send(
+        return await request(
             self._session,
             method,
             self.base_url + path,
@@ -294,10 +294,8 @@ class IterableClient:
             params=params,
             data=data,
             timeout_s=self._timeout_s,
+            error_for=error_for,
         )
-        if not resp.ok:
-            raise error_for(resp)
-        return resp
 
     async def _single(
         self,

@@ -26,6 +26,7 @@ from streamsync.adapters.http import (
     make_session,
     parse_retry_after,
     raise_for_status,
+    request,
     send,
     stream,
 )
@@ -457,3 +458,18 @@ async def test_an_unsafe_cookie_jar_returns_cookies_to_an_ip_host() -> None:
                     session, "GET", str(server.make_url("/echo")), api="t", endpoint="c"
                 )
                 assert resp.body == expected
+
+
+async def test_request_raises_the_mapped_error_or_returns_the_reply() -> None:
+    class Teapot(Exception):
+        pass
+
+    async with serve(_app()) as server, make_session(5.0) as session:
+        ok = await request(session, "GET", str(server.make_url("/ok")), api="t", endpoint="ok")
+        assert ok.json() == {"hello": "world"}
+        with pytest.raises(RateLimited):
+            await request(session, "GET", str(server.make_url("/status/429")), api="t",
+                          endpoint="s")
+        with pytest.raises(Teapot):
+            await request(session, "GET", str(server.make_url("/status/418")), api="t",
+                          endpoint="s", error_for=lambda resp: Teapot(resp.status))
