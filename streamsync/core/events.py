@@ -98,9 +98,8 @@ def _parse_payload(payload: Any, channel: str, replay_id: int,
     if not isinstance(entity, str) or not _ENTITY_RE.fullmatch(entity):
         raise ValueError(f"invalid entityName {entity!r:.60}")
     change_type = header.get("changeType")
-    if change_type not in ChangeType.ALL:
+    if not isinstance(change_type, str) or change_type not in ChangeType.ALL:
         raise ValueError(f"unknown changeType {change_type!r:.40}")
-    assert isinstance(change_type, str)
     if channel.startswith("/data/") and channel.endswith("ChangeEvent") \
             and channel != channel_for(entity):
         raise ValueError(f"entity {entity!r} does not belong on channel {channel}")

@@ -6,6 +6,8 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamsync.core.events import (
     MalformedEvent,
@@ -228,3 +230,39 @@ def test_echo_suppression() -> None:
     assert not is_echo(theirs, "streamsync") and not is_echo(ui, "streamsync")
     assert not is_echo(ours, None) and not is_echo(ours, "")
     assert not is_echo(ours, "streamsync2")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    | st.sampled_from([LEAD1, "00Q000000000001", "001*", "UPDATE", "GAP_OVERFLOW", "Lead"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20)
+header_keys = st.sampled_from(["entityName", "recordIds", "changeType", "commitTimestamp",
+                               "commitNumber", "transactionKey", "sequenceNumber",
+                               "changeOrigin", "changedFields", "commitUser"])
+
+
+@given(st.dictionaries(header_keys, json_values, max_size=10), json_values,
+       st.sampled_from(["/data/LeadChangeEvent", "/data/ChangeEvents", "bad", None]))
+@settings(max_examples=300, deadline=None)
+def test_random_messages_only_raise_malformed_event(header: dict[str, Any], replay: Any,
+                                                    channel: Any) -> None:
+    msg = _message(**header)
+    msg["channel"] = channel
+    msg["data"]["event"]["replayId"] = replay
+    try:
+        ev = parse_event(msg)
+    except MalformedEvent:
+        return
+    assert all(len(i) == 18 for i in ev.record_ids + ev.unexpected_ids)
+    assert ev.record_ids or ev.wildcard_prefixes or ev.unexpected_ids or ev.is_overflow
+
+
+@given(json_values)
+@settings(max_examples=200, deadline=None)
+def test_arbitrary_json_only_raises_malformed_event(value: Any) -> None:
+    try:
+        parse_event(value)
+    except MalformedEvent:
+        pass
