@@ -22,6 +22,7 @@ import asyncio
 import random
 import re
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,7 @@ class CometdSubscriber:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 60.0,
         min_handshake_interval_s: float = 1.0,
-        handshake_backoff_max_s: float = 300.0,
+        handshake_backoff_max_s: float = 120.0,
         idle_resubscribe_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -158,7 +159,7 @@ class CometdSubscriber:
         self._jar = aiohttp.CookieJar(unsafe=True)
         self._client_id: str | None = None
         self._subscribed: set[str] = set()
-        self._pending: list[Message] = []
+        self._buffer: deque[Message] = deque()
         self._next_message_id = 0
         self._last_ok = 0.0
         self._established_at = 0.0
@@ -190,14 +191,18 @@ class CometdSubscriber:
 
     async def messages(self) -> AsyncGenerator[Message, None]:
         """Yields data messages (raw dicts, as delivered) until `close()`, handling the
-        protocol; retriable faults are logged and retried, a FatalError propagates."""
+        protocol; retriable faults are logged and retried, a FatalError propagates.
+
+        A message leaves the buffer as it is yielded; if the caller stops iterating mid-batch,
+        the rest stay buffered for its next `messages()` (the server will not resend them)."""
         while not self._closed:
-            try:
-                batch = await self.poll_once()
-            except RetriableError:
-                batch = []
-            for message in batch:
-                yield message
+            if not self._buffer:
+                try:
+                    self._buffer.extend(await self.poll_once())
+                except RetriableError:
+                    pass
+            while self._buffer and not self._closed:
+                yield self._buffer.popleft()
             if self._delay_s > 0 and not self._closed:
                 await self._sleep(self._delay_s)
 
@@ -214,8 +219,9 @@ class CometdSubscriber:
                 self._check_watchdog()
             if self._client_id is None:
                 await self._establish()
-            if self._pending:
-                batch, self._pending = self._pending, []
+            if self._buffer:
+                batch = list(self._buffer)
+                self._buffer.clear()
                 self._delay_s = 0.0
                 return batch
             return await self._connect()
@@ -360,7 +366,8 @@ class CometdSubscriber:
                 self.stats.replay_fallbacks += 1
                 log.warning("cometd.replay_invalid", channel=channel, replay_id=str(sent))
                 # The caller gets the id as its store holds it, to compare or clear it.
-                await self._on_replay_invalid(channel, stored[channel] or sent)
+                original = stored[channel]
+                await self._on_replay_invalid(channel, sent if original is None else original)
             again = await self._subscribe({channel: NEW_EVENTS for channel in rejected})
             if again:
                 raise TransientError(f"CometD subscribe with replay -1 rejected for {list(again)}")
@@ -386,7 +393,7 @@ class CometdSubscriber:
         for reply in replies:
             channel_name = reply.get("channel")
             if isinstance(channel_name, str) and not channel_name.startswith("/meta/"):
-                self._pending.append(reply)
+                self._buffer.append(reply)
                 continue
             if channel_name not in ("/meta/subscribe", None):
                 continue

@@ -672,3 +672,33 @@ async def test_constructor_validates(harness: Harness, kwargs: dict[str, Any],
             harness.session, instance_url="http://127.0.0.1:1", api_version="66.0",
             get_token=harness.get_token, invalidate_token=harness.invalidate,
             replay_from=harness.replay_from, on_replay_invalid=harness.on_invalid, **options)
+
+
+async def test_stopping_mid_batch_keeps_the_rest_for_the_next_stream(
+        harness: Harness, server: FakeBayeux) -> None:
+    sub = harness.subscriber()
+    server.outbox = [data_message(LEAD, 1), data_message(LEAD, 2), data_message(LEAD, 3)]
+    stream = sub.messages()
+    assert (await anext(stream))["data"]["event"]["replayId"] == 1
+    await stream.aclose()
+    again = sub.messages()
+    assert (await anext(again))["data"]["event"]["replayId"] == 2
+    assert (await anext(again))["data"]["event"]["replayId"] == 3
+    assert len(server.connects()) == 1
+    await again.aclose()
+
+
+async def test_data_delivered_with_a_subscribe_reply_is_not_lost(
+        harness: Harness, server: FakeBayeux) -> None:
+    async def subscribe_with_data(request: web.Request,
+                                  messages: list[Message]) -> web.StreamResponse:
+        response = await server.respond(request, messages)
+        assert isinstance(response.body, bytes)
+        replies = [data_message(LEAD, 50), *orjson.loads(response.body)]
+        return web.json_response(replies)
+
+    sub = harness.subscriber()
+    server.overrides.extend([_passthrough, subscribe_with_data])
+    batch = await sub.poll_once()
+    assert [m["data"]["event"]["replayId"] for m in batch] == [50]
+    assert server.connects() == [] and sub.subscribed_channels == {LEAD}
