@@ -77,6 +77,21 @@ async def _query_bench(emu: SalesforceEmulator, pages: int) -> dict[str, Any]:
         dt = time.perf_counter() - t0
         out["id_in_records"] = got
         out["id_in_records_per_s"] = round(got / dt)
+        # Account fan-out: Contacts of 200 changed Accounts per query.
+        accounts = emu.state.tables["Account"].ids[::53][:2000]
+        t0 = time.perf_counter()
+        got = 0
+        queries = 0
+        for k in range(0, len(accounts), 200):
+            chunk = "','".join(accounts[k:k + 200])
+            q = ("SELECT Id, Email, Account.Name, Account.Industry FROM Contact "
+                 f"WHERE AccountId IN ('{chunk}')")
+            async with s.get(f"{V}/query", params={"q": q}) as r:
+                got += len(json.loads(await r.read())["records"])
+            queries += 1
+        dt = time.perf_counter() - t0
+        out["fanout_queries_per_s"] = round(queries / dt, 1)
+        out["fanout_records_per_s"] = round(got / dt)
     return out
 
 

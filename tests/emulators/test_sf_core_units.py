@@ -331,3 +331,15 @@ def test_reference_filters_follow_writes(org: tuple[OrgState, RecordingBus, Cloc
     assert new_id in by_query(acc_a)
     q = f"SELECT Id FROM Contact WHERE AccountId IN ('{acc_a}', '{acc_b[:15]}') ORDER BY Id"
     assert [r[0] for r in execute(state, q).rows] == sorted(by_scan(acc_a) + by_scan(acc_b))
+
+
+def test_tokenizer_escapes() -> None:
+    from streamsync.emulators.salesforce.soql import tokenize
+    toks = tokenize(r"SELECT Id FROM Lead WHERE A = 'O\'Br\\ien\n' AND B LIKE '50\%'")
+    strings = [t.value for t in toks if t.kind == "string"]
+    assert strings == ["O'Br\\ien\n", "50\\%"]
+    for bad, message in ((r"SELECT Id FROM Lead WHERE A = 'x\q'", "bad escape sequence"),
+                         ("SELECT Id FROM Lead WHERE A = 'x", "missing quote")):
+        with pytest.raises(SalesforceError) as exc:
+            tokenize(bad)
+        assert exc.value.error_code == "MALFORMED_QUERY" and message in exc.value.message

@@ -33,6 +33,8 @@ _TOKEN_RE = re.compile(r"""
 """, re.VERBOSE)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "'": "'",
             "\\": "\\", "%": "\\%", "_": "\\_"}
+_STRING_RE = re.compile(r"'((?:[^'\\]|\\.)*)'", re.DOTALL)
+_ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _RELATIVE_DATES = frozenset({"today", "yesterday", "tomorrow", "last_n_days", "next_n_days"})
 
 
@@ -66,24 +68,18 @@ def tokenize(query: str) -> list[Token]:
             pos = m.end()
             continue
         if kind == "string":
-            buf: list[str] = []
-            i = pos + 1
-            while True:
-                if i >= n:
-                    raise _malformed(query, pos, "unexpected end of query: missing quote")
-                ch = query[i]
-                if ch == "\\":
-                    if i + 1 >= n or query[i + 1] not in _ESCAPES:
-                        raise _malformed(query, i, "Invalid string literal: bad escape sequence")
-                    buf.append(_ESCAPES[query[i + 1]])
-                    i += 2
-                    continue
-                if ch == "'":
-                    break
-                buf.append(ch)
-                i += 1
-            out.append(Token("string", "".join(buf), pos))
-            pos = i + 1
+            sm = _STRING_RE.match(query, pos)
+            if sm is None:
+                raise _malformed(query, pos, "unexpected end of query: missing quote")
+            raw = sm.group(1)
+            if "\\" in raw:
+                for esc in _ESCAPE_RE.finditer(raw):
+                    if esc.group(1) not in _ESCAPES:
+                        raise _malformed(query, pos + 1 + esc.start(),
+                                         "Invalid string literal: bad escape sequence")
+                raw = _ESCAPE_RE.sub(lambda e: _ESCAPES[e.group(1)], raw)
+            out.append(Token("string", raw, pos))
+            pos = sm.end()
             continue
         out.append(Token(kind, m.group(kind), pos))
         pos = m.end()
