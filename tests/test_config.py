@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamsync.config import (
     DEFAULT_CONTACT_MAPPING,
@@ -436,3 +438,41 @@ def test_bulk_envelope() -> None:
     assert parse_config(MIN, ENV).iterable.bulk_envelope() == {}
     cfg = parse_config(_with("iterable", update_only=True, create_new_fields=False), ENV)
     assert cfg.iterable.bulk_envelope() == {"createNewFields": False, "updateOnly": True}
+
+
+_toml_scalars = (st.none() | st.booleans() | st.integers(-10, 10**7) | st.floats(allow_nan=False)
+                 | st.text(max_size=12) | st.sampled_from(["jwt", "email", "dataFields.x",
+                                                           "Email", "Account.Name", "66.0"]))
+_toml_values = st.recursive(_toml_scalars, lambda c: st.lists(c, max_size=3)
+                            | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=12)
+_section_keys = {
+    "salesforce": ["login_url", "auth", "client_id", "username", "api_version", "timeout_s"],
+    "iterable": ["base_url", "project_type", "batch_max_users", "rate_limit_per_s"],
+    "objects": ["Lead", "Contact", "Thing__c", "bad name"],
+    "queue": ["path", "lease_s"], "logging": ["level"], "health": ["port", "host"],
+}
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for section, keys in _section_keys.items():
+        if draw(st.booleans()):
+            data[section] = draw(st.dictionaries(st.sampled_from(keys), _toml_values,
+                                                 max_size=4))
+    if draw(st.booleans()):
+        data[draw(st.text(max_size=6))] = draw(_toml_values)
+    return data
+
+
+@given(_configs())
+@settings(max_examples=200, deadline=None)
+def test_arbitrary_config_only_raises_config_error(data: dict[str, Any]) -> None:
+    try:
+        cfg = parse_config(data, ENV)
+    except ConfigError as exc:
+        assert str(exc).startswith("invalid configuration:")
+        assert "iterable-key-1234" not in str(exc)
+        return
+    assert isinstance(cfg, Config)
+    cfg.compiled()
