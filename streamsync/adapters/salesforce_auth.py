@@ -139,6 +139,14 @@ class SalesforceAuth:
             self._inflight.add_done_callback(self._fetched)
         return await asyncio.shield(self._inflight)
 
+    async def access_token(self) -> str:
+        """Just the bearer token string (for clients such as CometD that take a callable)."""
+        return (await self.token()).access_token
+
+    async def instance_url(self) -> str:
+        """The instance URL the current token belongs to (no trailing slash)."""
+        return (await self.token()).instance_url
+
     def _fetched(self, fut: asyncio.Future[Token]) -> None:
         self._inflight = None
         if not fut.cancelled() and fut.exception() is None:

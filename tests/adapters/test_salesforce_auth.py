@@ -132,6 +132,8 @@ async def test_token_is_cached_and_concurrent_callers_share_one_request(
         tokens = await asyncio.gather(*(auth.token() for _ in range(20)))
         again = await auth.token()
     assert len({t.access_token for t in tokens}) == 1 and again is tokens[0]
+    assert await auth.access_token() == again.access_token
+    assert await auth.instance_url() == emu.instance_url
     assert emu.token_endpoint.calls == {"client_credentials": 1}
     assert counter.total("salesforce", endpoint="oauth2/token") == 1
     assert auth.refreshes == 1
