@@ -235,7 +235,20 @@ async def test_stale_lease_cannot_settle_a_row_leased_again(store: Store) -> Non
     assert (await store.retry_later([old], "timeout", T0 + 6, backoff)).stale == 1
     assert (await store.dead_letter([old], "x", "y", T0 + 6)).stale == 1
     assert await store.dead_letters() == []
+    assert await store.ack([old]) == AckResult(0, 0)
     assert (await store.ack([new])).deleted == 1
+
+
+async def test_a_stale_lease_cannot_delete_a_new_incarnation_of_its_row(store: Store) -> None:
+    await store.enqueue([lead(1)], T0, "cdc")
+    [old] = await store.lease("slow", 10, 5, T0)
+    [new] = await store.lease("fast", 10, 5, T0 + 5)
+    assert (await store.ack([new])).deleted == 1
+    await store.enqueue([lead(1)], T0 + 6, "cdc")  # a new row, version 1 like `old`
+    assert await store.ack([old]) == AckResult(0, 0)
+    assert await store.release([old]) == 0
+    [fresh] = await store.lease("fast", 10, 5, T0 + 6)
+    assert (fresh.record_id, fresh.version, fresh.attempts) == (lead(1).record_id, 1, 0)
 
 
 async def test_queue_stats_counts_due_leased_and_backoff(store: Store) -> None:

@@ -223,3 +223,30 @@ async def test_meta_values(store: Store) -> None:
     await store.set_meta("client_id", "abc", T0)
     await store.set_meta("client_id", "def", T0 + 1)
     assert await store.get_meta("client_id") == "def"
+
+
+async def test_status_snapshot_for_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "status.db"
+    service = await Store.open(path)
+    try:
+        await _dead_letter(service, [QueueInput("Contact", "003X")], "invalid_email", T0)
+        await service.record_event("/data/LeadChangeEvent", 77, [lead(1), lead(2)], 1_000, T0)
+        await service.note_error("iterable", "HTTP 503", T0 + 1)
+        window = BackfillWindow("Lead")
+        await service.start_run("run-9", [window], {"objects": ["Lead"]}, T0)
+        await service.save_checkpoint("run-9", window, "00Q9", 9, T0 + 2)
+
+        cli = await Store.open(path, create=False)
+        try:
+            status = await cli.status(T0 + 10)
+        finally:
+            await cli.close()
+        assert status.queue.depth == 2 and status.queue.oldest_age_s == 10.0
+        assert status.queue_by_object == {"Lead": 2}
+        assert [(r.channel, r.replay_id) for r in status.replays] == [("/data/LeadChangeEvent", 77)]
+        assert status.dead_letters_by_reason == {"invalid_email": 1}
+        assert [e.message for e in status.recent_errors] == ["HTTP 503"]
+        assert status.backfill_run is not None and status.backfill_run.run_id == "run-9"
+        assert [(w.window, w.last_id) for w in status.backfill_windows] == [(window, "00Q9")]
+    finally:
+        await service.close()

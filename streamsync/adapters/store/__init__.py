@@ -24,6 +24,7 @@ from .types import (
     QueueStats,
     ReplayState,
     SettleResult,
+    StoreStatus,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "ReplayState",
     "SettleResult",
     "Store",
+    "StoreStatus",
     "Synchronous",
     "migrate",
     "schema_version",

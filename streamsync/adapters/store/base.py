@@ -18,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal, Self
@@ -89,6 +90,29 @@ def prepare_file(path: Path, create: bool) -> None:
         _restrict(candidate)
 
 
+async def _enable_wal(conn: aiosqlite.Connection, path: Path, busy_timeout_s: float) -> None:
+    """Switch the file to WAL (persistent). SQLite does not call the busy handler for this
+    switch, so two processes opening a new file at once are retried here, up to the timeout."""
+    deadline = time.monotonic() + busy_timeout_s
+    delay_s = 0.005
+    while True:
+        try:
+            async with conn.execute("PRAGMA journal_mode") as cursor:
+                row = await cursor.fetchone()
+            if row is not None and str(row[0]).lower() == "wal":
+                return
+            async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
+                row = await cursor.fetchone()
+            if row is not None and str(row[0]).lower() == "wal":
+                return
+            raise FatalError(f"store: {path} cannot use WAL journaling (got {row!r})")
+        except sqlite3.OperationalError as exc:
+            if not isinstance(translate(exc, ""), TransientError) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 0.1)
+
+
 class StoreBase:
     """Owns the aiosqlite connection; every operation runs under one asyncio lock."""
 
@@ -126,10 +150,7 @@ class StoreBase:
             raise translate(exc, f"opening {path}") from exc
         try:
             await conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_s * 1000)):d}")
-            async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
-                row = await cursor.fetchone()
-            if row is None or str(row[0]).lower() != "wal":
-                raise FatalError(f"store: {path} cannot use WAL journaling (got {row!r})")
+            await _enable_wal(conn, path, busy_timeout_s)
             await conn.execute(f"PRAGMA synchronous = {synchronous}")
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute("PRAGMA journal_size_limit = 67108864")

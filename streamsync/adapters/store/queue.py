@@ -238,14 +238,17 @@ class QueueOps(ReplayOps):
         """The sink confirmed these: delete each row whose version is still the leased one.
 
         A row re-enqueued meanwhile stays (its lease cleared, due at once) so the newer change
-        is synced too (invariant 2).
+        is synced too (invariant 2). Only the current lease holder settles a row: after a lease
+        expired and the row was leased again, the old lease is ignored (the new holder writes
+        the record again), and it can never touch a row that was deleted and queued anew, whose
+        version counts from 1 again.
         """
         if not leases:
             return AckResult(0, 0)
         async with self._tx("ack") as conn:
             cursor = await conn.executemany(
-                "DELETE FROM queue WHERE object_name = ? AND record_id = ? AND version = ?",
-                [(lease.object_name, lease.record_id, lease.version) for lease in leases],
+                f"DELETE FROM queue WHERE {KEY_VERSION_TOKEN}",
+                [_key_version_token(lease) for lease in leases],
             )
             deleted = max(cursor.rowcount, 0)
             cursor = await conn.executemany(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .backfill import BackfillOps
 from .queue import QueueOps
 from .records import RecordOps
+from .types import StoreStatus
 
 
 class Store(QueueOps, RecordOps, BackfillOps):
@@ -14,3 +15,16 @@ class Store(QueueOps, RecordOps, BackfillOps):
     seconds) instead of reading a clock. A second process may open the same file at the same
     time (the ``status`` CLI, a backfill): writers wait for each other up to ``busy_timeout_s``.
     """
+
+    async def status(self, now: float, errors: int = 10) -> StoreStatus:
+        """The operator's view for `streamsync status`: queue, replay ids, DLQ, errors, backfill."""
+        run = await self.latest_run()
+        return StoreStatus(
+            queue=await self.queue_stats(now),
+            queue_by_object=await self.queue_depth_by_object(),
+            replays=tuple(await self.replays()),
+            dead_letters_by_reason=await self.dead_letter_counts(),
+            recent_errors=tuple(await self.recent_errors(errors)),
+            backfill_run=run,
+            backfill_windows=tuple(await self.windows(run.run_id)) if run is not None else (),
+        )

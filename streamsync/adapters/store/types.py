@@ -218,3 +218,16 @@ class ErrorEntry:
     at: float
     component: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Everything `streamsync status` shows, read in one go from the store."""
+
+    queue: QueueStats
+    queue_by_object: Mapping[str, int]
+    replays: tuple[ReplayState, ...]
+    dead_letters_by_reason: Mapping[str, int]
+    recent_errors: tuple[ErrorEntry, ...]
+    backfill_run: BackfillRun | None
+    backfill_windows: tuple[Checkpoint, ...]
