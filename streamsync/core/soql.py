@@ -306,9 +306,9 @@ class _Parser:
             for mark, escaped in _LIKE_ESCAPED.items():
                 rendered = rendered.replace(mark, escaped)
             return rendered
-        if tok.kind in ("number", "date"):
+        if tok.kind == "number":
             return tok.text
-        if tok.kind == "datetime":
+        if tok.kind in ("date", "datetime"):
             _check_datetime(tok.text)
             return tok.text
         if tok.kind == "relative":
@@ -329,7 +329,7 @@ def _check_datetime(text: str) -> None:
     try:
         datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise SoqlError(f"invalid dateTime literal {text!r}") from exc
+        raise SoqlError(f"invalid date or dateTime literal {text!r}") from exc
 
 
 def _group(text: str) -> str:

@@ -178,6 +178,7 @@ INJECTIONS = [
     "Amount > null",
     "FORMAT(Amount) > 1",
     "CreatedDate > 2024-13-45T00:00:00Z",
+    "Birthdate > 2023-02-29",
     "CreatedDate > LAST_N_DAYS",
     "CreatedDate > SOMETIME:5",
     "Name = 'a' UNION SELECT Id FROM User",
