@@ -115,6 +115,13 @@ async def test_expired_and_revoked_sessions(emu: SalesforceEmulator,
         assert r.status == 401 and await r.json() == expected
     token = emu.issue_token()
     async with aiohttp.ClientSession() as s:
+        async with s.post(emu.instance_url + "/services/oauth2/revoke",
+                          data={"token": token}) as r:
+            assert r.status == 200
+        async with s.get(emu.instance_url + f"{V}/limits",
+                         headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 401
+        token = emu.issue_token()
         async with s.post(emu.instance_url + "/__emulator__/sessions/revoke") as r:
             assert (await r.json())["revoked"] >= 1
         async with s.get(emu.instance_url + f"{V}/limits",

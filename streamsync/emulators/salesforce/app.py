@@ -137,6 +137,7 @@ class SalesforceEmulator:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app[LIMITS_KEY] = self.limits
         app.router.add_post("/services/oauth2/token", self.token_endpoint.handle)
+        app.router.add_post("/services/oauth2/revoke", self.token_endpoint.revoke)
         self.rest.register(app)
         self.bulk.register(app)
         self.cometd.register(app)

@@ -172,6 +172,14 @@ class TokenEndpoint:
             return self._jwt(fields.get("assertion", ""))
         return _error(400, "unsupported_grant_type", "grant type not supported")
 
+    async def revoke(self, request: web.Request) -> web.Response:
+        """POST /services/oauth2/revoke: invalidate an access token."""
+        form = await request.post()
+        token = str(form.get("token", "") or request.query.get("token", ""))
+        if not self.sessions.revoke(token):
+            return _error(400, "unsupported_token_type", "this token type is not supported")
+        return web.Response(status=200)
+
     def _jwt(self, assertion: str) -> web.Response:
         if self._jwt_key is None:
             return _error(400, "invalid_grant", "invalid assertion")
