@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import io
@@ -205,8 +206,10 @@ class SalesforceClient:
 
     Every call carries the current token; a 401 invalidates it and the call is repeated once
     with a fresh one. GETs are retried by `retry` (a policy the caller declares); writes are
-    never retried here. Calls are counted in `counter`, and the `Sforce-Limit-Info` usage
-    is recorded there too.
+    never retried here. At most `max_in_flight` REST calls are outstanding at once (Bulk result
+    downloads, read while the caller consumes rows, are not gated so a consumer that makes
+    further calls cannot deadlock). Calls are counted in `counter`, and the
+    `Sforce-Limit-Info` usage is recorded there too.
     """
 
     def __init__(
@@ -224,9 +227,12 @@ class SalesforceClient:
         bulk_max_poll_s: float = 10.0,
         bulk_max_records: int = 50_000,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        max_in_flight: int = 10,
     ) -> None:
         if batch_size is not None and not 200 <= batch_size <= 2000:
             raise ValueError(f"batch_size must be within 200..2000, got {batch_size}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._session = session
         self.auth = auth
         self.api_version = api_version.lstrip("v")
@@ -239,6 +245,10 @@ class SalesforceClient:
         self.bulk_max_poll_s = bulk_max_poll_s
         self.bulk_max_records = bulk_max_records
         self._sleep = sleep if sleep is not None else retry.sleep
+        # Salesforce allows 25 concurrent long-running requests per org: stay well below.
+        self._gate = asyncio.Semaphore(max_in_flight)
+        self.in_flight = 0
+        self.peak_in_flight = 0
 
     def __repr__(self) -> str:
         return f"SalesforceClient(api_version={self.api_version!r}, auth={self.auth!r})"
@@ -280,18 +290,24 @@ class SalesforceClient:
             if json_body is not None:
                 data = orjson.dumps(json_body)
                 extra["Content-Type"] = "application/json"
-            resp = await send(
-                self._session,
-                method,
-                token.instance_url + path,
-                api=API,
-                endpoint=endpoint,
-                counter=self.counter,
-                headers=self._headers(token, extra),
-                params=params,
-                data=data,
-                timeout_s=self._timeout_s,
-            )
+            async with self._gate:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                try:
+                    resp = await send(
+                        self._session,
+                        method,
+                        token.instance_url + path,
+                        api=API,
+                        endpoint=endpoint,
+                        counter=self.counter,
+                        headers=self._headers(token, extra),
+                        params=params,
+                        data=data,
+                        timeout_s=self._timeout_s,
+                    )
+                finally:
+                    self.in_flight -= 1
             self._note_usage(resp)
             if resp.ok:
                 return resp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -210,6 +211,16 @@ async def test_5xx_is_transient_and_a_declared_retry_recovers(rig: Rig) -> None:
     client = rig.client(retry=Retry(attempts=3, sleep=_no_sleep))
     assert await client.count("SELECT COUNT() FROM Lead") == 450
     assert rig.counter.by_status("salesforce", "query") == {"503": 1, "500": 2, "200": 1}
+
+
+async def test_rest_calls_in_flight_are_bounded(rig: Rig) -> None:
+    rig.emu.faults.set_latency(30.0)
+    client = rig.client(max_in_flight=3)
+    counts = await asyncio.gather(*(client.count("SELECT COUNT() FROM Lead") for _ in range(12)))
+    assert counts == [450] * 12
+    assert client.peak_in_flight == 3 and client.in_flight == 0
+    with pytest.raises(ValueError):
+        rig.client(max_in_flight=0)
 
 
 async def test_a_failed_next_page_is_retried_without_restarting_the_query(rig: Rig) -> None:
