@@ -100,3 +100,19 @@ async def test_control_api_forgets_and_disconnects_cometd_clients(emu: Salesforc
         got = await _bayeux(s, token, [{"channel": "/meta/connect", "clientId": client_id,
                                         "connectionType": "long-polling", "id": "3"}])
         assert any(m.get("channel") == "/meta/disconnect" for m in got)
+
+
+async def test_burst_through_control_api_is_paced(emu: SalesforceEmulator) -> None:
+    before = emu.bus.latest_replay_id
+    async with aiohttp.ClientSession(base_url=emu.instance_url) as s:
+        async with s.post("/__emulator__/burst", json={"sobject": "Lead", "count": 40,
+                                                       "rate_per_s": 400}) as r:
+            assert r.status == 202
+        async with s.post("/__emulator__/burst", json={"sobject": "Lead", "count": 1}) as r:
+            assert r.status == 400  # one burst at a time
+        await emu.wait_burst()
+        async with s.get("/__emulator__/burst") as r:
+            status = await r.json()
+    assert status["running"] is False and status["done"] == 40
+    assert status["elapsed_s"] >= 0.09  # 40 changes at 400/s cannot finish sooner
+    assert emu.bus.latest_replay_id == before + 40

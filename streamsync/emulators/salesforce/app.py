@@ -366,6 +366,12 @@ class SalesforceEmulator:
             sobject, count, rate_per_s, per_transaction=per_transaction, field=field))
         return {"started": True, "sobject": sobject, "count": count, "rate_per_s": rate_per_s}
 
+    async def wait_burst(self) -> dict[str, Any]:
+        """Wait for the background burst (if any) to finish; returns its status."""
+        if self._burst_task is not None:
+            await self._burst_task
+        return self.burst_status()
+
     def burst_status(self) -> dict[str, Any]:
         running = self._burst_task is not None and not self._burst_task.done()
         return {"running": running, **self._burst_info}
