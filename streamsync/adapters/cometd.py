@@ -375,7 +375,7 @@ class CometdSubscriber:
 
     async def _subscribe(self, replay: dict[str, ReplayId]) -> dict[str, ReplayId]:
         """Subscribes the channels in one POST; returns those whose replay id was rejected."""
-        assert self._client_id is not None
+        client_id = self._require_client()
         by_id: dict[str, str] = {}
         messages: list[Message] = []
         for channel, replay_id in replay.items():
@@ -383,7 +383,7 @@ class CometdSubscriber:
             by_id[message_id] = channel
             messages.append({
                 "channel": "/meta/subscribe",
-                "clientId": self._client_id,
+                "clientId": client_id,
                 "subscription": channel,
                 "id": message_id,
                 "ext": {"replay": {channel: replay_id}},
@@ -428,14 +428,14 @@ class CometdSubscriber:
     # ---- connect ---------------------------------------------------------------------------
 
     async def _connect(self) -> list[Message]:
-        assert self._client_id is not None
+        client_id = self._require_client()
         message_id = self._new_id()
         remaining_s = self._last_ok + self._watchdog_s - self._clock()
         timeout_s = min(self._long_poll_timeout_s, max(remaining_s, 0.001))
         replies = await self._post(
             [{
                 "channel": "/meta/connect",
-                "clientId": self._client_id,
+                "clientId": client_id,
                 "connectionType": "long-polling",
                 "id": message_id,
             }],
@@ -572,6 +572,11 @@ class CometdSubscriber:
         return replies
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _require_client(self) -> str:
+        if self._client_id is None:
+            raise RuntimeError("CometD operation needs a handshaken session")
+        return self._client_id
 
     def _new_id(self) -> str:
         self._next_message_id += 1
