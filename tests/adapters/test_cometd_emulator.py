@@ -273,3 +273,23 @@ async def test_close_disconnects_the_client(env: Env) -> None:
     assert env.emu.cometd.stats()["clients"] == 1
     await sub.close()
     assert env.emu.cometd.stats()["clients"] == 0
+
+
+async def test_daily_delivery_limit_backs_off_handshakes_instead_of_storming(env: Env) -> None:
+    env.emu.cometd.daily_delivery_limit = 1
+    sub = env.subscriber(min_handshake_interval_s=1.0, backoff_base_s=1.0,
+                         handshake_backoff_max_s=8.0, rng=lambda: 1.0)
+    await prime(env, sub)
+    failures = 0
+    for _ in range(7):
+        try:
+            assert await sub.poll_once() == []
+        except TransientError as exc:
+            assert "daily limit exceeded" in str(exc)
+            failures += 1
+        # Never connected-but-deaf: either subscribed, or no session at all.
+        assert sub.client_id is None or sub.subscribed_channels == {LEAD}
+    assert failures == 6 and sub.subscribed_channels == frozenset()
+    # Exponential between handshakes (less the few ms each attempt took), capped.
+    assert [round(d) for d in env.delays] == [1, 1, 2, 4, 8, 8]
+    assert env.emu.cometd.stats()["handshakes"] == sub.stats.handshakes == 7
