@@ -447,8 +447,13 @@ class Config(_Model):
         lead = self.objects.get("Lead")
         return (lead.converted_precedence if lead and lead.converted_precedence else "contact")
 
-    def compiled(self) -> dict[str, CompiledMapping]:
-        """Each object that writes users, its mapping compiled (call once; keep the result)."""
+    def compiled(self, describes: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> dict[str, CompiledMapping]:
+        """Each object that writes users, its mapping compiled (call once; keep the result).
+
+        With describe results, only date and datetime fields get Iterable's date format.
+        """
+        checker = DescribeChecker(describes) if describes is not None else None
         out: dict[str, CompiledMapping] = {}
         for name, obj in self.objects.items():
             if not obj.writes_users:
@@ -459,7 +464,8 @@ class Config(_Model):
             out[name] = CompiledMapping(
                 name, obj.mapping, identity=obj.identity, email_field=obj.email_field,
                 user_id_field=obj.user_id_field, null_policy=obj.null_policy,
-                convert_dates=obj.convert_dates, extra_fields=extra)
+                convert_dates=obj.convert_dates, extra_fields=extra,
+                source_types=checker.source_types(name, obj.mapping) if checker else None)
         return out
 
     def check_describe(self, describes: Mapping[str, Mapping[str, Any]]

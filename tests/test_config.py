@@ -476,3 +476,18 @@ def test_arbitrary_config_only_raises_config_error(data: dict[str, Any]) -> None
         return
     assert isinstance(cfg, Config)
     cfg.compiled()
+
+
+def test_compiled_with_describes_keeps_text_fields_as_text() -> None:
+    from streamsync.emulators.salesforce.schema import SCHEMA, describe
+
+    describes = {name: describe(obj, "66.0") for name, obj in SCHEMA.items()}
+    data = {**MIN, "objects": {"Contact": {"mapping": {
+        "Email": "email", "Title": "dataFields.title", "Birthdate": "dataFields.bday"}}}}
+    cfg = parse_config(data, ENV)
+    record = {"Id": "003000000000001", "Email": "a@example.com", "Title": "2024-05-01",
+              "Birthdate": "1990-01-02"}
+    typed = cfg.compiled(describes)["Contact"].map(record).payload["dataFields"]
+    assert typed == {"title": "2024-05-01", "bday": "1990-01-02 00:00:00 +00:00"}
+    by_shape = cfg.compiled()["Contact"].map(record).payload["dataFields"]
+    assert by_shape["title"] == "2024-05-01 00:00:00 +00:00"

@@ -109,6 +109,19 @@ class DescribeChecker:
             obj = targets[0]
         return None, "empty path"
 
+    def source_types(self, object_name: str, paths: Iterable[str]) -> dict[str, str]:
+        """Describe type of each resolvable source path (compound components excluded)."""
+        out: dict[str, str] = {}
+        for path in paths:
+            try:
+                parsed = parse_source(path)
+            except ValueError:
+                continue
+            described, why = self.resolve(object_name, parsed.soql_field)
+            if described is not None and not why and parsed.component is None:
+                out[path] = str(described.get("type") or "")
+        return out
+
     def check_object(self, object_name: str, *, key: str, mapping: Mapping[str, str],
                      filter_fields: Iterable[str] = (), email_field: str | None = None,
                      extra_fields: Mapping[str, str] | None = None) -> list[DescribeProblem]:

@@ -280,6 +280,19 @@ class _Slot:
     container: tuple[str, ...]
     leaf: str
     target: str
+    dates: bool
+
+
+DATE_TYPES: Final = frozenset({"date", "datetime"})
+
+
+def _converts_dates(enabled: bool, src: SourcePath, types: Mapping[str, str] | None) -> bool:
+    """Dates are converted for date/datetime fields; by their shape when the type is unknown."""
+    if not enabled:
+        return False
+    if types is None or src.path not in types:
+        return True
+    return src.component is None and types[src.path] in DATE_TYPES
 
 
 def _lookup(node: Any, key: str) -> Any:
@@ -304,12 +317,18 @@ def _walk(record: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 class CompiledMapping:
-    """One object's mapping, validated and laid out once; `map()` is the per-record fast path."""
+    """One object's mapping, validated and laid out once; `map()` is the per-record fast path.
+
+    `source_types` (source path → describe type) limits date conversion to date and datetime
+    fields, so a text field that merely looks like a date stays text; without it, values are
+    converted by their Salesforce date shape.
+    """
 
     def __init__(self, object_name: str, mapping: Mapping[str, str], *,
                  identity: Identity = "email", email_field: str = "Email",
                  user_id_field: str = "Id", null_policy: NullPolicy = "clear",
-                 convert_dates: bool = True, extra_fields: Iterable[str] = ()) -> None:
+                 convert_dates: bool = True, extra_fields: Iterable[str] = (),
+                 source_types: Mapping[str, str] | None = None) -> None:
         problems = mapping_problems(mapping)
         for name, value in (("email_field", email_field), ("user_id_field", user_id_field)):
             try:
@@ -336,7 +355,8 @@ class CompiledMapping:
             if target in RESERVED_TARGETS:
                 continue
             segments = tuple(target.split(".")[1:])
-            slots.append(_Slot(src.keys, segments[:-1], segments[-1], target))
+            slots.append(_Slot(src.keys, segments[:-1], segments[-1], target,
+                               _converts_dates(convert_dates, src, source_types)))
         self._slots = tuple(slots)
         self._extra = tuple(validate_field_path(f) for f in extra_fields)
 
@@ -373,14 +393,13 @@ class CompiledMapping:
             payload["userId"] = user_id
         data: dict[str, Any] = {}
         omit = self.null_policy == "omit"
-        dates = self.convert_dates
         for slot in self._slots:
             value = _walk(record, slot.keys)
             if value is None:
                 if omit:
                     continue
             else:
-                value = convert_value(value, slot.target, dates)
+                value = convert_value(value, slot.target, slot.dates)
             node = data
             for key in slot.container:
                 child = node.get(key)

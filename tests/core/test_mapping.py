@@ -413,3 +413,16 @@ def test_flag_user_for_deletes() -> None:
     assert exc.value.reason == "missing_email"
     with pytest.raises(ConfigError):
         m.flag_user(CONTACT_ID, "a@example.com", None, "dataFields.email")
+
+
+def test_describe_types_limit_date_conversion() -> None:
+    mapping = {"Notes__c": "dataFields.notes", "Birthdate": "dataFields.bday",
+               "CreatedDate": "dataFields.created", "Other__c": "dataFields.other"}
+    types = {"Notes__c": "string", "Birthdate": "date", "CreatedDate": "datetime"}
+    m = CompiledMapping("Contact", mapping, source_types=types)
+    data = m.map(_record(Notes__c="2024-05-01", Birthdate="2024-05-01",
+                         CreatedDate="2024-05-01T12:00:00.000+0000",
+                         Other__c="2024-05-01")).payload["dataFields"]
+    assert data == {"notes": "2024-05-01", "bday": "2024-05-01 00:00:00 +00:00",
+                    "created": "2024-05-01 12:00:00 +00:00",
+                    "other": "2024-05-01 00:00:00 +00:00"}  # unknown type: by shape
