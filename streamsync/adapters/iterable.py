@@ -228,11 +228,9 @@ def _record_error(error: Exception) -> Exception:
     if isinstance(error, BatchError):
         reason = RECORD_REASONS.get(error.code)
         if reason is None:
-            # A JSON 404 or "User does not exist" means the user is unknown; an HTML 404
-            # ("Action not found") means a wrong base URL and stays a rejection.
-            unknown = "does not exist" in error.msg.lower() or (
-                error.status == 404 and not error.code.startswith("HTTP_")
-            )
+            # A JSON 404 or "User does not exist" means the user is unknown (an HTML 404, a
+            # wrong base URL, is an UnexpectedStatus and never gets here).
+            unknown = "does not exist" in error.msg.lower() or error.status == 404
             reason = "not_found" if unknown else "rejected"
         return RecordError(reason, f"{error.code}: {error.msg}")
     return error
