@@ -345,3 +345,30 @@ async def test_control_api_mass_update_burst_gap(emu: SalesforceEmulator,
         assert r.status == 200
     async with http.post("/__emulator__/cometd/forget") as r:
         assert (await r.json())["forgotten"] == 0
+
+
+async def test_concurrent_long_running_requests_are_limited() -> None:
+    emu = SalesforceEmulator(SalesforceEmulatorConfig(seed_leads=5, long_running_s=0.0,
+                                                      max_long_running=2))
+    await emu.start()
+    try:
+        emu.faults.hang_next(f"{V}/limits", 2)
+        async with aiohttp.ClientSession(base_url=emu.instance_url, headers={
+                "Authorization": f"Bearer {emu.issue_token()}"}) as s:
+            async def hung() -> None:
+                async with s.get(f"{V}/limits") as r:
+                    await r.read()
+            tasks = [asyncio.create_task(hung()) for _ in range(2)]
+            for _ in range(500):
+                if emu.inflight() == 2:
+                    break
+                await asyncio.sleep(0.01)
+            async with s.get(f"{V}/query", params={"q": "SELECT Id FROM Lead"}) as r:
+                assert r.status == 403
+                assert await r.json() == [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+                                           "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await emu.stop()

@@ -64,6 +64,8 @@ class SalesforceEmulatorConfig:
     daily_delivery_limit: int = 50_000
     retention_s: float = 72 * 3600
     retention_count: int = 500_000
+    long_running_s: float = 20.0
+    max_long_running: int = 25
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,6 +128,7 @@ class SalesforceEmulator:
         self._runner: web.AppRunner | None = None
         self._burst_task: asyncio.Task[dict[str, Any]] | None = None
         self._burst_info: dict[str, Any] = {}
+        self._inflight: dict[int, float] = {}
         self.host = "127.0.0.1"
         self.port = 0
         self.cert_path: Path | None = None
@@ -158,6 +161,28 @@ class SalesforceEmulator:
                 return await handler(request)
             except SalesforceError as err:
                 return error_response(err)
+        if not path.startswith("/services/data/v"):
+            return await self._api(request, handler, path)
+        # Requests running 20 s or longer are limited to 25 at once per org.
+        now = time.monotonic()
+        limit_s = self.config.long_running_s
+        if sum(1 for t in self._inflight.values()
+               if now - t >= limit_s) >= self.config.max_long_running:
+            return error_response(SalesforceError(403, "REQUEST_LIMIT_EXCEEDED",
+                                                  "ConcurrentPerOrgLongTxn Limit exceeded."))
+        key = id(request)
+        self._inflight[key] = now
+        try:
+            return await self._api(request, handler, path)
+        finally:
+            self._inflight.pop(key, None)
+
+    def inflight(self) -> int:
+        """REST requests being served right now."""
+        return len(self._inflight)
+
+    async def _api(self, request: web.Request, handler: Handler, path: str
+                   ) -> web.StreamResponse:
         rule = self.faults.take(request.method, path)
         if rule is not None:
             if rule.action == "fail":
