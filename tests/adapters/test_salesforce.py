@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -372,3 +373,25 @@ def _sf_body(code: str, message: str = "m") -> bytes:
 )
 def test_salesforce_error_mapping(status: int, body: bytes, error: type[Exception]) -> None:
     assert type(error_for(_reply(status, body))) is error
+
+
+async def test_tls_emulator_with_verification_on() -> None:
+    emu = SalesforceEmulator(SalesforceEmulatorConfig(seed_leads=3, tls=True))
+    await emu.start("127.0.0.1", 0)
+    try:
+        assert emu.instance_url.startswith("https://") and emu.cert_path is not None
+        for trusted in (False, True):
+            context = ssl.create_default_context(cafile=str(emu.cert_path)) if trusted else True
+            async with make_session(5.0, ssl=context) as session:
+                auth = SalesforceAuth(
+                    session, login_url=emu.instance_url, flow="client_credentials",
+                    client_id=emu.client_id, client_secret=emu.client_secret,
+                )
+                client = SalesforceClient(session, auth, VERSION)
+                if trusted:
+                    assert await client.count("SELECT COUNT() FROM Lead") == 3
+                else:  # the default context does not know the emulator's self-signed cert
+                    with pytest.raises(TransientError, match="network failure"):
+                        await client.count("SELECT COUNT() FROM Lead")
+    finally:
+        await emu.stop()
