@@ -88,6 +88,16 @@ async def test_dead_letter_again_updates_in_place(store: Store) -> None:
     )
 
 
+async def test_a_record_that_syncs_leaves_the_dead_letter_table(store: Store) -> None:
+    await _dead_letter(store, [lead(1), lead(2)], "invalid_email", T0)
+    # The email of lead(1) is fixed in Salesforce: a new change syncs fine.
+    await store.record_event("/data/LeadChangeEvent", 5, [lead(1)], 1_000, T0 + 1)
+    leases = await store.lease("f", 10, 30, T0 + 1)
+    result = await store.ack(leases)
+    assert (result.deleted, result.dead_letters_cleared) == (1, 1)
+    assert [d.record_id for d in await store.dead_letters()] == [lead(2).record_id]
+
+
 async def test_stored_errors_never_carry_known_secrets(store: Store) -> None:
     redactor().add("sk-live-very-secret-key")
     await store.enqueue([lead(1)], T0, "cdc")

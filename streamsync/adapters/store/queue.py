@@ -242,10 +242,20 @@ class QueueOps(ReplayOps):
         expired and the row was leased again, the old lease is ignored (the new holder writes
         the record again), and it can never touch a row that was deleted and queued anew, whose
         version counts from 1 again.
+
+        A record that syncs is no longer poison: an older dead letter of it is removed, so the
+        dead-letter table lists only records that are still bad.
         """
         if not leases:
             return AckResult(0, 0)
         async with self._tx("ack") as conn:
+            cursor = await conn.executemany(
+                "DELETE FROM dead_letter WHERE object_name = ?1 AND record_id = ?2 AND EXISTS "
+                "(SELECT 1 FROM queue WHERE object_name = ?1 AND record_id = ?2 "
+                "AND lease_token = ?3)",
+                [_key_token(lease) for lease in leases],
+            )
+            cleared = max(cursor.rowcount, 0)
             cursor = await conn.executemany(
                 f"DELETE FROM queue WHERE {KEY_VERSION_TOKEN}",
                 [_key_version_token(lease) for lease in leases],
@@ -257,7 +267,7 @@ class QueueOps(ReplayOps):
                 [_key_token(lease) for lease in leases],
             )
             kept = max(cursor.rowcount, 0)
-        return AckResult(deleted=deleted, kept=kept)
+        return AckResult(deleted=deleted, kept=kept, dead_letters_cleared=cleared)
 
     async def retry_later(
         self,

@@ -63,10 +63,12 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class AckResult:
-    """What `ack` did: rows deleted, and rows kept because a newer change arrived meanwhile."""
+    """What `ack` did: rows deleted, rows kept because a newer change arrived meanwhile, and
+    stale dead letters of the acked records removed."""
 
     deleted: int
     kept: int
+    dead_letters_cleared: int = 0
 
 
 @dataclass(frozen=True, slots=True)
