@@ -88,7 +88,19 @@ class SubscriberStats:
 
 
 class CometdSubscriber:
-    """Subscribes to CDC channels over CometD and yields data messages, surviving every fault."""
+    """Subscribes to CDC channels over CometD and yields data messages, surviving every fault.
+
+    Wiring sketch (one task owns the subscriber; poll_once/messages are not re-entrant):
+
+        sub = CometdSubscriber(http, instance_url=url, api_version="66.0",
+                               get_token=auth.access_token, invalidate_token=auth.invalidate,
+                               channels=["/data/LeadChangeEvent"], replay_from=store.replay_id,
+                               on_replay_invalid=start_reconciliation)
+        async for message in sub.messages():
+            await store.commit(message)   # record ids + replay id in ONE transaction
+        ...
+        await sub.close()                 # after cancelling the consuming task
+    """
 
     def __init__(
         self,
@@ -537,6 +549,7 @@ class CometdSubscriber:
                 headers=headers,
                 cookies=self._jar.filter_cookies(self._url),
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
+                raise_for_status=False,
             ) as response:
                 self._jar.update_cookies(response.cookies, response.url)
                 status = response.status

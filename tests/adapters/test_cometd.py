@@ -702,3 +702,15 @@ async def test_data_delivered_with_a_subscribe_reply_is_not_lost(
     batch = await sub.poll_once()
     assert [m["data"]["event"]["replayId"] for m in batch] == [50]
     assert server.connects() == [] and sub.subscribed_channels == {LEAD}
+
+
+async def test_a_session_that_raises_for_status_is_handled(server: FakeBayeux) -> None:
+    async def unauthorized(_: web.Request, __: list[Message]) -> web.StreamResponse:
+        return web.json_response([], status=401)
+
+    async with aiohttp.ClientSession(raise_for_status=True) as session:
+        sub = Harness(server, session).subscriber()
+        await sub.poll_once()
+        server.overrides.append(unauthorized)
+        with pytest.raises(SessionExpired):
+            await sub.poll_once()
