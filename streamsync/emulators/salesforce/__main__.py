@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--daily-delivery-limit", type=int, default=d.daily_delivery_limit)
     p.add_argument("--retention-s", type=float, default=d.retention_s)
     p.add_argument("--retention-count", type=int, default=d.retention_count)
+    p.add_argument("--long-running-s", type=float, default=d.long_running_s,
+                   help="requests this old count against --max-long-running")
+    p.add_argument("--max-long-running", type=int, default=d.max_long_running)
     p.add_argument("--tls", action="store_true", help="serve HTTPS with a self-signed cert")
     p.add_argument("--tls-dir", default=None, help="where to write the certificate")
     return p
@@ -57,7 +60,8 @@ def config_from_args(args: argparse.Namespace) -> SalesforceEmulatorConfig:
         jwt_public_key_pem=args.jwt_public_key.read_bytes() if args.jwt_public_key else None,
         long_poll_s=args.long_poll_s, reconnect_timeout_s=args.reconnect_timeout_s,
         daily_delivery_limit=args.daily_delivery_limit, retention_s=args.retention_s,
-        retention_count=args.retention_count, tls=args.tls, tls_dir=args.tls_dir)
+        retention_count=args.retention_count, long_running_s=args.long_running_s,
+        max_long_running=args.max_long_running, tls=args.tls, tls_dir=args.tls_dir)
 
 
 async def serve(config: SalesforceEmulatorConfig, host: str, port: int) -> None:
