@@ -225,7 +225,7 @@ class Transaction:
         return sf_id
 
     def update(self, obj_name: str, sf_id: str, values: dict[str, Any], *,
-               touch_last_modified: bool = True, system: bool = False) -> None:
+               event_has_last_modified: bool = True, system: bool = False) -> None:
         table = self.state.table(obj_name)
         obj = table.obj
         row = self._live_row(table, sf_id)
@@ -259,7 +259,7 @@ class Transaction:
             changed_names.append(path)
             if value is None:
                 nulled.append(path)
-        if touch_last_modified:
+        if event_has_last_modified:
             lm = obj.get("LastModifiedDate")
             if lm is not None:
                 payload["LastModifiedDate"] = event_datetime(new[lm.slot])
@@ -649,7 +649,7 @@ class OrgState:
             tx.update("Lead", row[0], {
                 "Status": converted_status, "IsConverted": True, "ConvertedDate": today,
                 "ConvertedAccountId": account_id, "ConvertedContactId": contact_id,
-            }, touch_last_modified=False, system=True)
+            }, event_has_last_modified=False, system=True)
         return {"leadId": row[0], "accountId": account_id, "contactId": contact_id}
 
 
