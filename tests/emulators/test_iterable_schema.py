@@ -13,7 +13,7 @@ import pytest
 
 from tests.emulators.test_iterable_support import Api, FakeClock, MakeApi, Reply, api_factory
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "iterable-openapi.json"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "iterable-openapi.json"
 
 
 def load_spec() -> dict[str, Any]:
