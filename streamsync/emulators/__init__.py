@@ -1,1 +1,3 @@
-"""Emulators of the Salesforce and Iterable APIs; they import nothing from the rest of streamsync."""
+"""Emulators of the Salesforce and Iterable APIs.
+
+They import nothing from the rest of streamsync."""
