@@ -1,0 +1,175 @@
+"""Shared fixtures: both emulators on port 0, a Config pointing at them, a real SQLite store, and
+the clients the runtime uses (session, Salesforce auth and client, Iterable client, limiter).
+
+Fixtures
+- `sf_emulator`: a started SalesforceEmulator (latency 0, a small seed). Tune it per test with
+  `@pytest.mark.salesforce(seed_contacts=300, ...)` (any SalesforceEmulatorConfig field).
+- `iterable_emulator`: a started IterableEmulator (latency 0, rate limits lifted, email-based
+  project). Tune it with `@pytest.mark.iterable(project_type="hybrid", type_mismatch="batch")`
+  (any IterableEmulatorConfig field; `rate_limits=True` turns Iterable's real limits on).
+- `make_config(sf, it, tmp_path, **overrides) -> Config` (also as `config_for`): a validated
+  Config via `parse_config` with client-credentials auth and secrets from a fake environment;
+  each override replaces or (for dict sections such as `iterable=`, `flush=`, `objects=`) is
+  merged into the section of the same name. The queue lives at `tmp_path/streamsync.db`.
+- `config`: `make_config(sf_emulator, iterable_emulator, tmp_path)`.
+- `store`: `Store.open(tmp_path/"streamsync.db")`, closed at teardown.
+- `clients`: a `Clients` bundle built from `config` (closed at teardown).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from streamsync.adapters.http import UsageCounter, make_session
+from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.salesforce_auth import SalesforceAuth
+from streamsync.adapters.store import Store
+from streamsync.config import Config, parse_config
+from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
+from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
+
+DEFAULT_SF_SEED: dict[str, Any] = {"seed_accounts": 3, "seed_contacts": 12, "seed_leads": 12}
+TEST_ITERABLE_RATE_PER_S = 500.0  # fast tests; the production default is Iterable's 5/s
+STORE_FILE = "streamsync.db"
+
+MakeConfig = Callable[..., Config]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "salesforce(**kw): SalesforceEmulatorConfig fields for `sf_emulator`")
+    config.addinivalue_line(
+        "markers", "iterable(**kw): IterableEmulatorConfig fields for `iterable_emulator`")
+
+
+def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    marker = request.node.get_closest_marker(name)
+    return dict(marker.kwargs) if marker is not None else {}
+
+
+@pytest.fixture
+async def sf_emulator(request: pytest.FixtureRequest) -> AsyncIterator[SalesforceEmulator]:
+    """A Salesforce emulator on 127.0.0.1:0 with latency 0 and a small seed."""
+    kw = {**DEFAULT_SF_SEED, "latency_ms": 0.0, **_marker_kwargs(request, "salesforce")}
+    emu = SalesforceEmulator(SalesforceEmulatorConfig(**kw))
+    await emu.start("127.0.0.1", 0)
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+@pytest.fixture
+async def iterable_emulator(request: pytest.FixtureRequest) -> AsyncIterator[IterableEmulator]:
+    """An Iterable emulator on 127.0.0.1:0: latency 0, rate limits lifted, email project."""
+    kw: dict[str, Any] = {"latency_ms": 0.0, "rate_limits": False, "project_type": "email",
+                          **_marker_kwargs(request, "iterable")}
+    emu = IterableEmulator(IterableEmulatorConfig(**kw))
+    await emu.start("127.0.0.1", 0)
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path,
+                 **overrides: Any) -> Config:
+    """A Config for the two emulators (client-credentials auth, secrets from a fake env)."""
+    data: dict[str, Any] = {
+        "salesforce": {"login_url": sf.instance_url, "auth": "client_credentials",
+                       "client_id": sf.client_id, "api_version": sf.config.api_version,
+                       "timeout_s": 10.0},
+        "iterable": {"base_url": it.base_url, "project_type": it.config.project_type,
+                     "rate_limit_per_s": TEST_ITERABLE_RATE_PER_S, "timeout_s": 10.0},
+        "queue": {"path": str(tmp_path / STORE_FILE), "backoff_base_s": 0.01,
+                  "backoff_max_s": 0.05},
+        "flush": {"linger_ms": 10},
+        "health": {"enabled": False},
+    }
+    env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
+           "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
+    return parse_config(_merge(data, overrides), env)
+
+
+@pytest.fixture
+def make_config() -> MakeConfig:
+    """`make_config(sf, it, tmp_path, **overrides) -> Config`."""
+    return build_config
+
+
+@pytest.fixture
+def config_for() -> MakeConfig:
+    """Same as `make_config` (the name used in the runtime contract)."""
+    return build_config
+
+
+@pytest.fixture
+def config(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+           tmp_path: Path) -> Config:
+    """The default Config for this test's emulators."""
+    return build_config(sf_emulator, iterable_emulator, tmp_path)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite store at tmp_path/streamsync.db (the path `make_config` uses)."""
+    opened = await Store.open(tmp_path / STORE_FILE)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@dataclasses.dataclass
+class Clients:
+    """Everything the runtime needs to talk to both services, built from one Config."""
+
+    session: aiohttp.ClientSession
+    counter: UsageCounter
+    auth: SalesforceAuth
+    salesforce: SalesforceClient
+    limiter: RateLimiter
+    iterable: IterableClient
+
+
+def build_clients(config: Config, session: aiohttp.ClientSession) -> Clients:
+    """Clients for `config` on an open session (the caller closes the session)."""
+    counter = UsageCounter()
+    secret = config.secrets.sf_client_secret
+    api_key = config.secrets.iterable_api_key
+    assert secret is not None and api_key is not None
+    auth = SalesforceAuth(session, login_url=config.salesforce.login_url,
+                          flow=config.salesforce.auth, client_id=config.salesforce.client_id,
+                          client_secret=secret.get_secret_value(), counter=counter)
+    salesforce = SalesforceClient(session, auth, config.salesforce.api_version, counter,
+                                  timeout_s=config.salesforce.timeout_s)
+    limiter = RateLimiter(config.iterable.rate_limit_per_s,
+                          max_in_flight=config.iterable.max_in_flight)
+    iterable = IterableClient(session, config.iterable.base_url, api_key.get_secret_value(),
+                              counter, timeout_s=config.iterable.timeout_s, bulk_limiter=limiter)
+    return Clients(session, counter, auth, salesforce, limiter, iterable)
+
+
+@pytest.fixture
+async def clients(config: Config) -> AsyncIterator[Clients]:
+    """Session, SalesforceAuth, SalesforceClient, RateLimiter and IterableClient for `config`."""
+    async with make_session(config.iterable.timeout_s) as session:
+        yield build_clients(config, session)
