@@ -1,0 +1,440 @@
+"""CDC ingest: each message's record ids and replay id in one transaction; gaps reconciled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streamsync.adapters.cometd import CometdSubscriber, ReplayId
+from streamsync.adapters.store import QueueInput, Store
+from streamsync.config import Config
+from streamsync.core.events import MalformedEvent, UnexpectedEntity, is_echo, parse_event
+from streamsync.core.ids import KEY_PREFIXES
+from streamsync.errors import FatalError, RetriableError
+from streamsync.logs import get_logger
+from streamsync.models import ChangeEvent
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.reconcile import Reconciler
+
+log = get_logger(__name__)
+
+PENDING_PREFIX = "reconcile_pending:"
+"""Store meta key prefix (`reconcile_pending:<object>`) of a reconciliation not yet finished."""
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReconcile:
+    """A reconciliation owed for one object: from `since_ms` (None = everything), why, and a
+    sequence number that grows with every scheduling (so a worker can tell a newer one)."""
+
+    since_ms: int | None
+    trigger: str
+    seq: int = 0
+
+    def encode(self) -> str:
+        return orjson.dumps(
+            {"since_ms": self.since_ms, "trigger": self.trigger, "seq": self.seq}
+        ).decode()
+
+    @classmethod
+    def decode(cls, text: str | None) -> PendingReconcile | None:
+        if not text:
+            return None
+        try:
+            raw = orjson.loads(text)
+            since = raw["since_ms"]
+            trigger = str(raw["trigger"])
+            seq = raw.get("seq", 0)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            # An unreadable marker still means a reconciliation is owed: do all of it.
+            return cls(None, "unreadable_marker")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            seq = 0
+        if isinstance(since, bool) or not isinstance(since, int | None):
+            return cls(None, trigger, seq)
+        return cls(since, trigger, seq)
+
+    def merge(self, other: PendingReconcile) -> PendingReconcile:
+        """The union of two owed reconciliations: the earlier start wins (None is earliest)."""
+        if self.since_ms is None or other.since_ms is None:
+            since = None
+        else:
+            since = min(self.since_ms, other.since_ms)
+        triggers = dict.fromkeys([*self.trigger.split("+"), *other.trigger.split("+")])
+        return PendingReconcile(since, "+".join(triggers), max(self.seq, other.seq) + 1)
+
+
+@dataclass
+class IngestStats:
+    """Counters of one Ingest (for tests, `status` and logs)."""
+
+    events: int = 0
+    malformed: int = 0
+    unexpected_entity: int = 0
+    echoes: int = 0
+    ids_queued: int = 0
+    ids_dropped: int = 0
+    reconciles_scheduled: int = 0
+    reconciles_done: int = 0
+    reconcile_failures: int = 0
+    replay_invalid: int = 0
+    store_retries: int = 0
+
+
+class ReplayCallbacks:
+    """The two callbacks a CometdSubscriber needs, usable before the Ingest exists.
+
+    Build the subscriber with `replay_from=cb.replay_from, on_replay_invalid=cb.on_replay_invalid`,
+    then pass `callbacks=cb` to `Ingest`, which binds itself.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.ingest: Ingest | None = None
+
+    async def replay_from(self, channel: str) -> ReplayId | None:
+        """The stored replay id of `channel` (None: nothing stored)."""
+        state = await self._store.get_replay(channel)
+        return None if state is None else state.replay_id
+
+    async def on_replay_invalid(self, channel: str, replay_id: ReplayId) -> None:
+        if self.ingest is None:
+            raise RuntimeError("ReplayCallbacks used before an Ingest was bound to them")
+        await self.ingest.on_replay_invalid(channel, replay_id)
+
+
+class Ingest:
+    """Turns CDC messages into durable queue rows and replay ids (invariants 1 and 6).
+
+    Every message is stored before the next one is pulled: its record ids and the channel's
+    replay id in one SQLite transaction. A malformed message still advances the replay id (when
+    it can be read) so it never blocks the stream. `GAP_OVERFLOW`, wildcard ids and an expired
+    replay id need a reconciliation; it is first written to the store as a pending marker (so a
+    crash cannot lose it) and only then is the replay id moved past the event; the
+    reconciliation itself runs in the background, at most `max_concurrent_reconciles` at once,
+    and clears its marker when done. Markers left by a crash are resumed by `run`.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        subscriber: CometdSubscriber,
+        reconciler: Reconciler,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        callbacks: ReplayCallbacks | None = None,
+        max_concurrent_reconciles: int = 2,
+        retry_base_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        if max_concurrent_reconciles < 1:
+            raise ValueError("max_concurrent_reconciles must be at least 1")
+        if retry_base_s <= 0 or retry_max_s < retry_base_s:
+            raise ValueError("Ingest needs 0 < retry_base_s <= retry_max_s")
+        self._config = config
+        self._store = store
+        self._subscriber = subscriber
+        self._reconciler = reconciler
+        self._metrics = metrics
+        self._clock = clock
+        self._objects = tuple(config.objects)
+        self._echo_client = (
+            config.salesforce.client_name if config.salesforce.suppress_echoes else None
+        )
+        self._gate = asyncio.Semaphore(max_concurrent_reconciles)
+        self._marker_lock = asyncio.Lock()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._stop = asyncio.Event()
+        self.stats = IngestStats()
+        if callbacks is not None:
+            callbacks.ingest = self
+
+    # ---- public API ------------------------------------------------------------------------
+
+    @property
+    def subscribed(self) -> bool:
+        """True while the CometD session has its channels confirmed (for /readyz)."""
+        return self._subscriber.client_id is not None and bool(
+            self._subscriber.subscribed_channels
+        )
+
+    async def replay_from(self, channel: str) -> ReplayId | None:
+        """The stored replay id of `channel` (the subscriber's `replay_from`)."""
+        state = await self._store.get_replay(channel)
+        return None if state is None else state.replay_id
+
+    async def handle_message(self, message: Message) -> None:
+        """One step: parse, schedule any reconciliation durably, then store the ids and the
+        replay id in one transaction. Store errors propagate (nothing was committed)."""
+        now = self._clock()
+        channel = message.get("channel") if isinstance(message, dict) else None
+        if isinstance(channel, str):
+            self._metrics.events_received.labels(channel).inc()
+        self.stats.events += 1
+        try:
+            event = parse_event(message, self._objects)
+        except UnexpectedEntity as exc:
+            self.stats.unexpected_entity += 1
+            log.info("ingest.unexpected_entity", channel=str(exc.channel), entity=exc.entity,
+                     replay_id=str(exc.replay_id))
+            await self._skip(exc.channel, exc.replay_id, now)
+            return
+        except MalformedEvent as exc:
+            await self._malformed(str(exc), exc.channel, exc.replay_id, now)
+            return
+        except Exception as exc:  # a parser bug must not block the stream either
+            await self._malformed(f"{type(exc).__name__}: {exc}",
+                                  channel if isinstance(channel, str) else None,
+                                  _readable_replay_id(message), now)
+            return
+        self._metrics.last_event_ts.labels(event.channel).set(event.commit_timestamp_ms / 1000)
+        if self._echo_client and is_echo(event, self._echo_client):
+            self.stats.echoes += 1
+            log.debug("ingest.echo_suppressed", channel=event.channel,
+                      replay_id=event.replay_id, ids=len(event.record_ids))
+            await self._store.record_event(event.channel, event.replay_id, (),
+                                           event.commit_timestamp_ms, now)
+            return
+        items = self._items(event)
+        if event.needs_reconcile:
+            trigger = "gap_overflow" if event.is_overflow else "wildcard"
+            await self._schedule(event.entity, event.commit_timestamp_ms, trigger)
+        await self._store.record_event(event.channel, event.replay_id, items,
+                                       event.commit_timestamp_ms, now)
+        self.stats.ids_queued += len(items)
+        log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
+                  change=event.change_type, ids=len(items))
+        if event.needs_reconcile:
+            self._start_worker(event.entity)
+
+    async def on_replay_invalid(self, channel: str, replay_id: ReplayId) -> None:
+        """The stored replay id fell out of retention: owe a reconciliation of the channel's
+        objects from the last commit time stored for it (everything when none is known), then
+        clear the stored id so the subscriber resumes with new events (-1)."""
+        now = self._clock()
+        self.stats.replay_invalid += 1
+        state = await self._store.get_replay(channel)
+        since_ms = None if state is None else state.last_commit_ts_ms
+        objects = self._reconciler.objects_for_channel(channel)
+        if since_ms is None:
+            log.error("ingest.replay_invalid_full_reconcile", channel=channel,
+                      replay_id=str(replay_id), objects=",".join(objects),
+                      detail="no commit time stored for this channel: reconciling every record")
+        else:
+            log.warning("ingest.replay_invalid", channel=channel, replay_id=str(replay_id),
+                        since_ms=since_ms, objects=",".join(objects))
+        for name in objects:
+            await self._schedule(name, since_ms, "replay_invalid")
+        await self._store.set_replay(channel, None, now)
+        await self._store.note_error(
+            "ingest", f"replay id {replay_id} of {channel} is no longer retained; "
+            f"reconciling {', '.join(objects)} from "
+            f"{'the beginning' if since_ms is None else f'commit time {since_ms} ms'}", now)
+        for name in objects:
+            self._start_worker(name)
+
+    async def pending_reconciles(self) -> dict[str, PendingReconcile]:
+        """Reconciliations owed per object, as stored."""
+        out: dict[str, PendingReconcile] = {}
+        for name in self._objects:
+            pending = PendingReconcile.decode(await self._store.get_meta(PENDING_PREFIX + name))
+            if pending is not None:
+                out[name] = pending
+        return out
+
+    async def resume_pending(self) -> int:
+        """Start the reconciliations a previous run left owed; returns how many."""
+        pending = await self.pending_reconciles()
+        for name, owed in pending.items():
+            log.info("ingest.reconcile_resumed", object=name, trigger=owed.trigger,
+                     since_ms=str(owed.since_ms))
+            self._start_worker(name)
+        return len(pending)
+
+    async def drain_reconciles(self) -> None:
+        """Wait until every running reconciliation worker has finished."""
+        while True:
+            running = [task for task in self._workers.values() if not task.done()]
+            if not running:
+                return
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume the subscriber until `stop` is set; resumes owed reconciliations first. On
+        stop, the message in hand is stored, reconciliations are cancelled (their markers stay
+        for the next start) and the subscriber is closed."""
+        self._stop = stop
+        await self.resume_pending()
+        consumer = asyncio.create_task(self._consume(), name="ingest.consume")
+        stopper = asyncio.create_task(stop.wait(), name="ingest.stop")
+        try:
+            done, _ = await asyncio.wait({consumer, stopper},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if consumer in done:
+                consumer.result()  # a FatalError ends the service
+                log.info("ingest.subscriber_ended")
+        finally:
+            stopper.cancel()
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel reconciliation workers (markers stay) and close the subscriber."""
+        workers = [task for task in self._workers.values() if not task.done()]
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await self._subscriber.close()
+
+    # ---- message handling ------------------------------------------------------------------
+
+    def _items(self, event: ChangeEvent) -> list[QueueInput]:
+        items = [QueueInput(event.entity, sf_id, event.change_type) for sf_id in event.record_ids]
+        for sf_id in event.unexpected_ids:
+            owner = KEY_PREFIXES.get(sf_id[:3])
+            if owner is not None and owner in self._config.objects:
+                items.append(QueueInput(owner, sf_id, event.change_type))
+            else:
+                self.stats.ids_dropped += 1
+                log.warning("ingest.unexpected_id_dropped", channel=event.channel,
+                            entity=event.entity, record_id=sf_id, owner=str(owner))
+        return items
+
+    async def _skip(self, channel: str | None, replay_id: int | None, now: float) -> None:
+        """Move the replay id past a message that carries nothing to queue."""
+        if channel is not None and replay_id is not None:
+            await self._store.record_event(channel, replay_id, (), None, now)
+
+    async def _malformed(self, detail: str, channel: str | None, replay_id: int | None,
+                         now: float) -> None:
+        self.stats.malformed += 1
+        log.warning("ingest.malformed_event", channel=str(channel), replay_id=str(replay_id),
+                    error=detail, advanced=replay_id is not None and channel is not None)
+        await self._store.note_error(
+            "ingest", f"malformed CDC message on {channel} (replay id {replay_id}): {detail}", now
+        )
+        await self._skip(channel, replay_id, now)
+
+    async def _consume(self) -> None:
+        messages = self._subscriber.messages()
+        try:
+            async for message in messages:
+                handling = asyncio.ensure_future(self._store_until_done(message))
+                try:
+                    await asyncio.shield(handling)
+                except asyncio.CancelledError:
+                    # Stopping: let the message in hand reach the store first.
+                    await handling
+                    raise
+        finally:
+            await messages.aclose()
+
+    async def _store_until_done(self, message: Message) -> None:
+        """handle_message, retried with backoff while the store reports a transient fault; the
+        same message is retried so nothing after it is stored before it."""
+        attempt = 0
+        while True:
+            try:
+                await self.handle_message(message)
+                return
+            except RetriableError as exc:
+                attempt += 1
+                self.stats.store_retries += 1
+                delay_s = _backoff_s(attempt, self._retry_base_s, self._retry_max_s)
+                log.warning("ingest.store_retry", error=str(exc), attempt=attempt,
+                            delay_s=round(delay_s, 3))
+                if self._stop.is_set():
+                    # Not stored: the message is replayed from the stored id on the next start.
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay_s)
+
+    # ---- reconciliation --------------------------------------------------------------------
+
+    async def _schedule(self, object_name: str, since_ms: int | None, trigger: str) -> None:
+        """Durably owe a reconciliation of `object_name` (merged with one already owed)."""
+        key = PENDING_PREFIX + object_name
+        wanted = PendingReconcile(since_ms, trigger, 1)
+        async with self._marker_lock:
+            current = PendingReconcile.decode(await self._store.get_meta(key))
+            merged = wanted if current is None else current.merge(wanted)
+            await self._store.set_meta(key, merged.encode(), self._clock())
+        self.stats.reconciles_scheduled += 1
+        log.info("ingest.reconcile_scheduled", object=object_name, trigger=trigger,
+                 since_ms=str(since_ms))
+
+    def _start_worker(self, object_name: str) -> None:
+        task = self._workers.get(object_name)
+        if task is not None and not task.done():
+            return  # the running worker re-reads the marker when it finishes
+        self._workers[object_name] = asyncio.create_task(
+            self._reconcile_worker(object_name), name=f"reconcile.{object_name}"
+        )
+
+    async def _reconcile_worker(self, object_name: str) -> None:
+        """Run the owed reconciliation until the marker is cleared; a marker changed meanwhile
+        (a newer gap) means another pass."""
+        key = PENDING_PREFIX + object_name
+        attempt = 0
+        while True:
+            async with self._marker_lock:
+                pending = PendingReconcile.decode(await self._store.get_meta(key))
+            if pending is None:
+                return
+            try:
+                async with self._gate:
+                    await self._reconciler.reconcile(object_name, pending.since_ms,
+                                                     trigger=pending.trigger)
+            except RetriableError as exc:
+                attempt += 1
+                self.stats.reconcile_failures += 1
+                delay_s = _backoff_s(attempt, self._retry_base_s * 4, self._retry_max_s * 4)
+                log.warning("ingest.reconcile_retry", object=object_name, error=str(exc),
+                            attempt=attempt, delay_s=round(delay_s, 3))
+                await asyncio.sleep(delay_s)
+                continue
+            except (FatalError, ValueError) as exc:
+                self.stats.reconcile_failures += 1
+                log.error("ingest.reconcile_failed", object=object_name, error=str(exc),
+                          detail="the pending marker stays; the next start retries it")
+                await self._store.note_error(
+                    "reconcile", f"reconciliation of {object_name} failed: {exc}", self._clock()
+                )
+                return
+            attempt = 0
+            self.stats.reconciles_done += 1
+            async with self._marker_lock:
+                current = PendingReconcile.decode(await self._store.get_meta(key))
+                if current == pending:
+                    await self._store.set_meta(key, "", self._clock())
+                    return
+
+
+def _readable_replay_id(message: object) -> int | None:
+    """The replay id of a message the parser could not handle, if it is plainly there."""
+    if not isinstance(message, dict):
+        return None
+    data = message.get("data")
+    event = data.get("event") if isinstance(data, dict) else None
+    value = event.get("replayId") if isinstance(event, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    ceiling = min(max_s, base_s * 2.0 ** min(attempt - 1, 30))
+    return ceiling * (0.5 + 0.5 * random.random())
