@@ -1,0 +1,208 @@
+"""`check-config`: log in to Salesforce, check mappings against describes, try the Iterable key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import SecretStr
+
+from streamsync.adapters.http import NO_RETRY, Retry, UsageCounter, make_session
+from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.salesforce import SalesforceClient, SalesforceError
+from streamsync.adapters.salesforce_auth import SalesforceAuth
+from streamsync.config import Config
+from streamsync.errors import ConfigError, StreamsyncError
+from streamsync.logs import get_logger
+
+log = get_logger(__name__)
+
+Component = Literal["salesforce", "iterable", "mapping"]
+
+
+def _reveal(secret: SecretStr | None) -> Callable[[], str] | None:
+    """A callable handing out the secret only when a request is signed (never stored as str)."""
+    return None if secret is None else secret.get_secret_value
+
+
+def build_salesforce_auth(
+    config: Config, session: aiohttp.ClientSession, counter: UsageCounter | None = None
+) -> SalesforceAuth:
+    """SalesforceAuth for `config.salesforce` with the secrets the loader read."""
+    sf, secrets = config.salesforce, config.secrets
+    return SalesforceAuth(
+        session,
+        login_url=sf.login_url,
+        flow=sf.auth,
+        client_id=sf.client_id,
+        client_secret=_reveal(secrets.sf_client_secret),
+        username=sf.username,
+        password=_reveal(secrets.sf_password),
+        private_key=_reveal(secrets.sf_private_key),
+        refresh_token=_reveal(secrets.sf_refresh_token),
+        audience=sf.jwt_audience,
+        counter=counter,
+        timeout_s=sf.timeout_s,
+    )
+
+
+def build_salesforce_client(
+    config: Config,
+    session: aiohttp.ClientSession,
+    *,
+    counter: UsageCounter | None = None,
+    retry: Retry = NO_RETRY,
+) -> SalesforceClient:
+    """SalesforceClient (REST + Bulk) for `config`, with its own SalesforceAuth."""
+    sf = config.salesforce
+    return SalesforceClient(
+        session,
+        build_salesforce_auth(config, session, counter),
+        sf.api_version,
+        counter,
+        call_options_client=sf.client_name,
+        retry=retry,
+        timeout_s=sf.timeout_s,
+        max_in_flight=sf.max_in_flight,
+    )
+
+
+def build_iterable_client(
+    config: Config, session: aiohttp.ClientSession, counter: UsageCounter | None = None
+) -> IterableClient:
+    """IterableClient for `config.iterable`; the API key must have been loaded."""
+    key = config.secrets.iterable_api_key
+    if key is None:
+        raise ConfigError("secret iterable_api_key is missing: set STREAMSYNC_ITERABLE_API_KEY")
+    return IterableClient(
+        session, config.iterable.base_url, key.get_secret_value, counter,
+        timeout_s=config.iterable.timeout_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding: where (an object name or a service), which config path, and what is wrong."""
+
+    component: Component
+    subject: str
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"component": self.component, "subject": self.subject, "path": self.path,
+                "message": self.message}
+
+
+@dataclass
+class CheckReport:
+    """Everything `check-config` found: problems (exit 1 if any), warnings, and what worked."""
+
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    describes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "problems": [p.as_dict() for p in self.problems],
+            "warnings": list(self.warnings),
+            "passed": list(self.passed),
+        }
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """`objects.Lead.mapping.Email` → ("Lead", "mapping.Email"); other keys → ("", key)."""
+    if key.startswith("objects."):
+        rest = key[len("objects."):]
+        name, _, path = rest.partition(".")
+        return name, path or "(object)"
+    return "", key
+
+
+async def fetch_describes(
+    config: Config, salesforce: SalesforceClient, report: CheckReport
+) -> dict[str, dict[str, Any]]:
+    """Describe every object the checks need, following relationships until none is missing.
+
+    An object Salesforce does not know (404) is left out: the check then names the config key
+    that refers to it. Other failures are recorded as problems and stop the walk.
+    """
+    describes: dict[str, dict[str, Any]] = {}
+    tried: set[str] = set()
+    while True:
+        wanted = sorted(config.objects_to_describe(describes) - tried)
+        if not wanted:
+            return describes
+        for name in wanted:
+            tried.add(name)
+            try:
+                describes[name] = await salesforce.describe(name)
+            except SalesforceError as exc:
+                if exc.status == 404:
+                    log.info("check.describe_missing", object=name)
+                    continue
+                report.problems.append(Problem("salesforce", name, "describe", str(exc)))
+                return describes
+
+
+async def check_salesforce(
+    config: Config, salesforce: SalesforceClient, report: CheckReport
+) -> None:
+    """Log in, then check mappings, filters, e-mail fields and fan-outs against describes."""
+    sf = config.salesforce
+    try:
+        token = await salesforce.auth.token()
+    except StreamsyncError as exc:
+        report.problems.append(Problem("salesforce", "login", f"salesforce.auth ({sf.auth})",
+                                       str(exc)))
+        return
+    report.passed.append(f"salesforce: logged in with the {sf.auth} flow at {sf.login_url} "
+                         f"(instance {token.instance_url})")
+    try:
+        describes = await fetch_describes(config, salesforce, report)
+    except StreamsyncError as exc:
+        report.problems.append(Problem("salesforce", "describe", "salesforce", str(exc)))
+        return
+    report.describes = describes
+    findings = config.check_describe(describes)
+    for finding in findings:
+        subject, path = split_key(finding.key)
+        report.problems.append(Problem("mapping", subject, path, finding.message))
+    if not findings:
+        report.passed.append(f"mappings: {len(config.objects)} object(s) checked against "
+                             f"{len(describes)} describe(s)")
+
+
+async def check_iterable(config: Config, iterable: IterableClient, report: CheckReport) -> None:
+    """The API key works against the configured project: GET /api/users/getFields."""
+    try:
+        fields = await iterable.get_fields()
+    except StreamsyncError as exc:
+        report.problems.append(Problem("iterable", "api key", "iterable.base_url", str(exc)))
+        return
+    report.passed.append(f"iterable: API key accepted at {config.iterable.base_url} "
+                         f"({len(fields)} user fields in the project)")
+
+
+async def check_config(
+    config: Config,
+    *,
+    session_factory: Callable[[float], aiohttp.ClientSession] = make_session,
+) -> CheckReport:
+    """Run every check; never raises for a remote failure (it becomes a Problem)."""
+    report = CheckReport(warnings=list(config.warnings))
+    async with session_factory(config.salesforce.timeout_s) as sf_session:
+        await check_salesforce(config, build_salesforce_client(config, sf_session), report)
+    async with session_factory(config.iterable.timeout_s) as it_session:
+        await check_iterable(config, build_iterable_client(config, it_session), report)
+    log.info("check.done", problems=len(report.problems), warnings=len(report.warnings))
+    return report
+
