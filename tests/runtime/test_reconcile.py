@@ -29,9 +29,9 @@ async def _queued(store: Store) -> dict[tuple[str, str], Lease]:
 
 
 def _reconciler(config: Config, store: Store, clients: Clients, metrics: Metrics,
-                **kw: int) -> Reconciler:
+                page_size: int = 2000) -> Reconciler:
     return Reconciler(config=config, store=store, salesforce=clients.salesforce,
-                      metrics=metrics, **kw)
+                      metrics=metrics, page_size=page_size)
 
 
 def _lead(emu: SalesforceEmulator, name: str) -> str:
