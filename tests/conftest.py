@@ -14,12 +14,15 @@ Fixtures
 - `config`: `make_config(sf_emulator, iterable_emulator, tmp_path)`.
 - `store`: `Store.open(tmp_path/"streamsync.db")`, closed at teardown.
 - `clients`: a `Clients` bundle built from `config` (closed at teardown).
+- `sync_rig`: a `SyncRig` (store + pipeline + flusher on both emulators, a FakeClock); tune its
+  config with `@pytest.mark.sync_config(**overrides)`; `enqueue()` ids, `drain()`, `profiles()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +34,14 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.salesforce_auth import SalesforceAuth
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import QueueInput, Store
 from streamsync.config import Config, parse_config
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
+from streamsync.runtime.flusher import Flusher, FlushResult
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.pipeline import SyncPipeline
+from streamsync.runtime.writer import IterableWriter, RetryPolicy
 
 DEFAULT_SF_SEED: dict[str, Any] = {"seed_accounts": 3, "seed_contacts": 12, "seed_leads": 12}
 TEST_ITERABLE_RATE_PER_S = 500.0  # fast tests; the production default is Iterable's 5/s
@@ -48,6 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "salesforce(**kw): SalesforceEmulatorConfig fields for `sf_emulator`")
     config.addinivalue_line(
         "markers", "iterable(**kw): IterableEmulatorConfig fields for `iterable_emulator`")
+    config.addinivalue_line(
+        "markers", "sync_config(**overrides): make_config overrides for `sync_rig`")
 
 
 def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
@@ -173,3 +182,89 @@ async def clients(config: Config) -> AsyncIterator[Clients]:
     """Session, SalesforceAuth, SalesforceClient, RateLimiter and IterableClient for `config`."""
     async with make_session(config.iterable.timeout_s) as session:
         yield build_clients(config, session)
+
+
+# ---------------------------------------------------------------- the real-time sync rig
+
+
+class FakeClock:
+    """An epoch clock that only moves when told (queue due times, identity timestamps)."""
+
+    def __init__(self, start_s: float | None = None) -> None:
+        self.now_s = time.time() if start_s is None else start_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+@dataclasses.dataclass
+class SyncRig:
+    """Both emulators, a store, a pipeline and a flusher wired as `run` wires them; tests
+    enqueue ids directly and call `drain()` (single steps, no loop)."""
+
+    sf: SalesforceEmulator
+    it: IterableEmulator
+    config: Config
+    store: Store
+    clients: Clients
+    metrics: Metrics
+    pipeline: SyncPipeline
+    flusher: Flusher
+    clock: FakeClock
+
+    async def enqueue(self, object_name: str, ids: Iterable[str],
+                      commit_ts_ms: int | None = None) -> None:
+        """Queue ids as ingest would (source `cdc`)."""
+        await self.store.enqueue([QueueInput(object_name, i) for i in ids], self.clock(),
+                                 "cdc", commit_ts_ms)
+
+    async def drain(self, max_rounds: int = 200) -> FlushResult:
+        """flush_once until the queue is empty, moving the clock past backoffs; the totals."""
+        total = FlushResult()
+        for _ in range(max_rounds):
+            step = await self.flusher.flush_once()
+            for name in ("leased", "synced", "skipped", "dead", "retried", "released",
+                         "fanned_out"):
+                setattr(total, name, getattr(total, name) + getattr(step, name))
+            if step.idle:
+                stats = await self.store.queue_stats(self.clock())
+                if stats.depth == 0:
+                    return total
+                self.clock.advance(self.config.queue.backoff_max_s + 1.0)
+        raise AssertionError(f"queue not drained after {max_rounds} rounds")
+
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        """Iterable's profiles now, keyed by email (userId in userId projects)."""
+        self.it.flush()
+        return self.it.state.snapshot()
+
+
+@pytest.fixture
+async def sync_rig(request: pytest.FixtureRequest, sf_emulator: SalesforceEmulator,
+                   iterable_emulator: IterableEmulator, tmp_path: Path
+                   ) -> AsyncIterator[SyncRig]:
+    """A SyncRig; `@pytest.mark.sync_config(**overrides)` passes overrides to make_config."""
+    cfg = build_config(sf_emulator, iterable_emulator, tmp_path,
+                       **_marker_kwargs(request, "sync_config"))
+    clock = FakeClock()
+    metrics = Metrics()
+    opened = await Store.open(cfg.queue.path)
+    try:
+        async with make_session(cfg.iterable.timeout_s) as session:
+            bundle = build_clients(cfg, session)
+            writer = IterableWriter(bundle.iterable, limiter=bundle.limiter,
+                                    max_in_flight=cfg.iterable.max_in_flight,
+                                    policy=RetryPolicy(attempts=3, base_s=0.01, max_s=0.05),
+                                    envelope=cfg.iterable.bulk_envelope())
+            pipeline = SyncPipeline(config=cfg, store=opened, iterable=bundle.iterable,
+                                    limiter=bundle.limiter, metrics=metrics,
+                                    mappings=cfg.compiled(), clock=clock, writer=writer)
+            flusher = Flusher(config=cfg, store=opened, salesforce=bundle.salesforce,
+                              pipeline=pipeline, metrics=metrics, owner="test", clock=clock)
+            yield SyncRig(sf_emulator, iterable_emulator, cfg, opened, bundle, metrics,
+                          pipeline, flusher, clock)
+    finally:
+        await opened.close()

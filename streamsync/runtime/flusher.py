@@ -1,0 +1,300 @@
+"""Real-time flush: lease queued ids, re-read them by SOQL, sync through the pipeline, settle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.store import Backoff, Failure, Lease, QueueInput, Store
+from streamsync.config import Config, ObjectConfig
+from streamsync.core.ids import is_valid_id, to_18
+from streamsync.core.soql import select_by_ids_chunked, select_children
+from streamsync.errors import FatalError, RetriableError
+from streamsync.logs import get_logger
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
+
+log = get_logger(__name__)
+
+PARENT_IDS_PER_QUERY = 300
+"""Parent ids per fan-out query (300 quoted 18-char ids stay far below the URI cap)."""
+FANOUT_PAGE = 2000
+"""Children per keyset page of a fan-out query."""
+
+
+@dataclass
+class FlushResult:
+    """What one `flush_once` did with the rows it leased."""
+
+    leased: int = 0
+    synced: int = 0
+    skipped: int = 0
+    dead: int = 0
+    retried: int = 0
+    released: int = 0
+    fanned_out: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return self.leased == 0
+
+
+def backoff_from(config: Config) -> Backoff:
+    """The queue's retry backoff from [queue]."""
+    q = config.queue
+    return Backoff(base_s=q.backoff_base_s, max_delay_s=q.backoff_max_s,
+                   max_attempts=q.max_attempts)
+
+
+class Flusher:
+    """Leases batches from the queue and syncs the current Salesforce state of each record.
+
+    Records are re-read with one queryAll per chunk of ids (chunked by encoded URI length), so
+    deleted rows come back with IsDeleted and rows gone for good are missing; both follow the
+    object's delete policy. With a configured filter the ids are read with the filter; an id the
+    filtered read misses is read again without it, and a record that exists but no longer
+    matches the filter is acknowledged as skipped, not deleted: the filter decides what gets
+    synced, not what gets removed from Iterable.
+
+    Objects with `fan_out` (Account → Contact) enqueue their children (source `fanout`, keyset
+    paged, any number); an object that writes no users is acknowledged once that is done.
+    """
+
+    def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
+                 pipeline: SyncPipeline, metrics: Metrics, owner: str,
+                 clock: Callable[[], float] = time.time, backoff: Backoff | None = None,
+                 shutdown_grace_s: float = 10.0) -> None:
+        self.config = config
+        self.store = store
+        self.salesforce = salesforce
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.owner = owner
+        self.clock = clock
+        self.backoff = backoff or backoff_from(config)
+        self.shutdown_grace_s = shutdown_grace_s
+        self._uri_prefix = f"{salesforce.data_path}/queryAll?q="
+
+    # -- one step ----------------------------------------------------------------------------
+
+    async def flush_once(self) -> FlushResult:
+        """Lease one batch, read, sync and settle it; on cancellation release what is left."""
+        leases = await self.store.lease(
+            self.owner, self.config.flush.batch_ids, self.config.queue.lease_s, self.clock(),
+            objects=list(self.config.objects), max_attempts=self.backoff.max_attempts)
+        result = FlushResult(leased=len(leases))
+        if not leases:
+            return result
+        pending = {(lease.object_name, lease.record_id): lease for lease in leases}
+        try:
+            by_object: dict[str, list[Lease]] = defaultdict(list)
+            for lease in leases:
+                by_object[lease.object_name].append(lease)
+            for object_name, group in by_object.items():
+                try:
+                    await self._flush_object(object_name, group, pending, result)
+                except RetriableError as exc:
+                    await self._retry(group, exc, pending, result)
+        except asyncio.CancelledError:
+            result.released += await asyncio.shield(self.store.release(list(pending.values())))
+            raise
+        if pending:  # a bug, not a fault: never leave a leased row unsettled
+            await self._retry(list(pending.values()), RetriableError("left unsettled"),
+                              pending, result)
+        return result
+
+    async def _flush_object(self, object_name: str, leases: Sequence[Lease],
+                            pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
+        obj = self.config.objects[object_name]
+        ids = [lease.record_id for lease in leases]
+        bad = [lease for lease in leases if not is_valid_id(lease.record_id)]
+        if bad:
+            await self._settle(object_name, SyncOutcome(dead={
+                lease.record_id: ("invalid_id", "not a Salesforce record id") for lease in bad}),
+                pending, result)
+            ids = [i for i in ids if is_valid_id(i)]
+        live, deleted, filtered = await self._read(object_name, obj, ids)
+        outcome = SyncOutcome()
+        if live and obj.writes_users:
+            outcome = await self.pipeline.sync_records(object_name, live, source="flush")
+        elif live:
+            outcome.skipped.extend(to_18(r["Id"]) for r in live)
+        if obj.fan_out and live:
+            result.fanned_out += await self._fan_out(obj, [to_18(r["Id"]) for r in live])
+        if deleted:
+            gone = await self.pipeline.sync_deleted(object_name, deleted, source="flush")
+            _merge(outcome, gone)
+        outcome.skipped.extend(filtered)
+        await self._settle(object_name, outcome, pending, result)
+
+    async def _read(self, object_name: str, obj: ObjectConfig, ids: Sequence[str]
+                    ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        """(live records, deleted or missing ids, ids that exist but fail the filter)."""
+        mapping = self.pipeline.mappings.get(object_name)
+        fields = (mapping.soql_fields("IsDeleted", "SystemModstamp") if mapping is not None
+                  else ["Id", "IsDeleted"])
+        rows = await self._query_ids(object_name, fields, ids, obj.safe_filter)
+        missing = [i for i in ids if to_18(i) not in rows]
+        filtered: list[str] = []
+        if missing and obj.safe_filter is not None:
+            exists = await self._query_ids(object_name, ["Id", "IsDeleted"], missing, None)
+            filtered = [i for i in missing if to_18(i) in exists
+                        and not exists[to_18(i)].get("IsDeleted")]
+            for i in missing:
+                row = exists.get(to_18(i))
+                if row is not None and row.get("IsDeleted"):
+                    rows[to_18(i)] = row
+            if filtered:
+                log.info("flusher.filtered_out", object=object_name, records=len(filtered))
+        live = [r for r in rows.values() if not r.get("IsDeleted")]
+        deleted = [i for i in ids if i not in filtered
+                   and (to_18(i) not in rows or rows[to_18(i)].get("IsDeleted"))]
+        return live, deleted, filtered
+
+    async def _query_ids(self, object_name: str, fields: Sequence[str], ids: Sequence[str],
+                         where: Any) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        if not ids:
+            return rows
+        for soql in select_by_ids_chunked(object_name, fields, ids, self._uri_prefix, where):
+            async for page in self.salesforce.query_all(soql):
+                for record in page.records:
+                    rows[to_18(record["Id"])] = record
+        return rows
+
+    async def _fan_out(self, obj: ObjectConfig, parent_ids: Sequence[str]) -> int:
+        """Enqueue every child of these parents, page by page; returns how many."""
+        queued = 0
+        for fan in obj.fan_out:
+            for start in range(0, len(parent_ids), PARENT_IDS_PER_QUERY):
+                parents = parent_ids[start:start + PARENT_IDS_PER_QUERY]
+                after: str | None = None
+                while True:
+                    soql = select_children(fan.object, fan.via, parents, after_id=after,
+                                           limit=FANOUT_PAGE)
+                    children = [to_18(r["Id"]) async for r in self.salesforce.records(soql)]
+                    if children:
+                        queued += await self.store.enqueue(
+                            [QueueInput(fan.object, c) for c in children], self.clock(),
+                            "fanout")
+                    if len(children) < FANOUT_PAGE:
+                        break
+                    after = children[-1]
+        if queued:
+            log.info("flusher.fan_out", records=queued)
+        return queued
+
+    # -- settling ----------------------------------------------------------------------------
+
+    async def _settle(self, object_name: str, outcome: SyncOutcome,
+                      pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
+        def take(ids: Sequence[str]) -> list[Lease]:
+            found = []
+            for record_id in ids:
+                lease = pending.pop((object_name, record_id), None)
+                if lease is None and is_valid_id(record_id):
+                    lease = pending.pop((object_name, to_18(record_id)), None)
+                if lease is not None:
+                    found.append(lease)
+            return found
+
+        now = self.clock()
+        synced = take(outcome.synced)
+        done = synced + take(outcome.skipped)
+        if done:
+            await asyncio.shield(self.store.ack(done))
+        for lease in synced:
+            if lease.commit_ts_ms is not None:
+                self.metrics.commit_to_iterable_s.observe(
+                    max(0.0, now - lease.commit_ts_ms / 1000.0))
+        failures = []
+        for record_id, (reason, detail) in outcome.dead.items():
+            for lease in take([record_id]):
+                failures.append(Failure(lease, reason, detail))
+                self.metrics.dead_lettered.labels(reason).inc()
+        if failures:
+            await asyncio.shield(self.store.dead_letter_each(failures, now))
+        result.synced += len(synced)
+        result.skipped += len(done) - len(synced)
+        result.dead += len(failures)
+        by_error: dict[int, tuple[RetriableError, list[str]]] = {}
+        for record_id, error in outcome.retry.items():
+            by_error.setdefault(id(error), (error, []))[1].append(record_id)
+        for error, ids in by_error.values():
+            await self._retry(take(ids), error, pending, result)
+
+    async def _retry(self, leases: Sequence[Lease], error: RetriableError,
+                     pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
+        for lease in leases:
+            pending.pop((lease.object_name, lease.record_id), None)
+        if not leases:
+            return
+        log.warning("flusher.retry_later", records=len(leases), error=type(error).__name__)
+        settled = await asyncio.shield(self.store.retry_later(
+            leases, str(error), self.clock(), self.backoff, error.retry_after_s))
+        result.retried += settled.retried
+        result.dead += settled.dead_lettered
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """`flush.concurrency` loops until `stop`; then in-flight batches get `shutdown_grace_s`
+        to finish before they are cancelled and their leases released. A FatalError in any
+        loop stops them all and is raised here."""
+        loops = [asyncio.create_task(self._loop(stop, n), name=f"flusher-{self.owner}-{n}")
+                 for n in range(self.config.flush.concurrency)]
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(loops, timeout=self.shutdown_grace_s)
+        finally:
+            stopped.cancel()
+            late = [task for task in loops if not task.done()]
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        log.info("flusher.stopped", owner=self.owner, cancelled=len(late))
+        for task in loops:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+
+    async def _loop(self, stop: asyncio.Event, n: int) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                result = await self.flush_once()
+                failures = 0
+            except FatalError:
+                stop.set()
+                raise
+            except Exception as exc:  # noqa: BLE001 - a loop never dies on a bad batch
+                failures += 1
+                delay = self.backoff.delay_s(failures, getattr(exc, "retry_after_s", None))
+                log.warning("flusher.error", loop=n, error=type(exc).__name__,
+                            message=str(exc)[:200], delay_s=round(delay, 3))
+                await _wait(stop, max(delay, 0.05))
+                continue
+            if result.idle:
+                await _wait(stop, self.config.flush.linger_ms / 1000.0)
+
+
+async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
+    """Sleep up to `timeout_s`, waking as soon as `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout_s)
+
+
+def _merge(into: SyncOutcome, other: SyncOutcome) -> None:
+    into.synced.extend(other.synced)
+    into.skipped.extend(other.skipped)
+    into.dead.update(other.dead)
+    into.retry.update(other.retry)
+    into.requests += other.requests
+    into.rate_limited += other.rate_limited

@@ -1,0 +1,320 @@
+"""map → skip unchanged → batch → write → identities: the stage shared by flusher and backfill."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.store import Identity, IdentityUpdate, Store
+from streamsync.config import Config
+from streamsync.core.batching import cut_batches
+from streamsync.core.ids import is_valid_id, to_18
+from streamsync.core.mapping import CompiledMapping, payload_hash
+from streamsync.errors import ConfigError, RecordError, RetriableError
+from streamsync.logs import get_logger
+from streamsync.models import MappedUser
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.writer import IterableWriter, WriteOutcome
+
+log = get_logger(__name__)
+
+DUPLICATE_ORDER_FIELDS = ("SystemModstamp", "LastModifiedDate")
+"""Record fields (when selected) that decide which of two records with one identifier wins."""
+
+
+@dataclass
+class SyncOutcome:
+    """Per record id: synced, skipped as unchanged, dead (never retry as is), or retry later."""
+
+    synced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    dead: dict[str, tuple[str, str]] = field(default_factory=dict)
+    retry: dict[str, RetriableError] = field(default_factory=dict)
+    requests: int = 0
+    rate_limited: int = 0
+
+    def absorb(self, written: WriteOutcome) -> None:
+        """Take a writer's per-user results (by Salesforce id) and counters."""
+        self.synced.extend(u.sf_id for u in written.synced)
+        for user, reason, detail in written.dead:
+            self.dead[user.sf_id] = (reason, detail)
+        for user, error in written.retry:
+            self.retry[user.sf_id] = error
+        self.requests += written.requests
+        self.rate_limited += written.rate_limited
+
+
+def _order_key(record: dict[str, Any]) -> tuple[str, str]:
+    stamp = next((str(record[f]) for f in DUPLICATE_ORDER_FIELDS if record.get(f)), "")
+    return stamp, str(record.get("Id", ""))
+
+
+class SyncPipeline:
+    """Turns Salesforce records of one object into confirmed Iterable profile writes.
+
+    Duplicate identifiers in one call (two records mapping to one email or userId) are resolved
+    on purpose: the most recently modified record (SystemModstamp, then Id) is written and the
+    others are skipped with a `pipeline.duplicate_identifier` log line. A converted Lead is not
+    written when the configured precedence is `contact` (the Contact it became owns the
+    profile), and its identity is dropped so its later deletion cannot touch that profile.
+    """
+
+    def __init__(self, *, config: Config, store: Store, iterable: IterableClient,
+                 limiter: RateLimiter | None, metrics: Metrics,
+                 mappings: dict[str, CompiledMapping],
+                 clock: Callable[[], float] = time.time,
+                 writer: IterableWriter | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.iterable = iterable
+        self.metrics = metrics
+        self.mappings = mappings
+        self.clock = clock
+        self.writer = writer or IterableWriter(
+            iterable, limiter=limiter, max_in_flight=config.iterable.max_in_flight,
+            envelope=config.iterable.bulk_envelope())
+
+    # -- records that exist ------------------------------------------------------------------
+
+    def _mapping(self, object_name: str) -> CompiledMapping:
+        mapping = self.mappings.get(object_name)
+        if mapping is None:
+            raise ConfigError(f"objects.{object_name}: no mapping compiled for this object "
+                              "(it does not write Iterable users)")
+        return mapping
+
+    def _with_flag_cleared(self, object_name: str, user: MappedUser) -> MappedUser:
+        """With delete_policy = flag, every live record's payload sets the flag to false, so an
+        undeleted record's profile is unflagged."""
+        obj = self.config.objects[object_name]
+        if obj.delete_policy != "flag":
+            return user
+        payload = {**user.payload, "dataFields": _set_path(
+            dict(user.payload.get("dataFields") or {}),
+            obj.delete_flag_field.split(".")[1:], False)}
+        return replace(user, payload=payload, payload_hash=payload_hash(payload))
+
+    def _map_all(self, object_name: str, records: Sequence[dict[str, Any]], out: SyncOutcome,
+                 converted: list[str]) -> list[MappedUser]:
+        mapping = self._mapping(object_name)
+        contact_first = (object_name == "Lead"
+                         and self.config.converted_precedence() == "contact")
+        winners: dict[str, tuple[tuple[str, str], MappedUser]] = {}
+        for record in records:
+            raw_id = record.get("Id")
+            if not is_valid_id(raw_id):
+                log.warning("pipeline.record_without_id", object=object_name)
+                continue
+            sf_id = to_18(raw_id)
+            if contact_first and record.get("IsConverted") and record.get("ConvertedContactId"):
+                converted.append(sf_id)
+                out.skipped.append(sf_id)
+                continue
+            mapped = mapping.map_or_error(record)
+            if isinstance(mapped, RecordError):
+                out.dead[sf_id] = (mapped.reason, mapped.detail or str(mapped))
+                continue
+            mapped = self._with_flag_cleared(object_name, mapped)
+            order = _order_key(record)
+            held = winners.get(mapped.key)
+            if held is not None:
+                loser, winner = (held, (order, mapped)) if held[0] < order else ((order, mapped),
+                                                                                 held)
+                log.warning("pipeline.duplicate_identifier", object=object_name,
+                            kept=winner[1].sf_id, skipped=loser[1].sf_id)
+                out.skipped.append(loser[1].sf_id)
+                winners[mapped.key] = winner
+                continue
+            winners[mapped.key] = (order, mapped)
+        return [user for _, user in winners.values()]
+
+    async def sync_records(self, object_name: str, records: Sequence[dict[str, Any]], *,
+                           source: str, force: bool = False) -> SyncOutcome:
+        """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
+        batches by count and bytes, attribute per-user failures, save confirmed identities."""
+        out = SyncOutcome()
+        converted: list[str] = []
+        users = self._map_all(object_name, records, out, converted)
+        if converted:
+            await self.store.forget_identity(object_name, converted)
+        known = await self.store.identities(object_name, [u.sf_id for u in users])
+        bulk: list[MappedUser] = []
+        moves: list[tuple[MappedUser, str]] = []
+        for user in users:
+            ident = known.get(user.sf_id)
+            if ident is not None and not force and ident.payload_hash == user.payload_hash:
+                out.skipped.append(user.sf_id)
+                continue
+            old = ident.iterable_email if ident is not None else None
+            if old is not None and user.email is not None and old.lower() != user.email:
+                if self.config.iterable.project_type == "hybrid" and user.user_id is not None:
+                    bulk.append(_email_in_data_fields(user))
+                elif self.config.iterable.project_type != "userId":
+                    moves.append((user, old))
+                    continue
+                else:
+                    bulk.append(user)
+                log.info("pipeline.email_change", object=object_name, record_id=user.sf_id)
+                continue
+            bulk.append(user)
+        batches, too_large = cut_batches(bulk, self.config.iterable.batch_max_users,
+                                         self.config.iterable.batch_max_bytes,
+                                         self.config.iterable.bulk_envelope())
+        for user, exc in too_large:
+            out.dead[user.sf_id] = (exc.reason, exc.detail)
+        written = await self.writer.write(batches)
+        for user, old in moves:
+            written.extend(await self._move_email(user, old))
+        out.absorb(written)
+        originals = {u.sf_id: u for u in users}
+        await self.store.save_identities(
+            [IdentityUpdate(object_name, u.sf_id, originals[u.sf_id].email,
+                            originals[u.sf_id].user_id, originals[u.sf_id].payload_hash)
+             for u in written.synced], self.clock())
+        self._count(object_name, out, source)
+        return out
+
+    async def _move_email(self, user: MappedUser, old_email: str) -> WriteOutcome:
+        """Email-based project: updateEmail keeps the profile, then the update goes by the single
+        path too (Iterable does not order bulk and single-user writes of one user)."""
+        out = WriteOutcome()
+        assert user.email is not None
+        try:
+            await self.writer.call(
+                lambda: self.iterable.update_email(user.email or "", current_email=old_email),
+                out)
+        except RetriableError as exc:
+            out.retry.append((user, exc))
+            return out
+        except RecordError as exc:
+            if exc.reason != "not_found":
+                out.dead.append((user, exc.reason, exc.detail or str(exc)))
+                return out
+            log.info("pipeline.email_change_no_profile", object=user.object_name,
+                     record_id=user.sf_id)
+        out.extend(await self.writer.update_single(user))
+        return out
+
+    # -- records that are gone ---------------------------------------------------------------
+
+    async def sync_deleted(self, object_name: str, record_ids: Sequence[str], *,
+                           source: str) -> SyncOutcome:
+        """Apply the object's delete policy (delete / flag / ignore) using the identity table.
+
+        A profile another synced record still maps to (the same email) is left alone; only
+        this record's identity is forgotten.
+        """
+        out = SyncOutcome()
+        obj = self.config.objects[object_name]
+        ids = [to_18(i) for i in record_ids]
+        known = await self.store.identities(object_name, ids)
+        out.skipped.extend(i for i in ids if i not in known)
+        if obj.delete_policy == "ignore" or not obj.writes_users:
+            out.skipped.extend(i for i in ids if i in known)
+            self._count(object_name, out, source)
+            return out
+        acting: list[Identity] = []
+        shared: list[str] = []
+        for ident in known.values():
+            if ident.iterable_email and await self._shared(ident):
+                shared.append(ident.record_id)
+            else:
+                acting.append(ident)
+        if shared:
+            log.info("pipeline.delete_shared_profile", object=object_name, records=len(shared))
+            await self.store.forget_identity(object_name, shared)
+            out.skipped.extend(shared)
+        if obj.delete_policy == "delete":
+            written = await self._delete_users(acting)
+            await self.store.forget_identity(object_name, [u.sf_id for u in written.synced])
+        else:
+            written = await self._flag_users(object_name, acting, obj.delete_flag_field)
+        out.absorb(written)
+        self._count(object_name, out, source)
+        return out
+
+    async def _shared(self, ident: Identity) -> bool:
+        assert ident.iterable_email is not None
+        owners = await self.store.find_by_email(ident.iterable_email)
+        return any((o.object_name, o.record_id) != (ident.object_name, ident.record_id)
+                   for o in owners)
+
+    async def _delete_users(self, idents: Sequence[Identity]) -> WriteOutcome:
+        out = WriteOutcome()
+        by_user_id = self.config.iterable.project_type == "userId"
+        for ident in idents:
+            user = MappedUser(ident.object_name, ident.record_id, ident.iterable_email,
+                              ident.iterable_user_id, {}, "")
+            email = None if by_user_id else ident.iterable_email
+            user_id = ident.iterable_user_id if email is None else None
+            if email is None and user_id is None:
+                out.synced.append(user)  # nothing Iterable could know it by
+                continue
+            try:
+                await self.writer.call(partial(self.iterable.delete_user, email=email,
+                                               user_id=user_id), out)
+            except RetriableError as exc:
+                out.retry.append((user, exc))
+            except RecordError as exc:
+                out.dead.append((user, exc.reason, exc.detail or str(exc)))
+            else:
+                out.synced.append(user)
+        return out
+
+    async def _flag_users(self, object_name: str, idents: Sequence[Identity],
+                          flag_field: str) -> WriteOutcome:
+        mapping = self.mappings.get(object_name)
+        out = WriteOutcome()
+        users: list[MappedUser] = []
+        for ident in idents:
+            if mapping is None:
+                continue
+            try:
+                users.append(mapping.flag_user(ident.record_id, ident.iterable_email,
+                                               ident.iterable_user_id, flag_field))
+            except RecordError as exc:
+                out.dead.append((MappedUser(object_name, ident.record_id, None, None, {}, ""),
+                                 exc.reason, exc.detail))
+        batches, too_large = cut_batches(users, self.config.iterable.batch_max_users,
+                                         self.config.iterable.batch_max_bytes,
+                                         self.config.iterable.bulk_envelope())
+        out.dead.extend((u, exc.reason, exc.detail) for u, exc in too_large)
+        out.extend(await self.writer.write(batches))
+        await self.store.save_identities(
+            [IdentityUpdate(object_name, u.sf_id, u.email, u.user_id, u.payload_hash)
+             for u in out.synced], self.clock())
+        return out
+
+    def _count(self, object_name: str, out: SyncOutcome, source: str) -> None:
+        self.metrics.records_synced.labels(object_name).inc(len(out.synced))
+        self.metrics.records_skipped.labels(object_name).inc(len(out.skipped))
+        if out.rate_limited:
+            self.metrics.iterable_429s.inc(out.rate_limited)
+        if out.dead or out.retry:
+            log.info("pipeline.outcome", object=object_name, source=source,
+                     synced=len(out.synced), skipped=len(out.skipped), dead=len(out.dead),
+                     retry=len(out.retry))
+
+
+def _set_path(node: dict[str, Any], keys: Sequence[str], value: Any) -> dict[str, Any]:
+    """A copy of `node` with `value` set at the nested `keys` (intermediate dicts copied)."""
+    out = dict(node)
+    if len(keys) == 1:
+        out[keys[0]] = value
+        return out
+    child = out.get(keys[0])
+    out[keys[0]] = _set_path(dict(child) if isinstance(child, dict) else {}, keys[1:], value)
+    return out
+
+
+def _email_in_data_fields(user: MappedUser) -> MappedUser:
+    """Hybrid projects change a known user's email via `dataFields.email` with its userId."""
+    payload = {k: v for k, v in user.payload.items() if k != "email"}
+    payload["dataFields"] = {**(payload.get("dataFields") or {}), "email": user.email}
+    return replace(user, payload=payload)
+

@@ -1,0 +1,226 @@
+"""The Iterable write stage: bulk batches with retries, splitting, poison isolation, attribution."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from streamsync.adapters.iterable import (
+    BatchError,
+    BatchTooLarge,
+    BulkResult,
+    IterableClient,
+)
+from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.core.batching import Batch, BatchCutter
+from streamsync.errors import RateLimited, RecordError, RetriableError
+from streamsync.logs import get_logger
+from streamsync.models import DeadLetterReason, MappedUser
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+SINGLE_CALL_MAX_USERS = 4
+"""A rejected group this small is isolated with single-user calls instead of more halving."""
+
+
+@dataclass
+class WriteOutcome:
+    """What Iterable did with a set of users; every user given lands in exactly one list."""
+
+    synced: list[MappedUser] = field(default_factory=list)
+    dead: list[tuple[MappedUser, str, str]] = field(default_factory=list)  # user, reason, detail
+    retry: list[tuple[MappedUser, RetriableError]] = field(default_factory=list)
+    requests: int = 0
+    rate_limited: int = 0
+
+    def extend(self, other: WriteOutcome) -> None:
+        """Add another outcome's users and counters to this one."""
+        self.synced.extend(other.synced)
+        self.dead.extend(other.dead)
+        self.retry.extend(other.retry)
+        self.requests += other.requests
+        self.rate_limited += other.rate_limited
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """In-call retries of transient Iterable faults before records go back to the queue."""
+
+    attempts: int = 3
+    base_s: float = 0.2
+    max_s: float = 5.0
+    rand: Callable[[], float] = field(default=random.random, compare=False)
+
+    def delay_s(self, attempt: int, retry_after_s: float | None) -> float:
+        """Full-jitter exponential delay after `attempt` failures, at least the Retry-After."""
+        delay = self.rand() * min(self.max_s, self.base_s * 2.0 ** max(attempt - 1, 0))
+        return max(delay, retry_after_s or 0.0)
+
+
+def attribute_failures(users: Sequence[MappedUser], result: BulkResult
+                       ) -> tuple[list[MappedUser], list[tuple[MappedUser, str, str]]]:
+    """Split a 200 reply's users into confirmed and failed (reason, detail), by email/userId.
+
+    Every user sent under a failed identifier fails (duplicates in one batch included); the
+    email moved through `dataFields.email` (hybrid email change) is checked too.
+    """
+    ok: list[MappedUser] = []
+    failed: list[tuple[MappedUser, str, str]] = []
+    if not result.failures:
+        return list(users), failed
+    for user in users:
+        reason = result.reason_for(email=user.email, user_id=user.user_id)
+        data = user.payload.get("dataFields")
+        moved = data.get("email") if isinstance(data, dict) else None
+        if reason is None and isinstance(moved, str):
+            reason = result.reason_for(email=moved)
+        if reason is None:
+            ok.append(user)
+        else:
+            failed.append((user, reason, f"iterable bulkUpdate reported {user.key!r} as "
+                                         f"{reason}"))
+    return ok, failed
+
+
+class IterableWriter:
+    """Sends pre-cut batches to bulkUpdate with at most `max_in_flight` requests outstanding.
+
+    Transient faults (429, 5xx, timeouts, network) are retried in place per `policy`, honouring
+    Retry-After, then handed back as `retry`. A batch that is too large is halved. A batch
+    rejected whole (type mismatch or another 400) is bisected, small remainders sent with
+    single-user calls, so only the offending users are dead-lettered. When `iterable` has no
+    `bulk_limiter` of its own, the shared `limiter` gates every bulk request here.
+    """
+
+    def __init__(self, iterable: IterableClient, *, limiter: RateLimiter | None = None,
+                 max_in_flight: int = 4, policy: RetryPolicy | None = None,
+                 envelope: dict[str, Any] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self.iterable = iterable
+        self.limiter = limiter if iterable.bulk_limiter is None else None
+        self.policy = policy or RetryPolicy()
+        self.envelope = dict(envelope or {})
+        self._gate = asyncio.Semaphore(max_in_flight)
+        self._sleep = sleep
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def write(self, batches: Sequence[Batch]) -> WriteOutcome:
+        """Send every batch (concurrently, bounded); the combined outcome."""
+        parts = await asyncio.gather(*(self.write_batch(b) for b in batches))
+        total = WriteOutcome()
+        for part in parts:
+            total.extend(part)
+        return total
+
+    async def write_batch(self, batch: Batch) -> WriteOutcome:
+        """Send one batch and settle each of its users."""
+        out = WriteOutcome()
+        await self._send(batch.users, batch.body, out)
+        return out
+
+    async def update_single(self, user: MappedUser) -> WriteOutcome:
+        """POST /api/users/update for one user, with the same retry and outcome rules."""
+        out = WriteOutcome()
+        await self._single(user, out)
+        return out
+
+    async def call(self, fn: Callable[[], Awaitable[T]], out: WriteOutcome) -> T:
+        """Run one Iterable call with in-place retries of transient faults (counted in `out`).
+        Raises the last RetriableError once the attempts are spent; other errors pass."""
+        attempt = 0
+        while True:
+            attempt += 1
+            out.requests += 1
+            try:
+                return await fn()
+            except RetriableError as exc:
+                if isinstance(exc, RateLimited):
+                    out.rate_limited += 1
+                if attempt >= self.policy.attempts:
+                    raise
+                delay = self.policy.delay_s(attempt, exc.retry_after_s)
+                log.warning("writer.retry", attempt=attempt, delay_s=round(delay, 3),
+                            error=type(exc).__name__)
+                await self._sleep(delay)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _bulk(self, body: bytes) -> BulkResult:
+        async with self._gate:
+            if self.limiter is None:
+                return await self.iterable.bulk_update(body)
+            async with self.limiter.slot():
+                try:
+                    return await self.iterable.bulk_update(body)
+                except RateLimited as exc:
+                    self.limiter.on_rate_limited(exc.retry_after_s)
+                    raise
+
+    def _body(self, users: Sequence[MappedUser]) -> bytes:
+        cutter = BatchCutter(max_users=len(users), max_bytes=2**62, envelope=self.envelope)
+        for user in users:
+            cutter.add(user)
+        batch = cutter.flush()
+        assert batch is not None
+        return batch.body
+
+    async def _send(self, users: Sequence[MappedUser], body: bytes | None,
+                    out: WriteOutcome) -> None:
+        if not users:
+            return
+        payload = body if body is not None else self._body(users)
+        try:
+            result = await self.call(lambda: self._bulk(payload), out)
+        except RetriableError as exc:
+            out.retry.extend((u, exc) for u in users)
+            return
+        except BatchTooLarge as exc:
+            if len(users) == 1:
+                out.dead.append((users[0], DeadLetterReason.TOO_LARGE, exc.msg))
+                return
+            log.info("writer.split", users=len(users), reason="too_large")
+            await self._halves(users, out)
+            return
+        except BatchError as exc:
+            await self._isolate(users, exc, out)
+            return
+        ok, failed = attribute_failures(users, result)
+        out.synced.extend(ok)
+        out.dead.extend(failed)
+
+    async def _halves(self, users: Sequence[MappedUser], out: WriteOutcome) -> None:
+        mid = len(users) // 2
+        await self._send(users[:mid], None, out)
+        await self._send(users[mid:], None, out)
+
+    async def _isolate(self, users: Sequence[MappedUser], exc: BatchError,
+                       out: WriteOutcome) -> None:
+        """A whole-batch rejection: find the users that cause it."""
+        log.info("writer.isolate", users=len(users), code=exc.code)
+        if len(users) <= SINGLE_CALL_MAX_USERS:
+            for user in users:
+                await self._single(user, out)
+            return
+        await self._halves(users, out)
+
+    async def _single(self, user: MappedUser, out: WriteOutcome) -> None:
+        data = orjson.dumps(user.payload)
+        try:
+            await self.call(lambda: self.iterable.update_user(orjson.loads(data)), out)
+        except RetriableError as exc:
+            out.retry.append((user, exc))
+        except RecordError as exc:
+            out.dead.append((user, exc.reason, exc.detail or str(exc)))
+        else:
+            out.synced.append(user)
+
