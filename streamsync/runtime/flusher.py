@@ -69,7 +69,7 @@ class Flusher:
     def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
                  pipeline: SyncPipeline, metrics: Metrics, owner: str,
                  clock: Callable[[], float] = time.time, backoff: Backoff | None = None,
-                 shutdown_grace_s: float = 10.0) -> None:
+                 shutdown_grace_s: float = 10.0, fanout_page: int = FANOUT_PAGE) -> None:
         self.config = config
         self.store = store
         self.salesforce = salesforce
@@ -79,6 +79,7 @@ class Flusher:
         self.clock = clock
         self.backoff = backoff or backoff_from(config)
         self.shutdown_grace_s = shutdown_grace_s
+        self.fanout_page = fanout_page
         self._uri_prefix = f"{salesforce.data_path}/queryAll?q="
 
     # -- one step ----------------------------------------------------------------------------
@@ -177,13 +178,13 @@ class Flusher:
                 after: str | None = None
                 while True:
                     soql = select_children(fan.object, fan.via, parents, after_id=after,
-                                           limit=FANOUT_PAGE)
+                                           limit=self.fanout_page)
                     children = [to_18(r["Id"]) async for r in self.salesforce.records(soql)]
                     if children:
                         queued += await self.store.enqueue(
                             [QueueInput(fan.object, c) for c in children], self.clock(),
                             "fanout")
-                    if len(children) < FANOUT_PAGE:
+                    if len(children) < self.fanout_page:
                         break
                     after = children[-1]
         if queued:
