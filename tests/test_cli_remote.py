@@ -4,6 +4,7 @@ timestamp, run. The emulators run in this process; the CLI runs as a real subpro
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import sys
 import time
@@ -172,3 +173,52 @@ async def test_replay_from_timestamp_needs_secrets(
         "replay", "--config", str(config), "--channel", "/data/LeadChangeEvent",
         "--from", "2026-01-01", env=clean_env())
     assert code == 2 and "STREAMSYNC_SF_CLIENT_SECRET" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- run
+
+
+async def _read_until(stream: asyncio.StreamReader, event: str, seen: list[str]) -> None:
+    """Read JSON log lines until one has `event` (the service logs JSON off a terminal)."""
+    while True:
+        line = await stream.readline()
+        if not line:
+            raise AssertionError(f"stderr closed before {event!r}:\n" + "".join(seen))
+        text = line.decode()
+        seen.append(text)
+        try:
+            record = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("event") == event:
+            return
+
+
+@pytest.mark.salesforce(long_poll_s=0.5)
+async def test_run_serves_until_sigterm_and_status_works_meanwhile(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+        tmp_path: Path) -> None:
+    pytest.importorskip("streamsync.runtime.app", reason="runtime/app.py (the lead's) not there")
+    config = emulator_config(tmp_path, sf_emulator, iterable_emulator)
+    env = emulator_env(sf_emulator, iterable_emulator)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamsync", "run", "--config", str(config), env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        await asyncio.wait_for(_read_until(proc.stderr, "service.ready", seen), TIMEOUT_S)
+        code, out, err = await run_cli("status", "--config", str(config), "--json", env=env)
+        assert code == 0, err
+        channels = {c["channel"] for c in orjson.loads(out)["channels"]}
+        assert "/data/LeadChangeEvent" in channels
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(_read_until(proc.stderr, "service.stopped", seen), TIMEOUT_S)
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT_S) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    logs = "".join(seen)
+    assert sf_emulator.client_secret not in logs and iterable_emulator.api_key not in logs
