@@ -28,6 +28,10 @@ log = get_logger(__name__)
 PENDING_PREFIX = "reconcile_pending:"
 """Store meta key prefix (`reconcile_pending:<object>`) of a reconciliation not yet finished."""
 
+UNANCHORED_PREFIX = "unanchored_since:"
+"""Store meta key prefix (`unanchored_since:<channel>`): epoch ms since when the channel has been
+subscribed with -1 and no replay id stored, so a resubscribe cannot replay what it missed."""
+
 Message = dict[str, Any]
 
 
@@ -102,7 +106,9 @@ class ReplayCallbacks:
         self.ingest: Ingest | None = None
 
     async def replay_from(self, channel: str) -> ReplayId | None:
-        """The stored replay id of `channel` (None: nothing stored)."""
+        """The stored replay id of `channel` (None: nothing stored); see `Ingest.replay_from`."""
+        if self.ingest is not None:
+            return await self.ingest.replay_from(channel)
         state = await self._store.get_replay(channel)
         return None if state is None else state.replay_id
 
@@ -158,6 +164,7 @@ class Ingest:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
+        self._unanchored: set[str] = set()
         self.stats = IngestStats()
         if callbacks is not None:
             callbacks.ingest = self
@@ -172,9 +179,33 @@ class Ingest:
         )
 
     async def replay_from(self, channel: str) -> ReplayId | None:
-        """The stored replay id of `channel` (the subscriber's `replay_from`)."""
+        """The stored replay id of `channel` (the subscriber's `replay_from`, called on every
+        (re)subscribe).
+
+        With no id stored the subscription starts at -1 (new events only), and nothing can
+        replay what a later resubscribe missed (an unknown client, a silent subscription, a
+        dropped session before the first event was stored). So the time of such a subscribe is
+        kept in the store, and a resubscribe that still finds no id stored owes a
+        reconciliation of the channel's objects from that time."""
+        now = self._clock()
         state = await self._store.get_replay(channel)
-        return None if state is None else state.replay_id
+        key = UNANCHORED_PREFIX + channel
+        if state is not None and state.replay_id is not None:
+            if channel in self._unanchored:
+                self._unanchored.discard(channel)
+                await self._store.set_meta(key, "", now)
+            return state.replay_id
+        since = await self._store.get_meta(key)
+        if since:
+            since_ms = int(since) if since.isdigit() else None
+            log.warning("ingest.resubscribe_without_replay_id", channel=channel,
+                        since_ms=str(since_ms))
+            for name in self._reconciler.objects_for_channel(channel):
+                await self._schedule(name, since_ms, "resubscribe")
+                self._start_worker(name)
+        await self._store.set_meta(key, str(int(now * 1000)), now)
+        self._unanchored.add(channel)
+        return None
 
     async def handle_message(self, message: Message) -> None:
         """One step: parse, schedule any reconciliation durably, then store the ids and the
@@ -238,6 +269,9 @@ class Ingest:
                         since_ms=since_ms, objects=",".join(objects))
         for name in objects:
             await self._schedule(name, since_ms, "replay_invalid")
+        # The subscriber now resubscribes with -1: anchor a later resubscribe's catch-up here.
+        await self._store.set_meta(UNANCHORED_PREFIX + channel, str(int(now * 1000)), now)
+        self._unanchored.add(channel)
         await self._store.set_replay(channel, None, now)
         await self._store.note_error(
             "ingest", f"replay id {replay_id} of {channel} is no longer retained; "
