@@ -238,7 +238,7 @@ def _render_check(report: CheckReport) -> str:
         lines.append(f"\n{len(report.problems)} problem(s):")
         lines.append(table(["where", "path", "problem"],
                            [[p.subject or p.component, p.path, p.message]
-                            for p in report.problems]))
+                            for p in report.problems], max_cell=None))
     else:
         lines.append("configuration ok")
     return "\n".join(lines) + "\n"

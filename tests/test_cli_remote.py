@@ -63,6 +63,7 @@ async def test_check_config_passes_with_default_mappings(
     assert "configuration ok" in out
     assert "logged in with the client_credentials flow" in out
     assert "API key accepted" in out
+    assert "Lead: query ok, 12 record(s) in total" in out  # conftest's default seed
     assert sf_emulator.client_secret not in out + err
     assert iterable_emulator.api_key not in out + err
 
@@ -78,6 +79,9 @@ mapping = { Email = "email", FirstNme = "dataFields.firstName", "Ownr.Name" = "d
 [objects.Contact]
 mapping = { Email = "email", "Account.Nmae" = "dataFields.company" }
 
+[objects.Account]
+filter = "NumberOfEmployees = 'many'"
+
 [objects.Widget__c]
 mapping = { Email__c = "email" }
 """
@@ -91,8 +95,11 @@ mapping = { Email__c = "email" }
     found = {(p["subject"], p["path"]) for p in report["problems"]}
     assert {("Lead", "filter"), ("Lead", "mapping.FirstNme"), ("Lead", 'mapping."Ownr.Name"'),
             ("Contact", 'mapping."Account.Nmae"'), ("Widget__c", "(object)"),
-            ("api key", "iterable.base_url")} <= found, found
+            ("Account", "filter"), ("api key", "iterable.base_url")} <= found, found
     by_path = {p["path"]: p["message"] for p in report["problems"]}
+    account = [p for p in report["problems"] if p["subject"] == "Account"]
+    assert "Salesforce rejected the query" in account[0]["message"]
+    assert "NumberOfEmployees" in account[0]["message"]
     assert "did you mean FirstName?" in by_path["mapping.FirstNme"]
     assert "the API key was refused" in by_path["iterable.base_url"]
     assert f"{len(report['problems'])} problem(s) found" in err

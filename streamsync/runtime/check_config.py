@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,9 +11,10 @@ from pydantic import SecretStr
 
 from streamsync.adapters.http import NO_RETRY, Retry, UsageCounter, make_session
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.salesforce import SalesforceClient, SalesforceError
+from streamsync.adapters.salesforce import QueryError, SalesforceClient, SalesforceError
 from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.config import Config
+from streamsync.core import soql
 from streamsync.errors import ConfigError, StreamsyncError
 from streamsync.logs import get_logger
 
@@ -179,6 +180,36 @@ async def check_salesforce(
     if not findings:
         report.passed.append(f"mappings: {len(config.objects)} object(s) checked against "
                              f"{len(describes)} describe(s)")
+    failing = {p.subject for p in report.problems}
+    for name in config.objects:
+        if name not in failing:
+            await trial_query(config, salesforce, describes, name, report)
+
+
+async def trial_query(config: Config, salesforce: SalesforceClient,
+                      describes: Mapping[str, Mapping[str, Any]], name: str,
+                      report: CheckReport) -> None:
+    """Run the object's real select list and filter once (LIMIT 1) and count its records:
+    Salesforce itself then judges what describes cannot (a literal of the wrong type...)."""
+    obj = config.objects[name]
+    compiled = config.compiled(describes).get(name)
+    fields = compiled.soql_fields() if compiled is not None else ["Id"]
+    where = obj.safe_filter
+    path = "filter" if where is not None else "mapping"
+    try:
+        async for _page in salesforce.query(soql.keyset_page(name, fields, where=where, limit=1)):
+            pass
+        matching = await salesforce.count(soql.count(name, where))
+    except QueryError as exc:
+        report.problems.append(Problem("salesforce", name, path,
+                                       f"Salesforce rejected the query: {exc.error_code}: "
+                                       f"{exc.sf_message}"))
+        return
+    except StreamsyncError as exc:
+        report.problems.append(Problem("salesforce", name, path, str(exc)))
+        return
+    which = "match the filter" if where is not None else "in total"
+    report.passed.append(f"{name}: query ok, {matching} record(s) {which}")
 
 
 async def check_iterable(config: Config, iterable: IterableClient, report: CheckReport) -> None:

@@ -138,15 +138,19 @@ async def read_status(store: Store, config: Config | None, now: float,
 # ---------------------------------------------------------------- human output
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, max_chars: int | None) -> str:
     text = "-" if value is None or value == "" else str(value)
     text = " ".join(text.split())
-    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 3] + "..."
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    return text[: max_chars - 3] + "..."
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces, with a header underline."""
-    cells = [[_cell(v) for v in row] for row in rows]
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
+          max_cell: int | None = MAX_CELL_CHARS) -> str:
+    """Left-aligned columns separated by two spaces, with a header underline; cells longer
+    than `max_cell` characters are cut (None: never)."""
+    cells = [[_cell(v, max_cell) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
