@@ -10,7 +10,8 @@ Fixtures
 - `make_config(sf, it, tmp_path, **overrides) -> Config` (also as `config_for`): a validated
   Config via `parse_config` with client-credentials auth and secrets from a fake environment;
   each override replaces or (for dict sections such as `iterable=`, `flush=`, `objects=`) is
-  merged into the section of the same name. The queue lives at `tmp_path/streamsync.db`.
+  merged into the section of the same name (`objects=` per object name: Lead, Contact and
+  Account stay configured). The queue lives at `tmp_path/streamsync.db`.
 - `config`: `make_config(sf_emulator, iterable_emulator, tmp_path)`.
 - `store`: `Store.open(tmp_path/"streamsync.db")`, closed at teardown.
 - `clients`: a `Clients` bundle built from `config` (closed at teardown).
@@ -112,6 +113,7 @@ def build_config(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path,
                   "backoff_max_s": 0.05},
         "flush": {"linger_ms": 10},
         "health": {"enabled": False},
+        "objects": {"Lead": {}, "Contact": {}, "Account": {}},
     }
     env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
            "STREAMSYNC_ITERABLE_API_KEY": it.api_key}

@@ -1,0 +1,177 @@
+"""SyncPipeline and Flusher: email changes, duplicate identifiers, lead conversion, filters,
+shared profiles and shutdown, against both emulators over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from streamsync.core.ids import to_18
+from tests.conftest import SyncRig
+
+UPDATE_EMAIL = "POST /api/users/updateEmail"
+
+
+def _contact(rig: SyncRig, email: str, **values: Any) -> str:
+    return to_18(rig.sf.state.create("Contact", {"LastName": "Person", "Email": email,
+                                                 **values}))
+
+
+async def test_email_change_keeps_the_profile_in_email_projects(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    sf_id = _contact(rig, "old@example.com", FirstName="Grace")
+    await rig.enqueue("Contact", [sf_id])
+    await rig.drain()
+    before = rig.profiles()
+    rig.sf.state.update("Contact", sf_id, {"Email": "New@Example.com", "FirstName": "G."})
+    await rig.enqueue("Contact", [sf_id])
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    after = rig.profiles()
+    assert "old@example.com" not in after and len(after) == len(before)
+    assert after["new@example.com"]["dataFields"]["firstName"] == "G."
+    assert rig.it.state.count(UPDATE_EMAIL, 200) == 1
+    outcomes = [h["outcome"] for h in rig.it.state.history("new@example.com")]
+    assert outcomes == ["email changed", "updated"]  # the old profile, moved then updated
+    ident = (await rig.store.identities("Contact", [sf_id]))[sf_id]
+    assert ident.iterable_email == "new@example.com"
+
+
+@pytest.mark.iterable(project_type="hybrid")
+@pytest.mark.sync_config(objects={"Contact": {"identity": "both"}})
+async def test_email_change_in_hybrid_projects_goes_by_user_id(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    sf_id = _contact(rig, "before@example.com")
+    await rig.enqueue("Contact", [sf_id])
+    await rig.drain()
+    rig.sf.state.update("Contact", sf_id, {"Email": "after@example.com"})
+    await rig.enqueue("Contact", [sf_id])
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    profiles = rig.profiles()
+    assert "before@example.com" not in profiles
+    assert profiles["after@example.com"]["userId"] == sf_id
+    assert rig.it.state.count(UPDATE_EMAIL) == 0
+
+
+async def test_duplicate_emails_in_one_call_are_resolved_by_last_modified(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    first = _contact(rig, "shared@example.com", FirstName="First")
+    second = _contact(rig, "Shared@example.com", FirstName="Second")
+    rig.sf.state.update("Contact", first, {"Title": "touched later"})
+    records = {i: rig.sf.state.record("Contact", i) for i in (first, second)}
+    winner = max(records, key=lambda i: (str(records[i]["SystemModstamp"]), i))  # type: ignore
+    loser = second if winner == first else first
+    await rig.enqueue("Contact", [first, second])
+    result = await rig.drain()
+    assert (result.synced, result.skipped, result.dead) == (1, 1, 0)
+    data = rig.profiles()["shared@example.com"]["dataFields"]
+    assert data["sfContactId"] == winner
+    assert set(await rig.store.identities("Contact", [first, second])) == {winner}
+    assert loser not in {d.record_id for d in await rig.store.dead_letters()}
+
+
+async def test_converted_lead_does_not_overwrite_its_contact(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    lead = to_18(rig.sf.state.create("Lead", {"LastName": "Hopper", "Company": "Navy",
+                                              "Email": "grace@example.com",
+                                              "Status": "Working - Contacted"}))
+    await rig.enqueue("Lead", [lead])
+    await rig.drain()
+    assert rig.profiles()["grace@example.com"]["dataFields"]["sfLeadId"] == lead
+
+    converted = rig.sf.state.convert_lead(lead)
+    contact = to_18(converted["contactId"])
+    await rig.enqueue("Contact", [contact])
+    await rig.enqueue("Lead", [lead])  # the Lead's UPDATE arrives after the Contact's CREATE
+    result = await rig.drain()
+    assert result.dead == 0
+    data = rig.profiles()["grace@example.com"]["dataFields"]
+    assert data["sfContactId"] == contact
+    assert data["leadStatus"] == "Working - Contacted"  # the converted Lead was not written
+    assert await rig.store.identities("Lead", [lead]) == {}
+
+    rig.sf.state.delete("Lead", lead)  # deleting the converted Lead leaves the profile alone
+    await rig.enqueue("Lead", [lead])
+    await rig.drain()
+    assert "salesforceDeleted" not in rig.profiles()["grace@example.com"]["dataFields"] or \
+        rig.profiles()["grace@example.com"]["dataFields"]["salesforceDeleted"] is False
+
+
+@pytest.mark.sync_config(objects={"Contact": {"delete_policy": "delete"}})
+async def test_delete_spares_a_profile_another_record_still_maps_to(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    lead = to_18(rig.sf.state.create("Lead", {"LastName": "Twin", "Company": "Co",
+                                              "Email": "twin@example.com"}))
+    contact = _contact(rig, "twin@example.com")
+    await rig.enqueue("Lead", [lead])
+    await rig.drain()
+    await rig.enqueue("Contact", [contact])
+    await rig.drain()
+    rig.sf.state.delete("Contact", contact)
+    await rig.enqueue("Contact", [contact])
+    result = await rig.drain()
+    assert (result.skipped, result.dead) == (1, 0)
+    assert "twin@example.com" in rig.profiles()
+    assert await rig.store.identities("Contact", [contact]) == {}
+
+
+@pytest.mark.sync_config(objects={"Contact": {"filter": "LeadSource != 'Partner'"}})
+async def test_a_record_hidden_by_the_filter_is_not_treated_as_deleted(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    kept = _contact(rig, "kept@example.com")
+    gone = _contact(rig, "gone@example.com")
+    await rig.enqueue("Contact", [kept, gone])
+    await rig.drain()
+    rig.sf.state.update("Contact", kept, {"LeadSource": "Partner", "FirstName": "Hidden"})
+    rig.sf.state.delete("Contact", gone)
+    await rig.enqueue("Contact", [kept, gone])
+    result = await rig.drain()
+    assert (result.skipped, result.synced, result.dead) == (1, 1, 0)
+    profiles = rig.profiles()
+    assert "salesforceDeleted" not in profiles["kept@example.com"]["dataFields"] or \
+        profiles["kept@example.com"]["dataFields"]["salesforceDeleted"] is False
+    assert profiles["kept@example.com"]["dataFields"].get("firstName") is None  # not synced
+    assert profiles["gone@example.com"]["dataFields"]["salesforceDeleted"] is True
+
+
+async def test_sync_records_skips_unchanged_unless_forced(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    sf_id = _contact(rig, "force@example.com")
+    records = [r async for r in rig.clients.salesforce.records(
+        f"SELECT {', '.join(rig.pipeline.mappings['Contact'].soql_fields())} FROM Contact "
+        f"WHERE Id = '{sf_id}'")]
+    first = await rig.pipeline.sync_records("Contact", records, source="backfill")
+    assert first.synced == [sf_id] and first.requests == 1
+    again = await rig.pipeline.sync_records("Contact", records, source="backfill")
+    assert again.skipped == [sf_id] and again.requests == 0
+    forced = await rig.pipeline.sync_records("Contact", records, source="backfill", force=True)
+    assert forced.synced == [sf_id] and forced.requests == 1
+
+
+async def test_run_releases_in_flight_leases_on_stop(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    rig.flusher.shutdown_grace_s = 0.2
+    ids = [_contact(rig, f"slow{i}@example.com") for i in range(3)]
+    rig.it.faults.hang_next("/api/users/bulkUpdate", times=1)
+    in_flight = asyncio.Event()
+    real = rig.pipeline.sync_records
+
+    async def announce(object_name: str, records: Any, **kw: Any) -> Any:
+        in_flight.set()
+        return await real(object_name, records, **kw)
+
+    rig.pipeline.sync_records = announce  # type: ignore[method-assign]
+    await rig.enqueue("Contact", ids)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(rig.flusher.run(stop))
+    await asyncio.wait_for(in_flight.wait(), 5.0)
+    stop.set()
+    await asyncio.wait_for(runner, 5.0)
+    stats = await rig.store.queue_stats(rig.clock())
+    assert (stats.depth, stats.leased, stats.due) == (3, 0, 3)  # given back, due at once
+    rig.pipeline.sync_records = real  # type: ignore[method-assign]
+    assert (await rig.drain()).synced == 3
