@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 import uuid
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -67,6 +68,7 @@ class RecordSink(Protocol):
     ) -> SyncResult: ...
 
 
+T = TypeVar("T")
 PageHook = Callable[[BackfillWindow, int], Awaitable[None]]
 """Called after each page of a window is written and checkpointed (window, pages so far)."""
 
@@ -390,10 +392,25 @@ class Backfill:
         where = f" WHERE {plan.where}" if plan.where else ""
         query = (f"SELECT Id, {field_name} FROM {plan.object_name}{where} "
                  f"ORDER BY {field_name} {order} LIMIT 1")
-        async for page in self.salesforce.query(query):
-            for record in page.records:
-                return _sf_datetime(record.get(field_name))
-        return None
+        records = await self._with_retries("query", lambda: self._records(query))
+        return _sf_datetime(records[0].get(field_name)) if records else None
+
+    async def _records(self, query: str, include_deleted: bool = False
+                       ) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        async for page in self.salesforce.query(query, include_deleted=include_deleted):
+            records.extend(page.records)
+        return records
+
+    async def _with_retries(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` again after a RetriableError, with backoff, up to READ_ATTEMPTS times."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except RetriableError as exc:
+                attempt += 1
+                await self._retrying(what, attempt, exc)
 
     async def windows_for(self, plan: ObjectPlan, options: BackfillOptions
                           ) -> list[BackfillWindow]:
@@ -419,7 +436,8 @@ class Backfill:
             conds.append(f"{field_name} >= {_iso(options.since)}")
         if options.until:
             conds.append(f"{field_name} < {_iso(options.until)}")
-        return await self.salesforce.count(soql.count(plan.object_name, _combine(*conds)))
+        query = soql.count(plan.object_name, _combine(*conds))
+        return await self._with_retries("count", lambda: self.salesforce.count(query))
 
     # ------------------------------------------------------------------ the run
 
@@ -584,20 +602,11 @@ class Backfill:
                           options: BackfillOptions) -> AsyncIterator[_Page]:
         limit = self._page_size(options)
         rng = _window_range(window)
-        attempt = 0
         while True:
             query = soql.keyset_page(plan.object_name, plan.fields, after, where=plan.where,
                                      window=rng, window_field=self.config.backfill.window_field,
                                      limit=limit)
-            records: list[dict[str, Any]] = []
-            try:
-                async for page in self.salesforce.query(query):
-                    records.extend(page.records)
-            except RetriableError as exc:
-                attempt += 1
-                await self._retrying("query", attempt, exc)
-                continue
-            attempt = 0
+            records = await self._with_retries("query", functools.partial(self._records, query))
             if records:
                 after = to_18(str(records[-1]["Id"]))
                 yield _Page(records, after)
@@ -646,7 +655,8 @@ class Backfill:
         types: dict[str, str] = {}
         for _ in range(soql.MAX_RELATIONSHIP_DEPTH + 2):
             for name in sorted(wanted - set(describes)):
-                describes[name] = await self.salesforce.describe(name)
+                describes[name] = await self._with_retries(
+                    "describe", functools.partial(self.salesforce.describe, name))
             checker = DescribeChecker(describes)
             types = {}
             for path in plan.fields:
@@ -810,11 +820,10 @@ class Backfill:
             while True:
                 query = soql.modified_since(name, since, fields=("Id", "IsDeleted"),
                                             after_id=after, where=where)
-                items: list[QueueInput] = []
-                async for page in self.salesforce.query(query, include_deleted=True):
-                    items.extend(QueueInput(name, to_18(str(r["Id"])),
-                                            "DELETE" if r.get("IsDeleted") else "UPDATE")
-                                 for r in page.records)
+                rows = await self._with_retries(
+                    "catch_up", functools.partial(self._records, query, include_deleted=True))
+                items = [QueueInput(name, to_18(str(r["Id"])),
+                                    "DELETE" if r.get("IsDeleted") else "UPDATE") for r in rows]
                 if items:
                     await self.store.enqueue(items, self.clock(), source="catchup")
                     total += len(items)
