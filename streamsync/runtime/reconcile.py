@@ -17,6 +17,7 @@ from streamsync.runtime.metrics import Metrics
 log = get_logger(__name__)
 
 RECONCILE_FIELDS = ("Id", "IsDeleted")
+ALL_CHANGE_EVENTS = "/data/ChangeEvents"
 
 
 def parse_timestamp_ms(text: str) -> int:
@@ -143,14 +144,16 @@ class Reconciler:
         since_ms = parse_timestamp_ms(timestamp)
         if since_ms > int(self._clock() * 1000):
             raise ValueError(f"timestamp {timestamp!r} is in the future")
+        channels = {self._config.channel(name) for name in self._config.objects}
         if target in self._config.objects:
             objects = [target]
-        elif target.startswith("/"):
+        elif target in channels or target == ALL_CHANGE_EVENTS or target.endswith("__chn"):
             objects = self.objects_for_channel(target)
         else:
             raise ValueError(
                 f"{target!r} is neither a configured object ({', '.join(self._config.objects)}) "
-                "nor a channel"
+                f"nor a channel ({', '.join(sorted(channels))}, {ALL_CHANGE_EVENTS} or a custom "
+                "/data/..__chn channel)"
             )
         return {name: await self.reconcile(name, since_ms, trigger=trigger) for name in objects}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from streamsync.config import Config
 from streamsync.core.ids import to_18
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
-from streamsync.errors import RetriableError
+from streamsync.errors import RetriableError, TransientError
 from streamsync.runtime.ingest import (
     PENDING_PREFIX,
     Ingest,
@@ -578,3 +579,31 @@ async def test_pending_marker_round_trip_and_merge() -> None:
     assert a.merge(PendingReconcile(None, "x", 4)).since_ms is None
     assert PendingReconcile.decode("") is None
     assert PendingReconcile.decode("{broken") == PendingReconcile(None, "unreadable_marker")
+
+
+async def test_store_failure_commits_neither_ids_nor_replay_id(rig: Rig, tmp_path: Path) -> None:
+    busy_store = await Store.open(tmp_path / "busy.db", busy_timeout_s=0.05)
+    blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    try:
+        ingest = rig.ingest(store=busy_store)
+        await subscribe(ingest)
+        lead = rig.lead("Contended")
+        batch: list[Message] = []
+        while not batch:
+            batch = await sub(ingest).poll_once()
+        [message] = batch
+
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(TransientError):
+            await ingest.handle_message(message)
+        blocker.execute("ROLLBACK")
+
+        assert await busy_store.get_replay(LEAD) is None  # nothing half-written
+        assert await queued(busy_store) == {}
+        await ingest.handle_message(message)  # what `run` does next: the same message again
+        state = await busy_store.get_replay(LEAD)
+        assert state is not None and state.replay_id == replay_id_of(message)
+        assert set(await queued(busy_store)) == {lead}
+    finally:
+        blocker.close()
+        await busy_store.close()

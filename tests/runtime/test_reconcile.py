@@ -145,6 +145,8 @@ async def test_reconcile_from_timestamp_by_channel_or_object(
         "streamsync_reconciliations_total", {"trigger": "replay_timestamp"}) == 2.0
     with pytest.raises(ValueError, match="neither a configured object"):
         await reconciler.reconcile_from_timestamp("Opportunity", start)
+    with pytest.raises(ValueError, match="neither a configured object"):
+        await reconciler.reconcile_from_timestamp("/data/LeadChangeEvnt", start)
     with pytest.raises(ValueError, match="in the future"):
         await reconciler.reconcile_from_timestamp("Lead", "2999-01-01T00:00:00Z")
     with pytest.raises(ValueError, match="not a configured object"):
