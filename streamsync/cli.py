@@ -36,6 +36,8 @@ CONFIG_ENV: Final = "STREAMSYNC_CONFIG"
 DEFAULT_CONFIG: Final = "config.toml"
 ADMIN_LOG_LEVEL: Final = "warning"
 """Commands other than `run` log warnings and errors only, so their output stays readable."""
+DEFAULT_LOG_LEVELS: Final = {"run": "info", "check-config": "error"}
+"""`run` starts at info (then [logging].level); check-config prints its warnings itself."""
 
 # Commands whose arguments belong to another module's own parser: `main(argv) -> int`.
 DELEGATED: Final[dict[str, str]] = {"backfill": "streamsync.backfill", "demo": "streamsync.demo"}
@@ -384,7 +386,8 @@ async def _replay_id(config: Config, channel: str, replay_id: int) -> int:
              REPLAY_NEW: "new (-1): only events published from now on"}.get(
         replay_id, f"after replay id {replay_id}")
     previous = "none" if before is None or before.replay_id is None else before.replay_id
-    _out(f"{channel}: the next `streamsync run` resumes from {label} (was: {previous})\n")
+    _out(f"{channel}: the next `streamsync run` resumes from {label} (was: {previous})\n"
+         "A service running now keeps its own position: restart it to apply this.\n")
     return EXIT_OK
 
 
@@ -477,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         _setup_logging(args.log_level, args.log_json,
-                       default="info" if args.command == "run" else ADMIN_LOG_LEVEL)
+                       default=DEFAULT_LOG_LEVELS.get(args.command, ADMIN_LOG_LEVEL))
         return COMMANDS[args.command](args)
     except SystemExit as exc:  # argparse (--help, --version, usage errors) or a delegate
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -111,6 +111,17 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("streamsync ")
 
 
+def test_backfill_and_demo_keep_their_own_options(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("streamsync.backfill")
+    pytest.importorskip("streamsync.demo")
+    assert main(["backfill", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: streamsync backfill" in out and "--resume" in out
+    assert main(["--log-level", "error", "demo", "--help"]) == 0
+    assert "--keep-running" in capsys.readouterr().out
+    assert main(["backfill", "--no-such-option"]) == 2
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["frobnicate"]) == 2
@@ -196,6 +207,8 @@ def _populate(db: Path) -> None:
         await _dead_letter(store, "Contact", ["003000000000000009"], "invalid_email",
                            "email 'x@' is not valid")
         await store.note_error("flusher", f"iterable said no to key {IT_KEY}", NOW - 5)
+        await store.start_run("run-0", [], {"objects": ["Contact"]}, NOW - 7200)
+        await store.finish_run("run-0", NOW - 3600)
         await store.start_run("run-1", [BackfillWindow("Lead", "2020-01-01", "2021-01-01"),
                                         BackfillWindow("Lead", "2021-01-01", "2022-01-01")],
                               {"objects": ["Lead"]}, NOW - 60)
@@ -229,11 +242,14 @@ def test_status_json_and_table_without_secrets(tmp_path: Path) -> None:
     backfill = data["backfill"]
     assert backfill["run_id"] == "run-1" and backfill["windows_done"] == 1
     assert backfill["records_done"] == 49 and backfill["windows_total"] == 2
+    assert [r["run_id"] for r in data["backfill_runs"]] == ["run-1", "run-0"]
+    assert data["backfill_runs"][1]["finished_at"] is not None
 
     table = run_cli("status", "--config", str(config))
     assert table.returncode == 0, table.stderr
     for expected in ("Queue: 4 record(s)", "/data/LeadChangeEvent", "4711", "invalid_email",
-                     "run run-1", "00Q000000000000042", "(none: starts with new events)"):
+                     "run run-1", "00Q000000000000042", "(none: starts with new events)",
+                     "earlier runs:", "run-0"):
         assert expected in table.stdout, expected
     for proc_ in (proc, table):
         for secret in (SF_SECRET, IT_KEY):

@@ -130,9 +130,14 @@ def status_dict(status: StoreStatus, config: Config | None, now: float) -> dict[
 
 
 async def read_status(store: Store, config: Config | None, now: float,
-                      errors: int = 10) -> dict[str, Any]:
-    """Read the store once and shape it with `status_dict`."""
-    return status_dict(await store.status(now, errors=errors), config, now)
+                      errors: int = 10, runs: int = 5) -> dict[str, Any]:
+    """Read the store and shape it with `status_dict`, plus the `runs` latest backfill runs."""
+    data = status_dict(await store.status(now, errors=errors), config, now)
+    data["backfill_runs"] = _clean([
+        {"run_id": run.run_id, "started_at": iso(run.started_at),
+         "finished_at": iso(run.finished_at), "options": dict(run.options)}
+        for run in await store.runs(limit=runs)])
+    return data
 
 
 # ---------------------------------------------------------------- human output
@@ -210,6 +215,12 @@ def render_status(data: Mapping[str, Any]) -> str:
                   w["updated_at"]] for w in shown]))
             if len(open_windows) > len(shown):
                 parts.append(f"  ... and {len(open_windows) - len(shown)} more open window(s)")
+    earlier = list(data.get("backfill_runs") or [])[1:]
+    if earlier:
+        parts.append("  earlier runs:")
+        parts.append(table(["run", "started", "finished"],
+                           [[r["run_id"], r["started_at"], r["finished_at"] or "(not finished)"]
+                            for r in earlier]))
     return "\n".join(parts) + "\n"
 
 
