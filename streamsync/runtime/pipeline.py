@@ -62,6 +62,7 @@ class SyncPipeline:
     others are skipped with a `pipeline.duplicate_identifier` log line. A converted Lead is not
     written when the configured precedence is `contact` (the Contact it became owns the
     profile), and its identity is dropped so its later deletion cannot touch that profile.
+    With precedence `lead`, a Contact whose email a synced Lead holds is not written instead.
     """
 
     def __init__(self, *, config: Config, store: Store, iterable: IterableClient,
@@ -142,6 +143,8 @@ class SyncPipeline:
         users = self._map_all(object_name, records, out, converted)
         if converted:
             await self.store.forget_identity(object_name, converted)
+        if object_name == "Contact" and self.config.converted_precedence() == "lead":
+            users = await self._yield_to_leads(users, out)
         known = await self.store.identities(object_name, [u.sf_id for u in users])
         bulk: list[MappedUser] = []
         moves: list[tuple[MappedUser, str]] = []
@@ -178,6 +181,19 @@ class SyncPipeline:
              for u in written.synced], self.clock())
         self._count(object_name, out, source)
         return out
+
+    async def _yield_to_leads(self, users: list[MappedUser], out: SyncOutcome
+                              ) -> list[MappedUser]:
+        """Precedence `lead`: a Contact whose email a synced Lead holds is not written."""
+        kept: list[MappedUser] = []
+        for user in users:
+            owners = await self.store.find_by_email(user.email) if user.email else []
+            if any(o.object_name == "Lead" for o in owners):
+                out.skipped.append(user.sf_id)
+                log.info("pipeline.lead_precedence", record_id=user.sf_id)
+            else:
+                kept.append(user)
+        return kept
 
     async def _move_email(self, user: MappedUser, old_email: str) -> WriteOutcome:
         """Email-based project: updateEmail keeps the profile, then the update goes by the single

@@ -175,3 +175,33 @@ async def test_run_releases_in_flight_leases_on_stop(sync_rig: SyncRig) -> None:
     assert (stats.depth, stats.leased, stats.due) == (3, 0, 3)  # given back, due at once
     rig.pipeline.sync_records = real  # type: ignore[method-assign]
     assert (await rig.drain()).synced == 3
+
+
+@pytest.mark.sync_config(objects={"Lead": {"converted_precedence": "lead"}})
+async def test_lead_precedence_keeps_the_lead_on_the_profile(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    lead = to_18(rig.sf.state.create("Lead", {"LastName": "Lamarr", "Company": "MGM",
+                                              "Email": "hedy@example.com"}))
+    await rig.enqueue("Lead", [lead])
+    await rig.drain()
+    contact = to_18(rig.sf.state.convert_lead(lead)["contactId"])
+    await rig.enqueue("Contact", [contact])
+    await rig.enqueue("Lead", [lead])
+    result = await rig.drain()
+    assert result.dead == 0
+    data = rig.profiles()["hedy@example.com"]["dataFields"]
+    assert data["sfLeadId"] == lead and "sfContactId" not in data
+    assert data["leadStatus"] == "Closed - Converted"
+
+
+async def test_expired_salesforce_session_is_renewed_inside_the_client(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    sf_id = _contact(rig, "session@example.com")
+    await rig.enqueue("Contact", [sf_id])
+    await rig.drain()
+    assert rig.sf.sessions.expire_all() >= 1
+    rig.sf.state.update("Contact", sf_id, {"FirstName": "Renewed"})
+    await rig.enqueue("Contact", [sf_id])
+    result = await rig.drain()
+    assert (result.synced, result.retried, result.dead) == (1, 0, 0)
+    assert rig.profiles()["session@example.com"]["dataFields"]["firstName"] == "Renewed"
