@@ -94,6 +94,11 @@ class IngestStats:
     store_retries: int = 0
 
 
+def ingest_channels(config: Config) -> list[str]:
+    """The CDC channels of the configured objects, each once, in configuration order."""
+    return list(dict.fromkeys(config.channel(name) for name in config.objects))
+
+
 class ReplayCallbacks:
     """The two callbacks a CometdSubscriber needs, usable before the Ingest exists.
 
@@ -128,6 +133,18 @@ class Ingest:
     crash cannot lose it) and only then is the replay id moved past the event; the
     reconciliation itself runs in the background, at most `max_concurrent_reconciles` at once,
     and clears its marker when done. Markers left by a crash are resumed by `run`.
+
+    Wiring (the subscriber needs the Ingest's callbacks, the Ingest needs the subscriber):
+
+        callbacks = ReplayCallbacks(store)
+        subscriber = CometdSubscriber(session, ..., channels=ingest_channels(config),
+                                      replay_from=callbacks.replay_from,
+                                      on_replay_invalid=callbacks.on_replay_invalid,
+                                      idle_resubscribe_s=1800.0)
+        reconciler = Reconciler(config=config, store=store, salesforce=sf, metrics=metrics)
+        ingest = Ingest(config=config, store=store, subscriber=subscriber,
+                        reconciler=reconciler, metrics=metrics, callbacks=callbacks)
+        await ingest.run(stop)    # closes the subscriber when it returns
     """
 
     def __init__(
@@ -164,7 +181,7 @@ class Ingest:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
-        self._unanchored: set[str] = set()
+        self._anchored: set[str] = set()  # channels whose unanchored marker is known clear
         self.stats = IngestStats()
         if callbacks is not None:
             callbacks.ingest = self
@@ -191,9 +208,10 @@ class Ingest:
         state = await self._store.get_replay(channel)
         key = UNANCHORED_PREFIX + channel
         if state is not None and state.replay_id is not None:
-            if channel in self._unanchored:
-                self._unanchored.discard(channel)
-                await self._store.set_meta(key, "", now)
+            if channel not in self._anchored:
+                if await self._store.get_meta(key):
+                    await self._store.set_meta(key, "", now)
+                self._anchored.add(channel)
             return state.replay_id
         since = await self._store.get_meta(key)
         if since:
@@ -204,7 +222,7 @@ class Ingest:
                 await self._schedule(name, since_ms, "resubscribe")
                 self._start_worker(name)
         await self._store.set_meta(key, str(int(now * 1000)), now)
-        self._unanchored.add(channel)
+        self._anchored.discard(channel)
         return None
 
     async def handle_message(self, message: Message) -> None:
@@ -271,7 +289,7 @@ class Ingest:
             await self._schedule(name, since_ms, "replay_invalid")
         # The subscriber now resubscribes with -1: anchor a later resubscribe's catch-up here.
         await self._store.set_meta(UNANCHORED_PREFIX + channel, str(int(now * 1000)), now)
-        self._unanchored.add(channel)
+        self._anchored.discard(channel)
         await self._store.set_replay(channel, None, now)
         await self._store.note_error(
             "ingest", f"replay id {replay_id} of {channel} is no longer retained; "

@@ -22,9 +22,11 @@ from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.errors import RetriableError, TransientError
 from streamsync.runtime.ingest import (
     PENDING_PREFIX,
+    UNANCHORED_PREFIX,
     Ingest,
     PendingReconcile,
     ReplayCallbacks,
+    ingest_channels,
 )
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
@@ -149,6 +151,7 @@ async def test_ids_and_replay_id_stored_together_and_resumed_after_restart(
 ) -> None:
     first = rig.ingest()
     await subscribe(first)
+    assert await rig.store.get_meta(UNANCHORED_PREFIX + LEAD)  # subscribed with -1
     l1 = rig.lead("First")
     [m1] = await pump(first)
 
@@ -171,6 +174,7 @@ async def test_ids_and_replay_id_stored_together_and_resumed_after_restart(
         got = await pump(second)  # resumes from the stored replay id
         ids = [i for m in got for i in m["data"]["payload"]["ChangeEventHeader"]["recordIds"]]
         assert ids == [l2]  # only the later event, not the one already stored
+        assert not await reopened.get_meta(UNANCHORED_PREFIX + LEAD)  # anchored by the id
         assert set(await queued(reopened)) == {l1, l2}
         after = await reopened.get_replay(LEAD)
         assert after is not None and after.replay_id == replay_id_of(got[-1])
@@ -568,6 +572,10 @@ async def test_run_consumes_until_stop_and_closes_the_subscriber(rig: Rig) -> No
 
     assert set(await queued(store)) == {lead}
     assert not ingest.subscribed and sub(ingest).client_id is None
+
+
+def test_ingest_channels_each_once(config: Config) -> None:
+    assert ingest_channels(config) == [LEAD, CONTACT, "/data/AccountChangeEvent"]
 
 
 async def test_pending_marker_round_trip_and_merge() -> None:
