@@ -374,3 +374,27 @@ def test_replay_refuses_unknown_channel_and_bad_values(tmp_path: Path) -> None:
     assert_clean_failure(proc, 2)
     assert "in the future" in proc.stderr
     assert not (tmp_path / "streamsync.db").exists()
+
+
+def test_status_of_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("STREAMSYNC_")]:
+        monkeypatch.delenv(name)
+    config = write_config(tmp_path, extra="\n[objects.Lead]\n")
+    store_call(tmp_path / "streamsync.db", lambda s: s.queue_stats(NOW))
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "Queue: 0 record(s); 0 due" in out and "oldest" not in out
+    assert "Dead letters: 0" in out and "(never run)" in out
+    assert "Recent errors:\n  (none)" in out
+
+
+def test_status_helpers() -> None:
+    from streamsync.runtime.status import age, iso, table
+
+    assert [age(s) for s in (None, 0, 59.9, 61, 3600 * 5 + 60, 86_400 * 3 + 3600 * 4)] == [
+        "-", "0s", "59s", "1m 01s", "5h 01m", "3d 4h"]
+    assert iso(0) == "1970-01-01T00:00:00Z" and iso(None) is None
+    assert table(["a", "bb"], [["xxx", None], ["y", "line\nbreak"]]).splitlines() == [
+        "a    bb", "---  ----------", "xxx  -", "y    line break"]
+    assert table(["h"], [["x" * 10]], max_cell=6).splitlines()[-1] == "xxx..."

@@ -229,3 +229,21 @@ async def test_run_serves_until_sigterm_and_status_works_meanwhile(
             await proc.wait()
     logs = "".join(seen)
     assert sf_emulator.client_secret not in logs and iterable_emulator.api_key not in logs
+
+
+async def test_check_config_prints_config_warnings(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+        tmp_path: Path) -> None:
+    config = emulator_config(tmp_path, sf_emulator, iterable_emulator)
+    config.write_text(config.read_text().replace(
+        'auth = "client_credentials"', f'auth = "password"\nusername = "{sf_emulator.username}"'))
+    env = emulator_env(sf_emulator, iterable_emulator,
+                       STREAMSYNC_SF_PASSWORD=sf_emulator.password)
+    code, out, err = await run_cli("check-config", "--config", str(config), "--log-level",
+                                   "info", env=env)
+    assert code == 0, (out, err)
+    assert "warning  salesforce.auth = 'password'" in out and "2027-02-20" in out
+    assert "logged in with the password flow" in out
+    events = [orjson.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert "check.done" in events  # logs are JSON lines off a terminal
+    assert sf_emulator.password not in out + err
