@@ -1,0 +1,150 @@
+"""`python -m streamsync.backfill`: --help, and a real process killed with SIGKILL, resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamsync.adapters.store import Store
+from streamsync.backfill import build_parser, main
+from streamsync.config import Config
+from streamsync.emulators.iterable import IterableEmulator
+from streamsync.emulators.salesforce import SalesforceEmulator
+from tests.conftest import Clients
+from tests.runtime.test_backfill import verify
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONS = ("--config", "--objects", "--since", "--until", "--where", "--resume", "--restart",
+           "--dry-run", "--parallel", "--api", "--json")
+
+
+def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option in OPTIONS:
+        assert option in text
+    for phrase in ("keyset", "checkpoint", "catch-up", "Bulk API 2.0", "JSON lines",
+                   "CreatedDate", "Contacts"):
+        assert phrase in text
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert all(a.help for name, a in actions.items() if name != "help")
+
+
+def test_resume_and_restart_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--resume", "--restart"])
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_bad_dates_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--since", "yesterday"])
+    assert "not a date" in capsys.readouterr().err
+
+
+def _write_config(path: Path, sf: SalesforceEmulator, it: IterableEmulator, db: Path) -> None:
+    path.write_text(f"""
+[salesforce]
+login_url = "{sf.instance_url}"
+auth = "client_credentials"
+client_id = "{sf.client_id}"
+api_version = "{sf.config.api_version}"
+
+[iterable]
+base_url = "{it.base_url}"
+project_type = "email"
+rate_limit_per_s = 200
+
+[queue]
+path = "{db}"
+
+[backfill]
+page_size = 200
+parallel = 2
+
+[health]
+enabled = false
+""")
+
+
+def _pages_checkpointed(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1.0) as conn:
+            row = conn.execute("SELECT coalesce(sum(records_done), 0) FROM "
+                               "backfill_checkpoint").fetchone()
+    except sqlite3.OperationalError:  # schema not there yet
+        return 0
+    return int(row[0]) // 200
+
+
+async def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamsync.backfill", *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=2400)
+@pytest.mark.iterable(latency_ms=120.0)
+async def test_kill_9_then_resume(
+    sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+    config: Config, clients: Clients, store: Store,
+) -> None:
+    config_obj = config
+    db = store.path
+    config_file = tmp_path / "config.toml"
+    _write_config(config_file, sf_emulator, iterable_emulator, db)
+    env = {**os.environ, "STREAMSYNC_SF_CLIENT_SECRET": sf_emulator.client_secret,
+           "STREAMSYNC_ITERABLE_API_KEY": iterable_emulator.api_key or ""}
+    args = ["--config", str(config_file), "--objects", "Lead", "--json"]
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamsync.backfill", *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # a child process: polling its checkpoints is the only way
+            if _pages_checkpointed(db) >= 3 or proc.returncode is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert proc.returncode is None, "the backfill finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_at_kill = _pages_checkpointed(db) * 200
+    assert 600 <= done_at_kill < 2400
+
+    code, _out, err = await _run(args, env)
+    assert code == 2 and "--resume" in err                # unfinished: refuses to guess
+
+    code, out, err = await _run([*args, "--resume"], env)
+    assert code == 0, err
+    summary = orjson.loads(out.splitlines()[-1])
+    assert "resuming" in err
+    assert summary["status"] == "finished" and summary["windows_resumed"] >= 1
+    assert summary["records_read"] == 2400 - done_at_kill   # checkpointed pages are not re-read
+    # every Lead with a valid email reached Iterable; in-flight pages at most were sent twice
+    report = await verify(config_obj, clients, store, iterable_emulator, ("Lead",))
+    assert report.ok, report.summary()
+    dead = sum((await store.dead_letter_counts()).values())
+    resent = iterable_emulator.state.users_received - (2400 - dead)
+    assert 0 <= resent <= 2 * 200
+
+    code, out, err = await _run(args, env)
+    assert code == 0 and "already finished" in err
