@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import Backoff, Failure, Lease, QueueInput, Store
+from streamsync.adapters.store import (
+    RETRIES_EXHAUSTED,
+    Backoff,
+    Failure,
+    Lease,
+    QueueInput,
+    Store,
+)
 from streamsync.config import Config, ObjectConfig
 from streamsync.core.ids import is_valid_id, to_18
 from streamsync.core.soql import select_by_ids_chunked, select_children
@@ -85,7 +92,9 @@ class Flusher:
     # -- one step ----------------------------------------------------------------------------
 
     async def flush_once(self) -> FlushResult:
-        """Lease one batch, read, sync and settle it; on cancellation release what is left."""
+        """Lease one batch, read, sync and settle it. A failing object's rows are retried later
+        (an attempt each, so a record that trips a bug ends in the dead-letter table); on
+        cancellation or a FatalError the unsettled leases are released, then it re-raises."""
         leases = await self.store.lease(
             self.owner, self.config.flush.batch_ids, self.config.queue.lease_s, self.clock(),
             objects=list(self.config.objects), max_attempts=self.backoff.max_attempts)
@@ -102,7 +111,14 @@ class Flusher:
                     await self._flush_object(object_name, group, pending, result)
                 except RetriableError as exc:
                     await self._retry(group, exc, pending, result)
-        except asyncio.CancelledError:
+                except FatalError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bad batch costs an attempt
+                    log.error("flusher.batch_failed", object=object_name,
+                              error=type(exc).__name__, message=str(exc)[:200])
+                    await self._retry(group, RetriableError(f"{type(exc).__name__}: {exc}"),
+                                      pending, result)
+        except (asyncio.CancelledError, FatalError):
             result.released += await asyncio.shield(self.store.release(list(pending.values())))
             raise
         if pending:  # a bug, not a fault: never leave a leased row unsettled
@@ -241,6 +257,8 @@ class Flusher:
             leases, str(error), self.clock(), self.backoff, error.retry_after_s))
         result.retried += settled.retried
         result.dead += settled.dead_lettered
+        if settled.dead_lettered:
+            self.metrics.dead_lettered.labels(RETRIES_EXHAUSTED).inc(settled.dead_lettered)
 
     # -- the loop ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from streamsync.core.ids import to_18
+from streamsync.errors import AuthError
 from tests.conftest import SyncRig
 
 BULK = "POST /api/users/bulkUpdate"
@@ -222,3 +223,42 @@ async def test_iterable_hang_times_out_and_is_retried(sync_rig: SyncRig) -> None
     result = await rig.drain()
     assert (result.synced, result.dead) == (3, 0)
     assert all(f"hang{i}@example.com" in rig.profiles() for i in range(3))
+
+
+@pytest.mark.sync_config(queue={"max_attempts": 3})
+async def test_a_batch_that_trips_a_bug_is_retried_then_dead_lettered_alone(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    [good] = _new_contacts(rig, 1, "good")
+    lead = to_18(rig.sf.state.create("Lead", {"LastName": "Bug", "Company": "Co",
+                                              "Email": "bug@example.com"}))
+    real = rig.pipeline.sync_records
+
+    async def broken_for_leads(object_name: str, records: Any, **kw: Any) -> Any:
+        if object_name == "Lead":
+            raise ValueError("mapper bug")
+        return await real(object_name, records, **kw)
+
+    rig.pipeline.sync_records = broken_for_leads  # type: ignore[method-assign]
+    await rig.enqueue("Lead", [lead])
+    await rig.enqueue("Contact", [good])
+    result = await rig.drain()
+    assert result.synced == 1
+    [dead] = await rig.store.dead_letters()
+    assert (dead.record_id, dead.reason) == (lead, "retries_exhausted")
+    assert "mapper bug" in dead.last_error
+
+
+async def test_a_fatal_error_releases_the_leases(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    ids = _new_contacts(rig, 2, "fatal")
+
+    async def refused(object_name: str, records: Any, **kw: Any) -> Any:
+        raise AuthError("iterable: the API key was refused")
+
+    rig.pipeline.sync_records = refused  # type: ignore[method-assign]
+    await rig.enqueue("Contact", ids)
+    with pytest.raises(AuthError):
+        await rig.flusher.flush_once()
+    stats = await rig.store.queue_stats(rig.clock())
+    assert (stats.depth, stats.leased, stats.due) == (2, 0, 2)
