@@ -247,3 +247,16 @@ async def test_check_config_prints_config_warnings(
     events = [orjson.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert "check.done" in events  # logs are JSON lines off a terminal
     assert sf_emulator.password not in out + err
+
+
+async def test_check_config_describe_failure_is_one_clear_problem(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+        tmp_path: Path) -> None:
+    config = emulator_config(tmp_path, sf_emulator, iterable_emulator)
+    sf_emulator.faults.fail_next("/services/data/v66.0/sobjects/", 1, status=503)
+    code, out, err = await run_cli("check-config", "--config", str(config), "--json",
+                                   env=emulator_env(sf_emulator, iterable_emulator))
+    assert code == 1, (out, err)
+    problems = orjson.loads(out)["problems"]
+    assert len(problems) == 1, problems
+    assert problems[0]["subject"] == "describe" and "HTTP 503" in problems[0]["message"]

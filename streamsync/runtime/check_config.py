@@ -128,13 +128,12 @@ def split_key(key: str) -> tuple[str, str]:
     return "", key
 
 
-async def fetch_describes(
-    config: Config, salesforce: SalesforceClient, report: CheckReport
-) -> dict[str, dict[str, Any]]:
+async def fetch_describes(config: Config, salesforce: SalesforceClient
+                          ) -> dict[str, dict[str, Any]]:
     """Describe every object the checks need, following relationships until none is missing.
 
     An object Salesforce does not know (404) is left out: the check then names the config key
-    that refers to it. Other failures are recorded as problems and stop the walk.
+    that refers to it. Any other failure is raised.
     """
     describes: dict[str, dict[str, Any]] = {}
     tried: set[str] = set()
@@ -147,11 +146,9 @@ async def fetch_describes(
             try:
                 describes[name] = await salesforce.describe(name)
             except SalesforceError as exc:
-                if exc.status == 404:
-                    log.info("check.describe_missing", object=name)
-                    continue
-                report.problems.append(Problem("salesforce", name, "describe", str(exc)))
-                return describes
+                if exc.status != 404:
+                    raise
+                log.info("check.describe_missing", object=name)
 
 
 async def check_salesforce(
@@ -168,9 +165,9 @@ async def check_salesforce(
     report.passed.append(f"salesforce: logged in with the {sf.auth} flow at {sf.login_url} "
                          f"(instance {token.instance_url})")
     try:
-        describes = await fetch_describes(config, salesforce, report)
+        describes = await fetch_describes(config, salesforce)
     except StreamsyncError as exc:
-        report.problems.append(Problem("salesforce", "describe", "salesforce", str(exc)))
+        report.problems.append(Problem("salesforce", "describe", "objects", str(exc)))
         return
     report.describes = describes
     findings = config.check_describe(describes)
