@@ -56,7 +56,7 @@ class Rig:
 
     def ingest(self, *, store: Store | None = None, config: Config | None = None,
                channels: tuple[str, ...] = (LEAD,), max_concurrent_reconciles: int = 2,
-               **sub_kw: Any) -> Ingest:
+               retry_base_s: float = 0.5, **sub_kw: Any) -> Ingest:
         store = store or self.store
         config = config or self.config
         callbacks = ReplayCallbacks(store)
@@ -74,7 +74,8 @@ class Rig:
                                 metrics=self.metrics)
         ingest = Ingest(config=config, store=store, subscriber=subscriber, reconciler=reconciler,
                         metrics=self.metrics, callbacks=callbacks,
-                        max_concurrent_reconciles=max_concurrent_reconciles)
+                        max_concurrent_reconciles=max_concurrent_reconciles,
+                        retry_base_s=retry_base_s, retry_max_s=max(retry_base_s, 30.0))
         self.opened.append(ingest)
         return ingest
 
@@ -285,6 +286,20 @@ async def test_owed_reconciliation_survives_a_crash(rig: Rig) -> None:
     rows = await queued(rig.store)
     assert rows[lead].source == "reconcile"
     assert await restarted.pending_reconciles() == {}
+
+
+async def test_failed_reconciliation_is_retried_and_its_marker_kept_until_done(rig: Rig) -> None:
+    ingest = rig.ingest(retry_base_s=0.001)
+    lead = rig.lead("Reconciled")
+    rig.emu.faults.fail_next("/services/data/v66.0/queryAll", 2, status=503)
+
+    await ingest.on_replay_invalid(LEAD, 12345)  # no commit time stored: everything
+    assert set(await ingest.pending_reconciles()) == {"Lead"}
+    await ingest.drain_reconciles()
+
+    assert ingest.stats.reconcile_failures == 2 and ingest.stats.reconciles_done == 1
+    assert lead in await queued(rig.store)
+    assert await ingest.pending_reconciles() == {}
 
 
 async def test_wildcard_ids_reconcile_the_object(rig: Rig) -> None:
