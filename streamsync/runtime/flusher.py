@@ -176,13 +176,19 @@ class Flusher:
 
     async def _query_ids(self, object_name: str, fields: Sequence[str], ids: Sequence[str],
                          where: Any) -> dict[str, dict[str, Any]]:
+        """Current rows by 18-char Id; the chunk queries run concurrently (the Salesforce
+        client bounds its requests in flight)."""
         rows: dict[str, dict[str, Any]] = {}
         if not ids:
             return rows
-        for soql in select_by_ids_chunked(object_name, fields, ids, self._uri_prefix, where):
+
+        async def read(soql: str) -> None:
             async for page in self.salesforce.query_all(soql):
                 for record in page.records:
                     rows[to_18(record["Id"])] = record
+
+        await asyncio.gather(*(read(soql) for soql in select_by_ids_chunked(
+            object_name, fields, ids, self._uri_prefix, where)))
         return rows
 
     async def _fan_out(self, obj: ObjectConfig, parent_ids: Sequence[str]) -> int:
