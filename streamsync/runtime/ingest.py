@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from streamsync.adapters.cometd import CometdSubscriber, ReplayId
+from streamsync.adapters.cometd import NEW_EVENTS, CometdSubscriber, ReplayId
 from streamsync.adapters.store import QueueInput, Store
 from streamsync.config import Config
 from streamsync.core.events import MalformedEvent, UnexpectedEntity, is_echo, parse_event
@@ -206,13 +206,14 @@ class Ingest:
         reconciliation of the channel's objects from that time."""
         now = self._clock()
         state = await self._store.get_replay(channel)
+        stored = None if state is None else state.replay_id
         key = UNANCHORED_PREFIX + channel
-        if state is not None and state.replay_id is not None:
+        if stored is not None and not _is_new_events(stored):
             if channel not in self._anchored:
                 if await self._store.get_meta(key):
                     await self._store.set_meta(key, "", now)
                 self._anchored.add(channel)
-            return state.replay_id
+            return stored
         since = await self._store.get_meta(key)
         if since:
             since_ms = int(since) if since.isdigit() else None
@@ -223,7 +224,7 @@ class Ingest:
                 self._start_worker(name)
         await self._store.set_meta(key, str(int(now * 1000)), now)
         self._anchored.discard(channel)
-        return None
+        return stored  # None or an explicit -1 (`replay --from new`): new events only
 
     async def handle_message(self, message: Message) -> None:
         """One step: parse, schedule any reconciliation durably, then store the ids and the
@@ -475,6 +476,13 @@ class Ingest:
                 if current == pending:
                     await self._store.set_meta(key, "", self._clock())
                     return
+
+
+def _is_new_events(replay_id: ReplayId) -> bool:
+    """True for a stored -1 (start with new events): no position to replay from."""
+    if isinstance(replay_id, str):
+        return replay_id.strip() == str(NEW_EVENTS)
+    return replay_id == NEW_EVENTS
 
 
 def _readable_replay_id(message: object) -> int | None:

@@ -486,9 +486,12 @@ async def test_unknown_client_rehandshakes_resubscribes_and_receives_the_next_ev
     assert await ingest.pending_reconciles() == {}
 
 
+@pytest.mark.parametrize("preset", [None, -1, "-1"])
 async def test_resubscribe_before_any_event_was_stored_reconciles_the_blind_spot(
-    rig: Rig
+    rig: Rig, preset: int | str | None
 ) -> None:
+    if preset is not None:  # what `replay --from new` stores
+        await rig.store.set_replay(LEAD, preset, time.time())
     ingest = rig.ingest()
     await subscribe(ingest)  # -1: nothing stored yet, nothing to replay from
     assert rig.emu.forget_cometd_clients() == 1
