@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 
@@ -19,10 +19,16 @@ from streamsync.adapters.http import Retry, make_session
 from streamsync.adapters.store import Store
 from streamsync.config import Config, load_config
 from streamsync.errors import ConfigError, StreamsyncError
-from streamsync.logs import get_logger, redactor, setup_logging
-
-if TYPE_CHECKING:
-    from streamsync.runtime.check_config import CheckReport
+from streamsync.logs import redactor, setup_logging
+from streamsync.runtime.check_config import CheckReport, build_salesforce_client, check_config
+from streamsync.runtime.status import (
+    dead_letter_dict,
+    iso,
+    read_status,
+    render_dead_letters,
+    render_status,
+    table,
+)
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
@@ -41,9 +47,6 @@ DEFAULT_LOG_LEVELS: Final = {"run": "info", "check-config": "error"}
 
 # Commands whose arguments belong to another module's own parser: `main(argv) -> int`.
 DELEGATED: Final[dict[str, str]] = {"backfill": "streamsync.backfill", "demo": "streamsync.demo"}
-
-log = get_logger(__name__)
-
 
 class UsageError(StreamsyncError):
     """The command line is wrong (exit 2), e.g. an unknown channel or a bad --from value."""
@@ -209,16 +212,10 @@ async def _open_store(config: Config, *, create: bool) -> Store:
     return await Store.open(config.queue.path, create=create)
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    return asyncio.run(coro)
-
-
 # ---------------------------------------------------------------- commands
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from streamsync.runtime.check_config import check_config
-
     config = _load(args, require_secrets=True)
     report = asyncio.run(check_config(config))
     if args.json:
@@ -232,8 +229,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _render_check(report: CheckReport) -> str:
-    from streamsync.runtime.status import table
-
     lines = [f"ok       {line}" for line in report.passed]
     lines += [f"warning  {line}" for line in report.warnings]
     if report.problems:
@@ -247,8 +242,6 @@ def _render_check(report: CheckReport) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from streamsync.runtime.status import read_status, render_status
-
     config = _load(args, require_secrets=False)
 
     async def go() -> int:
@@ -260,7 +253,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(_json(data) if args.json else render_status(data))
         return EXIT_OK
 
-    return _run(go())
+    return asyncio.run(go())
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -276,12 +269,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    return _run(go())
+    return asyncio.run(go())
 
 
 async def _dlq_list(args: argparse.Namespace, store: Store) -> int:
-    from streamsync.runtime.status import dead_letter_dict, render_dead_letters
-
     rows = [dead_letter_dict(dl) for dl in await store.dead_letters(args.reason, args.limit)]
     counts = await store.dead_letter_counts()
     total = counts.get(args.reason, 0) if args.reason is not None else sum(counts.values())
@@ -358,21 +349,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if isinstance(start, int):
         config = _load(args, require_secrets=False)
         _channel_objects(config, args.channel)
-        return _run(_replay_id(config, args.channel, start))
+        return asyncio.run(_replay_id(config, args.channel, start))
+    from streamsync.runtime.reconcile import parse_timestamp_ms
+
     config = _load(args, require_secrets=True)
     objects = _channel_objects(config, args.channel)
     try:
-        reconcile = importlib.import_module("streamsync.runtime.reconcile")
-    except ImportError as exc:
-        raise StreamsyncError(f"replay from a timestamp needs streamsync.runtime.reconcile: "
-                              f"{exc}") from None
-    try:
-        since_ms = int(reconcile.parse_timestamp_ms(start))
+        since_ms = parse_timestamp_ms(start)
     except ValueError as exc:
         raise UsageError(f"--from: {exc}; or use a replay id, `earliest` or `new`") from None
     if since_ms > time.time() * 1000:
         raise UsageError(f"--from {start!r} is in the future")
-    return _run(_replay_since(config, args.channel, objects, since_ms, reconcile))
+    return asyncio.run(_replay_since(config, args.channel, objects, since_ms))
 
 
 async def _replay_id(config: Config, channel: str, replay_id: int) -> int:
@@ -391,26 +379,24 @@ async def _replay_id(config: Config, channel: str, replay_id: int) -> int:
     return EXIT_OK
 
 
-async def _replay_since(config: Config, channel: str, objects: Sequence[str], since_ms: int,
-                        reconcile: Any) -> int:
-    from streamsync.runtime.check_config import build_salesforce_client
+async def _replay_since(config: Config, channel: str, objects: Sequence[str],
+                        since_ms: int) -> int:
     from streamsync.runtime.metrics import Metrics
+    from streamsync.runtime.reconcile import Reconciler
 
     store = await _open_store(config, create=True)
     try:
         async with make_session(config.salesforce.timeout_s) as session:
             salesforce = build_salesforce_client(
                 config, session, retry=Retry(attempts=5, deadline_s=120.0))
-            reconciler = reconcile.Reconciler(config=config, store=store,
-                                              salesforce=salesforce, metrics=Metrics())
+            reconciler = Reconciler(config=config, store=store, salesforce=salesforce,
+                                    metrics=Metrics())
             queued: dict[str, int] = {}
             for name in objects:
-                queued[name] = int(await reconciler.reconcile(name, since_ms, trigger="replay"))
+                queued[name] = await reconciler.reconcile(name, since_ms, trigger="replay")
         await store.set_replay(channel, REPLAY_NEW, time.time())
     finally:
         await store.close()
-    from streamsync.runtime.status import iso
-
     since = iso(since_ms / 1000)
     for name, count in queued.items():
         _out(f"{name}: queued {count} record(s) modified since {since} "
