@@ -60,6 +60,7 @@ async def test_check_config_passes_with_default_mappings(
     code, out, err = await run_cli("check-config", "--config", str(config),
                                    env=emulator_env(sf_emulator, iterable_emulator))
     assert code == 0, (out, err)
+    assert err == ""  # nothing left unclosed, no log noise at the default level
     assert "configuration ok" in out
     assert "logged in with the client_credentials flow" in out
     assert "API key accepted" in out
@@ -158,6 +159,7 @@ async def test_replay_from_timestamp_queues_records_modified_since(
         "replay", "--config", str(config), "--channel", "/data/LeadChangeEvent", "--from", since,
         env=emulator_env(sf_emulator, iterable_emulator))
     assert code == 0, (out, err)
+    assert err == ""
     assert "Lead: queued 5 record(s)" in out
     store = await Store.open(db, create=False)
     try:
