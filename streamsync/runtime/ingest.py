@@ -389,22 +389,25 @@ class Ingest:
             async for message in messages:
                 handling = asyncio.ensure_future(self._store_until_done(message))
                 try:
-                    await asyncio.shield(handling)
+                    stored = await asyncio.shield(handling)
                 except asyncio.CancelledError:
                     # Stopping: let the message in hand reach the store first.
                     await handling
                     raise
+                if not stored:
+                    return  # stopping with this message unstored: nothing after it may be
         finally:
             await messages.aclose()
 
-    async def _store_until_done(self, message: Message) -> None:
+    async def _store_until_done(self, message: Message) -> bool:
         """handle_message, retried with backoff while the store reports a transient fault; the
-        same message is retried so nothing after it is stored before it."""
+        same message is retried so nothing after it is stored before it. False when stopping
+        left it unstored (it is replayed from the stored id on the next start)."""
         attempt = 0
         while True:
             try:
                 await self.handle_message(message)
-                return
+                return True
             except RetriableError as exc:
                 attempt += 1
                 self.stats.store_retries += 1
@@ -412,8 +415,7 @@ class Ingest:
                 log.warning("ingest.store_retry", error=str(exc), attempt=attempt,
                             delay_s=round(delay_s, 3))
                 if self._stop.is_set():
-                    # Not stored: the message is replayed from the stored id on the next start.
-                    return
+                    return False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay_s)
 

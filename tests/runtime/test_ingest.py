@@ -633,3 +633,62 @@ async def test_store_failure_commits_neither_ids_nor_replay_id(rig: Rig, tmp_pat
     finally:
         blocker.close()
         await busy_store.close()
+
+
+class _StopWhenBusy(Ingest):
+    """Sets the stop event when the store reports a transient fault (an operator's SIGTERM
+    arriving while the store is locked)."""
+
+    stop: asyncio.Event
+
+    async def handle_message(self, message: Message) -> None:
+        try:
+            await super().handle_message(message)
+        except TransientError:
+            self.stop.set()
+            raise
+
+
+async def test_stop_while_the_store_is_busy_stores_nothing_after_the_unstored_message(
+    rig: Rig, tmp_path: Path
+) -> None:
+    busy_store = await Store.open(tmp_path / "busy.db", busy_timeout_s=0.05)
+    blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    try:
+        callbacks = ReplayCallbacks(busy_store)
+        subscriber = CometdSubscriber(
+            rig.clients.session, instance_url=rig.emu.instance_url, api_version="66.0",
+            get_token=rig.clients.auth.access_token,
+            invalidate_token=rig.clients.auth.invalidate, channels=[LEAD],
+            replay_from=callbacks.replay_from, on_replay_invalid=callbacks.on_replay_invalid,
+            watchdog_s=5.0, long_poll_timeout_s=2.0, request_timeout_s=2.0,
+            min_handshake_interval_s=0.0)
+        reconciler = Reconciler(config=rig.config, store=busy_store,
+                                salesforce=rig.clients.salesforce, metrics=rig.metrics)
+        ingest = _StopWhenBusy(config=rig.config, store=busy_store, subscriber=subscriber,
+                               reconciler=reconciler, metrics=rig.metrics, callbacks=callbacks,
+                               retry_base_s=0.001)
+        ingest.stop = asyncio.Event()
+        task = asyncio.create_task(ingest.run(ingest.stop))
+        while not ingest.subscribed:
+            await asyncio.sleep(0)
+            assert not task.done(), task
+        blocker.execute("BEGIN IMMEDIATE")
+        first, second = rig.lead("Locked1"), rig.lead("Locked2")
+
+        await asyncio.wait_for(task, 10.0)
+        blocker.execute("ROLLBACK")
+
+        assert ingest.stats.store_retries == 1
+        assert await busy_store.get_replay(LEAD) is None  # neither message moved the position
+        assert await queued(busy_store) == {}
+
+        # The next start finds no replay id: the blind spot since the first subscribe is
+        # reconciled, so neither change is lost.
+        again = rig.ingest(store=busy_store)
+        await subscribe(again)
+        await again.drain_reconciles()
+        assert set(await queued(busy_store)) == {first, second}
+    finally:
+        blocker.close()
+        await busy_store.close()
