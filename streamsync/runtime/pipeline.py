@@ -155,8 +155,8 @@ class SyncPipeline:
                 continue
             old = ident.iterable_email if ident is not None else None
             if old is not None and user.email is not None and old.lower() != user.email:
-                if self.config.iterable.project_type == "hybrid" and user.user_id is not None:
-                    bulk.append(_email_in_data_fields(user))
+                if self.config.iterable.project_type == "hybrid":
+                    bulk.append(_email_in_data_fields(user, old.lower()))
                 elif self.config.iterable.project_type != "userId":
                     moves.append((user, old))
                     continue
@@ -328,9 +328,13 @@ def _set_path(node: dict[str, Any], keys: Sequence[str], value: Any) -> dict[str
     return out
 
 
-def _email_in_data_fields(user: MappedUser) -> MappedUser:
-    """Hybrid projects change a known user's email via `dataFields.email` with its userId."""
+def _email_in_data_fields(user: MappedUser, old_email: str) -> MappedUser:
+    """Hybrid projects change a known user's email with `dataFields.email` in an update that
+    identifies the user by userId (or, without one, by the old email), so it stays on the
+    bulk path with the record's other writes."""
     payload = {k: v for k, v in user.payload.items() if k != "email"}
+    if user.user_id is None:
+        payload["email"] = old_email
     payload["dataFields"] = {**(payload.get("dataFields") or {}), "email": user.email}
-    return replace(user, payload=payload)
-
+    return replace(user, email=old_email if user.user_id is None else user.email,
+                   payload=payload)

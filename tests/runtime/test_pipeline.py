@@ -205,3 +205,19 @@ async def test_expired_salesforce_session_is_renewed_inside_the_client(sync_rig:
     result = await rig.drain()
     assert (result.synced, result.retried, result.dead) == (1, 0, 0)
     assert rig.profiles()["session@example.com"]["dataFields"]["firstName"] == "Renewed"
+
+
+@pytest.mark.iterable(project_type="hybrid")
+async def test_email_change_in_hybrid_projects_without_user_id(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    sf_id = _contact(rig, "first@example.com", FirstName="One")
+    await rig.enqueue("Contact", [sf_id])
+    await rig.drain()
+    rig.sf.state.update("Contact", sf_id, {"Email": "second@example.com", "FirstName": "Two"})
+    await rig.enqueue("Contact", [sf_id])
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    profiles = rig.profiles()
+    assert set(profiles) == {"second@example.com"}
+    assert profiles["second@example.com"]["dataFields"]["firstName"] == "Two"
+    assert rig.it.state.count(UPDATE_EMAIL) == 0
