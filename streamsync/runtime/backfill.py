@@ -415,11 +415,11 @@ class Backfill:
     async def windows_for(self, plan: ObjectPlan, options: BackfillOptions
                           ) -> list[BackfillWindow]:
         """`parallel` CreatedDate windows spanning --since/--until or the object's records."""
-        start = options.since or await self._first_created(plan, descending=False)
-        end = options.until
-        if end is None:
-            last = await self._first_created(plan, descending=True)
-            end = last + timedelta(seconds=1) if last is not None else None
+        first, last = await asyncio.gather(
+            self._maybe(options.since is None, self._first_created(plan, descending=False)),
+            self._maybe(options.until is None, self._first_created(plan, descending=True)))
+        start = options.since or first
+        end = options.until or (last + timedelta(seconds=1) if last is not None else None)
         if start is None or end is None or start >= end:
             if options.since is None and options.until is None:
                 return [BackfillWindow(plan.object_name)]  # no records: one open window
@@ -427,6 +427,19 @@ class Backfill:
             end = end if end is not None and end > start else start + timedelta(seconds=1)
         return [BackfillWindow(plan.object_name, _iso(a), _iso(b))
                 for a, b in split_windows(start, end, self._parallel(options))]
+
+    @staticmethod
+    async def _maybe(wanted: bool, call: Coroutine[Any, Any, datetime | None]
+                     ) -> datetime | None:
+        if wanted:
+            return await call
+        call.close()
+        return None
+
+    async def total(self, plans: Sequence[ObjectPlan], options: BackfillOptions) -> int:
+        """Records the plans read, by one COUNT() per object (run at once)."""
+        counts = await asyncio.gather(*(self.count(plan, options) for plan in plans))
+        return sum(counts)
 
     async def count(self, plan: ObjectPlan, options: BackfillOptions) -> int:
         """`SELECT COUNT()` of what the plan reads (the progress total)."""
@@ -467,9 +480,7 @@ class Backfill:
                 f"resuming {run.run_id}: {len(checkpoints) - len(pending)} of {len(checkpoints)} "
                 f"windows done, {done_before:,} records already written")
         self._dead_letters_exist = bool(await self.store.dead_letter_counts())
-        total = 0
-        for plan in plans:
-            total += await self.count(plan, options)
+        total = await self.total(plans, options)
         self.progress.start(total, min(done_before, total))
         log.info("backfill.started", run_id=run.run_id, objects=scope["objects"],
                  windows=len(checkpoints), pending=len(pending), resumed=resumed, total=total,
@@ -519,9 +530,8 @@ class Backfill:
             return None, False
         run_id = "bf-" + datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S") \
             + "-" + uuid.uuid4().hex[:6]
-        windows: list[BackfillWindow] = []
-        for plan in plans:
-            windows.extend(await self.windows_for(plan, options))
+        per_plan = await asyncio.gather(*(self.windows_for(plan, options) for plan in plans))
+        windows = [window for plan_windows in per_plan for window in plan_windows]
         options_doc = {"scope": scope, "parallel": self._parallel(options),
                        "page_size": self._page_size(options)}
         run = await self.store.start_run(run_id, windows, options_doc, self.clock())
@@ -747,15 +757,11 @@ class Backfill:
                        started: float, sf_calls_before: int) -> BackfillSummary:
         assert options.dry_run is not None
         path = options.dry_run
-        total = 0
-        for plan in plans:
-            total += await self.count(plan, options)
+        total = await self.total(plans, options)
         self.progress.start(total)
-        checkpoints = []
-        for plan in plans:
-            for window in await self.windows_for(plan, options):
-                checkpoints.append(Checkpoint("dry-run", window, None, 0, False, started,
-                                              started, None))
+        per_plan = await asyncio.gather(*(self.windows_for(plan, options) for plan in plans))
+        checkpoints = [Checkpoint("dry-run", window, None, 0, False, started, started, None)
+                       for windows in per_plan for window in windows]
         by_name = {p.object_name: p for p in plans}
         try:
             out = await asyncio.to_thread(path.open, "wb")
