@@ -1,0 +1,283 @@
+"""`make demo`: the whole sync on the built-in emulators, in one process, in about a minute.
+
+1. Starts the Salesforce and Iterable emulators with seeded data and realistic latency.
+2. Backfills every Lead and Contact into Iterable, with a progress bar.
+3. Runs the real-time service while a workload makes live changes in Salesforce (creates,
+   updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email),
+   showing queue depth, commit-to-Iterable latency, records synced and dead letters.
+4. Waits for the queue to drain and checks that every Iterable profile matches its Salesforce
+   record (`core/verify.py`). Exit code 0 only if it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from streamsync.config import Config, parse_config
+from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
+from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
+from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
+from streamsync.logs import setup_logging
+from streamsync.runtime.app import Service, open_components
+from streamsync.runtime.backfill import Backfill, BackfillOptions
+from streamsync.runtime.progress import ConsoleProgress
+
+SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000}
+SMALL_SEED: dict[str, Any] = {"seed_accounts": 50, "seed_contacts": 300, "seed_leads": 600}
+SYNCED_OBJECTS = ("Lead", "Contact")
+
+
+def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> Config:
+    """The config a user would write for these two emulators (secrets from the 'environment')."""
+    data: dict[str, Any] = {
+        "salesforce": {"login_url": sf.instance_url, "auth": "client_credentials",
+                       "client_id": sf.client_id, "api_version": sf.config.api_version},
+        "iterable": {"base_url": it.base_url, "project_type": "email"},
+        "queue": {"path": str(workdir / "streamsync.db")},
+        "flush": {"linger_ms": 50},
+        "health": {"host": "127.0.0.1", "port": 0},
+    }
+    env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
+           "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
+    return parse_config(data, env)
+
+
+class Workload:
+    """Makes live changes in the Salesforce emulator and remembers when each was committed."""
+
+    def __init__(self, sf: SalesforceEmulator, rng: random.Random) -> None:
+        self.sf = sf
+        self.rng = rng
+        self.changes = 0
+        self.kinds: dict[str, int] = {}
+        self.commits: list[tuple[float, str]] = []  # (commit time, email that must change)
+
+    def _note(self, kind: str, email: str | None = None) -> None:
+        self.changes += 1
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if email:
+            self.commits.append((time.time(), email.lower()))
+
+    def _pick(self, sobject: str, where: str = "IsDeleted = false") -> str:
+        ids = self.sf.select_ids(sobject, where, limit=200)
+        return self.rng.choice(ids)
+
+    def _email(self, sobject: str, record_id: str) -> str | None:
+        record = self.sf.state.record(sobject, record_id)
+        return None if record is None else record.get("Email")
+
+    def step(self, n: int) -> None:
+        """One live change, chosen to cover every kind over the run."""
+        state = self.sf.state
+        scripted = {
+            3: self.rename_account, 7: self.delete_contact, 11: self.invalid_email,
+            15: self.change_email, 19: self.convert_lead,
+        }
+        if n in scripted:
+            scripted[n]()
+        elif n % 3 == 0:
+            email = f"new.lead.{n}@example.net"
+            state.create("Lead", {"FirstName": "New", "LastName": f"Lead{n}", "Email": email,
+                                  "Company": "Initech", "Status": "Open - Not Contacted"})
+            self._note("create", email)
+        else:
+            sobject = self.rng.choice(SYNCED_OBJECTS)
+            live = "IsDeleted = false AND Email != null"
+            record_id = self._pick(sobject, live + (" AND IsConverted = false"
+                                                    if sobject == "Lead" else ""))
+            state.update(sobject, record_id, {"FirstName": f"Renamed{n}"})
+            self._note("update", self._email(sobject, record_id))
+
+    def rename_account(self) -> None:
+        account_id = self._pick("Contact", "IsDeleted = false AND AccountId != null")
+        account = self.sf.state.record("Contact", account_id)
+        assert account is not None
+        self.sf.state.update("Account", account["AccountId"], {"Name": "Renamed Account Inc."})
+        self._note("account_rename", account.get("Email"))
+
+    def delete_contact(self) -> None:
+        record_id = self._pick("Contact", "IsDeleted = false AND Email != null")
+        email = self._email("Contact", record_id)
+        self.sf.state.delete("Contact", record_id)
+        self._note("delete", email)
+
+    def invalid_email(self) -> None:
+        self.sf.state.create("Lead", {"FirstName": "Bad", "LastName": "Email",
+                                      "Email": "jane@example.c0m", "Company": "Nowhere",
+                                      "Status": "Open - Not Contacted"})
+        self._note("invalid_email")
+
+    def change_email(self) -> None:
+        record_id = self._pick("Contact", "IsDeleted = false AND Email != null")
+        email = f"changed.{record_id.lower()}@example.net"
+        self.sf.state.update("Contact", record_id, {"Email": email})
+        self._note("email_change", email)
+
+    def convert_lead(self) -> None:
+        record_id = self._pick("Lead", "IsDeleted = false AND IsConverted = false "
+                                       "AND Email != null")
+        email = self._email("Lead", record_id)
+        self.sf.state.convert_lead(record_id)
+        self._note("lead_conversion", email)
+
+
+def latency_figures(workload: Workload, it: IterableEmulator) -> dict[str, float]:
+    """Commit-to-Iterable latency of the live changes, from the emulator's receipt times."""
+    samples: list[float] = []
+    for committed, email in workload.commits:
+        receipts = [h["received_wall"] for h in it.state.history(email)
+                    if h["received_wall"] >= committed]
+        if receipts:
+            samples.append(min(receipts) - committed)
+    if not samples:
+        return {"latency_samples": 0}
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return {"latency_samples": len(samples), "latency_p50_s": round(statistics.median(samples), 3),
+            "latency_p99_s": round(p99, 3)}
+
+
+async def verify(config: Config, it: IterableEmulator) -> VerifyReport:
+    """Read Salesforce through its API and compare with Iterable's profiles."""
+    async with open_components(config) as parts:
+        records: dict[str, list[dict[str, Any]]] = {}
+        policies: dict[str, ObjectPolicy] = {}
+        for name in SYNCED_OBJECTS:
+            mapping = parts.mappings[name]
+            obj = config.objects[name]
+            fields = mapping.soql_fields("IsDeleted", *(["IsConverted"] if name == "Lead" else []))
+            soql = f"SELECT {', '.join(fields)} FROM {name}"
+            records[name] = [r async for r in parts.salesforce.records(soql, include_deleted=True)]
+            policies[name] = ObjectPolicy(
+                mapping, obj.delete_policy, obj.delete_flag_field,
+                defers_when_converted=name == "Lead"
+                and config.converted_precedence() == "contact",
+            )
+        dead = [d.record_id for d in await parts.store.dead_letters(limit=1_000_000)]
+    return compare(policies, records, it.state.snapshot(), dead)
+
+
+def _status_line(service: Service) -> str:
+    m = service.metrics
+    synced = sum(s.value for metric in m.records_synced.collect() for s in metric.samples
+                 if s.name.endswith("_total"))
+    dead = sum(s.value for metric in m.dead_letters.collect() for s in metric.samples)
+    depth = service.queue_depth
+    return f"queue={depth:.0f}  synced={synced:.0f}  dead_letters={dead:.0f}"
+
+
+async def run_demo(duration_s: float, keep_running: bool, small: bool, out: TextIO) -> int:
+    seed = SMALL_SEED if small else SEED
+    sf = SalesforceEmulator(SalesforceEmulatorConfig(**seed, latency_ms=20.0))
+    it = IterableEmulator(IterableEmulatorConfig(project_type="email", latency_ms=20.0))
+    await sf.start("127.0.0.1", 0)
+    await it.start("127.0.0.1", 0)
+    print(f"Salesforce emulator: {sf.instance_url}   Iterable emulator: {it.base_url}", file=out)
+    with tempfile.TemporaryDirectory(prefix="streamsync-demo-") as tmp:
+        config = demo_config(sf, it, Path(tmp))
+        try:
+            return await _demo_steps(config, sf, it, duration_s, keep_running, out)
+        finally:
+            await it.stop()
+            await sf.stop()
+
+
+async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulator,
+                      duration_s: float, keep_running: bool, out: TextIO) -> int:
+    print("\n== 1. Backfill", file=out)
+    async with open_components(config) as parts:
+        backfill = Backfill(config=config, store=parts.store, salesforce=parts.salesforce,
+                            pipeline=parts.pipeline, metrics=parts.metrics,
+                            progress=ConsoleProgress(stream=out), mappings=parts.mappings)
+        summary = await backfill.run(BackfillOptions(objects=SYNCED_OBJECTS))
+    print(f"   {summary.records_written} users written to Iterable", file=out)
+
+    print("\n== 2. Real time: live changes in Salesforce", file=out)
+    service = Service(config, metrics_refresh_s=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    workload = Workload(sf, random.Random(7))
+    try:
+        await _live_changes(service, task, workload, duration_s, out)
+        if keep_running:
+            print("   --keep-running: the service keeps syncing; Ctrl-C to stop", file=out)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+    finally:
+        stop.set()
+        code = await task
+    if code != 0:
+        print(f"The service stopped with exit code {code}.", file=out)
+        return code
+
+    print("\n== 3. Verification", file=out)
+    report = await verify(config, it)
+    figures = {**latency_figures(workload, it), "changes": workload.changes,
+               "kinds": workload.kinds, **report.summary()}
+    for key, value in figures.items():
+        print(f"   {key}: {value}", file=out)
+    for mismatch in report.mismatches[:10]:
+        print(f"   MISMATCH {mismatch.object_name} {mismatch.record_id} {mismatch.key}: "
+              f"{mismatch.problem} {mismatch.fields}", file=out)
+    print("\nEvery Iterable profile matches Salesforce." if report.ok
+          else "\nVerification FAILED.", file=out)
+    return 0 if report.ok else 1
+
+
+async def _live_changes(service: Service, task: asyncio.Task[int], workload: Workload,
+                        duration_s: float, out: TextIO) -> None:
+    """Make live changes for `duration_s` while printing a status line, then drain."""
+    while not (service.ingest and service.ingest.subscribed):
+        if task.done():
+            return
+        await asyncio.sleep(0.05)
+    started, n = time.monotonic(), 0
+    next_status = started
+    while time.monotonic() - started < duration_s and not task.done():
+        n += 1
+        workload.step(n)
+        await asyncio.sleep(0.1)
+        if time.monotonic() >= next_status:
+            print(f"   t={time.monotonic() - started:4.0f}s  changes={workload.changes}  "
+                  f"{_status_line(service)}", file=out)
+            next_status += 2.0
+    await _drain(service, out)
+
+
+async def _drain(service: Service, out: TextIO, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    await asyncio.sleep(1.0)
+    while time.monotonic() < deadline:
+        if service.queue_depth == 0:
+            break
+        await asyncio.sleep(0.25)
+    print(f"   drained: {_status_line(service)}", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamsync demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds of live changes (default 30)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="keep the service running after the live changes")
+    parser.add_argument("--small", action="store_true",
+                        help="a small seed (1,000 records) for a quick look or a test")
+    args = parser.parse_args(argv)
+    setup_logging("warning")
+    try:
+        import uvloop
+
+        return uvloop.run(run_demo(args.duration, args.keep_running, args.small, sys.stdout))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,357 @@
+"""Wiring of the service: builds every adapter from the config and runs ingest, flushers and health.
+
+`open_components` is the one place that turns a `Config` into live clients (the `run`, `backfill`,
+`replay` and `check-config` commands share it); `Service` runs the long-lived tasks and owns
+shutdown: on SIGTERM it stops taking events, lets in-flight batches finish or releases them before
+a deadline, closes everything and returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from streamsync.adapters.cometd import CometdSubscriber
+from streamsync.adapters.http import UsageCounter, make_session
+from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.salesforce_auth import SalesforceAuth
+from streamsync.adapters.store import Store
+from streamsync.config import Config
+from streamsync.core.mapping import CompiledMapping
+from streamsync.errors import FatalError, RetriableError
+from streamsync.logs import get_logger
+from streamsync.runtime.flusher import Flusher
+from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
+from streamsync.runtime.ingest import Ingest
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.notify import SystemdNotifier
+from streamsync.runtime.pipeline import SyncPipeline
+from streamsync.runtime.reconcile import Reconciler
+
+log = get_logger(__name__)
+
+METRICS_REFRESH_S = 5.0
+STARTUP_BACKOFF_MAX_S = 60.0
+
+
+@dataclass
+class Components:
+    """Every live client the sync needs, built once from the config."""
+
+    config: Config
+    store: Store
+    metrics: Metrics
+    counter: UsageCounter
+    salesforce_http: aiohttp.ClientSession
+    iterable_http: aiohttp.ClientSession
+    auth: SalesforceAuth
+    salesforce: SalesforceClient
+    iterable: IterableClient
+    limiter: RateLimiter
+    mappings: dict[str, CompiledMapping]
+    pipeline: SyncPipeline
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
+    """Feeds the adapters' call counter into the Prometheus metrics."""
+
+    def listener(api: str, endpoint: str, status: str) -> None:
+        if api == "iterable":
+            metrics.iterable_requests.labels(endpoint=endpoint, status=status).inc()
+            if status == "429":
+                metrics.iterable_429s.inc()
+        else:
+            metrics.salesforce_calls.labels(kind=endpoint).inc()
+
+    return listener
+
+
+def _secret(config: Config, name: str) -> str | None:
+    value = getattr(config.secrets, name)
+    return None if value is None else str(value.get_secret_value())
+
+
+@contextlib.asynccontextmanager
+async def open_components(
+    config: Config,
+    *,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+    describes: dict[str, Any] | None = None,
+) -> AsyncIterator[Components]:
+    """Open the store and the HTTP clients; close them all on exit, whatever happened."""
+    metrics = metrics or Metrics()
+    counter = UsageCounter()
+    counter.subscribe(_count_calls(metrics))
+    sf_conf, it_conf = config.salesforce, config.iterable
+    store = await Store.open(config.queue.path)
+    sf_http = make_session(sf_conf.timeout_s, limit=sf_conf.max_in_flight + 4)
+    it_http = make_session(it_conf.timeout_s, limit=it_conf.max_in_flight + 4)
+    try:
+        auth = SalesforceAuth(
+            sf_http,
+            login_url=sf_conf.login_url,
+            flow=sf_conf.auth,
+            client_id=sf_conf.client_id,
+            client_secret=_secret(config, "sf_client_secret"),
+            username=sf_conf.username,
+            password=_secret(config, "sf_password"),
+            private_key=_secret(config, "sf_private_key"),
+            refresh_token=_secret(config, "sf_refresh_token"),
+            audience=sf_conf.jwt_audience,
+            counter=counter,
+            timeout_s=sf_conf.timeout_s,
+            clock=clock,
+        )
+        salesforce = SalesforceClient(
+            sf_http,
+            auth,
+            sf_conf.api_version,
+            counter,
+            call_options_client=sf_conf.client_name,
+            timeout_s=sf_conf.timeout_s,
+            max_in_flight=sf_conf.max_in_flight,
+        )
+        limiter = RateLimiter(it_conf.rate_limit_per_s, max_in_flight=it_conf.max_in_flight)
+        api_key = _secret(config, "iterable_api_key") or ""
+        iterable = IterableClient(
+            it_http, it_conf.base_url, api_key, counter, timeout_s=it_conf.timeout_s,
+            bulk_limiter=limiter,
+        )
+        mappings = config.compiled(describes)
+        pipeline = SyncPipeline(
+            config=config, store=store, iterable=iterable, limiter=limiter, metrics=metrics,
+            mappings=mappings, clock=clock,
+        )
+        yield Components(
+            config=config, store=store, metrics=metrics, counter=counter,
+            salesforce_http=sf_http, iterable_http=it_http, auth=auth, salesforce=salesforce,
+            iterable=iterable, limiter=limiter, mappings=mappings, pipeline=pipeline, clock=clock,
+        )
+    finally:
+        await sf_http.close()
+        await it_http.close()
+        await store.close()
+
+
+class Service:
+    """The long-running sync: ingest → queue → flushers → Iterable, plus health and metrics."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: SystemdNotifier | None = None,
+        clock: Callable[[], float] = time.time,
+        shutdown_s: float = 30.0,
+        owner: str = "service",
+        metrics_refresh_s: float = METRICS_REFRESH_S,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier or SystemdNotifier(None)
+        self.clock = clock
+        self.shutdown_s = shutdown_s
+        self.owner = owner
+        self.metrics_refresh_s = metrics_refresh_s
+        self.metrics = Metrics()
+        self.loop_monitor = LoopMonitor()
+        self.health: HealthServer | None = None
+        self.ingest: Ingest | None = None
+        self.flusher: Flusher | None = None
+        self.queue_depth = 0
+        self.last_write_ok = True
+
+    def readiness(self) -> Readiness:
+        """Ready once subscribed and while Iterable writes succeed (or nothing is pending)."""
+        if self.ingest is None or not self.ingest.subscribed:
+            return Readiness(False, "not subscribed to Salesforce change events")
+        if not self.last_write_ok and self.queue_depth > 0:
+            return Readiness(False, "the last Iterable write failed and records are pending")
+        return Readiness(True)
+
+    def _on_call(self, api: str, endpoint: str, status: str) -> None:
+        if api == "iterable" and "bulkUpdate" in endpoint:
+            self.last_write_ok = status == "200"
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until `stop` is set; return the process exit code."""
+        async with open_components(self.config, metrics=self.metrics, clock=self.clock) as parts:
+            parts.counter.subscribe(self._on_call)
+            health = await self._start_health()
+            try:
+                instance_url = await self._wait_for_salesforce(parts, stop)
+                if instance_url is None:
+                    return 0
+                return await self._run_tasks(parts, instance_url, stop)
+            finally:
+                if health is not None:
+                    await health.stop()
+
+    async def _start_health(self) -> HealthServer | None:
+        conf = self.config.health
+        if not conf.enabled:
+            return None
+        self.health = HealthServer(self.metrics, self.readiness, self.loop_monitor)
+        port = await self.health.start(conf.host, conf.port)
+        log.info("health.listening", host=conf.host, port=port)
+        return self.health
+
+    async def _wait_for_salesforce(self, parts: Components, stop: asyncio.Event) -> str | None:
+        """Authenticate, retrying transient failures; None if asked to stop meanwhile."""
+        delay_s = 1.0
+        while not stop.is_set():
+            try:
+                return await parts.auth.instance_url()
+            except RetriableError as exc:
+                log.warning("salesforce.unreachable", error=str(exc), retry_in_s=delay_s)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay_s)
+                delay_s = min(delay_s * 2, STARTUP_BACKOFF_MAX_S)
+        return None
+
+    async def _run_tasks(self, parts: Components, instance_url: str, stop: asyncio.Event) -> int:
+        config = self.config
+        reconciler = Reconciler(
+            config=config, store=parts.store, salesforce=parts.salesforce, metrics=self.metrics,
+            clock=self.clock,
+        )
+        ingest_http = make_session(
+            config.salesforce.timeout_s + 120, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        )
+        holder: dict[str, Ingest] = {}
+
+        async def on_replay_invalid(channel: str, replay_id: Any) -> None:
+            await holder["ingest"].on_replay_invalid(channel, replay_id)
+
+        async def replay_from(channel: str) -> Any:
+            state = await parts.store.get_replay(channel)
+            return None if state is None else state.replay_id
+
+        channels = sorted({config.channel(name) for name in config.objects})
+        subscriber = CometdSubscriber(
+            ingest_http,
+            instance_url=instance_url,
+            api_version=config.salesforce.api_version,
+            get_token=parts.auth.access_token,
+            invalidate_token=parts.auth.invalidate,
+            channels=channels,
+            replay_from=replay_from,
+            on_replay_invalid=on_replay_invalid,
+            watchdog_s=config.ingest.watchdog_s,
+            idle_resubscribe_s=1800.0,
+        )
+        self.ingest = holder["ingest"] = Ingest(
+            config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,
+            metrics=self.metrics, clock=self.clock,
+        )
+        self.flusher = Flusher(
+            config=config, store=parts.store, salesforce=parts.salesforce,
+            pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
+        )
+        work = [
+            asyncio.create_task(self.ingest.run(stop), name="ingest"),
+            asyncio.create_task(self.flusher.run(stop), name="flusher"),
+        ]
+        helpers = [
+            asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
+            asyncio.create_task(self.notifier.run_watchdog(self.loop_monitor.alive), name="wd"),
+            asyncio.create_task(self._refresh_metrics(parts, stop), name="metrics"),
+            asyncio.create_task(self._announce_ready(stop), name="ready"),
+        ]
+        try:
+            return await self._supervise(work, stop)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await subscriber.close()
+            await ingest_http.close()
+
+    async def _supervise(self, work: list[asyncio.Task[None]], stop: asyncio.Event) -> int:
+        """Wait for stop or a task failure; then drain within the shutdown deadline."""
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait([*work, stopper], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task is stopper or task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None:
+                kind = "fatal" if isinstance(exc, FatalError) else "crashed"
+                log.error(f"service.task_{kind}", task=task.get_name(), error=str(exc))
+                code = 1
+        stop.set()
+        self.notifier.stopping()
+        log.info("service.stopping", deadline_s=self.shutdown_s)
+        pending = [t for t in work if not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.shutdown_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        stopper.cancel()
+        log.info("service.stopped", exit_code=code)
+        return code
+
+    async def _announce_ready(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.ingest is not None and self.ingest.subscribed:
+                self.notifier.ready(f"subscribed to {len(self.config.objects)} objects")
+                log.info("service.ready")
+                return
+            await asyncio.sleep(0.2)
+
+    async def _refresh_metrics(self, parts: Components, stop: asyncio.Event) -> None:
+        """Queue depth, oldest age and dead letters from the store, every few seconds."""
+        while not stop.is_set():
+            with contextlib.suppress(RetriableError):
+                stats = await parts.store.queue_stats(self.clock())
+                self.queue_depth = stats.depth
+                self.metrics.queue_depth.set(stats.depth)
+                self.metrics.queue_oldest_age_s.set(stats.oldest_age_s or 0.0)
+                for reason, count in (await parts.store.dead_letter_counts()).items():
+                    self.metrics.dead_letters.labels(reason=reason).set(count)
+                usage = parts.counter.usage("salesforce")
+                if usage is not None:
+                    self.metrics.salesforce_api_usage.set(usage[0])
+                    self.metrics.salesforce_api_limit.set(usage[1])
+            await asyncio.sleep(self.metrics_refresh_s)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop`; a second signal is left to the default handler."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def run_service(
+    config: Config,
+    *,
+    notify_socket: str | None = None,
+    watchdog_usec: int | None = None,
+) -> int:
+    """Entry point of `streamsync run`: one uvloop event loop until SIGTERM."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        service = Service(config, notifier=SystemdNotifier(notify_socket, watchdog_usec))
+        return await service.run(stop)
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.run(main())
+    return uvloop.run(main())
