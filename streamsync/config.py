@@ -267,7 +267,18 @@ class IngestConfig(_Model):
     """[ingest]: the CometD subscription."""
 
     watchdog_s: float = Field(default=300.0, gt=0, le=86_400)
+    long_poll_timeout_s: float = Field(default=130.0, gt=0, le=600)
+    idle_resubscribe_s: float = Field(default=1800.0, gt=0, le=86_400)
     reconcile_overlap_s: float = Field(default=60.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _watchdog(self) -> IngestConfig:
+        if self.watchdog_s < self.long_poll_timeout_s:
+            raise ValueError(
+                f"watchdog_s ({self.watchdog_s:g}) must be at least long_poll_timeout_s "
+                f"({self.long_poll_timeout_s:g}): a healthy long poll lasts up to 110 s"
+            )
+        return self
 
 
 class BackfillConfig(_Model):

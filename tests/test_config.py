@@ -491,3 +491,13 @@ def test_compiled_with_describes_keeps_text_fields_as_text() -> None:
     assert typed == {"title": "2024-05-01", "bday": "1990-01-02 00:00:00 +00:00"}
     by_shape = cfg.compiled()["Contact"].map(record).payload["dataFields"]
     assert by_shape["title"] == "2024-05-01 00:00:00 +00:00"
+
+
+def test_watchdog_shorter_than_the_long_poll_is_a_config_error() -> None:
+    data = {"salesforce": {"client_id": "x", "auth": "client_credentials"},
+            "ingest": {"watchdog_s": 60}}
+    env = {"STREAMSYNC_SF_CLIENT_SECRET": "s", "STREAMSYNC_ITERABLE_API_KEY": "k"}
+    with pytest.raises(ConfigError, match="watchdog_s"):
+        parse_config(data, env)
+    ok = parse_config({**data, "ingest": {"watchdog_s": 5, "long_poll_timeout_s": 2}}, env)
+    assert ok.ingest.long_poll_timeout_s == 2

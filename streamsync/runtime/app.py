@@ -248,7 +248,8 @@ class Service:
             replay_from=replay_from,
             on_replay_invalid=on_replay_invalid,
             watchdog_s=config.ingest.watchdog_s,
-            idle_resubscribe_s=1800.0,
+            long_poll_timeout_s=config.ingest.long_poll_timeout_s,
+            idle_resubscribe_s=config.ingest.idle_resubscribe_s,
         )
         self.ingest = holder["ingest"] = Ingest(
             config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,
