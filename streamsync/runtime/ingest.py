@@ -259,16 +259,17 @@ class Ingest:
                                            event.commit_timestamp_ms, now)
             return
         items = self._items(event)
-        if event.needs_reconcile:
-            trigger = "gap_overflow" if event.is_overflow else "wildcard"
-            await self._schedule(event.entity, event.commit_timestamp_ms, trigger)
+        to_reconcile = self._objects_to_reconcile(event)
+        trigger = "gap_overflow" if event.is_overflow else "wildcard"
+        for name in to_reconcile:
+            await self._schedule(name, event.commit_timestamp_ms, trigger)
         await self._store.record_event(event.channel, event.replay_id, items,
                                        event.commit_timestamp_ms, now)
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
                   change=event.change_type, ids=len(items))
-        if event.needs_reconcile:
-            self._start_worker(event.entity)
+        for name in to_reconcile:
+            self._start_worker(name)
 
     async def on_replay_invalid(self, channel: str, replay_id: ReplayId) -> None:
         """The stored replay id fell out of retention: owe a reconciliation of the channel's
@@ -367,6 +368,22 @@ class Ingest:
                 log.warning("ingest.unexpected_id_dropped", channel=event.channel,
                             entity=event.entity, record_id=sf_id, owner=str(owner))
         return items
+
+    def _objects_to_reconcile(self, event: ChangeEvent) -> list[str]:
+        """Overflow: the event's object. Wildcard ids (`003*`): the objects of the prefixes,
+        where configured (the event's own object when a prefix is unknown)."""
+        if event.is_overflow:
+            return [event.entity]
+        out: dict[str, None] = {}
+        for prefix in event.wildcard_prefixes:
+            owner = KEY_PREFIXES.get(prefix, event.entity)
+            if owner in self._config.objects:
+                out[owner] = None
+            else:
+                self.stats.ids_dropped += 1
+                log.warning("ingest.unexpected_wildcard_dropped", channel=event.channel,
+                            entity=event.entity, prefix=prefix, owner=owner)
+        return list(out)
 
     async def _skip(self, channel: str | None, replay_id: int | None, now: float) -> None:
         """Move the replay id past a message that carries nothing to queue."""

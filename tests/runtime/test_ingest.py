@@ -138,6 +138,13 @@ async def queued(store: Store) -> dict[str, Lease]:
     return {lease.record_id: lease for lease in leases}
 
 
+async def flushed(store: Store) -> None:
+    """Empty the queue as a flusher would: lease every row and ack it."""
+    leases = await store.lease("test", 100_000, 60.0, time.time() + 1)
+    result = await store.ack(leases)
+    assert result.deleted == len(leases)
+
+
 def replay_id_of(message: Message) -> int:
     value = message["data"]["event"]["replayId"]
     assert isinstance(value, int)
@@ -277,7 +284,7 @@ async def test_owed_reconciliation_survives_a_crash(rig: Rig) -> None:
     await ingest.aclose()  # "crash" before the reconciliation could run
     assert got[-1]["data"]["payload"]["ChangeEventHeader"]["changeType"] == "GAP_OVERFLOW"
     assert await rig.store.get_meta(PENDING_PREFIX + "Lead")
-    await rig.store.release(list((await queued(rig.store)).values()))
+    await flushed(rig.store)  # the event's own id was synced meanwhile
 
     restarted = rig.ingest()
     assert await restarted.resume_pending() == 1
@@ -310,7 +317,7 @@ async def test_wildcard_ids_reconcile_the_object(rig: Rig) -> None:
     for lead in touched:
         rig.emu.state.update("Lead", lead, {"Rating": "Cold"})
     await pump(ingest, want=2)
-    await rig.store.ack(list((await queued(rig.store)).values()))  # flushed already
+    await flushed(rig.store)
 
     rig.publish("Lead", "UPDATE", ["00Q*"])
     [_] = await pump(ingest)
@@ -321,6 +328,17 @@ async def test_wildcard_ids_reconcile_the_object(rig: Rig) -> None:
 
     assert set(await queued(rig.store)) == set(touched)
 
+    # A wildcard of another configured object reconciles that object; an unknown one is dropped.
+    await flushed(rig.store)
+    contact = rig.emu.select_ids("Contact", limit=1)[0]
+    rig.emu.state.update("Contact", contact, {"Title": "Touched"})
+    rig.publish("Lead", "UPDATE", ["003*", "006*"])
+    [_] = await pump(ingest)  # the Contact's own event is on a channel not subscribed here
+    assert set(await ingest.pending_reconciles()) == {"Contact"}
+    await ingest.drain_reconciles()
+    assert set(await queued(rig.store)) == {contact}
+    assert ingest.stats.ids_dropped == 1
+
 
 async def test_expired_replay_id_after_downtime_reconciles_and_new_events_flow(
     rig: Rig, tmp_path: Path
@@ -329,7 +347,7 @@ async def test_expired_replay_id_after_downtime_reconciles_and_new_events_flow(
     await subscribe(first)
     before = rig.lead("BeforeDowntime")
     await pump(first)
-    await rig.store.ack(list((await queued(rig.store)).values()))
+    await flushed(rig.store)
     await first.aclose()
 
     # Downtime: changes happen and the bus loses them (retention passed).
