@@ -262,3 +262,17 @@ async def test_a_fatal_error_releases_the_leases(sync_rig: SyncRig) -> None:
         await rig.flusher.flush_once()
     stats = await rig.store.queue_stats(rig.clock())
     assert (stats.depth, stats.leased, stats.due) == (2, 0, 2)
+
+
+async def test_a_record_salesforce_no_longer_returns_follows_the_delete_policy(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    [sf_id] = _new_contacts(rig, 1, "purged")
+    await rig.enqueue("Contact", [sf_id])
+    await rig.drain()
+    table = rig.sf.state.tables["Contact"]
+    table.remove(sf_id)  # purged from the recycle bin: queryAll does not return it any more
+    await rig.enqueue("Contact", [sf_id])
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    assert rig.profiles()["purged0@example.com"]["dataFields"]["salesforceDeleted"] is True
