@@ -31,7 +31,7 @@ from streamsync.errors import FatalError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
-from streamsync.runtime.ingest import Ingest
+from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.pipeline import SyncPipeline
@@ -228,32 +228,23 @@ class Service:
         ingest_http = make_session(
             config.salesforce.timeout_s + 120, cookie_jar=aiohttp.CookieJar(unsafe=True)
         )
-        holder: dict[str, Ingest] = {}
-
-        async def on_replay_invalid(channel: str, replay_id: Any) -> None:
-            await holder["ingest"].on_replay_invalid(channel, replay_id)
-
-        async def replay_from(channel: str) -> Any:
-            state = await parts.store.get_replay(channel)
-            return None if state is None else state.replay_id
-
-        channels = sorted({config.channel(name) for name in config.objects})
+        callbacks = ReplayCallbacks(parts.store)
         subscriber = CometdSubscriber(
             ingest_http,
             instance_url=instance_url,
             api_version=config.salesforce.api_version,
             get_token=parts.auth.access_token,
             invalidate_token=parts.auth.invalidate,
-            channels=channels,
-            replay_from=replay_from,
-            on_replay_invalid=on_replay_invalid,
+            channels=ingest_channels(config),
+            replay_from=callbacks.replay_from,
+            on_replay_invalid=callbacks.on_replay_invalid,
             watchdog_s=config.ingest.watchdog_s,
             long_poll_timeout_s=config.ingest.long_poll_timeout_s,
             idle_resubscribe_s=config.ingest.idle_resubscribe_s,
         )
-        self.ingest = holder["ingest"] = Ingest(
+        self.ingest = Ingest(
             config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,
-            metrics=self.metrics, clock=self.clock,
+            metrics=self.metrics, clock=self.clock, callbacks=callbacks,
         )
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
