@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -257,6 +257,16 @@ def split_windows(start: datetime, end: datetime, parts: int) -> list[tuple[date
     return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if a < b]
 
 
+def _strip_attributes(records: Sequence[dict[str, Any]]) -> None:
+    """Drop the REST `attributes` ({type, url}) of records and their parents: nothing reads
+    them, and they are a third of a page's memory."""
+    for record in records:
+        record.pop("attributes", None)
+        for value in record.values():
+            if isinstance(value, dict):
+                _strip_attributes((value,))
+
+
 def _window_range(window: BackfillWindow) -> soql.DateWindow | None:
     if not window.window_start and not window.window_end:
         return None
@@ -288,9 +298,9 @@ class Backfill:
     """Reads every record of the selected objects and writes them through the pipeline.
 
     Per window: a reader task fetches keyset pages (`WHERE Id > :last [AND window] ORDER BY Id
-    LIMIT 2000`) into a queue of `prefetch_pages` while the writer feeds the previous page to
-    `pipeline.sync_records(...)`, so reads overlap writes and memory stays bounded (about
-    `parallel × (prefetch_pages + 2)` pages). After each page is confirmed the window's
+    LIMIT 2000`) ahead, `prefetch_pages` at most, while the writer feeds the previous page to
+    `pipeline.sync_records(...)`, so reads overlap writes and memory stays bounded (at most
+    `parallel × (prefetch_pages + 1)` pages). After each page is confirmed the window's
     checkpoint (last Id, count) is saved, so a killed run resumes and re-sends at most the
     pages that were being written. At the end every record modified since the run started is
     enqueued for the real-time flusher (catch-up), so a stale page is never the last write.
@@ -463,7 +473,7 @@ class Backfill:
         if options.dry_run is not None:
             return await self._dry_run(options, plans, started, sf_calls_before)
         scope = self.scope(options, plans)
-        run, resumed = await self._select_run(options, plans, scope)
+        run, resumed, total = await self._select_run(options, plans, scope)
         if run is None:
             previous = await self._matching_run(scope)
             assert previous is not None
@@ -480,7 +490,6 @@ class Backfill:
                 f"resuming {run.run_id}: {len(checkpoints) - len(pending)} of {len(checkpoints)} "
                 f"windows done, {done_before:,} records already written")
         self._dead_letters_exist = bool(await self.store.dead_letter_counts())
-        total = await self.total(plans, options)
         self.progress.start(total, min(done_before, total))
         log.info("backfill.started", run_id=run.run_id, objects=scope["objects"],
                  windows=len(checkpoints), pending=len(pending), resumed=resumed, total=total,
@@ -514,8 +523,9 @@ class Backfill:
         return None
 
     async def _select_run(self, options: BackfillOptions, plans: Sequence[ObjectPlan],
-                          scope: dict[str, Any]) -> tuple[BackfillRun | None, bool]:
-        """(run to work on, resumed?); (None, False) when the same backfill already finished."""
+                          scope: dict[str, Any]) -> tuple[BackfillRun | None, bool, int]:
+        """(run to work on, resumed?, records it reads); (None, False, 0) when the same
+        backfill already finished. A new run's windows and COUNT()s are planned at once."""
         previous = None if options.restart else await self._matching_run(scope)
         if previous is not None and not previous.finished:
             if not options.resume:
@@ -525,17 +535,19 @@ class Backfill:
                     f"backfill {previous.run_id} of the same scope stopped before finishing "
                     f"({done} of {len(progress)} windows done): use --resume to continue it "
                     "or --restart to start over")
-            return previous, True
+            return previous, True, await self.total(plans, options)
         if previous is not None:
-            return None, False
+            return None, False, 0
         run_id = "bf-" + datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S") \
             + "-" + uuid.uuid4().hex[:6]
-        per_plan = await asyncio.gather(*(self.windows_for(plan, options) for plan in plans))
+        per_plan, total = await asyncio.gather(
+            asyncio.gather(*(self.windows_for(plan, options) for plan in plans)),
+            self.total(plans, options))
         windows = [window for plan_windows in per_plan for window in plan_windows]
         options_doc = {"scope": scope, "parallel": self._parallel(options),
                        "page_size": self._page_size(options)}
         run = await self.store.start_run(run_id, windows, options_doc, self.clock())
-        return run, False
+        return run, False, total
 
     async def _run_windows(self, run_id: str, pending: Sequence[Checkpoint],
                            plans: Mapping[str, ObjectPlan], options: BackfillOptions) -> None:
@@ -552,9 +564,10 @@ class Backfill:
     async def _run_window(self, run_id: str | None, cp: Checkpoint, plan: ObjectPlan,
                           options: BackfillOptions) -> None:
         window = cp.window
-        pages: asyncio.Queue[_Page | BaseException | None] = asyncio.Queue(
-            maxsize=options.prefetch_pages)
-        reader = asyncio.create_task(self._read_window(plan, window, cp.last_id, options, pages))
+        pages: asyncio.Queue[_Page | BaseException | None] = asyncio.Queue()
+        room = asyncio.Semaphore(options.prefetch_pages + 1)
+        reader = asyncio.create_task(
+            self._read_window(plan, window, cp.last_id, options, pages, room))
         done = cp.records_done
         page_no = 0
         log.info("backfill.window_started", run_id=run_id, object=plan.object_name,
@@ -573,6 +586,8 @@ class Backfill:
                     await self.store.save_checkpoint(run_id, window, item.last_id, done,
                                                      self.clock())
                 self.progress.advance(len(item.records))
+                del item
+                room.release()
                 if self.on_page is not None:
                     await self.on_page(window, page_no)
             if run_id is not None:
@@ -587,18 +602,33 @@ class Backfill:
 
     async def _read_window(self, plan: ObjectPlan, window: BackfillWindow, after: str | None,
                            options: BackfillOptions,
-                           out: asyncio.Queue[_Page | BaseException | None]) -> None:
-        """Put the window's pages into `out`, then None (or the error that stopped it)."""
+                           out: asyncio.Queue[_Page | BaseException | None],
+                           room: asyncio.Semaphore) -> None:
+        """Put the window's pages into `out`, then None (or the error that stopped it).
+
+        A page is only fetched once `room` has a place (the writer frees one per page written),
+        so at most `prefetch_pages + 1` pages of the window are in memory at once.
+        """
+        reader = self._bulk_pages if self._api(options) == "bulk" else self._rest_pages
+        pages = reader(plan, window, after, options)
         try:
-            reader = self._bulk_pages if self._api(options) == "bulk" else self._rest_pages
-            async for page in reader(plan, window, after, options):
+            while True:
+                await room.acquire()
+                try:
+                    page = await anext(pages)
+                except StopAsyncIteration:
+                    break
+                _strip_attributes(page.records)
                 self._totals.read += len(page.records)
-                await out.put(page)
-            await out.put(None)
+                out.put_nowait(page)
+                del page
+            out.put_nowait(None)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the writer, which raises it in the run
-            await out.put(exc)
+            out.put_nowait(exc)
+        finally:
+            await pages.aclose()
 
     async def _retrying(self, what: str, attempt: int, exc: RetriableError) -> None:
         if attempt >= READ_ATTEMPTS:
@@ -609,7 +639,7 @@ class Backfill:
         await self._sleep(delay)
 
     async def _rest_pages(self, plan: ObjectPlan, window: BackfillWindow, after: str | None,
-                          options: BackfillOptions) -> AsyncIterator[_Page]:
+                          options: BackfillOptions) -> AsyncGenerator[_Page, None]:
         limit = self._page_size(options)
         rng = _window_range(window)
         while True:
@@ -624,7 +654,7 @@ class Backfill:
                 return
 
     async def _bulk_pages(self, plan: ObjectPlan, window: BackfillWindow, after: str | None,
-                          options: BackfillOptions) -> AsyncIterator[_Page]:
+                          options: BackfillOptions) -> AsyncGenerator[_Page, None]:
         limit = self._page_size(options)
         rng = _window_range(window)
         types = await self.field_types(plan)
@@ -757,9 +787,10 @@ class Backfill:
                        started: float, sf_calls_before: int) -> BackfillSummary:
         assert options.dry_run is not None
         path = options.dry_run
-        total = await self.total(plans, options)
+        per_plan, total = await asyncio.gather(
+            asyncio.gather(*(self.windows_for(plan, options) for plan in plans)),
+            self.total(plans, options))
         self.progress.start(total)
-        per_plan = await asyncio.gather(*(self.windows_for(plan, options) for plan in plans))
         checkpoints = [Checkpoint("dry-run", window, None, 0, False, started, started, None)
                        for windows in per_plan for window in windows]
         by_name = {p.object_name: p for p in plans}
@@ -809,35 +840,40 @@ class Backfill:
 
     async def catch_up(self, scope: Mapping[str, Any], plans: Sequence[ObjectPlan], *,
                        since_s: float) -> int:
-        """Enqueue (source 'catchup') every record of the run's scope whose SystemModstamp is
+        """Enqueue (source 'catchup') every record of the run's objects whose SystemModstamp is
         at or after the run start minus `ingest.reconcile_overlap_s`, deleted ones included
         (queryAll), so the real-time flusher writes the latest state last. Objects that only
-        fan out (Account) are enqueued too: the flusher fans their changes out to Contacts."""
+        fan out (Account) are enqueued too: the flusher fans their changes out to Contacts.
+
+        No filter is applied (as in reconcile): a record that left the filter or --where while
+        the backfill ran may have been written by a page, and the flusher, which re-reads the
+        record and applies the filter and delete policy, must have the last word."""
         since = datetime.fromtimestamp(since_s - self.config.ingest.reconcile_overlap_s, UTC)
-        targets: dict[str, str | None] = {p.object_name: p.where for p in plans}
-        for name in scope.get("objects", []):
-            targets.setdefault(name, None)
+        targets = [p.object_name for p in plans]
+        targets += [name for name in scope.get("objects", []) if name not in targets]
         for name, obj in self.config.objects.items():
-            if not obj.writes_users and any(f.object in targets for f in obj.fan_out):
-                targets.setdefault(name, _combine(obj.filter))
-        total = 0
-        for name, where in targets.items():
-            after: str | None = None
-            while True:
-                query = soql.modified_since(name, since, fields=("Id", "IsDeleted"),
-                                            after_id=after, where=where)
-                rows = await self._with_retries(
-                    "catch_up", functools.partial(self._records, query, include_deleted=True))
-                items = [QueueInput(name, to_18(str(r["Id"])),
-                                    "DELETE" if r.get("IsDeleted") else "UPDATE") for r in rows]
-                if items:
-                    await self.store.enqueue(items, self.clock(), source="catchup")
-                    total += len(items)
-                    after = items[-1].record_id
-                if len(items) < soql.PAGE_LIMIT:
-                    break
+            if name not in targets and any(f.object in targets for f in obj.fan_out):
+                targets.append(name)
+        counts = await asyncio.gather(*(self._catch_up_object(name, since) for name in targets))
+        total = sum(counts)
         if total:
             self.progress.message(f"catch-up: {total:,} records modified during the backfill "
                                   "queued for the real-time service")
         log.info("backfill.catch_up", records=total, since=_iso(since))
         return total
+
+    async def _catch_up_object(self, name: str, since: datetime) -> int:
+        total = 0
+        after: str | None = None
+        while True:
+            query = soql.modified_since(name, since, fields=("Id", "IsDeleted"), after_id=after)
+            rows = await self._with_retries(
+                "catch_up", functools.partial(self._records, query, include_deleted=True))
+            items = [QueueInput(name, to_18(str(r["Id"])),
+                                "DELETE" if r.get("IsDeleted") else "UPDATE") for r in rows]
+            if items:
+                await self.store.enqueue(items, self.clock(), source="catchup")
+                total += len(items)
+                after = items[-1].record_id
+            if len(rows) < soql.PAGE_LIMIT:
+                return total
