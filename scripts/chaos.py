@@ -1,0 +1,766 @@
+"""Chaos run: the service as a process under seeded workload and faults, then a final-state check.
+
+    python scripts/chaos.py --minutes 5 --seed 1 [--json-only]
+
+1. Starts the Salesforce and Iterable emulators as processes (their command lines), writes a
+   config, backfills every record into Iterable, and starts `python -m streamsync run`.
+2. For `--minutes`, a workload generator creates, updates, deletes and undeletes records,
+   converts Leads, renames Accounts, changes emails (and now and then creates a Lead with an
+   invalid email, a genuinely bad record), through the Salesforce emulator's control API; a fault
+   scheduler meanwhile injects kill -9 of the service (then a restart), Iterable 429 storms, 5xx
+   bursts, hangs and dropped connections, Salesforce session expiry, `403::Unknown client`,
+   CometD server disconnects, event-bus purges that expire the stored replay id, GAP_* and
+   GAP_OVERFLOW events, and a concurrent backfill (a process). Every kind is injected at least
+   once; the schedule of changes and faults is drawn from `--seed` alone.
+3. Stops the faults, waits for the queue to drain, stops the service and compares every Iterable
+   profile with the state Salesforce implies (`core/verify.compare`).
+4. Prints one JSON object: faults injected by kind, changes made by kind, records compared,
+   mismatches, dead letters (each with whether the record is genuinely bad), duplicate writes
+   (writes of a profile's identical state beyond the first), duration. Exit code 0 iff there are
+   no mismatches and every dead letter is genuine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import orjson
+
+from streamsync.config import Config, load_config
+from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
+from streamsync.errors import RecordError
+from streamsync.runtime.app import open_components
+
+PYTHON = sys.executable
+SYNCED_OBJECTS = ("Lead", "Contact")
+SEED_DATA = {"accounts": 40, "contacts": 200, "leads": 400}
+CHANGES_PER_S = 4.0
+FAULTS_PER_MIN = 14.0
+WARMUP_S = 2.0  # workload before the first fault
+FAULT_KINDS = (
+    "kill9",
+    "iterable_429_storm",
+    "iterable_5xx_burst",
+    "iterable_hang",
+    "iterable_drop",
+    "sf_session_expiry",
+    "sf_unknown_client",
+    "sf_cometd_disconnect",
+    "sf_bus_purge",
+    "sf_gap",
+    "sf_gap_overflow",
+    "backfill",
+)
+CHANGE_WEIGHTS = {
+    "create": 20, "update": 40, "delete": 8, "undelete": 5, "convert_lead": 6,
+    "account_rename": 6, "email_change": 10, "invalid_email": 2,
+}
+BULK_PATH = "/api/users/bulkUpdate"
+ITERABLE_TIMEOUT_S = 4.0
+HANG_S = 6.0  # longer than the service's Iterable timeout
+DRAIN_TIMEOUT_S = 120.0
+DRAIN_STABLE_S = 2.0
+
+
+class ChaosError(Exception):
+    """The chaos harness itself could not run (an emulator or the service would not start)."""
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+async def spawn_json_line(argv: list[str], log_path: Path, env: dict[str, str],
+                          timeout_s: float = 30.0) -> tuple[asyncio.subprocess.Process,
+                                                            dict[str, Any]]:
+    """Start a process that prints one JSON line describing itself; its stderr goes to a file."""
+    with log_path.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
+            start_new_session=True,
+        )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+        info = orjson.loads(line)
+    except (TimeoutError, orjson.JSONDecodeError) as exc:
+        await stop_process(proc)
+        raise ChaosError(f"{' '.join(argv[:3])} did not print its JSON line "
+                         f"(see {log_path}): {exc!r}") from None
+    if not isinstance(info, dict):
+        raise ChaosError(f"{argv[2]} printed {line!r}, not a JSON object")
+    return proc, info
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+class ServiceProcess:
+    """`python -m streamsync run` as a child process that can be killed and restarted."""
+
+    def __init__(self, config_path: Path, env: dict[str, str], log_path: Path) -> None:
+        self.config_path = config_path
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+        self.unexpected_exits: list[int] = []
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                PYTHON, "-m", "streamsync", "run", "--config", str(self.config_path),
+                "--log-json", stdout=asyncio.subprocess.DEVNULL, stderr=err, env=self.env,
+                start_new_session=True,
+            )
+        self.starts += 1
+
+    def check_alive(self) -> None:
+        """Note an exit nobody asked for (a crash), then the chaos run restarts it."""
+        if self.proc is not None and self.proc.returncode is not None:
+            self.unexpected_exits.append(self.proc.returncode)
+            self.proc = None
+
+    async def kill9(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+        self.proc = None
+
+    async def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        code = await stop_process(self.proc, timeout_s=40.0)
+        self.proc = None
+        return code
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until the service logs `service.ready` (subscribed) since its latest start."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.log_path.read_bytes().count(b"service.ready") >= self.starts:
+                return
+            if self.proc is None or self.proc.returncode is not None:
+                raise ChaosError(f"the service exited before it was ready (see {self.log_path})")
+            await asyncio.sleep(0.1)
+        raise ChaosError(f"the service was not ready within {timeout_s:.0f} s")
+
+
+class Control:
+    """JSON calls to the emulators' control APIs (and the Salesforce REST query for ids)."""
+
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self.http = http
+
+    async def call(self, method: str, url: str, body: Any = None,
+                   ok: tuple[int, ...] = (200, 201, 202, 204)) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        async with self.http.request(method, url, data=data, headers=headers) as resp:
+            raw = await resp.read()
+            if resp.status not in ok:
+                raise ChaosError(f"{method} {url} answered {resp.status}: {raw[:300]!r}")
+            return orjson.loads(raw) if raw else None
+
+
+# ------------------------------------------------------------------------------ workload
+
+
+@dataclass
+class Model:
+    """What the workload knows of Salesforce: ids it may pick from, kept sorted (determinism)."""
+
+    leads: list[str]          # live, unconverted
+    contacts: list[str]       # live
+    accounts: list[str]
+    deleted: list[tuple[str, str]] = field(default_factory=list)  # (sobject, id)
+
+
+class Workload:
+    """Seeded changes in Salesforce through the emulator's control API."""
+
+    def __init__(self, control: Control, sf_control_url: str, model: Model,
+                 rng: random.Random) -> None:
+        self.control = control
+        self.url = sf_control_url
+        self.model = model
+        self.rng = rng
+        self.kinds: Counter[str] = Counter()
+        self.n = 0
+
+    def choose(self) -> str:
+        """The next kind of change; falls back to a create when its targets ran out."""
+        kinds = list(CHANGE_WEIGHTS)
+        kind = self.rng.choices(kinds, weights=[CHANGE_WEIGHTS[k] for k in kinds])[0]
+        if kind == "undelete" and not self.model.deleted:
+            return "create"
+        if kind in ("convert_lead",) and not self.model.leads:
+            return "create"
+        return kind
+
+    def _pick(self, ids: list[str]) -> str:
+        return ids[self.rng.randrange(len(ids))]
+
+    def _person(self) -> tuple[str, list[str]]:
+        sobject = self.rng.choice(SYNCED_OBJECTS)
+        ids = self.model.leads if sobject == "Lead" else self.model.contacts
+        if not ids:
+            sobject, ids = ("Contact", self.model.contacts) if sobject == "Lead" else \
+                ("Lead", self.model.leads)
+        return sobject, ids
+
+    async def step(self) -> str:
+        """Make one change; returns its kind."""
+        self.n += 1
+        kind = self.choose()
+        await getattr(self, "_" + kind)()
+        self.kinds[kind] += 1
+        return kind
+
+    async def _create(self) -> None:
+        n = self.n
+        body = {"FirstName": f"Chaos{n}", "LastName": f"Lead{n}",
+                "Email": f"chaos.lead.{n}.{self.rng.randrange(10**6)}@example.net",
+                "Company": f"Chaos Co {n % 7}", "Status": "Open - Not Contacted",
+                "LeadSource": self.rng.choice(["Web", "Phone Inquiry", "Partner Referral"])}
+        out = await self.control.call("POST", f"{self.url}/records/Lead", body)
+        self.model.leads.append(str(out["id"]))
+
+    async def _invalid_email(self) -> None:
+        n = self.n
+        body = {"FirstName": "Bad", "LastName": f"Email{n}", "Email": f"bad.{n}@example.c0m",
+                "Company": "Nowhere", "Status": "Open - Not Contacted"}
+        await self.control.call("POST", f"{self.url}/records/Lead", body)
+
+    async def _update(self) -> None:
+        sobject, ids = self._person()
+        field_name, value = self.rng.choice([
+            ("FirstName", f"Upd{self.n}"), ("LastName", f"Changed{self.n}"),
+            ("LeadSource", self.rng.choice(["Web", "Other", "Trade Show"])),
+        ])
+        await self.control.call("PATCH", f"{self.url}/records/{sobject}/{self._pick(ids)}",
+                                {field_name: value})
+
+    async def _delete(self) -> None:
+        sobject, ids = self._person()
+        record_id = self._pick(ids)
+        await self.control.call("DELETE", f"{self.url}/records/{sobject}/{record_id}")
+        ids.remove(record_id)
+        self.model.deleted.append((sobject, record_id))
+
+    async def _undelete(self) -> None:
+        sobject, record_id = self.model.deleted.pop(self.rng.randrange(len(self.model.deleted)))
+        await self.control.call("POST", f"{self.url}/records/{sobject}/{record_id}/undelete")
+        (self.model.leads if sobject == "Lead" else self.model.contacts).append(record_id)
+
+    async def _convert_lead(self) -> None:
+        lead_id = self._pick(self.model.leads)
+        out = await self.control.call("POST", f"{self.url}/convert-lead", {"leadId": lead_id})
+        self.model.leads.remove(lead_id)
+        self.model.contacts.append(str(out["contactId"]))
+        self.model.accounts.append(str(out["accountId"]))
+
+    async def _account_rename(self) -> None:
+        account_id = self._pick(self.model.accounts)
+        await self.control.call("PATCH", f"{self.url}/records/Account/{account_id}",
+                                {"Name": f"Renamed Account {self.n}"})
+
+    async def _email_change(self) -> None:
+        sobject, ids = self._person()
+        record_id = self._pick(ids)
+        email = f"changed.{self.n}.{record_id.lower()}@example.org"
+        await self.control.call("PATCH", f"{self.url}/records/{sobject}/{record_id}",
+                                {"Email": email})
+
+
+# ------------------------------------------------------------------------------ faults
+
+
+def plan_faults(rng: random.Random, window_s: float) -> list[tuple[float, str]]:
+    """(offset from the start of the fault window, kind): every kind once, in a seeded order,
+    evenly spread over the window's first 80 %, then seeded extras at random times."""
+    kinds = list(FAULT_KINDS)
+    rng.shuffle(kinds)
+    span = window_s * 0.8
+    plan = [(span * (i + 0.5) / len(kinds), kind) for i, kind in enumerate(kinds)]
+    extra = max(0, int(window_s / 60.0 * FAULTS_PER_MIN) - len(kinds))
+    plan += [(rng.uniform(0, window_s * 0.9), rng.choice(FAULT_KINDS)) for _ in range(extra)]
+    return sorted(plan)
+
+
+class Faults:
+    """Injects one fault of a kind through the control APIs or on the processes."""
+
+    def __init__(self, control: Control, sf: dict[str, Any], it: dict[str, Any],
+                 service: ServiceProcess, backfills: Backfills, rng: random.Random,
+                 leads: list[str]) -> None:
+        self.control = control
+        self.sf_url = str(sf["control_url"])
+        self.it_url = str(it["control_url"])
+        self.service = service
+        self.backfills = backfills
+        self.rng = rng
+        self.leads = leads
+        self.injected: Counter[str] = Counter()
+        self.restarts: set[asyncio.Task[None]] = set()
+
+    async def inject(self, kind: str) -> None:
+        await getattr(self, "_" + kind)()
+        self.injected[kind] += 1
+
+    async def _iterable_fault(self, body: dict[str, Any]) -> None:
+        await self.control.call("POST", f"{self.it_url}/faults",
+                                {"path": BULK_PATH, "method": "POST", **body})
+
+    async def _kill9(self) -> None:
+        await self.service.kill9()
+        delay_s = self.rng.uniform(0.3, 1.5)
+
+        async def restart() -> None:
+            await asyncio.sleep(delay_s)
+            await self.service.start()
+
+        task = asyncio.create_task(restart())
+        self.restarts.add(task)
+        task.add_done_callback(self.restarts.discard)
+
+    async def _iterable_429_storm(self) -> None:
+        await self._iterable_fault({"kind": "status", "status": 429,
+                                    "times": self.rng.randint(4, 10)})
+
+    async def _iterable_5xx_burst(self) -> None:
+        await self._iterable_fault({"kind": "status", "status": self.rng.choice([500, 502, 503]),
+                                    "times": self.rng.randint(2, 6)})
+
+    async def _iterable_hang(self) -> None:
+        await self._iterable_fault({"kind": "hang", "delay_s": HANG_S,
+                                    "times": self.rng.randint(1, 2)})
+
+    async def _iterable_drop(self) -> None:
+        await self._iterable_fault({"kind": "drop", "times": self.rng.randint(1, 4)})
+
+    async def _sf_session_expiry(self) -> None:
+        await self.control.call("POST", f"{self.sf_url}/sessions/expire")
+
+    async def _sf_unknown_client(self) -> None:
+        await self.control.call("POST", f"{self.sf_url}/cometd/forget")
+
+    async def _sf_cometd_disconnect(self) -> None:
+        await self.control.call("POST", f"{self.sf_url}/cometd/disconnect")
+
+    async def _sf_bus_purge(self) -> None:
+        # The purge drops every retained event; forgetting the clients makes the service
+        # resubscribe from its stored replay id, which the bus no longer has.
+        await self.control.call("POST", f"{self.sf_url}/bus/purge")
+        await self.control.call("POST", f"{self.sf_url}/cometd/forget")
+
+    async def _sf_gap(self) -> None:
+        entity = self.rng.choice(SYNCED_OBJECTS)
+        change = self.rng.choice(["GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE"])
+        ids = sorted(self.rng.sample(self.leads, min(3, len(self.leads)))) \
+            if entity == "Lead" else []
+        await self.control.call("POST", f"{self.sf_url}/bus/gap",
+                                {"entity": entity, "changeType": change, "recordIds": ids})
+
+    async def _sf_gap_overflow(self) -> None:
+        await self.control.call("POST", f"{self.sf_url}/bus/gap",
+                                {"entity": self.rng.choice(SYNCED_OBJECTS),
+                                 "changeType": "GAP_OVERFLOW", "recordIds": []})
+
+    async def _backfill(self) -> None:
+        await self.backfills.start()
+
+    async def clear(self) -> None:
+        await self.control.call("DELETE", f"{self.it_url}/faults")
+        await self.control.call("DELETE", f"{self.sf_url}/faults")
+        await asyncio.gather(*self.restarts)
+
+
+class Backfills:
+    """Concurrent `python -m streamsync.backfill` processes and their exit codes."""
+
+    def __init__(self, config_path: Path, env: dict[str, str], log_path: Path) -> None:
+        self.config_path = config_path
+        self.env = env
+        self.log_path = log_path
+        self.running: list[asyncio.subprocess.Process] = []
+        self.exit_codes: list[int] = []
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as err:
+            proc = await asyncio.create_subprocess_exec(
+                PYTHON, "-m", "streamsync.backfill", "--config", str(self.config_path),
+                "--objects", ",".join(SYNCED_OBJECTS), "--restart", "--json",
+                stdout=asyncio.subprocess.DEVNULL, stderr=err, env=self.env,
+                start_new_session=True,
+            )
+        self.running.append(proc)
+
+    async def wait_all(self, timeout_s: float = 120.0) -> None:
+        for proc in self.running:
+            try:
+                self.exit_codes.append(await asyncio.wait_for(proc.wait(), timeout_s))
+            except TimeoutError:
+                self.exit_codes.append(await stop_process(proc))
+        self.running.clear()
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def write_config(workdir: Path, sf: dict[str, Any], it: dict[str, Any]) -> Path:
+    """The service's config.toml for the two emulators, tuned so one minute shows recovery."""
+    text = f"""
+[salesforce]
+login_url = "{sf['instance_url']}"
+auth = "client_credentials"
+client_id = "{sf['client_id']}"
+api_version = "{sf['api_version']}"
+timeout_s = 10
+
+[iterable]
+base_url = "{it['base_url']}"
+project_type = "email"
+timeout_s = {ITERABLE_TIMEOUT_S}
+
+[queue]
+path = "{workdir / 'streamsync.db'}"
+lease_s = 10
+max_attempts = 200
+backoff_base_s = 0.2
+backoff_max_s = 2
+
+[flush]
+linger_ms = 50
+
+[ingest]
+long_poll_timeout_s = 30
+watchdog_s = 40
+reconcile_overlap_s = 5
+
+[health]
+host = "127.0.0.1"
+port = 0
+
+[logging]
+level = "INFO"
+format = "json"
+"""
+    path = workdir / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def process_env(sf: dict[str, Any], it: dict[str, Any]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNC_")}
+    env["STREAMSYNC_SF_CLIENT_SECRET"] = str(sf["client_secret"])
+    env["STREAMSYNC_ITERABLE_API_KEY"] = str(it["api_key"])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def read_records(config: Config) -> tuple[dict[str, list[dict[str, Any]]],
+                                                dict[str, ObjectPolicy], list[Any]]:
+    """Every Lead and Contact (queryAll), the verify policies and the dead letters."""
+    async with open_components(config) as parts:
+        records: dict[str, list[dict[str, Any]]] = {}
+        policies: dict[str, ObjectPolicy] = {}
+        for name in SYNCED_OBJECTS:
+            mapping = parts.mappings[name]
+            obj = config.objects[name]
+            fields = mapping.soql_fields("IsDeleted", *(["IsConverted"] if name == "Lead" else []))
+            soql = f"SELECT {', '.join(fields)} FROM {name} ORDER BY Id"
+            records[name] = [r async for r in parts.salesforce.records(soql, include_deleted=True)]
+            policies[name] = ObjectPolicy(
+                mapping, obj.delete_policy, obj.delete_flag_field,
+                defers_when_converted=name == "Lead"
+                and config.converted_precedence() == "contact",
+            )
+        dead = await parts.store.dead_letters(limit=1_000_000)
+    return records, policies, dead
+
+
+async def initial_model(config: Config) -> Model:
+    async with open_components(config) as parts:
+        async def ids(soql: str) -> list[str]:
+            return sorted([str(r["Id"]) async for r in parts.salesforce.records(soql)])
+
+        return Model(
+            leads=await ids("SELECT Id FROM Lead WHERE IsConverted = false"),
+            contacts=await ids("SELECT Id FROM Contact"),
+            accounts=await ids("SELECT Id FROM Account"),
+        )
+
+
+def queue_drained(db_path: Path, latest_replay_id: int) -> bool:
+    """Nothing queued, no reconciliation pending, and the newest event on the bus consumed."""
+    uri = f"file:{db_path}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        depth = conn.execute("SELECT count(*) FROM queue").fetchone()[0]
+        pending = conn.execute(
+            "SELECT count(*) FROM meta WHERE key LIKE 'reconcile_pending:%' AND value != ''"
+        ).fetchone()[0]
+        stored = [r[0] for r in conn.execute("SELECT replay_id FROM replay")]
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    newest = max((int(r) for r in stored if isinstance(r, int | str) and str(r).lstrip("-")
+                  .isdigit()), default=-1)
+    return depth == 0 and pending == 0 and newest >= latest_replay_id
+
+
+async def wait_drained(control: Control, sf: dict[str, Any], db_path: Path,
+                       service: ServiceProcess) -> bool:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    stable_since: float | None = None
+    while time.monotonic() < deadline:
+        service.check_alive()
+        if service.proc is None:
+            await service.start()
+        state = await control.call("GET", f"{sf['control_url']}/state")
+        if queue_drained(db_path, int(state["latest_replay_id"])):
+            stable_since = stable_since or time.monotonic()
+            if time.monotonic() - stable_since >= DRAIN_STABLE_S:
+                return True
+        else:
+            stable_since = None
+        await asyncio.sleep(0.25)
+    return False
+
+
+async def duplicate_writes(control: Control, it: dict[str, Any],
+                           keys: Sequence[str]) -> tuple[int, int]:
+    """(writes applied, writes that repeated the state the previous applied write had set)."""
+    gate = asyncio.Semaphore(16)
+
+    async def one(key: str) -> tuple[int, int]:
+        async with gate:
+            url = f"{it['control_url']}/history?key={urllib.parse.quote(key, safe='')}"
+            history = await control.call("GET", url)
+        writes = dups = 0
+        previous: Any = None
+        for entry in history:
+            if entry.get("applied_wall") is None or "dataFields" not in entry:
+                continue
+            state = (entry.get("email"), orjson.dumps(entry["dataFields"],
+                                                      option=orjson.OPT_SORT_KEYS))
+            writes += 1
+            dups += state == previous
+            previous = state
+        return writes, dups
+
+    results = await asyncio.gather(*(one(k) for k in keys))
+    return sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def judge_dead_letters(dead: list[Any], records: dict[str, list[dict[str, Any]]],
+                       policies: dict[str, ObjectPolicy]) -> list[dict[str, Any]]:
+    """Each dead letter, and whether its record is genuinely bad: its current Salesforce state
+    cannot be mapped (no or an invalid email, ...)."""
+    by_id = {(name, str(r["Id"])): r for name, rows in records.items() for r in rows}
+    out = []
+    for d in sorted(dead, key=lambda d: (d.object_name, d.record_id)):
+        record = by_id.get((d.object_name, d.record_id))
+        genuine = False
+        if record is not None and d.object_name in policies:
+            try:
+                policies[d.object_name].mapping.map(record)
+            except RecordError:
+                genuine = True
+        out.append({"object": d.object_name, "id": d.record_id, "reason": d.reason,
+                    "error": d.last_error[:200], "genuine": genuine})
+    return out
+
+
+async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
+                    keep_dir: Path | None = None) -> dict[str, Any]:
+    started = time.monotonic()
+    rng = random.Random(seed)
+    work_rng, fault_rng = random.Random(rng.getrandbits(64)), random.Random(rng.getrandbits(64))
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(f"[chaos {time.monotonic() - started:6.1f}s] {text}", file=out, flush=True)
+
+    with contextlib.ExitStack() as stack:
+        if keep_dir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
+        else:
+            workdir = keep_dir
+            workdir.mkdir(parents=True, exist_ok=True)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNC_")}
+        sf_proc, sf = await spawn_json_line(
+            [PYTHON, "-m", "streamsync.emulators.salesforce", "--port", "0",
+             "--seed-accounts", str(SEED_DATA["accounts"]),
+             "--seed-contacts", str(SEED_DATA["contacts"]),
+             "--seed-leads", str(SEED_DATA["leads"]), "--seed", str(seed),
+             "--long-poll-s", "20", "--reconnect-timeout-s", "40"],
+            workdir / "salesforce.log", base_env)
+        it_proc, it = await spawn_json_line(
+            [PYTHON, "-m", "streamsync.emulators.iterable", "--port", "0",
+             "--latency-ms", "5", "--no-rate-limits"],
+            workdir / "iterable.log", base_env)
+        try:
+            say(f"emulators up: {sf['instance_url']} {it['base_url']}")
+            return await _run(minutes, seed, workdir, sf, it, work_rng, fault_rng, say, started)
+        finally:
+            await stop_process(it_proc, timeout_s=10)
+            await stop_process(sf_proc, timeout_s=10)
+
+
+async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it: dict[str, Any],
+               work_rng: random.Random, fault_rng: random.Random, say: Any,
+               started: float) -> dict[str, Any]:
+    env = process_env(sf, it)
+    config_path = write_config(workdir, sf, it)
+    config = load_config(config_path, env=env)
+    db_path = Path(config.queue.path)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        control = Control(http)
+        model = await initial_model(config)
+        backfills = Backfills(config_path, env, workdir / "backfill.log")
+        say("initial backfill")
+        await backfills.start()
+        await backfills.wait_all(timeout_s=300)
+        if backfills.exit_codes != [0]:
+            raise ChaosError(f"the initial backfill failed (see {workdir / 'backfill.log'})")
+        backfills.exit_codes.clear()
+
+        service = ServiceProcess(config_path, env, workdir / "service.log")
+        await service.start()
+        await service.wait_ready()
+        say("service ready; workload and faults start")
+        workload = Workload(control, str(sf["control_url"]), model, work_rng)
+        faults = Faults(control, sf, it, service, backfills, fault_rng, model.leads)
+        window_s = max(10.0, minutes * 60.0)
+        plan = plan_faults(fault_rng, window_s - WARMUP_S)
+        timeline = [(i / CHANGES_PER_S, "change", "") for i in range(int(window_s
+                                                                          * CHANGES_PER_S))]
+        timeline += [(WARMUP_S + t, "fault", kind) for t, kind in plan]
+        timeline.sort(key=lambda e: (e[0], e[1]))
+        t0 = time.monotonic()
+        for offset, what, kind in timeline:
+            delay = t0 + offset - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if what == "change":
+                await workload.step()
+            else:
+                say(f"fault {kind}")
+                await faults.inject(kind)
+            if not faults.restarts:
+                service.check_alive()
+                if service.proc is None:
+                    await service.start()
+        say(f"{workload.n} changes made; clearing faults and draining")
+        await faults.clear()
+        await backfills.wait_all()
+        drained = await wait_drained(control, sf, db_path, service)
+        service_exit = await service.stop()
+        say(f"drained={drained}; verifying")
+        records, policies, dead = await read_records(config)
+        snapshot = await control.call("GET", f"{it['control_url']}/snapshot")
+        report: VerifyReport = compare(policies, records, snapshot,
+                                       [d.record_id for d in dead])
+        judged = judge_dead_letters(dead, records, policies)
+        writes, dups = await duplicate_writes(control, it, sorted(snapshot))
+    mismatches = [
+        {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem,
+         "fields": {k: [v[0], v[1]] for k, v in m.fields.items()}}
+        for m in report.mismatches
+    ]
+    summary = report.summary()
+    return {
+        "seed": seed,
+        "minutes": minutes,
+        "faults_injected": dict(sorted(faults.injected.items())),
+        "faults_total": sum(faults.injected.values()),
+        "changes": dict(sorted(workload.kinds.items())),
+        "changes_total": workload.n,
+        "records_compared": report.compared,
+        "matched": report.matched,
+        "mismatches": len(report.mismatches),
+        "mismatch_examples": mismatches[:10],
+        "missing_dead_letters": sorted(report.missing_dead_letters),
+        "ambiguous_keys": summary["ambiguous_keys"],
+        "unexpected_profiles": summary["unexpected_profiles"],
+        "dead_letters": len(judged),
+        "dead_letters_genuine": sum(1 for d in judged if d["genuine"]),
+        "dead_letter_details": judged,
+        "iterable_writes": writes,
+        "duplicate_writes": dups,
+        "service_starts": service.starts,
+        "service_crashes": service.unexpected_exits,
+        "service_exit_code": service_exit,
+        "backfill_exit_codes": backfills.exit_codes,
+        "drained": drained,
+        "duration_s": round(time.monotonic() - started, 1),
+    }
+
+
+def verdict(result: dict[str, Any]) -> bool:
+    """Pass iff nothing mismatches, nothing expected is missing and every dead letter is genuine."""
+    return (result["mismatches"] == 0 and not result["missing_dead_letters"]
+            and result["dead_letters_genuine"] == result["dead_letters"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=5.0,
+                        help="minutes of workload and faults (default 5)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the schedule (default 1)")
+    parser.add_argument("--json-only", action="store_true",
+                        help="print only the final JSON object")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the config, store and process logs in this directory "
+                             "(default: a temporary directory, removed at the end)")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    try:
+        result = asyncio.run(run_chaos(args.minutes, args.seed, sys.stderr, args.json_only,
+                                       args.workdir))
+    except ChaosError as exc:
+        print(f"chaos: {exc}", file=sys.stderr)
+        return 2
+    result["ok"] = verdict(result)
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
