@@ -23,7 +23,7 @@ from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.describe_check import DescribeChecker
 from streamsync.core.ids import to_18
-from streamsync.core.mapping import CompiledMapping
+from streamsync.core.mapping import CompiledMapping, normalize_email
 from streamsync.errors import FatalError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.runtime.backfill_store import add_dead_letters, clear_dead_letters
@@ -265,6 +265,27 @@ def _strip_attributes(records: Sequence[dict[str, Any]]) -> None:
         for value in record.values():
             if isinstance(value, dict):
                 _strip_attributes((value,))
+
+
+def _walk(record: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    node: Any = record
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _cut_at(records: Sequence[Mapping[str, Any]], users: int,
+            sendable: Callable[[Mapping[str, Any]], bool]) -> int | None:
+    """Length of the shortest prefix holding `users` likely writes, or None if shorter."""
+    found = 0
+    for index, record in enumerate(records):
+        if sendable(record):
+            found += 1
+            if found >= users:
+                return index + 1
+    return None
 
 
 def _window_range(window: BackfillWindow) -> soql.DateWindow | None:
@@ -570,26 +591,40 @@ class Backfill:
             self._read_window(plan, window, cp.last_id, options, pages, room))
         done = cp.records_done
         page_no = 0
+        sendable = self._sendable_check(plan.object_name)
+        target = self._group_users(options)
+        buffer: list[dict[str, Any]] = []
+        ended = False
         log.info("backfill.window_started", run_id=run_id, object=plan.object_name,
                  start=window.window_start, end=window.window_end, after_id=cp.last_id)
         try:
-            while True:
+            while not ended:
                 item = await pages.get()
-                if item is None:
-                    break
                 if isinstance(item, BaseException):
                     raise item
-                await self._write_page(plan.object_name, item.records)
-                done += len(item.records)
-                page_no += 1
-                if run_id is not None:
-                    await self.store.save_checkpoint(run_id, window, item.last_id, done,
-                                                     self.clock())
-                self.progress.advance(len(item.records))
-                del item
-                room.release()
-                if self.on_page is not None:
-                    await self.on_page(window, page_no)
+                if item is None:
+                    ended = True
+                else:
+                    buffer.extend(item.records)
+                    del item
+                    room.release()
+                while buffer:
+                    cut = len(buffer) if ended else _cut_at(buffer, target, sendable)
+                    if cut is None:
+                        break
+                    group = buffer[:cut]
+                    del buffer[:cut]
+                    await self._write_page(plan.object_name, group)
+                    done += len(group)
+                    page_no += 1
+                    if run_id is not None:
+                        await self.store.save_checkpoint(run_id, window,
+                                                         to_18(str(group[-1]["Id"])), done,
+                                                         self.clock())
+                    self.progress.advance(len(group))
+                    del group
+                    if self.on_page is not None:
+                        await self.on_page(window, page_no)
             if run_id is not None:
                 await self.store.finish_window(run_id, window, self.clock(), done)
         finally:
@@ -599,6 +634,36 @@ class Backfill:
                 await reader
         log.info("backfill.window_finished", run_id=run_id, object=plan.object_name,
                  start=window.window_start, end=window.window_end, records=done)
+
+    def _group_users(self, options: BackfillOptions) -> int:
+        """Users per pipeline call: whole Iterable batches, about one page's worth."""
+        batch = self.config.iterable.batch_max_users
+        return max(batch, self._page_size(options) // batch * batch)
+
+    def _sendable_check(self, object_name: str) -> Callable[[Mapping[str, Any]], bool]:
+        """A cheap guess whether a record becomes an Iterable write (its identity is there and
+        valid, it is not a converted Lead that defers to its Contact), used only to fill
+        batches: the pipeline still decides, so a wrong guess costs a partial batch."""
+        mapping = self.mappings[object_name]
+        needs_email = mapping.identity != "userId"
+        needs_user_id = mapping.identity in ("userId", "both")
+        email_keys = mapping.email_source.keys
+        user_id_keys = mapping.user_id_source.keys
+        defers = object_name == "Lead" and self.config.converted_precedence() == "contact"
+
+        def check(record: Mapping[str, Any]) -> bool:
+            if defers and record.get("IsConverted") and record.get("ConvertedContactId"):
+                return False
+            if needs_user_id and _walk(record, user_id_keys) in (None, ""):
+                return False
+            if needs_email:
+                try:
+                    normalize_email(_walk(record, email_keys))
+                except RecordError:
+                    return False
+            return True
+
+        return check
 
     async def _read_window(self, plan: ObjectPlan, window: BackfillWindow, after: str | None,
                            options: BackfillOptions,

@@ -27,7 +27,7 @@ from streamsync.runtime.backfill import (
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.progress import ConsoleProgress, Progress
-from tests.conftest import Clients
+from tests.conftest import Clients, MakeConfig
 
 PAGE = 200
 LEADS_CONTACTS = {"seed_accounts": 6, "seed_contacts": 260, "seed_leads": 420}
@@ -169,7 +169,8 @@ class Crash(Exception):
 
 @pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=1500)
 async def test_resume_after_crash_continues_each_window_from_its_checkpoint(
-    config: Config, store: Store, clients: Clients, iterable_emulator: IterableEmulator
+    store: Store, clients: Clients, iterable_emulator: IterableEmulator,
+    sf_emulator: SalesforceEmulator, make_config: MakeConfig, tmp_path: Path,
 ) -> None:
     pages_done = 0
 
@@ -179,6 +180,9 @@ async def test_resume_after_crash_continues_each_window_from_its_checkpoint(
         if pages_done == 4:
             raise Crash("killed")
 
+    # Iterable batches of 200 users: each pipeline call (checkpoint) covers about one page
+    config = make_config(sf_emulator, iterable_emulator, tmp_path,
+                         iterable={"batch_max_users": PAGE})
     options = BackfillOptions(objects=("Lead",), page_size=PAGE, parallel=3)
     with pytest.raises(Crash):
         await make_backfill(config, store, clients, on_page=crash_after_4).run(options)
@@ -186,7 +190,7 @@ async def test_resume_after_crash_continues_each_window_from_its_checkpoint(
     assert run is not None and not run.finished
     before = {w.window: w for w in await store.windows(run.run_id)}
     done_before = sum(w.records_done for w in before.values())
-    assert done_before == 4 * PAGE
+    assert 4 * PAGE <= done_before <= 4 * (PAGE + 20)     # 4 calls of 200 likely writes
     started = [w for w in before.values() if w.last_id is not None]
     assert started                                      # some windows have a checkpoint
 
@@ -211,8 +215,8 @@ async def test_resume_after_crash_continues_each_window_from_its_checkpoint(
     # Iterable had confirmed before the crash are skipped as unchanged, the others re-sent
     dead = sum((await store.dead_letter_counts()).values())
     resent_users = iterable_emulator.state.users_received - (total - dead)
-    assert 0 <= resent_users <= 3 * PAGE
-    assert resumed.records_skipped + resent_users <= 3 * PAGE
+    assert 0 <= resent_users <= 3 * (PAGE + 20)
+    assert resumed.records_skipped + resent_users <= 3 * (PAGE + 20)
     report = await verify(config, clients, store, iterable_emulator, ("Lead",))
     assert report.ok, report.summary()
 
@@ -431,3 +435,20 @@ def test_progress_eta_counts_only_this_attempt() -> None:
     progress.advance(100)
     assert progress.rate_per_s() == 10.0
     assert progress.eta_s() == 30.0
+
+
+@pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=1000)
+async def test_pipeline_calls_carry_whole_batches_across_page_boundaries(
+    store: Store, clients: Clients, iterable_emulator: IterableEmulator,
+    sf_emulator: SalesforceEmulator, make_config: MakeConfig, tmp_path: Path,
+) -> None:
+    # pages of 250 records, batches of 100 users: without carrying records over to the next
+    # call every page would end in a partial batch (250 records, ~245 writes: 3 requests)
+    config = make_config(sf_emulator, iterable_emulator, tmp_path,
+                         iterable={"batch_max_users": 100})
+    summary = await make_backfill(config, store, clients).run(
+        BackfillOptions(objects=("Lead",), page_size=250, parallel=1))
+    assert summary.dead_lettered > 0
+    assert summary.iterable_requests == -(-summary.records_written // 100)
+    windows = await store.windows(summary.run_id or "")
+    assert [w.records_done for w in windows] == [1000] and windows[0].done

@@ -64,6 +64,7 @@ api_version = "{sf.config.api_version}"
 base_url = "{it.base_url}"
 project_type = "email"
 rate_limit_per_s = 200
+batch_max_users = 200
 
 [queue]
 path = "{db}"
@@ -77,7 +78,7 @@ enabled = false
 """)
 
 
-def _pages_checkpointed(db: Path) -> int:
+def _records_checkpointed(db: Path) -> int:
     if not db.exists():
         return 0
     try:
@@ -86,7 +87,7 @@ def _pages_checkpointed(db: Path) -> int:
                                "backfill_checkpoint").fetchone()
     except sqlite3.OperationalError:  # schema not there yet
         return 0
-    return int(row[0]) // 200
+    return int(row[0])
 
 
 async def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
@@ -117,7 +118,7 @@ async def test_kill_9_then_resume(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         for _ in range(600):  # a child process: polling its checkpoints is the only way
-            if _pages_checkpointed(db) >= 3 or proc.returncode is not None:
+            if _records_checkpointed(db) >= 600 or proc.returncode is not None:
                 break
             await asyncio.sleep(0.02)
         assert proc.returncode is None, "the backfill finished before it could be killed"
@@ -127,7 +128,7 @@ async def test_kill_9_then_resume(
             proc.kill()
         await proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    done_at_kill = _pages_checkpointed(db) * 200
+    done_at_kill = _records_checkpointed(db)
     assert 600 <= done_at_kill < 2400
 
     code, _out, err = await _run(args, env)
