@@ -246,6 +246,7 @@ async def test_iterable_429_storm(rig_factory: RigFactory) -> None:
     rig.sf.state.update("Contact", rig.live_with_email("Contact")[0], {"FirstName": "Storm"})
     state = await rig.final_state()
     assert not rig.it.faults.pending()  # the whole storm was met
+    assert rig.it.state.count("POST " + BULK_UPDATE, 429) == 25
     assert state.dead_letters == []
 
 
@@ -289,11 +290,13 @@ async def test_unknown_cometd_client(rig_factory: RigFactory) -> None:
     leads = rig.live_with_email("Lead")
     rig.sf.state.update("Lead", leads[1], {"FirstName": "Stored"})
     await rig.caught_up()  # a replay id is stored: the resubscribe resumes from it
+    handshakes = rig.sf.counters()["cometd"]["handshakes"]
     assert rig.sf.forget_cometd_clients() >= 1
     lead = leads[0]
     rig.sf.state.update("Lead", lead, {"FirstName": "Rehandshaked"})
     await rig.final_state()
     assert rig.profile(rig.email("Lead", lead))["dataFields"]["firstName"] == "Rehandshaked"
+    assert rig.sf.counters()["cometd"]["handshakes"] > handshakes
 
 
 async def test_replay_id_expired_during_downtime(rig_factory: RigFactory) -> None:
