@@ -1,0 +1,78 @@
+"""A one-minute chaos run (scripts/chaos.py) in `make test`: every fault kind, no mismatch."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "chaos.py"
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("chaos_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+chaos = _load_script()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_one_minute_of_chaos_leaves_iterable_equal_to_salesforce(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--minutes", "1", "--seed", "7", "--json-only",
+         "--workdir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=230, cwd=ROOT,
+    )
+    assert proc.stdout.strip(), f"no JSON printed; stderr:\n{proc.stderr[-3000:]}"
+    result: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    context = f"{result}\nservice log tail:\n" + _tail(tmp_path / "run" / "service.log")
+
+    assert result["mismatches"] == 0, context
+    assert result["missing_dead_letters"] == [], context
+    assert result["dead_letters_genuine"] == result["dead_letters"], context
+    assert result["drained"] is True, context
+    assert set(result["faults_injected"]) == set(chaos.FAULT_KINDS), context
+    assert all(n >= 1 for n in result["faults_injected"].values()), context
+    assert result["changes_total"] > 0
+    assert set(result["changes"]) == set(chaos.CHANGE_WEIGHTS), context
+    assert result["records_compared"] > 0 and result["matched"] == result["records_compared"]
+    assert result["service_starts"] >= 2  # the kill -9 was followed by a restart
+    assert result["service_crashes"] == [], context
+    assert result["ok"] is True and proc.returncode == 0, context
+
+
+def test_the_schedule_comes_from_the_seed_alone() -> None:
+    plans = [chaos.plan_faults(random.Random(5), 58.0) for _ in range(2)]
+    assert plans[0] == plans[1]
+    assert {kind for _, kind in plans[0]} == set(chaos.FAULT_KINDS)
+    assert all(0 <= t <= 58.0 for t, _ in plans[0])
+    other = chaos.plan_faults(random.Random(6), 58.0)
+    assert other != plans[0]
+
+
+def test_the_verdict_fails_on_a_mismatch_or_a_dead_letter_that_is_not_genuine() -> None:
+    good = {"mismatches": 0, "missing_dead_letters": [], "dead_letters": 2,
+            "dead_letters_genuine": 2}
+    assert chaos.verdict(good)
+    assert not chaos.verdict({**good, "mismatches": 1})
+    assert not chaos.verdict({**good, "dead_letters_genuine": 1})
+    assert not chaos.verdict({**good, "missing_dead_letters": ["00Q000000000001AAA"]})
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
