@@ -21,6 +21,7 @@ def _load_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("chaos_script", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
