@@ -276,16 +276,40 @@ def _walk(record: Mapping[str, Any], keys: Sequence[str]) -> Any:
     return node
 
 
-def _cut_at(records: Sequence[Mapping[str, Any]], users: int,
-            sendable: Callable[[Mapping[str, Any]], bool]) -> int | None:
-    """Length of the shortest prefix holding `users` likely writes, or None if shorter."""
-    found = 0
-    for index, record in enumerate(records):
-        if sendable(record):
-            found += 1
-            if found >= users:
-                return index + 1
-    return None
+class _Grouper:
+    """Cuts a window's Id-ordered record stream into pipeline calls of `users` likely writes.
+
+    Records carried over to the next call keep their place, so every call is a prefix of the
+    rest of the window and its last Id is a valid keyset checkpoint. Each record is checked
+    once, however many pages it waits for."""
+
+    def __init__(self, users: int, sendable: Callable[[Mapping[str, Any]], bool]) -> None:
+        self.users = users
+        self.sendable = sendable
+        self.buffer: list[dict[str, Any]] = []
+        self._scanned = 0
+        self._found = 0
+
+    def add(self, records: Sequence[dict[str, Any]]) -> None:
+        self.buffer.extend(records)
+
+    def take(self, final: bool) -> list[dict[str, Any]] | None:
+        """The next call's records: `users` likely writes, or everything left when `final`."""
+        buffer = self.buffer
+        while self._found < self.users and self._scanned < len(buffer):
+            if self.sendable(buffer[self._scanned]):
+                self._found += 1
+            self._scanned += 1
+        if self._found >= self.users:
+            cut = self._scanned
+        elif final and buffer:
+            cut = len(buffer)
+        else:
+            return None
+        group = buffer[:cut]
+        del buffer[:cut]
+        self._scanned = self._found = 0
+        return group
 
 
 def _window_range(window: BackfillWindow) -> soql.DateWindow | None:
@@ -321,10 +345,13 @@ class Backfill:
     Per window: a reader task fetches keyset pages (`WHERE Id > :last [AND window] ORDER BY Id
     LIMIT 2000`) ahead, `prefetch_pages` at most, while the writer feeds the previous page to
     `pipeline.sync_records(...)`, so reads overlap writes and memory stays bounded (at most
-    `parallel × (prefetch_pages + 1)` pages). After each page is confirmed the window's
-    checkpoint (last Id, count) is saved, so a killed run resumes and re-sends at most the
-    pages that were being written. At the end every record modified since the run started is
-    enqueued for the real-time flusher (catch-up), so a stale page is never the last write.
+    `parallel × (prefetch_pages + 1)` pages, plus less than one call's worth carried over).
+    Each pipeline call carries whole Iterable batches: records a page cannot fill a batch with
+    wait for the next page, so requests go out full. After each call is confirmed the window's
+    checkpoint (last Id written, count) is saved, so a killed run resumes and re-sends at most
+    the calls that were in flight, one per running window. At the end every record modified
+    since the run started is enqueued for the real-time flusher (catch-up), so a stale page is
+    never the last write.
 
     Accounts: the Contact mapping reads `Account.*` paths in its own query, so an Account
     without a mapping of its own is backfilled as its fan-out children (Contacts with an
@@ -591,9 +618,7 @@ class Backfill:
             self._read_window(plan, window, cp.last_id, options, pages, room))
         done = cp.records_done
         page_no = 0
-        sendable = self._sendable_check(plan.object_name)
-        target = self._group_users(options)
-        buffer: list[dict[str, Any]] = []
+        grouper = _Grouper(self._group_users(options), self._sendable_check(plan.object_name))
         ended = False
         log.info("backfill.window_started", run_id=run_id, object=plan.object_name,
                  start=window.window_start, end=window.window_end, after_id=cp.last_id)
@@ -605,15 +630,10 @@ class Backfill:
                 if item is None:
                     ended = True
                 else:
-                    buffer.extend(item.records)
+                    grouper.add(item.records)
                     del item
                     room.release()
-                while buffer:
-                    cut = len(buffer) if ended else _cut_at(buffer, target, sendable)
-                    if cut is None:
-                        break
-                    group = buffer[:cut]
-                    del buffer[:cut]
+                while (group := grouper.take(final=ended)) is not None:
                     await self._write_page(plan.object_name, group)
                     done += len(group)
                     page_no += 1
