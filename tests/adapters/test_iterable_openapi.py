@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from streamsync.adapters.http import make_session
 from streamsync.adapters.iterable import IterableClient
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "iterable-openapi.json"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "iterable-openapi.json"
 SPEC: dict[str, Any] = orjson.loads(SPEC_PATH.read_bytes())
 SUCCESS = {"msg": "", "code": "Success", "params": None}
 
