@@ -452,3 +452,26 @@ async def test_pipeline_calls_carry_whole_batches_across_page_boundaries(
     assert summary.iterable_requests == -(-summary.records_written // 100)
     windows = await store.windows(summary.run_id or "")
     assert [w.records_done for w in windows] == [1000] and windows[0].done
+
+
+@pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=800)
+async def test_since_until_and_where_limit_what_is_read(
+    config: Config, store: Store, clients: Clients, iterable_emulator: IterableEmulator
+) -> None:
+    from datetime import UTC, datetime
+    since = datetime(2024, 6, 1, tzinfo=UTC)
+    until = datetime(2025, 3, 1, tzinfo=UTC)
+    where = "LeadSource IN ('Web', 'Phone Inquiry')"
+    summary = await make_backfill(config, store, clients).run(BackfillOptions(
+        objects=("Lead",), since=since, until=until, where=where, page_size=PAGE, parallel=3))
+    expected = await sf_count(clients, f"SELECT COUNT() FROM Lead WHERE CreatedDate >= "
+                                       f"2024-06-01T00:00:00Z AND CreatedDate < "
+                                       f"2025-03-01T00:00:00Z AND ({where})")
+    assert 0 < expected < 800
+    assert summary.records_read == expected
+    windows = await store.windows(summary.run_id or "")
+    assert windows[0].window.window_start == "2024-06-01T00:00:00Z"
+    assert windows[-1].window.window_end == "2025-03-01T00:00:00Z"
+    profiles = iterable_emulator.state.snapshot().values()
+    sources = {p["dataFields"].get("leadSource") for p in profiles}
+    assert sources <= {"Web", "Phone Inquiry"}

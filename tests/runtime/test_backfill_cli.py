@@ -149,3 +149,9 @@ async def test_kill_9_then_resume(
 
     code, out, err = await _run(args, env)
     assert code == 0 and "already finished" in err
+
+
+def test_mounted_as_streamsync_backfill(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamsync import cli
+    assert cli.main(["backfill", "--help"]) == 0
+    assert "--resume" in capsys.readouterr().out
