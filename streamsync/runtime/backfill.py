@@ -33,6 +33,8 @@ from streamsync.runtime.progress import NullProgress, Progress, format_duration
 log = get_logger(__name__)
 
 SOURCE = "backfill"
+SF_API = "salesforce"
+TOKEN_ENDPOINT = "oauth2/token"
 Api = Literal["rest", "bulk"]
 BULK_CHUNK = 50_000
 """Records per Bulk API 2.0 query job: each job is one keyset chunk, so a resume restarts from
@@ -389,6 +391,11 @@ class Backfill:
         self._dead_letters_exist = True
         self._field_types: dict[str, dict[str, str]] = {}
 
+    def _sf_calls(self) -> int:
+        """Salesforce API calls so far (token requests do not count against the allocation)."""
+        counter = self.salesforce.counter
+        return counter.total(SF_API) - counter.total(SF_API, endpoint=TOKEN_ENDPOINT)
+
     # ------------------------------------------------------------------ planning
 
     def plan(self, options: BackfillOptions) -> list[ObjectPlan]:
@@ -515,7 +522,7 @@ class Backfill:
     async def run(self, options: BackfillOptions) -> BackfillSummary:
         """Plan, start or resume a run, read and write every window, catch up, summarise."""
         started = self.clock()
-        sf_calls_before = self.salesforce.counter.total("salesforce")
+        sf_calls_before = self._sf_calls()
         self._totals = _Totals()
         plans = self.plan(options)
         if options.dry_run is not None:
@@ -555,7 +562,7 @@ class Backfill:
             records_skipped=totals.skipped, dead_by_reason=dict(totals.dead),
             retry_queued=totals.retry_queued, catchup_queued=catchup, pages=totals.pages,
             windows=len(checkpoints), windows_resumed=resumed_windows,
-            sf_api_calls=self.salesforce.counter.total("salesforce") - sf_calls_before,
+            sf_api_calls=self._sf_calls() - sf_calls_before,
             iterable_requests=totals.requests, iterable_429s=totals.rate_limited,
             duration_s=self.clock() - started,
         )
@@ -899,7 +906,7 @@ class Backfill:
         summary = BackfillSummary(
             None, "dry_run", tuple(p.object_name for p in plans), records_read=totals.read,
             dead_by_reason=dict(totals.dead), pages=totals.pages, windows=len(checkpoints),
-            sf_api_calls=self.salesforce.counter.total("salesforce") - sf_calls_before,
+            sf_api_calls=self._sf_calls() - sf_calls_before,
             duration_s=self.clock() - started, dry_run_file=str(path))
         self.progress.finish(summary.lines())
         return summary
