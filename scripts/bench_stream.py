@@ -308,10 +308,11 @@ async def histories(http: aiohttp.ClientSession, control_url: str,
 
 def receipts(changes: Sequence[tuple[str, str, float]], emails: dict[str, str | None],
              history: dict[str, list[dict[str, Any]]]
-             ) -> tuple[list[float], list[float], int, int]:
-    """(latencies s, receipt wall times, changes to Leads without email, changes never seen)."""
+             ) -> tuple[list[float], dict[int, float], int, int]:
+    """(latency s of each change that arrived, receipt wall time of each Iterable request that
+    carried one by request number, changes to Leads without email, changes never seen)."""
     latencies: list[float] = []
-    received: list[float] = []
+    received: dict[int, float] = {}
     no_email = missing = 0
     for sf_id, value, commit_s in changes:
         email = emails.get(sf_id)
@@ -324,7 +325,7 @@ def receipts(changes: Sequence[tuple[str, str, float]], emails: dict[str, str | 
         if hit is None:
             missing += 1
             continue
-        received.append(float(hit["received_wall"]))
+        received[int(hit["request_no"])] = float(hit["received_wall"])
         latencies.append(float(hit["received_wall"]) - commit_s)
     return latencies, received, no_email, missing
 
@@ -438,9 +439,10 @@ async def stream_phase(env: Env, rate: float, duration_s: float) -> dict[str, An
     }
 
 
-async def burst_phase(env: Env, size: int, tx_size: int) -> dict[str, Any]:
+async def burst_phase(env: Env, size: int, tx_size: int, tx_interval_s: float
+                      ) -> dict[str, Any]:
     """A mass update of `size` Leads with an email, `tx_size` records per transaction (0: one
-    transaction); its drain rate against Iterable's ceiling."""
+    transaction) started `tx_interval_s` apart; its drain rate against Iterable's ceiling."""
     control = env.sf.info["control_url"]
     before = await iterable_counts(env)
     api_before, kinds_before = await sf_api_used(env)
@@ -450,8 +452,11 @@ async def burst_phase(env: Env, size: int, tx_size: int) -> dict[str, Any]:
     log(f"burst: mass update of {size} Leads, {step} per transaction")
     started = time.time()
     published: list[float] = []
-    for start in range(0, size, step):
+    for n, start in enumerate(range(0, size, step)):
         chunk = ids[start:start + step]
+        due = started + n * tx_interval_s
+        if due > time.time():
+            await asyncio.sleep(due - time.time())
         reply = await post_json(env.http, f"{control}/mass-update", {
             "sobject": "Lead", "ids": chunk, "values": {"FirstName": marker}})
         published.append(time.time())
@@ -474,9 +479,10 @@ async def burst_phase(env: Env, size: int, tx_size: int) -> dict[str, Any]:
     latencies, received, no_email, missing = receipts(changes, env.emails, history)
     if not received:
         raise BenchError("no burst change reached Iterable")
-    drain_s = max(received) - published[0]
+    last = max(received.values())
+    drain_s = last - published[0]
     ceiling = ITERABLE_RATE_PER_S * BATCH_USERS
-    users_per_s = len(received) / drain_s
+    users_per_s = len(latencies) / drain_s
     return {
         "burst_changes": size,
         "burst_changes_without_email": no_email,
@@ -484,9 +490,13 @@ async def burst_phase(env: Env, size: int, tx_size: int) -> dict[str, Any]:
         "burst_transactions": len(published),
         "burst_commit_apply_s": round(published[-1] - started, 3),
         "burst_first_commit_to_publish_s": round(published[0] - commit_s, 3),
-        "burst_first_receipt_s": round(min(received) - published[0], 3),
+        "burst_first_receipt_s": round(min(received.values()) - published[0], 3),
+        "burst_publish_offsets_s": [round(t - published[0], 2) for t in published],
+        "burst_request_offsets_s": [round(t - published[0], 2)
+                                    for t in sorted(received.values())],
         "burst_drain_s": round(drain_s, 3),
-        "burst_drain_from_commit_s": round(max(received) - commit_s, 3),
+        "burst_drain_from_commit_s": round(last - commit_s, 3),
+        "burst_drain_from_last_publish_s": round(last - published[-1], 3),
         "burst_users_per_s": round(users_per_s, 1),
         "ceiling_users_per_s": ceiling,
         "burst_ratio_to_ceiling": round(users_per_s / ceiling, 3),
@@ -539,6 +549,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "mode": "quick" if args.quick else "full", "rate_per_s": args.rate,
         "duration_s": args.duration, "burst": args.burst, "seed_leads": seed_leads,
+        "burst_tx_size": args.burst_tx_size, "burst_tx_interval_s": args.burst_tx_interval_s,
         "sf_latency_ms": args.sf_latency_ms, "iterable_latency_ms": args.iterable_latency_ms,
         "overrides": {f"{s}.{k}": v for s, kv in overrides.items() for k, v in kv.items()},
     }
@@ -583,7 +594,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     out.update(await stream_phase(env, args.rate, args.duration))
                     changes += stream_count
                 if args.burst:
-                    out.update(await burst_phase(env, args.burst, args.burst_tx_size))
+                    out.update(await burst_phase(env, args.burst, args.burst_tx_size,
+                                                 args.burst_tx_interval_s))
                     changes += args.burst
                 counts = await iterable_counts(env)
                 api_used, kinds = await sf_api_used(env)
@@ -648,6 +660,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="records per mass-update transaction (the Bulk API's batch cap; "
                              "0 = one transaction, which the emulator, like Salesforce, turns "
                              "into GAP_OVERFLOW past 100,000 field changes)")
+    parser.add_argument("--burst-tx-interval-s", type=float, default=1.0,
+                        help="seconds between the starts of the mass-update transactions (the "
+                             "single-threaded emulator answers no query while it applies one)")
     parser.add_argument("--sf-latency-ms", type=float, default=150.0)
     parser.add_argument("--iterable-latency-ms", type=float, default=100.0)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -657,7 +672,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.duration = 10.0 if args.quick else 60.0
     if args.burst is None:
         args.burst = 10_000 if args.quick else 50_000
-    if args.rate < 0 or args.duration < 0 or args.burst < 0 or args.burst_tx_size < 0:
+    if min(args.rate, args.duration, args.burst, args.burst_tx_size,
+           args.burst_tx_interval_s) < 0:
         parser.error("--rate, --duration and --burst must not be negative")
     return args
 

@@ -31,7 +31,8 @@ bench = _load()
 
 
 def _entry(first_name: str, received: float, applied: bool = True) -> dict[str, Any]:
-    return {"received_wall": received, "applied_wall": received + 0.01 if applied else None,
+    return {"received_wall": received, "request_no": int(received * 10),
+            "applied_wall": received + 0.01 if applied else None,
             "outcome": "updated" if applied else "rejected: invalidEmail",
             "dataFields": {"firstName": first_name}}
 
@@ -49,7 +50,7 @@ def test_receipts_match_each_change_by_email_and_its_unique_value() -> None:
                (lead_c, "Burst 3", 100.2)]
     latencies, received, no_email, missing = bench.receipts(changes, emails, history)
     assert latencies == [pytest.approx(0.8)]  # the first applied write with the value
-    assert received == [100.8]
+    assert received == {1008: 100.8}
     assert (no_email, missing) == (1, 1)
 
 
