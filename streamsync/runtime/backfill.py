@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import random
@@ -91,6 +92,7 @@ class BackfillOptions:
     api: Api | None = None
     page_size: int | None = None
     prefetch_pages: int = 1
+    write_depth: int = 2
     catch_up: bool = True
 
     def __post_init__(self) -> None:
@@ -109,6 +111,8 @@ class BackfillOptions:
             raise BackfillError(f"page size must be within 200..{soql.PAGE_LIMIT}")
         if not 1 <= self.prefetch_pages <= 4:
             raise BackfillError("prefetch_pages must be within 1..4")
+        if not 1 <= self.write_depth <= 4:
+            raise BackfillError("write_depth must be within 1..4")
         if self.where is not None:
             try:
                 soql.parse_filter(self.where)
@@ -345,15 +349,16 @@ class Backfill:
     """Reads every record of the selected objects and writes them through the pipeline.
 
     Per window: a reader task fetches keyset pages (`WHERE Id > :last [AND window] ORDER BY Id
-    LIMIT 2000`) ahead, `prefetch_pages` at most, while the writer feeds the previous page to
-    `pipeline.sync_records(...)`, so reads overlap writes and memory stays bounded (at most
-    `parallel × (prefetch_pages + 1)` pages, plus less than one call's worth carried over).
+    LIMIT 2000`) ahead, `prefetch_pages` at most, while the writer feeds earlier records to
+    `pipeline.sync_records(...)` with up to `write_depth` calls in flight (so a request always
+    waits at the rate limiter), and memory stays bounded (per window: `prefetch_pages` pages,
+    `write_depth` calls, and less than one call's worth carried over).
     Each pipeline call carries whole Iterable batches: records a page cannot fill a batch with
     wait for the next page, so requests go out full. After each call is confirmed the window's
-    checkpoint (last Id written, count) is saved, so a killed run resumes and re-sends at most
-    the calls that were in flight, one per running window. At the end every record modified
-    since the run started is enqueued for the real-time flusher (catch-up), so a stale page is
-    never the last write.
+    checkpoint (last Id written, count) is saved in Id order, so a killed run resumes and
+    re-sends at most the calls that were in flight (`write_depth` per running window). At the
+    end every record modified since the run started is enqueued for the real-time flusher
+    (catch-up), so a stale page is never the last write.
 
     Accounts: the Contact mapping reads `Account.*` paths in its own query, so an Account
     without a mapping of its own is backfilled as its fan-out children (Contacts with an
@@ -620,15 +625,31 @@ class Backfill:
                           options: BackfillOptions) -> None:
         window = cp.window
         pages: asyncio.Queue[_Page | BaseException | None] = asyncio.Queue()
-        room = asyncio.Semaphore(options.prefetch_pages + 1)
+        room = asyncio.Semaphore(options.prefetch_pages)
         reader = asyncio.create_task(
             self._read_window(plan, window, cp.last_id, options, pages, room))
         done = cp.records_done
         page_no = 0
         grouper = _Grouper(self._group_users(options), self._sendable_check(plan.object_name))
+        # calls in flight, oldest first: (task, last Id, records); checkpoints follow this order
+        inflight: collections.deque[tuple[asyncio.Task[None], str, int]] = collections.deque()
         ended = False
         log.info("backfill.window_started", run_id=run_id, object=plan.object_name,
                  start=window.window_start, end=window.window_end, after_id=cp.last_id)
+
+        async def settle_oldest() -> None:
+            nonlocal done, page_no
+            task, last_id, count = inflight[0]
+            await task
+            inflight.popleft()
+            done += count
+            page_no += 1
+            if run_id is not None:
+                await self.store.save_checkpoint(run_id, window, last_id, done, self.clock())
+            self.progress.advance(count)
+            if self.on_page is not None:
+                await self.on_page(window, page_no)
+
         try:
             while not ended:
                 item = await pages.get()
@@ -641,20 +662,21 @@ class Backfill:
                     del item
                     room.release()
                 while (group := grouper.take(final=ended)) is not None:
-                    await self._write_page(plan.object_name, group)
-                    done += len(group)
-                    page_no += 1
-                    if run_id is not None:
-                        await self.store.save_checkpoint(run_id, window,
-                                                         to_18(str(group[-1]["Id"])), done,
-                                                         self.clock())
-                    self.progress.advance(len(group))
+                    task = asyncio.create_task(self._write_page(plan.object_name, group))
+                    inflight.append((task, to_18(str(group[-1]["Id"])), len(group)))
                     del group
-                    if self.on_page is not None:
-                        await self.on_page(window, page_no)
+                    while len(inflight) >= options.write_depth:
+                        await settle_oldest()
+            while inflight:
+                await settle_oldest()
             if run_id is not None:
                 await self.store.finish_window(run_id, window, self.clock(), done)
         finally:
+            for task, _last, _count in inflight:
+                task.cancel()
+            for task, _last, _count in inflight:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             if not reader.done():
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -699,7 +721,7 @@ class Backfill:
         """Put the window's pages into `out`, then None (or the error that stopped it).
 
         A page is only fetched once `room` has a place (the writer frees one per page written),
-        so at most `prefetch_pages + 1` pages of the window are in memory at once.
+        so at most `prefetch_pages` pages wait for the writer.
         """
         reader = self._bulk_pages if self._api(options) == "bulk" else self._rest_pages
         pages = reader(plan, window, after, options)
