@@ -92,7 +92,7 @@ class BackfillOptions:
     api: Api | None = None
     page_size: int | None = None
     prefetch_pages: int = 1
-    write_depth: int = 2
+    write_depth: int = 1
     catch_up: bool = True
 
     def __post_init__(self) -> None:
