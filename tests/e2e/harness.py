@@ -126,6 +126,7 @@ class FinalState:
     dead_letters: list[DeadLetter]
     records: dict[str, list[dict[str, Any]]]
     rejected_by_iterable: set[str] = field(default_factory=set)  # dead: Iterable refused email
+    never_synced_deleted: set[str] = field(default_factory=set)  # deleted, never had a profile
     unjustified_dead: list[DeadLetter] = field(default_factory=list)
     real_mismatches: list[str] = field(default_factory=list)
 
@@ -175,13 +176,15 @@ def _email_of(mapping: CompiledMapping, record: dict[str, Any]) -> str | None:
 
 
 def judge(report: VerifyReport, dead: list[DeadLetter], records: dict[str, list[dict[str, Any]]],
-          policies: dict[str, ObjectPolicy]) -> FinalState:
+          policies: dict[str, ObjectPolicy], never_synced: set[str] | None = None
+          ) -> FinalState:
     """Sort dead letters into justified and not, and keep only the mismatches they don't explain.
 
     A dead letter is genuinely bad when Salesforce's current record cannot be mapped (the
     verifier expects it dead), or when its mapped email is one Iterable refuses (the mapper
     accepts it, Iterable's per-user failure list names it) — then its missing profile is no
-    mismatch either."""
+    mismatch either. A deleted record with such an address expects no flagged profile: Iterable
+    never held one (its dead letter may be gone: the delete was acknowledged as a no-op)."""
     by_id = {str(r.get("Id")): (name, r) for name, rows in records.items() for r in rows}
     state = FinalState(report, dead, records)
     for letter in dead:
@@ -205,8 +208,16 @@ def judge(report: VerifyReport, dead: list[DeadLetter], records: dict[str, list[
     for m in report.mismatches:
         if m.problem == "missing in Iterable" and m.record_id in state.rejected_by_iterable:
             continue
-        state.real_mismatches.append(
-            f"{m.object_name} {m.record_id} {m.key}: {m.problem} {m.fields}")
+        found = by_id.get(m.record_id)
+        deleted = bool(found and found[1].get("IsDeleted"))
+        if m.problem == "missing in Iterable" and deleted and (
+                iterable_accepts_email(m.key) is None or m.record_id in (never_synced or ())):
+            # Deleted before any profile existed (Iterable refuses its address, or the service
+            # never wrote it: no identity): there is no profile to flag.
+            state.never_synced_deleted.add(m.record_id)
+            continue
+        state.real_mismatches.append(f"{m.object_name} {m.record_id} {m.key}: {m.problem} "
+                                     f"{m.fields}{' (deleted in Salesforce)' if deleted else ''}")
     return state
 
 
@@ -229,6 +240,21 @@ class FinalStateChecker:
         async with open_components(config) as parts:
             yield cls(config, it, parts, objects)
 
+    def histories(self, state: FinalState, limit: int = 6, entries: int = 8) -> str:
+        """Iterable's write history of each problem key, for the failure message."""
+        keys = sorted(state.report.unexpected_profiles)[:limit]
+        keys += [m.key for m in state.report.mismatches
+                 if m.record_id not in state.rejected_by_iterable][:limit]
+        lines = [f"dead letter: {d.object_name} {d.record_id} {d.reason} {d.last_error}"
+                 for d in state.dead_letters
+                 if any(d.record_id == m.record_id for m in state.report.mismatches)]
+        for key in keys:
+            lines.append(f"history of {key}:")
+            for h in self.it.state.history(key)[-entries:]:
+                lines.append(f"  {h.get('endpoint')} #{h.get('request_no')} {h.get('outcome')} "
+                             f"email={h.get('email')} data={h.get('dataFields')}")
+        return "\n".join(lines)
+
     async def read_salesforce(self) -> dict[str, list[dict[str, Any]]]:
         """Every record of each synced object, deleted ones included (queryAll)."""
         records: dict[str, list[dict[str, Any]]] = {}
@@ -247,7 +273,19 @@ class FinalStateChecker:
         self.it.flush()
         report = compare(self.policies, records, self.it.state.snapshot(),
                          [d.record_id for d in dead])
-        return judge(report, dead, records, self.policies)
+        return judge(report, dead, records, self.policies, await self._never_synced(report))
+
+    async def _never_synced(self, report: VerifyReport) -> set[str]:
+        """Records missing in Iterable that the store holds no identity for."""
+        missing: dict[str, list[str]] = {}
+        for m in report.mismatches:
+            if m.problem == "missing in Iterable":
+                missing.setdefault(m.object_name, []).append(m.record_id)
+        out: set[str] = set()
+        for name, ids in missing.items():
+            known = await self.parts.store.identities(name, ids)
+            out.update(i for i in ids if i not in known)
+        return out
 
     async def assert_consistent(self, timeout_s: float = 10.0) -> FinalState:
         """Check until consistent (writes may still be landing); E2EError with the diff if the
@@ -258,7 +296,8 @@ class FinalStateChecker:
             if state.ok:
                 return state
             if time.monotonic() >= deadline:
-                raise E2EError("Iterable does not match Salesforce:\n" + state.explain())
+                raise E2EError("Iterable does not match Salesforce:\n" + state.explain()
+                               + "\n" + self.histories(state))
             await asyncio.sleep(0.2)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ pytestmark = [
                            seed_users=3, seed_queues=1),
 ]
 
-SEED = 20261127
+SEED = int(os.environ.get("E2E_CRASH_SEED", "20261127"))  # another seed: another crash schedule
 KILLS = 12
 SHUTDOWN_DEADLINE_S = 30.0  # Service's default shutdown_s, the deadline `run` honours
 BULK_UPDATE = "/api/users/bulkUpdate"

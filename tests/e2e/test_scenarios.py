@@ -340,3 +340,39 @@ async def test_gap_overflow_reconciles_the_object(rig_factory: RigFactory) -> No
     await rig.final_state()
     for lead in leads:
         assert rig.profile(rig.email("Lead", lead))["dataFields"]["lastName"] == "Overflowed"
+
+
+async def test_salesforce_query_faults_are_retried(rig_factory: RigFactory) -> None:
+    rig: Rig = await rig_factory()
+    query_path = f"/services/data/v{rig.sf.config.api_version}/query"  # query and queryAll
+    rig.sf.faults.fail_next(query_path, 3, status=503)
+    rig.sf.faults.drop_next(query_path, 1)
+    lead = rig.live_with_email("Lead")[0]
+    rig.sf.state.update("Lead", lead, {"FirstName": "Persistent"})
+    state = await rig.final_state()
+    assert all(rule.remaining == 0 for rule in rig.sf.faults.rules)
+    assert rig.profile(rig.email("Lead", lead))["dataFields"]["firstName"] == "Persistent"
+    assert state.dead_letters == []
+
+
+async def test_iterable_connection_drops(rig_factory: RigFactory) -> None:
+    rig: Rig = await rig_factory()
+    rig.it.faults.drop_next(BULK_UPDATE, times=3)
+    contacts = rig.live_with_email("Contact")[:4]
+    rig.sf.state.mass_update("Contact", contacts, {"FirstName": "Dropped"})
+    state = await rig.final_state()
+    assert not rig.it.faults.pending()
+    assert state.dead_letters == []
+
+
+async def test_created_and_deleted_while_down_leaves_no_profile(rig_factory: RigFactory) -> None:
+    rig: Rig = await rig_factory()
+    assert await rig.service.stop() == 0
+    short_lived = rig.sf.state.create("Lead", {"LastName": "Ephemeral", "Company": "Gone",
+                                               "Email": "ephemeral@example.com",
+                                               "Status": "Open - Not Contacted"})
+    rig.sf.state.delete("Lead", short_lived)
+    await rig.service.start()
+    state = await rig.final_state()
+    assert "ephemeral@example.com" not in rig.it.state.snapshot()
+    assert state.never_synced_deleted == {short_lived}  # nothing to flag: never written
