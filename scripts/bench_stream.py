@@ -348,7 +348,6 @@ class Env:
     sf: Proc
     it: Proc
     service: Proc
-    health_url: str
     emails: dict[str, str | None]
     events: EventLog
 
@@ -587,8 +586,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["service_ready_s"] = round(await wait_ready(http, service,
                                                                 f"{health}/readyz"), 2)
                 await post_json(http, f"{sf.info['control_url']}/counters/reset", {})
-                env = Env(http, sf, it, service, health, emails, EventLog(http,
-                                                                          sf.info["control_url"]))
+                env = Env(http, sf, it, service, emails,
+                          EventLog(http, sf.info["control_url"]))
                 changes = 0
                 if stream_count:
                     out.update(await stream_phase(env, args.rate, args.duration))

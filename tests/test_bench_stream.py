@@ -105,6 +105,7 @@ def test_quick_run_prints_one_json_object_with_sane_figures() -> None:
     missing = [key for key in REQUIRED_KEYS if key not in result]
     assert not missing, f"missing keys {missing} in {result}"
     assert 0 < result["latency_p50_s"] <= result["latency_p99_s"] < 60
+    assert result["stream_changes_seen_in_event_log"] == result["stream_changes"]
     assert result["stream_changes_measured"] > 0.9 * result["stream_changes"]
     assert result["stream_changes_missing"] == 0 and result["burst_changes_missing"] == 0
     assert result["ceiling_users_per_s"] == 5000.0
