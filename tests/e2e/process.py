@@ -98,6 +98,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
+        self.started_wall = 0.0
 
     async def start(self) -> None:
         with self.log_path.open("wb") as log:
@@ -106,6 +107,7 @@ class ServiceProcess:
                 env=self.env, cwd=str(REPO_ROOT), stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT)
         self.started_at = time.monotonic()
+        self.started_wall = time.time()
 
     @property
     def pid(self) -> int:
