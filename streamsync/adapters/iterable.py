@@ -127,6 +127,10 @@ def parse_bulk_result(body: Any) -> BulkResult:
     top-level invalidEmails/invalidUserIds)."""
     if not isinstance(body, dict) or "successCount" not in body or "failCount" not in body:
         raise TransientError("iterable bulkUpdate: 200 reply lacks successCount/failCount")
+    if not all(_is_count(body[name]) for name in ("successCount", "failCount")):
+        raise TransientError("iterable bulkUpdate: 200 reply with successCount/failCount that "
+                             "are not counts: "
+                             f"{body['successCount']!r}/{body['failCount']!r}"[:200])
     lists: dict[str, list[Any]] = {}
     failed = body.get("failedUpdates")
     if isinstance(failed, dict):
@@ -163,6 +167,10 @@ def parse_bulk_result(body: Any) -> BulkResult:
         _by_email=by_email,
         _by_user_id=by_user_id,
     )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _snake(name: str) -> str:
