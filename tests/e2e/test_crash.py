@@ -51,7 +51,7 @@ class Workload:
     trail: list[tuple[float, int, str, tuple[str, ...]]] = field(default_factory=list)
     # Contacts born of a lead conversion get no email change or delete: when that happens
     # before the Contact's first sync, the Lead's profile is orphaned, a known pipeline gap
-    # (test_scenarios: test_converted_contact_changes_email_before_its_first_sync).
+    # (test_scenarios: test_converted_contact_changes_before_its_first_sync).
     from_conversion: set[str] = field(default_factory=set)
 
     def _note(self, kind: str, *ids: str) -> None:

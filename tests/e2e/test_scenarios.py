@@ -405,17 +405,20 @@ async def test_change_between_backfill_and_the_first_start(
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "product gap (runtime/pipeline.py): when a converted Lead's Contact changes email before "
-    "its first sync, the Contact creates a second profile under the new email and the Lead's "
-    "profile under the old email is left behind (no updateEmail, no flag)"))
-async def test_converted_contact_changes_email_before_its_first_sync(
-        rig_factory: RigFactory) -> None:
+    "product gap (runtime/pipeline.py): a converted Lead's identity is forgotten, not handed to "
+    "its Contact; when the Contact changes email or is deleted before its first sync, the "
+    "Lead's profile under the old email is orphaned (a second profile; no updateEmail) or never "
+    "flagged"))
+@pytest.mark.parametrize("change", ["email_change", "delete"])
+async def test_converted_contact_changes_before_its_first_sync(
+        rig_factory: RigFactory, change: str) -> None:
     rig: Rig = await rig_factory()
     assert await rig.service.stop() == 0
     lead = rig.live_with_email("Lead")[0]
-    old = rig.email("Lead", lead)
     contact = rig.sf.state.convert_lead(lead)["contactId"]
-    rig.sf.state.update("Contact", contact, {"Email": "converted.moved@example.com"})
+    if change == "delete":
+        rig.sf.state.delete("Contact", contact)
+    else:
+        rig.sf.state.update("Contact", contact, {"Email": "converted.moved@example.com"})
     await rig.service.start()
-    await rig.final_state()  # fails: `old` is an unexpected (orphaned) profile
-    assert old not in rig.it.state.snapshot()
+    await rig.final_state()  # fails: the old profile is left over, or left unflagged
