@@ -421,4 +421,4 @@ async def test_converted_contact_changes_before_its_first_sync(
     else:
         rig.sf.state.update("Contact", contact, {"Email": "converted.moved@example.com"})
     await rig.service.start()
-    await rig.final_state()  # fails: the old profile is left over, or left unflagged
+    await rig.final_state(timeout_s=2.0)  # fails: the old profile is left over or unflagged
