@@ -32,6 +32,9 @@ UNANCHORED_PREFIX = "unanchored_since:"
 """Store meta key prefix (`unanchored_since:<channel>`): epoch ms since when the channel has been
 subscribed with -1 and no replay id stored, so a resubscribe cannot replay what it missed."""
 
+BACKFILL_RUNS_SCANNED = 50
+"""How many of the latest backfill runs a channel's first subscription looks through."""
+
 Message = dict[str, Any]
 
 
@@ -203,7 +206,13 @@ class Ingest:
         replay what a later resubscribe missed (an unknown client, a silent subscription, a
         dropped session before the first event was stored). So the time of such a subscribe is
         kept in the store, and a resubscribe that still finds no id stored owes a
-        reconciliation of the channel's objects from that time."""
+        reconciliation of the channel's objects from that time.
+
+        The channel's very first subscription (nothing ever stored for it) owes a
+        reconciliation of each object a backfill loaded, from that backfill's start: what
+        changed after its catch-up and before this subscribe would otherwise never be synced.
+        Not -2: replaying every retained event after a mass load would burn the daily event
+        delivery allocation."""
         now = self._clock()
         state = await self._store.get_replay(channel)
         stored = None if state is None else state.replay_id
@@ -215,7 +224,9 @@ class Ingest:
                 self._anchored.add(channel)
             return stored
         since = await self._store.get_meta(key)
-        if since:
+        if since is None and stored is None:
+            await self._first_subscription(channel)
+        elif since:
             since_ms = int(since) if since.isdigit() else None
             log.warning("ingest.resubscribe_without_replay_id", channel=channel,
                         since_ms=str(since_ms))
@@ -225,6 +236,43 @@ class Ingest:
         await self._store.set_meta(key, str(int(now * 1000)), now)
         self._anchored.discard(channel)
         return stored  # None or an explicit -1 (`replay --from new`): new events only
+
+    async def _first_subscription(self, channel: str) -> None:
+        """Durably owe, per object of `channel`, a reconciliation from the start of the latest
+        backfill that loaded it (the reconciler subtracts `ingest.reconcile_overlap_s`)."""
+        objects = self._reconciler.objects_for_channel(channel)
+        starts = await self._backfill_starts(objects)
+        for name in objects:
+            started_s = starts.get(name)
+            if started_s is None:
+                continue
+            log.info("ingest.first_subscription_after_backfill", channel=channel, object=name,
+                     backfill_started_ms=int(started_s * 1000))
+            await self._schedule(name, int(started_s * 1000), "first_subscription")
+            self._start_worker(name)
+        unloaded = [name for name in objects if name not in starts]
+        if unloaded:
+            log.info("ingest.realtime_starts_now", channel=channel, objects=",".join(unloaded),
+                     detail="no backfill has loaded these objects: real-time sync starts with "
+                            "changes made from now on; run `streamsync backfill` to load the "
+                            "records that exist already")
+
+    async def _backfill_starts(self, objects: list[str]) -> dict[str, float]:
+        """Per object, the start time of the latest backfill run whose scope covered it
+        (directly, or as the fan-out source of an object it read)."""
+        out: dict[str, float] = {}
+        for run in await self._store.runs(limit=BACKFILL_RUNS_SCANNED):
+            scope = run.options.get("scope")
+            loaded = scope.get("objects") if isinstance(scope, dict) else None
+            if not isinstance(loaded, list):
+                continue
+            for name in objects:
+                if name in out or name not in self._config.objects:
+                    continue
+                fans_into = {f.object for f in self._config.objects[name].fan_out}
+                if name in loaded or fans_into.intersection(loaded):
+                    out[name] = run.started_at
+        return out
 
     async def handle_message(self, message: Message) -> None:
         """One step: parse, schedule any reconciliation durably, then store the ids and the

@@ -380,10 +380,6 @@ async def test_created_and_deleted_while_down_leaves_no_profile(rig_factory: Rig
     assert state.never_synced_deleted == {short_lived}  # nothing to flag: never written
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product gap (runtime/ingest.py): the very first subscription of a channel starts at -1 "
-    "(new events) with nothing stored to reconcile from, so a change made after a backfill's "
-    "catch-up and before the first `run` subscribed is never synced"))
 async def test_change_between_backfill_and_the_first_start(
         sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
         tmp_path: Path) -> None:

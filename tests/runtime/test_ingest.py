@@ -710,3 +710,65 @@ async def test_stop_while_the_store_is_busy_stores_nothing_after_the_unstored_me
     finally:
         blocker.close()
         await busy_store.close()
+
+
+# ---- the first subscription after a backfill -------------------------------------------------
+
+
+async def _record_backfill(store: Store, objects: list[str], started_at: float) -> None:
+    """A finished backfill run as `streamsync backfill` stores it (scope and start time)."""
+    run_id = f"bf-test-{uuid.uuid4().hex[:6]}"
+    await store.start_run(run_id, [], {"scope": {"objects": objects}}, started_at)
+    await store.finish_run(run_id, started_at + 1.0)
+
+
+async def test_first_subscription_reconciles_what_changed_since_the_latest_backfill(
+    rig: Rig,
+) -> None:
+    real_clock = rig.emu.state.clock
+    rig.emu.state.clock = lambda: real_clock() - 3600.0
+    before = rig.lead("LoadedByTheBackfill")  # modified an hour before the backfill
+    rig.emu.state.clock = real_clock
+    await _record_backfill(rig.store, ["Contact"], time.time() - 7200.0)
+    await _record_backfill(rig.store, ["Lead", "Contact"], time.time() - 600.0)
+    await _record_backfill(rig.store, ["Contact"], time.time() - 60.0)  # not a Lead backfill
+    between = rig.lead("ChangedBeforeTheFirstRun")  # no subscriber yet: its event is missed
+
+    ingest = rig.ingest()
+    await subscribe(ingest)  # -1, nothing stored: a first subscription
+    await ingest.drain_reconciles()
+
+    rows = await queued(rig.store)
+    assert set(rows) == {between} and before not in rows
+    assert rows[between].source == "reconcile"
+    assert rig.metrics.registry.get_sample_value(
+        "streamsync_reconciliations_total", {"trigger": "first_subscription"}) == 1.0
+    assert await ingest.pending_reconciles() == {}
+    assert await rig.store.get_meta(UNANCHORED_PREFIX + LEAD)  # later resubscribes: as before
+
+
+async def test_first_subscription_owes_its_reconciliation_durably(rig: Rig) -> None:
+    await _record_backfill(rig.store, ["Lead"], 1_700_000_000.0)
+    ingest = rig.ingest()
+    assert await ingest.replay_from(LEAD) is None
+    await ingest.aclose()  # the worker is cancelled before it ran: the marker stays
+    owed = (await ingest.pending_reconciles())["Lead"]
+    assert (owed.since_ms, owed.trigger) == (1_700_000_000_000, "first_subscription")
+
+
+@pytest.mark.parametrize("preset", [None, -1])
+async def test_first_subscription_without_a_backfill_or_after_replay_new_reconciles_nothing(
+    rig: Rig, preset: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    if preset is not None:  # `replay --from new`: the operator chose to start from now
+        await _record_backfill(rig.store, ["Lead"], time.time() - 600.0)
+        await rig.store.set_replay(LEAD, preset, time.time())
+    rig.lead("NeverBackfilled")
+    ingest = rig.ingest()
+    with caplog.at_level("INFO"):
+        await subscribe(ingest)
+    await ingest.drain_reconciles()
+    assert await queued(rig.store) == {}
+    assert await ingest.pending_reconciles() == {}
+    assert ingest.stats.reconciles_scheduled == 0
+    assert ("ingest.realtime_starts_now" in caplog.text) is (preset is None)
