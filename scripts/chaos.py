@@ -34,7 +34,7 @@ import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -222,7 +222,7 @@ class Workload:
         kind = self.rng.choices(kinds, weights=[CHANGE_WEIGHTS[k] for k in kinds])[0]
         if kind == "undelete" and not self.model.deleted:
             return "create"
-        if kind in ("convert_lead",) and not self.model.leads:
+        if kind == "convert_lead" and not self.model.leads:
             return "create"
         return kind
 
@@ -230,12 +230,12 @@ class Workload:
         return ids[self.rng.randrange(len(ids))]
 
     def _person(self) -> tuple[str, list[str]]:
+        """A Lead or a Contact (the other when none of one is left) and the ids to pick from."""
+        pools = {"Lead": self.model.leads, "Contact": self.model.contacts}
         sobject = self.rng.choice(SYNCED_OBJECTS)
-        ids = self.model.leads if sobject == "Lead" else self.model.contacts
-        if not ids:
-            sobject, ids = ("Contact", self.model.contacts) if sobject == "Lead" else \
-                ("Lead", self.model.leads)
-        return sobject, ids
+        if not pools[sobject]:
+            sobject = "Contact" if sobject == "Lead" else "Lead"
+        return sobject, pools[sobject]
 
     async def step(self) -> str:
         """Make one change; returns its kind."""
@@ -322,6 +322,7 @@ class Faults:
     def __init__(self, control: Control, sf: dict[str, Any], it: dict[str, Any],
                  service: ServiceProcess, backfills: Backfills, rng: random.Random,
                  leads: list[str]) -> None:
+        """`leads` is the workload's live list (GAP events name some of its ids)."""
         self.control = control
         self.sf_url = str(sf["control_url"])
         self.it_url = str(it["control_url"])
@@ -642,7 +643,7 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
 
 
 async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it: dict[str, Any],
-               work_rng: random.Random, fault_rng: random.Random, say: Any,
+               work_rng: random.Random, fault_rng: random.Random, say: Callable[[str], None],
                started: float) -> dict[str, Any]:
     env = process_env(sf, it)
     config_path = write_config(workdir, sf, it)
