@@ -142,7 +142,8 @@ async def test_no_secret_in_logs_metrics_or_status(
         for path in ("/metrics", "/healthz", "/readyz"):
             async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
                 pages.append(await resp.text())
-    status = _cli(config, "status", "--json") + _cli(config, "status", "--errors", "50")
+    status = (_cli(config, "status", "--json") + _cli(config, "status", "--errors", "50")
+              + _cli(config, "dlq", "list"))
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     logged = log.read_text()

@@ -64,6 +64,17 @@ def test_the_schedule_comes_from_the_seed_alone() -> None:
     assert other != plans[0]
 
 
+def test_the_changes_come_from_the_seed_alone() -> None:
+    def kinds(seed: int) -> list[str]:
+        model = chaos.Model(leads=[f"00Q{i:015d}" for i in range(50)],
+                            contacts=[f"003{i:015d}" for i in range(50)], accounts=["001x"])
+        workload = chaos.Workload(None, "", model, random.Random(seed))  # never sends here
+        return [workload.choose() for _ in range(200)]
+
+    assert kinds(3) == kinds(3) != kinds(4)
+    assert set(kinds(3)) == set(chaos.CHANGE_WEIGHTS) - {"undelete"}  # nothing deleted yet
+
+
 def test_the_verdict_fails_on_a_mismatch_or_a_dead_letter_that_is_not_genuine() -> None:
     good = {"mismatches": 0, "missing_dead_letters": [], "dead_letters": 2,
             "dead_letters_genuine": 2}
