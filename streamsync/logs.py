@@ -136,5 +136,5 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "asyncio"):
+    for noisy in ("aiohttp.access", "asyncio", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

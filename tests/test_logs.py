@@ -53,3 +53,10 @@ def test_secrets_never_reach_the_output() -> None:
     text = out.getvalue()
     assert "s3cr3t-value-123" not in text and "abc.def" not in text
     assert text.count(REDACTED) == 3
+
+
+def test_third_party_debug_logs_stay_quiet_at_debug_level() -> None:
+    out = io.StringIO()
+    setup_logging("debug", stream=out)
+    logging.getLogger("aiosqlite").debug("executing INSERT ... ('jane@example.com',)")
+    assert "jane@example.com" not in out.getvalue()
