@@ -208,7 +208,7 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
     task = asyncio.create_task(service.run(stop))
     workload = Workload(sf, random.Random(7))
     try:
-        await _live_changes(service, task, workload, duration_s, out)
+        await _live_changes(service, task, workload, it, duration_s, out)
         if keep_running:
             print("   --keep-running: the service keeps syncing; Ctrl-C to stop", file=out)
             with contextlib.suppress(asyncio.CancelledError):
@@ -235,7 +235,7 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
 
 
 async def _live_changes(service: Service, task: asyncio.Task[int], workload: Workload,
-                        duration_s: float, out: TextIO) -> None:
+                        it: IterableEmulator, duration_s: float, out: TextIO) -> None:
     """Make live changes for `duration_s` while printing a status line, then drain."""
     while not (service.ingest and service.ingest.subscribed):
         if task.done():
@@ -248,8 +248,11 @@ async def _live_changes(service: Service, task: asyncio.Task[int], workload: Wor
         workload.step(n)
         await asyncio.sleep(0.1)
         if time.monotonic() >= next_status:
+            lat = latency_figures(workload, it)
+            live = (f"  latency p50={lat['latency_p50_s']:.2f}s p99={lat['latency_p99_s']:.2f}s"
+                    if lat.get("latency_samples") else "")
             print(f"   t={time.monotonic() - started:4.0f}s  changes={workload.changes}  "
-                  f"{_status_line(service)}", file=out)
+                  f"{_status_line(service)}{live}", file=out)
             next_status += 2.0
     await _drain(service, out)
 
