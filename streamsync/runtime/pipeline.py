@@ -10,7 +10,7 @@ from typing import Any
 
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
-from streamsync.adapters.store import Identity, IdentityUpdate, Store
+from streamsync.adapters.store import Identity, IdentityHandover, IdentityUpdate, Store
 from streamsync.config import Config
 from streamsync.core.batching import cut_batches
 from streamsync.core.ids import is_valid_id, to_18
@@ -61,7 +61,9 @@ class SyncPipeline:
     on purpose: the most recently modified record (SystemModstamp, then Id) is written and the
     others are skipped with a `pipeline.duplicate_identifier` log line. A converted Lead is not
     written when the configured precedence is `contact` (the Contact it became owns the
-    profile), and its identity is dropped so its later deletion cannot touch that profile.
+    profile): its identity is handed to that Contact when the Contact has none yet (with no
+    payload hash, and the Contact enqueued), so the Contact's first sync moves that profile
+    (updateEmail) or flags it when deleted, and the Lead's later deletion cannot touch it.
     With precedence `lead`, a Contact whose email a synced Lead holds is not written instead.
     """
 
@@ -101,7 +103,7 @@ class SyncPipeline:
         return replace(user, payload=payload, payload_hash=payload_hash(payload))
 
     def _map_all(self, object_name: str, records: Sequence[dict[str, Any]], out: SyncOutcome,
-                 converted: list[str]) -> list[MappedUser]:
+                 converted: list[tuple[str, str | None]]) -> list[MappedUser]:
         mapping = self._mapping(object_name)
         contact_first = (object_name == "Lead"
                          and self.config.converted_precedence() == "contact")
@@ -112,8 +114,9 @@ class SyncPipeline:
                 log.warning("pipeline.record_without_id", object=object_name)
                 continue
             sf_id = to_18(raw_id)
-            if contact_first and record.get("IsConverted") and record.get("ConvertedContactId"):
-                converted.append(sf_id)
+            contact_id = record.get("ConvertedContactId")
+            if contact_first and record.get("IsConverted") and contact_id:
+                converted.append((sf_id, to_18(contact_id) if is_valid_id(contact_id) else None))
                 out.skipped.append(sf_id)
                 continue
             mapped = mapping.map_or_error(record)
@@ -139,10 +142,10 @@ class SyncPipeline:
         """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
         batches by count and bytes, attribute per-user failures, save confirmed identities."""
         out = SyncOutcome()
-        converted: list[str] = []
+        converted: list[tuple[str, str | None]] = []
         users = self._map_all(object_name, records, out, converted)
         if converted:
-            await self.store.forget_identity(object_name, converted)
+            await self._hand_over_to_contacts(converted)
         if object_name == "Contact" and self.config.converted_precedence() == "lead":
             users = await self._yield_to_leads(users, out)
         known = await self.store.identities(object_name, [u.sf_id for u in users])
@@ -181,6 +184,36 @@ class SyncPipeline:
              for u in written.synced], self.clock())
         self._count(object_name, out, source)
         return out
+
+    async def _hand_over_to_contacts(self, converted: Sequence[tuple[str, str | None]]) -> None:
+        """Converted Leads (precedence `contact`): each Lead's identity goes to the Contact it
+        became when that Contact holds none (it is enqueued so its next sync writes with it);
+        otherwise it is dropped. A Lead profile a differently keyed Contact profile already
+        replaced is left in Iterable and logged."""
+        contact = self.config.objects.get("Contact")
+        if contact is None or not contact.writes_users:
+            await self.store.forget_identity("Lead", [lead for lead, _ in converted])
+            return
+        leads = await self.store.identities("Lead", [lead for lead, _ in converted])
+        pairs = [(lead, target) for lead, target in converted if lead in leads]
+        orphans = [lead for lead, target in converted if lead not in leads or target is None]
+        await self.store.forget_identity("Lead", orphans)
+        handed: list[tuple[str, str]] = [(lead, t) for lead, t in pairs if t is not None]
+        if not handed:
+            return
+        held = await self.store.identities("Contact", [t for _, t in handed])
+        taken = await self.store.hand_over_identities(
+            [IdentityHandover("Lead", lead, "Contact", target) for lead, target in handed],
+            self.clock())
+        if taken:
+            log.info("pipeline.converted_identity_handed_over", records=len(taken))
+        for lead, target in handed:
+            mine, theirs = leads[lead], held.get(target)
+            if theirs is not None and _keys_differ(mine, theirs):
+                log.info("pipeline.converted_lead_profile_left", lead_id=lead,
+                            contact_id=target, detail="the Contact was synced under another "
+                            "Iterable key before its Lead's conversion was seen; the Lead's "
+                            "profile is no longer updated")
 
     async def _yield_to_leads(self, users: list[MappedUser], out: SyncOutcome
                               ) -> list[MappedUser]:
@@ -315,6 +348,14 @@ class SyncPipeline:
             log.info("pipeline.outcome", object=object_name, source=source,
                      synced=len(out.synced), skipped=len(out.skipped), dead=len(out.dead),
                      retry=len(out.retry))
+
+
+def _keys_differ(a: Identity, b: Identity) -> bool:
+    """True when two identities name different Iterable users: by email (case-insensitively)
+    when both have one, else by userId."""
+    if a.iterable_email and b.iterable_email:
+        return a.iterable_email.lower() != b.iterable_email.lower()
+    return a.iterable_user_id != b.iterable_user_id
 
 
 def _set_path(node: dict[str, Any], keys: Sequence[str], value: Any) -> dict[str, Any]:

@@ -400,11 +400,6 @@ async def test_change_between_backfill_and_the_first_start(
         await service.abandon()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product gap (runtime/pipeline.py): a converted Lead's identity is forgotten, not handed to "
-    "its Contact; when the Contact changes email or is deleted before its first sync, the "
-    "Lead's profile under the old email is orphaned (a second profile; no updateEmail) or never "
-    "flagged"))
 @pytest.mark.parametrize("change", ["email_change", "delete"])
 async def test_converted_contact_changes_before_its_first_sync(
         rig_factory: RigFactory, change: str) -> None:
@@ -417,4 +412,4 @@ async def test_converted_contact_changes_before_its_first_sync(
     else:
         rig.sf.state.update("Contact", contact, {"Email": "converted.moved@example.com"})
     await rig.service.start()
-    await rig.final_state(timeout_s=2.0)  # fails: the old profile is left over or unflagged
+    await rig.final_state(timeout_s=2.0)  # the Lead's profile moved, or flagged

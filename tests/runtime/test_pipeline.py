@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from streamsync.adapters.store import IdentityHandover, IdentityUpdate
 from streamsync.core.ids import to_18
 from tests.conftest import SyncRig
 
@@ -99,6 +100,75 @@ async def test_converted_lead_does_not_overwrite_its_contact(sync_rig: SyncRig) 
     await rig.drain()
     assert "salesforceDeleted" not in rig.profiles()["grace@example.com"]["dataFields"] or \
         rig.profiles()["grace@example.com"]["dataFields"]["salesforceDeleted"] is False
+
+
+async def _synced_then_converted(rig: SyncRig, email: str) -> tuple[str, str]:
+    """A Lead synced to Iterable under `email`, then converted: (lead id, contact id)."""
+    lead = to_18(rig.sf.state.create("Lead", {"LastName": "Lovelace", "Company": "Engines",
+                                              "Email": email}))
+    await rig.enqueue("Lead", [lead])
+    await rig.drain()
+    assert rig.profiles()[email]["dataFields"]["sfLeadId"] == lead
+    return lead, to_18(rig.sf.state.convert_lead(lead)["contactId"])
+
+
+async def test_converted_lead_hands_its_profile_to_a_contact_whose_email_changed(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    lead, contact = await _synced_then_converted(rig, "ada@example.com")
+    rig.sf.state.update("Contact", contact, {"Email": "countess@example.com"})
+    await rig.enqueue("Lead", [lead])  # the conversion is seen before the Contact's first sync
+    rig.clock.advance(1.0)
+    await rig.enqueue("Contact", [contact])
+    result = await rig.drain()
+    assert result.dead == 0
+    profiles = rig.profiles()
+    assert "ada@example.com" not in profiles  # one profile, moved: not a second one
+    assert profiles["countess@example.com"]["dataFields"]["sfContactId"] == contact
+    assert profiles["countess@example.com"]["dataFields"]["sfLeadId"] == lead  # its history
+    assert rig.it.state.count(UPDATE_EMAIL, 200) == 1
+    assert await rig.store.identities("Lead", [lead]) == {}
+    ident = (await rig.store.identities("Contact", [contact]))[contact]
+    assert ident.iterable_email == "countess@example.com" and ident.payload_hash
+
+
+async def test_converted_lead_hands_its_profile_to_a_contact_deleted_before_its_first_sync(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    lead, contact = await _synced_then_converted(rig, "babbage@example.com")
+    rig.sf.state.delete("Contact", contact)
+    await rig.enqueue("Contact", [contact])  # the Contact's events are flushed first
+    await rig.drain()
+    assert await rig.store.identities("Contact", [contact]) == {}  # nothing known to flag yet
+    await rig.enqueue("Lead", [lead])
+    result = await rig.drain()  # the hand-over enqueues the Contact: its delete is applied
+    assert result.dead == 0
+    data = rig.profiles()["babbage@example.com"]["dataFields"]
+    assert data["salesforceDeleted"] is True
+    assert await rig.store.identities("Lead", [lead]) == {}
+    assert set(await rig.store.identities("Contact", [contact])) == {contact}
+
+
+async def test_hand_over_keeps_an_identity_the_target_already_has(sync_rig: SyncRig) -> None:
+    store = sync_rig.store
+    now = sync_rig.clock()
+    await store.save_identities([IdentityUpdate("Lead", "00Q000000000001AAA", "a@x.com", None,
+                                                "h1"),
+                                 IdentityUpdate("Lead", "00Q000000000002AAA", "b@x.com", "u2",
+                                                "h2"),
+                                 IdentityUpdate("Contact", "003000000000002AAA", "c@x.com",
+                                                None, "h3")], now)
+    moves = [IdentityHandover("Lead", "00Q000000000001AAA", "Contact", "003000000000001AAA"),
+             IdentityHandover("Lead", "00Q000000000002AAA", "Contact", "003000000000002AAA")]
+    assert await store.hand_over_identities(moves, now) == moves[:1]
+    assert await store.identities("Lead", ["00Q000000000001AAA", "00Q000000000002AAA"]) == {}
+    contacts = await store.identities("Contact", ["003000000000001AAA", "003000000000002AAA"])
+    taken, kept = contacts["003000000000001AAA"], contacts["003000000000002AAA"]
+    assert (taken.iterable_email, taken.payload_hash) == ("a@x.com", None)
+    assert (kept.iterable_email, kept.payload_hash) == ("c@x.com", "h3")
+    leases = await store.lease("test", 10, 60.0, now + 1)
+    assert [(lease.object_name, lease.record_id, lease.source) for lease in leases] == [
+        ("Contact", "003000000000001AAA", "fanout")]
 
 
 @pytest.mark.sync_config(objects={"Contact": {"delete_policy": "delete"}})

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from .base import StoreBase, clean_error
 from .queue import UPSERT_SQL
-from .types import DeadLetter, ErrorEntry, Identity, IdentityUpdate
+from .types import DeadLetter, ErrorEntry, Identity, IdentityHandover, IdentityUpdate
 
 ERROR_RING_SIZE = 200
 IN_CHUNK = 500
@@ -130,6 +130,38 @@ class RecordOps(StoreBase):
                 [(object_name, record_id) for record_id in ids],
             )
             return max(cursor.rowcount, 0)
+
+    async def hand_over_identities(
+        self, moves: Sequence[IdentityHandover], now: float
+    ) -> list[IdentityHandover]:
+        """Per move, in one transaction: a target holding no identity takes the source's
+        Iterable email and userId with no payload hash (so its next sync writes instead of
+        skipping as unchanged) and is enqueued (source 'fanout', UPDATE) so that sync happens;
+        the source's identity is dropped either way. Returns the moves whose target took one."""
+        taken: list[IdentityHandover] = []
+        if not moves:
+            return taken
+        async with self._tx("hand_over_identities") as conn:
+            for move in moves:
+                cursor = await conn.execute(
+                    f"INSERT INTO identity ({IDENTITY_COLUMNS}) "
+                    "SELECT ?, ?, iterable_email, iterable_user_id, NULL, ? FROM identity "
+                    "WHERE object_name = ? AND record_id = ? "
+                    "ON CONFLICT (object_name, record_id) DO NOTHING",
+                    (move.target_object, move.target_id, now, move.source_object,
+                     move.source_id),
+                )
+                if cursor.rowcount > 0:
+                    taken.append(move)
+                    await conn.execute(
+                        UPSERT_SQL,
+                        (move.target_object, move.target_id, "UPDATE", "fanout", now, None),
+                    )
+                await conn.execute(
+                    "DELETE FROM identity WHERE object_name = ? AND record_id = ?",
+                    (move.source_object, move.source_id),
+                )
+        return taken
 
     async def find_by_email(self, email: str) -> list[Identity]:
         """Identities holding this Iterable email (case-insensitive, as Iterable compares)."""

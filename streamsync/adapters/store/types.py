@@ -140,6 +140,16 @@ class IdentityUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityHandover:
+    """One record's Iterable identity passed to another (a converted Lead's to its Contact)."""
+
+    source_object: str
+    source_id: str
+    target_object: str
+    target_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """A stored identity row: Salesforce Id -> Iterable key and the hash of the last payload."""
 
