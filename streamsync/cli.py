@@ -20,7 +20,8 @@ from streamsync.adapters.store import Store
 from streamsync.config import Config, load_config
 from streamsync.errors import ConfigError, StreamsyncError
 from streamsync.logs import redactor, setup_logging
-from streamsync.runtime.check_config import CheckReport, build_salesforce_client, check_config
+from streamsync.runtime.check_config import CheckReport, check_config
+from streamsync.runtime.clients import build_salesforce_client
 from streamsync.runtime.status import (
     dead_letter_dict,
     iso,

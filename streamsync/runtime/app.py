@@ -29,6 +29,11 @@ from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import FatalError, RetriableError
 from streamsync.logs import get_logger
+from streamsync.runtime.clients import (
+    build_iterable_client,
+    build_salesforce_auth,
+    build_salesforce_client,
+)
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
@@ -76,11 +81,6 @@ def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
     return listener
 
 
-def _secret(config: Config, name: str) -> str | None:
-    value = getattr(config.secrets, name)
-    return None if value is None else str(value.get_secret_value())
-
-
 @contextlib.asynccontextmanager
 async def open_components(
     config: Config,
@@ -98,36 +98,10 @@ async def open_components(
     sf_http = make_session(sf_conf.timeout_s, limit=sf_conf.max_in_flight + 4)
     it_http = make_session(it_conf.timeout_s, limit=it_conf.max_in_flight + 4)
     try:
-        auth = SalesforceAuth(
-            sf_http,
-            login_url=sf_conf.login_url,
-            flow=sf_conf.auth,
-            client_id=sf_conf.client_id,
-            client_secret=_secret(config, "sf_client_secret"),
-            username=sf_conf.username,
-            password=_secret(config, "sf_password"),
-            private_key=_secret(config, "sf_private_key"),
-            refresh_token=_secret(config, "sf_refresh_token"),
-            audience=sf_conf.jwt_audience,
-            counter=counter,
-            timeout_s=sf_conf.timeout_s,
-            clock=clock,
-        )
-        salesforce = SalesforceClient(
-            sf_http,
-            auth,
-            sf_conf.api_version,
-            counter,
-            call_options_client=sf_conf.client_name,
-            timeout_s=sf_conf.timeout_s,
-            max_in_flight=sf_conf.max_in_flight,
-        )
+        auth = build_salesforce_auth(config, sf_http, counter, clock=clock)
+        salesforce = build_salesforce_client(config, sf_http, counter=counter, auth=auth)
         limiter = RateLimiter(it_conf.rate_limit_per_s, max_in_flight=it_conf.max_in_flight)
-        api_key = _secret(config, "iterable_api_key") or ""
-        iterable = IterableClient(
-            it_http, it_conf.base_url, api_key, counter, timeout_s=it_conf.timeout_s,
-            bulk_limiter=limiter,
-        )
+        iterable = build_iterable_client(config, it_http, counter, limiter=limiter)
         mappings = config.compiled(describes)
         pipeline = SyncPipeline(
             config=config, store=store, iterable=iterable, limiter=limiter, metrics=metrics,

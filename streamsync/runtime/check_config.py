@@ -7,80 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import SecretStr
 
-from streamsync.adapters.http import NO_RETRY, Retry, UsageCounter, make_session
+from streamsync.adapters.http import make_session
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import QueryError, SalesforceClient, SalesforceError
-from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.config import Config
 from streamsync.core import soql
-from streamsync.errors import ConfigError, StreamsyncError
+from streamsync.errors import StreamsyncError
 from streamsync.logs import get_logger
+from streamsync.runtime.clients import build_iterable_client, build_salesforce_client
 
 log = get_logger(__name__)
 
 Component = Literal["salesforce", "iterable", "mapping"]
-
-
-def _reveal(secret: SecretStr | None) -> Callable[[], str] | None:
-    """A callable handing out the secret only when a request is signed (never stored as str)."""
-    return None if secret is None else secret.get_secret_value
-
-
-def build_salesforce_auth(
-    config: Config, session: aiohttp.ClientSession, counter: UsageCounter | None = None
-) -> SalesforceAuth:
-    """SalesforceAuth for `config.salesforce` with the secrets the loader read."""
-    sf, secrets = config.salesforce, config.secrets
-    return SalesforceAuth(
-        session,
-        login_url=sf.login_url,
-        flow=sf.auth,
-        client_id=sf.client_id,
-        client_secret=_reveal(secrets.sf_client_secret),
-        username=sf.username,
-        password=_reveal(secrets.sf_password),
-        private_key=_reveal(secrets.sf_private_key),
-        refresh_token=_reveal(secrets.sf_refresh_token),
-        audience=sf.jwt_audience,
-        counter=counter,
-        timeout_s=sf.timeout_s,
-    )
-
-
-def build_salesforce_client(
-    config: Config,
-    session: aiohttp.ClientSession,
-    *,
-    counter: UsageCounter | None = None,
-    retry: Retry = NO_RETRY,
-) -> SalesforceClient:
-    """SalesforceClient (REST + Bulk) for `config`, with its own SalesforceAuth."""
-    sf = config.salesforce
-    return SalesforceClient(
-        session,
-        build_salesforce_auth(config, session, counter),
-        sf.api_version,
-        counter,
-        call_options_client=sf.client_name,
-        retry=retry,
-        timeout_s=sf.timeout_s,
-        max_in_flight=sf.max_in_flight,
-    )
-
-
-def build_iterable_client(
-    config: Config, session: aiohttp.ClientSession, counter: UsageCounter | None = None
-) -> IterableClient:
-    """IterableClient for `config.iterable`; the API key must have been loaded."""
-    key = config.secrets.iterable_api_key
-    if key is None:
-        raise ConfigError("secret iterable_api_key is missing: set STREAMSYNC_ITERABLE_API_KEY")
-    return IterableClient(
-        session, config.iterable.base_url, key.get_secret_value, counter,
-        timeout_s=config.iterable.timeout_s,
-    )
 
 
 @dataclass(frozen=True, slots=True)
