@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 
 from streamsync.adapters.cometd import NEW_EVENTS, CometdSubscriber, ReplayId
-from streamsync.adapters.store import QueueInput, Store
+from streamsync.adapters.store import IdentityHandover, QueueInput, Store
 from streamsync.config import Config
 from streamsync.core.events import MalformedEvent, UnexpectedEntity, is_echo, parse_event
-from streamsync.core.ids import KEY_PREFIXES
+from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
 from streamsync.errors import FatalError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
@@ -185,6 +185,10 @@ class Ingest:
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
         self._anchored: set[str] = set()  # channels whose unanchored marker is known clear
+        contact = config.objects.get("Contact")
+        self._hands_over_converted = (
+            "Lead" in config.objects and contact is not None and contact.writes_users
+            and config.converted_precedence() == "contact")
         self.stats = IngestStats()
         if callbacks is not None:
             callbacks.ingest = self
@@ -306,6 +310,14 @@ class Ingest:
             await self._store.record_event(event.channel, event.replay_id, (),
                                            event.commit_timestamp_ms, now)
             return
+        conversion = self._conversion(event, message)
+        if conversion is not None:
+            # Before the Contact's first sync can write it under another email: the pipeline
+            # hands over too, but only when it reaches the Lead, which CDC sends after the
+            # Contact's CREATE.
+            if await self._store.hand_over_identities([conversion], now):
+                log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
+                         contact_id=conversion.target_id)
         items = self._items(event)
         to_reconcile = self._objects_to_reconcile(event)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
@@ -416,6 +428,19 @@ class Ingest:
                 log.warning("ingest.unexpected_id_dropped", channel=event.channel,
                             entity=event.entity, record_id=sf_id, owner=str(owner))
         return items
+
+    def _conversion(self, event: ChangeEvent, message: Message) -> IdentityHandover | None:
+        """A Lead conversion event (precedence `contact`; an UPDATE payload carries the fields
+        that changed): the Lead's identity goes to the Contact named by ConvertedContactId."""
+        if not (self._hands_over_converted and event.entity == "Lead"
+                and event.change_type == "UPDATE" and len(event.record_ids) == 1):
+            return None
+        data = message.get("data")
+        payload = data.get("payload") if isinstance(data, dict) else None
+        contact_id = payload.get("ConvertedContactId") if isinstance(payload, dict) else None
+        if not is_valid_id(contact_id):
+            return None
+        return IdentityHandover("Lead", event.record_ids[0], "Contact", to_18(contact_id))
 
     def _objects_to_reconcile(self, event: ChangeEvent) -> list[str]:
         """Overflow: the event's object. Wildcard ids (`003*`): the objects of the prefixes,

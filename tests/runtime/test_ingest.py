@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from streamsync.adapters.cometd import CometdSubscriber
-from streamsync.adapters.store import Lease, Store
+from streamsync.adapters.store import IdentityUpdate, Lease, Store
 from streamsync.config import Config
 from streamsync.core.ids import to_18
 from streamsync.emulators.iterable import IterableEmulator
@@ -772,3 +772,23 @@ async def test_first_subscription_without_a_backfill_or_after_replay_new_reconci
     assert await ingest.pending_reconciles() == {}
     assert ingest.stats.reconciles_scheduled == 0
     assert ("ingest.realtime_starts_now" in caplog.text) is (preset is None)
+
+
+# ---- lead conversion -------------------------------------------------------------------------
+
+
+async def test_lead_conversion_event_hands_the_leads_identity_to_its_contact(rig: Rig) -> None:
+    lead = to_18(rig.lead("Converted"))
+    await rig.store.save_identities(
+        [IdentityUpdate("Lead", lead, "converted@example.com", None, "hash")], time.time())
+    ingest = rig.ingest()
+    await subscribe(ingest)
+    contact = to_18(rig.emu.state.convert_lead(lead)["contactId"])
+    [message] = await pump(ingest)  # the Lead's UPDATE (the Contact's CREATE is on its channel)
+    assert message["data"]["payload"]["ConvertedContactId"] == contact
+
+    assert await rig.store.identities("Lead", [lead]) == {}
+    ident = (await rig.store.identities("Contact", [contact]))[contact]
+    assert (ident.iterable_email, ident.payload_hash) == ("converted@example.com", None)
+    rows = await queued(rig.store)
+    assert rows[contact].source == "fanout" and rows[lead].source == "cdc"
