@@ -258,9 +258,14 @@ class Flusher:
             pending.pop((lease.object_name, lease.record_id), None)
         if not leases:
             return
-        log.warning("flusher.retry_later", records=len(leases), error=type(error).__name__)
+        detail = str(error)[:300]
+        log.warning("flusher.retry_later", records=len(leases), error=type(error).__name__,
+                    detail=detail)
+        now = self.clock()
         settled = await asyncio.shield(self.store.retry_later(
-            leases, str(error), self.clock(), self.backoff, error.retry_after_s))
+            leases, str(error), now, self.backoff, error.retry_after_s))
+        await asyncio.shield(self.store.note_error(
+            "flusher", f"{leases[0].object_name}: {type(error).__name__}: {detail}", now))
         result.retried += settled.retried
         result.dead += settled.dead_lettered
         if settled.dead_lettered:
