@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -342,7 +342,8 @@ def _wrapped(text: str) -> bool:
     return text.startswith("(") and _closing_paren(text) == len(text) - 1
 
 
-def _closing_paren(text: str) -> int:
+def _outside_strings(text: str) -> Iterator[tuple[int, int]]:
+    """(index, parenthesis depth after it) of every character outside string literals."""
     depth = 0
     in_str = False
     i = 0
@@ -355,37 +356,24 @@ def _closing_paren(text: str) -> int:
                 in_str = False
         elif ch == "'":
             in_str = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i
+        else:
+            depth += (ch == "(") - (ch == ")")
+            yield i, depth
         i += 1
+
+
+def _closing_paren(text: str) -> int:
+    """Index of the parenthesis that closes the one opening `text`, or -1."""
+    for i, depth in _outside_strings(text):
+        if depth == 0 and text[i] == ")":
+            return i
     return -1
 
 
 def _is_atomic(text: str) -> bool:
-    depth = 0
-    in_str = False
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if in_str:
-            if ch == "\\":
-                i += 1
-            elif ch == "'":
-                in_str = False
-        elif ch == "'":
-            in_str = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif depth == 0 and (text.startswith(" AND ", i) or text.startswith(" OR ", i)):
-            return False
-        i += 1
-    return True
+    """True when no AND/OR stands outside parentheses and strings."""
+    return not any(depth == 0 and (text.startswith(" AND ", i) or text.startswith(" OR ", i))
+                   for i, depth in _outside_strings(text))
 
 
 def parse_filter(text: str) -> SafeFilter:
