@@ -46,6 +46,7 @@ from streamsync.config import Config, load_config
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
 from streamsync.errors import RecordError
 from streamsync.runtime.app import open_components
+from streamsync.runtime.final_state import read_salesforce, verify_policies
 
 PYTHON = sys.executable
 SYNCED_OBJECTS = ("Lead", "Contact")
@@ -492,19 +493,8 @@ async def read_records(config: Config) -> tuple[dict[str, list[dict[str, Any]]],
                                                 dict[str, ObjectPolicy], list[Any]]:
     """Every Lead and Contact (queryAll), the verify policies and the dead letters."""
     async with open_components(config) as parts:
-        records: dict[str, list[dict[str, Any]]] = {}
-        policies: dict[str, ObjectPolicy] = {}
-        for name in SYNCED_OBJECTS:
-            mapping = parts.mappings[name]
-            obj = config.objects[name]
-            fields = mapping.soql_fields("IsDeleted", *(["IsConverted"] if name == "Lead" else []))
-            soql = f"SELECT {', '.join(fields)} FROM {name} ORDER BY Id"
-            records[name] = [r async for r in parts.salesforce.records(soql, include_deleted=True)]
-            policies[name] = ObjectPolicy(
-                mapping, obj.delete_policy, obj.delete_flag_field,
-                defers_when_converted=name == "Lead"
-                and config.converted_precedence() == "contact",
-            )
+        records = await read_salesforce(parts, SYNCED_OBJECTS)
+        policies = verify_policies(config, parts.mappings, SYNCED_OBJECTS)
         dead = await parts.store.dead_letters(limit=1_000_000)
     return records, policies, dead
 

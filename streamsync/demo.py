@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamsync.config import Config, parse_config
-from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
+from streamsync.core.verify import VerifyReport, compare
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.logs import setup_logging
 from streamsync.runtime.app import Service, open_components
 from streamsync.runtime.backfill import Backfill, BackfillOptions
+from streamsync.runtime.final_state import read_salesforce, verify_policies
 from streamsync.runtime.progress import ConsoleProgress
 
 SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000}
@@ -150,19 +151,8 @@ def latency_figures(workload: Workload, it: IterableEmulator) -> dict[str, float
 async def verify(config: Config, it: IterableEmulator) -> VerifyReport:
     """Read Salesforce through its API and compare with Iterable's profiles."""
     async with open_components(config) as parts:
-        records: dict[str, list[dict[str, Any]]] = {}
-        policies: dict[str, ObjectPolicy] = {}
-        for name in SYNCED_OBJECTS:
-            mapping = parts.mappings[name]
-            obj = config.objects[name]
-            fields = mapping.soql_fields("IsDeleted", *(["IsConverted"] if name == "Lead" else []))
-            soql = f"SELECT {', '.join(fields)} FROM {name}"
-            records[name] = [r async for r in parts.salesforce.records(soql, include_deleted=True)]
-            policies[name] = ObjectPolicy(
-                mapping, obj.delete_policy, obj.delete_flag_field,
-                defers_when_converted=name == "Lead"
-                and config.converted_precedence() == "contact",
-            )
+        records = await read_salesforce(parts, SYNCED_OBJECTS)
+        policies = verify_policies(config, parts.mappings, SYNCED_OBJECTS)
         dead = [d.record_id for d in await parts.store.dead_letters(limit=1_000_000)]
     return compare(policies, records, it.state.snapshot(), dead)
 

@@ -98,7 +98,7 @@ class CometdSubscriber:
                                on_replay_invalid=start_reconciliation)
         async for message in sub.messages():
             await store.commit(message)   # record ids + replay id in ONE transaction
-        ...
+        # on shutdown, cancel the consuming task, then:
         await sub.close()                 # after cancelling the consuming task
     """
 
