@@ -69,6 +69,13 @@ def _url(value: str, what: str) -> str:
     return value.strip().rstrip("/")
 
 
+def _ca_file(value: str | None) -> str | None:
+    """A PEM bundle of extra trusted CAs (a private CA, a TLS-inspecting proxy): must exist."""
+    if value is not None and not Path(value).is_file():
+        raise ValueError(f"no such CA bundle file: {value!r:.200}")
+    return value
+
+
 def _is_plain_remote(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme == "http" and (parts.hostname or "") not in _LOOPBACK
@@ -91,11 +98,17 @@ class SalesforceConfig(_Model):
     suppress_echoes: bool = False
     timeout_s: float = Field(default=30.0, gt=0, le=600)
     max_in_flight: int = Field(default=8, ge=1, le=25)
+    ca_file: str | None = None
 
     @field_validator("login_url", "instance_url", "audience")
     @classmethod
     def _urls(cls, v: str | None) -> str | None:
         return None if v is None else _url(v, "URL")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca(cls, v: str | None) -> str | None:
+        return _ca_file(v)
 
     @field_validator("api_version", mode="before")
     @classmethod
@@ -137,6 +150,7 @@ class IterableConfig(_Model):
     max_in_flight: int = Field(default=4, ge=1, le=64)
     timeout_s: float = Field(default=30.0, gt=0, le=600)
     update_only: bool = False
+    ca_file: str | None = None
     create_new_fields: bool | None = None
     merge_nested_objects: bool = False
 
@@ -144,6 +158,11 @@ class IterableConfig(_Model):
     @classmethod
     def _base(cls, v: str) -> str:
         return _url(v, "base_url")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca(cls, v: str | None) -> str | None:
+        return _ca_file(v)
 
     def bulk_envelope(self) -> dict[str, bool]:
         """Top-level bulkUpdate fields besides `users` (for the batch cutter)."""

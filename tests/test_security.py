@@ -267,3 +267,30 @@ async def test_the_cli_trusts_a_ca_named_by_ssl_cert_file_and_nothing_else(
         check(_env()), check(_env(SSL_CERT_FILE=str(tls_emulator.cert_path))))
     assert refused[0] != 0 and "certificate" in refused[1].lower(), refused[1]
     assert with_ca[0] == 0, with_ca[1]
+
+
+@pytest.mark.iterable(api_key=IT_KEY)
+async def test_a_ca_bundle_named_in_the_config_is_trusted_and_nothing_else(
+    tls_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+) -> None:
+    assert tls_emulator.cert_path is not None
+    config = _write_config(tmp_path / "config.toml", tls_emulator.instance_url, tls_emulator,
+                           iterable_emulator, tmp_path / "s.db", health="enabled = false")
+    text = config.read_text().replace(
+        "timeout_s = 5\n", f'timeout_s = 5\nca_file = "{tls_emulator.cert_path}"\n', 1)
+    trusted = tmp_path / "trusted.toml"
+    trusted.write_text(text)
+    missing = tmp_path / "missing.toml"
+    missing.write_text(text.replace(str(tls_emulator.cert_path), str(tmp_path / "nope.pem")))
+
+    async def check(path: Path) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streamsync", "check-config", "--config", str(path),
+            env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    ok, bad_path = await asyncio.gather(check(trusted), check(missing))
+    assert ok[0] == 0, ok[1]
+    assert bad_path[0] == 2 and "salesforce.ca_file" in bad_path[1], bad_path[1]

@@ -39,6 +39,13 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def tls_context(ca_file: str | None) -> ssl_module.SSLContext | bool:
+    """Certificate verification, always on: the system's CAs, or those of `ca_file`."""
+    if ca_file is None:
+        return True
+    return ssl_module.create_default_context(cafile=ca_file)
+
+
 def make_session(
     timeout_s: float,
     *,

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from streamsync.adapters.cometd import CometdSubscriber
-from streamsync.adapters.http import UsageCounter, make_session
+from streamsync.adapters.http import UsageCounter
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
@@ -33,6 +33,8 @@ from streamsync.runtime.clients import (
     build_iterable_client,
     build_salesforce_auth,
     build_salesforce_client,
+    iterable_session,
+    salesforce_session,
 )
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
@@ -93,10 +95,10 @@ async def open_components(
     metrics = metrics or Metrics()
     counter = UsageCounter()
     counter.subscribe(_count_calls(metrics))
-    sf_conf, it_conf = config.salesforce, config.iterable
+    it_conf = config.iterable
     store = await Store.open(config.queue.path)
-    sf_http = make_session(sf_conf.timeout_s, limit=sf_conf.max_in_flight + 4)
-    it_http = make_session(it_conf.timeout_s, limit=it_conf.max_in_flight + 4)
+    sf_http = salesforce_session(config)
+    it_http = iterable_session(config)
     try:
         auth = build_salesforce_auth(config, sf_http, counter, clock=clock)
         salesforce = build_salesforce_client(config, sf_http, counter=counter, auth=auth)
@@ -199,8 +201,9 @@ class Service:
             config=config, store=parts.store, salesforce=parts.salesforce, metrics=self.metrics,
             clock=self.clock,
         )
-        ingest_http = make_session(
-            config.salesforce.timeout_s + 120, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        ingest_http = salesforce_session(
+            config, timeout_s=config.salesforce.timeout_s + 120,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
         callbacks = ReplayCallbacks(parts.store)
         subscriber = CometdSubscriber(

@@ -8,14 +8,18 @@ from typing import Any, Literal
 
 import aiohttp
 
-from streamsync.adapters.http import make_session
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import QueryError, SalesforceClient, SalesforceError
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.errors import StreamsyncError
 from streamsync.logs import get_logger
-from streamsync.runtime.clients import build_iterable_client, build_salesforce_client
+from streamsync.runtime.clients import (
+    build_iterable_client,
+    build_salesforce_client,
+    iterable_session,
+    salesforce_session,
+)
 
 log = get_logger(__name__)
 
@@ -162,13 +166,17 @@ async def check_iterable(config: Config, iterable: IterableClient, report: Check
 async def check_config(
     config: Config,
     *,
-    session_factory: Callable[[float], aiohttp.ClientSession] = make_session,
+    session_factory: Callable[[float], aiohttp.ClientSession] | None = None,
 ) -> CheckReport:
     """Run every check; never raises for a remote failure (it becomes a Problem)."""
     report = CheckReport(warnings=list(config.warnings))
-    async with session_factory(config.salesforce.timeout_s) as sf_session:
+    sf_http = (salesforce_session(config) if session_factory is None
+               else session_factory(config.salesforce.timeout_s))
+    async with sf_http as sf_session:
         await check_salesforce(config, build_salesforce_client(config, sf_session), report)
-    async with session_factory(config.iterable.timeout_s) as it_session:
+    it_http = (iterable_session(config) if session_factory is None
+               else session_factory(config.iterable.timeout_s))
+    async with it_http as it_session:
         await check_iterable(config, build_iterable_client(config, it_session), report)
     log.info("check.done", problems=len(report.problems), warnings=len(report.warnings))
     return report

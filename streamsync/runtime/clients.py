@@ -8,7 +8,7 @@ from collections.abc import Callable
 import aiohttp
 from pydantic import SecretStr
 
-from streamsync.adapters.http import NO_RETRY, Retry, UsageCounter
+from streamsync.adapters.http import NO_RETRY, Retry, UsageCounter, make_session, tls_context
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
@@ -20,6 +20,21 @@ from streamsync.errors import ConfigError
 def _reveal(secret: SecretStr | None) -> Callable[[], str] | None:
     """A callable handing out the secret only when a request is signed (never stored as str)."""
     return None if secret is None else secret.get_secret_value
+
+
+def salesforce_session(config: Config, *, timeout_s: float | None = None,
+                       cookie_jar: aiohttp.abc.AbstractCookieJar | None = None
+                       ) -> aiohttp.ClientSession:
+    """An HTTP session for Salesforce: its timeout, connection cap and trusted CAs."""
+    sf = config.salesforce
+    return make_session(timeout_s or sf.timeout_s, limit=sf.max_in_flight + 4,
+                        ssl=tls_context(sf.ca_file), cookie_jar=cookie_jar)
+
+
+def iterable_session(config: Config) -> aiohttp.ClientSession:
+    """An HTTP session for Iterable: its timeout, connection cap and trusted CAs."""
+    it = config.iterable
+    return make_session(it.timeout_s, limit=it.max_in_flight + 4, ssl=tls_context(it.ca_file))
 
 
 def build_salesforce_auth(
