@@ -102,14 +102,21 @@ class RateLimiter:
         return self._in_flight
 
     def on_rate_limited(self, retry_after_s: float | None = None) -> None:
-        """The server answered 429: halve the rate and respect its Retry-After."""
+        """The server answered 429: halve the rate and respect its Retry-After.
+
+        The requests that were already in flight when the rate was cut answer 429 too; like
+        TCP's one decrease per round trip, those within one interval of the last cut only count
+        (and extend Retry-After), so a burst of in-flight 429s halves the rate once, not 4×.
+        """
         now = self._clock()
-        reduced = max(self.min_rate_per_s, self.current_rate_per_s(now) / 2)
-        self._cut_rate = reduced
-        self._cut_at = now
         self.rate_limited_total += 1
         if retry_after_s is not None and retry_after_s > 0:
             self._blocked_until = max(self._blocked_until, now + retry_after_s)
+        if self._cut_rate is not None and now - self._cut_at < 1.0 / self._cut_rate:
+            return
+        reduced = max(self.min_rate_per_s, self.current_rate_per_s(now) / 2)
+        self._cut_rate = reduced
+        self._cut_at = now
         # Requests already reserved at the old spacing are pushed out to the new spacing.
         self._tat = max(self._tat, now + 1.0 / reduced)
         log.warning(

@@ -66,10 +66,21 @@ def test_a_429_halves_the_rate_waits_for_retry_after_then_recovers() -> None:
 
 def test_repeated_429s_keep_halving_down_to_the_floor() -> None:
     fake = FakeTime()
-    limiter = _limiter(fake, 8.0, min_rate_per_s=1.0)
+    limiter = _limiter(fake, 8.0, min_rate_per_s=1.0, recover_s=1000.0)
     for expected in (4.0, 2.0, 1.0, 1.0):
         limiter.on_rate_limited()
-        assert limiter.current_rate_per_s() == pytest.approx(expected)
+        assert limiter.current_rate_per_s() == pytest.approx(expected, rel=0.01)
+        fake.now += 1.0 / expected  # the next 429 comes a round later
+
+
+def test_429s_of_requests_already_in_flight_halve_the_rate_once() -> None:
+    fake = FakeTime()
+    limiter = _limiter(fake, 8.0, recover_s=1000.0)
+    for _ in range(4):  # four requests in flight all answer 429 within one interval
+        limiter.on_rate_limited()
+        fake.now += 0.05
+    assert limiter.current_rate_per_s() == pytest.approx(4.0, rel=0.01)
+    assert limiter.rate_limited_total == 4
 
 
 async def test_slot_bounds_requests_in_flight() -> None:
