@@ -27,7 +27,6 @@ from streamsync.core.ids import to_18
 from streamsync.core.mapping import CompiledMapping, normalize_email
 from streamsync.errors import FatalError, RecordError, RetriableError
 from streamsync.logs import get_logger
-from streamsync.runtime.backfill_store import add_dead_letters, clear_dead_letters
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.progress import NullProgress, Progress, format_duration
 
@@ -871,13 +870,13 @@ class Backfill:
             await self._page_backoff(object_name, attempt, first)
         if dead:
             now = self.clock()
-            await add_dead_letters(self.store, object_name, dead, now)
+            await self.store.add_dead_letters(object_name, dead, now)
             self._dead_letters_exist = True
             for reason, _detail in dead.values():
                 totals.dead[reason] += 1
                 self.metrics.dead_lettered.labels(reason=reason).inc()
         if synced and self._dead_letters_exist:
-            await clear_dead_letters(self.store, object_name, synced)
+            await self.store.clear_dead_letters(object_name, synced)
 
     async def _page_backoff(self, object_name: str, attempt: int, exc: RetriableError) -> None:
         delay = _backoff_s(attempt, exc.retry_after_s)

@@ -260,3 +260,21 @@ async def test_status_snapshot_for_the_cli(tmp_path: Path) -> None:
         assert [(w.window, w.last_id) for w in status.backfill_windows] == [(window, "00Q9")]
     finally:
         await service.close()
+
+
+async def test_lease_free_dead_letters_for_the_backfill(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        ids = [f"00Q00000000{n:04d}AAA" for n in range(3)]
+        added = await store.add_dead_letters(
+            "Lead", {ids[0]: ("missing_email", "no email"), ids[1]: ("invalid_email", "x@y")}, 10.0)
+        again = await store.add_dead_letters("Lead", {ids[0]: ("missing_email", "still")}, 20.0)
+        assert (added, again) == (2, 1)
+        assert await store.dead_letter_counts() == {"missing_email": 1, "invalid_email": 1}
+        first = [d for d in await store.dead_letters() if d.record_id == ids[0]][0]
+        assert first.attempts == 2 and first.last_error == "still"
+        assert await store.clear_dead_letters("Lead", [ids[0], ids[2]]) == 1
+        assert await store.clear_dead_letters("Lead", []) == 0
+        assert await store.dead_letter_counts() == {"invalid_email": 1}
+    finally:
+        await store.close()

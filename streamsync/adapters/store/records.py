@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .base import StoreBase, clean_error
 from .queue import UPSERT_SQL
@@ -28,6 +28,18 @@ def _chunks(ids: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]]
 
 def _reason_filter(reason: str | None) -> tuple[str, tuple[str, ...]]:
     return ("WHERE reason = ?", (reason,)) if reason is not None else ("", ())
+
+
+_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's bound-parameter limit
+_ADD_DEAD_SQL = """
+INSERT INTO dead_letter (object_name, record_id, change_type, reason, last_error, attempts,
+                         first_failed_at, last_failed_at)
+VALUES (?, ?, ?, ?, ?, 1, ?, ?)
+ON CONFLICT (object_name, record_id) DO UPDATE SET
+    change_type = excluded.change_type, reason = excluded.reason,
+    last_error = excluded.last_error, attempts = dead_letter.attempts + 1,
+    last_failed_at = excluded.last_failed_at
+"""
 
 
 class RecordOps(StoreBase):
@@ -66,6 +78,36 @@ class RecordOps(StoreBase):
             await conn.execute(upsert, (now, *params))
             cursor = await conn.execute(f"DELETE FROM dead_letter {where}", params)
             return max(cursor.rowcount, 0)
+
+    async def add_dead_letters(self, object_name: str, dead: Mapping[str, tuple[str, str]],
+                               now: float, change_type: str = "UPDATE") -> int:
+        """Record `record id -> (reason, detail)` without a lease, one transaction.
+
+        The real-time path dead-letters leased queue rows (`dead_letter_each`); a backfill page
+        has no queue rows, so its poison records go straight to the table. A record already
+        there keeps its first failure time and counts one more attempt.
+        """
+        if not dead:
+            return 0
+        rows = [(object_name, record_id, change_type, reason, clean_error(detail), now, now)
+                for record_id, (reason, detail) in dead.items()]
+        async with self._tx("add_dead_letters") as conn:
+            await conn.executemany(_ADD_DEAD_SQL, rows)
+        return len(rows)
+
+    async def clear_dead_letters(self, object_name: str, record_ids: Sequence[str]) -> int:
+        """Drop the dead letters of records that have now synced, without a lease."""
+        if not record_ids:
+            return 0
+        removed = 0
+        async with self._tx("clear_dead_letters") as conn:
+            for start in range(0, len(record_ids), _IN_CHUNK):
+                chunk = record_ids[start:start + _IN_CHUNK]
+                cursor = await conn.execute(
+                    "DELETE FROM dead_letter WHERE object_name = ? AND record_id IN "
+                    f"({','.join('?' * len(chunk))})", (object_name, *chunk))
+                removed += max(cursor.rowcount, 0)
+        return removed
 
     async def purge_dead_letters(self, reason: str | None) -> int:
         """Delete dead letters (all, or one reason) for good."""
