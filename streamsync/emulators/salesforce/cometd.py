@@ -378,9 +378,7 @@ class CometdServer:
             stale = self._clients.get(str(message.get("clientId")))
             if stale is not None:
                 self._forget(stale, "auth")
-            return self._reply(message, successful=False,
-                               error=ERR_AUTH_MISSING if auth == "missing" else ERR_AUTH_INVALID,
-                               advice={"reconnect": "none", "interval": 0})
+            return self._auth_failed(message, auth)
         client = self._lookup(message)
         if client is None:
             return self._unknown_client(message)
@@ -513,14 +511,23 @@ class CometdServer:
             return f"400::The channel you requested to subscribe to doesn't exist {channel}"
         return None
 
-    def _subscribe(self, message: Message, auth: str) -> Message:
+    def _auth_failed(self, message: Message, auth: str) -> Message:
+        """The reply to a call whose token is missing, expired or revoked."""
+        return self._reply(message, successful=False,
+                           error=ERR_AUTH_MISSING if auth == "missing" else ERR_AUTH_INVALID,
+                           advice={"reconnect": "none", "interval": 0})
+
+    def _session(self, message: Message, auth: str) -> _Client | Message:
+        """The caller's client, or the error reply: auth failure or unknown client."""
         if auth != "ok":
-            return self._reply(message, successful=False,
-                               error=ERR_AUTH_MISSING if auth == "missing" else ERR_AUTH_INVALID,
-                               advice={"reconnect": "none", "interval": 0})
+            return self._auth_failed(message, auth)
         client = self._lookup(message)
-        if client is None:
-            return self._unknown_client(message)
+        return self._unknown_client(message) if client is None else client
+
+    def _subscribe(self, message: Message, auth: str) -> Message:
+        client = self._session(message, auth)
+        if not isinstance(client, _Client):
+            return client
         channel = message.get("subscription")
         error = self._channel_error(channel)
         if error is not None:
@@ -561,13 +568,9 @@ class CometdServer:
         return replay_id
 
     def _unsubscribe(self, message: Message, auth: str) -> Message:
-        if auth != "ok":
-            return self._reply(message, successful=False,
-                               error=ERR_AUTH_MISSING if auth == "missing" else ERR_AUTH_INVALID,
-                               advice={"reconnect": "none", "interval": 0})
-        client = self._lookup(message)
-        if client is None:
-            return self._unknown_client(message)
+        client = self._session(message, auth)
+        if not isinstance(client, _Client):
+            return client
         channel = message.get("subscription")
         if not isinstance(channel, str) or not channel:
             return self._reply(message, successful=False, error=ERR_NO_CHANNEL)
