@@ -27,7 +27,7 @@ from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.adapters.store import Store
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
-from streamsync.errors import FatalError, RetriableError
+from streamsync.errors import FatalError, RetriableError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.runtime.clients import (
     build_iterable_client,
@@ -165,9 +165,14 @@ class Service:
             parts.counter.subscribe(self._on_call)
             health = await self._start_health()
             try:
-                instance_url = await self._wait_for_salesforce(parts, stop)
-                if instance_url is None:
-                    return 0
+                try:
+                    instance_url = await self._wait_for_salesforce(parts, stop)
+                    if instance_url is None:
+                        return 0
+                    await self._check_iterable_key(parts)
+                except FatalError as exc:
+                    await self._report_failure(parts.store, "startup", exc)
+                    return 1
                 return await self._run_tasks(parts, instance_url, stop)
             finally:
                 if health is not None:
@@ -194,6 +199,14 @@ class Service:
                     await asyncio.wait_for(stop.wait(), delay_s)
                 delay_s = min(delay_s * 2, STARTUP_BACKOFF_MAX_S)
         return None
+
+    async def _check_iterable_key(self, parts: Components) -> None:
+        """One getFields call: a refused key (FatalError) stops the start at once; an
+        unreachable Iterable does not (changes queue up until it is back)."""
+        try:
+            await parts.iterable.get_fields()
+        except RetriableError as exc:
+            log.warning("iterable.unreachable_at_start", error=str(exc))
 
     async def _run_tasks(self, parts: Components, instance_url: str, stop: asyncio.Event) -> int:
         config = self.config
@@ -238,7 +251,7 @@ class Service:
             asyncio.create_task(self._announce_ready(stop), name="ready"),
         ]
         try:
-            return await self._supervise(work, stop)
+            return await self._supervise(work, stop, parts.store)
         finally:
             for task in helpers:
                 task.cancel()
@@ -247,19 +260,15 @@ class Service:
                 await subscriber.close()
             await ingest_http.close()
 
-    async def _supervise(self, work: list[asyncio.Task[None]], stop: asyncio.Event) -> int:
-        """Wait for stop or a task failure; then drain within the shutdown deadline."""
+    async def _supervise(self, work: list[asyncio.Task[None]], stop: asyncio.Event,
+                         store: Store) -> int:
+        """Wait for stop or for any task to end; drain within the shutdown deadline; then
+        every task's outcome is read: a failure (or a task that ended before stop was asked
+        for) makes the exit code 1, is logged as `service.task_fatal`/`service.task_crashed`
+        and kept in the store's recent errors for `status`."""
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([*work, stopper], return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        for task in done:
-            if task is stopper or task.cancelled():
-                continue
-            exc = task.exception()
-            if exc is not None:
-                kind = "fatal" if isinstance(exc, FatalError) else "crashed"
-                log.error(f"service.task_{kind}", task=task.get_name(), error=str(exc))
-                code = 1
+        ended_early = [t for t in done if t is not stopper and not stop.is_set()]
         stop.set()
         self.notifier.stopping()
         log.info("service.stopping", deadline_s=self.shutdown_s)
@@ -270,8 +279,28 @@ class Service:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         stopper.cancel()
+        code = 0
+        for task in work:
+            exc = None if task.cancelled() else task.exception()
+            if exc is None and task not in ended_early:
+                continue
+            code = 1
+            await self._report_failure(store, task.get_name(), exc)
         log.info("service.stopped", exit_code=code)
         return code
+
+    async def _report_failure(self, store: Store, task: str, exc: BaseException | None) -> None:
+        """Log why a task ended and remember it in the store (best effort: the store itself
+        may be what failed)."""
+        if exc is None:
+            kind, message = "crashed", "ended before the service was asked to stop"
+        else:
+            kind = "fatal" if isinstance(exc, FatalError) else "crashed"
+            message = f"{type(exc).__name__}: {exc}"
+        log.error(f"service.task_{kind}", task=task, error=message)
+        with contextlib.suppress(StreamsyncError):
+            await store.note_error("service", f"{task} stopped the service: {message}",
+                                   self.clock())
 
     async def _announce_ready(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
