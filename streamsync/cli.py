@@ -23,6 +23,7 @@ from streamsync.logs import redactor, setup_logging
 from streamsync.runtime.check_config import CheckReport, check_config
 from streamsync.runtime.clients import build_salesforce_client, salesforce_session
 from streamsync.runtime.status import (
+    KNOWN_DEAD_LETTER_REASONS,
     dead_letter_dict,
     iso,
     read_status,
@@ -266,11 +267,23 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     async def go() -> int:
         store = await _open_store(config, create=False)
         try:
+            if args.reason is not None:
+                await _check_reason(args.dlq_command, args.reason, store)
             return await action(args, store)
         finally:
             await store.close()
 
     return asyncio.run(go())
+
+
+async def _check_reason(action: str, reason: str, store: Store) -> None:
+    """A reason streamsync never writes and no dead letter has is a typo: name the known ones."""
+    present = await store.dead_letter_counts()
+    if reason in present or reason in KNOWN_DEAD_LETTER_REASONS:
+        return
+    now = ", ".join(f"{name} ({count})" for name, count in sorted(present.items())) or "none"
+    raise UsageError(f"dlq {action}: unknown reason {reason!r}; known reasons: "
+                     f"{', '.join(sorted(KNOWN_DEAD_LETTER_REASONS))}; present now: {now}")
 
 
 async def _dlq_list(args: argparse.Namespace, store: Store) -> int:

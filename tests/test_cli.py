@@ -398,3 +398,31 @@ def test_status_helpers() -> None:
     assert table(["a", "bb"], [["xxx", None], ["y", "line\nbreak"]]).splitlines() == [
         "a    bb", "---  ----------", "xxx  -", "y    line break"]
     assert table(["h"], [["x" * 10]], max_cell=6).splitlines()[-1] == "xxx..."
+
+
+def test_dlq_unknown_reason_lists_the_known_ones(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    db = tmp_path / "streamsync.db"
+    _dlq_store(db)
+    for action in (["retry"], ["list"], ["purge", "--yes"]):
+        proc = run_cli("dlq", *action, "--config", str(config), "--reason", "invalid_mail")
+        assert_clean_failure(proc, 2)
+        assert "unknown reason 'invalid_mail'" in proc.stderr
+        assert "invalid_email" in proc.stderr and "retries_exhausted" in proc.stderr
+        assert "present now: invalid_email (2), type_mismatch (1)" in proc.stderr
+    assert store_call(db, lambda s: s.dead_letter_counts()) == {
+        "invalid_email": 2, "type_mismatch": 1}
+    known_but_absent = run_cli("dlq", "retry", "--config", str(config), "--reason", "conflict")
+    assert known_but_absent.returncode == 0, known_but_absent.stderr
+    assert "re-queued 0" in known_but_absent.stdout
+
+
+def test_status_shows_an_error_message_whole(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    message = ("Lead: TransientError: iterable bulkUpdate: network failure "
+               "(ClientConnectorError: Cannot connect to host api.iterable.example.com:443 "
+               "ssl:default [Connect call failed ('203.0.113.7', 443)])")
+    store_call(tmp_path / "streamsync.db", lambda s: s.note_error("flusher", message, NOW))
+    proc = run_cli("status", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert message in proc.stdout

@@ -232,8 +232,9 @@ class Ingest:
             await self._first_subscription(channel)
         elif since:
             since_ms = int(since) if since.isdigit() else None
-            log.warning("ingest.resubscribe_without_replay_id", channel=channel,
-                        since_ms=str(since_ms))
+            # Routine for a channel that had no events yet: the reconciliation covers it.
+            log.info("ingest.resubscribe_without_replay_id", channel=channel,
+                     since_ms=str(since_ms))
             for name in self._reconciler.objects_for_channel(channel):
                 await self._schedule(name, since_ms, "resubscribe")
                 self._start_worker(name)

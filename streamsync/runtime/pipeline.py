@@ -342,8 +342,6 @@ class SyncPipeline:
     def _count(self, object_name: str, out: SyncOutcome, source: str) -> None:
         self.metrics.records_synced.labels(object_name).inc(len(out.synced))
         self.metrics.records_skipped.labels(object_name).inc(len(out.skipped))
-        if out.rate_limited:
-            self.metrics.iterable_429s.inc(out.rate_limited)
         if out.dead or out.retry:
             log.info("pipeline.outcome", object=object_name, source=source,
                      synced=len(out.synced), skipped=len(out.skipped), dead=len(out.dead),

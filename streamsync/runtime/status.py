@@ -6,12 +6,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from streamsync.adapters.store import Checkpoint, DeadLetter, Store, StoreStatus
+from streamsync.adapters.iterable import FAILURE_LISTS, RECORD_REASONS
+from streamsync.adapters.store import (
+    LEASE_EXPIRED,
+    RETRIES_EXHAUSTED,
+    Checkpoint,
+    DeadLetter,
+    Store,
+    StoreStatus,
+)
 from streamsync.config import Config
 from streamsync.logs import redactor
+from streamsync.models import DeadLetterReason
 
 MAX_WINDOWS_SHOWN = 10
 MAX_CELL_CHARS = 120
+KNOWN_DEAD_LETTER_REASONS: frozenset[str] = frozenset(
+    {value for name, value in vars(DeadLetterReason).items()
+     if name.isupper() and isinstance(value, str)}
+    | set(RECORD_REASONS.values()) | {reason for _, reason in FAILURE_LISTS.values()}
+    | {LEASE_EXPIRED, RETRIES_EXHAUSTED, "rejected", "not_found"})
+"""Reason codes streamsync writes (Iterable may name others: any reason present is valid too)."""
 
 
 def iso(ts: float | None) -> str | None:
@@ -192,9 +207,10 @@ def render_status(data: Mapping[str, Any]) -> str:
         parts.append(table(["reason", "records"], sorted(dl["by_reason"].items())))
     parts.append("\nRecent errors:")
     if data["recent_errors"]:
+        # Never cut: the end of a message is often what matters (the host:port refused).
         parts.append(table(["at", "component", "message"],
                            [[e["at"], e["component"], e["message"]]
-                            for e in data["recent_errors"]]))
+                            for e in data["recent_errors"]], max_cell=None))
     else:
         parts.append("  (none)")
     parts.append("\nBackfill:")

@@ -124,8 +124,9 @@ async def test_command_line_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         info = json.loads(line)
-        assert set(info) >= {"instance_url", "token_url", "client_id", "client_secret",
-                             "username", "password", "cert_path"}
+        assert set(info) >= {"instance_url", "login_url", "token_url", "client_id",
+                             "client_secret", "username", "password", "cert_path"}
+        assert info["login_url"] == info["instance_url"]  # what [salesforce].login_url takes
         assert info["client_id"] == "ck" and not info["instance_url"].endswith(":0")
         ctx = ssl.create_default_context(cafile=info["cert_path"])
         async with aiohttp.ClientSession() as s:

@@ -303,7 +303,8 @@ class SalesforceEmulator:
     def info(self) -> dict[str, Any]:
         """The JSON line the command line prints."""
         out: dict[str, Any] = {
-            "instance_url": self.instance_url, "token_url": self.token_url,
+            "instance_url": self.instance_url, "login_url": self.instance_url,
+            "token_url": self.token_url,
             "client_id": self.client_id, "client_secret": self.client_secret,
             "username": self.username, "password": self.password,
             "refresh_token": self.config.refresh_token, "api_version": self.config.api_version,
