@@ -78,7 +78,7 @@ def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
             if status == "429":
                 metrics.iterable_429s.inc()
         else:
-            metrics.salesforce_calls.labels(kind=endpoint).inc()
+            metrics.salesforce_calls.labels(kind=endpoint, status=status).inc()
 
     return listener
 
@@ -313,13 +313,16 @@ class Service:
     async def _refresh_metrics(self, parts: Components, stop: asyncio.Event) -> None:
         """Queue depth, oldest age and dead letters from the store, every few seconds."""
         while not stop.is_set():
+            self.metrics.subscribed.set(int(self.ingest is not None and self.ingest.subscribed))
             with contextlib.suppress(RetriableError):
                 stats = await parts.store.queue_stats(self.clock())
                 self.queue_depth = stats.depth
                 self.metrics.queue_depth.set(stats.depth)
                 self.metrics.queue_oldest_age_s.set(stats.oldest_age_s or 0.0)
-                for reason, count in (await parts.store.dead_letter_counts()).items():
-                    self.metrics.dead_letters.labels(reason=reason).set(count)
+                self.metrics.set_dead_letters(await parts.store.dead_letter_counts())
+                run = await parts.store.latest_run()
+                self.metrics.set_backfill(
+                    run, await parts.store.windows(run.run_id) if run is not None else [])
                 usage = parts.counter.usage("salesforce")
                 if usage is not None:
                     self.metrics.salesforce_api_usage.set(usage[0])

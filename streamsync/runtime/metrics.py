@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+from streamsync.adapters.store import BackfillRun, Checkpoint
+
+BACKFILL_WINDOW_STATES = ("done", "pending")
+# Commit -> Iterable receipt: 50 ms resolution for a healthy sync, minutes for a backlog.
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+                     300.0, 600.0, 900.0, 1800.0)
 
 
 class Metrics:
@@ -50,8 +57,8 @@ class Metrics:
             "streamsync_iterable_rate_limited_total", "Iterable 429 replies", registry=r
         )
         self.salesforce_calls = Counter(
-            "streamsync_salesforce_api_calls_total", "Salesforce REST calls by kind", ["kind"],
-            registry=r,
+            "streamsync_salesforce_api_calls_total", "Salesforce REST calls by kind and status",
+            ["kind", "status"], registry=r,
         )
         self.salesforce_api_usage = Gauge(
             "streamsync_salesforce_api_usage", "Daily API requests used (Sforce-Limit-Info)",
@@ -73,6 +80,41 @@ class Metrics:
             "streamsync_reconciliations_total", "Reconciliations run by trigger", ["trigger"],
             registry=r,
         )
+        self.subscribed = Gauge(
+            "streamsync_subscribed", "1 while the CDC subscription is confirmed, else 0",
+            registry=r,
+        )
+        self.backfill_running = Gauge(
+            "streamsync_backfill_running", "1 while the latest backfill run is unfinished",
+            registry=r,
+        )
+        self.backfill_windows = Gauge(
+            "streamsync_backfill_windows", "Windows of the latest backfill run by state",
+            ["state"], registry=r,
+        )
+        for state in BACKFILL_WINDOW_STATES:
+            self.backfill_windows.labels(state=state)
+        self.backfill_records_done = Gauge(
+            "streamsync_backfill_records_done", "Records written by the latest backfill run",
+            registry=r,
+        )
+        self._dead_letter_reasons: set[str] = set()
+
+    def set_dead_letters(self, counts: Mapping[str, int]) -> None:
+        """The dead-letter table by reason; a reason no longer there drops to 0."""
+        for reason in self._dead_letter_reasons - set(counts):
+            self.dead_letters.labels(reason=reason).set(0)
+        for reason, count in counts.items():
+            self.dead_letters.labels(reason=reason).set(count)
+        self._dead_letter_reasons.update(counts)
+
+    def set_backfill(self, run: BackfillRun | None, windows: Sequence[Checkpoint]) -> None:
+        """Progress of the latest backfill run (read from the store, whichever process runs it)."""
+        done = sum(1 for w in windows if w.done)
+        self.backfill_running.set(1 if run is not None and not run.finished else 0)
+        self.backfill_windows.labels(state="done").set(done)
+        self.backfill_windows.labels(state="pending").set(len(windows) - done)
+        self.backfill_records_done.set(sum(w.records_done for w in windows))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
