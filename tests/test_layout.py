@@ -1,4 +1,4 @@
-"""Architecture rules of DESIGN.md §4, checked on the source tree."""
+"""Layering rules of docs/design.md §5, checked on the source tree."""
 
 from __future__ import annotations
 

@@ -1,17 +1,18 @@
 """A thin Bayeux long-polling client for Salesforce CDC channels that always replays from the store.
 
-Why our own client instead of aiosfstream-ng (see ../shared/reference/clients.md §2.5 and
-salesforce.md §9): on Python >= 3.10 its reconnect path calls `asyncio.wait_for(loop=...)`, so any
-transport error ends `receive()` (§2.5.1); a subscribe that fails after a re-handshake is dropped
-silently and leaves the client connected but deaf (§2.5.2, salesforce.md §9.1/§9.5); its aiohttp
-session drops cookies from 127.0.0.1 (§2.5.3); and its AUTOMATIC replay storage commits a replay id
-before the message is processed (§2.3, salesforce.md §9.7). The protocol we need is small:
+Why our own client instead of aiosfstream-ng (docs/design.md §4, docs/salesforce.md §9): on
+Python >= 3.10 its reconnect path calls `asyncio.wait_for(loop=...)`, so any transport error ends
+`receive()` (docs/design.md §4.1); a subscribe that fails after a re-handshake is dropped silently
+and leaves the client connected but deaf (docs/design.md §4.2, docs/salesforce.md §9.1, §9.5); its
+aiohttp session drops cookies from 127.0.0.1 (docs/design.md §4.3); and its AUTOMATIC replay
+storage commits a replay id before the message is processed (docs/design.md §4.4,
+docs/salesforce.md §9.7). The protocol we need is small (docs/salesforce.md §1):
 handshake, subscribe with an `ext.replay` map, a connect loop that honours advice, and disconnect.
 
 Contract with the caller: `messages()` yields one data message at a time and fetches more only
 when the caller pulls again, so the caller persists each message's ids and replay id (one SQLite
 transaction) before the next pull. Every (re)subscribe rebuilds the replay map from the store via
-`replay_from(channel)`, never from an id held in memory (salesforce.md §9.3, §9.4). A subscribe
+`replay_from(channel)`, never from an id held in memory (docs/salesforce.md §9.3, §9.4). A subscribe
 that fails is never ignored: an invalid replay id calls `on_replay_invalid(channel, id)` and
 resubscribes that channel with -1; any other failure tears the session down and raises.
 """
@@ -129,7 +130,7 @@ class CometdSubscriber:
         """`replay_from(channel)` returns the stored replay id or None (then `initial_replay`,
         -1 or -2, applies). `idle_resubscribe_s`, when set, re-handshakes and resubscribes from
         the store after that long without a data message, catching a server that still answers
-        connects but lost the subscriptions (salesforce.md §9.1)."""
+        connects but lost the subscriptions (docs/salesforce.md §9.1)."""
         channel_list = list(channels)
         if not channel_list:
             raise ValueError("CometdSubscriber needs at least one channel")
@@ -167,7 +168,8 @@ class CometdSubscriber:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
-        # Our own jar: unsafe=True keeps cookies set by an IP host such as 127.0.0.1 (§2.5.3).
+        # Our own jar: unsafe=True keeps cookies set by an IP host such as 127.0.0.1
+        # (docs/design.md §4.3; the cookies are required, docs/salesforce.md §1.1).
         self._jar = aiohttp.CookieJar(unsafe=True)
         self._client_id: str | None = None
         self._subscribed: set[str] = set()
@@ -330,7 +332,7 @@ class CometdSubscriber:
         log.info("cometd.handshake_ok", client_id=client_id)
 
     def _handshake_delay_s(self) -> float:
-        """Bounded handshake rate (salesforce.md §9.2): a minimum interval, and exponential
+        """Bounded handshake rate (docs/salesforce.md §9.2): a minimum interval, and exponential
         backoff while handshakes are not followed by a successful connect."""
         if self._last_handshake_at is None:
             return 0.0

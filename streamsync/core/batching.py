@@ -12,7 +12,7 @@ from streamsync.errors import RecordError
 from streamsync.models import DeadLetterReason, MappedUser
 
 DEFAULT_MAX_USERS: Final = 1_000
-DEFAULT_MAX_BYTES: Final = 4_000_000   # Iterable's cap is 4 MB; stay just under it
+DEFAULT_MAX_BYTES: Final = 4_000_000   # Iterable's cap is 4 MB (docs/iterable.md §1); stay under
 _HEAD: Final = b'{"users":['
 
 

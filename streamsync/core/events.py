@@ -134,7 +134,7 @@ def _parse_payload(payload: Any, channel: str, replay_id: int,
 def _record_ids(raw: Any, entity: str, change_type: str
                 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     if change_type == ChangeType.GAP_OVERFLOW:
-        return (), (), ()  # overflow events carry no record ids (a dummy at most)
+        return (), (), ()  # overflow: no record ids, a dummy at most (docs/salesforce.md §2.5)
     if not isinstance(raw, list):
         raise ValueError("recordIds must be a list")
     if len(raw) > MAX_RECORD_IDS:

@@ -1,4 +1,5 @@
-"""Salesforce record ids: validation, 15→18 conversion with the case checksum, key prefixes."""
+"""Salesforce record ids: validation, 15→18 conversion with the case checksum, key prefixes
+(docs/salesforce.md §7)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from streamsync.models import MappedUser
 Identity = Literal["email", "userId", "both"]
 NullPolicy = Literal["omit", "clear"]
 
-MAX_VALUE_CHARS: Final = 32_000          # Iterable: field values up to ~32k characters
+MAX_VALUE_CHARS: Final = 32_000          # Iterable: values up to ~32k chars, docs/iterable.md §9.2
 MAX_FIELD_NAME_CHARS: Final = 128
 MAX_TARGET_DEPTH: Final = 8
 MAX_USER_ID_CHARS: Final = 52
@@ -60,7 +60,8 @@ _TARGET_CTRL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def iterable_date(value: str) -> str | None:
-    """A Salesforce date or datetime string as `yyyy-MM-dd HH:mm:ss +00:00` (UTC), else None."""
+    """A Salesforce date or datetime string as `yyyy-MM-dd HH:mm:ss +00:00` (UTC), else None
+    (docs/iterable.md §9.3)."""
     n = len(value)
     if n == 10:
         m = _DATE_RE.fullmatch(value)
@@ -141,7 +142,8 @@ def convert_value(value: Any, target: str, convert_dates: bool = True) -> Any:
 
 
 def normalize_email(value: Any) -> str:
-    """Stripped, lower-cased, validated like Iterable (format and TLD); RecordError otherwise."""
+    """Stripped, lower-cased, validated like Iterable (format and TLD; docs/iterable.md §9.1);
+    RecordError otherwise."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RecordError(R.MISSING_EMAIL, "the record has no email")
     if not isinstance(value, str):
@@ -174,7 +176,8 @@ def _valid_email(email: str) -> bool:
 
 
 def normalize_user_id(value: Any, from_id_field: bool) -> str:
-    """An Iterable userId: the 18-character Salesforce Id, or printable ASCII up to 52 chars."""
+    """An Iterable userId: the 18-character Salesforce Id, or printable ASCII up to 52 chars
+    (docs/iterable.md §9.1)."""
     if value is None or value == "":
         raise RecordError(R.MISSING_USER_ID, "the record has no value for userId")
     if from_id_field and is_valid_id(value):

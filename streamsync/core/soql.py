@@ -11,13 +11,13 @@ from urllib.parse import quote as _urlquote
 
 from streamsync.core.ids import is_valid_id, to_18
 
-MAX_URI: Final = 16_384           # request URI cap (414); URI plus headers share it (431)
+MAX_URI: Final = 16_384           # URI cap (414), URI+headers (431): docs/salesforce.md §3.3
 HEADER_ALLOWANCE: Final = 2_048   # room kept for headers when chunking against MAX_URI
 MAX_STRING_LITERAL: Final = 4_000
 MAX_FILTER_CHARS: Final = 4_000
 MAX_FILTER_DEPTH: Final = 16
 MAX_RELATIONSHIP_DEPTH: Final = 5
-PAGE_LIMIT: Final = 2_000
+PAGE_LIMIT: Final = 2_000         # records per query page: docs/salesforce.md §3.1
 
 _IDENT_RE: Final = re.compile(r"[A-Za-z](?:[A-Za-z0-9]|_(?=[A-Za-z0-9])|__(?=[A-Za-z0-9]))*")
 _RESERVED: Final = frozenset({

@@ -127,7 +127,7 @@ class ReplayCallbacks:
 
 
 class Ingest:
-    """Turns CDC messages into durable queue rows and replay ids (invariants 1 and 6).
+    """Turns CDC messages into durable queue rows and replay ids (docs/design.md invariants 1, 6).
 
     Every message is stored before the next one is pulled: its record ids and the channel's
     replay id in one SQLite transaction. A malformed message still advances the replay id (when

@@ -1,4 +1,7 @@
-"""Reconciliation: re-queue every record of an object modified since a safe point (invariant 6)."""
+"""Reconciliation: re-queue every record of an object modified since a safe point.
+
+Keeps docs/design.md invariant 6 (gap-free); SF guidance: docs/salesforce.md §2.5.
+"""
 
 from __future__ import annotations
 

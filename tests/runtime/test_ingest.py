@@ -151,7 +151,7 @@ def replay_id_of(message: Message) -> int:
     return value
 
 
-# ---- invariant 1: ids and replay id together; resume after restart ----------------------------
+# ---- docs/design.md invariant 1: ids and replay id together; resume after restart -------------
 
 
 async def test_ids_and_replay_id_stored_together_and_resumed_after_restart(
@@ -238,7 +238,7 @@ async def test_gap_event_ids_are_requeued(rig: Rig) -> None:
     assert state is not None and state.replay_id == replay_id_of(message)
 
 
-# ---- invariant 6: overflow, wildcard, expired replay id ---------------------------------------
+# ---- docs/design.md invariant 6: overflow, wildcard, expired replay id ------------------------
 
 
 async def test_overflow_reconciles_every_modified_record_of_the_object(rig: Rig) -> None:
@@ -559,7 +559,7 @@ async def test_silent_subscription_is_caught_by_the_idle_refresh(rig: Rig) -> No
     await subscribe(ingest)
     rig.lead("Primer")
     await pump(ingest)
-    # The server keeps answering connects but has lost the subscription (salesforce.md §9.1).
+    # The server keeps answering connects but has lost the subscription (docs/salesforce.md §9.1).
     for client in rig.emu.cometd._clients.values():
         client.subscriptions.clear()
     lead = rig.lead("Unheard")

@@ -134,7 +134,8 @@ class QueueOps(ReplayOps):
     ) -> None:
         """Enqueue the ids of one CDC event and store the channel's replay id, atomically.
 
-        When this returns, both are committed; if it raises, neither is (invariant 1).
+        When this returns, both are committed; if it raises, neither is
+        (docs/design.md invariant 1).
         """
         check_replay_id(replay_id)
         rows = _upsert_rows(items, "cdc", commit_ts_ms, now)
@@ -238,10 +239,10 @@ class QueueOps(ReplayOps):
         """The sink confirmed these: delete each row whose version is still the leased one.
 
         A row re-enqueued meanwhile stays (its lease cleared, due at once) so the newer change
-        is synced too (invariant 2). Only the current lease holder settles a row: after a lease
-        expired and the row was leased again, the old lease is ignored (the new holder writes
-        the record again), and it can never touch a row that was deleted and queued anew, whose
-        version counts from 1 again.
+        is synced too (docs/design.md invariant 2). Only the current lease holder settles a row:
+        after a lease expired and the row was leased again, the old lease is ignored (the new
+        holder writes the record again), and it can never touch a row that was deleted and
+        queued anew, whose version counts from 1 again (docs/design.md invariant 10).
 
         A record that syncs is no longer poison: an older dead letter of it is removed, so the
         dead-letter table lists only records that are still bad.
