@@ -14,18 +14,18 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapp
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, TypeVar
+from typing import IO, Any, Literal, Protocol, TypeVar, cast
 
 import orjson
 
-from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.salesforce import QueryError, SalesforceClient
 from streamsync.adapters.store import BackfillRun, BackfillWindow, Checkpoint, QueueInput, Store
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.describe_check import DescribeChecker
 from streamsync.core.ids import to_18
 from streamsync.core.mapping import CompiledMapping, normalize_email
-from streamsync.errors import FatalError, RecordError, RetriableError
+from streamsync.errors import AuthError, FatalError, RecordError, RetriableError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.progress import NullProgress, Progress, format_duration
@@ -44,10 +44,47 @@ READ_ATTEMPTS = 8
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 _SYNTHETIC_FIELD = frozenset({"name", "type", "filterable"})
+CATCH_UP_MARGIN_S = 15.0
+"""The catch-up looks this far before the run's start. SystemModstamp is Salesforce's clock
+when a save ran, whole seconds; a save becomes visible to queries only at its commit, after its
+triggers (Apex allows 10 s of CPU per synchronous save), and this host's clock may differ from
+Salesforce's by a second or two. A change stamped earlier than this margin before the start
+was committed, and so read by the backfill's pages, before the run began."""
+SEEN_GUARD_S = 2.0
+"""A record read with a SystemModstamp at least this long before its page's query counts as
+read in its latest state: a later save gets a later stamp (whole seconds, plus clock skew)."""
+MAX_SEEN = 500_000
+"""Records remembered for the catch-up (about 150 bytes each); beyond, they are re-queued."""
 
 
 class BackfillError(FatalError):
     """The backfill cannot start or go on as asked (unknown object, ambiguous resume...)."""
+
+
+class WritesFailed(StreamsyncError):
+    """Iterable took none of a call's records (unreachable, down, key refused): the run stops
+    with its checkpoints before that call, so it is not marked finished and `--resume` sends
+    the call again. `advice` says what to do."""
+
+    def __init__(self, message: str, advice: str) -> None:
+        super().__init__(message)
+        self.advice = advice
+
+
+def key_refused(exc: AuthError) -> WritesFailed:
+    """The run cannot write: Iterable refused the API key."""
+    return WritesFailed(
+        f"Iterable refused the API key: {exc}",
+        "set STREAMSYNC_ITERABLE_API_KEY to a server-side API key of the project, then run "
+        "again (with --resume if the backfill had started)")
+
+
+def unreachable(exc: RetriableError, base_url: str, what: str) -> WritesFailed:
+    """The run cannot write: Iterable does not answer (or only with errors)."""
+    return WritesFailed(
+        f"{what}: {exc}",
+        f"check that Iterable answers at {base_url} (iterable.base_url), then run again (with "
+        "--resume if the backfill had started: it sends the pages after the last checkpoint)")
 
 
 class SyncResult(Protocol):
@@ -175,8 +212,8 @@ class BackfillSummary:
                 f"  skipped (unchanged)   {self.records_skipped:,}",
             ]
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(self.dead_by_reason.items()))
-        out.append(f"  dead-lettered         {self.dead_lettered:,}"
-                   + (f" ({reasons})" if reasons else ""))
+        label = "would be dead-lettered" if self.status == "dry_run" else "dead-lettered"
+        out.append(f"  {label:<21} {self.dead_lettered:,}" + (f" ({reasons})" if reasons else ""))
         if self.status != "dry_run":
             out += [
                 f"  queued for retry      {self.retry_queued:,}",
@@ -204,6 +241,8 @@ class ObjectPlan:
 class _Page:
     records: list[dict[str, Any]]
     last_id: str
+    read_at: float
+    """This host's clock just before the query that returned the page was sent."""
 
 
 @dataclass(slots=True)
@@ -330,18 +369,24 @@ def _backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
     return delay
 
 
-async def _all_or_first_error(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
-    """Run every job; on the first failure cancel the others and raise that error itself
-    (not an ExceptionGroup), so callers see e.g. the RetriableError that stopped a window."""
+async def _gather_or_first_error(jobs: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every job's result, in order; on the first failure cancel the others (so none is left
+    talking to a closed session) and raise that error itself, not an ExceptionGroup."""
     try:
         async with asyncio.TaskGroup() as group:
-            for job in jobs:
-                group.create_task(job)
+            tasks = [group.create_task(job) for job in jobs]
     except BaseExceptionGroup as group_error:
         first = group_error.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise first from None
+    return [task.result() for task in tasks]
+
+
+async def _all_or_first_error(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run every job; on the first failure cancel the others and raise that error itself
+    (not an ExceptionGroup), so callers see e.g. the RetriableError that stopped a window."""
+    await _gather_or_first_error(jobs)
 
 
 class Backfill:
@@ -394,6 +439,10 @@ class Backfill:
         self._dry_out: IO[bytes] | None = None
         self._dead_letters_exist = True
         self._field_types: dict[str, dict[str, str]] = {}
+        self._describes: dict[str, dict[str, Any]] = {}
+        self._catch_up_from: float | None = None
+        # (object, Id) -> SystemModstamp of records read in their latest state, for the catch-up
+        self._seen: dict[tuple[str, str], float] = {}
 
     def _sf_calls(self) -> int:
         """Salesforce API calls so far (token requests do not count against the allocation)."""
@@ -430,7 +479,7 @@ class Backfill:
             if mapping is None:
                 raise BackfillError(f"object {name!r} has no compiled mapping")
             where = _combine(self.config.objects[name].filter, filters[name], options.where)
-            plans.append(ObjectPlan(name, tuple(mapping.soql_fields()), where))
+            plans.append(ObjectPlan(name, tuple(mapping.soql_fields("SystemModstamp")), where))
         if not plans:
             raise BackfillError("nothing to backfill: the selected objects write no users and "
                                 "fan out to none that do")
@@ -484,9 +533,9 @@ class Backfill:
     async def windows_for(self, plan: ObjectPlan, options: BackfillOptions
                           ) -> list[BackfillWindow]:
         """`parallel` CreatedDate windows spanning --since/--until or the object's records."""
-        first, last = await asyncio.gather(
+        first, last = await _gather_or_first_error([
             self._maybe(options.since is None, self._first_created(plan, descending=False)),
-            self._maybe(options.until is None, self._first_created(plan, descending=True)))
+            self._maybe(options.until is None, self._first_created(plan, descending=True))])
         start = options.since or first
         end = options.until or (last + timedelta(seconds=1) if last is not None else None)
         if start is None or end is None or start >= end:
@@ -496,6 +545,52 @@ class Backfill:
             end = end if end is not None and end > start else start + timedelta(seconds=1)
         return [BackfillWindow(plan.object_name, _iso(a), _iso(b))
                 for a, b in split_windows(start, end, self._parallel(options))]
+
+    async def _plan_windows(self, plans: Sequence[ObjectPlan], options: BackfillOptions
+                            ) -> tuple[list[BackfillWindow], int]:
+        """Every plan's windows and the records they read, planned at once. A --where naming
+        an unknown field, or one Salesforce rejects, is a usage error (BackfillError)."""
+        if options.where is not None:
+            await self.check_where(plans, options.where)
+        try:
+            results = await _gather_or_first_error(
+                [self.total(plans, options), *(self.windows_for(p, options) for p in plans)])
+        except QueryError as exc:
+            if options.where is None:
+                raise
+            raise BackfillError(f"--where {options.where!r}: Salesforce rejected the query "
+                                f"({exc.error_code}): {exc.sf_message.strip()}") from None
+        total = cast(int, results[0])
+        windows = [w for per_plan in results[1:] for w in cast(list[BackfillWindow], per_plan)]
+        return windows, total
+
+    async def check_where(self, plans: Sequence[ObjectPlan], where: str) -> None:
+        """Every field --where reads exists on each object read (by its describe)."""
+        fields = sorted(soql.parse_filter(where).fields)
+        for plan in plans:
+            checker = await self._checker(plan.object_name, fields)
+            for path in fields:
+                described, why = checker.resolve(plan.object_name, path)
+                if why:
+                    raise BackfillError(f"--where: {why}")
+                if described is not None and described.get("filterable") is False:
+                    raise BackfillError(f"--where: {plan.object_name}.{path} is not filterable")
+
+    async def _checker(self, object_name: str, paths: Sequence[str]) -> DescribeChecker:
+        """A DescribeChecker holding the describes `paths` of `object_name` go through."""
+        wanted = {object_name, "User"}
+        checker = DescribeChecker(self._describes)
+        for _ in range(soql.MAX_RELATIONSHIP_DEPTH + 2):
+            for name in sorted(wanted - set(self._describes)):
+                self._describes[name] = await self._with_retries(
+                    "describe", functools.partial(self.salesforce.describe, name))
+            checker = DescribeChecker(self._describes)
+            for path in paths:
+                checker.resolve(object_name, path)
+            if not checker.absent - set(self._describes):
+                break
+            wanted |= checker.absent
+        return checker
 
     @staticmethod
     async def _maybe(wanted: bool, call: Coroutine[Any, Any, datetime | None]
@@ -507,7 +602,7 @@ class Backfill:
 
     async def total(self, plans: Sequence[ObjectPlan], options: BackfillOptions) -> int:
         """Records the plans read, by one COUNT() per object (run at once)."""
-        counts = await asyncio.gather(*(self.count(plan, options) for plan in plans))
+        counts = await _gather_or_first_error([self.count(plan, options) for plan in plans])
         return sum(counts)
 
     async def count(self, plan: ObjectPlan, options: BackfillOptions) -> int:
@@ -528,6 +623,7 @@ class Backfill:
         started = self.clock()
         sf_calls_before = self._sf_calls()
         self._totals = _Totals()
+        self._catch_up_from = None
         plans = self.plan(options)
         if options.dry_run is not None:
             return await self._dry_run(options, plans, started, sf_calls_before)
@@ -540,6 +636,8 @@ class Backfill:
                                       tuple(scope["objects"]))
             self.progress.message(summary.lines()[0])
             return summary
+        self._seen = {}
+        self._catch_up_from = run.started_at - CATCH_UP_MARGIN_S if options.catch_up else None
         checkpoints = await self.store.windows(run.run_id)
         pending = [cp for cp in checkpoints if not cp.done]
         resumed_windows = sum(1 for cp in pending if cp.last_id is not None)
@@ -599,10 +697,7 @@ class Backfill:
             return None, False, 0
         run_id = "bf-" + datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S") \
             + "-" + uuid.uuid4().hex[:6]
-        per_plan, total = await asyncio.gather(
-            asyncio.gather(*(self.windows_for(plan, options) for plan in plans)),
-            self.total(plans, options))
-        windows = [window for plan_windows in per_plan for window in plan_windows]
+        windows, total = await self._plan_windows(plans, options)
         options_doc = {"scope": scope, "parallel": self._parallel(options),
                        "page_size": self._page_size(options)}
         run = await self.store.start_run(run_id, windows, options_doc, self.clock())
@@ -733,6 +828,7 @@ class Backfill:
                     break
                 _strip_attributes(page.records)
                 self._totals.read += len(page.records)
+                self._remember(plan.object_name, page)
                 out.put_nowait(page)
                 del page
             out.put_nowait(None)
@@ -759,10 +855,11 @@ class Backfill:
             query = soql.keyset_page(plan.object_name, plan.fields, after, where=plan.where,
                                      window=rng, window_field=self.config.backfill.window_field,
                                      limit=limit)
+            read_at = self.clock()
             records = await self._with_retries("query", functools.partial(self._records, query))
             if records:
                 after = to_18(str(records[-1]["Id"]))
-                yield _Page(records, after)
+                yield _Page(records, after, read_at)
             if len(records) < limit:
                 return
 
@@ -778,13 +875,14 @@ class Backfill:
                                      limit=BULK_CHUNK)
             rows = 0
             batch: list[dict[str, Any]] = []
+            read_at = self.clock()
             try:
                 async for row in self.salesforce.bulk_query(query, field_types=types):
                     rows += 1
                     batch.append(row)
                     if len(batch) >= limit:
                         after = to_18(str(batch[-1]["Id"]))
-                        yield _Page(batch, after)
+                        yield _Page(batch, after, read_at)
                         batch = []
             except RetriableError as exc:
                 # Pages already yielded moved `after`: the new job starts behind them.
@@ -794,7 +892,7 @@ class Backfill:
             attempt = 0
             if batch:
                 after = to_18(str(batch[-1]["Id"]))
-                yield _Page(batch, after)
+                yield _Page(batch, after, read_at)
             if rows < BULK_CHUNK:
                 return
 
@@ -803,28 +901,18 @@ class Backfill:
         cached = self._field_types.get(plan.object_name)
         if cached is not None:
             return cached
-        describes: dict[str, dict[str, Any]] = {}
-        wanted = {plan.object_name, "User"}
+        checker = await self._checker(plan.object_name, plan.fields)
         types: dict[str, str] = {}
-        for _ in range(soql.MAX_RELATIONSHIP_DEPTH + 2):
-            for name in sorted(wanted - set(describes)):
-                describes[name] = await self._with_retries(
-                    "describe", functools.partial(self.salesforce.describe, name))
-            checker = DescribeChecker(describes)
-            types = {}
-            for path in plan.fields:
-                described, why = checker.resolve(plan.object_name, path)
-                if described is None or why:
-                    continue
-                sf_type = str(described.get("type") or "")
-                if set(described) == _SYNTHETIC_FIELD:
-                    # Polymorphic Name field (Owner.IsActive on Lead): type it as the User's.
-                    user, _ = checker.resolve("User", path.rsplit(".", 1)[-1])
-                    sf_type = str(user.get("type") or sf_type) if user else sf_type
-                types[path] = sf_type
-            if not checker.absent:
-                break
-            wanted |= checker.absent
+        for path in plan.fields:
+            described, why = checker.resolve(plan.object_name, path)
+            if described is None or why:
+                continue
+            sf_type = str(described.get("type") or "")
+            if set(described) == _SYNTHETIC_FIELD:
+                # Polymorphic Name field (Owner.IsActive on Lead): type it as the User's.
+                user, _ = checker.resolve("User", path.rsplit(".", 1)[-1])
+                sf_type = str(user.get("type") or sf_type) if user else sf_type
+            types[path] = sf_type
         self._field_types[plan.object_name] = types
         return types
 
@@ -845,11 +933,12 @@ class Backfill:
         while pending:
             try:
                 outcome = await self.pipeline.sync_records(object_name, pending, source=SOURCE)
+            except AuthError as exc:
+                raise key_refused(exc) from exc
             except RetriableError as exc:
                 attempt += 1
                 if attempt >= RETRY_PAGE_ATTEMPTS:
-                    await self._queue_for_retry(object_name, pending, str(exc))
-                    break
+                    raise self._unreachable(exc) from exc
                 await self._page_backoff(object_name, attempt, exc)
                 continue
             totals.requests += outcome.requests
@@ -865,6 +954,10 @@ class Backfill:
             first = next(iter(outcome.retry.values()))
             attempt += 1
             if attempt >= RETRY_PAGE_ATTEMPTS or not pending:
+                if not synced:
+                    # Not one record of the call reached Iterable: it is down or unreachable,
+                    # not a record's problem. Stop before the checkpoint moves past the call.
+                    raise self._unreachable(first)
                 await self._queue_for_retry(object_name, pending, str(first))
                 break
             await self._page_backoff(object_name, attempt, first)
@@ -877,6 +970,11 @@ class Backfill:
                 self.metrics.dead_lettered.labels(reason=reason).inc()
         if synced and self._dead_letters_exist:
             await self.store.clear_dead_letters(object_name, synced)
+
+    def _unreachable(self, exc: RetriableError) -> WritesFailed:
+        return unreachable(exc, self.config.iterable.base_url,
+                           f"Iterable took none of a page's records in {RETRY_PAGE_ATTEMPTS} "
+                           "attempts")
 
     async def _page_backoff(self, object_name: str, attempt: int, exc: RetriableError) -> None:
         delay = _backoff_s(attempt, exc.retry_after_s)
@@ -900,12 +998,10 @@ class Backfill:
                        started: float, sf_calls_before: int) -> BackfillSummary:
         assert options.dry_run is not None
         path = options.dry_run
-        per_plan, total = await asyncio.gather(
-            asyncio.gather(*(self.windows_for(plan, options) for plan in plans)),
-            self.total(plans, options))
+        windows, total = await self._plan_windows(plans, options)
         self.progress.start(total)
         checkpoints = [Checkpoint("dry-run", window, None, 0, False, started, started, None)
-                       for windows in per_plan for window in windows]
+                       for window in windows]
         by_name = {p.object_name: p for p in plans}
         try:
             out = await asyncio.to_thread(path.open, "wb")
@@ -951,42 +1047,82 @@ class Backfill:
 
     # ------------------------------------------------------------------ catch-up
 
+    def _remember(self, object_name: str, page: _Page) -> None:
+        """Note the records of a page the catch-up need not queue: those changed within its
+        look-back (so it finds them) but read in their latest state (stamped well before the
+        page's query). Older ones it does not find; others it queues."""
+        since = self._catch_up_from
+        if since is None:
+            return
+        latest = page.read_at - SEEN_GUARD_S
+        for record in page.records:
+            stamp = _sf_datetime(record.get("SystemModstamp"))
+            if stamp is None or not since <= stamp.timestamp() <= latest:
+                continue
+            if len(self._seen) >= MAX_SEEN:
+                log.info("backfill.catch_up_memory_full", remembered=MAX_SEEN)
+                self._catch_up_from = None
+                return
+            self._seen[(object_name, to_18(str(record["Id"])))] = stamp.timestamp()
+
     async def catch_up(self, scope: Mapping[str, Any], plans: Sequence[ObjectPlan], *,
                        since_s: float) -> int:
-        """Enqueue (source 'catchup') every record of the run's objects whose SystemModstamp is
-        at or after the run start minus `ingest.reconcile_overlap_s`, deleted ones included
-        (queryAll), so the real-time flusher writes the latest state last. Objects that only
-        fan out (Account) are enqueued too: the flusher fans their changes out to Contacts.
+        """Enqueue (source 'catchup') the records of the run's objects that may have changed
+        after the backfill read them, deleted ones included (queryAll), so the real-time flusher
+        writes their latest state last: every record whose SystemModstamp is at or after the
+        run start minus CATCH_UP_MARGIN_S, except those a page read with that same
+        SystemModstamp (already written, skipped or dead-lettered in that state). Objects that
+        only fan out (Account) are enqueued too: the flusher fans their changes out to Contacts.
 
         No filter is applied (as in reconcile): a record that left the filter or --where while
         the backfill ran may have been written by a page, and the flusher, which re-reads the
         record and applies the filter and delete policy, must have the last word."""
-        since = datetime.fromtimestamp(since_s - self.config.ingest.reconcile_overlap_s, UTC)
+        since = datetime.fromtimestamp(since_s - CATCH_UP_MARGIN_S, UTC)
         targets = [p.object_name for p in plans]
         targets += [name for name in scope.get("objects", []) if name not in targets]
         for name, obj in self.config.objects.items():
             if name not in targets and any(f.object in targets for f in obj.fan_out):
                 targets.append(name)
-        counts = await asyncio.gather(*(self._catch_up_object(name, since) for name in targets))
-        total = sum(counts)
-        if total:
-            self.progress.message(f"catch-up: {total:,} records modified during the backfill "
-                                  "queued for the real-time service")
-        log.info("backfill.catch_up", records=total, since=_iso(since))
-        return total
+        counts = await _gather_or_first_error(
+            [self._catch_up_object(name, since, since_s) for name in targets])
+        during = sum(c[0] for c in counts)
+        before = sum(c[1] for c in counts)
+        if during or before:
+            text = f"catch-up: {during:,} records modified during the backfill"
+            if before:
+                text += (f" and {before:,} modified in the {CATCH_UP_MARGIN_S:g} s before it "
+                         "(not read by it)")
+            self.progress.message(text + " queued for the real-time service")
+        log.info("backfill.catch_up", records=during + before, modified_during=during,
+                 modified_before=before, since=_iso(since))
+        return during + before
 
-    async def _catch_up_object(self, name: str, since: datetime) -> int:
-        total = 0
+    async def _catch_up_object(self, name: str, since: datetime, started_s: float
+                               ) -> tuple[int, int]:
+        """(records queued that were modified since `started_s`, records queued before it)."""
+        during = before = 0
         after: str | None = None
         while True:
-            query = soql.modified_since(name, since, fields=("Id", "IsDeleted"), after_id=after)
+            query = soql.modified_since(name, since, fields=("Id", "IsDeleted", "SystemModstamp"),
+                                        after_id=after)
             rows = await self._with_retries(
                 "catch_up", functools.partial(self._records, query, include_deleted=True))
-            items = [QueueInput(name, to_18(str(r["Id"])),
-                                "DELETE" if r.get("IsDeleted") else "UPDATE") for r in rows]
+            items = []
+            for row in rows:
+                record_id = to_18(str(row["Id"]))
+                stamp = _sf_datetime(row.get("SystemModstamp"))
+                moment = stamp.timestamp() if stamp is not None else started_s
+                deleted = bool(row.get("IsDeleted"))
+                if not deleted and self._seen.get((name, record_id)) == moment:
+                    continue
+                items.append(QueueInput(name, record_id, "DELETE" if deleted else "UPDATE"))
+                if moment >= int(started_s):  # stamps may be whole seconds
+                    during += 1
+                else:
+                    before += 1
             if items:
                 await self.store.enqueue(items, self.clock(), source="catchup")
-                total += len(items)
-                after = items[-1].record_id
+            if rows:
+                after = to_18(str(rows[-1]["Id"]))
             if len(rows) < soql.PAGE_LIMIT:
-                return total
+                return during, before

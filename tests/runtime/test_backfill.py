@@ -18,16 +18,18 @@ from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.runtime.backfill import (
+    CATCH_UP_MARGIN_S,
     Backfill,
     BackfillError,
     BackfillOptions,
     PageHook,
+    WritesFailed,
     split_windows,
 )
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.progress import ConsoleProgress, Progress
-from tests.conftest import Clients, MakeConfig
+from tests.conftest import Clients, FakeClock, MakeConfig
 
 PAGE = 200
 LEADS_CONTACTS = {"seed_accounts": 6, "seed_contacts": 260, "seed_leads": 420}
@@ -39,14 +41,15 @@ async def _no_sleep(_seconds: float) -> None:
 
 def make_backfill(config: Config, store: Store, clients: Clients, *,
                   on_page: PageHook | None = None, progress: Progress | None = None,
-                  salesforce: SalesforceClient | None = None) -> Backfill:
+                  salesforce: SalesforceClient | None = None,
+                  clock: FakeClock | None = None) -> Backfill:
     metrics = Metrics()
     mappings = config.compiled()
     pipeline = SyncPipeline(config=config, store=store, iterable=clients.iterable,
                             limiter=clients.limiter, metrics=metrics, mappings=mappings)
     return Backfill(config=config, store=store, salesforce=salesforce or clients.salesforce,
                     pipeline=pipeline, metrics=metrics, progress=progress, mappings=mappings,
-                    on_page=on_page, sleep=_no_sleep)
+                    on_page=on_page, sleep=_no_sleep, **({"clock": clock} if clock else {}))
 
 
 async def verify(config: Config, clients: Clients, store: Store, it: IterableEmulator,
@@ -154,6 +157,7 @@ async def test_dry_run_writes_mapped_payloads_and_sends_nothing(
                     getattr(mapped, "payload", None)))
     errors = [x for x in lines if "error" in x]
     assert errors and sum(summary.dead_by_reason.values()) == len(errors)
+    assert f"would be dead-lettered {len(errors):,}" in "\n".join(summary.lines())
     assert iterable_emulator.state.users_received == 0
     assert iterable_emulator.state.snapshot() == {}
     assert await store.latest_run() is None            # a dry run keeps no checkpoints
@@ -294,6 +298,48 @@ async def test_records_modified_during_the_run_are_queued_for_catch_up(
     assert run is not None and run.finished
 
 
+@pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=1000)
+async def test_catch_up_starts_at_the_run_start_and_skips_records_read_in_their_latest_state(
+    store: Store, clients: Clients, sf_emulator: SalesforceEmulator,
+    iterable_emulator: IterableEmulator, make_config: MakeConfig, tmp_path: Path,
+) -> None:
+    # calls of about one page each, so the last page is read after the first call is written
+    config = make_config(sf_emulator, iterable_emulator, tmp_path,
+                         iterable={"batch_max_users": PAGE})
+    # Salesforce stamps and the backfill share one clock that jumps, so the run lasts minutes
+    clock = FakeClock()
+    sf_emulator.state.clock = clock
+    fresh = [sf_emulator.state.create("Lead", {"LastName": f"Fresh{i}", "Company": "Acme",
+                                                "Email": f"fresh.{i}@example.org"})
+             for i in range(30)]                        # created just before the backfill
+    clock.advance(CATCH_UP_MARGIN_S / 2)
+    ids = sorted(sf_emulator.select_ids("Lead", limit=2000))
+    first, last = ids[0], ids[-1]          # read by the first and by the last page
+    changed: list[str] = []
+
+    async def change_then_let_minutes_pass(window: BackfillWindow, page_no: int) -> None:
+        if changed:
+            return
+        sf_emulator.state.update("Lead", first, {"LastName": "ChangedAfterItsPage"})
+        sf_emulator.state.update("Lead", last, {"LastName": "ChangedBeforeItsPage"})
+        changed.append(first)
+        clock.advance(600)
+
+    out = io.StringIO()
+    summary = await make_backfill(
+        config, store, clients, on_page=change_then_let_minutes_pass, clock=clock,
+        progress=ConsoleProgress(out, tty=False)).run(
+        BackfillOptions(objects=("Lead",), page_size=PAGE, parallel=1))
+    assert changed and summary.status == "finished"
+    leases = await store.lease("test", 10_000, 60.0, 2e9)
+    # only the record changed after its page was read: not the fresh ones (read as they are),
+    # nor the one changed before its page was read
+    assert [(lease.record_id, lease.source) for lease in leases] == [(first, "catchup")]
+    assert summary.catchup_queued == 1
+    assert "catch-up: 1 records modified during the backfill queued" in out.getvalue()
+    assert not set(fresh) & {lease.record_id for lease in leases}
+
+
 # ---------------------------------------------------------------- Bulk API, Accounts
 
 
@@ -354,17 +400,69 @@ async def test_transient_iterable_and_salesforce_errors_are_retried(
 
 
 @pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=250)
-async def test_records_that_keep_failing_transiently_go_to_the_queue(
+async def test_an_iterable_that_takes_nothing_stops_the_run_unfinished(
     config: Config, store: Store, clients: Clients, iterable_emulator: IterableEmulator
 ) -> None:
-    iterable_emulator.faults.fail_next("/api/users/bulkUpdate", times=50, status=503)
+    iterable_emulator.faults.fail_next("/api/users/bulkUpdate", times=1000, status=503)
+    options = BackfillOptions(objects=("Lead",), page_size=PAGE, parallel=1)
+    with pytest.raises(WritesFailed, match="none of a page") as info:
+        await make_backfill(config, store, clients).run(options)
+    assert iterable_emulator.base_url in info.value.advice and "--resume" in info.value.advice
+    run = await store.latest_run()
+    assert run is not None and not run.finished           # not "finished", resumable
+    assert [(w.done, w.records_done) for w in await store.windows(run.run_id)] == [(False, 0)]
+    assert await store.lease("test", 10_000, 60.0, 2e9) == []  # nothing set aside meanwhile
+
+    iterable_emulator.faults.clear()
+    resumed = await make_backfill(config, store, clients).run(
+        BackfillOptions(objects=("Lead",), page_size=PAGE, parallel=1, resume=True))
+    assert resumed.run_id == run.run_id and resumed.status == "finished"
+    assert resumed.records_read == 250
+    report = await verify(config, clients, store, iterable_emulator, ("Lead",))
+    assert report.ok, report.summary()
+
+
+@pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=250)
+async def test_a_key_revoked_mid_run_stops_it_unfinished(
+    store: Store, clients: Clients, iterable_emulator: IterableEmulator,
+    sf_emulator: SalesforceEmulator, make_config: MakeConfig, tmp_path: Path,
+) -> None:
+    config = make_config(sf_emulator, iterable_emulator, tmp_path,
+                         iterable={"batch_max_users": PAGE})
+    async def revoke(window: BackfillWindow, page_no: int) -> None:
+        iterable_emulator.state.disable_key(iterable_emulator.api_key)
+
+    with pytest.raises(WritesFailed, match="refused the API key") as info:
+        await make_backfill(config, store, clients, on_page=revoke).run(
+            BackfillOptions(objects=("Lead",), page_size=PAGE, parallel=1, catch_up=False))
+    assert "STREAMSYNC_ITERABLE_API_KEY" in info.value.advice
+    run = await store.latest_run()
+    assert run is not None and not run.finished
+    windows = await store.windows(run.run_id)
+    assert not windows[0].done and 0 < windows[0].records_done < 250
+
+
+@pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=220)
+async def test_records_that_keep_failing_transiently_go_to_the_queue(
+    config: Config, store: Store, clients: Clients, iterable_emulator: IterableEmulator,
+    sf_emulator: SalesforceEmulator,
+) -> None:
+    options = BackfillOptions(objects=("Lead",), page_size=2000, parallel=1, catch_up=False)
+    await make_backfill(config, store, clients).run(options)
+    synced = sorted((await store.identities(
+        "Lead", sf_emulator.select_ids("Lead", limit=1000))).keys())
+    moved, renamed = synced[0], synced[1]
+    # an email change goes through updateEmail, which keeps failing; the rename is written
+    sf_emulator.state.update("Lead", moved, {"Email": "moved.lead@example.org"})
+    sf_emulator.state.update("Lead", renamed, {"LastName": "Renamed"})
+    iterable_emulator.faults.fail_next("/api/users/updateEmail", times=1000, status=503)
     summary = await make_backfill(config, store, clients).run(
-        BackfillOptions(objects=("Lead",), page_size=PAGE, parallel=1, catch_up=False))
+        BackfillOptions(objects=("Lead",), page_size=2000, parallel=1, catch_up=False,
+                        restart=True))
     assert summary.status == "finished"
-    assert summary.retry_queued == summary.records_read - summary.dead_lettered
+    assert summary.records_written == 1 and summary.retry_queued == 1
     leases = await store.lease("test", 10_000, 60.0, 2e9)
-    assert len(leases) == summary.retry_queued
-    assert {lease.source for lease in leases} == {"retry"}
+    assert [(lease.record_id, lease.source) for lease in leases] == [(moved, "retry")]
 
 
 @pytest.mark.salesforce(seed_accounts=2, seed_contacts=0, seed_leads=220)
