@@ -5,25 +5,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 
+from streamsync.adapters.iterable import IterableClient
 from streamsync.config import load_config
-from streamsync.errors import ConfigError, StreamsyncError
+from streamsync.errors import AuthError, ConfigError, RetriableError, StreamsyncError
 from streamsync.logs import redactor, setup_logging
 from streamsync.runtime.app import open_components
-from streamsync.runtime.backfill import Backfill, BackfillError, BackfillOptions, BackfillSummary
+from streamsync.runtime.backfill import (
+    Backfill,
+    BackfillError,
+    BackfillOptions,
+    BackfillSummary,
+    WritesFailed,
+    key_refused,
+    unreachable,
+)
 from streamsync.runtime.progress import ConsoleProgress
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
+KEY_CHECK_ATTEMPTS: Final = 3
+T = TypeVar("T")
 
 DESCRIPTION = """\
 Read every record of the configured Salesforce objects (or those given with --objects) and write
@@ -43,8 +55,9 @@ examples:
   python -m streamsync.backfill --config config.toml --dry-run payloads.jsonl
   python -m streamsync.backfill --config config.toml --resume
 
-exit status: 0 done (or already finished), 1 failed (resume with --resume), 2 usage or
-configuration error, 130 interrupted (resume with --resume).
+exit status: 0 done (or already finished), 1 failed, e.g. Iterable unreachable or its key
+refused (the message says what to do; resume with --resume), 2 usage or configuration error,
+130 interrupted by Ctrl-C or SIGTERM (resume with --resume).
 """
 
 
@@ -80,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamsync backfill", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--config", default=os.environ.get("STREAMSYNC_CONFIG", "config.toml"),
+        "-c", "--config", default=os.environ.get("STREAMSYNC_CONFIG", "config.toml"),
         help="path of config.toml (default: $STREAMSYNC_CONFIG or ./config.toml)")
     parser.add_argument(
         "--objects", type=_objects, default=(), metavar="Lead,Contact,Account",
@@ -129,8 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="print the final summary as one JSON object on stdout")
     parser.add_argument(
-        "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+        "--log-level", type=str.lower, choices=("debug", "info", "warning", "error"),
         help="log level of the structured logs on stderr (default: warning)")
+    parser.add_argument(
+        "--log-json", action="store_true",
+        help="log JSON lines even on a terminal (the default off a terminal)")
     return parser
 
 
@@ -148,6 +164,8 @@ async def run_backfill(config_path: str, options: BackfillOptions, *,
     """Load the config, open the clients and the store, run the backfill, close everything."""
     config = load_config(config_path, os.environ if env is None else env)
     async with open_components(config) as parts:
+        if options.dry_run is None:
+            await check_iterable(parts.iterable, config.iterable.base_url)
         backfill = Backfill(config=config, store=parts.store, salesforce=parts.salesforce,
                             pipeline=parts.pipeline, metrics=parts.metrics,
                             progress=progress or ConsoleProgress(), clock=parts.clock,
@@ -155,24 +173,72 @@ async def run_backfill(config_path: str, options: BackfillOptions, *,
         return await backfill.run(options)
 
 
+async def check_iterable(iterable: IterableClient, base_url: str) -> None:
+    """One getFields call before anything is read: a refused key or an Iterable that does not
+    answer stops the run before it starts (WritesFailed, saying what to do)."""
+    for attempt in range(1, KEY_CHECK_ATTEMPTS + 1):
+        try:
+            await iterable.get_fields()
+            return
+        except AuthError as exc:
+            raise key_refused(exc) from exc
+        except RetriableError as exc:
+            if attempt == KEY_CHECK_ATTEMPTS:
+                raise unreachable(exc, base_url, "Iterable does not answer") from exc
+            await asyncio.sleep(0.5 * attempt)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the run was cancelled like a Ctrl-C."""
+
+
+async def until_terminated(work: Awaitable[T]) -> T:
+    """Await `work`; SIGTERM cancels it as Ctrl-C does (checkpoints kept) and raises
+    Terminated."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m streamsync.backfill` and `streamsync backfill`."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "warning", json=True if args.log_json else None)
     try:
         options = options_from(args)
-        summary = asyncio.run(run_backfill(args.config, options))
+        summary = asyncio.run(until_terminated(run_backfill(args.config, options)))
     except (ConfigError, BackfillError) as exc:
         sys.stderr.write(redactor().text(f"streamsync backfill: {exc}\n"))
         return EXIT_USAGE
+    except WritesFailed as exc:
+        sys.stderr.write(redactor().text(
+            f"streamsync backfill: stopped: {exc}\nwhat to do: {exc.advice}\n"))
+        return EXIT_FAILED
     except StreamsyncError as exc:
         sys.stderr.write(redactor().text(
             f"streamsync backfill: failed: {exc}\n(the checkpoints are kept: run again with "
             "--resume to continue)\n"))
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write("streamsync backfill: interrupted (run again with --resume to "
-                         "continue)\n")
+    except (KeyboardInterrupt, Terminated) as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        sys.stderr.write(f"streamsync backfill: {how} (the checkpoints are kept: run again "
+                         "with --resume to continue)\n")
         return EXIT_INTERRUPTED
     if args.json:
         sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")

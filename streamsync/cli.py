@@ -473,8 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if delegated is not None:
             top, command, rest = delegated
             options = parser.parse_args(top)
-            _setup_logging(options.log_level, options.log_json, default="info")
-            return _delegate(command, rest)
+            # The command sets up its own logging: hand it the global flags (its own, later
+            # in the line, still win).
+            forwarded = ["--log-level", options.log_level] if options.log_level else []
+            forwarded += ["--log-json"] if options.log_json else []
+            return _delegate(command, forwarded + rest)
         args = parser.parse_args(args_list)
         if args.command is None:
             parser.print_help(sys.stderr)

@@ -266,8 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="keep the service running after the live changes")
     parser.add_argument("--small", action="store_true",
                         help="a small seed (1,000 records) for a quick look or a test")
+    parser.add_argument("--log-level", type=str.lower, default="warning",
+                        choices=("debug", "info", "warning", "error"),
+                        help="log level of the structured logs on stderr (default: warning)")
+    parser.add_argument("--log-json", action="store_true",
+                        help="log JSON lines even on a terminal (the default off a terminal)")
     args = parser.parse_args(argv)
-    setup_logging("warning")
+    setup_logging(args.log_level, json=True if args.log_json else None)
     try:
         import uvloop
 

@@ -11,7 +11,8 @@ import pytest
 @pytest.mark.slow
 def test_demo_short_mode_ends_with_every_profile_matching() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "streamsync", "demo", "--small", "--duration", "3"],
+        [sys.executable, "-m", "streamsync", "--log-level", "info", "demo", "--small",
+         "--duration", "3"],
         capture_output=True, text=True, timeout=180, check=False,
     )
     out = proc.stdout
@@ -20,3 +21,5 @@ def test_demo_short_mode_ends_with_every_profile_matching() -> None:
     assert "mismatches: 0" in out
     assert "Every Iterable profile matches Salesforce." in out
     assert "Traceback" not in proc.stderr
+    # the global --log-level reaches the demo (structured JSON lines off a terminal)
+    assert '"level":"info"' in proc.stderr.replace(" ", "")
