@@ -24,6 +24,7 @@ from streamsync.core.ids import is_valid_id, to_18
 from streamsync.core.soql import select_by_ids_chunked, select_children
 from streamsync.errors import FatalError, RetriableError
 from streamsync.logs import get_logger
+from streamsync.runtime.conversions import ConvertedLeads
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
 
@@ -88,6 +89,8 @@ class Flusher:
         self.shutdown_grace_s = shutdown_grace_s
         self.fanout_page = fanout_page
         self._uri_prefix = f"{salesforce.data_path}/queryAll?q="
+        self.converted_leads = ConvertedLeads(config=config, store=store, salesforce=salesforce,
+                                              clock=clock)
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -137,6 +140,8 @@ class Flusher:
                 pending, result)
             ids = [i for i in ids if is_valid_id(i)]
         live, deleted, filtered = await self._read(object_name, obj, ids)
+        # Before the pipeline reads identities: a Contact's first sync moves its Lead's profile.
+        await self.converted_leads.adopt(object_name, [*(r["Id"] for r in live), *deleted])
         outcome = SyncOutcome()
         if live and obj.writes_users:
             outcome = await self.pipeline.sync_records(object_name, live, source="flush")

@@ -211,8 +211,8 @@ class SyncPipeline:
             mine, theirs = leads[lead], held.get(target)
             if theirs is not None and _keys_differ(mine, theirs):
                 log.info("pipeline.converted_lead_profile_left", lead_id=lead,
-                            contact_id=target, detail="the Contact was synced under another "
-                            "Iterable key before its Lead's conversion was seen; the Lead's "
+                            contact_id=target, detail="the Lead was converted into a Contact "
+                            "that already had a profile under another Iterable key; the Lead's "
                             "profile is no longer updated")
 
     async def _yield_to_leads(self, users: list[MappedUser], out: SyncOutcome

@@ -49,10 +49,9 @@ class Workload:
     n: int = 0
     deleted: list[tuple[str, str]] = field(default_factory=list)
     trail: list[tuple[float, int, str, tuple[str, ...]]] = field(default_factory=list)
-    # Contacts born of a lead conversion get no email change or delete: when that happens
-    # before the Contact's first sync, the Lead's profile is orphaned, a known pipeline gap
-    # (test_scenarios: test_converted_contact_changes_before_its_first_sync).
-    from_conversion: set[str] = field(default_factory=set)
+    # Contacts just born of a lead conversion: an email change or delete picks one of these
+    # half the time, often before the Contact's first sync (its Lead's profile must move).
+    from_conversion: list[str] = field(default_factory=list)
 
     def _note(self, kind: str, *ids: str) -> None:
         self.kinds[kind] += 1
@@ -70,9 +69,12 @@ class Workload:
         extra = " AND IsConverted = false" if sobject == "Lead" else ""
         return self._ids(sobject, "IsDeleted = false AND Email != null" + extra)
 
-    def _movable(self, sobject: str) -> list[str]:
-        """Live records that may change email or be deleted."""
-        return [i for i in self._live(sobject) if i not in self.from_conversion]
+    def _to_move(self, sobject: str, kind: str) -> tuple[str, str]:
+        """A live record to change the email of or delete, often a conversion-born Contact
+        (then the change is noted as `converted_contact_<kind>`): (record id, kind)."""
+        if sobject == "Contact" and self.from_conversion and self.rng.random() < 0.5:
+            return self.from_conversion.pop(), f"converted_contact_{kind}"
+        return self.rng.choice(self._live(sobject)), kind
 
     def step(self) -> None:
         """One transaction; a rejected change (e.g. a converted lead) is counted and skipped."""
@@ -91,18 +93,18 @@ class Workload:
                              "Email": f"lead{n}@example.com", "Status": "Open - Not Contacted"}))
             elif roll < 0.56:
                 sobject = rng.choice(("Lead", "Contact"))
-                record_id = rng.choice(self._movable(sobject))
+                record_id, kind = self._to_move(sobject, "delete")
                 state.delete(sobject, record_id)
                 self.deleted.append((sobject, record_id))
-                self._note("delete", record_id)
+                self._note(kind, record_id)
             elif roll < 0.61 and self.deleted:
                 sobject, record_id = self.deleted.pop(rng.randrange(len(self.deleted)))
                 state.undelete(sobject, record_id)
                 self._note("undelete", record_id)
             elif roll < 0.68:
-                contact = rng.choice(self._movable("Contact"))
+                contact, kind = self._to_move("Contact", "email_change")
                 state.update("Contact", contact, {"Email": f"moved{n}@example.com"})
-                self._note("email_change", contact)
+                self._note(kind, contact)
             elif roll < 0.74:
                 leads = self._live("Lead")
                 chosen = rng.sample(leads, min(8, len(leads)))
@@ -115,7 +117,7 @@ class Workload:
                 self._note("account_rename", account)
             elif roll < 0.83:
                 made = state.convert_lead(rng.choice(self._live("Lead")))
-                self.from_conversion.add(made["contactId"])
+                self.from_conversion.append(made["contactId"])
                 self._note("lead_conversion", made["leadId"], made["contactId"],
                            made["accountId"])
             elif roll < 0.87:
@@ -273,6 +275,8 @@ async def test_sigkill_at_random_moments_loses_no_change(process_rig: ProcessRig
     }
     print(f"\ncrash test figures: {figures}")
     assert workload.kinds["invalid_email"] > 0 and state.dead_letters  # poison was exercised
+    assert (workload.kinds["converted_contact_email_change"]
+            + workload.kinds["converted_contact_delete"]) > 0
     assert workload.changes >= 200
 
 

@@ -138,15 +138,51 @@ async def test_converted_lead_hands_its_profile_to_a_contact_deleted_before_its_
     lead, contact = await _synced_then_converted(rig, "babbage@example.com")
     rig.sf.state.delete("Contact", contact)
     await rig.enqueue("Contact", [contact])  # the Contact's events are flushed first
-    await rig.drain()
-    assert await rig.store.identities("Contact", [contact]) == {}  # nothing known to flag yet
-    await rig.enqueue("Lead", [lead])
-    result = await rig.drain()  # the hand-over enqueues the Contact: its delete is applied
-    assert result.dead == 0
+    result = await rig.drain()  # it takes its Lead's identity (asked of Salesforce): flagged
+    assert (result.synced, result.dead) == (1, 0)
     data = rig.profiles()["babbage@example.com"]["dataFields"]
     assert data["salesforceDeleted"] is True
     assert await rig.store.identities("Lead", [lead]) == {}
     assert set(await rig.store.identities("Contact", [contact])) == {contact}
+    await rig.enqueue("Lead", [lead])  # the conversion seen later changes nothing
+    result = await rig.drain()
+    assert (result.skipped, result.dead) == (1, 0)
+    assert rig.profiles()["babbage@example.com"]["dataFields"]["salesforceDeleted"] is True
+
+
+async def test_contact_synced_before_its_lead_conversion_is_seen_moves_the_lead_profile(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    lead, contact = await _synced_then_converted(rig, "ada.first@example.com")
+    rig.sf.state.update("Contact", contact, {"Email": "countess.first@example.com"})
+    await rig.enqueue("Contact", [contact])  # the Contact's CREATE and UPDATE come first
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    profiles = rig.profiles()
+    assert "ada.first@example.com" not in profiles  # moved, not left behind
+    moved = profiles["countess.first@example.com"]["dataFields"]
+    assert (moved["sfContactId"], moved["sfLeadId"]) == (contact, lead)
+    assert rig.it.state.count(UPDATE_EMAIL, 200) == 1
+    assert await rig.store.identities("Lead", [lead]) == {}
+    await rig.enqueue("Lead", [lead])  # then the Lead's conversion UPDATE
+    result = await rig.drain()
+    assert (result.skipped, result.dead) == (1, 0)
+    assert set(rig.profiles()) == set(profiles)
+    ident = (await rig.store.identities("Contact", [contact]))[contact]
+    assert ident.iterable_email == "countess.first@example.com"
+
+
+async def test_a_contact_no_lead_was_converted_into_is_created_as_before(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    await _synced_then_converted(rig, "someone.else@example.com")
+    contact = _contact(rig, "plain.new@example.com")
+    await rig.enqueue("Contact", [contact])
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    assert rig.profiles()["plain.new@example.com"]["dataFields"]["sfContactId"] == contact
+    assert "someone.else@example.com" in rig.profiles()  # the converted Lead's: untouched
+    assert rig.it.state.count(UPDATE_EMAIL) == 0
 
 
 async def test_hand_over_keeps_an_identity_the_target_already_has(sync_rig: SyncRig) -> None:

@@ -174,12 +174,13 @@ class RecordOps(StoreBase):
             return max(cursor.rowcount, 0)
 
     async def hand_over_identities(
-        self, moves: Sequence[IdentityHandover], now: float
+        self, moves: Sequence[IdentityHandover], now: float, *, enqueue: bool = True
     ) -> list[IdentityHandover]:
         """Per move, in one transaction: a target holding no identity takes the source's
         Iterable email and userId with no payload hash (so its next sync writes instead of
-        skipping as unchanged) and is enqueued (source 'fanout', UPDATE) so that sync happens;
-        the source's identity is dropped either way. Returns the moves whose target took one."""
+        skipping as unchanged) and is enqueued (source 'fanout', UPDATE) so that sync happens,
+        unless `enqueue` is False (the caller is syncing the targets right now); the source's
+        identity is dropped either way. Returns the moves whose target took one."""
         taken: list[IdentityHandover] = []
         if not moves:
             return taken
@@ -195,6 +196,7 @@ class RecordOps(StoreBase):
                 )
                 if cursor.rowcount > 0:
                     taken.append(move)
+                if cursor.rowcount > 0 and enqueue:
                     await conn.execute(
                         UPSERT_SQL,
                         (move.target_object, move.target_id, "UPDATE", "fanout", now, None),
