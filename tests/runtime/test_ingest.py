@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from streamsync.config import Config
 from streamsync.core.ids import to_18
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
-from streamsync.errors import RetriableError, TransientError
+from streamsync.errors import FatalError, RetriableError, TransientError
 from streamsync.runtime.ingest import (
     PENDING_PREFIX,
     UNANCHORED_PREFIX,
@@ -56,7 +57,9 @@ class Rig:
 
     def ingest(self, *, store: Store | None = None, config: Config | None = None,
                channels: tuple[str, ...] = (LEAD,), max_concurrent_reconciles: int = 2,
-               retry_base_s: float = 0.5, **sub_kw: Any) -> Ingest:
+               retry_base_s: float = 0.5, ingest_clock: Callable[[], float] = time.time,
+               **sub_kw: Any) -> Ingest:
+        """An Ingest and its Reconciler on `ingest_clock`; `sub_kw` go to the subscriber."""
         store = store or self.store
         config = config or self.config
         callbacks = ReplayCallbacks(store)
@@ -71,9 +74,9 @@ class Rig:
             channels=channels, replay_from=callbacks.replay_from,
             on_replay_invalid=callbacks.on_replay_invalid, **options)
         reconciler = Reconciler(config=config, store=store, salesforce=self.clients.salesforce,
-                                metrics=self.metrics)
+                                metrics=self.metrics, clock=ingest_clock)
         ingest = Ingest(config=config, store=store, subscriber=subscriber, reconciler=reconciler,
-                        metrics=self.metrics, callbacks=callbacks,
+                        metrics=self.metrics, clock=ingest_clock, callbacks=callbacks,
                         max_concurrent_reconciles=max_concurrent_reconciles,
                         retry_base_s=retry_base_s, retry_max_s=max(retry_base_s, 30.0))
         self.opened.append(ingest)
@@ -132,8 +135,9 @@ async def subscribe(ingest: Ingest) -> None:
     assert ingest.subscribed
 
 
-async def queued(store: Store) -> dict[str, Lease]:
-    leases = await store.lease("test", 100_000, 60.0, time.time() + 1)
+async def queued(store: Store, later_s: float = 0.0) -> dict[str, Lease]:
+    """Every queued row (due by now + `later_s`), by record id; left queued."""
+    leases = await store.lease("test", 100_000, 60.0, time.time() + later_s + 1)
     await store.release(leases)
     return {lease.record_id: lease for lease in leases}
 
@@ -149,6 +153,32 @@ def replay_id_of(message: Message) -> int:
     value = message["data"]["event"]["replayId"]
     assert isinstance(value, int)
     return value
+
+
+async def next_message(ingest: Ingest) -> Message:
+    """The next data message, polled but not handled."""
+    for _ in range(30):
+        batch = await sub(ingest).poll_once()
+        if batch:
+            [message] = batch
+            return message
+    raise AssertionError("no message after 30 polls")
+
+
+@contextlib.contextmanager
+def refused_inserts(path: Path, table: str, when: str = "1") -> Iterator[None]:
+    """A real SQLite fault: inserts (and upserts) into `table` for which `when` holds abort,
+    through a trigger created by another connection to the store's file, until the block ends."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"CREATE TRIGGER injected_fault BEFORE INSERT ON {table} WHEN {when} "
+                     "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER injected_fault")
+    finally:
+        conn.close()
 
 
 # ---- docs/design.md invariant 1: ids and replay id together; resume after restart -------------
@@ -378,6 +408,40 @@ async def test_expired_replay_id_after_downtime_reconciles_and_new_events_flow(
     assert (await queued(rig.store))[after].source == "cdc"
     state = await rig.store.get_replay(LEAD)
     assert state is not None and state.replay_id == replay_id_of(message)
+
+
+async def test_replay_expired_after_downtime_beyond_the_margin_reconciles_from_last_commit(
+        rig: Rig) -> None:
+    """The reconciliation starts at the last commit time stored for the channel (minus the
+    margin), not at "now minus the margin": with a downtime longer than the margin (the clock
+    of the restarted ingest is moved on) the latter would miss every change made meanwhile."""
+    first = rig.ingest()
+    await subscribe(first)
+    before = rig.lead("BeforeLongDowntime")
+    [message] = await pump(first)
+    await flushed(rig.store)
+    await first.aclose()
+    stored = await rig.store.get_replay(LEAD)
+    commit_ms = message["data"]["payload"]["ChangeEventHeader"]["commitTimestamp"]
+    assert stored is not None and stored.last_commit_ts_ms == commit_ms
+
+    created = rig.lead("DuringLongDowntime")
+    old = rig.emu.select_ids("Lead", limit=3)
+    rig.emu.state.update("Lead", old[0], {"Title": "Changed while down for long"})
+    rig.emu.state.delete("Lead", old[1])
+    rig.emu.bus.purge()
+    downtime_s = rig.config.ingest.reconcile_overlap_s + 3600.0
+
+    second = rig.ingest(ingest_clock=lambda: time.time() + downtime_s)
+    await subscribe(second)
+    assert second.stats.replay_invalid == 1
+    await second.drain_reconciles()
+
+    rows = await queued(rig.store, later_s=downtime_s)  # queued at the moved-on clock
+    assert set(rows) == {before, created, old[0], old[1]}
+    assert rows[old[1]].change_type == "DELETE"
+    assert any(f"commit time {commit_ms} ms" in e.message
+               for e in await rig.store.recent_errors())
 
 
 async def test_expired_replay_id_without_commit_time_reconciles_everything(rig: Rig) -> None:
@@ -655,6 +719,60 @@ async def test_store_failure_commits_neither_ids_nor_replay_id(rig: Rig, tmp_pat
     finally:
         blocker.close()
         await busy_store.close()
+
+
+@pytest.mark.parametrize("failing", ["queue", "replay"])
+async def test_a_failed_write_of_ids_or_replay_id_commits_neither(rig: Rig, failing: str) -> None:
+    """Invariant 1 through `handle_message`: the record ids and the replay id are one
+    transaction. A queue insert refused after the replay id was written (or the replay write
+    refused after the ids were) leaves the stored replay id where it was and queues nothing."""
+    ingest = rig.ingest()
+    await subscribe(ingest)
+    rig.lead("Stored")
+    [stored] = await pump(ingest)
+    before = await rig.store.get_replay(LEAD)
+    assert before is not None and before.replay_id == replay_id_of(stored)
+    await flushed(rig.store)
+    lead = rig.lead("Refused")
+    message = await next_message(ingest)
+
+    with refused_inserts(rig.store.path, failing), pytest.raises(FatalError, match="injected"):
+        await ingest.handle_message(message)
+
+    assert await rig.store.get_replay(LEAD) == before  # the replay id did not move
+    assert await queued(rig.store) == {}
+    await ingest.handle_message(message)  # once the store takes writes again: both
+    after = await rig.store.get_replay(LEAD)
+    assert after is not None and after.replay_id == replay_id_of(message)
+    assert set(await queued(rig.store)) == {lead}
+
+
+async def test_overflow_marker_is_stored_before_the_replay_id_moves_past_the_event(
+        rig: Rig) -> None:
+    """A `GAP_OVERFLOW` owes a reconciliation: its marker is written before the replay id moves
+    past the event, so a failure between the two writes cannot lose the reconciliation."""
+    ingest = rig.ingest()
+    await subscribe(ingest)
+    rig.lead("BeforeTheGap")
+    await pump(ingest)
+    before = await rig.store.get_replay(LEAD)
+    assert before is not None
+    rig.emu.publish_gap("Lead", "GAP_OVERFLOW", [])
+    message = await next_message(ingest)
+    assert message["data"]["payload"]["ChangeEventHeader"]["changeType"] == "GAP_OVERFLOW"
+
+    marker = f"NEW.key = '{PENDING_PREFIX}Lead'"
+    with refused_inserts(rig.store.path, "meta", marker), \
+            pytest.raises(FatalError, match="injected"):
+        await ingest.handle_message(message)
+
+    assert await ingest.pending_reconciles() == {}  # the marker could not be written ...
+    assert await rig.store.get_replay(LEAD) == before  # ... so the event is not passed either
+    await ingest.handle_message(message)
+    assert (await ingest.pending_reconciles())["Lead"].trigger == "gap_overflow"
+    after = await rig.store.get_replay(LEAD)
+    assert after is not None and after.replay_id == replay_id_of(message)
+    await ingest.drain_reconciles()
 
 
 class _StopWhenBusy(Ingest):
