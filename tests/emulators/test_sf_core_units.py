@@ -10,7 +10,7 @@ from streamsync.emulators.salesforce.errors import SalesforceError
 from streamsync.emulators.salesforce.ids import checksum, is_valid_id, make_id, to18
 from streamsync.emulators.salesforce.seed import seed
 from streamsync.emulators.salesforce.soql import execute, parse
-from streamsync.emulators.salesforce.state import OrgState
+from streamsync.emulators.salesforce.state import LeadConversion, OrgState
 
 
 class RecordingBus:
@@ -240,6 +240,39 @@ def test_convert_lead_is_one_transaction(org: tuple[OrgState, RecordingBus, Cloc
     with pytest.raises(SalesforceError) as exc:
         state.update("Lead", lead_id, {"Title": "x"})
     assert exc.value.error_code == "CANNOT_UPDATE_CONVERTED_LEAD"
+
+
+def test_conversion_into_an_existing_account_with_an_opportunity(
+        org: tuple[OrgState, RecordingBus, Clock]) -> None:
+    state, bus, _ = org
+    lead_id = state.create("Lead", {"LastName": "Hopper", "Company": "Navy", "Phone": "+1 555",
+                                    "Industry": "Energy", "LeadSource": "Web"})
+    account = state.create("Account", {"Name": "Existing", "Industry": "Banking"})
+    bus.events.clear()
+    with state.transaction(merge=False) as tx:
+        out = tx.convert_lead(LeadConversion(lead_id, account_id=account, create_opportunity=True,
+                                             opportunity_name="Deal"))
+    assert out["accountId"] == account and str(out["opportunityId"]).startswith("006")
+    merged = state.record("Account", account)
+    assert merged is not None and (merged["Industry"], merged["Phone"]) == ("Banking", "+1 555")
+    opp = state.record("Opportunity", str(out["opportunityId"]))
+    assert opp is not None and (opp["Name"], opp["AccountId"], opp["StageName"]) == (
+        "Deal", account, "Prospecting")
+    assert opp["CloseDate"][5:] in ("03-31", "06-30", "09-30", "12-31")
+    headers = [e["ChangeEventHeader"] for _, e in bus.events]
+    assert [(h["entityName"], h["changeType"]) for h in headers] == [
+        ("Account", "UPDATE"), ("Contact", "CREATE"), ("Lead", "UPDATE")]
+    assert "ConvertedOpportunityId" in headers[2]["changedFields"]
+    contact = state.create("Contact", {"LastName": "Other"})
+    other = state.create("Lead", {"LastName": "L", "Company": "C"})
+    for conv, code in ((LeadConversion(other, converted_status="Open - Not Contacted"),
+                        "INVALID_STATUS"),
+                       (LeadConversion(other, contact_id=contact), "REQUIRED_FIELD_MISSING"),
+                       (LeadConversion(other, account_id=account, contact_id=contact),
+                        "INVALID_CROSS_REFERENCE_KEY")):
+        with pytest.raises(SalesforceError) as exc, state.transaction() as tx:
+            tx.convert_lead(conv)
+        assert exc.value.error_code == code
 
 
 def test_failed_transaction_rolls_back(org: tuple[OrgState, RecordingBus, Clock]) -> None:

@@ -1,4 +1,5 @@
-"""Object and field definitions of the emulated org: Lead, Contact, Account, User, Group."""
+"""Object and field definitions of the emulated org: Lead, Contact, Account, Opportunity, User,
+Group."""
 
 from __future__ import annotations
 
@@ -217,6 +218,23 @@ def _account() -> SObject:
     return SObject("Account", "001", "Account", fields)
 
 
+OPPORTUNITY_STAGES = ("Prospecting", "Qualification", "Needs Analysis", "Proposal/Price Quote",
+                      "Negotiation/Review", "Closed Won", "Closed Lost")
+
+
+def _opportunity() -> SObject:
+    fields = _head() + [
+        _f("AccountId", "reference", reference_to=("Account",), relationship_name="Account"),
+        _f("Name", "string", length=120, nillable=False),
+        _f("StageName", "picklist", nillable=False, picklist=OPPORTUNITY_STAGES),
+        _f("CloseDate", "date", nillable=False),
+        _f("Amount", "currency"),
+        _f("LeadSource", "picklist", picklist=LEAD_SOURCES),
+        *_system(),
+    ]
+    return SObject("Opportunity", "006", "Opportunity", fields)
+
+
 def _user() -> SObject:
     fields = _head()[:1] + [
         _f("Username", "string", nillable=False),
@@ -256,7 +274,7 @@ NAME_FIELDS = frozenset({"id", "name", "email", "firstname", "lastname", "alias"
 
 def build_schema() -> dict[str, SObject]:
     """All emulated objects by API name."""
-    objs = [_lead(), _contact(), _account(), _user(), _group()]
+    objs = [_lead(), _contact(), _account(), _opportunity(), _user(), _group()]
     return {o.name: o for o in objs}
 
 

@@ -9,6 +9,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -17,12 +18,64 @@ import orjson
 from .errors import SalesforceError, not_found
 from .ids import IdSequence, is_valid_id, to18
 from .oauth import Sessions
-from .schema import BY_PREFIX, CDC_EXCLUDED, SCHEMA, SCHEMA_LOWER, Field, SObject
+from .schema import (
+    BY_PREFIX,
+    CDC_EXCLUDED,
+    OPPORTUNITY_STAGES,
+    SCHEMA,
+    SCHEMA_LOWER,
+    Field,
+    SObject,
+)
 
 Row = list[Any]
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:?\d{2})$")
+
+
+CONVERTED_STATUS = "Closed - Converted"
+CONVERTED_STATUSES = frozenset({CONVERTED_STATUS})
+# (target field, Lead field): what a conversion copies onto the Account and the Contact.
+_LEAD_TO_ACCOUNT = (("Industry", "Industry"), ("Phone", "Phone"), ("Website", "Website"),
+                    ("AnnualRevenue", "AnnualRevenue"), ("NumberOfEmployees", "NumberOfEmployees"),
+                    ("BillingStreet", "Street"), ("BillingCity", "City"),
+                    ("BillingState", "State"), ("BillingPostalCode", "PostalCode"),
+                    ("BillingCountry", "Country"))
+_LEAD_TO_CONTACT = (("Salutation", "Salutation"), ("FirstName", "FirstName"),
+                    ("LastName", "LastName"), ("Title", "Title"), ("Email", "Email"),
+                    ("Phone", "Phone"), ("MobilePhone", "MobilePhone"),
+                    ("LeadSource", "LeadSource"), ("MailingStreet", "Street"),
+                    ("MailingCity", "City"), ("MailingState", "State"),
+                    ("MailingPostalCode", "PostalCode"), ("MailingCountry", "Country"),
+                    ("HasOptedOutOfEmail", "HasOptedOutOfEmail"),
+                    ("Lifecycle_Stage__c", "Lifecycle_Stage__c"),
+                    ("External_Id__c", "External_Id__c"))
+
+
+@dataclass(frozen=True)
+class LeadConversion:
+    """One convertLead request (the LeadConvert fields the emulator honours)."""
+
+    lead_id: str
+    converted_status: str = CONVERTED_STATUS
+    account_id: str | None = None
+    contact_id: str | None = None
+    owner_id: str | None = None
+    create_opportunity: bool = False
+    opportunity_name: str | None = None
+    overwrite_lead_source: bool = False
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _quarter_end(day: str) -> str:
+    """The last day of the calendar quarter holding `day` (YYYY-MM-DD)."""
+    year, month = int(day[:4]), int(day[5:7])
+    last_month = (month - 1) // 3 * 3 + 3
+    return f"{year:04d}-{last_month:02d}-{(31 if last_month in (3, 12) else 30):02d}"
 
 
 class Publisher(Protocol):
@@ -297,6 +350,84 @@ class Transaction:
         self.undo.append(_Undo("update", table, row[0], before))
         self._event(table.obj.name, "UNDELETE", [row[0]],
                     self.state.full_payload(table.obj, row), [], [])
+
+    def convert_lead(self, conv: LeadConversion) -> dict[str, str | None]:
+        """Convert a Lead in this transaction (as SOAP convertLead does).
+
+        New Account (unless conv.account_id), new Contact (unless conv.contact_id), an
+        Opportunity when asked, then the Lead UPDATE; an existing Account or Contact only gets
+        its empty fields filled from the Lead."""
+        leads = self.state.table("Lead")
+        row = self._live_row(leads, conv.lead_id)
+        lead = {f.name: row[f.slot] for f in leads.obj.stored}
+        if lead["IsConverted"]:
+            raise SalesforceError(400, "CANNOT_UPDATE_CONVERTED_LEAD",
+                                  "cannot reference converted lead")
+        if conv.converted_status not in CONVERTED_STATUSES:
+            raise SalesforceError(400, "INVALID_STATUS",
+                                  f"invalid convertedStatus: {conv.converted_status}",
+                                  ["Status"])
+        if conv.contact_id is not None and conv.account_id is None:
+            raise SalesforceError(400, "REQUIRED_FIELD_MISSING",
+                                  "accountId is required when contactId is given", ["accountId"])
+        owner = conv.owner_id or (lead["OwnerId"] if str(lead["OwnerId"]).startswith("005")
+                                  else None)
+        account_values = {k: lead[v] for k, v in _LEAD_TO_ACCOUNT}
+        account_values["Name"] = lead["Company"]
+        account_id = conv.account_id
+        if account_id is None:
+            if owner:
+                account_values["OwnerId"] = owner
+            account_id = self.create("Account", _present(account_values))
+        else:
+            account_id = self._fill_empty("Account", account_id, account_values)
+        contact_values = {k: lead[v] for k, v in _LEAD_TO_CONTACT}
+        contact_values["AccountId"] = account_id
+        contact_id = conv.contact_id
+        if contact_id is None:
+            if owner:
+                contact_values["OwnerId"] = owner
+            contact_id = self.create("Contact", _present(contact_values))
+        else:
+            contacts = self.state.table("Contact")
+            current = self._live_row(contacts, contact_id)
+            if current[contacts.obj.slot("AccountId")] != account_id:
+                raise SalesforceError(400, "INVALID_CROSS_REFERENCE_KEY",
+                                      "contactId does not belong to accountId", ["contactId"])
+            contact_id = self._fill_empty("Contact", contact_id, contact_values,
+                                          overwrite=("LeadSource",) if
+                                          conv.overwrite_lead_source else ())
+        today = datetime.fromtimestamp(int(self.now_s), UTC).strftime("%Y-%m-%d")
+        opportunity_id = None
+        if conv.create_opportunity:
+            opp: dict[str, Any] = {
+                "AccountId": account_id, "Name": conv.opportunity_name or lead["Company"],
+                "StageName": OPPORTUNITY_STAGES[0], "CloseDate": _quarter_end(today),
+                "LeadSource": lead["LeadSource"]}
+            if owner:
+                opp["OwnerId"] = owner
+            opportunity_id = self.create("Opportunity", _present(opp))
+        lead_values: dict[str, Any] = {
+            "Status": conv.converted_status, "IsConverted": True, "ConvertedDate": today,
+            "ConvertedAccountId": account_id, "ConvertedContactId": contact_id}
+        if opportunity_id is not None:
+            lead_values["ConvertedOpportunityId"] = opportunity_id
+        self.update("Lead", row[0], lead_values, event_has_last_modified=False, system=True)
+        return {"leadId": row[0], "accountId": account_id, "contactId": contact_id,
+                "opportunityId": opportunity_id}
+
+    def _fill_empty(self, obj_name: str, sf_id: str, values: dict[str, Any], *,
+                    overwrite: tuple[str, ...] = ()) -> str:
+        """Set the fields of an existing record that are empty (or listed in overwrite)."""
+        table = self.state.table(obj_name)
+        row = self._live_row(table, sf_id)
+        obj = table.obj
+        changes = {k: v for k, v in values.items() if v is not None and obj.get(k) is not None
+                   and (row[obj.slot(k)] is None or k in overwrite) and obj.slot(k) >= 0
+                   and k != "AccountId"}
+        if changes:
+            self.update(obj_name, row[0], changes)
+        return str(row[0])
 
     # -- helpers ----------------------------------------------------------------------------
     def _live_row(self, table: Table, sf_id: str) -> Row:
@@ -605,52 +736,13 @@ class OrgState:
                 tx.update(obj_name, sf_id, values)
         return len(record_ids)
 
-    def convert_lead(self, lead_id: str, *, converted_status: str = "Closed - Converted",
+    def convert_lead(self, lead_id: str, *, converted_status: str = CONVERTED_STATUS,
                      account_id: str | None = None, origin: str = "") -> dict[str, str]:
         """Convert a Lead: Account CREATE (unless given), Contact CREATE, Lead UPDATE."""
-        leads = self.table("Lead")
         with self.transaction(origin=origin, merge=False) as tx:
-            row = tx._live_row(leads, lead_id)
-            lead = {f.name: row[f.slot] for f in leads.obj.stored}
-            if lead["IsConverted"]:
-                raise SalesforceError(400, "CANNOT_UPDATE_CONVERTED_LEAD",
-                                      "cannot reference converted lead")
-            owner = lead["OwnerId"] if str(lead["OwnerId"]).startswith("005") else None
-            if account_id is None:
-                acc: dict[str, Any] = {
-                    "Name": lead["Company"], "Industry": lead["Industry"],
-                    "Phone": lead["Phone"], "Website": lead["Website"],
-                    "AnnualRevenue": lead["AnnualRevenue"],
-                    "NumberOfEmployees": lead["NumberOfEmployees"],
-                    "BillingStreet": lead["Street"], "BillingCity": lead["City"],
-                    "BillingState": lead["State"], "BillingPostalCode": lead["PostalCode"],
-                    "BillingCountry": lead["Country"],
-                }
-                if owner:
-                    acc["OwnerId"] = owner
-                account_id = tx.create("Account", {k: v for k, v in acc.items()
-                                                   if v is not None})
-            con: dict[str, Any] = {
-                "AccountId": account_id, "Salutation": lead["Salutation"],
-                "FirstName": lead["FirstName"], "LastName": lead["LastName"],
-                "Title": lead["Title"], "Email": lead["Email"], "Phone": lead["Phone"],
-                "MobilePhone": lead["MobilePhone"], "LeadSource": lead["LeadSource"],
-                "MailingStreet": lead["Street"], "MailingCity": lead["City"],
-                "MailingState": lead["State"], "MailingPostalCode": lead["PostalCode"],
-                "MailingCountry": lead["Country"],
-                "HasOptedOutOfEmail": lead["HasOptedOutOfEmail"],
-                "Lifecycle_Stage__c": lead["Lifecycle_Stage__c"],
-                "External_Id__c": lead["External_Id__c"],
-            }
-            if owner:
-                con["OwnerId"] = owner
-            contact_id = tx.create("Contact", {k: v for k, v in con.items() if v is not None})
-            today = datetime.fromtimestamp(int(tx.now_s), UTC).strftime("%Y-%m-%d")
-            tx.update("Lead", row[0], {
-                "Status": converted_status, "IsConverted": True, "ConvertedDate": today,
-                "ConvertedAccountId": account_id, "ConvertedContactId": contact_id,
-            }, event_has_last_modified=False, system=True)
-        return {"leadId": row[0], "accountId": account_id, "contactId": contact_id}
+            out = tx.convert_lead(LeadConversion(lead_id, converted_status,
+                                                 account_id=account_id))
+        return {k: v for k, v in out.items() if v is not None}
 
 
 def _merge(events: list[tuple[str, str, list[str], dict[str, Any], list[str], list[str]]],
