@@ -26,6 +26,7 @@ from .oauth import OAuthConfig, Sessions, TokenEndpoint
 from .rest import LIMITS_KEY, RECORDS_KEY, USER_KEY, RestApi, error_response
 from .schema import SCHEMA
 from .seed import seed
+from .soap import SoapApi
 from .soql import execute
 from .state import OrgState
 from .tls import server_context, write_self_signed
@@ -126,6 +127,7 @@ class SalesforceEmulator:
                                  clock=clock)
         # Query and ingest jobs share the 750 key prefix: one sequence keeps their ids apart.
         self.ingest = BulkIngestApi(self.state, ids=self.bulk.ids, clock=clock)
+        self.soap = SoapApi(self.state, self.sessions.check, self.sessions.user_of)
         self.control = ControlApi(self)
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
@@ -147,6 +149,7 @@ class SalesforceEmulator:
         self.rest.register(app)
         self.bulk.register(app)
         self.ingest.register(app)
+        self.soap.register(app)
         self.cometd.register(app)
         self.control.register(app)
         return app
@@ -346,6 +349,7 @@ class SalesforceEmulator:
                 "bulk_bytes_served": self.bulk.bytes_served,
                 "bulk_ingest_jobs_created": self.ingest.jobs_created,
                 "bulk_ingest_records": self.ingest.records_written,
+                "soap_calls": self.soap.calls,
                 "cometd": self.cometd.stats()}
 
     def reset_counters(self) -> None:
