@@ -66,7 +66,7 @@ async def test_rest_patch_reaches_cometd_subscriber(emu: SalesforceEmulator) -> 
 
 def test_session_lifetime_is_inactivity_based() -> None:
     now = [1000.0]
-    sessions = Sessions("00D8W0000000001EAA", lifetime_s=60, clock=lambda: now[0])
+    sessions = Sessions("00D8W0000000001UAA", lifetime_s=60, clock=lambda: now[0])
     s = sessions.issue("0058W0000000001QAA", "ck")
     now[0] += 59
     assert sessions.check(s.token) == "ok"

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from .errors import SalesforceError, not_found
-from .ids import IdSequence, is_valid_id, to18
+from .ids import KEY_PREFIXES, IdSequence, is_valid_id, make_id, to18
 from .oauth import Sessions
 from .schema import (
     BY_PREFIX,
@@ -520,13 +520,13 @@ class OrgState:
 
     def __init__(self, *, bus: Publisher | None = None, api_version: str = "66.0",
                  daily_api_max: int = 1_000_000, clock: Callable[[], float] = time.time,
-                 org_id: str = "00D8W0000000001EAA", event_log_size: int = 10_000,
+                 org_id: str = "", event_log_size: int = 10_000,
                  overflow_changes: int = 100_000) -> None:
         self.bus = bus
         self.overflow_changes = overflow_changes
         self.api_version = api_version
         self.clock = clock
-        self.org_id = org_id
+        self.org_id = org_id or make_id(KEY_PREFIXES["Organization"], 1)
         self.usage = ApiUsage(daily_api_max)
         self.tables: dict[str, Table] = {
             name: Table(obj, IdSequence(obj.key_prefix)) for name, obj in SCHEMA.items()
