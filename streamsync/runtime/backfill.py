@@ -954,7 +954,7 @@ class Backfill:
             first = next(iter(outcome.retry.values()))
             attempt += 1
             if attempt >= RETRY_PAGE_ATTEMPTS or not pending:
-                if not synced:
+                if pending and not synced:
                     # Not one record of the call reached Iterable: it is down or unreachable,
                     # not a record's problem. Stop before the checkpoint moves past the call.
                     raise self._unreachable(first)
