@@ -25,6 +25,7 @@ _INVARIANT = re.compile(r"\binvariants?\s+(\d+(?:\s*(?:,|and|or|&)\s*\d+)*)", re
 _HEADING_NUMBER = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)\.?\s", re.MULTILINE)
 _HEADING_INVARIANT = re.compile(r"^#{1,6}\s+Invariant\s+(\d+)\b", re.MULTILINE)
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+_STANDARD = re.compile(r"\bRFC\s*\d+\s*(?:,\s*)?$")  # "RFC 7231 §7.1.3" cites a public standard
 DESIGN = "docs/design.md"
 
 
@@ -87,6 +88,8 @@ def check_citations(text: str, source: Path, root: Path, *,
                                     f"cites {token!r}, which is not a file in the repository"))
     for match in _SECTION.finditer(text):
         number = match.group(1).rstrip(".")
+        if _STANDARD.search(text[text.rfind("\n", 0, match.start()) + 1:match.start()]):
+            continue
         before = [d for d in docs if d[1] <= match.start()]
         owner: tuple[int, int, Path | None, str] | None = None
         if before and _BETWEEN.fullmatch(text[before[-1][1]:match.start()]):
@@ -203,6 +206,10 @@ def test_checker_accepts_citations_into_the_repo(repo: Path) -> None:
     text = ('"""Keyset pages (docs/facts.md §9.4, §1.2 and §9; docs/design.md invariant 6).\n'
             'See `docs/facts.md` §1/§9.4 and invariants 1 and 6; https://example.com/x.md."""\n')
     assert _problems(repo, text) == []
+
+
+def test_checker_accepts_a_section_of_a_public_standard(repo: Path) -> None:
+    assert _problems(repo, "# an HTTP date (RFC 7231 §7.1.1.1) or delta-seconds\n") == []
 
 
 def test_checker_reports_a_document_outside_the_repo(repo: Path) -> None:
