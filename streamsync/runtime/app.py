@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +28,7 @@ from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.adapters.store import Store
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
-from streamsync.errors import FatalError, RetriableError, StreamsyncError
+from streamsync.errors import ConfigError, FatalError, RetriableError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.runtime.clients import (
     build_iterable_client,
@@ -183,7 +184,13 @@ class Service:
         if not conf.enabled:
             return None
         self.health = HealthServer(self.metrics, self.readiness, self.loop_monitor)
-        port = await self.health.start(conf.host, conf.port)
+        try:
+            port = await self.health.start(conf.host, conf.port)
+        except OSError as exc:
+            await self.health.stop()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"health.port = {conf.port}: cannot listen on {conf.host}:"
+                              f"{conf.port}: {reason}") from None
         log.info("health.listening", host=conf.host, port=port)
         return self.health
 

@@ -10,34 +10,37 @@ import sys
 
 import orjson
 
+from ..cli_args import OneLineParser, cannot_listen, count, non_negative, port
 from .app import IterableEmulator
 from .config import IterableEmulatorConfig
+
+PROG = "python -m streamsync.emulators.iterable"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line options."""
-    p = argparse.ArgumentParser(
-        prog="python -m streamsync.emulators.iterable", description="Emulated Iterable API."
+    p = OneLineParser(
+        prog=PROG, description="Emulated Iterable API."
     )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8002, help="0 picks a free port")
+    p.add_argument("--port", type=port, default=8002, help="0 picks a free port")
     p.add_argument("--project-type", choices=("email", "userId", "hybrid"), default="email")
     p.add_argument("--api-key", default=None, help="default: 32 random hex characters")
-    p.add_argument("--latency-ms", type=float, default=20.0)
-    p.add_argument("--latency-per-user-ms", type=float, default=0.0)
-    p.add_argument("--lag-s", type=float, default=0.0)
-    p.add_argument("--bulk-lag-s", type=float, default=None)
-    p.add_argument("--single-lag-s", type=float, default=None)
+    p.add_argument("--latency-ms", type=non_negative, default=20.0)
+    p.add_argument("--latency-per-user-ms", type=non_negative, default=0.0)
+    p.add_argument("--lag-s", type=non_negative, default=0.0)
+    p.add_argument("--bulk-lag-s", type=non_negative, default=None)
+    p.add_argument("--single-lag-s", type=non_negative, default=None)
     p.add_argument("--no-rate-limits", action="store_true", help="start with every limit lifted")
     p.add_argument("--type-mismatch", choices=("per_user", "batch"), default="per_user")
-    p.add_argument("--max-users-per-request", type=int, default=None)
+    p.add_argument("--max-users-per-request", type=count, default=None)
     p.add_argument("--oversize-status", type=int, choices=(413, 400), default=413)
     p.add_argument("--no-history", action="store_true", help="do not keep per-user write history")
     return p.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace) -> None:
-    """Run until SIGTERM or SIGINT."""
+async def serve(args: argparse.Namespace) -> int:
+    """Run until SIGTERM or SIGINT; the exit code."""
     config = IterableEmulatorConfig(
         project_type=args.project_type,
         api_key=args.api_key,
@@ -53,7 +56,11 @@ async def serve(args: argparse.Namespace) -> None:
         record_history=not args.no_history,
     )
     emu = IterableEmulator(config)
-    await emu.start(args.host, args.port)
+    try:
+        await emu.start(args.host, args.port)
+    except OSError as exc:
+        await emu.stop()
+        return cannot_listen(PROG, args.host, args.port, exc)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,14 +78,20 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await emu.stop()
+    return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; the exit code."""
     args = parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(serve(args))
+    except ValueError as exc:  # a combination of settings the emulator refuses
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,41 +8,44 @@ import signal
 import sys
 from pathlib import Path
 
+from ..cli_args import OneLineParser, cannot_listen, count, non_negative, port
 from .app import SalesforceEmulator, SalesforceEmulatorConfig, dumps_line
+
+PROG = "python -m streamsync.emulators.salesforce"
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = SalesforceEmulatorConfig()
-    p = argparse.ArgumentParser(prog="python -m streamsync.emulators.salesforce",
+    p = OneLineParser(prog=PROG,
                                 description="Run the Salesforce emulator until SIGTERM/SIGINT.")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8001, help="0 picks a free port")
-    p.add_argument("--seed-accounts", type=int, default=d.seed_accounts)
-    p.add_argument("--seed-contacts", type=int, default=d.seed_contacts)
-    p.add_argument("--seed-leads", type=int, default=d.seed_leads)
-    p.add_argument("--seed-users", type=int, default=d.seed_users)
-    p.add_argument("--seed-queues", type=int, default=d.seed_queues)
+    p.add_argument("--port", type=port, default=8001, help="0 picks a free port")
+    p.add_argument("--seed-accounts", type=count, default=d.seed_accounts)
+    p.add_argument("--seed-contacts", type=count, default=d.seed_contacts)
+    p.add_argument("--seed-leads", type=count, default=d.seed_leads)
+    p.add_argument("--seed-users", type=count, default=d.seed_users)
+    p.add_argument("--seed-queues", type=count, default=d.seed_queues)
     p.add_argument("--seed", type=int, default=d.seed_value, help="random seed of the data")
-    p.add_argument("--latency-ms", type=float, default=d.latency_ms)
-    p.add_argument("--per-record-ms", type=float, default=d.per_record_ms)
+    p.add_argument("--latency-ms", type=non_negative, default=d.latency_ms)
+    p.add_argument("--per-record-ms", type=non_negative, default=d.per_record_ms)
     p.add_argument("--client-id", default=d.client_id)
     p.add_argument("--client-secret", default=d.client_secret)
     p.add_argument("--username", default=d.username)
     p.add_argument("--password", default=d.password)
     p.add_argument("--refresh-token", default=d.refresh_token)
     p.add_argument("--api-version", default=d.api_version)
-    p.add_argument("--session-lifetime-s", type=float, default=d.session_lifetime_s)
-    p.add_argument("--daily-api-max", type=int, default=d.daily_api_max)
+    p.add_argument("--session-lifetime-s", type=non_negative, default=d.session_lifetime_s)
+    p.add_argument("--daily-api-max", type=count, default=d.daily_api_max)
     p.add_argument("--jwt-public-key", type=Path, default=None,
                    help="PEM public key or certificate that verifies JWT bearer assertions")
-    p.add_argument("--long-poll-s", type=float, default=d.long_poll_s)
-    p.add_argument("--reconnect-timeout-s", type=float, default=d.reconnect_timeout_s)
-    p.add_argument("--daily-delivery-limit", type=int, default=d.daily_delivery_limit)
-    p.add_argument("--retention-s", type=float, default=d.retention_s)
-    p.add_argument("--retention-count", type=int, default=d.retention_count)
-    p.add_argument("--long-running-s", type=float, default=d.long_running_s,
+    p.add_argument("--long-poll-s", type=non_negative, default=d.long_poll_s)
+    p.add_argument("--reconnect-timeout-s", type=non_negative, default=d.reconnect_timeout_s)
+    p.add_argument("--daily-delivery-limit", type=count, default=d.daily_delivery_limit)
+    p.add_argument("--retention-s", type=non_negative, default=d.retention_s)
+    p.add_argument("--retention-count", type=count, default=d.retention_count)
+    p.add_argument("--long-running-s", type=non_negative, default=d.long_running_s,
                    help="requests this old count against --max-long-running")
-    p.add_argument("--max-long-running", type=int, default=d.max_long_running)
+    p.add_argument("--max-long-running", type=count, default=d.max_long_running)
     p.add_argument("--tls", action="store_true", help="serve HTTPS with a self-signed cert")
     p.add_argument("--tls-dir", default=None, help="where to write the certificate")
     return p
@@ -64,9 +67,17 @@ def config_from_args(args: argparse.Namespace) -> SalesforceEmulatorConfig:
         max_long_running=args.max_long_running, tls=args.tls, tls_dir=args.tls_dir)
 
 
-async def serve(config: SalesforceEmulatorConfig, host: str, port: int) -> None:
-    emu = SalesforceEmulator(config)
-    await emu.start(host=host, port=port)
+async def serve(config: SalesforceEmulatorConfig, host: str, port_: int) -> int:
+    try:
+        emu = SalesforceEmulator(config)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        await emu.start(host=host, port=port_)
+    except OSError as exc:
+        await emu.stop()
+        return cannot_listen(PROG, host, port_, exc)
     print(dumps_line(emu.info()), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,17 +87,17 @@ async def serve(config: SalesforceEmulatorConfig, host: str, port: int) -> None:
         await stop.wait()
     finally:
         await emu.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, args.host, args.port))
-    return 0
+    return asyncio.run(serve(config, args.host, args.port))
 
 
 if __name__ == "__main__":
