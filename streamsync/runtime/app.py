@@ -26,6 +26,7 @@ from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.adapters.store import Store
+from streamsync.adapters.store.owner import StoreOwnership
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, FatalError, RetriableError, StreamsyncError
@@ -161,8 +162,20 @@ class Service:
             self.last_write_ok = status == "200"
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Run until `stop` is set; return the process exit code."""
+        """Run until `stop` is set; return the process exit code. Holds the store for the
+        whole run: a second `run` on it raises StoreBusy naming this one."""
+        ownership = StoreOwnership.acquire(self.config.queue.path, now=self.clock())
+        try:
+            return await self._run_owned(stop)
+        finally:
+            ownership.release()
+
+    async def _run_owned(self, stop: asyncio.Event) -> int:
         async with open_components(self.config, metrics=self.metrics, clock=self.clock) as parts:
+            reclaimed = await parts.store.expire_leases(self.clock())
+            if reclaimed:
+                log.warning("store.leases_reclaimed", records=reclaimed,
+                            detail="leased by a run that ended without settling them")
             parts.counter.subscribe(self._on_call)
             health = await self._start_health()
             try:

@@ -350,6 +350,19 @@ class QueueOps(ReplayOps):
             )
             return max(cursor.rowcount, 0)
 
+    async def expire_leases(self, now: float) -> int:
+        """End every live lease now (their rows are due at once); returns how many.
+
+        Only for a new owner of the store (see `owner.StoreOwnership`): any lease left is a
+        dead process's. The expiry still counts as an attempt at the next lease, exactly as if
+        the lease had run out, so a record that kills its process each time still ends as
+        `lease_expired` instead of crash-looping the service."""
+        async with self._tx("expire_leases") as conn:
+            cursor = await conn.execute(
+                "UPDATE queue SET lease_expires_at = ?1, next_attempt_at = ?1 "
+                "WHERE lease_token IS NOT NULL AND lease_expires_at > ?1", (now,))
+            return max(cursor.rowcount, 0)
+
     async def queue_stats(self, now: float) -> QueueStats:
         """Depth, rows due now, rows under a live lease, rows in backoff, oldest row's age."""
         async with self._read("queue_stats") as conn:
