@@ -279,3 +279,56 @@ async def _next_attempts(store: Store) -> list[tuple[str, float]]:
     async with store._read("peek") as conn:
         async with conn.execute("SELECT record_id, next_attempt_at FROM queue") as cursor:
             return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def test_waiting_out_an_outage_never_costs_an_attempt(store: Store) -> None:
+    backoff = Backoff(base_s=1.0, max_delay_s=8.0, max_attempts=2, rand=lambda: 1.0 - 1e-9)
+    await store.enqueue([lead(1), lead(2)], T0, "cdc")
+    now = T0
+    for outage in range(1, 30):  # far past max_attempts
+        leases = await store.lease("f", 10, 30, now)
+        assert [(x.attempts, x.outage_retries) for x in leases] == [(0, outage - 1)] * 2
+        result = await store.wait_out(leases, "iterable bulkUpdate: HTTP 503", now, backoff)
+        assert (result.retried, result.dead_lettered) == (2, 0)
+        due = [row_due for _, row_due in await _next_attempts(store)]
+        assert due == pytest.approx([now + min(8.0, 2.0 ** (outage - 1))] * 2)
+        now = max(due)
+    assert await store.dead_letters() == []
+    stats = await store.queue_stats(now - 0.5)
+    assert (stats.depth, stats.retrying) == (2, 2)
+
+
+async def test_an_outage_retry_is_due_at_the_probe_and_at_once_when_the_outage_ends(
+        store: Store) -> None:
+    backoff = Backoff(base_s=1.0, max_delay_s=300.0, max_attempts=5)
+    await store.enqueue([lead(1), lead(2), lead(3)], T0, "cdc")
+    leases = await store.lease("f", 10, 30, T0)
+    await store.wait_out(leases[:1], "timeout", T0, backoff, until=T0 + 5.0)
+    await store.wait_out(leases[1:2], "429", T0, backoff, retry_after_s=9.0, until=T0 + 5.0)
+    await store.retry_later(leases[2:], "a bug", T0, Backoff(base_s=60.0, max_delay_s=60.0,
+                                                             rand=lambda: 1.0 - 1e-9))
+    assert sorted(due for _, due in await _next_attempts(store)) == pytest.approx(
+        [T0 + 5.0, T0 + 9.0, T0 + 60.0])
+    [again] = await store.lease("f", 10, 30, T0 + 5.0)
+    assert (again.record_id, again.attempts, again.outage_retries) == (lead(1).record_id, 0, 1)
+    await store.release([again])
+
+    assert await store.resume_waiting(T0 + 6.0) == 2  # the bug's retry keeps its backoff
+    due = await store.lease("f", 10, 30, T0 + 6.0)
+    assert sorted(x.record_id for x in due) == [lead(1).record_id, lead(2).record_id]
+    assert {(x.attempts, x.outage_retries) for x in due} == {(0, 0)}
+    await store.ack(due)
+    assert await store.lease("f", 10, 30, T0 + 59.0) == []
+
+
+async def test_a_newer_change_acked_after_an_outage_starts_its_outage_count_over(
+        store: Store) -> None:
+    backoff = Backoff(base_s=1.0, max_delay_s=1.0)
+    await store.enqueue([lead(1)], T0, "cdc")
+    [first] = await store.lease("f", 10, 30, T0)
+    await store.wait_out([first], "503", T0, backoff, until=T0)
+    [second] = await store.lease("f", 10, 30, T0 + 1)
+    await store.enqueue([lead(1)], T0 + 2, "cdc")  # changed while leased
+    assert (await store.ack([second])).kept == 1
+    [third] = await store.lease("f", 10, 30, T0 + 3)
+    assert (third.attempts, third.outage_retries) == (0, 0)

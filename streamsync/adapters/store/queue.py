@@ -47,7 +47,7 @@ ON CONFLICT (object_name, record_id) DO UPDATE SET
 CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, leased_at = NULL, lease_expires_at = NULL"
 
 # The row now stands for the change(s) that arrived during the lease only.
-NEWER_ONLY = f"""{CLEAR_LEASE}, attempts = 0, last_error = NULL,
+NEWER_ONLY = f"""{CLEAR_LEASE}, attempts = 0, outage_retries = 0, last_error = NULL,
     commit_ts_ms = requeued_commit_ts_ms,
     first_enqueued_at = coalesce(requeued_at, first_enqueued_at),
     requeued_at = NULL, requeued_commit_ts_ms = NULL"""
@@ -57,7 +57,7 @@ KEY_VERSION_TOKEN = "object_name = ? AND record_id = ? AND version = ? AND lease
 
 LEASE_COLUMNS = (
     "object_name, record_id, version, change_type, source, attempts, commit_ts_ms, "
-    "first_enqueued_at"
+    "first_enqueued_at, outage_retries"
 )
 
 
@@ -211,6 +211,7 @@ class QueueOps(ReplayOps):
                     first_enqueued_at=row[7],
                     token=token,
                     lease_expires_at=expires,
+                    outage_retries=row[8],
                 )
                 for row in rows
             ]
@@ -319,6 +320,51 @@ class QueueOps(ReplayOps):
             stale=len(leases) - retried - dead - kept,
         )
 
+    async def wait_out(
+        self,
+        leases: Sequence[Lease],
+        error: str,
+        now: float,
+        backoff: Backoff,
+        retry_after_s: float | None = None,
+        until: float | None = None,
+    ) -> SettleResult:
+        """Salesforce or Iterable failed, not the records: `attempts` stay as they are (an
+        outage never dead-letters), `outage_retries` + 1. The row is due at `until` (the next
+        probe of an open circuit breaker, at least `retry_after_s` away) or else after a
+        jittered backoff by its outage retries; `resume_waiting` makes it due at once."""
+        if not leases:
+            return SettleResult()
+        error = clean_error(error)
+        rows = []
+        for lease in leases:
+            if until is not None:
+                due = max(until, now + (retry_after_s or 0.0))
+            else:
+                due = now + backoff.delay_s(lease.outage_retries + 1, retry_after_s)
+            rows.append((due, error, *_key_token(lease)))
+        async with self._tx("wait_out") as conn:
+            cursor = await conn.executemany(
+                f"""UPDATE queue SET {CLEAR_LEASE}, outage_retries = outage_retries + 1,
+                    next_attempt_at = ?, last_error = ?, requeued_at = NULL,
+                    requeued_commit_ts_ms = NULL WHERE {KEY_TOKEN}""",
+                rows,
+            )
+            retried = max(cursor.rowcount, 0)
+        return SettleResult(retried=retried, stale=len(leases) - retried)
+
+    async def resume_waiting(self, now: float) -> int:
+        """An outage ended: every unleased row that was waiting it out is due now (its outage
+        retries start over); returns how many."""
+        async with self._tx("resume_waiting") as conn:
+            cursor = await conn.execute(
+                """UPDATE queue SET outage_retries = 0,
+                       next_attempt_at = min(next_attempt_at, ?1)
+                   WHERE outage_retries > 0 AND lease_token IS NULL""",
+                (now,),
+            )
+            return max(cursor.rowcount, 0)
+
     async def dead_letter(
         self, leases: Sequence[Lease], reason: str, error: str, now: float
     ) -> SettleResult:
@@ -371,8 +417,8 @@ class QueueOps(ReplayOps):
                 SELECT count(*),
                        coalesce(sum(next_attempt_at <= ?1), 0),
                        coalesce(sum(lease_expires_at > ?1), 0),
-                       coalesce(sum(attempts > 0 AND next_attempt_at > ?1
-                                    AND lease_token IS NULL), 0),
+                       coalesce(sum((attempts > 0 OR outage_retries > 0)
+                                    AND next_attempt_at > ?1 AND lease_token IS NULL), 0),
                        min(first_enqueued_at)
                 FROM queue
                 """,

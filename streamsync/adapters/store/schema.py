@@ -139,7 +139,19 @@ _V3 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+_V4 = Migration(
+    4,
+    "outage retries counted apart from a record's attempts",
+    (
+        # A failure of Salesforce or Iterable themselves (down, 5xx, 429, timeouts) is not the
+        # record's fault: it bumps `outage_retries` (which only spaces the retries out) instead
+        # of `attempts` (which dead-letters at max_attempts), and the rows it touched become due
+        # at once when the outage ends.
+        "ALTER TABLE queue ADD COLUMN outage_retries INTEGER NOT NULL DEFAULT 0",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -50,6 +50,8 @@ class Lease:
     first_enqueued_at: float
     token: str
     lease_expires_at: float
+    outage_retries: int = 0
+    """Retries the row waited out because Salesforce or Iterable was down (never dead-letter)."""
 
 
 @dataclass(frozen=True, slots=True)
