@@ -280,6 +280,10 @@ class FlushConfig(_Model):
     batch_ids: int = Field(default=2000, ge=1, le=50_000)
     concurrency: int = Field(default=4, ge=1, le=64)
     linger_ms: int = Field(default=200, ge=0, le=60_000)
+    # A destination (Salesforce, Iterable) counts as down after this many failed batches in a
+    # row; flushing then pauses, probing it at most this far apart (runtime/breaker.py).
+    outage_after_failures: int = Field(default=3, ge=1, le=1000)
+    outage_probe_max_s: float = Field(default=10.0, gt=0, le=3600)
 
 
 class IngestConfig(_Model):

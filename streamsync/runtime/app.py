@@ -150,7 +150,11 @@ class Service:
         self.last_write_ok = True
 
     def readiness(self) -> Readiness:
-        """Ready once subscribed and while Iterable writes succeed (or nothing is pending)."""
+        """Ready once subscribed, while neither Salesforce nor Iterable is down (the flusher's
+        circuit breakers) and while Iterable writes succeed (or nothing is pending)."""
+        outage = self.flusher.outage() if self.flusher is not None else ""
+        if outage:
+            return Readiness(False, outage)
         if self.ingest is None or not self.ingest.subscribed:
             return Readiness(False, "not subscribed to Salesforce change events")
         if not self.last_write_ok and self.queue_depth > 0:

@@ -24,6 +24,7 @@ from streamsync.core.ids import is_valid_id, to_18
 from streamsync.core.soql import select_by_ids_chunked, select_children
 from streamsync.errors import FatalError, RetriableError
 from streamsync.logs import get_logger
+from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
 from streamsync.runtime.conversions import ConvertedLeads
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
@@ -34,6 +35,21 @@ PARENT_IDS_PER_QUERY = 300
 """Parent ids per fan-out query (300 quoted 18-char ids stay far below the URI cap)."""
 FANOUT_PAGE = 2000
 """Children per keyset page of a fan-out query."""
+PROBE_IDS = 50
+"""Records leased by the one probe batch of a destination that is down."""
+PAUSED_POLL_S = 0.05
+"""Shortest wait of a paused flusher loop (while another loop's probe is in flight)."""
+SALESFORCE = "salesforce"
+ITERABLE = "iterable"
+
+
+class Unreachable(Exception):
+    """A Salesforce call of a flush failed for a reason of Salesforce's, not of the records."""
+
+    def __init__(self, destination: str, error: RetriableError) -> None:
+        super().__init__(f"{destination}: {error}")
+        self.destination = destination
+        self.error = error
 
 
 @dataclass
@@ -47,6 +63,8 @@ class FlushResult:
     retried: int = 0
     released: int = 0
     fanned_out: int = 0
+    paused: bool = False
+    """Nothing was leased because Salesforce or Iterable is down (no probe due yet)."""
 
     @property
     def idle(self) -> bool:
@@ -58,6 +76,18 @@ def backoff_from(config: Config) -> Backoff:
     q = config.queue
     return Backoff(base_s=q.backoff_base_s, max_delay_s=q.backoff_max_s,
                    max_attempts=q.max_attempts)
+
+
+def breakers_from(config: Config, clock: Callable[[], float]) -> Breakers:
+    """One circuit breaker each for Salesforce and Iterable, from [flush] and [queue]."""
+    flush = config.flush
+    base_s = min(config.queue.backoff_base_s, flush.outage_probe_max_s)
+
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(name, failures_to_open=flush.outage_after_failures, base_s=base_s,
+                              max_s=flush.outage_probe_max_s, clock=clock)
+
+    return Breakers({SALESFORCE: breaker("Salesforce"), ITERABLE: breaker("Iterable")})
 
 
 class Flusher:
@@ -72,6 +102,12 @@ class Flusher:
 
     Objects with `fan_out` (Account → Contact) enqueue their children (source `fanout`, keyset
     paged, any number); an object that writes no users is acknowledged once that is done.
+
+    An outage is waited out, never charged to the records: a flush whose Salesforce reads fail,
+    or whose Iterable calls all fail (5xx, 429, timeouts, connection errors), sends its records
+    back without an attempt (`Store.wait_out`) and tells that destination's circuit breaker.
+    While a breaker is open nothing is leased or read; one small probe batch tries again, and
+    when an answer closes the breaker every record waiting out the outage is due at once.
     """
 
     def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
@@ -88,19 +124,41 @@ class Flusher:
         self.backoff = backoff or backoff_from(config)
         self.shutdown_grace_s = shutdown_grace_s
         self.fanout_page = fanout_page
+        self.breakers = breakers_from(config, clock)
         self._uri_prefix = f"{salesforce.data_path}/queryAll?q="
         self.converted_leads = ConvertedLeads(config=config, store=store, salesforce=salesforce,
                                               clock=clock)
+
+    def outage(self) -> str:
+        """Which destination is down and since when (empty while both answer)."""
+        return self.breakers.outage()
 
     # -- one step ----------------------------------------------------------------------------
 
     async def flush_once(self) -> FlushResult:
         """Lease one batch, read, sync and settle it. A failing object's rows are retried later
-        (an attempt each, so a record that trips a bug ends in the dead-letter table); on
-        cancellation or a FatalError the unsettled leases are released, then it re-raises."""
+        (an attempt each, so a record that trips a bug ends in the dead-letter table; an outage
+        costs none); on cancellation or a FatalError the unsettled leases are released, then it
+        re-raises. While a destination is down it leases nothing (`paused`) until a probe is
+        due, and then only a probe batch."""
+        probing = self.breakers.admit()
+        if probing is None:
+            return FlushResult(paused=True)
+        signals = Signals()
+        try:
+            result = await self._flush(signals, PROBE_IDS if probing else None)
+        finally:
+            ended = self.breakers.report(signals, probing)
+        if ended:
+            resumed = await asyncio.shield(self.store.resume_waiting(self.clock()))
+            log.info("flusher.outage_over", destinations=ended, records_due_now=resumed)
+        return result
+
+    async def _flush(self, signals: Signals, limit: int | None) -> FlushResult:
         leases = await self.store.lease(
-            self.owner, self.config.flush.batch_ids, self.config.queue.lease_s, self.clock(),
-            objects=list(self.config.objects), max_attempts=self.backoff.max_attempts)
+            self.owner, min(limit or self.config.flush.batch_ids, self.config.flush.batch_ids),
+            self.config.queue.lease_s, self.clock(), objects=list(self.config.objects),
+            max_attempts=self.backoff.max_attempts)
         result = FlushResult(leased=len(leases))
         if not leases:
             return result
@@ -111,7 +169,10 @@ class Flusher:
                 by_object[lease.object_name].append(lease)
             for object_name, group in by_object.items():
                 try:
-                    await self._flush_object(object_name, group, pending, result)
+                    await self._flush_object(object_name, group, pending, result, signals)
+                except Unreachable as exc:
+                    signals.fail(exc.destination, str(exc.error))
+                    await self._wait_out(group, exc.error, exc.destination, pending, result)
                 except RetriableError as exc:
                     await self._retry(group, exc, pending, result)
                 except FatalError:
@@ -130,7 +191,8 @@ class Flusher:
         return result
 
     async def _flush_object(self, object_name: str, leases: Sequence[Lease],
-                            pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
+                            pending: dict[tuple[str, str], Lease], result: FlushResult,
+                            signals: Signals) -> None:
         obj = self.config.objects[object_name]
         ids = [lease.record_id for lease in leases]
         bad = [lease for lease in leases if not is_valid_id(lease.record_id)]
@@ -139,9 +201,15 @@ class Flusher:
                 lease.record_id: ("invalid_id", "not a Salesforce record id") for lease in bad}),
                 pending, result)
             ids = [i for i in ids if is_valid_id(i)]
-        live, deleted, filtered = await self._read(object_name, obj, ids)
-        # Before the pipeline reads identities: a Contact's first sync moves its Lead's profile.
-        await self.converted_leads.adopt(object_name, [*(r["Id"] for r in live), *deleted])
+        try:
+            live, deleted, filtered = await self._read(object_name, obj, ids)
+            # Before the pipeline reads identities: a Contact's first sync moves its Lead's
+            # profile (this looks the converted Leads up in Salesforce).
+            await self.converted_leads.adopt(object_name, [*(r["Id"] for r in live), *deleted])
+        except RetriableError as exc:
+            raise Unreachable(SALESFORCE, exc) from exc
+        if ids:
+            signals.ok(SALESFORCE)
         outcome = SyncOutcome()
         if live and obj.writes_users:
             outcome = await self.pipeline.sync_records(object_name, live, source="flush")
@@ -153,6 +221,10 @@ class Flusher:
             gone = await self.pipeline.sync_deleted(object_name, deleted, source="flush")
             _merge(outcome, gone)
         outcome.skipped.extend(filtered)
+        if outcome.answered:
+            signals.ok(ITERABLE)
+        elif outcome.retry:
+            signals.fail(ITERABLE, str(next(iter(outcome.retry.values()))))
         await self._settle(object_name, outcome, pending, result)
 
     async def _read(self, object_name: str, obj: ObjectConfig, ids: Sequence[str]
@@ -206,7 +278,11 @@ class Flusher:
                 while True:
                     soql = select_children(fan.object, fan.via, parents, after_id=after,
                                            limit=self.fanout_page)
-                    children = [to_18(r["Id"]) async for r in self.salesforce.records(soql)]
+                    try:
+                        children = [to_18(r["Id"])
+                                    async for r in self.salesforce.records(soql)]
+                    except RetriableError as exc:
+                        raise Unreachable(SALESFORCE, exc) from exc
                     if children:
                         queued += await self.store.enqueue(
                             [QueueInput(fan.object, c) for c in children], self.clock(),
@@ -254,8 +330,8 @@ class Flusher:
         by_error: dict[int, tuple[RetriableError, list[str]]] = {}
         for record_id, error in outcome.retry.items():
             by_error.setdefault(id(error), (error, []))[1].append(record_id)
-        for error, ids in by_error.values():
-            await self._retry(take(ids), error, pending, result)
+        for error, ids in by_error.values():  # every one is a failure of Iterable's
+            await self._wait_out(take(ids), error, ITERABLE, pending, result)
 
     async def _retry(self, leases: Sequence[Lease], error: RetriableError,
                      pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
@@ -275,6 +351,26 @@ class Flusher:
         result.dead += settled.dead_lettered
         if settled.dead_lettered:
             self.metrics.dead_lettered.labels(RETRIES_EXHAUSTED).inc(settled.dead_lettered)
+
+    async def _wait_out(self, leases: Sequence[Lease], error: RetriableError, destination: str,
+                        pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
+        """Back to the queue without an attempt: due at the breaker's next probe while it is
+        open, else after a backoff by the rows' outage retries."""
+        for lease in leases:
+            pending.pop((lease.object_name, lease.record_id), None)
+        if not leases:
+            return
+        detail = str(error)[:300]
+        log.warning("flusher.wait_out", destination=destination, records=len(leases),
+                    error=type(error).__name__, detail=detail)
+        now = self.clock()
+        breaker = self.breakers.by_name[destination]
+        until = max(now, breaker.probe_at) if breaker.is_open else None
+        settled = await asyncio.shield(self.store.wait_out(
+            leases, str(error), now, self.backoff, error.retry_after_s, until))
+        await asyncio.shield(self.store.note_error(
+            "flusher", f"{leases[0].object_name}: {type(error).__name__}: {detail}", now))
+        result.retried += settled.retried
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -317,7 +413,14 @@ class Flusher:
                 await _wait(stop, max(delay, 0.05))
                 continue
             if result.idle:
-                await _wait(stop, self.config.flush.linger_ms / 1000.0)
+                await _wait(stop, self._idle_s(result))
+
+    def _idle_s(self, result: FlushResult) -> float:
+        """After an idle flush: the linger, or while paused by an outage until a probe is due."""
+        linger_s = self.config.flush.linger_ms / 1000.0
+        if not result.paused:
+            return linger_s
+        return max(linger_s, min(self.breakers.wait_s(), 1.0), PAUSED_POLL_S)
 
 
 async def _wait(stop: asyncio.Event, timeout_s: float) -> None:

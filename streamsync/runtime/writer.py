@@ -18,7 +18,7 @@ from streamsync.adapters.iterable import (
 )
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.core.batching import Batch, BatchCutter
-from streamsync.errors import RateLimited, RecordError, RetriableError
+from streamsync.errors import RateLimited, RecordError, RetriableError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.models import DeadLetterReason, MappedUser
 
@@ -39,6 +39,8 @@ class WriteOutcome:
     retry: list[tuple[MappedUser, RetriableError]] = field(default_factory=list)
     requests: int = 0
     rate_limited: int = 0
+    answered: int = 0
+    """Calls Iterable answered (a success or a refusal): it is up, whatever `retry` holds."""
 
     def extend(self, other: WriteOutcome) -> None:
         """Add another outcome's users and counters to this one."""
@@ -47,6 +49,7 @@ class WriteOutcome:
         self.retry.extend(other.retry)
         self.requests += other.requests
         self.rate_limited += other.rate_limited
+        self.answered += other.answered
 
 
 @dataclass(frozen=True)
@@ -136,13 +139,14 @@ class IterableWriter:
 
     async def call(self, fn: Callable[[], Awaitable[T]], out: WriteOutcome) -> T:
         """Run one Iterable call with in-place retries of transient faults (counted in `out`).
-        Raises the last RetriableError once the attempts are spent; other errors pass."""
+        Raises the last RetriableError once the attempts are spent; other errors pass (a
+        refusal such as a RecordError or BatchError counts as answered)."""
         attempt = 0
         while True:
             attempt += 1
             out.requests += 1
             try:
-                return await fn()
+                result = await fn()
             except RetriableError as exc:
                 if isinstance(exc, RateLimited):
                     out.rate_limited += 1
@@ -152,6 +156,12 @@ class IterableWriter:
                 log.warning("writer.retry", attempt=attempt, delay_s=round(delay, 3),
                             error=type(exc).__name__)
                 await self._sleep(delay)
+            except StreamsyncError:
+                out.answered += 1
+                raise
+            else:
+                out.answered += 1
+                return result
 
     # -- internals ---------------------------------------------------------------------------
 

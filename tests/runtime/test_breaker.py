@@ -1,0 +1,132 @@
+"""Circuit breaker per destination: opens on failures in a row, one probe at a time, closes on
+any answer (a fake clock; no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamsync.logs import redactor
+from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
+from tests.conftest import FakeClock
+
+T0 = 1_780_000_000.0
+
+
+def make(clock: FakeClock, **kw: float) -> CircuitBreaker:
+    opts = {"failures_to_open": 3, "base_s": 1.0, "max_s": 4.0, **kw}
+    return CircuitBreaker("Iterable", failures_to_open=int(opts["failures_to_open"]),
+                          base_s=opts["base_s"], max_s=opts["max_s"], clock=clock)
+
+
+def test_opens_only_after_failures_in_a_row() -> None:
+    clock = FakeClock(T0)
+    breaker = make(clock)
+    breaker.failure("503")
+    breaker.failure("503")
+    assert breaker.success() is False  # an answer in between: the run starts over
+    breaker.failure("503")
+    breaker.failure("503")
+    assert (breaker.state, breaker.admit()) == ("closed", "call")
+    breaker.failure("503")
+    assert breaker.state == "open"
+    assert breaker.admit() is None
+    assert breaker.wait_s() == pytest.approx(1.0)
+
+
+def test_one_probe_at_a_time_then_a_failed_probe_doubles_the_wait_up_to_the_cap() -> None:
+    clock = FakeClock(T0)
+    breaker = make(clock, failures_to_open=1)
+    breaker.failure("connection refused")
+    waits = []
+    for _ in range(4):
+        clock.advance(breaker.wait_s())
+        assert breaker.admit() == "probe"
+        assert breaker.admit() is None  # the probe is in flight: nobody else goes
+        breaker.failure("connection refused")
+        waits.append(breaker.wait_s())
+    assert waits == [2.0, 4.0, 4.0, 4.0]
+
+
+def test_an_answer_to_the_probe_closes_and_reports_the_end_of_the_outage() -> None:
+    clock = FakeClock(T0)
+    breaker = make(clock, failures_to_open=2)
+    breaker.failure("a")
+    clock.advance(0.5)
+    breaker.failure("b")
+    clock.advance(1.0)
+    assert breaker.admit() == "probe"
+    assert breaker.success() is True
+    assert (breaker.state, breaker.failures, breaker.down_since) == ("closed", 0, None)
+    assert breaker.admit() == "call"
+    assert breaker.success() is False  # not an outage that ended
+
+
+def test_an_inconclusive_probe_lets_the_next_caller_probe_at_once() -> None:
+    clock = FakeClock(T0)
+    breaker = make(clock, failures_to_open=1)
+    breaker.failure("x")
+    clock.advance(1.0)
+    assert breaker.admit() == "probe"
+    breaker.inconclusive()
+    assert breaker.admit() == "probe"
+
+
+def test_describe_names_the_destination_since_when_and_the_last_error() -> None:
+    clock = FakeClock(1_764_900_000.0)  # 2025-12-05T02:00:00Z
+    breaker = make(clock)
+    assert breaker.describe() == ""
+    for _ in range(3):
+        breaker.failure("iterable bulkUpdate: HTTP 503 GenericError: Service unavailable")
+        clock.advance(2.0)
+    assert breaker.describe() == (
+        "Iterable unreachable since 2025-12-05T02:00:00Z (3 failed calls in a row; last error: "
+        "iterable bulkUpdate: HTTP 503 GenericError: Service unavailable)")
+
+
+def test_describe_masks_known_secrets_in_the_error() -> None:
+    redactor().add("it-key-breaker-test-0123")
+    breaker = make(FakeClock(T0), failures_to_open=1)
+    breaker.failure("iterable refused key it-key-breaker-test-0123 with 503")
+    assert "it-key-breaker-test-0123" not in breaker.describe()
+    assert "[redacted]" in breaker.describe()
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="failures_to_open"):
+        CircuitBreaker("x", failures_to_open=0)
+    with pytest.raises(ValueError, match="base_s"):
+        CircuitBreaker("x", base_s=5.0, max_s=1.0)
+
+
+def test_breakers_turn_work_away_while_any_destination_waits_for_its_probe() -> None:
+    clock = FakeClock(T0)
+    sf, it = make(clock, failures_to_open=1), make(clock, failures_to_open=1)
+    gate = Breakers({"salesforce": sf, "iterable": it})
+    assert gate.admit() == set()
+    failed = Signals()
+    failed.fail("iterable", "HTTP 503")
+    failed.ok("salesforce")
+    assert gate.report(failed, set()) == []
+    assert gate.admit() is None
+    assert gate.outage().startswith("Iterable unreachable since ")
+    assert gate.wait_s() == pytest.approx(1.0)
+    clock.advance(1.0)
+    assert gate.admit() == {"iterable"}
+    assert gate.admit() is None  # the probe is out
+    answered = Signals()
+    answered.ok("iterable")
+    answered.fail("iterable", "one batch timed out")  # an answer wins: Iterable is up
+    assert gate.report(answered, {"iterable"}) == ["iterable"]
+    assert (gate.admit(), gate.outage()) == (set(), "")
+
+
+def test_a_probe_that_sent_nothing_is_inconclusive() -> None:
+    clock = FakeClock(T0)
+    gate = Breakers({"iterable": make(clock, failures_to_open=1)})
+    failed = Signals()
+    failed.fail("iterable", "timeout")
+    gate.report(failed, set())
+    clock.advance(1.0)
+    assert gate.admit() == {"iterable"}
+    assert gate.report(Signals(), {"iterable"}) == []
+    assert gate.admit() == {"iterable"}
