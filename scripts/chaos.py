@@ -1,6 +1,7 @@
 """Chaos run: the service as a process under seeded workload and faults, then a final-state check.
 
     python scripts/chaos.py --minutes 5 --seed 1 [--json-only]
+    python scripts/chaos.py --minutes 14 --outage-minutes 10   # plus one long Iterable outage
 
 1. Starts the Salesforce and Iterable emulators as processes (their command lines), writes a
    config, backfills every record into Iterable, and starts `python -m streamsync run`.
@@ -18,6 +19,14 @@
    mismatches, dead letters (each with whether the record is genuinely bad), duplicate writes
    (writes of a profile's identical state beyond the first), duration. Exit code 0 iff there are
    no mismatches and every dead letter is genuine.
+
+With `--outage-minutes`, Iterable is down (every API call answers 503, or with `--outage-fault
+drop` has its connection dropped) for that long in the middle of the run, while the workload and
+the other faults go on; the queue then keeps the shipped `max_attempts` (10, instead of 200) and
+`outage_probe_max_s` (10), with the short backoff (0.2 to 2 s) of every chaos run.
+The JSON then has an `outage` object: its length, /readyz while it lasted, the service's
+queryAll calls during it (from its /metrics), the dead letters at its end, the backlog it left
+and the seconds that backlog took to drain.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -77,6 +87,8 @@ ITERABLE_TIMEOUT_S = 4.0
 HANG_S = 6.0  # longer than the service's Iterable timeout
 DRAIN_TIMEOUT_S = 120.0
 DRAIN_STABLE_S = 2.0
+OUTAGE_TIMES = 10**9  # fault uses: the outage lasts until it is cleared
+SCRAPE_S = 1.0
 
 
 class ChaosError(Exception):
@@ -435,10 +447,143 @@ class Backfills:
         self.running.clear()
 
 
+class Outage:
+    """One long Iterable outage, and what the service did during and after it."""
+
+    def __init__(self, control: Control, it: dict[str, Any], health_url: str, db_path: Path,
+                 fault: str, length_s: float) -> None:
+        self.control = control
+        self.it_url = str(it["control_url"])
+        self.health_url = health_url
+        self.db_path = db_path
+        self.fault = fault
+        self.length_s = length_s
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.ready: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.query_all_calls = 0
+        self.dead_letters_at_end = 0
+        self.backlog_at_end = 0
+        self.drain_s: float | None = None
+        self._last_count: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._last_count = await self._query_all_count()
+        body: dict[str, Any] = {"kind": self.fault, "path": "*", "times": OUTAGE_TIMES}
+        if self.fault == "status":
+            body["status"] = 503
+        await self.control.call("POST", f"{self.it_url}/faults", body)
+        self.started_at = time.time()
+        self._tasks.append(asyncio.create_task(self._watch()))
+
+    async def end(self) -> None:
+        await self.control.call("DELETE", f"{self.it_url}/faults")
+        self.ended_at = time.time()
+        await self._scrape()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = [asyncio.create_task(self._time_drain())]
+        self.dead_letters_at_end = self._count("SELECT count(*) FROM dead_letter") or 0
+
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Give the drain timer `drain_timeout_s` more, then stop watching."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._tasks), drain_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _count(self, sql: str, *args: Any) -> int | None:
+        try:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5.0)
+        except sqlite3.Error:
+            return None
+        try:
+            return int(conn.execute(sql, args).fetchone()[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            conn.close()
+
+    async def _watch(self) -> None:
+        """/readyz and the queryAll counter, every SCRAPE_S, for as long as the outage lasts."""
+        while True:
+            await self._scrape()
+            await asyncio.sleep(SCRAPE_S)
+
+    async def _scrape(self) -> None:
+        try:
+            async with self.control.http.get(f"{self.health_url}/readyz") as resp:
+                body = await resp.json(content_type=None)
+                self.ready[str(resp.status)] += 1
+                if body.get("reason"):
+                    self.reasons[str(body["reason"]).split(" since ")[0]] += 1
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            self.ready["no answer"] += 1
+        count = await self._query_all_count()
+        if count is None:
+            return
+        # A restarted service counts from 0 again: then all it counted is new.
+        last = self._last_count
+        self.query_all_calls += int(count - last) if last is not None and count >= last \
+            else int(count)
+        self._last_count = count
+
+    async def _query_all_count(self) -> float | None:
+        """The service's queryAll calls so far (its /metrics), None if it does not answer."""
+        try:
+            async with self.control.http.get(f"{self.health_url}/metrics") as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        for line in text.splitlines():
+            if line.startswith("streamsync_salesforce_api_calls_total{") and \
+                    'kind="queryAll"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    async def _time_drain(self) -> None:
+        """Seconds from the outage's end until no row queued before that end is left."""
+        assert self.ended_at is not None
+        self.backlog_at_end = self._count(
+            "SELECT count(*) FROM queue WHERE first_enqueued_at <= ?", self.ended_at) or 0
+        while True:
+            left = self._count("SELECT count(*) FROM queue WHERE first_enqueued_at <= ?",
+                               self.ended_at)
+            if left == 0:
+                self.drain_s = round(time.time() - self.ended_at, 1)
+                return
+            await asyncio.sleep(0.25)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "fault": self.fault,
+            "length_s": round((self.ended_at or 0.0) - (self.started_at or 0.0), 1),
+            "readyz_during": dict(self.ready),
+            "readyz_reasons": dict(self.reasons),
+            "query_all_calls_during": self.query_all_calls,
+            "dead_letters_at_end": self.dead_letters_at_end,
+            "backlog_at_end": self.backlog_at_end,
+            "backlog_drain_s": self.drain_s,
+        }
+
+
 # ------------------------------------------------------------------------------ the run
 
 
-def write_config(workdir: Path, sf: dict[str, Any], it: dict[str, Any]) -> Path:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (the service's health port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(workdir: Path, sf: dict[str, Any], it: dict[str, Any], *,
+                 health_port: int = 0, max_attempts: int = 200, probe_max_s: float = 2.0
+                 ) -> Path:
     """The service's config.toml for the two emulators, tuned so one minute shows recovery."""
     text = f"""
 [salesforce]
@@ -456,12 +601,13 @@ timeout_s = {ITERABLE_TIMEOUT_S}
 [queue]
 path = "{workdir / 'streamsync.db'}"
 lease_s = 10
-max_attempts = 200
+max_attempts = {max_attempts}
 backoff_base_s = 0.2
 backoff_max_s = 2
 
 [flush]
 linger_ms = 50
+outage_probe_max_s = {probe_max_s}
 
 [ingest]
 long_poll_timeout_s = 30
@@ -470,7 +616,7 @@ reconcile_overlap_s = 5
 
 [health]
 host = "127.0.0.1"
-port = 0
+port = {health_port}
 
 [logging]
 level = "INFO"
@@ -597,7 +743,8 @@ def judge_dead_letters(dead: list[Any], records: dict[str, list[dict[str, Any]]]
 
 
 async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
-                    keep_dir: Path | None = None) -> dict[str, Any]:
+                    keep_dir: Path | None = None, outage_minutes: float = 0.0,
+                    outage_fault: str = "status") -> dict[str, Any]:
     started = time.monotonic()
     rng = random.Random(seed)
     work_rng, fault_rng = random.Random(rng.getrandbits(64)), random.Random(rng.getrandbits(64))
@@ -626,7 +773,8 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
             workdir / "iterable.log", base_env)
         try:
             say(f"emulators up: {sf['instance_url']} {it['base_url']}")
-            return await _run(minutes, seed, workdir, sf, it, work_rng, fault_rng, say, started)
+            return await _run(minutes, seed, workdir, sf, it, work_rng, fault_rng, say, started,
+                              outage_minutes * 60.0, outage_fault)
         finally:
             await stop_process(it_proc, timeout_s=10)
             await stop_process(sf_proc, timeout_s=10)
@@ -634,9 +782,15 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
 
 async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it: dict[str, Any],
                work_rng: random.Random, fault_rng: random.Random, say: Callable[[str], None],
-               started: float) -> dict[str, Any]:
+               started: float, outage_s: float = 0.0, outage_fault: str = "status"
+               ) -> dict[str, Any]:
     env = process_env(sf, it)
-    config_path = write_config(workdir, sf, it)
+    health_port = free_port() if outage_s > 0 else 0
+    # The outage run keeps the shipped max_attempts and probe spacing; only the backoff is short
+    # (so that max_attempts × backoff is seconds, far less than the outage).
+    config_path = write_config(workdir, sf, it, health_port=health_port,
+                               max_attempts=10 if outage_s > 0 else 200,
+                               probe_max_s=10.0 if outage_s > 0 else 2.0)
     config = load_config(config_path, env=env)
     db_path = Path(config.queue.path)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -661,6 +815,12 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         timeline = [(i / CHANGES_PER_S, "change", "") for i in range(int(window_s
                                                                           * CHANGES_PER_S))]
         timeline += [(WARMUP_S + t, "fault", kind) for t, kind in plan]
+        outage: Outage | None = None
+        if outage_s > 0:
+            outage = Outage(control, it, f"http://127.0.0.1:{health_port}", db_path,
+                            outage_fault, outage_s)
+            begin = (window_s - outage_s) / 2
+            timeline += [(begin, "outage", "start"), (begin + outage_s, "outage", "end")]
         timeline.sort(key=lambda e: (e[0], e[1]))
         t0 = time.monotonic()
         for offset, what, kind in timeline:
@@ -669,6 +829,10 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
                 await asyncio.sleep(delay)
             if what == "change":
                 await workload.step()
+            elif what == "outage":
+                assert outage is not None
+                say(f"Iterable outage {kind}")
+                await (outage.start() if kind == "start" else outage.end())
             else:
                 say(f"fault {kind}")
                 await faults.inject(kind)
@@ -680,6 +844,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         await faults.clear()
         await backfills.wait_all()
         drained = await wait_drained(control, sf, db_path, service)
+        if outage is not None:
+            await outage.close()
         service_exit = await service.stop()
         say(f"drained={drained}; verifying")
         records, policies, dead = await read_records(config)
@@ -719,6 +885,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         "backfill_exit_codes": backfills.exit_codes,
         "drained": drained,
         "duration_s": round(time.monotonic() - started, 1),
+        **({"outage": outage.report()} if outage is not None else {}),
     }
 
 
@@ -739,12 +906,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the config, store and process logs in this directory "
                              "(default: a temporary directory, removed at the end)")
+    parser.add_argument("--outage-minutes", type=float, default=0.0,
+                        help="one Iterable outage this long in the middle of the run "
+                             "(needs --minutes at least 1 more)")
+    parser.add_argument("--outage-fault", choices=("status", "drop"), default="status",
+                        help="during the outage every Iterable call answers 503 (status) or "
+                             "has its connection dropped (drop)")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
+    if args.outage_minutes < 0 or (args.outage_minutes
+                                   and args.minutes < args.outage_minutes + 1):
+        parser.error("--outage-minutes must be positive and at least 1 below --minutes")
     try:
         result = asyncio.run(run_chaos(args.minutes, args.seed, sys.stderr, args.json_only,
-                                       args.workdir))
+                                       args.workdir, args.outage_minutes, args.outage_fault))
     except ChaosError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
