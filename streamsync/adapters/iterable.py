@@ -227,12 +227,30 @@ def error_for(resp: HttpResponse) -> Exception:
     return BatchError(status, code or f"HTTP_{status}", msg, params)
 
 
+def describe_mismatches(fields: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each field Iterable refused with the type it expects and the type it got, e.g.
+    `field title: Iterable expects date, the record sends string` (never the value itself)."""
+    parts = []
+    for name in sorted(fields):
+        detail = fields[name]
+        expected = detail.get("expectedType")
+        incoming = detail.get("incomingTypes")
+        sent = incoming[0] if isinstance(incoming, list) and incoming else None
+        text = f"field {name}"
+        if expected:
+            text += f": Iterable expects {expected}"
+            if sent:
+                text += f", the record sends {sent}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def _record_error(error: Exception) -> Exception:
     """On single-user calls a request rejection concerns that one user: a RecordError."""
     if isinstance(error, BatchTooLarge):
         return RecordError("too_large", error.msg)
     if isinstance(error, BatchRejected):
-        return RecordError("type_mismatch", ", ".join(sorted(error.fields)) or error.msg)
+        return RecordError("type_mismatch", describe_mismatches(error.fields) or error.msg)
     if isinstance(error, BatchError):
         reason = RECORD_REASONS.get(error.code)
         if reason is None:

@@ -206,7 +206,28 @@ class IterableWriter:
             return
         ok, failed = attribute_failures(users, result)
         out.synced.extend(ok)
-        out.dead.extend(failed)
+        for user, reason, detail in failed:
+            if reason == DeadLetterReason.INVALID_DATA:
+                await self._explain_invalid_data(user, detail, out)
+            else:
+                out.dead.append((user, reason, detail))
+
+    async def _explain_invalid_data(self, user: MappedUser, reported: str,
+                                    out: WriteOutcome) -> None:
+        """bulkUpdate lists a user under invalidData* without saying which field is wrong; a
+        single-user update of the same user is refused with the field and the type Iterable
+        expects (RequestFieldsTypesMismatched), which the dead letter then names. If that
+        update goes through after all, the user is synced."""
+        data = orjson.dumps(user.payload)
+        try:
+            await self.call(lambda: self.iterable.update_user(orjson.loads(data)), out)
+        except RetriableError as exc:
+            out.retry.append((user, exc))
+        except RecordError as exc:
+            out.dead.append((user, DeadLetterReason.INVALID_DATA,
+                             f"{reported}: {exc.detail or exc}"))
+        else:
+            out.synced.append(user)
 
     async def _halves(self, users: Sequence[MappedUser], out: WriteOutcome) -> None:
         mid = len(users) // 2
