@@ -41,6 +41,7 @@ PAUSED_POLL_S = 0.05
 """Shortest wait of a paused flusher loop (while another loop's probe is in flight)."""
 SALESFORCE = "salesforce"
 ITERABLE = "iterable"
+STORE = "store"
 
 
 class Unreachable(Exception):
@@ -173,8 +174,8 @@ class Flusher:
                 except Unreachable as exc:
                     signals.fail(exc.destination, str(exc.error))
                     await self._wait_out(group, exc.error, exc.destination, pending, result)
-                except RetriableError as exc:
-                    await self._retry(group, exc, pending, result)
+                except RetriableError as exc:  # a busy store: no fault of the records either
+                    await self._wait_out(group, exc, STORE, pending, result)
                 except FatalError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a bad batch costs an attempt
@@ -354,8 +355,8 @@ class Flusher:
 
     async def _wait_out(self, leases: Sequence[Lease], error: RetriableError, destination: str,
                         pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
-        """Back to the queue without an attempt: due at the breaker's next probe while it is
-        open, else after a backoff by the rows' outage retries."""
+        """Back to the queue without an attempt: due at the destination breaker's next probe
+        while it is open, else after a backoff by the rows' outage retries."""
         for lease in leases:
             pending.pop((lease.object_name, lease.record_id), None)
         if not leases:
@@ -364,8 +365,8 @@ class Flusher:
         log.warning("flusher.wait_out", destination=destination, records=len(leases),
                     error=type(error).__name__, detail=detail)
         now = self.clock()
-        breaker = self.breakers.by_name[destination]
-        until = max(now, breaker.probe_at) if breaker.is_open else None
+        breaker = self.breakers.by_name.get(destination)
+        until = max(now, breaker.probe_at) if breaker is not None and breaker.is_open else None
         settled = await asyncio.shield(self.store.wait_out(
             leases, str(error), now, self.backoff, error.retry_after_s, until))
         await asyncio.shield(self.store.note_error(

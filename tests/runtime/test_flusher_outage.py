@@ -3,9 +3,12 @@ emulators over real HTTP, a real SQLite queue, the flusher stepped with a fake c
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from streamsync.core.ids import to_18
+from streamsync.errors import TransientError
 from tests.conftest import SyncRig
 
 OUTAGE_CONFIG = {
@@ -124,3 +127,24 @@ async def test_a_partly_failing_flush_costs_no_attempt_and_keeps_iterable_up(
     await rig.store.release(waiting)
     await rig.drain()
     assert {f"part{i}@example.com" for i in range(6)} <= set(rig.profiles())
+
+
+@pytest.mark.sync_config(queue={"max_attempts": 2})
+async def test_a_busy_store_costs_no_attempt(sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    ids = new_contacts(rig, 2, "busy")
+    real = rig.pipeline.sync_records
+    calls = 0
+
+    async def busy_at_first(object_name: str, records: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:  # more often than max_attempts
+            raise TransientError("store: save_identities: database is busy (database is locked)")
+        return await real(object_name, records, **kw)
+
+    rig.pipeline.sync_records = busy_at_first  # type: ignore[method-assign]
+    await rig.enqueue("Contact", ids)
+    result = await rig.drain()
+    assert (result.synced, result.dead, result.retried) == (2, 0, 5 * 2)
+    assert await rig.store.dead_letters() == []
