@@ -46,6 +46,7 @@ from streamsync.emulators.salesforce import (  # noqa: E402
     SalesforceEmulator,
     SalesforceEmulatorConfig,
 )
+from streamsync.runtime.describes import startup_mappings  # noqa: E402
 from streamsync.runtime.flusher import Flusher  # noqa: E402
 from streamsync.runtime.metrics import Metrics  # noqa: E402
 from streamsync.runtime.pipeline import SyncPipeline  # noqa: E402
@@ -109,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 metrics = Metrics()
                 pipeline = SyncPipeline(config=config, store=store, iterable=iterable,
                                         limiter=limiter, metrics=metrics,
-                                        mappings=config.compiled())
+                                        mappings=await startup_mappings(config, salesforce))
                 flusher = Flusher(config=config, store=store, salesforce=salesforce,
                                   pipeline=pipeline, metrics=metrics, owner="bench")
                 stop = asyncio.Event()

@@ -481,26 +481,31 @@ class Config(_Model):
         lead = self.objects.get("Lead")
         return (lead.converted_precedence if lead and lead.converted_precedence else "contact")
 
-    def compiled(self, describes: Mapping[str, Mapping[str, Any]] | None = None
+    def compiled(self, describes: Mapping[str, Mapping[str, Any]]
                  ) -> dict[str, CompiledMapping]:
-        """Each object that writes users, its mapping compiled (call once; keep the result).
+        """Each object that writes users, its mapping compiled (call once; keep the result)."""
+        checker = DescribeChecker(describes)
+        return {name: self._compile(name, checker)
+                for name, obj in self.objects.items() if obj.writes_users}
 
-        With describe results, only date and datetime fields get Iterable's date format.
-        """
-        checker = DescribeChecker(describes) if describes is not None else None
-        out: dict[str, CompiledMapping] = {}
-        for name, obj in self.objects.items():
-            if not obj.writes_users:
-                continue
-            extra: tuple[str, ...] = ()
-            if name == "Lead" and self.converted_precedence() == "contact":
-                extra = ("IsConverted", "ConvertedContactId")
-            out[name] = CompiledMapping(
-                name, obj.mapping, identity=obj.identity, email_field=obj.email_field,
-                user_id_field=obj.user_id_field, null_policy=obj.null_policy,
-                convert_dates=obj.convert_dates, extra_fields=extra,
-                source_types=checker.source_types(name, obj.mapping) if checker else None)
-        return out
+    def compiled_object(self, name: str, describes: Mapping[str, Mapping[str, Any]]
+                        ) -> CompiledMapping:
+        """One object's mapping compiled (see `compiled`)."""
+        return self._compile(name, DescribeChecker(describes))
+
+    def _compile(self, name: str, checker: DescribeChecker) -> CompiledMapping:
+        """The describe results type every mapped field (relationship paths through the
+        parent's describe): only date and datetime fields get Iterable's date format. A mapped
+        path that does not resolve raises ConfigError."""
+        obj = self.objects[name]
+        extra: tuple[str, ...] = ()
+        if name == "Lead" and self.converted_precedence() == "contact":
+            extra = ("IsConverted", "ConvertedContactId")
+        return CompiledMapping(
+            name, obj.mapping, identity=obj.identity, email_field=obj.email_field,
+            user_id_field=obj.user_id_field, null_policy=obj.null_policy,
+            convert_dates=obj.convert_dates, extra_fields=extra,
+            source_types=checker.source_types(name, obj.mapping))
 
     def check_describe(self, describes: Mapping[str, Mapping[str, Any]]
                        ) -> list[DescribeProblem]:

@@ -12,6 +12,7 @@ Fixtures
   each override replaces or (for dict sections such as `iterable=`, `flush=`, `objects=`) is
   merged into the section of the same name (`objects=` per object name: Lead, Contact and
   Account stay configured). The queue lives at `tmp_path/streamsync.db`.
+- `emulator_describes()`: the emulator's describe of every object, for `Config.compiled`.
 - `config`: `make_config(sf_emulator, iterable_emulator, tmp_path)`.
 - `store`: `Store.open(tmp_path/"streamsync.db")`, closed at teardown.
 - `clients`: a `Clients` bundle built from `config` (closed at teardown).
@@ -39,6 +40,7 @@ from streamsync.adapters.store import QueueInput, Store
 from streamsync.config import Config, parse_config
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
+from streamsync.emulators.salesforce.schema import SCHEMA, describe
 from streamsync.runtime.flusher import Flusher, FlushResult
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
@@ -88,6 +90,12 @@ async def iterable_emulator(request: pytest.FixtureRequest) -> AsyncIterator[Ite
         yield emu
     finally:
         await emu.stop()
+
+
+def emulator_describes(version: str = "66.0") -> dict[str, dict[str, Any]]:
+    """Every object's describe as the Salesforce emulator serves it: mappings compile with these
+    field types, as `streamsync run` compiles them with the org's."""
+    return {name: describe(obj, version) for name, obj in SCHEMA.items()}
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +271,8 @@ async def sync_rig(request: pytest.FixtureRequest, sf_emulator: SalesforceEmulat
                                     envelope=cfg.iterable.bulk_envelope())
             pipeline = SyncPipeline(config=cfg, store=opened, iterable=bundle.iterable,
                                     limiter=bundle.limiter, metrics=metrics,
-                                    mappings=cfg.compiled(), clock=clock, writer=writer)
+                                    mappings=cfg.compiled(emulator_describes()), clock=clock,
+                                    writer=writer)
             flusher = Flusher(config=cfg, store=opened, salesforce=bundle.salesforce,
                               pipeline=pipeline, metrics=metrics, owner="test", clock=clock)
             yield SyncRig(sf_emulator, iterable_emulator, cfg, opened, bundle, metrics,

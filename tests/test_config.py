@@ -20,11 +20,13 @@ from streamsync.config import (
 )
 from streamsync.errors import ConfigError
 from streamsync.logs import redactor
+from tests.conftest import emulator_describes
 
 ROOT = Path(__file__).resolve().parents[1]
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEv...\n-----END PRIVATE KEY-----\n"
 ENV = {"STREAMSYNC_SF_PRIVATE_KEY": PEM, "STREAMSYNC_ITERABLE_API_KEY": "iterable-key-1234"}
 MIN: dict[str, Any] = {"salesforce": {"client_id": "ck", "username": "sync@example.com"}}
+DESCRIBES = emulator_describes()
 
 
 def _errors(data: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
@@ -53,11 +55,8 @@ def test_example_config_loads_and_matches_the_emulator_schema() -> None:
     assert cfg.channel("Lead") == "/data/LeadChangeEvent"
     assert cfg.queue.path == str(ROOT / "streamsync.db")
     assert cfg.health.host == "127.0.0.1"
-    assert set(cfg.compiled()) == {"Lead", "Contact"}
-    from streamsync.emulators.salesforce.schema import SCHEMA, describe
-
-    describes = {name: describe(obj, "66.0") for name, obj in SCHEMA.items()}
-    assert cfg.check_describe(describes) == []
+    assert set(cfg.compiled(DESCRIBES)) == {"Lead", "Contact"}
+    assert cfg.check_describe(DESCRIBES) == []
 
 
 def test_defaults() -> None:
@@ -75,7 +74,7 @@ def test_defaults() -> None:
     assert cfg.objects["Account"].fan_out[0].object == "Contact"
     assert not cfg.objects["Account"].writes_users
     assert cfg.converted_precedence() == "contact"
-    lead = cfg.compiled()["Lead"]
+    lead = cfg.compiled(DESCRIBES)["Lead"]
     assert "IsConverted" in lead.soql_fields() and "Owner.IsActive" in lead.soql_fields()
     assert cfg.health.host == "127.0.0.1" and cfg.logging.level == "INFO"
     assert cfg.warnings == ()
@@ -475,22 +474,35 @@ def test_arbitrary_config_only_raises_config_error(data: dict[str, Any]) -> None
         assert "iterable-key-1234" not in str(exc)
         return
     assert isinstance(cfg, Config)
-    cfg.compiled()
+    try:
+        cfg.compiled(DESCRIBES)
+    except ConfigError as exc:  # a mapped path the emulator's org does not have
+        assert "mapping" in str(exc)
 
 
 def test_compiled_with_describes_keeps_text_fields_as_text() -> None:
-    from streamsync.emulators.salesforce.schema import SCHEMA, describe
-
-    describes = {name: describe(obj, "66.0") for name, obj in SCHEMA.items()}
     data = {**MIN, "objects": {"Contact": {"mapping": {
-        "Email": "email", "Title": "dataFields.title", "Birthdate": "dataFields.bday"}}}}
+        "Email": "email", "Title": "dataFields.title", "Birthdate": "dataFields.bday",
+        "Owner.CreatedDate": "dataFields.ownerSince", "Account.Name": "dataFields.company"}}}}
     cfg = parse_config(data, ENV)
     record = {"Id": "003000000000001", "Email": "a@example.com", "Title": "2024-05-01",
-              "Birthdate": "1990-01-02"}
-    typed = cfg.compiled(describes)["Contact"].map(record).payload["dataFields"]
-    assert typed == {"title": "2024-05-01", "bday": "1990-01-02 00:00:00 +00:00"}
-    by_shape = cfg.compiled()["Contact"].map(record).payload["dataFields"]
-    assert by_shape["title"] == "2024-05-01 00:00:00 +00:00"
+              "Birthdate": "1990-01-02", "Owner": {"CreatedDate": "2020-01-01T10:00:00.000+0000"},
+              "Account": {"Name": "2023-12-31T23:59:59.000+0000"}}
+    typed = cfg.compiled(DESCRIBES)["Contact"].map(record).payload["dataFields"]
+    assert typed == {"title": "2024-05-01", "bday": "1990-01-02 00:00:00 +00:00",
+                     "ownerSince": "2020-01-01 10:00:00 +00:00",
+                     "company": "2023-12-31T23:59:59.000+0000"}
+
+
+def test_compiled_needs_every_mapped_field_in_the_describes() -> None:
+    data = {**MIN, "objects": {"Contact": {"mapping": {
+        "Email": "email", "Titel": "dataFields.title"}}}}
+    cfg = parse_config(data, ENV)
+    with pytest.raises(ConfigError, match="Contact mapping 'Titel': Contact has no field"):
+        cfg.compiled(DESCRIBES)
+    without_user = {k: v for k, v in DESCRIBES.items() if k != "User"}
+    with pytest.raises(ConfigError, match="no describe result for object 'User'"):
+        parse_config(MIN, ENV).compiled(without_user)
 
 
 def test_watchdog_shorter_than_the_long_poll_is_a_config_error() -> None:

@@ -8,13 +8,20 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from streamsync.core.mapping import parse_source
+from streamsync.errors import ConfigError
 
-# Fields SOQL exposes through a polymorphic relationship (the `Name` pseudo-object), lower case.
-NAME_OBJECT_FIELDS: Final = frozenset({
-    "id", "name", "email", "firstname", "lastname", "alias", "title", "username", "type",
-    "isactive", "phone", "userroleid", "profileid", "lastreferenceddate", "lastvieweddate",
-    "recordtypeid", "communitynickname", "nameormasterlabel", "smallphotourl", "usertype",
-})
+# Fields SOQL exposes through a polymorphic relationship (the `Name` pseudo-object), lower case,
+# with their describe types.
+NAME_OBJECT_FIELDS: Final[Mapping[str, str]] = {
+    "id": "id", "name": "string", "email": "email", "firstname": "string",
+    "lastname": "string", "alias": "string", "title": "string", "username": "string",
+    "type": "picklist", "isactive": "boolean", "phone": "phone", "userroleid": "reference",
+    "profileid": "reference", "lastreferenceddate": "datetime", "lastvieweddate": "datetime",
+    "recordtypeid": "reference", "communitynickname": "string", "nameormasterlabel": "string",
+    "smallphotourl": "url", "usertype": "picklist",
+}
+# Describe types of compound field components (`MailingAddress.city`, `Location__c.latitude`).
+COMPONENT_TYPES: Final[Mapping[str, str]] = {"latitude": "double", "longitude": "double"}
 EMAIL_TYPES: Final = frozenset({"email", "string"})
 COMPOUND_TYPES: Final = frozenset({"address", "location"})
 
@@ -105,20 +112,29 @@ class DescribeChecker:
                     return None, (f"{obj}.{seg} is polymorphic ({', '.join(targets)}): only "
                                   "common Name fields (Id, Name, Email, IsActive, ...) can be "
                                   "read through it")
-                return {"name": rest[0], "type": "string", "filterable": True}, None
+                return {"name": rest[0], "type": NAME_OBJECT_FIELDS[rest[0].lower()],
+                        "filterable": True}, None
             obj = targets[0]
         return None, "empty path"
 
     def source_types(self, object_name: str, paths: Iterable[str]) -> dict[str, str]:
-        """Describe type of each resolvable source path (compound components excluded)."""
+        """Describe type of each source path (a compound component: its component's type).
+
+        Raises ConfigError naming the first path that does not resolve: a mapping is never
+        compiled on guessed types.
+        """
         out: dict[str, str] = {}
         for path in paths:
             try:
                 parsed = parse_source(path)
-            except ValueError:
-                continue
+            except ValueError as exc:
+                raise ConfigError(f"{object_name} mapping {path!r}: {exc}") from None
             described, why = self.resolve(object_name, parsed.soql_field)
-            if described is not None and not why and parsed.component is None:
+            if described is None or why:
+                raise ConfigError(f"{object_name} mapping {path!r}: {why}")
+            if parsed.component is not None:
+                out[path] = COMPONENT_TYPES.get(parsed.component.lower(), "string")
+            else:
                 out[path] = str(described.get("type") or "")
         return out
 
@@ -130,28 +146,47 @@ class DescribeChecker:
             return [DescribeProblem(key, f"no describe result for object {object_name!r}: it "
                                          "does not exist or the user cannot see it")]
         problems: list[DescribeProblem] = []
+        labels = {source: _mapping_label(key, source) for source in mapping}
         for source in mapping:
-            label = f'{key}.mapping."{source}"' if "." in source else f"{key}.mapping.{source}"
-            problems.extend(self._check_source(object_name, source, label))
+            problems.extend(self._check_source(object_name, source, labels[source]))
         for field in sorted(filter_fields):
             described, why = self.resolve(object_name, field)
             if why:
                 problems.append(DescribeProblem(f"{key}.filter", why))
             elif described is not None and described.get("filterable") is False:
                 problems.append(DescribeProblem(f"{key}.filter", f"{field} is not filterable"))
-        if email_field:
-            described, why = self.resolve(object_name, email_field)
-            if why:
-                problems.append(DescribeProblem(f"{key}.email_field", why))
-            elif described is not None and described.get("type") not in EMAIL_TYPES:
-                problems.append(DescribeProblem(
-                    f"{key}.email_field",
-                    f"{email_field} is of type {described.get('type')!r}, not an email"))
+        mapped_email = [source for source, target in mapping.items() if target == "email"]
+        if mapped_email:
+            problems.extend(self._check_email(object_name, mapped_email[0],
+                                              labels[mapped_email[0]], resolved=True))
+        elif email_field:
+            problems.extend(self._check_email(object_name, email_field, f"{key}.email_field",
+                                              resolved=False))
         for label, path in (extra_fields or {}).items():
             _, why = self.resolve(object_name, path)
             if why:
                 problems.append(DescribeProblem(label, why))
         return problems
+
+    def _check_email(self, object_name: str, path: str, label: str, *, resolved: bool
+                     ) -> list[DescribeProblem]:
+        """The field Iterable's `email` comes from must hold text (an email or string field).
+
+        `resolved`: the path is a mapping source, whose resolution `_check_source` reports.
+        """
+        try:
+            parsed = parse_source(path)
+        except ValueError:
+            return []  # reported with the mapping
+        described, why = self.resolve(object_name, parsed.soql_field)
+        if why or described is None:
+            return [] if resolved else [DescribeProblem(label, why or "does not resolve")]
+        sf_type = described.get("type")
+        if parsed.component is None and sf_type not in EMAIL_TYPES:
+            return [DescribeProblem(label, f"{path} is of type {sf_type!r}, not an email or "
+                                           "string field: every record would be dead-lettered "
+                                           "as invalid_email")]
+        return []
 
     def _check_source(self, object_name: str, source: str, label: str) -> list[DescribeProblem]:
         try:
@@ -166,6 +201,10 @@ class DescribeChecker:
             return [DescribeProblem(label, f"{parsed.soql_field} is not a compound address or "
                                            f"location field, so it has no {parsed.component!r}")]
         return []
+
+
+def _mapping_label(key: str, source: str) -> str:
+    return f'{key}.mapping."{source}"' if "." in source else f"{key}.mapping.{source}"
 
 
 def check_objects(describes: Mapping[str, Mapping[str, Any]],

@@ -101,15 +101,12 @@ def clean_text(value: str) -> str:
     return _BAD_CHARS_RE.sub(lambda m: "" if m.group() < "\ud800" else "\ufffd", value)
 
 
-def convert_value(value: Any, target: str, convert_dates: bool = True) -> Any:
-    """One SOQL JSON value as Iterable should receive it; RecordError when it cannot be sent."""
+def convert_value(value: Any, target: str) -> Any:
+    """One SOQL JSON value as Iterable should receive it (text stays text, numbers and booleans
+    keep their JSON type); RecordError when it cannot be sent."""
     if value is None:
         return None
     if type(value) is str:
-        if convert_dates:
-            date = iterable_date(value)
-            if date is not None:
-                return date
         text = clean_text(value)
         if len(text) > MAX_VALUE_CHARS:
             raise RecordError(R.VALUE_TOO_LONG,
@@ -126,12 +123,12 @@ def convert_value(value: Any, target: str, convert_dates: bool = True) -> Any:
             raise RecordError(R.INVALID_VALUE, f"{target}: {value} is not a finite number")
         return value
     if isinstance(value, str):  # a str subclass
-        return convert_value(str(value), target, convert_dates)
+        return convert_value(str(value), target)
     if isinstance(value, dict):
-        out = {clean_text(str(k)): convert_value(v, target, convert_dates)
+        out = {clean_text(str(k)): convert_value(v, target)
                for k, v in value.items() if k != "attributes"}
     elif isinstance(value, list):
-        out = [convert_value(v, target, convert_dates) for v in value]  # type: ignore[assignment]
+        out = [convert_value(v, target) for v in value]  # type: ignore[assignment]
     else:
         raise RecordError(R.INVALID_VALUE, f"{target}: unsupported value type "
                                            f"{type(value).__name__}")
@@ -139,6 +136,16 @@ def convert_value(value: Any, target: str, convert_dates: bool = True) -> Any:
         raise RecordError(R.VALUE_TOO_LONG, f"{target}: structured value over {MAX_VALUE_CHARS}"
                                             " characters")
     return out
+
+
+def convert_date_value(value: Any, target: str) -> Any:
+    """A value of a Salesforce date or datetime field: Iterable's date format when it parses,
+    else as `convert_value` sends it."""
+    if isinstance(value, str):
+        date = iterable_date(value)
+        if date is not None:
+            return date
+    return convert_value(value, target)
 
 
 def normalize_email(value: Any) -> str:
@@ -289,13 +296,9 @@ class _Slot:
 DATE_TYPES: Final = frozenset({"date", "datetime"})
 
 
-def _converts_dates(enabled: bool, src: SourcePath, types: Mapping[str, str] | None) -> bool:
-    """Dates are converted for date/datetime fields; by their shape when the type is unknown."""
-    if not enabled:
-        return False
-    if types is None or src.path not in types:
-        return True
-    return src.component is None and types[src.path] in DATE_TYPES
+def _converts_dates(enabled: bool, src: SourcePath, sf_type: str) -> bool:
+    """Only whole date and datetime fields (by their describe type) become Iterable dates."""
+    return enabled and src.component is None and sf_type.lower() in DATE_TYPES
 
 
 def _lookup(node: Any, key: str) -> Any:
@@ -322,17 +325,21 @@ def _walk(record: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
 class CompiledMapping:
     """One object's mapping, validated and laid out once; `map()` is the per-record fast path.
 
-    `source_types` (source path → describe type) limits date conversion to date and datetime
-    fields, so a text field that merely looks like a date stays text; without it, values are
-    converted by their Salesforce date shape.
+    `source_types` maps every mapped source path to its Salesforce describe type: only date and
+    datetime fields become Iterable dates, so a text field that merely looks like a date (or a
+    number, or a boolean) is sent as the text it is.
     """
 
     def __init__(self, object_name: str, mapping: Mapping[str, str], *,
                  identity: Identity = "email", email_field: str = "Email",
                  user_id_field: str = "Id", null_policy: NullPolicy = "clear",
                  convert_dates: bool = True, extra_fields: Iterable[str] = (),
-                 source_types: Mapping[str, str] | None = None) -> None:
+                 source_types: Mapping[str, str]) -> None:
         problems = mapping_problems(mapping)
+        flagged = {source for source, _ in problems}
+        problems.extend((source, "no Salesforce field type known for it (describe)")
+                        for source in mapping
+                        if source not in source_types and source not in flagged)
         for name, value in (("email_field", email_field), ("user_id_field", user_id_field)):
             try:
                 validate_field_path(value)
@@ -359,7 +366,7 @@ class CompiledMapping:
                 continue
             segments = tuple(target.split(".")[1:])
             slots.append(_Slot(src.keys, segments[:-1], segments[-1], target,
-                               _converts_dates(convert_dates, src, source_types)))
+                               _converts_dates(convert_dates, src, source_types[src.path])))
         self._slots = tuple(slots)
         self._extra = tuple(validate_field_path(f) for f in extra_fields)
 
@@ -402,7 +409,8 @@ class CompiledMapping:
                 if omit:
                     continue
             else:
-                value = convert_value(value, slot.target, slot.dates)
+                value = (convert_date_value(value, slot.target) if slot.dates
+                         else convert_value(value, slot.target))
             node = data
             for key in slot.container:
                 child = node.get(key)

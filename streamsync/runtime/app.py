@@ -38,6 +38,7 @@ from streamsync.runtime.clients import (
     iterable_session,
     salesforce_session,
 )
+from streamsync.runtime.describes import StartupStopped, refuse_on_problems, startup_mappings
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
@@ -92,8 +93,14 @@ async def open_components(
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
     describes: dict[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Components]:
-    """Open the store and the HTTP clients; close them all on exit, whatever happened."""
+    """Open the store and the HTTP clients; close them all on exit, whatever happened.
+
+    The mappings are compiled with the field types of `describes`, or of describes fetched
+    now (`startup_mappings`: an outage is waited out until `stop`, a mapped field Salesforce
+    does not have raises ConfigError).
+    """
     metrics = metrics or Metrics()
     counter = UsageCounter()
     counter.subscribe(_count_calls(metrics))
@@ -106,7 +113,11 @@ async def open_components(
         salesforce = build_salesforce_client(config, sf_http, counter=counter, auth=auth)
         limiter = RateLimiter(it_conf.rate_limit_per_s, max_in_flight=it_conf.max_in_flight)
         iterable = build_iterable_client(config, it_http, counter, limiter=limiter)
-        mappings = config.compiled(describes)
+        if describes is None:
+            mappings = await startup_mappings(config, salesforce, stop=stop)
+        else:
+            refuse_on_problems(config, describes)
+            mappings = config.compiled(describes)
         pipeline = SyncPipeline(
             config=config, store=store, iterable=iterable, limiter=limiter, metrics=metrics,
             mappings=mappings, clock=clock,
@@ -175,14 +186,17 @@ class Service:
             ownership.release()
 
     async def _run_owned(self, stop: asyncio.Event) -> int:
-        async with open_components(self.config, metrics=self.metrics, clock=self.clock) as parts:
-            reclaimed = await parts.store.expire_leases(self.clock())
-            if reclaimed:
-                log.warning("store.leases_reclaimed", records=reclaimed,
-                            detail="leased by a run that ended without settling them")
-            parts.counter.subscribe(self._on_call)
-            health = await self._start_health()
-            try:
+        health = await self._start_health()
+        opened = False
+        try:
+            async with open_components(self.config, metrics=self.metrics, clock=self.clock,
+                                       stop=stop) as parts:
+                opened = True
+                reclaimed = await parts.store.expire_leases(self.clock())
+                if reclaimed:
+                    log.warning("store.leases_reclaimed", records=reclaimed,
+                                detail="leased by a run that ended without settling them")
+                parts.counter.subscribe(self._on_call)
                 try:
                     instance_url = await self._wait_for_salesforce(parts, stop)
                     if instance_url is None:
@@ -192,9 +206,21 @@ class Service:
                     await self._report_failure(parts.store, "startup", exc)
                     return 1
                 return await self._run_tasks(parts, instance_url, stop)
+        except StartupStopped:
+            return 0
+        except FatalError as exc:
+            if opened:
+                raise
+            # Refused while describing the objects at start-up (login, permissions).
+            store = await Store.open(self.config.queue.path)
+            try:
+                await self._report_failure(store, "startup", exc)
             finally:
-                if health is not None:
-                    await health.stop()
+                await store.close()
+            return 1
+        finally:
+            if health is not None:
+                await health.stop()
 
     async def _start_health(self) -> HealthServer | None:
         conf = self.config.health

@@ -419,7 +419,7 @@ class Backfill:
         metrics: Metrics,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.time,
-        mappings: Mapping[str, CompiledMapping] | None = None,
+        mappings: Mapping[str, CompiledMapping],
         on_page: PageHook | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -430,9 +430,7 @@ class Backfill:
         self.metrics = metrics
         self.progress: Progress = progress if progress is not None else NullProgress()
         self.clock = clock
-        self.mappings: Mapping[str, CompiledMapping] = (
-            mappings if mappings is not None else config.compiled()
-        )
+        self.mappings = mappings
         self.on_page = on_page
         self._sleep = sleep
         self._totals = _Totals()

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import aiohttp
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.salesforce import QueryError, SalesforceClient, SalesforceError
+from streamsync.adapters.salesforce import QueryError, SalesforceClient
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.errors import StreamsyncError
@@ -20,6 +20,7 @@ from streamsync.runtime.clients import (
     iterable_session,
     salesforce_session,
 )
+from streamsync.runtime.describes import fetch_describes
 
 log = get_logger(__name__)
 
@@ -71,29 +72,6 @@ def split_key(key: str) -> tuple[str, str]:
     return "", key
 
 
-async def fetch_describes(config: Config, salesforce: SalesforceClient
-                          ) -> dict[str, dict[str, Any]]:
-    """Describe every object the checks need, following relationships until none is missing.
-
-    An object Salesforce does not know (404) is left out: the check then names the config key
-    that refers to it. Any other failure is raised.
-    """
-    describes: dict[str, dict[str, Any]] = {}
-    tried: set[str] = set()
-    while True:
-        wanted = sorted(config.objects_to_describe(describes) - tried)
-        if not wanted:
-            return describes
-        for name in wanted:
-            tried.add(name)
-            try:
-                describes[name] = await salesforce.describe(name)
-            except SalesforceError as exc:
-                if exc.status != 404:
-                    raise
-                log.info("check.describe_missing", object=name)
-
-
 async def check_salesforce(
     config: Config, salesforce: SalesforceClient, report: CheckReport
 ) -> None:
@@ -132,8 +110,8 @@ async def trial_query(config: Config, salesforce: SalesforceClient,
     """Run the object's real select list and filter once (LIMIT 1) and count its records:
     Salesforce itself then judges what describes cannot (a literal of the wrong type...)."""
     obj = config.objects[name]
-    compiled = config.compiled(describes).get(name)
-    fields = compiled.soql_fields() if compiled is not None else ["Id"]
+    fields = (config.compiled_object(name, describes).soql_fields() if obj.writes_users
+              else ["Id"])
     where = obj.safe_filter
     path = "filter" if where is not None else "mapping"
     try:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from streamsync.core.describe_check import DescribeChecker, check_objects
+from streamsync.errors import ConfigError
 
 
 def _f(name: str, ftype: str = "string", *, rel: str | None = None,
@@ -80,7 +83,42 @@ def test_every_problem_is_reported_at_once() -> None:
     wrong_type = DescribeChecker(DESCRIBES).check_object(
         "Contact", key="objects.Contact", mapping={}, email_field="AccountId")
     assert [str(p) for p in wrong_type] == [
-        "objects.Contact.email_field: AccountId is of type 'reference', not an email"]
+        "objects.Contact.email_field: AccountId is of type 'reference', not an email or string "
+        "field: every record would be dead-lettered as invalid_email"]
+
+
+def test_the_source_mapped_to_email_must_be_text() -> None:
+    checker = DescribeChecker({**DESCRIBES, "Contact": {"name": "Contact", "fields": [
+        *DESCRIBES["Contact"]["fields"], _f("CreatedDate", "datetime")]}})
+    problems = checker.check_object("Contact", key="objects.Contact",
+                                    mapping={"CreatedDate": "email"}, email_field="Email")
+    assert [str(p) for p in problems] == [
+        "objects.Contact.mapping.CreatedDate: CreatedDate is of type 'datetime', not an email "
+        "or string field: every record would be dead-lettered as invalid_email"]
+    through_parent = checker.check_object("Contact", key="objects.Contact",
+                                          mapping={"Owner.IsActive": "email"})
+    assert [p.key for p in through_parent] == ['objects.Contact.mapping."Owner.IsActive"']
+    assert "type 'boolean'" in through_parent[0].message
+    assert checker.check_object("Contact", key="objects.Contact",
+                                mapping={"Owner.Email": "email", "Phone": "dataFields.p"},
+                                email_field="Phone") == []  # the mapped source wins
+
+
+def test_source_types_come_from_the_describes() -> None:
+    checker = DescribeChecker(DESCRIBES)
+    assert checker.source_types("Contact", [
+        "Email", "account.name", "Owner.IsActive", "MailingAddress.city",
+        "MailingAddress.latitude", "MailingAddress"]) == {
+        "Email": "email", "account.name": "string", "Owner.IsActive": "boolean",
+        "MailingAddress.city": "string", "MailingAddress.latitude": "double",
+        "MailingAddress": "address"}
+    # Through a polymorphic relationship: the Name object's own field types.
+    assert checker.source_types("Lead", ["Owner.IsActive", "Owner.Email", "Owner.Name"]) == {
+        "Owner.IsActive": "boolean", "Owner.Email": "email", "Owner.Name": "string"}
+    with pytest.raises(ConfigError, match="Contact mapping 'Emial': Contact has no field"):
+        checker.source_types("Contact", ["Email", "Emial"])
+    with pytest.raises(ConfigError, match="polymorphic"):
+        checker.source_types("Lead", ["Owner.Manager.Email"])
 
 
 def test_polymorphic_relationships_expose_name_fields_only() -> None:

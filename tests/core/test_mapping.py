@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from streamsync.core.ids import to_18
 from streamsync.core.mapping import (
+    DATE_TYPES,
     MANAGED_FIELDS,
     MAX_VALUE_CHARS,
     RESERVED_TARGETS,
     CompiledMapping,
+    clean_text,
     iterable_date,
     mapping_problems,
     normalize_email,
@@ -43,6 +45,29 @@ CLASSIC = {
 }
 
 
+# Describe types of the Contact fields these tests map (as a real org's describe reports them).
+TYPES: dict[str, str] = {
+    "Email": "email", "Id": "id", "FirstName": "string", "LastName": "string",
+    "Title": "string", "LeadSource": "picklist", "Account.Id": "id", "Account.Name": "string",
+    "account.name": "string", "Owner.Email": "email", "Owner.Name": "string",
+    "Owner.IsActive": "boolean", "Owner.Id": "id", "Account.Owner.Name": "string",
+    "Owner.Manager.Email": "email", "MailingAddress.city": "string",
+    "MailingAddress.PostalCode": "string", "BillingAddress": "address", "Name": "string",
+    "CreatedDate": "datetime", "Birthdate": "date", "Description": "textarea",
+    "Addr": "address", "Personal_Email__c": "email", "External_Id__c": "string",
+}
+TEXT_TYPES = ("string", "textarea", "picklist", "multipicklist", "email", "phone", "url",
+              "combobox", "id", "reference", "encryptedstring", "time")
+
+
+def compiled(mapping: dict[str, str], types: dict[str, str] | None = None,
+             **options: Any) -> CompiledMapping:
+    """A Contact mapping compiled with TYPES (and `types` for fields of the test's own)."""
+    known = {**TYPES, **(types or {})}
+    return CompiledMapping("Contact", mapping, source_types={s: known[s] for s in mapping},
+                           **options)
+
+
 def _record(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "attributes": {"type": "Contact",
@@ -62,7 +87,7 @@ def _record(**fields: Any) -> dict[str, Any]:
 
 
 def test_classic_recipe() -> None:
-    m = CompiledMapping("Contact", CLASSIC)
+    m = compiled(CLASSIC)
     user = m.map(_record())
     assert user.sf_id == CONTACT_ID and user.email == "ada@example.com" and user.user_id is None
     assert user.payload == {
@@ -85,17 +110,17 @@ def test_classic_recipe() -> None:
 
 def test_null_parent_yields_null_and_policies() -> None:
     rec = _record(Account=None, LeadSource=None)
-    cleared = CompiledMapping("Contact", CLASSIC, null_policy="clear").map(rec)
+    cleared = compiled(CLASSIC, null_policy="clear").map(rec)
     assert cleared.payload["dataFields"]["Company"] == {"Id": None, "Name": None}
     assert cleared.payload["dataFields"]["leadSource"] is None
     assert b'"leadSource":null' in orjson.dumps(cleared.payload)
-    omitted = CompiledMapping("Contact", CLASSIC, null_policy="omit").map(rec)
+    omitted = compiled(CLASSIC, null_policy="omit").map(rec)
     assert "Company" not in omitted.payload["dataFields"]
     assert "leadSource" not in omitted.payload["dataFields"]
 
 
 def test_deep_parent_paths_and_case_insensitive_keys() -> None:
-    m = CompiledMapping("Contact", {"Account.Owner.Name": "dataFields.accountOwner",
+    m = compiled({"Account.Owner.Name": "dataFields.accountOwner",
                                     "account.name": "dataFields.company"})
     rec = _record(Account={"Name": "Acme", "Owner": {"Name": "Bob"}})
     assert m.map(rec).payload["dataFields"] == {"accountOwner": "Bob", "company": "Acme"}
@@ -105,7 +130,7 @@ def test_deep_parent_paths_and_case_insensitive_keys() -> None:
 
 
 def test_compound_fields() -> None:
-    m = CompiledMapping("Contact", {"MailingAddress.city": "dataFields.address.city",
+    m = compiled({"MailingAddress.city": "dataFields.address.city",
                                     "MailingAddress.PostalCode": "dataFields.address.zip",
                                     "BillingAddress": "dataFields.billing",
                                     "Name": "dataFields.fullName"})
@@ -135,7 +160,7 @@ def test_compound_fields() -> None:
 )
 def test_salesforce_dates_become_iterable_dates(raw: str, expected: str) -> None:
     assert iterable_date(raw) == expected
-    m = CompiledMapping("Contact", {"CreatedDate": "dataFields.created"})
+    m = compiled({"CreatedDate": "dataFields.created"})
     assert m.map(_record(CreatedDate=raw)).payload["dataFields"]["created"] == expected
 
 
@@ -147,18 +172,19 @@ def test_salesforce_dates_become_iterable_dates(raw: str, expected: str) -> None
 )
 def test_non_dates_stay_text(raw: str) -> None:
     assert iterable_date(raw) is None
-    m = CompiledMapping("Contact", {"Description": "dataFields.d"})
+    m = compiled({"Description": "dataFields.d"})
     assert m.map(_record(Description=raw)).payload["dataFields"]["d"] == raw
 
 
 def test_dates_can_be_kept_as_text() -> None:
-    m = CompiledMapping("Contact", {"CreatedDate": "dataFields.c"}, convert_dates=False)
+    m = compiled({"CreatedDate": "dataFields.c"}, convert_dates=False)
     assert m.map(_record(CreatedDate="2024-05-01")).payload["dataFields"]["c"] == "2024-05-01"
 
 
 def test_types_kept() -> None:
-    m = CompiledMapping("Contact", {"A__c": "dataFields.a", "B__c": "dataFields.b",
-                                    "C__c": "dataFields.c", "D__c": "dataFields.d"})
+    m = compiled({"A__c": "dataFields.a", "B__c": "dataFields.b",
+                  "C__c": "dataFields.c", "D__c": "dataFields.d"},
+                 {"A__c": "boolean", "B__c": "int", "C__c": "double", "D__c": "boolean"})
     data = m.map(_record(A__c=True, B__c=42, C__c=3.5, D__c=False)).payload["dataFields"]
     assert data == {"a": True, "b": 42, "c": 3.5, "d": False}
     assert type(data["a"]) is bool and type(data["b"]) is int and type(data["c"]) is float
@@ -166,14 +192,14 @@ def test_types_kept() -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**63, -(2**63) - 1, object()])
 def test_unsendable_values(value: Any) -> None:
-    m = CompiledMapping("Contact", {"A__c": "dataFields.a"})
+    m = compiled({"A__c": "dataFields.a"}, {"A__c": "double"})
     with pytest.raises(RecordError) as exc:
         m.map(_record(A__c=value))
     assert exc.value.reason == "invalid_value"
 
 
 def test_control_characters_and_non_ascii() -> None:
-    m = CompiledMapping("Contact", {"A__c": "dataFields.a"})
+    m = compiled({"A__c": "dataFields.a"}, {"A__c": "textarea"})
     raw = "Zoë\x00 東京\x1b[31m\ttab\nline\r\x7f\ud800!"
     value = m.map(_record(A__c=raw)).payload["dataFields"]["a"]
     assert value == "Zoë 東京[31m\ttab\nline\r\ufffd!"
@@ -181,7 +207,7 @@ def test_control_characters_and_non_ascii() -> None:
 
 
 def test_value_length_limit() -> None:
-    m = CompiledMapping("Contact", {"Description": "dataFields.d", "Addr": "dataFields.addr"})
+    m = compiled({"Description": "dataFields.d", "Addr": "dataFields.addr"})
     ok = "x" * MAX_VALUE_CHARS
     assert m.map(_record(Description=ok)).payload["dataFields"]["d"] == ok
     with pytest.raises(RecordError) as exc:
@@ -230,7 +256,7 @@ def test_invalid_emails(raw: Any, reason: str) -> None:
 
 
 def test_identity_rules() -> None:
-    email_only = CompiledMapping("Contact", CLASSIC, identity="email")
+    email_only = compiled(CLASSIC, identity="email")
     with pytest.raises(RecordError) as exc:
         email_only.map(_record(Email=None))
     assert exc.value.reason == "missing_email"
@@ -238,22 +264,22 @@ def test_identity_rules() -> None:
         email_only.map(_record(Email="not an email"))
     assert exc.value.reason == "invalid_email"
 
-    by_id = CompiledMapping("Contact", {"FirstName": "dataFields.firstName"}, identity="userId")
+    by_id = compiled({"FirstName": "dataFields.firstName"}, identity="userId")
     user = by_id.map(_record(Email="bad email", Id="003000000000001"))
     assert user.payload == {"userId": CONTACT_ID, "dataFields": {"firstName": "Ada"}}
     assert user.key == CONTACT_ID
-    with_email = CompiledMapping("Contact", CLASSIC, identity="userId").map(_record())
+    with_email = compiled(CLASSIC, identity="userId").map(_record())
     assert with_email.payload["email"] == "ada@example.com"
     assert with_email.payload["userId"] == CONTACT_ID
 
-    both = CompiledMapping("Contact", {}, identity="both")
+    both = compiled({}, identity="both")
     assert both.map(_record()).payload == {"email": "ada@example.com", "userId": CONTACT_ID}
     with pytest.raises(RecordError):
         both.map(_record(Email=None))
 
 
 def test_user_id_from_another_field() -> None:
-    m = CompiledMapping("Contact", {}, identity="userId", user_id_field="External_Id__c")
+    m = compiled({}, identity="userId", user_id_field="External_Id__c")
     assert m.map(_record(External_Id__c="ext-1")).user_id == "ext-1"
     for bad, reason in [(None, "missing_user_id"), ("x" * 53, "invalid_user_id"),
                         ("trailing ", "invalid_user_id"), ("naïve", "invalid_user_id"),
@@ -264,13 +290,13 @@ def test_user_id_from_another_field() -> None:
 
 
 def test_mapped_email_target_overrides_email_field() -> None:
-    m = CompiledMapping("Contact", {"Personal_Email__c": "email"}, email_field="Email")
+    m = compiled({"Personal_Email__c": "email"}, email_field="Email")
     assert m.map(_record(Personal_Email__c="Me@Home.org")).email == "me@home.org"
     assert "Personal_Email__c" in m.soql_fields()
 
 
 def test_bad_record_id() -> None:
-    m = CompiledMapping("Contact", CLASSIC)
+    m = compiled(CLASSIC)
     for bad in [None, "nope", "003000000000001AAB"]:
         with pytest.raises(RecordError) as exc:
             m.map(_record(Id=bad))
@@ -299,7 +325,7 @@ def test_hash_is_stable_and_order_free() -> None:
 def test_targets_iterable_cannot_take(target: str) -> None:
     assert target_problem(target) is not None
     with pytest.raises(ConfigError):
-        CompiledMapping("Contact", {"FirstName": target})
+        compiled({"FirstName": target})
 
 
 @pytest.mark.parametrize("target", ["email", "userId", "dataFields.x", "dataFields.Email",
@@ -341,15 +367,17 @@ segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 
 @given(st.dictionaries(st.sampled_from(["A__c", "B__c", "Account", "Owner", "Email", "Id",
                                         "MailingAddress"]), json_values, max_size=7),
-       st.sampled_from(["email", "userId", "both"]), st.sampled_from(["omit", "clear"]))
+       st.sampled_from(["email", "userId", "both"]), st.sampled_from(["omit", "clear"]),
+       st.sampled_from([*TEXT_TYPES, *DATE_TYPES, "boolean", "int", "double", "anyType"]))
 @settings(max_examples=300, deadline=None)
 def test_map_never_raises_anything_but_record_error(record: dict[str, Any], identity: Any,
-                                                     null_policy: Any) -> None:
-    m = CompiledMapping("Contact", {"A__c": "dataFields.a", "B__c": "dataFields.b.c",
-                                    "Account.Name": "dataFields.acct.name",
-                                    "Owner.Manager.Email": "dataFields.mgr",
-                                    "MailingAddress.city": "dataFields.city"},
-                        identity=identity, null_policy=null_policy)
+                                                     null_policy: Any, a_type: str) -> None:
+    m = compiled({"A__c": "dataFields.a", "B__c": "dataFields.b.c",
+                  "Account.Name": "dataFields.acct.name",
+                  "Owner.Manager.Email": "dataFields.mgr",
+                  "MailingAddress.city": "dataFields.city"},
+                 {"A__c": a_type, "B__c": "datetime"}, identity=identity,
+                 null_policy=null_policy)
     try:
         user = m.map(record)
     except RecordError as exc:
@@ -371,17 +399,15 @@ def test_nested_targets_round_trip(values: dict[str, Any]) -> None:
     names = sorted(values)
     keep = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
     mapping = {f"F{i}__c": "dataFields." + name for i, name in enumerate(keep)}
-    m = CompiledMapping("Contact", mapping)
+    kinds = {bool: "boolean", int: "int", str: "string"}
+    m = compiled(mapping, {f"F{i}__c": kinds[type(values[name])] for i, name in enumerate(keep)})
     record = _record(**{f"F{i}__c": values[name] for i, name in enumerate(keep)})
     data = m.map(record).payload["dataFields"]
-    for i, name in enumerate(keep):
+    for name in keep:
         node: Any = data
         for part in name.split("."):
             node = node[part]
-        expected = values[name]
-        if isinstance(expected, str):
-            expected = iterable_date(expected) or expected
-        assert node == expected, (name, mapping[f"F{i}__c"])
+        assert node == values[name] and type(node) is type(values[name]), name
 
 
 @given(st.datetimes(min_value=datetime(1901, 1, 1), max_value=datetime(9998, 12, 31),
@@ -399,7 +425,7 @@ def test_dates_always_in_iterable_format(moment: Any, fmt: str) -> None:
 
 
 def test_flag_user_for_deletes() -> None:
-    m = CompiledMapping("Contact", CLASSIC)
+    m = compiled(CLASSIC)
     flagged = m.flag_user("003000000000001", "ada@example.com", None,
                           "dataFields.salesforce.deleted")
     assert flagged.sf_id == CONTACT_ID
@@ -417,12 +443,51 @@ def test_flag_user_for_deletes() -> None:
 
 def test_describe_types_limit_date_conversion() -> None:
     mapping = {"Notes__c": "dataFields.notes", "Birthdate": "dataFields.bday",
-               "CreatedDate": "dataFields.created", "Other__c": "dataFields.other"}
-    types = {"Notes__c": "string", "Birthdate": "date", "CreatedDate": "datetime"}
-    m = CompiledMapping("Contact", mapping, source_types=types)
+               "CreatedDate": "dataFields.created", "Owner.CreatedDate": "dataFields.ownerSince"}
+    m = compiled(mapping, {"Notes__c": "string", "Owner.CreatedDate": "datetime"})
     data = m.map(_record(Notes__c="2024-05-01", Birthdate="2024-05-01",
                          CreatedDate="2024-05-01T12:00:00.000+0000",
-                         Other__c="2024-05-01")).payload["dataFields"]
+                         Owner={"CreatedDate": "2020-02-03T04:05:06Z"})).payload["dataFields"]
     assert data == {"notes": "2024-05-01", "bday": "2024-05-01 00:00:00 +00:00",
                     "created": "2024-05-01 12:00:00 +00:00",
-                    "other": "2024-05-01 00:00:00 +00:00"}  # unknown type: by shape
+                    "ownerSince": "2020-02-03 04:05:06 +00:00"}
+
+
+def test_text_that_looks_like_a_date_a_number_or_a_boolean_stays_text() -> None:
+    """A Lead named `2024-01-15` with the title `2023-12-31T23:59:59.000+0000` is sent as
+    text: Iterable would otherwise type the field as a date and reject every later Lead."""
+    m = compiled({"LastName": "dataFields.lastName", "Title": "dataFields.title",
+                  "Zip__c": "dataFields.zip", "Flag__c": "dataFields.flag",
+                  "MailingAddress.PostalCode": "dataFields.postalCode"},
+                 {"Zip__c": "string", "Flag__c": "picklist"})
+    data = m.map(_record(LastName="2024-01-15", Title="2023-12-31T23:59:59.000+0000",
+                         Zip__c="00123", Flag__c="true",
+                         MailingAddress={"PostalCode": "2024-05-01"})).payload["dataFields"]
+    assert data == {"lastName": "2024-01-15", "title": "2023-12-31T23:59:59.000+0000",
+                    "zip": "00123", "flag": "true", "postalCode": "2024-05-01"}
+
+
+def test_every_mapped_source_needs_its_describe_type() -> None:
+    with pytest.raises(ConfigError, match="'Other__c': no Salesforce field type known"):
+        CompiledMapping("Contact", {"Other__c": "dataFields.o", "Email": "email"},
+                        source_types={"Email": "email"})
+
+
+@given(st.sampled_from(TEXT_TYPES),
+       st.text(max_size=40) | st.sampled_from([
+           "2024-01-15", "2023-12-31T23:59:59.000+0000", "2024-05-01T12:34:56Z", "00123",
+           "true", "false", "1e5", "-0", "null"]))
+@settings(max_examples=300, deadline=None)
+def test_text_fields_are_sent_as_their_text(sf_type: str, raw: str) -> None:
+    m = compiled({"A__c": "dataFields.a"}, {"A__c": sf_type})
+    assert m.map(_record(A__c=raw)).payload["dataFields"]["a"] == clean_text(raw)
+
+
+@given(st.sampled_from(sorted(DATE_TYPES)),
+       st.text(max_size=40) | st.dates().map(str) | st.datetimes().map(
+           lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.000+0000")))
+@settings(max_examples=300, deadline=None)
+def test_date_fields_are_sent_as_iterable_dates(sf_type: str, raw: str) -> None:
+    m = compiled({"A__c": "dataFields.a"}, {"A__c": sf_type})
+    sent = m.map(_record(A__c=raw)).payload["dataFields"]["a"]
+    assert sent == (iterable_date(raw) or clean_text(raw))

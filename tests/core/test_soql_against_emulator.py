@@ -11,9 +11,11 @@ import pytest
 
 from streamsync.config import parse_config
 from streamsync.core import soql
+from streamsync.core.describe_check import DescribeChecker
 from streamsync.core.mapping import CompiledMapping
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.errors import RecordError
+from tests.conftest import emulator_describes
 
 ENV = {"STREAMSYNC_SF_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nx\n",
        "STREAMSYNC_ITERABLE_API_KEY": "k-1234"}
@@ -41,7 +43,7 @@ async def query() -> AsyncIterator[Any]:
 
 async def test_builders_are_understood_by_the_emulator(query: Any) -> None:
     cfg = parse_config({"salesforce": {"client_id": "ck", "username": "u"}}, ENV)
-    lead = cfg.compiled()["Lead"]
+    lead = cfg.compiled(emulator_describes())["Lead"]
     page = await query(soql.keyset_page("Lead", lead.soql_fields(), limit=200))
     ids = [r["Id"] for r in page["records"]]
     assert len(ids) == 200 and ids == sorted(ids)
@@ -68,10 +70,12 @@ async def test_builders_are_understood_by_the_emulator(query: Any) -> None:
 
 
 async def test_relationships_and_compound_fields_map(query: Any) -> None:
-    m = CompiledMapping("Contact", {"Account.Name": "dataFields.company",
-                                    "MailingAddress.city": "dataFields.city",
-                                    "CreatedDate": "dataFields.created",
-                                    "Owner.IsActive": "dataFields.ownerActive"})
+    mapping = {"Account.Name": "dataFields.company", "MailingAddress.city": "dataFields.city",
+               "CreatedDate": "dataFields.created", "Owner.IsActive": "dataFields.ownerActive"}
+    types = DescribeChecker(emulator_describes()).source_types("Contact", mapping)
+    assert types == {"Account.Name": "string", "MailingAddress.city": "string",
+                     "CreatedDate": "datetime", "Owner.IsActive": "boolean"}
+    m = CompiledMapping("Contact", mapping, source_types=types)
     body = await query(soql.keyset_page("Contact", m.soql_fields("AccountId"), limit=5))
     user = m.map(body["records"][0])
     data = user.payload["dataFields"]

@@ -12,10 +12,12 @@ LEAD = CompiledMapping(
     "Lead",
     {"Email": "email", "FirstName": "dataFields.firstName", "Company": "dataFields.Company.Name"},
     extra_fields=("IsConverted",),
+    source_types={"Email": "email", "FirstName": "string", "Company": "string"},
 )
 CONTACT = CompiledMapping(
     "Contact", {"Email": "email", "FirstName": "dataFields.firstName",
                 "Account.Name": "dataFields.Company.Name"},
+    source_types={"Email": "email", "FirstName": "string", "Account.Name": "string"},
 )
 POLICIES = {
     "Lead": ObjectPolicy(LEAD, defers_when_converted=True),
