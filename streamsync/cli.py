@@ -233,6 +233,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _render_check(report: CheckReport) -> str:
     lines = [f"ok       {line}" for line in report.passed]
     lines += [f"warning  {line}" for line in report.warnings]
+    lines += [f"skipped  {line}" for line in report.skipped]
     if report.problems:
         lines.append(f"\n{len(report.problems)} problem(s):")
         lines.append(table(["where", "path", "problem"],

@@ -96,13 +96,14 @@ mapping = { Email__c = "email" }
     found = {(p["subject"], p["path"]) for p in report["problems"]}
     assert {("Lead", "filter"), ("Lead", "mapping.FirstNme"), ("Lead", 'mapping."Ownr.Name"'),
             ("Contact", 'mapping."Account.Nmae"'), ("Widget__c", "(object)"),
-            ("Account", "filter"), ("api key", "iterable.base_url")} <= found, found
+            ("Account", "filter"), ("api key", "STREAMSYNC_ITERABLE_API_KEY")} <= found, found
     by_path = {p["path"]: p["message"] for p in report["problems"]}
     account = [p for p in report["problems"] if p["subject"] == "Account"]
     assert "Salesforce rejected the query" in account[0]["message"]
     assert "NumberOfEmployees" in account[0]["message"]
     assert "did you mean FirstName?" in by_path["mapping.FirstNme"]
-    assert "the API key was refused" in by_path["iterable.base_url"]
+    assert "the API key was refused" in by_path["STREAMSYNC_ITERABLE_API_KEY"]
+    assert "iterable.base_url" not in by_path
     assert f"{len(report['problems'])} problem(s) found" in err
 
     code, table, err = await run_cli("check-config", "--config", str(config), env=env)

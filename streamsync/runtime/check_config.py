@@ -10,9 +10,9 @@ import aiohttp
 
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import QueryError, SalesforceClient
-from streamsync.config import Config
+from streamsync.config import SECRET_SOURCES, Config
 from streamsync.core import soql
-from streamsync.errors import StreamsyncError
+from streamsync.errors import AuthError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.runtime.clients import (
     build_iterable_client,
@@ -25,6 +25,7 @@ from streamsync.runtime.describes import fetch_describes
 log = get_logger(__name__)
 
 Component = Literal["salesforce", "iterable", "mapping"]
+ITERABLE_BULK_UPDATE_PER_S = 5.0  # Iterable's rate limit for POST /api/users/bulkUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +44,13 @@ class Problem:
 
 @dataclass
 class CheckReport:
-    """Everything `check-config` found: problems (exit 1 if any), warnings, and what worked."""
+    """Everything `check-config` found: problems (exit 1 if any), warnings, what worked, and
+    the checks that could not run (and why)."""
 
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     describes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -60,6 +63,7 @@ class CheckReport:
             "problems": [p.as_dict() for p in self.problems],
             "warnings": list(self.warnings),
             "passed": list(self.passed),
+            "skipped": list(self.skipped),
         }
 
 
@@ -82,6 +86,8 @@ async def check_salesforce(
     except StreamsyncError as exc:
         report.problems.append(Problem("salesforce", "login", f"salesforce.auth ({sf.auth})",
                                        str(exc)))
+        report.skipped.append("mappings not checked: Salesforce login failed")
+        report.skipped.append("trial queries not run: Salesforce login failed")
         return
     report.passed.append(f"salesforce: logged in with the {sf.auth} flow at {sf.login_url} "
                          f"(instance {token.instance_url})")
@@ -89,6 +95,8 @@ async def check_salesforce(
         describes = await fetch_describes(config, salesforce)
     except StreamsyncError as exc:
         report.problems.append(Problem("salesforce", "describe", "objects", str(exc)))
+        report.skipped.append("mappings not checked: describing the objects failed")
+        report.skipped.append("trial queries not run: describing the objects failed")
         return
     report.describes = describes
     findings = config.check_describe(describes)
@@ -100,7 +108,10 @@ async def check_salesforce(
                              f"{len(describes)} describe(s)")
     failing = {p.subject for p in report.problems}
     for name in config.objects:
-        if name not in failing:
+        if name in failing:
+            report.skipped.append(f"{name}: trial query not run: its configuration has "
+                                  "problems")
+        else:
             await trial_query(config, salesforce, describes, name, report)
 
 
@@ -134,11 +145,28 @@ async def check_iterable(config: Config, iterable: IterableClient, report: Check
     """The API key works against the configured project: GET /api/users/getFields."""
     try:
         fields = await iterable.get_fields()
+    except AuthError as exc:
+        env_name = SECRET_SOURCES["iterable_api_key"][0]
+        report.problems.append(Problem("iterable", "api key", env_name,
+                                       f"{exc} (check the key in {env_name} and that it "
+                                       f"belongs to the project at {config.iterable.base_url})"))
+        return
     except StreamsyncError as exc:
         report.problems.append(Problem("iterable", "api key", "iterable.base_url", str(exc)))
+        report.skipped.append("Iterable API key not checked: Iterable could not be reached")
         return
     report.passed.append(f"iterable: API key accepted at {config.iterable.base_url} "
                          f"({len(fields)} user fields in the project)")
+
+
+def rate_limit_warning(config: Config) -> str | None:
+    """A warning when `iterable.rate_limit_per_s` is above Iterable's published limit."""
+    rate = config.iterable.rate_limit_per_s
+    if rate <= ITERABLE_BULK_UPDATE_PER_S:
+        return None
+    return (f"iterable.rate_limit_per_s = {rate:g} exceeds Iterable's published limit of "
+            f"{ITERABLE_BULK_UPDATE_PER_S:g} bulkUpdate requests per second per project: "
+            "expect 429 replies and slower syncing, not faster")
 
 
 async def check_config(
@@ -148,6 +176,9 @@ async def check_config(
 ) -> CheckReport:
     """Run every check; never raises for a remote failure (it becomes a Problem)."""
     report = CheckReport(warnings=list(config.warnings))
+    warning = rate_limit_warning(config)
+    if warning is not None:
+        report.warnings.append(warning)
     sf_http = (salesforce_session(config) if session_factory is None
                else session_factory(config.salesforce.timeout_s))
     async with sf_http as sf_session:
