@@ -5,12 +5,15 @@ backfill that cannot get the describes gives up instead of guessing field types.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
+from streamsync.adapters.store import Store
 from streamsync.config import Config
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
@@ -137,3 +140,18 @@ async def test_startup_mappings_compile_with_the_orgs_types(
                        objects={"Lead": {"mapping": {"Email": "email", "Titel": "dataFields.t"}}})
     with pytest.raises(ConfigError, match="objects.Lead.mapping.Titel: Lead has no field"):
         await startup_mappings(typo, clients.salesforce, sleep=sleep)
+
+
+async def test_salesforce_login_refused_at_start_exits_1_and_is_kept_for_status(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    config = make_config(sf_emulator, iterable_emulator, tmp_path)
+    wrong = config.model_copy(update={"secrets": dataclasses.replace(
+        config.secrets, sf_client_secret=SecretStr("not-the-secret"))})
+    assert await asyncio.wait_for(Service(wrong, shutdown_s=5.0).run(asyncio.Event()), 20) == 1
+    store = await Store.open(config.queue.path)
+    try:
+        errors = [e.message for e in await store.recent_errors()]
+    finally:
+        await store.close()
+    assert any("startup stopped the service" in m and "AuthError" in m for m in errors), errors
