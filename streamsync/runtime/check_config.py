@@ -25,7 +25,7 @@ from streamsync.runtime.describes import fetch_describes
 log = get_logger(__name__)
 
 Component = Literal["salesforce", "iterable", "mapping"]
-ITERABLE_BULK_UPDATE_PER_S = 5.0  # Iterable's rate limit for POST /api/users/bulkUpdate
+ITERABLE_BULK_UPDATE_PER_S = 5.0  # bulkUpdate requests/s per project (docs/iterable.md §1)
 
 
 @dataclass(frozen=True, slots=True)
