@@ -6,8 +6,9 @@
 
 While open, callers are turned away until `probe_at`; then exactly one caller gets the probe (a
 small real batch). Its failure reopens the breaker with a doubled delay (capped at `max_s`); any
-answer closes it. What counts as a failure is for the caller to say: an outage (connection
-refused, timeouts, 5xx, 429 with nothing getting through), never a record Iterable refused.
+answer closes it. What counts as a failure is for the caller to say: a call that failed for
+the destination's reasons (connection refused, timeouts, 5xx, 429, after the caller's own
+retries), never a record Iterable refused, which is an answer.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
+from streamsync.errors import TransientError
 from streamsync.logs import get_logger, redactor
 
 log = get_logger(__name__)
 
 State = Literal["closed", "open", "half_open"]
 ERROR_CHARS = 200
+
+
+class CircuitOpen(TransientError):
+    """A call not made: its destination's breaker is open (it is down)."""
 
 
 class CircuitBreaker:
@@ -47,6 +53,8 @@ class CircuitBreaker:
         """When the current run of failures began (None while calls succeed)."""
         self.probe_at = 0.0
         self.last_error = ""
+        self.recoveries = 0
+        """Outages that ended (open → closed), for whoever acts on the end of one."""
 
     @property
     def is_open(self) -> bool:
@@ -73,6 +81,7 @@ class CircuitBreaker:
         """The destination answered. True if that ends an outage (the breaker closes)."""
         ended = self.is_open
         if ended:
+            self.recoveries += 1
             log.info("breaker.closed", destination=self.name,
                      down_s=round(self.clock() - (self.down_since or self.clock()), 3),
                      failed_probes=self.failed_probes)
@@ -94,6 +103,7 @@ class CircuitBreaker:
             self._open(now)
         elif self.state == "closed" and self.failures >= self.failures_to_open:
             self._open(now)
+        # open: a call that was already under way when it opened changes nothing
 
     def inconclusive(self) -> None:
         """The probe sent nothing to the destination (no work): let the next caller probe."""
@@ -150,19 +160,20 @@ class Breakers:
         """Seconds until the next probe of an open breaker may go (0 if none is waiting)."""
         return max((b.wait_s() for b in self.by_name.values()), default=0.0)
 
-    def report(self, signals: Signals, probing: set[str]) -> list[str]:
+    def recoveries(self) -> int:
+        """Outages that ended so far, all destinations together."""
+        return sum(b.recoveries for b in self.by_name.values())
+
+    def report(self, signals: Signals, probing: set[str]) -> None:
         """Settle each breaker from `signals` (an answer beats a failure: the destination is
-        up); returns the destinations whose outage just ended."""
-        ended = []
+        up); a probe that learned nothing lets the next caller probe."""
         for name, breaker in self.by_name.items():
             if name in signals.answered:
-                if breaker.success():
-                    ended.append(name)
+                breaker.success()
             elif name in signals.failed:
                 breaker.failure(signals.failed[name])
             elif name in probing:
                 breaker.inconclusive()
-        return ended
 
     def outage(self) -> str:
         """The open breakers, described (empty when every destination is up)."""

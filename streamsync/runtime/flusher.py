@@ -104,11 +104,12 @@ class Flusher:
     Objects with `fan_out` (Account → Contact) enqueue their children (source `fanout`, keyset
     paged, any number); an object that writes no users is acknowledged once that is done.
 
-    An outage is waited out, never charged to the records: a flush whose Salesforce reads fail,
-    or whose Iterable calls all fail (5xx, 429, timeouts, connection errors), sends its records
-    back without an attempt (`Store.wait_out`) and tells that destination's circuit breaker.
-    While a breaker is open nothing is leased or read; one small probe batch tries again, and
-    when an answer closes the breaker every record waiting out the outage is due at once.
+    An outage is waited out, never charged to the records: records whose Salesforce read failed,
+    or whose Iterable calls failed (5xx, 429, timeouts, connection errors), go back without an
+    attempt (`Store.wait_out`), and that destination's circuit breaker hears of it (Salesforce
+    per flush, Iterable per call, from the writer). While a breaker is open nothing is leased
+    or read and Iterable calls already under way fail at once; one small probe batch tries
+    again, and when an answer closes the breaker every record waiting is due at once.
     """
 
     def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
@@ -126,6 +127,9 @@ class Flusher:
         self.shutdown_grace_s = shutdown_grace_s
         self.fanout_page = fanout_page
         self.breakers = breakers_from(config, clock)
+        self._recoveries = 0
+        # Iterable's breaker hears of every Iterable call the pipeline's writer makes.
+        pipeline.writer.breaker = self.breakers.by_name[ITERABLE]
         self._uri_prefix = f"{salesforce.data_path}/queryAll?q="
         self.converted_leads = ConvertedLeads(config=config, store=store, salesforce=salesforce,
                                               clock=clock)
@@ -149,10 +153,12 @@ class Flusher:
         try:
             result = await self._flush(signals, PROBE_IDS if probing else None)
         finally:
-            ended = self.breakers.report(signals, probing)
-        if ended:
+            self.breakers.report(signals, probing)
+        recoveries = self.breakers.recoveries()
+        if recoveries != self._recoveries:
+            self._recoveries = recoveries
             resumed = await asyncio.shield(self.store.resume_waiting(self.clock()))
-            log.info("flusher.outage_over", destinations=ended, records_due_now=resumed)
+            log.info("flusher.outage_over", records_due_now=resumed)
         return result
 
     async def _flush(self, signals: Signals, limit: int | None) -> FlushResult:
@@ -222,10 +228,6 @@ class Flusher:
             gone = await self.pipeline.sync_deleted(object_name, deleted, source="flush")
             _merge(outcome, gone)
         outcome.skipped.extend(filtered)
-        if outcome.answered:
-            signals.ok(ITERABLE)
-        elif outcome.retry:
-            signals.fail(ITERABLE, str(next(iter(outcome.retry.values()))))
         await self._settle(object_name, outcome, pending, result)
 
     async def _read(self, object_name: str, obj: ObjectConfig, ids: Sequence[str]

@@ -37,9 +37,6 @@ class SyncOutcome:
     retry: dict[str, RetriableError] = field(default_factory=dict)
     requests: int = 0
     rate_limited: int = 0
-    answered: int = 0
-    """Iterable calls that got an answer: with `retry` set, Iterable is up but some calls
-    failed; with none, it is down."""
 
     def absorb(self, written: WriteOutcome) -> None:
         """Take a writer's per-user results (by Salesforce id) and counters."""
@@ -50,7 +47,6 @@ class SyncOutcome:
             self.retry[user.sf_id] = error
         self.requests += written.requests
         self.rate_limited += written.rate_limited
-        self.answered += written.answered
 
 
 def _order_key(record: dict[str, Any]) -> tuple[str, str]:

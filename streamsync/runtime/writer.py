@@ -21,6 +21,7 @@ from streamsync.core.batching import Batch, BatchCutter
 from streamsync.errors import RateLimited, RecordError, RetriableError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.models import DeadLetterReason, MappedUser
+from streamsync.runtime.breaker import CircuitBreaker, CircuitOpen
 
 log = get_logger(__name__)
 
@@ -39,8 +40,6 @@ class WriteOutcome:
     retry: list[tuple[MappedUser, RetriableError]] = field(default_factory=list)
     requests: int = 0
     rate_limited: int = 0
-    answered: int = 0
-    """Calls Iterable answered (a success or a refusal): it is up, whatever `retry` holds."""
 
     def extend(self, other: WriteOutcome) -> None:
         """Add another outcome's users and counters to this one."""
@@ -49,7 +48,6 @@ class WriteOutcome:
         self.retry.extend(other.retry)
         self.requests += other.requests
         self.rate_limited += other.rate_limited
-        self.answered += other.answered
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,8 @@ class IterableWriter:
     def __init__(self, iterable: IterableClient, *, limiter: RateLimiter | None = None,
                  max_in_flight: int = 4, policy: RetryPolicy | None = None,
                  envelope: dict[str, Any] | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 breaker: CircuitBreaker | None = None) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.iterable = iterable
@@ -114,6 +113,9 @@ class IterableWriter:
         self.envelope = dict(envelope or {})
         self._gate = asyncio.Semaphore(max_in_flight)
         self._sleep = sleep
+        self.breaker = breaker
+        """Iterable's circuit breaker (the flusher's): told of every call's fate; while it is
+        open, calls fail at once instead of waiting out timeouts and retries."""
 
     # -- public ------------------------------------------------------------------------------
 
@@ -139,10 +141,14 @@ class IterableWriter:
 
     async def call(self, fn: Callable[[], Awaitable[T]], out: WriteOutcome) -> T:
         """Run one Iterable call with in-place retries of transient faults (counted in `out`).
-        Raises the last RetriableError once the attempts are spent; other errors pass (a
-        refusal such as a RecordError or BatchError counts as answered)."""
+        Raises the last RetriableError once the attempts are spent (or at once while the
+        breaker is open); other errors pass. An answer, a refusal included, tells the breaker
+        Iterable is up; spent retries tell it a call failed."""
+        breaker = self.breaker
         attempt = 0
         while True:
+            if breaker is not None and breaker.state == "open":
+                raise CircuitOpen(breaker.describe() or f"{breaker.name} is unreachable")
             attempt += 1
             out.requests += 1
             try:
@@ -151,16 +157,20 @@ class IterableWriter:
                 if isinstance(exc, RateLimited):
                     out.rate_limited += 1
                 if attempt >= self.policy.attempts:
+                    if breaker is not None:
+                        breaker.failure(str(exc))
                     raise
                 delay = self.policy.delay_s(attempt, exc.retry_after_s)
                 log.warning("writer.retry", attempt=attempt, delay_s=round(delay, 3),
                             error=type(exc).__name__)
                 await self._sleep(delay)
             except StreamsyncError:
-                out.answered += 1
+                if breaker is not None:
+                    breaker.success()
                 raise
             else:
-                out.answered += 1
+                if breaker is not None:
+                    breaker.success()
                 return result
 
     # -- internals ---------------------------------------------------------------------------

@@ -1,12 +1,21 @@
 """Circuit breaker per destination: opens on failures in a row, one probe at a time, closes on
-any answer (a fake clock; no I/O)."""
+any answer (a fake clock), and the writer reporting to it over real HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
+from streamsync.adapters.http import make_session
+from streamsync.adapters.iterable import IterableClient
+from streamsync.core.batching import cut_batches
+from streamsync.core.mapping import payload_hash
+from streamsync.emulators.iterable import IterableEmulator
 from streamsync.logs import redactor
-from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
+from streamsync.models import MappedUser
+from streamsync.runtime.breaker import Breakers, CircuitBreaker, CircuitOpen, Signals
+from streamsync.runtime.writer import IterableWriter, RetryPolicy
 from tests.conftest import FakeClock
 
 T0 = 1_780_000_000.0
@@ -106,7 +115,7 @@ def test_breakers_turn_work_away_while_any_destination_waits_for_its_probe() -> 
     failed = Signals()
     failed.fail("iterable", "HTTP 503")
     failed.ok("salesforce")
-    assert gate.report(failed, set()) == []
+    gate.report(failed, set())
     assert gate.admit() is None
     assert gate.outage().startswith("Iterable unreachable since ")
     assert gate.wait_s() == pytest.approx(1.0)
@@ -116,8 +125,8 @@ def test_breakers_turn_work_away_while_any_destination_waits_for_its_probe() -> 
     answered = Signals()
     answered.ok("iterable")
     answered.fail("iterable", "one batch timed out")  # an answer wins: Iterable is up
-    assert gate.report(answered, {"iterable"}) == ["iterable"]
-    assert (gate.admit(), gate.outage()) == (set(), "")
+    gate.report(answered, {"iterable"})
+    assert (gate.admit(), gate.outage(), gate.recoveries()) == (set(), "", 1)
 
 
 def test_a_probe_that_sent_nothing_is_inconclusive() -> None:
@@ -128,5 +137,65 @@ def test_a_probe_that_sent_nothing_is_inconclusive() -> None:
     gate.report(failed, set())
     clock.advance(1.0)
     assert gate.admit() == {"iterable"}
-    assert gate.report(Signals(), {"iterable"}) == []
+    gate.report(Signals(), {"iterable"})
     assert gate.admit() == {"iterable"}
+    assert gate.recoveries() == 0
+
+
+@pytest.fixture
+async def iterable(iterable_emulator: IterableEmulator) -> AsyncIterator[IterableClient]:
+    async with make_session(5.0) as session:
+        yield IterableClient(session, iterable_emulator.base_url, iterable_emulator.api_key)
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+def mapped(n: int) -> MappedUser:
+    payload = {"email": f"b{n}@example.com", "dataFields": {"n": n}}
+    return MappedUser("Contact", f"003000000000{n:03d}AAA", f"b{n}@example.com", None,
+                      payload, payload_hash(payload))
+
+
+async def test_the_writer_tells_the_breaker_and_fails_at_once_while_it_is_open(
+        iterable: IterableClient, iterable_emulator: IterableEmulator) -> None:
+    """Over real HTTP: spent retries open the breaker; then no call leaves the process (the
+    in-flight work of the flushers ends at once); an answer to a probe closes it."""
+    clock = FakeClock(T0)
+    breaker = make(clock, failures_to_open=2)
+    writer = IterableWriter(iterable, breaker=breaker, sleep=no_sleep,
+                            policy=RetryPolicy(attempts=3, base_s=0.01))
+    iterable_emulator.faults.fail_next("*", times=10**6, status=503)
+    bulk = "POST /api/users/bulkUpdate"
+    batches, _ = cut_batches([mapped(i) for i in range(4)], max_users=1)
+    out = await writer.write(batches[:2])
+    assert len(out.retry) == 2 and breaker.state == "open"
+    assert iterable_emulator.state.count(bulk, 503) == 6
+    out = await writer.write(batches[2:])
+    assert len(out.retry) == 2 and out.requests == 0
+    assert all(isinstance(err, CircuitOpen) for _, err in out.retry)
+    assert "Iterable unreachable since" in str(out.retry[0][1])
+    assert iterable_emulator.state.count(bulk, 503) == 6  # nothing was sent
+    assert breaker.failures == 2  # a call not made is no failure
+
+    iterable_emulator.faults.clear()
+    clock.advance(breaker.wait_s())
+    assert breaker.admit() == "probe"
+    out = await writer.write(batches)
+    assert len(out.synced) == 4 and breaker.state == "closed" and breaker.recoveries == 1
+
+
+async def test_a_refusal_is_an_answer(iterable: IterableClient,
+                                      iterable_emulator: IterableEmulator) -> None:
+    clock = FakeClock(T0)
+    breaker = make(clock, failures_to_open=1)
+    breaker.failure("timeout")
+    clock.advance(breaker.wait_s())
+    assert breaker.admit() == "probe"
+    writer = IterableWriter(iterable, breaker=breaker)
+    bad = mapped(1)
+    bad.payload["email"] = "not an email"
+    out = await writer.update_single(bad)
+    assert [reason for _, reason, _ in out.dead] == ["invalid_email"]
+    assert breaker.state == "closed"
