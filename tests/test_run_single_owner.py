@@ -105,3 +105,45 @@ async def test_restart_after_kill_reclaims_the_dead_runs_leases_at_once(
     logs = [orjson.loads(line) for line in proc.log_text().splitlines() if line.startswith("{")]
     [reclaimed] = [r for r in logs if r.get("event") == "store.leases_reclaimed"]
     assert reclaimed["records"] == 1
+
+
+@pytest.mark.salesforce(long_poll_s=0.5)
+async def test_a_store_lost_while_stopped_skips_no_change_made_meanwhile(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+        tmp_path: Path) -> None:
+    config = _config(sf_emulator, iterable_emulator, tmp_path)
+    env = service_env(sf_emulator, iterable_emulator)
+    contact_id = to_18(sf_emulator.select_ids("Contact", "Email != null", limit=1)[0])
+    record = sf_emulator.state.record("Contact", contact_id)
+    assert record is not None
+    email = str(record["Email"]).lower()
+
+    def first_name() -> object:
+        profile = iterable_emulator.state.snapshot().get(email)
+        return profile["dataFields"].get("firstName") if profile else None
+
+    first = ServiceProcess(config, env, tmp_path / "first.log")
+    await first.start()
+    try:
+        await _until(lambda: first.saw("service.ready"), "first run ready")
+        sf_emulator.state.update("Contact", contact_id, {"FirstName": "BeforeTheLoss"})
+        await _until(lambda: first_name() == "BeforeTheLoss", "synced before the loss")
+        assert (await first.terminate(30.0))[0] == 0
+    finally:
+        await first.ensure_dead()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"streamsync.db{suffix}").unlink(missing_ok=True)
+    sf_emulator.state.update("Contact", contact_id, {"FirstName": "WhileDown"})
+
+    second = ServiceProcess(config, env, tmp_path / "second.log")
+    await second.start()
+    try:
+        await _until(lambda: first_name() == "WhileDown", "the change made while down synced")
+        assert (await second.terminate(30.0))[0] == 0
+    finally:
+        await second.ensure_dead()
+    logs = [orjson.loads(line) for line in second.log_text().splitlines()
+            if line.startswith("{")]
+    levels = {r.get("event"): r.get("level") for r in logs}
+    assert levels.get("store.missing") == "error", logs[:5]
+    assert levels.get("ingest.first_subscription_from_earliest") == "warning"

@@ -26,7 +26,7 @@ from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.adapters.store import Store
-from streamsync.adapters.store.owner import StoreOwnership
+from streamsync.adapters.store.owner import StoreOwnership, lost_store_holder
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, FatalError, RetriableError, StreamsyncError
@@ -159,10 +159,14 @@ class Service:
         self.flusher: Flusher | None = None
         self.queue_depth = 0
         self.last_write_ok = True
+        self.store_problem: str | None = None
 
     def readiness(self) -> Readiness:
-        """Ready once subscribed, while neither Salesforce nor Iterable is down (the flusher's
-        circuit breakers) and while Iterable writes succeed (or nothing is pending)."""
+        """Ready once subscribed, while the store file is the one opened, while neither
+        Salesforce nor Iterable is down (the flusher's circuit breakers) and while Iterable
+        writes succeed (or nothing is pending)."""
+        if self.store_problem is not None:
+            return Readiness(False, self.store_problem)
         outage = self.flusher.outage() if self.flusher is not None else ""
         if outage:
             return Readiness(False, outage)
@@ -179,7 +183,14 @@ class Service:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set; return the process exit code. Holds the store for the
         whole run: a second `run` on it raises StoreBusy naming this one."""
-        ownership = StoreOwnership.acquire(self.config.queue.path, now=self.clock())
+        path = self.config.queue.path
+        previous = lost_store_holder(path)
+        ownership = StoreOwnership.acquire(path, now=self.clock())
+        if previous is not None:
+            log.error("store.missing", path=path, last_run=previous.describe(),
+                      detail="a run used this store before, and it is gone: its queue, replay "
+                             "ids and dead letters are lost; a new store starts from the "
+                             "oldest retained change events (see `streamsync status`)")
         try:
             return await self._run_owned(stop)
         finally:
@@ -363,6 +374,7 @@ class Service:
     async def _refresh_metrics(self, parts: Components, stop: asyncio.Event) -> None:
         """Queue depth, oldest age and dead letters from the store, every few seconds."""
         while not stop.is_set():
+            self._check_store_file(parts.store)
             self.metrics.subscribed.set(int(self.ingest is not None and self.ingest.subscribed))
             with contextlib.suppress(RetriableError):
                 stats = await parts.store.queue_stats(self.clock())
@@ -378,6 +390,16 @@ class Service:
                     self.metrics.salesforce_api_usage.set(usage[0])
                     self.metrics.salesforce_api_limit.set(usage[1])
             await asyncio.sleep(self.metrics_refresh_s)
+
+
+    def _check_store_file(self, store: Store) -> None:
+        """A store file deleted or replaced under the service: not ready, and said once."""
+        problem = store.file_problem()
+        if problem is not None and self.store_problem is None:
+            log.error("store.file_lost", path=str(store.path), error=problem)
+        elif problem is None and self.store_problem is not None:
+            log.info("store.file_back", path=str(store.path))
+        self.store_problem = problem
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

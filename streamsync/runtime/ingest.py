@@ -12,7 +12,12 @@ from typing import Any
 
 import orjson
 
-from streamsync.adapters.cometd import NEW_EVENTS, CometdSubscriber, ReplayId
+from streamsync.adapters.cometd import (
+    ALL_RETAINED_EVENTS,
+    NEW_EVENTS,
+    CometdSubscriber,
+    ReplayId,
+)
 from streamsync.adapters.store import IdentityHandover, QueueInput, Store
 from streamsync.config import Config
 from streamsync.core.events import MalformedEvent, UnexpectedEntity, is_echo, parse_event
@@ -31,6 +36,10 @@ PENDING_PREFIX = "reconcile_pending:"
 UNANCHORED_PREFIX = "unanchored_since:"
 """Store meta key prefix (`unanchored_since:<channel>`): epoch ms since when the channel has been
 subscribed with -1 and no replay id stored, so a resubscribe cannot replay what it missed."""
+
+FROM_EARLIEST = "earliest"
+"""The `unanchored_since:<channel>` value of a channel first subscribed from the oldest retained
+event: until an event of it is stored, every resubscribe replays from there again."""
 
 BACKFILL_RUNS_SCANNED = 50
 """How many of the latest backfill runs a channel's first subscription looks through."""
@@ -212,11 +221,15 @@ class Ingest:
         kept in the store, and a resubscribe that still finds no id stored owes a
         reconciliation of the channel's objects from that time.
 
-        The channel's very first subscription (nothing ever stored for it) owes a
-        reconciliation of each object a backfill loaded, from that backfill's start: what
-        changed after its catch-up and before this subscribe would otherwise never be synced.
-        Not -2: replaying every retained event after a mass load would burn the daily event
-        delivery allocation."""
+        The channel's very first subscription (nothing ever stored for it: a first run, or a
+        store that was lost) must not skip what changed while nothing was running:
+        - objects a backfill loaded owe a reconciliation from that backfill's start (not -2:
+          replaying every retained event after a mass load would burn the daily event
+          delivery allocation);
+        - otherwise the subscription starts from the oldest retained event (-2, up to 72 h
+          back) with a loud warning, kept for `status`; until an event of the channel is
+          stored, resubscribes start there again. `streamsync replay --from new` before the
+          first run opts out (only changes from then on)."""
         now = self._clock()
         state = await self._store.get_replay(channel)
         stored = None if state is None else state.replay_id
@@ -228,8 +241,12 @@ class Ingest:
                 self._anchored.add(channel)
             return stored
         since = await self._store.get_meta(key)
+        if since == FROM_EARLIEST and stored is None:
+            return ALL_RETAINED_EVENTS  # no event stored yet since the first subscription
         if since is None and stored is None:
-            await self._first_subscription(channel)
+            if await self._first_subscription(channel, now):
+                await self._store.set_meta(key, FROM_EARLIEST, now)
+                return ALL_RETAINED_EVENTS
         elif since:
             since_ms = int(since) if since.isdigit() else None
             # Routine for a channel that had no events yet: the reconciliation covers it.
@@ -242,9 +259,10 @@ class Ingest:
         self._anchored.discard(channel)
         return stored  # None or an explicit -1 (`replay --from new`): new events only
 
-    async def _first_subscription(self, channel: str) -> None:
+    async def _first_subscription(self, channel: str, now: float) -> bool:
         """Durably owe, per object of `channel`, a reconciliation from the start of the latest
-        backfill that loaded it (the reconciler subtracts `ingest.reconcile_overlap_s`)."""
+        backfill that loaded it (the reconciler subtracts `ingest.reconcile_overlap_s`); True
+        when an object no backfill loaded needs the retained events replayed instead."""
         objects = self._reconciler.objects_for_channel(channel)
         starts = await self._backfill_starts(objects)
         for name in objects:
@@ -256,11 +274,18 @@ class Ingest:
             await self._schedule(name, int(started_s * 1000), "first_subscription")
             self._start_worker(name)
         unloaded = [name for name in objects if name not in starts]
-        if unloaded:
-            log.info("ingest.realtime_starts_now", channel=channel, objects=",".join(unloaded),
-                     detail="no backfill has loaded these objects: real-time sync starts with "
-                            "changes made from now on; run `streamsync backfill` to load the "
-                            "records that exist already")
+        if not unloaded:
+            return False
+        detail = (f"nothing is stored for {channel} (a first run, or a lost store) and no "
+                  f"backfill has loaded {', '.join(unloaded)}: replaying every change event "
+                  "Salesforce still retains (up to 72 h) so that no change made while "
+                  "streamsync was not running is skipped. Older changes and records that "
+                  "exist already need `streamsync backfill`; to start with new changes only, "
+                  f"stop and run `streamsync replay --channel {channel} --from new`")
+        log.warning("ingest.first_subscription_from_earliest", channel=channel,
+                    objects=",".join(unloaded), detail=detail)
+        await self._store.note_error("ingest", detail, now)
+        return True
 
     async def _backfill_starts(self, objects: list[str]) -> dict[str, float]:
         """Per object, the start time of the latest backfill run whose scope covered it

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from streamsync.adapters.store import QueueInput, Store
-from streamsync.adapters.store.owner import StoreBusy, StoreOwnership, lock_path, read_holder
+from streamsync.adapters.store.owner import (
+    StoreBusy,
+    StoreOwnership,
+    lock_path,
+    lost_store_holder,
+    read_holder,
+)
 
 NOW = 1_700_000_000.0
 
@@ -77,3 +83,13 @@ async def test_expire_leases_makes_a_dead_runs_leases_due_now(tmp_path: Path) ->
         assert len(again) == 3
         assert all(lease.attempts == 1 for lease in again)  # still counts as an attempt
         assert await store.expire_leases(NOW + 200) == 0  # nothing live any more
+
+
+def test_a_lost_store_is_told_from_a_first_run(tmp_path: Path) -> None:
+    db = tmp_path / "streamsync.db"
+    assert lost_store_holder(db) is None  # never run here
+    StoreOwnership.acquire(db, now=NOW).release()
+    lost = lost_store_holder(db)  # a run held it, and the store file is not there
+    assert lost is not None and lost.pid == os.getpid() and lost.since == NOW
+    db.write_bytes(b"")
+    assert lost_store_holder(db) is None  # the store is there

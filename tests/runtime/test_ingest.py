@@ -568,12 +568,11 @@ async def test_unknown_client_rehandshakes_resubscribes_and_receives_the_next_ev
     assert await ingest.pending_reconciles() == {}
 
 
-@pytest.mark.parametrize("preset", [None, -1, "-1"])
+@pytest.mark.parametrize("preset", [-1, "-1"])
 async def test_resubscribe_before_any_event_was_stored_reconciles_the_blind_spot(
-    rig: Rig, preset: int | str | None, caplog: pytest.LogCaptureFixture
+    rig: Rig, preset: int | str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if preset is not None:  # what `replay --from new` stores
-        await rig.store.set_replay(LEAD, preset, time.time())
+    await rig.store.set_replay(LEAD, preset, time.time())  # what `replay --from new` stores
     ingest = rig.ingest()
     await subscribe(ingest)  # -1: nothing stored yet, nothing to replay from
     assert rig.emu.forget_cometd_clients() == 1
@@ -663,7 +662,7 @@ async def test_run_consumes_until_stop_and_closes_the_subscriber(rig: Rig) -> No
     ingest = _StopAfterOne(config=config, store=store, subscriber=subscriber,
                            reconciler=reconciler, metrics=rig.metrics, callbacks=callbacks)
     ingest.stop = asyncio.Event()
-    await store.set_replay(LEAD, None, time.time())
+    await store.set_replay(LEAD, -1, time.time())  # `replay --from new`
     rig.lead("Primer")  # published before subscribing with -1: not delivered
     task = asyncio.create_task(ingest.run(ingest.stop))
     # Wake-up without sleeping on a timer: publish once the subscription is confirmed.
@@ -823,11 +822,11 @@ async def test_stop_while_the_store_is_busy_stores_nothing_after_the_unstored_me
         assert await busy_store.get_replay(LEAD) is None  # neither message moved the position
         assert await queued(busy_store) == {}
 
-        # The next start finds no replay id: the blind spot since the first subscribe is
-        # reconciled, so neither change is lost.
+        # The next start finds no replay id stored since the first subscription, which
+        # started from the oldest retained event: it starts there again, so neither change
+        # is lost.
         again = rig.ingest(store=busy_store)
-        await subscribe(again)
-        await again.drain_reconciles()
+        await pump(again, want=2)
         assert set(await queued(busy_store)) == {first, second}
     finally:
         blocker.close()
@@ -878,13 +877,12 @@ async def test_first_subscription_owes_its_reconciliation_durably(rig: Rig) -> N
     assert (owed.since_ms, owed.trigger) == (1_700_000_000_000, "first_subscription")
 
 
-@pytest.mark.parametrize("preset", [None, -1])
-async def test_first_subscription_without_a_backfill_or_after_replay_new_reconciles_nothing(
-    rig: Rig, preset: int | None, caplog: pytest.LogCaptureFixture
+async def test_first_subscription_after_replay_new_reconciles_nothing(
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if preset is not None:  # `replay --from new`: the operator chose to start from now
-        await _record_backfill(rig.store, ["Lead"], time.time() - 600.0)
-        await rig.store.set_replay(LEAD, preset, time.time())
+    """`replay --from new`: the operator chose to start from now."""
+    await _record_backfill(rig.store, ["Lead"], time.time() - 600.0)
+    await rig.store.set_replay(LEAD, -1, time.time())
     rig.lead("NeverBackfilled")
     ingest = rig.ingest()
     with caplog.at_level("INFO"):
@@ -893,7 +891,40 @@ async def test_first_subscription_without_a_backfill_or_after_replay_new_reconci
     assert await queued(rig.store) == {}
     assert await ingest.pending_reconciles() == {}
     assert ingest.stats.reconciles_scheduled == 0
-    assert ("ingest.realtime_starts_now" in caplog.text) is (preset is None)
+    assert "ingest.first_subscription_from_earliest" not in caplog.text
+
+
+async def test_first_subscription_without_a_backfill_replays_every_retained_event(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first run, or a store lost while stopped: what changed while nothing ran (and is
+    still retained) is replayed, loudly, and a resubscribe before any event was stored
+    starts from the oldest retained event again."""
+    while_down = to_18(rig.lead("ChangedWhileDown"))
+    ingest = rig.ingest()
+    with caplog.at_level("INFO"):
+        [message] = await pump(ingest)
+    assert message["data"]["payload"]["ChangeEventHeader"]["recordIds"] == [while_down]
+    [warning] = [r for r in caplog.records
+                 if "ingest.first_subscription_from_earliest" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    [noted] = await rig.store.recent_errors()
+    assert "replaying every change event" in noted.message and LEAD in noted.message
+    assert "replay --channel /data/LeadChangeEvent --from new" in noted.message
+    assert set(await queued(rig.store)) == {while_down}
+    assert ingest.stats.reconciles_scheduled == 0
+
+    fresh = rig.ingest(store=await Store.open(rig.store.path.with_name("other.db")))
+    try:
+        assert await fresh.replay_from(LEAD) == -2
+        assert await fresh.replay_from(LEAD) == -2  # nothing stored yet: from there again
+        assert len(await fresh._store.recent_errors()) == 1  # warned once
+        await fresh.handle_message(message)
+        state = await fresh._store.get_replay(LEAD)
+        assert state is not None and state.replay_id == replay_id_of(message)
+        assert await fresh.replay_from(LEAD) == replay_id_of(message)
+    finally:
+        await fresh._store.close()
 
 
 # ---- lead conversion -------------------------------------------------------------------------
@@ -903,6 +934,7 @@ async def test_lead_conversion_event_hands_the_leads_identity_to_its_contact(rig
     lead = to_18(rig.lead("Converted"))
     await rig.store.save_identities(
         [IdentityUpdate("Lead", lead, "converted@example.com", None, "hash")], time.time())
+    await rig.store.set_replay(LEAD, -1, time.time())  # not the Lead's CREATE: new events only
     ingest = rig.ingest()
     await subscribe(ingest)
     contact = to_18(rig.emu.state.convert_lead(lead)["contactId"])

@@ -113,6 +113,11 @@ async def _enable_wal(conn: aiosqlite.Connection, path: Path, busy_timeout_s: fl
         delay_s = min(delay_s * 2, 0.1)
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class StoreBase:
     """Owns the aiosqlite connection; every operation runs under one asyncio lock."""
 
@@ -120,6 +125,22 @@ class StoreBase:
         self._conn: aiosqlite.Connection | None = conn
         self.path = path
         self._lock = asyncio.Lock()
+        self._file_id = _file_id(path)
+
+    def file_problem(self) -> str | None:
+        """None while `path` is still the file this store opened; else what became of it.
+        (SQLite keeps writing to a deleted file's inode: everything is lost at close.)"""
+        try:
+            current = _file_id(self.path)
+        except FileNotFoundError:
+            return (f"store file {self.path} was deleted while in use: nothing written from "
+                    "now on survives a restart")
+        except OSError as exc:
+            return f"store file {self.path} cannot be checked: {exc}"
+        if current != self._file_id:
+            return (f"store file {self.path} was replaced while in use: this process still "
+                    "writes to the old one")
+        return None
 
     @classmethod
     async def open(

@@ -70,6 +70,13 @@ def read_holder(path: Path) -> Holder | None:
         return None
 
 
+def lost_store_holder(store_path: str | Path) -> Holder | None:
+    """The last holder of a store whose file is gone (a run used it before), else None."""
+    if Path(store_path).exists():
+        return None
+    return read_holder(lock_path(store_path))
+
+
 class StoreOwnership:
     """The held lock of one store; `release()` (or the process ending) gives it up."""
 
