@@ -22,7 +22,9 @@ async def make_api() -> AsyncIterator[MakeApi]:
 def test_documented_rates() -> None:
     assert DEFAULT_RATES == {
         "bulkUpdate": 5.0, "update": 500.0, "get": 100.0, "delete": 100.0,
-        "getFields": 3.0, "forget": 3.0,
+        "getFields": 3.0, "forget": 3.0, "track": 2000.0, "trackBulk": 10.0, "getEvents": 100.0,
+        "channels": 100.0, "messageTypes": 100.0, "getLists": 100.0,
+        "exportData": 4.0 / 60.0, "listSize": 5.0 / 60.0, "listUsers": 5.0 / 60.0,
     }
 
 

@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-users-per-request", type=count, default=None)
     p.add_argument("--oversize-status", type=int, choices=(413, 400), default=413)
     p.add_argument("--no-history", action="store_true", help="do not keep per-user write history")
+    p.add_argument("--webhook-url", default=None, help="where system webhooks are POSTed")
     return p.parse_args(argv)
 
 
@@ -54,6 +55,7 @@ async def serve(args: argparse.Namespace) -> int:
         max_users_per_request=args.max_users_per_request,
         oversize_status=args.oversize_status,
         record_history=not args.no_history,
+        webhook_url=args.webhook_url,
     )
     emu = IterableEmulator(config)
     try:

@@ -10,34 +10,30 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .api_events import add_event_routes
+from .api_export import add_export_routes
+from .api_lists import add_list_routes
+from .api_subscriptions import add_subscription_routes
+from .api_webhooks import add_webhook_routes
+from .catalog import Catalog
 from .config import IterableEmulatorConfig
 from .control import CONTROL_PREFIX, add_control_routes
+from .control_messaging import add_messaging_control_routes
 from .faults import Fault, FaultPlan
+from .messaging import Messaging
 from .profiles import Project, ProjectType
 from .ratelimit import RateLimiter
-from .replies import NOT_FOUND_HTML, SUCCESS, TOO_LARGE_HTML, ApiError, BulkResult
+from .replies import NOT_FOUND_HTML, SINGLE_ERRORS, SUCCESS, TOO_LARGE_HTML, ApiError, BulkResult
 from .state import ApiKey, EmulatorState, KeyKind
 from .updates import DeleteWrite, EmailChange, Receipt, Rejection, UserChecker, UserWrite
 from .validation import normalize_email, user_id_problem
+from .webhooks import WebhookSender, WebhookSettings
 
 log = logging.getLogger("streamsync.emulators.iterable")
 
 BULK_PATH = "/api/users/bulkUpdate"
 _READ_ONLY_OK = frozenset({"GET"})
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024
-# How a refused single-user write is answered (status, code).
-_SINGLE_ERRORS: dict[str, tuple[int, str]] = {
-    "invalidEmails": (400, "InvalidEmailAddressError"),
-    "invalidUserIds": (400, "InvalidUserIdError"),
-    "forgottenEmails": (409, "ForgottenUserError"),
-    "forgottenUserIds": (409, "ForgottenUserError"),
-    "conflictEmails": (409, "EmailAlreadyExists"),
-    "conflictUserIds": (409, "UserIdAlreadyExists"),
-    "notFoundUserIds": (400, "UnknownUserIdError"),
-    "notFoundEmails": (400, "BadParams"),
-    "invalidDataEmails": (400, "RequestFieldsTypesMismatched"),
-    "invalidDataUserIds": (400, "RequestFieldsTypesMismatched"),
-}
 
 
 def json_response(
@@ -69,6 +65,9 @@ class IterableEmulator:
         if not cfg.rate_limits:
             self.limits.lift()
         self.limits.retry_after = cfg.retry_after
+        self.messaging: dict[str, Messaging] = {}
+        self.webhooks = WebhookSender(WebhookSettings(url=cfg.webhook_url))
+        self.messaging_for(self.project)
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self._queue_task: asyncio.Task[None] | None = None
@@ -96,10 +95,12 @@ class IterableEmulator:
                 self._port = int(address[1])
                 break
         self._queue_task = asyncio.create_task(self._run_queues(), name="iterable-emulator-queues")
+        await self.webhooks.start()
 
     async def stop(self) -> None:
         """Stop serving; hanging calls are released and lagged writes are left unapplied."""
         self._stopping.set()
+        await self.webhooks.stop()
         if self._queue_task is not None:
             self._queue_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +167,21 @@ class IterableEmulator:
         """Apply every queued write now."""
         return self.state.flush()
 
+    def messaging_for(self, project: Project) -> Messaging:
+        """A project's channels, lists, consent events and custom events (made on first use)."""
+        found = self.messaging.get(project.id)
+        if found is None:
+            created_ms = int(self.state.wall_clock() * 1000)
+            found = Messaging(Catalog(created_ms, self.config.opt_in_message_types))
+            found.log.listeners.append(self.webhooks.on_event)
+            self.messaging[project.id] = found
+        return found
+
+    def reset_messaging(self) -> None:
+        """Drop consent and custom events of every project (lists and channels stay)."""
+        for messaging in self.messaging.values():
+            messaging.reset()
+
     async def _run_queues(self) -> None:
         state = self.state
         while True:
@@ -182,6 +198,11 @@ class IterableEmulator:
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=_CLIENT_MAX_SIZE)
         r = app.router
+        add_subscription_routes(app, self)
+        add_list_routes(app, self)
+        add_event_routes(app, self)
+        add_export_routes(app, self)
+        add_webhook_routes(app, self)
         r.add_post(BULK_PATH, self.bulk_update)
         r.add_post("/api/users/update", self.update_user)
         r.add_post("/api/users/updateEmail", self.update_email)
@@ -195,6 +216,7 @@ class IterableEmulator:
         r.add_get("/api/users/{email:.+}", self.get_by_email, allow_head=False)
         r.add_delete("/api/users/{email:.+}", self.delete_by_email)
         add_control_routes(app, self)
+        add_messaging_control_routes(app, self)
         return app
 
     @web.middleware
@@ -256,6 +278,28 @@ class IterableEmulator:
         if isinstance(body, dict | list):
             return json_response(body, fault.status, fault.headers)
         return web.Response(text=str(body), status=fault.status, headers=fault.headers)
+
+    @staticmethod
+    def reply(body: Any, status: int = 200) -> web.Response:
+        """A JSON reply (for the route modules)."""
+        return json_response(body, status)
+
+    @staticmethod
+    def endpoint_of(request: web.Request) -> str:
+        """`METHOD /route/template`, the key of call and write counts."""
+        resource = request.match_info.route.resource
+        return f"{request.method} {resource.canonical if resource is not None else '(unknown)'}"
+
+    def auth(self, request: web.Request, group: str | None) -> Project:
+        """The project of the request's API key, after its rate limit (route modules)."""
+        return self._auth(request, group)
+
+    async def json_body(self, request: web.Request) -> Any:
+        """The parsed body within the size limit (route modules)."""
+        if self.config.oversize_status == 413 and _declared_too_large(request, self.config):
+            await request.read()
+            raise _TooLarge()
+        return await self._json_body(request)
 
     def _auth(self, request: web.Request, group: str | None) -> Project:
         """Check the API key and the project's rate limit for this endpoint group."""
@@ -418,7 +462,7 @@ class IterableEmulator:
         checker.raise_for_type_mismatch()
         if isinstance(outcome, Rejection):
             self.state.record_rejection(project, outcome, receipt)
-            status, code = _SINGLE_ERRORS[outcome.category]
+            status, code = SINGLE_ERRORS[outcome.category]
             raise ApiError(status, code, outcome.detail)
         assert outcome is not None
         checker.commit_fields(self.config.max_fields)
@@ -581,7 +625,8 @@ class IterableEmulator:
     async def get_by_email(self, request: web.Request) -> web.StreamResponse:
         """GET /api/users/{email}."""
         project = self._auth(request, "get")
-        return self._user_reply(project.by_email.get(request.match_info["email"].lower()))
+        email = request.match_info["email"].lower()
+        return self._user_reply(project.by_email.get(email), project)
 
     async def get_by_email_query(self, request: web.Request) -> web.StreamResponse:
         """GET /api/users/getByEmail?email=."""
@@ -589,12 +634,13 @@ class IterableEmulator:
         email = request.query.get("email")
         if not email:
             raise ApiError(400, "BadParams", "Missing parameter email", {"email": "Missing value"})
-        return self._user_reply(project.by_email.get(email.lower()))
+        return self._user_reply(project.by_email.get(email.lower()), project)
 
     async def get_by_user_id(self, request: web.Request) -> web.StreamResponse:
         """GET /api/users/byUserId/{userId}."""
         project = self._auth(request, "get")
-        return self._user_reply(project.get_by_user_id(request.match_info["userId"]))
+        user_id = request.match_info["userId"]
+        return self._user_reply(project.get_by_user_id(user_id), project)
 
     async def get_by_user_id_query(self, request: web.Request) -> web.StreamResponse:
         """GET /api/users/byUserId?userId=."""
@@ -603,12 +649,14 @@ class IterableEmulator:
         if not user_id:
             params = {"userId": "Missing value"}
             raise ApiError(400, "BadParams", "Missing parameter userId", params)
-        return self._user_reply(project.get_by_user_id(user_id))
+        return self._user_reply(project.get_by_user_id(user_id), project)
 
-    @staticmethod
-    def _user_reply(profile: Any) -> web.Response:
+    def _user_reply(self, profile: Any, project: Project) -> web.Response:
         # An unknown user is a 200 with an empty object, as observed.
-        return json_response({"user": profile.api_view()} if profile is not None else {})
+        if profile is None:
+            return json_response({})
+        list_field = self.config.list_field(project.project_type)
+        return json_response({"user": profile.api_view(list_field)})
 
     async def get_fields(self, request: web.Request) -> web.StreamResponse:
         """GET /api/users/getFields."""

@@ -30,6 +30,19 @@ class IterableEmulatorConfig:
     - `rate_limits`: False starts with every limit lifted; `burst` overrides bucket sizes per
       endpoint group; `retry_after`: None (no header), "auto", or a number of seconds.
     - `clock`/`wall_clock`: injectable monotonic and wall clocks (tests pass fakes).
+
+    Subscriptions, lists, events (see README.md for the sources and the inferred parts):
+    - `opt_in_message_types`: the project has the CSM-enabled opt-in feature (an OptIn type is
+      seeded); off, `subscribedMessageTypeIds` is refused.
+    - `subscriptions_api`: the CSM-enabled /api/subscriptions endpoints (off: 404 NotFound);
+      `subscriptions_status`: 200 or 202 for their successful replies.
+    - `list_ids_field`: the profile's list array name: "auto" (emailListIds in email-based
+      projects, userListIds otherwise), "emailListIds" or "userListIds".
+    - `max_subscription_requests`, `max_list_subscribers`, `max_events_per_request`: item caps
+      (Iterable documents none; 1000 each by default; None lifts them).
+    - `events_create_users`: track/trackBulk create unknown users (default: reported notFound).
+    - `export_lag_s`: how long a subscribe/unsubscribe event takes to appear in the export.
+    - `webhook_url`: where system webhooks go (None: no deliveries); see webhooks.py.
     """
 
     project_type: ProjectType = "email"
@@ -49,6 +62,16 @@ class IterableEmulatorConfig:
     burst: dict[str, float] = field(default_factory=dict)
     retry_after: float | str | None = None
     record_history: bool = True
+    opt_in_message_types: bool = True
+    subscriptions_api: bool = True
+    subscriptions_status: Literal[200, 202] = 200
+    list_ids_field: Literal["auto", "emailListIds", "userListIds"] = "auto"
+    max_subscription_requests: int | None = 1000
+    max_list_subscribers: int | None = 1000
+    max_events_per_request: int | None = 1000
+    events_create_users: bool = False
+    export_lag_s: float = 0.0
+    webhook_url: str | None = None
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
 
@@ -61,6 +84,20 @@ class IterableEmulatorConfig:
             raise ValueError("max_body_bytes and max_fields must be positive")
         if self.latency_ms < 0 or self.latency_per_user_ms < 0 or self.lag_s < 0:
             raise ValueError("latencies and lags cannot be negative")
+        if self.export_lag_s < 0:
+            raise ValueError("export_lag_s cannot be negative")
+        if self.subscriptions_status not in (200, 202):
+            raise ValueError(
+                f"subscriptions_status must be 200 or 202, got {self.subscriptions_status}"
+            )
+        if self.list_ids_field not in ("auto", "emailListIds", "userListIds"):
+            raise ValueError("list_ids_field must be auto, emailListIds or userListIds")
+
+    def list_field(self, project_type: str) -> str:
+        """The name a profile's list array goes by in this project."""
+        if self.list_ids_field != "auto":
+            return self.list_ids_field
+        return "emailListIds" if project_type == "email" else "userListIds"
 
     @property
     def effective_bulk_lag_s(self) -> float:

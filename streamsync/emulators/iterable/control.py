@@ -223,6 +223,7 @@ def add_control_routes(app: web.Application, emu: IterableEmulator) -> None:
 
     async def reset(request: web.Request) -> web.Response:
         state.reset()
+        emu.reset_messaging()
         emu.faults.clear()
         return _reply({"reset": True})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from .validation import DATE, STRING
@@ -21,6 +22,58 @@ MANAGED_FIELDS: Final[dict[str, str]] = {
 }
 
 
+# The subscription arrays of a profile (request and profile names), managed by Iterable.
+SUBSCRIPTION_FIELDS: Final[tuple[str, ...]] = (
+    "emailListIds",
+    "unsubscribedChannelIds",
+    "unsubscribedMessageTypeIds",
+    "subscribedMessageTypeIds",
+)
+
+
+@dataclass
+class Subscriptions:
+    """A user's subscription state: static lists, opted-out channels and types, opted-in types."""
+
+    email_list_ids: list[int] = field(default_factory=list)
+    unsubscribed_channel_ids: list[int] = field(default_factory=list)
+    unsubscribed_message_type_ids: list[int] = field(default_factory=list)
+    subscribed_message_type_ids: list[int] = field(default_factory=list)
+
+    def get(self, name: str) -> list[int]:
+        """One array by its API name (`userListIds` is the list array of userID projects)."""
+        if name in ("emailListIds", "userListIds"):
+            return self.email_list_ids
+        return {
+            "unsubscribedChannelIds": self.unsubscribed_channel_ids,
+            "unsubscribedMessageTypeIds": self.unsubscribed_message_type_ids,
+            "subscribedMessageTypeIds": self.subscribed_message_type_ids,
+        }[name]
+
+    def set(self, name: str, ids: list[int]) -> None:
+        """Replace one array (duplicates dropped, order kept)."""
+        unique = list(dict.fromkeys(ids))
+        if name in ("emailListIds", "userListIds"):
+            self.email_list_ids = unique
+        elif name == "unsubscribedChannelIds":
+            self.unsubscribed_channel_ids = unique
+        elif name == "unsubscribedMessageTypeIds":
+            self.unsubscribed_message_type_ids = unique
+        elif name == "subscribedMessageTypeIds":
+            self.subscribed_message_type_ids = unique
+        else:
+            raise KeyError(name)
+
+    def view(self, list_field: str = "emailListIds") -> dict[str, list[int]]:
+        """The four arrays under their API names."""
+        return {
+            list_field: list(self.email_list_ids),
+            "unsubscribedChannelIds": list(self.unsubscribed_channel_ids),
+            "unsubscribedMessageTypeIds": list(self.unsubscribed_message_type_ids),
+            "subscribedMessageTypeIds": list(self.subscribed_message_type_ids),
+        }
+
+
 def iterable_timestamp(wall_s: float) -> str:
     """A wall-clock time in the format Iterable writes dates: `2016-08-02 18:53:45 +00:00`."""
     return time.strftime("%Y-%m-%d %H:%M:%S +00:00", time.gmtime(wall_s))
@@ -35,7 +88,7 @@ def placeholder_email(user_id: str) -> str:
 class Profile:
     """One user: identifiers, custom data fields and bookkeeping times."""
 
-    __slots__ = ("iid", "email", "user_id", "data", "signup_wall", "updated_wall")
+    __slots__ = ("iid", "email", "user_id", "data", "signup_wall", "updated_wall", "subs")
 
     def __init__(self, iid: int, email: str | None, user_id: str | None, wall_s: float) -> None:
         self.iid = iid
@@ -44,10 +97,23 @@ class Profile:
         self.data: dict[str, Any] = {}
         self.signup_wall = wall_s
         self.updated_wall = wall_s
+        self.subs: Subscriptions | None = None
 
-    def api_view(self) -> dict[str, Any]:
-        """The `user` object of GET /api/users/... (ApiResponseUser)."""
+    def subscriptions(self) -> Subscriptions:
+        """The user's subscription state, created empty (opted in everywhere) on first use."""
+        if self.subs is None:
+            self.subs = Subscriptions()
+        return self.subs
+
+    def api_view(self, list_field: str = "emailListIds") -> dict[str, Any]:
+        """The `user` object of GET /api/users/... (ApiResponseUser).
+
+        Subscription arrays sit inside `dataFields`, as observed, once the user has any
+        subscription state (a user never touched by a subscription call shows none).
+        """
         fields: dict[str, Any] = dict(self.data)
+        if self.subs is not None:
+            fields.update(self.subs.view(list_field))
         user: dict[str, Any] = {}
         if self.email is not None:
             user["email"] = fields["email"] = self.email

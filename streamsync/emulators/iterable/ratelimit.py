@@ -18,7 +18,18 @@ DEFAULT_RATES: Final[dict[str, float]] = {
     "delete": 100.0,
     "getFields": 3.0,
     "forget": 3.0,
+    "track": 2000.0,
+    "trackBulk": 10.0,
+    "getEvents": 100.0,
+    "channels": 100.0,
+    "messageTypes": 100.0,
+    "getLists": 100.0,
+    "exportData": 4.0 / 60.0,
+    "listSize": 5.0 / 60.0,
+    "listUsers": 5.0 / 60.0,
 }
+# Bucket sizes of the per-minute limits: a minute's worth may arrive at once.
+DEFAULT_BURST: Final[dict[str, float]] = {"exportData": 4.0, "listSize": 5.0, "listUsers": 5.0}
 FORGET_DAILY_CAP: Final = 1000
 _DAY_S: Final = 86_400.0
 
@@ -72,7 +83,7 @@ class RateLimiter:
         burst: dict[str, float] | None = None,
     ) -> None:
         self.clock = clock
-        self._defaults = self._build(rates or DEFAULT_RATES, burst or {})
+        self._defaults = self._build(rates or DEFAULT_RATES, {**DEFAULT_BURST, **(burst or {})})
         self._limits: dict[str, Limit] = dict(self._defaults)
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self.retry_after: float | str | None = None

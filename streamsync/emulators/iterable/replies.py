@@ -19,6 +19,20 @@ FAILED_LISTS: Final[tuple[str, ...]] = (
     "forgottenUserIds",
 )
 
+# How a refused single-user write is answered (status, code).
+SINGLE_ERRORS: Final[dict[str, tuple[int, str]]] = {
+    "invalidEmails": (400, "InvalidEmailAddressError"),
+    "invalidUserIds": (400, "InvalidUserIdError"),
+    "forgottenEmails": (409, "ForgottenUserError"),
+    "forgottenUserIds": (409, "ForgottenUserError"),
+    "conflictEmails": (409, "EmailAlreadyExists"),
+    "conflictUserIds": (409, "UserIdAlreadyExists"),
+    "notFoundUserIds": (400, "UnknownUserIdError"),
+    "notFoundEmails": (400, "BadParams"),
+    "invalidDataEmails": (400, "RequestFieldsTypesMismatched"),
+    "invalidDataUserIds": (400, "RequestFieldsTypesMismatched"),
+}
+
 NOT_FOUND_HTML: Final = (
     "<!DOCTYPE html><html><head><title>Action not found</title></head>"
     "<body><h1>Action not found</h1></body></html>"

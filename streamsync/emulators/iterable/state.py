@@ -68,6 +68,8 @@ class EmulatorState:
             "single": WriteQueue("single", single_lag_s),
         }
         self.call_counts: Counter[tuple[str, int]] = Counter()
+        self.write_calls: Counter[str] = Counter()
+        self.changes: Counter[str] = Counter()
         self.requests_received = 0
         self.users_received = 0
         self._next_project = 1001
@@ -170,6 +172,8 @@ class EmulatorState:
 
     def _apply(self, project: Project, write: Write, mono: float, wall: float) -> None:
         profile, outcome = apply_write(project, write, wall)
+        if profile is not None and not outcome.startswith("skipped"):
+            self.note_change(write_receipt(write).endpoint)
         if not self.record_history:
             return
         receipt = write_receipt(write)
@@ -235,8 +239,22 @@ class EmulatorState:
         return list(found)
 
     def record_call(self, endpoint: str, status: int) -> None:
-        """Count one answered call (status 0: connection dropped)."""
+        """Count one answered call (status 0: connection dropped); 2xx writes count apart."""
         self.call_counts[(endpoint, status)] += 1
+        if 200 <= status < 300 and not endpoint.startswith("GET "):
+            self.write_calls[endpoint] += 1
+
+    def note_change(self, endpoint: str, n: int = 1) -> None:
+        """Count `n` things (users, events, lists) an endpoint changed."""
+        if n:
+            self.changes[endpoint] += n
+
+    def writes(self) -> dict[str, dict[str, int]]:
+        """Accepted write calls and changes made, per endpoint (a dry run shows none)."""
+        return {
+            "calls": dict(sorted(self.write_calls.items())),
+            "changes": dict(sorted(self.changes.items())),
+        }
 
     def count(self, endpoint: str, status: int | None = None) -> int:
         """Calls to an endpoint (e.g. `POST /api/users/bulkUpdate`), optionally of one status."""
@@ -259,6 +277,8 @@ class EmulatorState:
         for q in self.queues.values():
             q.items.clear()
         self.call_counts.clear()
+        self.write_calls.clear()
+        self.changes.clear()
 
 
 def write_receipt(write: Write) -> Receipt:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from .profiles import Profile, Project, merge_data, placeholder_email
+from .profiles import SUBSCRIPTION_FIELDS, Profile, Project, merge_data, placeholder_email
 from .replies import ApiError
 from .validation import (
     DATE,
@@ -392,9 +392,27 @@ def _apply_update(project: Project, w: UserWrite, wall_s: float) -> tuple[Profil
         if hybrid is None:
             return None, "skipped: email and userId belong to different users"
         profile, outcome = hybrid
-    merge_data(profile.data, w.data, w.merge)
+    data = w.data
+    if any(name in data for name in _SUBSCRIPTION_NAMES):
+        data = _take_subscription_fields(profile, data)
+    merge_data(profile.data, data, w.merge)
     profile.updated_wall = wall_s
     return profile, outcome
+
+
+_SUBSCRIPTION_NAMES = frozenset((*SUBSCRIPTION_FIELDS, "userListIds"))
+
+
+def _take_subscription_fields(profile: Profile, data: dict[str, Any]) -> dict[str, Any]:
+    """Set the subscription arrays a user update carries (no subscribe/unsubscribe events)."""
+    rest: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SUBSCRIPTION_NAMES and type(value) is list:
+            ids = [v for v in value if type(v) is int]
+            profile.subscriptions().set(key, ids)
+        else:
+            rest[key] = value
+    return rest
 
 
 def _hybrid_target(project: Project, w: UserWrite, wall_s: float) -> tuple[Profile, str] | None:
