@@ -72,6 +72,18 @@ def test_the_swagger_file_has_every_endpoint_the_emulator_serves() -> None:
         ("/api/users/{email}", "delete"), ("/api/users/byUserId/{userId}", "delete"),
         ("/api/users/updateEmail", "post"), ("/api/users/getFields", "get"),
         ("/api/users/forget", "post"),
+        ("/api/users/updateSubscriptions", "post"), ("/api/users/bulkUpdateSubscriptions", "post"),
+        ("/api/channels", "get"), ("/api/messageTypes", "get"), ("/api/lists", "get"),
+        ("/api/lists", "post"), ("/api/lists/{listId}", "delete"), ("/api/lists/subscribe", "post"),
+        ("/api/lists/unsubscribe", "post"), ("/api/lists/{listId}/size", "get"),
+        ("/api/lists/getUsers", "get"), ("/api/events/track", "post"),
+        ("/api/events/trackBulk", "post"), ("/api/events/{email}", "get"),
+        ("/api/events/byUserId/{userId}", "get"), ("/api/export/data.json", "get"),
+        ("/api/webhooks", "get"), ("/api/webhooks", "post"),
+        ("/api/subscriptions/{subscriptionGroup}/{subscriptionGroupId}", "put"),
+        ("/api/subscriptions/{subscriptionGroup}/{subscriptionGroupId}/user/{userEmail}", "patch"),
+        ("/api/subscriptions/{subscriptionGroup}/{subscriptionGroupId}/byUserId/{userId}",
+         "delete"),
     ]:
         assert "200" in SPEC["paths"][template][method]["responses"]
 
@@ -200,3 +212,77 @@ async def test_user_without_email_is_the_one_documented_departure(make_api: Make
     assert "email" not in user and user["userId"] == "no-email"
     validator = validator_for(schema_for("GET", "/api/users/byUserId/{userId}", 200))
     assert [e.validator for e in validator.iter_errors({"user": user})] == ["required"]
+
+
+async def test_subscription_list_event_export_replies_match_the_swagger(
+    make_api: MakeApi,
+) -> None:
+    """Every JSON reply of the consent, list, event, export and webhook endpoints."""
+    clock = FakeClock()
+    api = await make_api(project_type="email", rate_limits=True, clock=clock)
+    rec = Recorder(api)
+    subs = "/api/subscriptions/{subscriptionGroup}/{subscriptionGroupId}"
+    one = subs + "/user/{userEmail}"
+    by_uid = subs + "/byUserId/{userId}"
+    upd, bulk = "/api/users/updateSubscriptions", "/api/users/bulkUpdateSubscriptions"
+    lists, sub, unsub = "/api/lists", "/api/lists/subscribe", "/api/lists/unsubscribe"
+    track, track_bulk = "/api/events/track", "/api/events/trackBulk"
+    await rec("GET", "/api/channels", "/api/channels")
+    await rec("GET", "/api/messageTypes", "/api/messageTypes")
+    created = await rec("POST", lists, lists, {"name": "L", "description": "d"})
+    lid = created.body["listId"]
+    await rec("POST", lists, lists, {"description": "no name"})
+    await rec("GET", lists, lists)
+    await rec("POST", upd, upd, {"email": "a@example.com", "emailListIds": [lid],
+                                 "unsubscribedChannelIds": [39581]})
+    await rec("POST", upd, upd, {"email": "bad", "emailListIds": []})
+    await rec("POST", upd, upd, {"email": "a@example.com", "emailListIds": [1]})
+    await rec("POST", bulk, bulk, {"updateSubscriptionsRequests": [
+        {"email": "a@example.com", "unsubscribedMessageTypeIds": [48921]}, {"email": "bad"},
+        {"userId": "ghost", "emailListIds": []}]})
+    await rec("POST", bulk, bulk, {"updateSubscriptionsRequests": "x"})
+    await rec("PATCH", one, f"/api/subscriptions/emailList/{lid}/user/b@example.com")
+    await rec("DELETE", by_uid, "/api/subscriptions/messageType/48922/byUserId/ghost")
+    await rec("DELETE", one, "/api/subscriptions/channel/1/user/b@example.com")
+    await rec("PUT", subs, "/api/subscriptions/messageChannel/39581", {
+        "users": ["a@example.com"], "usersByUserId": ["ghost"]}, params={"action": "subscribe"})
+    api.emu.config.subscriptions_status = 202
+    await rec("PATCH", one, "/api/subscriptions/messageChannel/39581/user/c@example.com")
+    api.emu.config.subscriptions_api = False
+    await rec("PATCH", one, "/api/subscriptions/messageChannel/39581/user/c@example.com")
+    await rec("POST", sub, sub, {"listId": lid, "subscribers": [
+        {"email": "d@example.com", "dataFields": {"x": 1}}, {"email": "bad"}]})
+    await rec("POST", sub, sub, {"listId": 5, "subscribers": []})
+    await rec("POST", unsub, unsub, {"listId": lid, "subscribers": [
+        {"email": "d@example.com"}, {"email": "zz@example.com"}]})
+    await rec("POST", track, track, {"email": "a@example.com", "eventName": "e", "id": "i-1"})
+    await rec("POST", track, track, {"email": "bad", "eventName": "e"})
+    await rec("POST", track_bulk, track_bulk, {"events": [
+        {"email": "a@example.com", "eventName": "e", "dataFields": {"f": 1}},
+        {"email": "bad", "eventName": "e"}, {"email": "zz@example.com", "eventName": "e"}]})
+    await rec("POST", track_bulk, track_bulk, {"events": [{"eventName": 1}]})
+    await rec("GET", "/api/events/{email}", "/api/events/a@example.com")
+    await rec("GET", "/api/events/{email}", "/api/events/a@example.com", params={"limit": "0"})
+    await rec("GET", "/api/events/byUserId/{userId}", "/api/events/byUserId/nobody")
+    await rec("GET", "/api/webhooks", "/api/webhooks")
+    await rec("POST", "/api/webhooks", "/api/webhooks", {"id": 1, "enabled": True})
+    await rec("POST", "/api/webhooks", "/api/webhooks", {"id": 2})
+    await rec("DELETE", "/api/lists/{listId}", f"/api/lists/{lid}")
+    export = "/api/export/data.json"
+    for _ in range(5):
+        await rec("GET", export, export, params={"dataTypeName": "emailSubscribe"})
+    await rec("GET", "/api/lists/{listId}/size", "/api/lists/77/size")
+
+    statuses = {(m, t, s) for m, t, s, _ in rec.seen}
+    for expected in [("POST", upd, 400), ("PATCH", one, 202), ("PATCH", one, 404),
+                     ("GET", export, 429), ("POST", track_bulk, 400), ("POST", sub, 400)]:
+        assert expected in statuses, expected
+    checked = 0
+    for method, template, status, body in rec.seen:
+        if body is None:  # text/plain or x-json-stream replies are strings in the swagger
+            continue
+        validator = validator_for(schema_for(method, template, status))
+        errors = [e.message for e in validator.iter_errors(body)]
+        assert errors == [], (method, template, status, body)
+        checked += 1
+    assert checked >= 30

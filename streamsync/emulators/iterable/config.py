@@ -31,7 +31,8 @@ class IterableEmulatorConfig:
       endpoint group; `retry_after`: None (no header), "auto", or a number of seconds.
     - `clock`/`wall_clock`: injectable monotonic and wall clocks (tests pass fakes).
 
-    Subscriptions, lists, events (see README.md for the sources and the inferred parts):
+    Subscriptions, lists, events (sources and inferred parts:
+    streamsync/emulators/iterable/README.md):
     - `opt_in_message_types`: the project has the CSM-enabled opt-in feature (an OptIn type is
       seeded); off, `subscribedMessageTypeIds` is refused.
     - `subscriptions_api`: the CSM-enabled /api/subscriptions endpoints (off: 404 NotFound);
