@@ -409,3 +409,18 @@ async def test_write_counters_show_what_changed(make_api: MakeApi) -> None:
     await control(api, "POST", "/reset")
     assert await control(api, "GET", "/writes") == {"calls": {}, "changes": {}}
     assert await consent_events(api) == []
+
+
+async def test_consent_settings_change_over_the_control_api(make_api: MakeApi) -> None:
+    api = await make_api()
+    await control(api, "POST", "/settings", {"subscriptions_api": False,
+                                             "max_subscription_requests": 1})
+    closed = await api.call("PATCH", f"/api/subscriptions/messageType/{NEWSLETTER}/user/"
+                            "a@example.com")
+    assert closed.status == 404
+    capped = await api.call("POST", BULK, {"updateSubscriptionsRequests": [
+        {"email": "a@example.com"}, {"email": "b@example.com"}]})
+    assert capped.body["code"] == "BatchTooLarge"
+    bad = await api.session.post(api.emu.control_url + "/settings",
+                                 json={"subscriptions_status": 201})
+    assert bad.status == 400

@@ -25,6 +25,13 @@ _SETTINGS: Final[dict[str, Callable[[Any], bool]]] = {
     "max_users_per_request": lambda v: v is None or (isinstance(v, int) and v > 0),
     "max_fields": lambda v: isinstance(v, int) and v > 0,
     "max_body_bytes": lambda v: isinstance(v, int) and v > 0,
+    "max_subscription_requests": lambda v: v is None or (isinstance(v, int) and v > 0),
+    "max_list_subscribers": lambda v: v is None or (isinstance(v, int) and v > 0),
+    "max_events_per_request": lambda v: v is None or (isinstance(v, int) and v > 0),
+    "events_create_users": lambda v: isinstance(v, bool),
+    "subscriptions_api": lambda v: isinstance(v, bool),
+    "subscriptions_status": lambda v: v in (200, 202),
+    "export_lag_s": lambda v: isinstance(v, int | float) and v >= 0,
 }
 
 
@@ -61,7 +68,9 @@ def add_control_routes(app: web.Application, emu: IterableEmulator) -> None:
     POST keys {project_id?, api_key?, kind: server_side|read_only} | keys/disable {api_key}
     POST settings {latency_ms, latency_per_user_ms, type_mismatch, oversize_status,
                    max_users_per_request, max_fields, max_body_bytes, bulk_lag_s, single_lag_s,
-                   create_new_fields (+ project_id)}
+                   create_new_fields (+ project_id), max_subscription_requests,
+                   max_list_subscribers, max_events_per_request, events_create_users,
+                   subscriptions_api, subscriptions_status, export_lag_s}
     POST flush {queue?} | apply-due | reset
     """
     state = emu.state

@@ -121,7 +121,11 @@ class WebhookSender:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the delivery workers."""
+        """Start the delivery workers (deliveries queued before start are kept)."""
+        queued: asyncio.Queue[Delivery] = asyncio.Queue()
+        while not self._queue.empty():
+            queued.put_nowait(self._queue.get_nowait())
+        self._queue = queued
         self._session = aiohttp.ClientSession()
         self._workers = [
             asyncio.create_task(self._work(), name=f"iterable-webhook-{i}")
