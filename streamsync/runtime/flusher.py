@@ -209,7 +209,7 @@ class Flusher:
                 pending, result)
             ids = [i for i in ids if is_valid_id(i)]
         try:
-            live, deleted, filtered = await self._read(object_name, obj, ids)
+            live, deleted, filtered, gone = await self._read(object_name, obj, ids)
             # Before the pipeline reads identities: a Contact's first sync moves its Lead's
             # profile (this looks the converted Leads up in Salesforce).
             await self.converted_leads.adopt(object_name, [*(r["Id"] for r in live), *deleted])
@@ -225,14 +225,16 @@ class Flusher:
         if obj.fan_out and live:
             result.fanned_out += await self._fan_out(obj, [to_18(r["Id"]) for r in live])
         if deleted:
-            gone = await self.pipeline.sync_deleted(object_name, deleted, source="flush")
-            _merge(outcome, gone)
+            _merge(outcome, await self.pipeline.sync_deleted(object_name, deleted,
+                                                             source="flush", current=gone))
         outcome.skipped.extend(filtered)
         await self._settle(object_name, outcome, pending, result)
 
     async def _read(self, object_name: str, obj: ObjectConfig, ids: Sequence[str]
-                    ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-        """(live records, deleted or missing ids, ids that exist but fail the filter)."""
+                    ) -> tuple[list[dict[str, Any]], list[str], list[str],
+                               dict[str, dict[str, Any]]]:
+        """(live records, deleted or missing ids, ids that exist but fail the filter, the
+        deleted rows Salesforce still returns by 18-char Id)."""
         mapping = self.pipeline.mappings.get(object_name)
         fields = (mapping.soql_fields("IsDeleted", "SystemModstamp") if mapping is not None
                   else ["Id", "IsDeleted"])
@@ -252,7 +254,8 @@ class Flusher:
         live = [r for r in rows.values() if not r.get("IsDeleted")]
         deleted = [i for i in ids if i not in filtered
                    and (to_18(i) not in rows or rows[to_18(i)].get("IsDeleted"))]
-        return live, deleted, filtered
+        gone = {key: row for key, row in rows.items() if row.get("IsDeleted")}
+        return live, deleted, filtered, gone
 
     async def _query_ids(self, object_name: str, fields: Sequence[str], ids: Sequence[str],
                          where: Any) -> dict[str, dict[str, Any]]:

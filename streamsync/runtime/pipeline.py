@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -252,11 +252,14 @@ class SyncPipeline:
     # -- records that are gone ---------------------------------------------------------------
 
     async def sync_deleted(self, object_name: str, record_ids: Sequence[str], *,
-                           source: str) -> SyncOutcome:
+                           source: str, current: Mapping[str, Mapping[str, Any]] | None = None
+                           ) -> SyncOutcome:
         """Apply the object's delete policy (delete / flag / ignore) using the identity table.
 
         A profile another synced record still maps to (the same email) is left alone; only
-        this record's identity is forgotten.
+        this record's identity is forgotten. `current`: the deleted rows Salesforce still
+        returns (queryAll), by 18-char Id; with `flag`, a profile whose record's email changed
+        before the delete was seen moves to that email as it is flagged.
         """
         out = SyncOutcome()
         obj = self.config.objects[object_name]
@@ -282,7 +285,8 @@ class SyncPipeline:
             written = await self._delete_users(acting)
             await self.store.forget_identity(object_name, [u.sf_id for u in written.synced])
         else:
-            written = await self._flag_users(object_name, acting, obj.delete_flag_field)
+            written = await self._flag_users(object_name, acting, obj.delete_flag_field,
+                                             current or {})
         out.absorb(written)
         self._count(object_name, out, source)
         return out
@@ -316,28 +320,57 @@ class SyncPipeline:
         return out
 
     async def _flag_users(self, object_name: str, idents: Sequence[Identity],
-                          flag_field: str) -> WriteOutcome:
+                          flag_field: str, current: Mapping[str, Mapping[str, Any]]
+                          ) -> WriteOutcome:
         mapping = self.mappings.get(object_name)
         out = WriteOutcome()
         users: list[MappedUser] = []
+        moves: list[tuple[MappedUser, str]] = []
+        emails: dict[str, str | None] = {}  # the email each flagged profile ends up with
         for ident in idents:
             if mapping is None:
                 continue
+            old = ident.iterable_email
+            new = self._deleted_email(mapping, current.get(ident.record_id))
+            moving = (new is not None and old is not None and new != old.lower()
+                      and self.config.iterable.project_type != "userId")
             try:
-                users.append(mapping.flag_user(ident.record_id, ident.iterable_email,
-                                               ident.iterable_user_id, flag_field))
+                user = mapping.flag_user(ident.record_id, new if moving else old,
+                                         ident.iterable_user_id, flag_field)
             except RecordError as exc:
                 out.dead.append((MappedUser(object_name, ident.record_id, None, None, {}, ""),
                                  exc.reason, exc.detail))
+                continue
+            emails[user.sf_id] = user.email
+            if not moving:
+                users.append(user)
+            elif self.config.iterable.project_type == "hybrid":
+                assert old is not None
+                users.append(_email_in_data_fields(user, old.lower()))
+            else:
+                assert old is not None
+                moves.append((user, old))
         batches, too_large = cut_batches(users, self.config.iterable.batch_max_users,
                                          self.config.iterable.batch_max_bytes,
                                          self.config.iterable.bulk_envelope())
         out.dead.extend((u, exc.reason, exc.detail) for u, exc in too_large)
         out.extend(await self.writer.write(batches))
+        for user, old in moves:
+            log.info("pipeline.deleted_email_change", object=object_name, record_id=user.sf_id)
+            out.extend(await self._move_email(user, old))
         await self.store.save_identities(
-            [IdentityUpdate(object_name, u.sf_id, u.email, u.user_id, u.payload_hash)
-             for u in out.synced], self.clock())
+            [IdentityUpdate(object_name, u.sf_id, emails.get(u.sf_id, u.email), u.user_id,
+                            u.payload_hash) for u in out.synced], self.clock())
         return out
+
+    @staticmethod
+    def _deleted_email(mapping: CompiledMapping, record: Mapping[str, Any] | None
+                       ) -> str | None:
+        """The email a deleted record maps to now, when Salesforce still returns it whole."""
+        if record is None:
+            return None
+        mapped = mapping.map_or_error(dict(record))
+        return None if isinstance(mapped, RecordError) else mapped.email
 
     def _count(self, object_name: str, out: SyncOutcome, source: str) -> None:
         self.metrics.records_synced.labels(object_name).inc(len(out.synced))

@@ -148,3 +148,32 @@ async def test_a_busy_store_costs_no_attempt(sync_rig: SyncRig) -> None:
     result = await rig.drain()
     assert (result.synced, result.dead, result.retried) == (2, 0, 5 * 2)
     assert await rig.store.dead_letters() == []
+
+
+@pytest.mark.parametrize("project_type", [
+    pytest.param(kind, marks=pytest.mark.iterable(project_type=kind))
+    for kind in ("email", "hybrid")])
+async def test_an_email_change_then_a_delete_seen_together_flag_the_moved_profile(
+        sync_rig: SyncRig, project_type: str) -> None:
+    """While Iterable was down (or the service stopped) a record's email changed and then it
+    was deleted: one queue row, read once as deleted. Its profile moves to the new email as it
+    is flagged, as the record's last state says (not flagged under the old one)."""
+    rig = sync_rig
+    assert rig.config.iterable.project_type == project_type
+    sf_id = to_18(rig.sf.state.create("Contact", {"LastName": "Mover",
+                                                  "Email": "before@example.com"}))
+    await rig.enqueue("Contact", [sf_id])
+    await rig.drain()
+    assert "before@example.com" in rig.profiles()
+
+    rig.sf.state.update("Contact", sf_id, {"Email": "after@example.com"})
+    rig.sf.state.delete("Contact", sf_id)
+    await rig.enqueue("Contact", [sf_id])
+    result = await rig.drain()
+    assert (result.synced, result.dead, result.retried) == (1, 0, 0)
+    profiles = rig.profiles()
+    assert "before@example.com" not in profiles
+    assert profiles["after@example.com"]["dataFields"]["salesforceDeleted"] is True
+    assert profiles["after@example.com"]["dataFields"]["lastName"] == "Mover"
+    ident = (await rig.store.identities("Contact", [sf_id]))[sf_id]
+    assert ident.iterable_email == "after@example.com"
