@@ -32,6 +32,7 @@ COMPOUND_COMPONENTS: Final = frozenset({
     "latitude", "longitude", "geocodeaccuracy",
 })
 RESERVED_TARGETS: Final = frozenset({"email", "userId"})
+_NUMERIC_COMPONENTS: Final = frozenset({"latitude", "longitude"})
 MANAGED_FIELDS: Final = frozenset({
     "emailListIds", "itblInternal", "profileUpdatedAt", "signupDate", "signupSource",
     "subscribedMessageTypeIds", "unsubscribedChannelIds", "unsubscribedMessageTypeIds",
@@ -294,6 +295,24 @@ class _Slot:
 
 
 DATE_TYPES: Final = frozenset({"date", "datetime"})
+TEXT_TYPES: Final = frozenset({
+    "string", "textarea", "picklist", "multipicklist", "combobox", "email", "phone", "url",
+    "id", "reference", "encryptedstring", "time",
+})
+
+
+def iterable_field_type(sf_type: str, convert_dates: bool = True) -> str | None:
+    """The Iterable field type a Salesforce field's values take when sent: `string` for text,
+    `date` for (converted) dates, `boolean`; None when not fixed by the type (numbers may be
+    long or double, structures are objects)."""
+    kind = sf_type.lower()
+    if kind in DATE_TYPES:
+        return "date" if convert_dates else "string"
+    if kind in TEXT_TYPES:
+        return "string"
+    if kind == "boolean":
+        return "boolean"
+    return None
 
 
 def _converts_dates(enabled: bool, src: SourcePath, sf_type: str) -> bool:
@@ -368,7 +387,22 @@ class CompiledMapping:
             slots.append(_Slot(src.keys, segments[:-1], segments[-1], target,
                                _converts_dates(convert_dates, src, source_types[src.path])))
         self._slots = tuple(slots)
+        self.source_types = dict(source_types)
         self._extra = tuple(validate_field_path(f) for f in extra_fields)
+
+    def iterable_types(self) -> list[tuple[str, str, str]]:
+        """(source, Iterable field name, the Iterable type its values take) of each mapped data
+        field whose type is fixed by its Salesforce type (`dataFields.Company.Name` is named
+        `Company.Name`, as getFields names it)."""
+        out: list[tuple[str, str, str]] = []
+        for src in self.sources:
+            target = self.mapping[src.path]
+            sf_type = "string" if src.component is not None else self.source_types[src.path]
+            kind = iterable_field_type(sf_type, self.convert_dates)
+            if kind is not None and target.startswith("dataFields.") and (
+                    src.component is None or src.component.lower() not in _NUMERIC_COMPONENTS):
+                out.append((src.path, target.removeprefix("dataFields."), kind))
+        return out
 
     def soql_fields(self, *extra: str) -> list[str]:
         """The distinct SOQL fields this mapping reads: Id first, then identity, then mapped."""

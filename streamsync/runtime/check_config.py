@@ -157,6 +157,31 @@ async def check_iterable(config: Config, iterable: IterableClient, report: Check
         return
     report.passed.append(f"iterable: API key accepted at {config.iterable.base_url} "
                          f"({len(fields)} user fields in the project)")
+    check_field_types(config, report, fields)
+
+
+def check_field_types(config: Config, report: CheckReport, fields: Mapping[str, str]) -> None:
+    """Each mapped field Iterable already has must have the type its values are sent as:
+    Iterable fixes a field's type from the first value it received and rejects the others
+    (invalid_data), e.g. a text field that was once sent as a date."""
+    if not report.describes:
+        report.skipped.append("Iterable field types not compared: no Salesforce describes")
+        return
+    failing = {p.subject for p in report.problems}
+    for name, obj in config.objects.items():
+        if not obj.writes_users or name in failing:
+            continue
+        mapping = config.compiled_object(name, report.describes)
+        for source, field_name, sent_as in mapping.iterable_types():
+            have = fields.get(field_name)
+            if have is None or have == sent_as:
+                continue
+            path = f'mapping."{source}"' if "." in source else f"mapping.{source}"
+            report.problems.append(Problem(
+                "iterable", name, path,
+                f"Iterable's field {field_name!r} is of type {have!r}, but {name}.{source} "
+                f"({mapping.source_types[source]} in Salesforce) is sent as {sent_as}: Iterable "
+                "rejects those records as invalid_data; map it to a new field name"))
 
 
 def rate_limit_warning(config: Config) -> str | None:

@@ -491,3 +491,16 @@ def test_date_fields_are_sent_as_iterable_dates(sf_type: str, raw: str) -> None:
     m = compiled({"A__c": "dataFields.a"}, {"A__c": sf_type})
     sent = m.map(_record(A__c=raw)).payload["dataFields"]["a"]
     assert sent == (iterable_date(raw) or clean_text(raw))
+
+
+def test_iterable_types_follow_the_describe_types() -> None:
+    m = compiled({"Email": "email", "Title": "dataFields.title", "CreatedDate": "dataFields.c",
+                  "Owner.IsActive": "dataFields.Owner.IsActive", "Score__c": "dataFields.s",
+                  "MailingAddress.city": "dataFields.city", "BillingAddress": "dataFields.b",
+                  "MailingAddress.latitude": "dataFields.lat"},
+                 {"Score__c": "double", "MailingAddress.latitude": "double"})
+    assert m.iterable_types() == [("Title", "title", "string"), ("CreatedDate", "c", "date"),
+                                  ("Owner.IsActive", "Owner.IsActive", "boolean"),
+                                  ("MailingAddress.city", "city", "string")]
+    kept = compiled({"CreatedDate": "dataFields.c"}, convert_dates=False)
+    assert kept.iterable_types() == [("CreatedDate", "c", "string")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import aiohttp
 import orjson
 
 from streamsync.emulators.iterable import IterableEmulator
@@ -93,3 +94,29 @@ async def test_rate_above_iterables_published_limit_is_a_warning(
     at_limit = await check_config(make_config(sf_emulator, iterable_emulator, tmp_path,
                                               iterable={"rate_limit_per_s": 5}))
     assert not any("rate_limit_per_s" in w for w in at_limit.warnings)
+
+
+async def test_a_text_field_iterable_already_types_as_a_date_is_a_problem(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    """A project an earlier version poisoned (a Title once sent as a date): every Lead whose
+    Title is not a date would be rejected, so check-config says so."""
+    users = [{"email": "early@example.com",
+              "dataFields": {"title": "2023-12-31 23:59:59 +00:00", "score": 1.5,
+                             "Company": {"Name": "Acme"}, "optIn": "yes"}}]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{iterable_emulator.base_url}/api/users/bulkUpdate",
+                             json={"users": users},
+                             headers={"Api-Key": iterable_emulator.api_key}) as r:
+            assert r.status == 200, await r.text()
+    iterable_emulator.flush()
+    config = make_config(sf_emulator, iterable_emulator, tmp_path, objects={"Lead": {"mapping": {
+        "Email": "email", "Title": "dataFields.title", "Lead_Score__c": "dataFields.score",
+        "Company": "dataFields.Company.Name", "Marketing_Opt_In__c": "dataFields.optIn",
+        "CreatedDate": "dataFields.created"}}})
+    report = await check_config(config)
+    found = {(p.subject, p.path): p.message for p in report.problems}
+    assert set(found) == {("Lead", "mapping.Title"), ("Lead", "mapping.Marketing_Opt_In__c")}
+    assert "field 'title' is of type 'date'" in found[("Lead", "mapping.Title")]
+    assert "string in Salesforce" in found[("Lead", "mapping.Title")]
+    assert "is sent as boolean" in found[("Lead", "mapping.Marketing_Opt_In__c")]
