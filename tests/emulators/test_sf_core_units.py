@@ -261,8 +261,12 @@ def test_conversion_into_an_existing_account_with_an_opportunity(
     assert opp["CloseDate"][5:] in ("03-31", "06-30", "09-30", "12-31")
     headers = [e["ChangeEventHeader"] for _, e in bus.events]
     assert [(h["entityName"], h["changeType"]) for h in headers] == [
-        ("Account", "UPDATE"), ("Contact", "CREATE"), ("Lead", "UPDATE")]
-    assert "ConvertedOpportunityId" in headers[2]["changedFields"]
+        ("Account", "UPDATE"), ("Contact", "CREATE"), ("Opportunity", "CREATE"),
+        ("OpportunityContactRole", "CREATE"), ("Lead", "UPDATE")]
+    assert "ConvertedOpportunityId" in headers[4]["changedFields"]
+    role = bus.events[3][1]
+    assert (role["OpportunityId"], role["ContactId"], role["IsPrimary"]) == (
+        out["opportunityId"], out["contactId"], True)
     contact = state.create("Contact", {"LastName": "Other"})
     other = state.create("Lead", {"LastName": "L", "Company": "C"})
     for conv, code in ((LeadConversion(other, converted_status="Open - Not Contacted"),

@@ -149,22 +149,25 @@ async def test_convert_lead_like_jsforce_with_its_cdc_events(emu: SalesforceEmul
     assert merged_account is not None and merged_account["Name"] == "Existing Ltd"
     assert merged_account["Industry"] == "Finance"  # empty fields of an existing account fill
 
-    events = await cdc_events(emu, "/data/ChangeEvents", 9)
+    events = await cdc_events(emu, "/data/ChangeEvents", 11)
     conversion = [e["ChangeEventHeader"] for e in events[3:]]
     assert [(h["entityName"], h["changeType"]) for h in conversion] == [
-        ("Account", "CREATE"), ("Contact", "CREATE"), ("Lead", "UPDATE"),
+        ("Account", "CREATE"), ("Contact", "CREATE"), ("Opportunity", "CREATE"),
+        ("OpportunityContactRole", "CREATE"), ("Lead", "UPDATE"),
         ("Account", "UPDATE"), ("Contact", "CREATE"), ("Lead", "UPDATE")]
     assert {h["changeOrigin"] for h in conversion} == {
         "com/salesforce/api/soap/66.0;client=integration-x"}
     assert len({h["transactionKey"] for h in conversion}) == 1
-    assert [h["sequenceNumber"] for h in conversion] == [1, 2, 3, 4, 5, 6]
+    assert [h["sequenceNumber"] for h in conversion] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert conversion[0]["recordIds"] == [first["accountId"]]
-    assert conversion[2]["recordIds"] == [lead] and conversion[5]["recordIds"] == [other]
-    lead_event = events[5]
+    assert conversion[2]["recordIds"] == [first["opportunityId"]]
+    assert conversion[4]["recordIds"] == [lead] and conversion[7]["recordIds"] == [other]
+    lead_event = events[7]
     assert lead_event["IsConverted"] is True and lead_event["ConvertedContactId"] == \
         first["contactId"]
     assert {"IsConverted", "ConvertedContactId", "ConvertedAccountId",
-            "ConvertedOpportunityId"} <= set(conversion[2]["changedFields"])
+            "ConvertedOpportunityId"} <= set(conversion[4]["changedFields"])
+    assert events[5]["StageName"] == "Prospecting" and events[5]["IsClosed"] is False
     assert emu.counters()["soap_calls"] == 1
 
 

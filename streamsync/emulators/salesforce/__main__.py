@@ -25,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-leads", type=count, default=d.seed_leads)
     p.add_argument("--seed-users", type=count, default=d.seed_users)
     p.add_argument("--seed-queues", type=count, default=d.seed_queues)
+    p.add_argument("--seed-opportunities", type=count, default=d.seed_opportunities,
+                   help="each with 1-2 contact roles (needs accounts and contacts)")
+    p.add_argument("--seed-campaigns", type=count, default=d.seed_campaigns)
+    p.add_argument("--seed-campaign-members", type=count, default=d.seed_campaign_members,
+                   help="leads and contacts spread over the campaigns")
+    p.add_argument("--cdc-entities", default=",".join(d.cdc_entities),
+                   help="comma-separated objects selected for Change Data Capture")
     p.add_argument("--seed", type=int, default=d.seed_value, help="random seed of the data")
     p.add_argument("--latency-ms", type=non_negative, default=d.latency_ms)
     p.add_argument("--per-record-ms", type=non_negative, default=d.per_record_ms)
@@ -55,6 +62,9 @@ def config_from_args(args: argparse.Namespace) -> SalesforceEmulatorConfig:
     return SalesforceEmulatorConfig(
         seed_accounts=args.seed_accounts, seed_contacts=args.seed_contacts,
         seed_leads=args.seed_leads, seed_users=args.seed_users, seed_queues=args.seed_queues,
+        seed_opportunities=args.seed_opportunities, seed_campaigns=args.seed_campaigns,
+        seed_campaign_members=args.seed_campaign_members,
+        cdc_entities=tuple(e.strip() for e in args.cdc_entities.split(",") if e.strip()),
         seed_value=args.seed, latency_ms=args.latency_ms, per_record_ms=args.per_record_ms,
         client_id=args.client_id, client_secret=args.client_secret, username=args.username,
         password=args.password, refresh_token=args.refresh_token,

@@ -24,7 +24,7 @@ from .faults import FaultPlan
 from .ingest import BulkIngestApi
 from .oauth import OAuthConfig, Sessions, TokenEndpoint
 from .rest import LIMITS_KEY, RECORDS_KEY, USER_KEY, RestApi, error_response
-from .schema import SCHEMA
+from .schema import CDC_SUPPORTED, DEFAULT_CDC_ENTITIES, SCHEMA
 from .seed import seed
 from .soap import SoapApi
 from .soql import execute
@@ -44,6 +44,10 @@ class SalesforceEmulatorConfig:
     seed_leads: int = 0
     seed_users: int = 20
     seed_queues: int = 3
+    seed_opportunities: int = 0
+    seed_campaigns: int = 0
+    seed_campaign_members: int = 0
+    cdc_entities: tuple[str, ...] = DEFAULT_CDC_ENTITIES
     seed_value: int = 42
     latency_ms: float = 0.0
     per_record_ms: float = 0.0
@@ -102,11 +106,19 @@ class SalesforceEmulator:
         self.clock = clock
         self.bus = EventBus(retention_s=cfg.retention_s, retention_count=cfg.retention_count,
                             clock=clock)
+        unsupported = sorted(set(cfg.cdc_entities) - CDC_SUPPORTED)
+        if unsupported:
+            raise ValueError(f"cdc_entities: Change Data Capture does not support "
+                             f"{', '.join(unsupported)} (supported here: "
+                             f"{', '.join(sorted(CDC_SUPPORTED))})")
         self.state = OrgState(bus=self.bus, api_version=cfg.api_version,
-                              daily_api_max=cfg.daily_api_max, clock=clock)
+                              daily_api_max=cfg.daily_api_max, clock=clock,
+                              cdc_entities=cfg.cdc_entities)
         self.seeded = seed(self.state, accounts=cfg.seed_accounts, contacts=cfg.seed_contacts,
                            leads=cfg.seed_leads, users=cfg.seed_users, queues=cfg.seed_queues,
-                           seed_value=cfg.seed_value)
+                           seed_value=cfg.seed_value, opportunities=cfg.seed_opportunities,
+                           campaigns=cfg.seed_campaigns,
+                           campaign_members=cfg.seed_campaign_members)
         users = self.state.tables["User"]
         users.rows[self.state.integration_user_id][users.obj.slot("Username")] = cfg.username
         self.sessions = Sessions(self.state.org_id, lifetime_s=cfg.session_lifetime_s,
@@ -115,7 +127,8 @@ class SalesforceEmulator:
         self.faults = FaultPlan(latency_ms=cfg.latency_ms, per_record_ms=cfg.per_record_ms)
         self.cometd = CometdServer(self.bus, self.sessions.check, long_poll_s=cfg.long_poll_s,
                                    reconnect_timeout_s=cfg.reconnect_timeout_s,
-                                   daily_delivery_limit=cfg.daily_delivery_limit)
+                                   daily_delivery_limit=cfg.daily_delivery_limit,
+                                   entities=sorted(CDC_SUPPORTED))
         self.oauth_config = OAuthConfig(
             client_id=cfg.client_id, client_secret=cfg.client_secret, username=cfg.username,
             password=cfg.password, refresh_token=cfg.refresh_token,

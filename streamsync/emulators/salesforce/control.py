@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from . import actions
 from .errors import SalesforceError
 from .rest import json_response
 
@@ -49,6 +50,13 @@ class ControlApi:
         r.add_post(p + "/records/{sobject}/{id}/undelete", self.undelete)
         r.add_post(p + "/convert-lead", self.convert_lead)
         r.add_post(p + "/mass-update", self.mass_update)
+        r.add_post(p + "/campaign-members", self.add_member)
+        r.add_post(p + "/campaign-members/remove", self.remove_member)
+        r.add_patch(p + "/campaign-members/{id}", self.member_status)
+        r.add_delete(p + "/campaign-members/{id}", self.delete_member)
+        r.add_post(p + "/opportunities/{id}/stage", self.stage)
+        r.add_post(p + "/opt-out", self.opt_out)
+        r.add_post(p + "/opt-in", self.opt_in)
         r.add_post(p + "/burst", self.burst)
         r.add_get(p + "/burst", self.burst_status)
         r.add_get(p + "/faults", self.get_faults)
@@ -126,6 +134,59 @@ class ControlApi:
         n = self.emu.state.mass_update(sobject, list(ids), values,
                                        origin=str(body.get("origin", "")))
         return json_response({"updated": n})
+
+    # -- a sales user's actions (empty change origin) -----------------------------------------
+    async def add_member(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        campaign, person = _member_keys(body)
+        status = body.get("status")
+        member = actions.add_campaign_member(self.emu.state, campaign, person,
+                                             None if status is None else str(status))
+        return json_response({"id": member}, 201)
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        campaign, person = _member_keys(await _body(request))
+        return json_response({"id": actions.remove_campaign_member(self.emu.state, campaign,
+                                                                   person)})
+
+    async def member_status(self, request: web.Request) -> web.Response:
+        status = (await _body(request)).get("status")
+        if not isinstance(status, str):
+            raise web.HTTPBadRequest(text="status is required")
+        actions.set_member_status(self.emu.state, request.match_info["id"], status)
+        return web.Response(status=204)
+
+    async def delete_member(self, request: web.Request) -> web.Response:
+        actions.delete_campaign_member(self.emu.state, request.match_info["id"])
+        return web.Response(status=204)
+
+    async def stage(self, request: web.Request) -> web.Response:
+        stage = (await _body(request)).get("stageName")
+        if not isinstance(stage, str):
+            raise web.HTTPBadRequest(text="stageName is required")
+        sf_id = request.match_info["id"]
+        actions.set_stage(self.emu.state, sf_id, stage)
+        rec = self.emu.state.record("Opportunity", sf_id) or {}
+        return json_response({k: rec.get(k) for k in (
+            "Id", "StageName", "IsClosed", "IsWon", "Probability", "ForecastCategoryName")})
+
+    async def opt_out(self, request: web.Request) -> web.Response:
+        return await self._consent(request, True)
+
+    async def opt_in(self, request: web.Request) -> web.Response:
+        return await self._consent(request, False)
+
+    async def _consent(self, request: web.Request, opted_out: bool) -> web.Response:
+        body = await _body(request)
+        record_id = body.get("id")
+        fields = body.get("fields", ["HasOptedOutOfEmail"])
+        if not isinstance(record_id, str) or not isinstance(fields, list) \
+                or not all(isinstance(f, str) for f in fields):
+            raise web.HTTPBadRequest(text="id (a Lead or Contact id) and fields (a list of "
+                                          "field names) are expected")
+        obj = actions.set_opt_out(self.emu.state, record_id, opted_out, tuple(fields))
+        return json_response({"sobject": obj, "id": record_id, "fields": fields,
+                              "value": opted_out})
 
     async def burst(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -212,3 +273,13 @@ class ControlApi:
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         return json_response({"replayId": replay_id}, 201)
+
+
+def _member_keys(body: dict[str, Any]) -> tuple[str, str]:
+    """(campaignId, leadId or contactId) of a campaign-member control call."""
+    campaign = body.get("campaignId")
+    people = [body[k] for k in ("leadId", "contactId") if body.get(k) is not None]
+    if not isinstance(campaign, str) or len(people) != 1 or not isinstance(people[0], str):
+        raise web.HTTPBadRequest(text="campaignId and exactly one of leadId or contactId are "
+                                      "required")
+    return campaign, people[0]

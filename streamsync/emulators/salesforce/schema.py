@@ -1,5 +1,5 @@
-"""Object and field definitions of the emulated org: Lead, Contact, Account, Opportunity, User,
-Group."""
+"""Object and field definitions of the emulated org: Lead, Contact, Account, Opportunity,
+OpportunityContactRole, Campaign, CampaignMember, User, Group."""
 
 from __future__ import annotations
 
@@ -125,6 +125,15 @@ def _address(prefix: str, compound: str) -> list[Field]:
     ]
 
 
+def _consent() -> list[Field]:
+    """The opt-out flags of Lead and Contact (booleans, false on create)."""
+    return [
+        _f("HasOptedOutOfEmail", "boolean", nillable=False, label="Email Opt Out"),
+        _f("HasOptedOutOfFax", "boolean", nillable=False, label="Fax Opt Out"),
+        _f("DoNotCall", "boolean", nillable=False, label="Do Not Call"),
+    ]
+
+
 def _person_name() -> list[Field]:
     return [
         _f("Salutation", "picklist", compound_of="Name",
@@ -160,7 +169,7 @@ def _lead() -> SObject:
         _f("Rating", "picklist", picklist=("Hot", "Warm", "Cold")),
         _f("AnnualRevenue", "currency"),
         _f("NumberOfEmployees", "int"),
-        _f("HasOptedOutOfEmail", "boolean", nillable=False),
+        *_consent(),
         _f("IsConverted", "boolean", nillable=False, createable=False, updateable=False),
         _f("ConvertedDate", "date", createable=False, updateable=False),
         _f("ConvertedAccountId", "reference", reference_to=("Account",),
@@ -168,7 +177,7 @@ def _lead() -> SObject:
         _f("ConvertedContactId", "reference", reference_to=("Contact",),
            relationship_name="ConvertedContact", createable=False, updateable=False),
         _f("ConvertedOpportunityId", "reference", reference_to=("Opportunity",),
-           createable=False, updateable=False),
+           relationship_name="ConvertedOpportunity", createable=False, updateable=False),
         *_system(("User", "Group")),
         _f("Lifecycle_Stage__c", "picklist", picklist=LIFECYCLE),
         _f("Lead_Score__c", "double"),
@@ -190,7 +199,7 @@ def _contact() -> SObject:
         *_address("Mailing", "MailingAddress"),
         _f("LeadSource", "picklist", picklist=LEAD_SOURCES),
         _f("Birthdate", "date"),
-        _f("HasOptedOutOfEmail", "boolean", nillable=False),
+        *_consent(),
         *_system(),
         _f("Lifecycle_Stage__c", "picklist", picklist=LIFECYCLE),
         _f("Preferred_Language__c", "picklist", picklist=("en", "de", "fr", "es", "ja")),
@@ -218,21 +227,114 @@ def _account() -> SObject:
     return SObject("Account", "001", "Account", fields)
 
 
-OPPORTUNITY_STAGES = ("Prospecting", "Qualification", "Needs Analysis", "Proposal/Price Quote",
-                      "Negotiation/Review", "Closed Won", "Closed Lost")
+# Salesforce's default sales stages: (name, default probability %, forecast category,
+# closed, won). IsClosed, IsWon, Probability and ForecastCategoryName follow the stage.
+STAGE_INFO: dict[str, tuple[float, str, bool, bool]] = {
+    "Prospecting": (10.0, "Pipeline", False, False),
+    "Qualification": (10.0, "Pipeline", False, False),
+    "Needs Analysis": (20.0, "Pipeline", False, False),
+    "Value Proposition": (50.0, "Pipeline", False, False),
+    "Id. Decision Makers": (60.0, "Pipeline", False, False),
+    "Perception Analysis": (70.0, "Pipeline", False, False),
+    "Proposal/Price Quote": (75.0, "Pipeline", False, False),
+    "Negotiation/Review": (90.0, "Pipeline", False, False),
+    "Closed Won": (100.0, "Closed", True, True),
+    "Closed Lost": (0.0, "Omitted", True, False),
+}
+OPPORTUNITY_STAGES = tuple(STAGE_INFO)
+FORECAST_CATEGORIES = ("Omitted", "Pipeline", "BestCase", "Commit", "Closed")
+OPPORTUNITY_TYPES = ("Existing Customer - Upgrade", "Existing Customer - Replacement",
+                     "Existing Customer - Downgrade", "New Customer")
 
 
 def _opportunity() -> SObject:
     fields = _head() + [
         _f("AccountId", "reference", reference_to=("Account",), relationship_name="Account"),
         _f("Name", "string", length=120, nillable=False),
-        _f("StageName", "picklist", nillable=False, picklist=OPPORTUNITY_STAGES),
+        _f("StageName", "picklist", nillable=False, picklist=OPPORTUNITY_STAGES, label="Stage"),
         _f("CloseDate", "date", nillable=False),
         _f("Amount", "currency"),
+        _f("Probability", "percent", label="Probability (%)"),
+        _f("ForecastCategoryName", "picklist", picklist=FORECAST_CATEGORIES,
+           label="Forecast Category"),
+        _f("IsClosed", "boolean", nillable=False, createable=False, updateable=False,
+           label="Closed"),
+        _f("IsWon", "boolean", nillable=False, createable=False, updateable=False, label="Won"),
+        _f("Type", "picklist", picklist=OPPORTUNITY_TYPES, label="Opportunity Type"),
+        _f("NextStep", "string", length=255),
+        _f("Description", "textarea", length=32000),
         _f("LeadSource", "picklist", picklist=LEAD_SOURCES),
+        _f("CampaignId", "reference", reference_to=("Campaign",), relationship_name="Campaign"),
         *_system(),
     ]
     return SObject("Opportunity", "006", "Opportunity", fields)
+
+
+CONTACT_ROLES = ("Business User", "Decision Maker", "Economic Buyer", "Economic Decision Maker",
+                 "Evaluator", "Executive Sponsor", "Influencer", "Technical Buyer", "Other")
+
+
+def _opportunity_contact_role() -> SObject:
+    fields = _head() + [
+        _f("OpportunityId", "reference", reference_to=("Opportunity",),
+           relationship_name="Opportunity", nillable=False, updateable=False),
+        _f("ContactId", "reference", reference_to=("Contact",), relationship_name="Contact",
+           nillable=False),
+        _f("Role", "picklist", picklist=CONTACT_ROLES),
+        _f("IsPrimary", "boolean", nillable=False, label="Primary"),
+        *[f for f in _system() if f.name != "OwnerId"],
+    ]
+    return SObject("OpportunityContactRole", "00K", "Contact Role", fields)
+
+
+CAMPAIGN_TYPES = ("Advertisement", "Banner Ads", "Conference", "Direct Mail", "Email",
+                  "Partners", "Public Relations", "Referral Program", "Telemarketing",
+                  "Trade Show", "Webinar", "Other")
+CAMPAIGN_STATUSES = ("Planned", "In Progress", "Completed", "Aborted")
+# The two member statuses every new campaign gets (CampaignMemberStatus rows): the first is
+# the default, "Responded" counts as a response.
+MEMBER_STATUSES = ("Sent", "Responded")
+RESPONDED_STATUSES = frozenset({"Responded"})
+
+
+def _campaign() -> SObject:
+    fields = _head() + [
+        _f("Name", "string", length=80, nillable=False),
+        _f("ParentId", "reference", reference_to=("Campaign",), relationship_name="Parent",
+           label="Parent Campaign ID"),
+        _f("Type", "picklist", picklist=CAMPAIGN_TYPES),
+        _f("Status", "picklist", picklist=CAMPAIGN_STATUSES),
+        _f("StartDate", "date"),
+        _f("EndDate", "date"),
+        _f("IsActive", "boolean", nillable=False, label="Active"),
+        _f("Description", "textarea", length=32000),
+        _f("BudgetedCost", "currency"),
+        _f("ActualCost", "currency"),
+        _f("ExpectedRevenue", "currency"),
+        _f("ExpectedResponse", "percent", label="Expected Response (%)"),
+        _f("NumberSent", "double", label="Num Sent"),
+        *_system(),
+    ]
+    return SObject("Campaign", "701", "Campaign", fields)
+
+
+def _campaign_member() -> SObject:
+    fields = _head() + [
+        _f("CampaignId", "reference", reference_to=("Campaign",), relationship_name="Campaign",
+           nillable=False, updateable=False, label="Campaign ID"),
+        _f("LeadId", "reference", reference_to=("Lead",), relationship_name="Lead",
+           updateable=False, label="Lead ID"),
+        _f("ContactId", "reference", reference_to=("Contact",), relationship_name="Contact",
+           updateable=False, label="Contact ID"),
+        _f("LeadOrContactId", "reference", reference_to=("Lead", "Contact"), createable=False,
+           updateable=False, label="Lead/Contact ID"),
+        _f("Status", "picklist", length=40, picklist=MEMBER_STATUSES),
+        _f("HasResponded", "boolean", nillable=False, createable=False, updateable=False,
+           label="Responded"),
+        _f("FirstRespondedDate", "date", createable=False, updateable=False),
+        *[f for f in _system() if f.name != "OwnerId"],
+    ]
+    return SObject("CampaignMember", "00v", "Campaign Member", fields)
 
 
 def _user() -> SObject:
@@ -274,7 +376,8 @@ NAME_FIELDS = frozenset({"id", "name", "email", "firstname", "lastname", "alias"
 
 def build_schema() -> dict[str, SObject]:
     """All emulated objects by API name."""
-    objs = [_lead(), _contact(), _account(), _opportunity(), _user(), _group()]
+    objs = [_lead(), _contact(), _account(), _opportunity(), _opportunity_contact_role(),
+            _campaign(), _campaign_member(), _user(), _group()]
     return {o.name: o for o in objs}
 
 
@@ -283,6 +386,12 @@ SCHEMA_LOWER: dict[str, SObject] = {k.lower(): v for k, v in SCHEMA.items()}
 BY_PREFIX: dict[str, SObject] = {o.key_prefix: o for o in SCHEMA.values()}
 
 EXTERNAL_ID_FIELDS = frozenset({"External_Id__c"})
+# Emulated objects for which Salesforce publishes change events (Change Event Object Support;
+# Group has none), and the ones selected for CDC in this org unless configured otherwise.
+CDC_SUPPORTED = frozenset({"Lead", "Contact", "Account", "Opportunity",
+                           "OpportunityContactRole", "Campaign", "CampaignMember", "User"})
+DEFAULT_CDC_ENTITIES = ("Lead", "Contact", "Account", "Opportunity", "OpportunityContactRole",
+                        "Campaign", "CampaignMember")
 CDC_EXCLUDED = frozenset({"Id", "IsDeleted", "SystemModstamp"})
 
 
@@ -312,7 +421,8 @@ def describe(obj: SObject, version: str) -> dict[str, Any]:
 def _describe_field(f: Field) -> dict[str, Any]:
     soap = {"id": "tns:ID", "reference": "tns:ID", "boolean": "xsd:boolean",
             "datetime": "xsd:dateTime", "date": "xsd:date", "double": "xsd:double",
-            "currency": "xsd:double", "int": "xsd:int", "address": "urn:address"}
+            "currency": "xsd:double", "percent": "xsd:double", "int": "xsd:int",
+            "address": "urn:address"}
     return {
         "name": f.name,
         "label": f.label,

@@ -1,4 +1,5 @@
-"""Deterministic seed data: users, queues, accounts, contacts and leads, built fast."""
+"""Deterministic seed data: users, queues, accounts, contacts, leads, opportunities with contact
+roles and campaigns with members, built fast."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import random
 from typing import Any
 
 from .ids import make_id
-from .schema import INDUSTRIES, LEAD_SOURCES, LEAD_STATUSES, LIFECYCLE, SObject
+from .schema import (
+    CAMPAIGN_TYPES,
+    CONTACT_ROLES,
+    INDUSTRIES,
+    LEAD_SOURCES,
+    LEAD_STATUSES,
+    LIFECYCLE,
+    MEMBER_STATUSES,
+    OPPORTUNITY_TYPES,
+    STAGE_INFO,
+    SObject,
+)
 from .state import OrgState, Row, format_datetime
 
 FIRST = ("James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda",
@@ -48,12 +60,21 @@ def _slots(obj: SObject) -> dict[str, int]:
     return {f.name: f.slot for f in obj.stored}
 
 
+# Shares of seeded Leads and Contacts opted out, per flag (HasOptedOutOfEmail comes from the
+# main random stream at 5%, as before the other flags existed).
+FAX_OPT_OUT_SHARE = 0.02
+DO_NOT_CALL_SHARE = 0.03
+
+
 def seed(state: OrgState, *, accounts: int = 0, contacts: int = 0, leads: int = 0,
-         users: int = 20, queues: int = 3, seed_value: int = 42) -> dict[str, int]:
+         users: int = 20, queues: int = 3, seed_value: int = 42, opportunities: int = 0,
+         campaigns: int = 0, campaign_members: int = 0) -> dict[str, int]:
     """Fill the org deterministically; no CDC events. Returns the counts created."""
     rnd = random.Random(seed_value)
     rand = rnd.random
     choice = rnd.choice
+    # A stream of its own, so the consent flags leave every other seeded value as it was.
+    consent = random.Random(seed_value * 7919 + 1).random
     user_ids = _seed_users(state, users)
     queue_ids = _seed_queues(state, queues)
 
@@ -123,6 +144,8 @@ def seed(state: OrgState, *, accounts: int = 0, contacts: int = 0, leads: int = 
         row[s["MailingCountry"]] = country
         row[s["LeadSource"]] = choice(LEAD_SOURCES)
         row[s["HasOptedOutOfEmail"]] = rand() < 0.05
+        row[s["HasOptedOutOfFax"]] = consent() < FAX_OPT_OUT_SHARE
+        row[s["DoNotCall"]] = consent() < DO_NOT_CALL_SHARE
         owner = choice(user_ids)
         row[s["OwnerId"]] = owner
         row[s["CreatedById"]] = owner
@@ -166,6 +189,8 @@ def seed(state: OrgState, *, accounts: int = 0, contacts: int = 0, leads: int = 
         row[s["LeadSource"]] = choice(LEAD_SOURCES)
         row[s["Industry"]] = choice(INDUSTRIES)
         row[s["HasOptedOutOfEmail"]] = rand() < 0.05
+        row[s["HasOptedOutOfFax"]] = consent() < FAX_OPT_OUT_SHARE
+        row[s["DoNotCall"]] = consent() < DO_NOT_CALL_SHARE
         row[s["IsConverted"]] = False
         owner = choice(queue_ids) if queue_ids and rand() < 0.15 else choice(user_ids)
         row[s["OwnerId"]] = owner
@@ -181,10 +206,129 @@ def seed(state: OrgState, *, accounts: int = 0, contacts: int = 0, leads: int = 
         row[s["External_Id__c"]] = f"L-{i:08d}"
         t.ids.append(sf_id)
         t.rows[sf_id] = row
+    extra = random.Random(seed_value * 104_729 + 3)
+    roles = _seed_opportunities(state, opportunities, user_ids, extra)
+    members = _seed_campaigns(state, campaigns, campaign_members, user_ids, extra)
     for table in state.tables.values():
         table.rebuild_stamp_index()
     return {"User": len(user_ids), "Group": len(queue_ids), "Account": accounts,
-            "Contact": contacts, "Lead": leads}
+            "Contact": contacts, "Lead": leads, "Opportunity": opportunities,
+            "OpportunityContactRole": roles, "Campaign": campaigns, "CampaignMember": members}
+
+
+def _new_row(t: Any, s: dict[str, int], d: str, owner: str) -> Row:
+    """A live row with a fresh id and its audit fields set (OwnerId when the object has one)."""
+    row: Row = [None] * t.obj.width
+    sf_id = make_id(t.obj.key_prefix, t.seq.next_number)
+    t.seq.next_number += 1
+    row[0] = sf_id
+    row[s["IsDeleted"]] = False
+    if "OwnerId" in s:
+        row[s["OwnerId"]] = owner
+    for name in ("CreatedById", "LastModifiedById"):
+        row[s[name]] = owner
+    for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp"):
+        row[s[name]] = d
+    t.ids.append(sf_id)
+    t.rows[sf_id] = row
+    return row
+
+
+def _seed_opportunities(state: OrgState, count: int, user_ids: list[str],
+                        rnd: random.Random) -> int:
+    """`count` opportunities on random accounts, each with 1-2 contact roles (the first
+    primary) from the account's contacts when it has any, else from all contacts."""
+    accounts = state.tables["Account"].ids
+    contacts = state.tables["Contact"]
+    if count <= 0:
+        return 0
+    if not accounts or not contacts.ids:
+        raise ValueError("seeding opportunities needs seeded accounts and contacts")
+    by_account = contacts.index_for(contacts.obj.slot("AccountId"))
+    t = state.tables["Opportunity"]
+    s = _slots(t.obj)
+    r = state.tables["OpportunityContactRole"]
+    rs = _slots(r.obj)
+    dates = _Dates(count)
+    stages = tuple(STAGE_INFO)
+    roles = 0
+    for i in range(count):
+        d = dates.at(i)
+        owner = rnd.choice(user_ids)
+        row = _new_row(t, s, d, owner)
+        account = accounts[int(rnd.random() * len(accounts))]
+        stage = stages[int(rnd.random() * len(stages))]
+        probability, category, closed, won = STAGE_INFO[stage]
+        row[s["AccountId"]] = account
+        row[s["Name"]] = f"Opportunity {i}"
+        row[s["StageName"]] = stage
+        row[s["Probability"]] = probability
+        row[s["ForecastCategoryName"]] = category
+        row[s["IsClosed"]] = closed
+        row[s["IsWon"]] = won
+        row[s["CloseDate"]] = d[:10]
+        row[s["Amount"]] = float(int(rnd.random() * 500) * 1000)
+        row[s["Type"]] = rnd.choice(OPPORTUNITY_TYPES)
+        row[s["LeadSource"]] = rnd.choice(LEAD_SOURCES)
+        pool = sorted(by_account.get(account, ())) or contacts.ids
+        picked = rnd.sample(pool, min(len(pool), 1 + int(rnd.random() * 2)))
+        for n, contact in enumerate(picked):
+            role = _new_row(r, rs, d, owner)
+            role[rs["OpportunityId"]] = row[0]
+            role[rs["ContactId"]] = contact
+            role[rs["Role"]] = rnd.choice(CONTACT_ROLES)
+            role[rs["IsPrimary"]] = n == 0
+            roles += 1
+    return roles
+
+
+def _seed_campaigns(state: OrgState, count: int, members: int, user_ids: list[str],
+                    rnd: random.Random) -> int:
+    """`count` campaigns and `members` members spread over them round-robin: live leads and
+    contacts (about half each), each at most once per campaign."""
+    if count <= 0:
+        if members > 0:
+            raise ValueError("seeding campaign members needs seeded campaigns")
+        return 0
+    t = state.tables["Campaign"]
+    s = _slots(t.obj)
+    campaign_ids: list[str] = []
+    for i in range(count):
+        d = format_datetime(SEED_EPOCH_S + SEED_SPAN_S * i // count)
+        row = _new_row(t, s, d, rnd.choice(user_ids))
+        row[s["Name"]] = f"{rnd.choice(CAMPAIGN_TYPES)} Campaign {i}"
+        row[s["Type"]] = rnd.choice(CAMPAIGN_TYPES)
+        active = rnd.random() < 0.7
+        row[s["IsActive"]] = active
+        row[s["Status"]] = "In Progress" if active else rnd.choice(("Planned", "Completed"))
+        row[s["StartDate"]] = d[:10]
+        row[s["BudgetedCost"]] = float(int(rnd.random() * 100) * 1000)
+        campaign_ids.append(row[0])
+    if members <= 0:
+        return 0
+    people = state.tables["Lead"].ids + state.tables["Contact"].ids
+    if members > len(people) * count:
+        raise ValueError(f"{members} campaign members need more leads and contacts")
+    leads = len(state.tables["Lead"].ids)
+    m = state.tables["CampaignMember"]
+    ms = _slots(m.obj)
+    dates = _Dates(members)
+    start = int(rnd.random() * len(people))
+    for i in range(members):
+        campaign = campaign_ids[i % count]
+        # Campaign c takes consecutive people from its own offset: no one twice in a campaign.
+        person_index = (start + i // count + (i % count) * 7919) % len(people)
+        person = people[person_index]
+        row = _new_row(m, ms, dates.at(i), user_ids[i % len(user_ids)])
+        row[ms["CampaignId"]] = campaign
+        row[ms["LeadId" if person_index < leads else "ContactId"]] = person
+        row[ms["LeadOrContactId"]] = person
+        status = MEMBER_STATUSES[1] if rnd.random() < 0.2 else MEMBER_STATUSES[0]
+        row[ms["Status"]] = status
+        row[ms["HasResponded"]] = status == MEMBER_STATUSES[1]
+        if status == MEMBER_STATUSES[1]:
+            row[ms["FirstRespondedDate"]] = dates.at(i)[:10]
+    return members
 
 
 def _seed_users(state: OrgState, count: int) -> list[str]:
@@ -212,6 +356,7 @@ def _seed_users(state: OrgState, count: int) -> list[str]:
         t.insert(row)
         out.append(sf_id)
     state.integration_user_id = out[0]
+    state.sales_user_id = out[1] if len(out) > 1 else out[0]
     return out[1:] or out
 
 

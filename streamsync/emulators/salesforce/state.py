@@ -18,9 +18,11 @@ import orjson
 from .errors import SalesforceError, not_found
 from .ids import KEY_PREFIXES, IdSequence, is_valid_id, make_id, to18
 from .oauth import Sessions
+from .rules import CASCADES, check_new_member, deleted_children, derive, live_children
 from .schema import (
     BY_PREFIX,
     CDC_EXCLUDED,
+    DEFAULT_CDC_ENTITIES,
     OPPORTUNITY_STAGES,
     SCHEMA,
     SCHEMA_LOWER,
@@ -49,6 +51,7 @@ _LEAD_TO_CONTACT = (("Salutation", "Salutation"), ("FirstName", "FirstName"),
                     ("MailingCity", "City"), ("MailingState", "State"),
                     ("MailingPostalCode", "PostalCode"), ("MailingCountry", "Country"),
                     ("HasOptedOutOfEmail", "HasOptedOutOfEmail"),
+                    ("HasOptedOutOfFax", "HasOptedOutOfFax"), ("DoNotCall", "DoNotCall"),
                     ("Lifecycle_Stage__c", "Lifecycle_Stage__c"),
                     ("External_Id__c", "External_Id__c"))
 
@@ -249,6 +252,7 @@ class Transaction:
         self.user_id = user_id
         self.now_s = state.clock()
         self.now = format_datetime(self.now_s)
+        self.today = self.now[:10]
         self.events: list[tuple[str, str, list[str], dict[str, Any], list[str], list[str]]] = []
         self.undo: list[_Undo] = []
 
@@ -265,16 +269,21 @@ class Transaction:
                 row[f.slot] = False
         self._apply(obj, row, values, creating=True)
         self._set_defaults(obj, row, creating=True)
+        derive(obj, row, None, {k.lower() for k in values}, self.today)
         missing = [f.name for f in obj.stored
                    if not f.nillable and f.createable and row[f.slot] is None]
         if missing:
             raise SalesforceError(400, "REQUIRED_FIELD_MISSING",
                                   f"Required fields are missing: [{', '.join(missing)}]", missing)
+        if obj.name == "CampaignMember":
+            check_new_member(table, self.state.tables["Lead"], row)
         sf_id = table.seq.next()
         row[0] = sf_id
         table.insert(row)
         self.undo.append(_Undo("create", table, sf_id, None))
         self._event(obj.name, "CREATE", [sf_id], self.state.full_payload(obj, row), [], [])
+        if obj.name == "OpportunityContactRole" and row[obj.slot("IsPrimary")]:
+            self._single_primary(row)
         return sf_id
 
     def update(self, obj_name: str, sf_id: str, values: dict[str, Any], *,
@@ -288,11 +297,15 @@ class Transaction:
         before = list(row)
         new = list(row)
         self._apply(obj, new, values, creating=False, system=system)
+        derive(obj, new, before, {k.lower() for k in values}, self.today)
         changed = [f for f in obj.stored if new[f.slot] != before[f.slot]]
         self._set_defaults(obj, new, creating=False)
         table.replace(row, new)
         self.undo.append(_Undo("update", table, row[0], before))
-        if obj.name not in ("Lead", "Contact", "Account"):
+        if obj.name == "OpportunityContactRole" and new[obj.slot("IsPrimary")] \
+                and not before[obj.slot("IsPrimary")]:
+            self._single_primary(new)
+        if obj.name not in self.state.cdc_entities:
             return
         payload: dict[str, Any] = {}
         changed_names: list[str] = []
@@ -336,6 +349,9 @@ class Transaction:
         row[table.obj.slot("SystemModstamp")] = self.now
         self.undo.append(_Undo("update", table, row[0], before))
         self._event(table.obj.name, "DELETE", [row[0]], {}, [], [])
+        for child, field in CASCADES.get(table.obj.name, ()):
+            for child_row in live_children(self.state.tables[child], field, row[0]):
+                self.delete(child, child_row[0])
 
     def undelete(self, obj_name: str, sf_id: str) -> None:
         table = self.state.table(obj_name)
@@ -345,11 +361,16 @@ class Transaction:
         if not row[table.deleted_slot]:
             raise SalesforceError(400, "UNDELETE_FAILED", "Entity is not in the recycle bin")
         before = list(row)
+        deleted_at = row[table.stamp_slot]
         row[table.deleted_slot] = False
         row[table.obj.slot("SystemModstamp")] = self.now
         self.undo.append(_Undo("update", table, row[0], before))
         self._event(table.obj.name, "UNDELETE", [row[0]],
                     self.state.full_payload(table.obj, row), [], [])
+        for child, field in CASCADES.get(table.obj.name, ()):
+            for child_row in deleted_children(self.state.tables[child], field, row[0],
+                                              deleted_at):
+                self.undelete(child, child_row[0])
 
     def convert_lead(self, conv: LeadConversion) -> dict[str, str | None]:
         """Convert a Lead in this transaction (as SOAP convertLead does).
@@ -407,14 +428,36 @@ class Transaction:
             if owner:
                 opp["OwnerId"] = owner
             opportunity_id = self.create("Opportunity", _present(opp))
+            self.create("OpportunityContactRole", {"OpportunityId": opportunity_id,
+                                                   "ContactId": contact_id, "IsPrimary": True})
         lead_values: dict[str, Any] = {
             "Status": conv.converted_status, "IsConverted": True, "ConvertedDate": today,
             "ConvertedAccountId": account_id, "ConvertedContactId": contact_id}
         if opportunity_id is not None:
             lead_values["ConvertedOpportunityId"] = opportunity_id
         self.update("Lead", row[0], lead_values, event_has_last_modified=False, system=True)
+        self._move_memberships(row[0], contact_id)
         return {"leadId": row[0], "accountId": account_id, "contactId": contact_id,
                 "opportunityId": opportunity_id}
+
+    def _move_memberships(self, lead_id: str, contact_id: str) -> None:
+        """The converted lead's campaign members now name the contact too (same rows); a
+        campaign the contact already belongs to keeps the contact's own row."""
+        members = self.state.tables["CampaignMember"]
+        campaign = members.obj.slot("CampaignId")
+        taken = {r[campaign] for r in live_children(members, "ContactId", contact_id)}
+        for member in live_children(members, "LeadId", lead_id):
+            if member[campaign] not in taken:
+                self.update("CampaignMember", member[0], {"ContactId": contact_id}, system=True)
+
+    def _single_primary(self, row: Row) -> None:
+        """Only one primary contact role per opportunity: the others stop being primary."""
+        roles = self.state.tables["OpportunityContactRole"]
+        obj = roles.obj
+        primary = obj.slot("IsPrimary")
+        for other in live_children(roles, "OpportunityId", row[obj.slot("OpportunityId")]):
+            if other[0] != row[0] and other[primary]:
+                self.update("OpportunityContactRole", other[0], {"IsPrimary": False})
 
     def _fill_empty(self, obj_name: str, sf_id: str, values: dict[str, Any], *,
                     overwrite: tuple[str, ...] = ()) -> str:
@@ -483,7 +526,7 @@ class Transaction:
 
     def _event(self, entity: str, change_type: str, record_ids: list[str],
                payload: dict[str, Any], changed: list[str], nulled: list[str]) -> None:
-        if entity in ("Lead", "Contact", "Account"):
+        if entity in self.state.cdc_entities:
             self.events.append((entity, change_type, record_ids, payload, changed, nulled))
 
     def savepoint(self) -> tuple[int, int]:
@@ -521,8 +564,11 @@ class OrgState:
     def __init__(self, *, bus: Publisher | None = None, api_version: str = "66.0",
                  daily_api_max: int = 1_000_000, clock: Callable[[], float] = time.time,
                  org_id: str = "", event_log_size: int = 10_000,
-                 overflow_changes: int = 100_000) -> None:
+                 overflow_changes: int = 100_000,
+                 cdc_entities: tuple[str, ...] = DEFAULT_CDC_ENTITIES) -> None:
         self.bus = bus
+        # The objects selected for Change Data Capture: only their writes publish events.
+        self.cdc_entities = frozenset(cdc_entities)
         self.overflow_changes = overflow_changes
         self.api_version = api_version
         self.clock = clock
@@ -534,6 +580,7 @@ class OrgState:
         self.commit_number = 10_000_000_000
         self.event_log: deque[dict[str, Any]] = deque(maxlen=event_log_size)
         self.integration_user_id = ""
+        self.sales_user_id = ""  # a seeded sales user: the actor of "user" control calls
         self.sessions: Sessions | None = None  # set by the app
 
     # -- lookups ----------------------------------------------------------------------------
