@@ -392,6 +392,9 @@ CDC_SUPPORTED = frozenset({"Lead", "Contact", "Account", "Opportunity",
                            "OpportunityContactRole", "Campaign", "CampaignMember", "User"})
 DEFAULT_CDC_ENTITIES = ("Lead", "Contact", "Account", "Opportunity", "OpportunityContactRole",
                         "Campaign", "CampaignMember")
+# Set by the server when a create leaves them out (booleans are defaulted too).
+DEFAULTED_ON_CREATE = frozenset({"OwnerId", "CreatedDate", "CreatedById", "LastModifiedDate",
+                                 "LastModifiedById", "SystemModstamp", "Status"})
 CDC_EXCLUDED = frozenset({"Id", "IsDeleted", "SystemModstamp"})
 
 
@@ -431,6 +434,7 @@ def _describe_field(f: Field) -> dict[str, Any]:
         "length": f.length,
         "custom": f.custom,
         "nillable": f.nillable,
+        "defaultedOnCreate": f.type == "boolean" or f.name in DEFAULTED_ON_CREATE,
         "createable": f.createable,
         "updateable": f.updateable,
         "filterable": not f.is_compound,
