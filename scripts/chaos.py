@@ -540,11 +540,9 @@ class Outage:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return None
-        for line in text.splitlines():
-            if line.startswith("streamsync_salesforce_api_calls_total{") and \
-                    'kind="queryAll"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("streamsync_salesforce_api_calls_total{")
+                   and 'kind="queryAll"' in line)  # one line per status
 
     async def _time_drain(self) -> None:
         """Seconds from the outage's end until no row queued before that end is left."""

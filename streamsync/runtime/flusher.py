@@ -154,6 +154,8 @@ class Flusher:
             result = await self._flush(signals, PROBE_IDS if probing else None)
         finally:
             self.breakers.report(signals, probing)
+            for name, breaker in self.breakers.by_name.items():
+                self.metrics.destination_down.labels(name).set(int(breaker.is_open))
         recoveries = self.breakers.recoveries()
         if recoveries != self._recoveries:
             self._recoveries = recoveries

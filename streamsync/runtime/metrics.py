@@ -76,6 +76,11 @@ class Metrics:
             "streamsync_dead_lettered_total", "Records dead-lettered by reason", ["reason"],
             registry=r,
         )
+        self.destination_down = Gauge(
+            "streamsync_destination_down",
+            "1 while a destination's circuit breaker is open (Salesforce or Iterable is down)",
+            ["destination"], registry=r,
+        )
         self.reconciliations = Counter(
             "streamsync_reconciliations_total", "Reconciliations run by trigger", ["trigger"],
             registry=r,

@@ -31,6 +31,12 @@ def sf_queries(rig: SyncRig) -> int:
     return int(rig.sf.counters()["api"]["by_kind"].get("query", 0))
 
 
+def down(rig: SyncRig, destination: str) -> float | None:
+    """The streamsync_destination_down gauge."""
+    return rig.metrics.registry.get_sample_value("streamsync_destination_down",
+                                                 {"destination": destination})
+
+
 async def ride_out(rig: SyncRig, seconds: float, step_s: float = 1.0) -> list[int]:
     """Flush once per `step_s` of fake time for `seconds`; the rows leased by each flush."""
     leased = []
@@ -65,6 +71,7 @@ async def test_an_iterable_outage_longer_than_the_retry_budget_dead_letters_noth
     outage = rig.flusher.outage()
     assert outage.startswith("Iterable unreachable since ")
     assert "HTTP 503" in outage
+    assert down(rig, "iterable") == 1.0 and down(rig, "salesforce") == 0.0
     stats = await rig.store.queue_stats(rig.clock())
     assert stats.retrying + stats.due == 80
 
@@ -73,6 +80,7 @@ async def test_an_iterable_outage_longer_than_the_retry_budget_dead_letters_noth
     probe = await rig.flusher.flush_once()
     assert (probe.leased, probe.synced) == (50, 50)
     assert rig.flusher.outage() == ""
+    assert down(rig, "iterable") == 0.0
     rest = await rig.flusher.flush_once()  # due at once: no backoff is waited out
     assert (rest.leased, rest.synced) == (30, 30)
     assert (await rig.store.queue_stats(rig.clock())).depth == 0
