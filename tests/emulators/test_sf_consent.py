@@ -138,9 +138,15 @@ async def test_every_write_path_stamps_the_client_in_the_change_origin(
                 {"attributes": {"type": "Contact"}, "id": contacts[1],
                  "HasOptedOutOfEmail": True}]}) as r:
         assert [x["success"] for x in await _json(r)] == [True, True]
-    # 6 Bulk API 2.0 ingest: the client of the job creation call.
+    # 6 Composite: one subrequest per transaction (allOrNone false).
+    async with http.post(f"{V}/composite", headers=tagged, json={"compositeRequest": [
+            {"method": "PATCH", "url": f"{V}/sobjects/Contact/{contacts[4]}",
+             "referenceId": "optOut", "body": {"HasOptedOutOfEmail": True}}]}) as r:
+        (sub,) = (await _json(r))["compositeResponse"]
+    assert sub["httpStatusCode"] == 204
+    # 7 Bulk API 2.0 ingest: the client of the job creation call.
     await _ingest_update(http, emu, f"Id,HasOptedOutOfFax\n{contacts[2]},true\n", tagged)
-    # 7 SOAP convertLead: CallOptions/client.
+    # 8 SOAP convertLead: CallOptions/client.
     status, text = await soap(emu, convert(emu, [{"leadId": leads[2], "convertedStatus":
                                                   "Closed - Converted",
                                                   "doNotCreateOpportunity": True}],
@@ -153,7 +159,7 @@ async def test_every_write_path_stamps_the_client_in_the_change_origin(
 
     count = emu.bus.latest_replay_id - start
     events = (await cdc_events(emu, "/data/ChangeEvents", emu.bus.latest_replay_id))[start:]
-    assert len(events) == count == 11
+    assert len(events) == count == 12
     seen = [(e["ChangeEventHeader"]["entityName"], e["ChangeEventHeader"]["changeType"],
              e["ChangeEventHeader"]["changeOrigin"]) for e in events]
     rest = f"com/salesforce/api/rest/66.0;client={CLIENT}"
@@ -162,7 +168,7 @@ async def test_every_write_path_stamps_the_client_in_the_change_origin(
     assert seen == [
         ("Lead", "CREATE", rest), ("Lead", "UPDATE", rest), ("Contact", "UPDATE", rest),
         ("Lead", "DELETE", rest), ("Lead", "UPDATE", rest), ("Contact", "UPDATE", rest),
-        ("Contact", "UPDATE", bulk), ("Account", "CREATE", soap_origin),
+        ("Contact", "UPDATE", rest), ("Contact", "UPDATE", bulk), ("Account", "CREATE", soap_origin),
         ("Contact", "CREATE", soap_origin), ("Lead", "UPDATE", soap_origin),
         ("Contact", "UPDATE", "com/salesforce/api/rest/66.0")]
     by_record = {(e["ChangeEventHeader"]["changeType"],

@@ -420,3 +420,69 @@ async def test_control_api_acts_as_a_sales_user(emu: SalesforceEmulator,
     assert events[5]["ChangeEventHeader"]["changedFields"][:2] == ["HasOptedOutOfEmail",
                                                                    "DoNotCall"]
     assert events[6]["HasOptedOutOfEmail"] is False and "DoNotCall" not in events[6]
+
+
+async def test_composite_references_and_all_or_none(emu: SalesforceEmulator,
+                                                   http: aiohttp.ClientSession) -> None:
+    lead = emu.state.tables["Lead"].ids[3]
+    tagged = {"Sforce-Call-Options": "client=composite-test"}
+    start = emu.bus.latest_replay_id
+    async with http.post(f"{V}/composite", headers=tagged, json={"compositeRequest": [
+            {"method": "POST", "url": f"{V}/sobjects/Campaign", "referenceId": "camp",
+             "body": {"Name": "Composite Launch", "IsActive": True}},
+            {"method": "POST", "url": f"{V}/sobjects/CampaignMember", "referenceId": "member",
+             "body": {"CampaignId": "@{camp.id}", "LeadId": lead}},
+            {"method": "GET", "referenceId": "read",
+             "url": f"{V}/query?q=SELECT+Id,+Campaign.Name+FROM+CampaignMember+"
+                    "WHERE+Id+=+'@{member.id}'"},
+            {"method": "PATCH", "url": f"{V}/sobjects/CampaignMember/@{{read.records[0].Id}}",
+             "referenceId": "respond", "body": {"Status": "Responded"}},
+            {"method": "GET", "url": f"{V}/sobjects/Campaign/@{{camp.id}}?fields=Name,IsActive",
+             "referenceId": "get"}]}) as r:
+        subs = (await _json(r))["compositeResponse"]
+    assert [s["httpStatusCode"] for s in subs] == [201, 201, 200, 204, 200]
+    campaign, member = subs[0]["body"]["id"], subs[1]["body"]["id"]
+    assert subs[0]["httpHeaders"] == {"Location": f"{V}/sobjects/Campaign/{campaign}"}
+    assert subs[2]["body"]["records"][0]["Campaign"]["Name"] == "Composite Launch"
+    assert (subs[4]["body"]["Name"], subs[4]["body"]["IsActive"]) == ("Composite Launch", True)
+    assert record(emu, "CampaignMember", member)["HasResponded"] is True
+    headers = [e["ChangeEventHeader"] for e in list(emu.state.event_log)]
+    mine = [h for h in headers if h["changeOrigin"].endswith("client=composite-test")]
+    assert [(h["entityName"], h["changeType"]) for h in mine] == [
+        ("Campaign", "CREATE"), ("CampaignMember", "CREATE"), ("CampaignMember", "UPDATE")]
+    assert mine[0]["changeOrigin"] == "com/salesforce/api/rest/66.0;client=composite-test"
+
+    # allOrNone: the failure rolls back what came before; nothing is published.
+    before = emu.bus.latest_replay_id
+    async with http.post(f"{V}/composite", json={"allOrNone": True, "compositeRequest": [
+            {"method": "POST", "url": f"{V}/sobjects/Campaign", "referenceId": "ok",
+             "body": {"Name": "Rolled back"}},
+            {"method": "POST", "url": f"{V}/sobjects/CampaignMember", "referenceId": "dup",
+             "body": {"CampaignId": campaign, "LeadId": lead}},
+            {"method": "DELETE", "url": f"{V}/sobjects/Campaign/{campaign}",
+             "referenceId": "later"}]}) as r:
+        subs = (await _json(r))["compositeResponse"]
+    assert [s["httpStatusCode"] for s in subs] == [400, 400, 400]
+    assert subs[1]["body"][0]["errorCode"] == "DUPLICATE_VALUE"
+    assert subs[0]["body"][0]["errorCode"] == subs[2]["body"][0]["errorCode"] == \
+        "PROCESSING_HALTED"
+    assert emu.bus.latest_replay_id == before
+    assert await query(http, "SELECT Id FROM Campaign WHERE Name = 'Rolled back'") == []
+
+    # Without allOrNone: a failure stops only the subrequests that depend on it.
+    async with http.post(f"{V}/composite", json={"compositeRequest": [
+            {"method": "POST", "url": f"{V}/sobjects/CampaignMember", "referenceId": "dup",
+             "body": {"CampaignId": campaign, "LeadId": lead}},
+            {"method": "PATCH", "url": f"{V}/sobjects/CampaignMember/@{{dup.id}}",
+             "referenceId": "dependent", "body": {"Status": "Sent"}},
+            {"method": "PATCH", "url": f"{V}/sobjects/Campaign/{campaign}",
+             "referenceId": "independent", "body": {"IsActive": False}}]}) as r:
+        subs = (await _json(r))["compositeResponse"]
+    assert [s["httpStatusCode"] for s in subs] == [400, 400, 204]
+    assert subs[1]["body"][0]["errorCode"] == "PROCESSING_HALTED"
+    assert record(emu, "Campaign", campaign)["IsActive"] is False
+    async with http.post(f"{V}/composite", json={"compositeRequest": [
+            {"method": "GET", "url": f"{V}/sobjects/Lead/{lead}", "referenceId": f"r{i}"}
+            for i in range(26)]}) as r:
+        assert (await _json(r, 400))[0]["errorCode"] == "LIMIT_EXCEEDED"
+    assert emu.bus.latest_replay_id > start

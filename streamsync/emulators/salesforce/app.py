@@ -18,6 +18,7 @@ from aiohttp import web
 from .bulk import BulkQueryApi
 from .bus import EventBus
 from .cometd import CometdServer
+from .composite import CompositeApi
 from .control import CONTROL_PREFIX, ControlApi
 from .errors import SalesforceError, invalid_session
 from .faults import FaultPlan
@@ -160,6 +161,7 @@ class SalesforceEmulator:
         app.router.add_post("/services/oauth2/token", self.token_endpoint.handle)
         app.router.add_post("/services/oauth2/revoke", self.token_endpoint.revoke)
         self.rest.register(app)
+        CompositeApi(self.state).register(app)
         self.bulk.register(app)
         self.ingest.register(app)
         self.soap.register(app)
