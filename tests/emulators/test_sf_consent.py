@@ -168,7 +168,8 @@ async def test_every_write_path_stamps_the_client_in_the_change_origin(
     assert seen == [
         ("Lead", "CREATE", rest), ("Lead", "UPDATE", rest), ("Contact", "UPDATE", rest),
         ("Lead", "DELETE", rest), ("Lead", "UPDATE", rest), ("Contact", "UPDATE", rest),
-        ("Contact", "UPDATE", rest), ("Contact", "UPDATE", bulk), ("Account", "CREATE", soap_origin),
+        ("Contact", "UPDATE", rest), ("Contact", "UPDATE", bulk),
+        ("Account", "CREATE", soap_origin),
         ("Contact", "CREATE", soap_origin), ("Lead", "UPDATE", soap_origin),
         ("Contact", "UPDATE", "com/salesforce/api/rest/66.0")]
     by_record = {(e["ChangeEventHeader"]["changeType"],
