@@ -486,3 +486,40 @@ async def test_composite_references_and_all_or_none(emu: SalesforceEmulator,
             for i in range(26)]}) as r:
         assert (await _json(r, 400))[0]["errorCode"] == "LIMIT_EXCEEDED"
     assert emu.bus.latest_replay_id > start
+
+
+async def test_member_copies_of_the_persons_fields(emu: SalesforceEmulator,
+                                                   http: aiohttp.ClientSession) -> None:
+    campaign = emu.state.tables["Campaign"].ids[0]
+    lead = await create(http, "Lead", {"FirstName": "Ada", "LastName": "Copy", "Company": "C",
+                                       "Email": "ada.copy@example.com", "City": "Paris"})
+    member = await create(http, "CampaignMember", {"CampaignId": campaign, "LeadId": lead})
+    select = ("SELECT Name, Email, City, HasOptedOutOfEmail, DoNotCall FROM CampaignMember "
+              f"WHERE Id = '{member}'")
+    (row,) = await query(http, select)
+    assert {k: row[k] for k in ("Name", "Email", "City", "HasOptedOutOfEmail")} == {
+        "Name": "Ada Copy", "Email": "ada.copy@example.com", "City": "Paris",
+        "HasOptedOutOfEmail": False}
+    assert await patch(http, "Lead", lead, {"HasOptedOutOfEmail": True}) is None
+    opted = await query(http, "SELECT Id FROM CampaignMember WHERE HasOptedOutOfEmail = true "
+                              f"AND CampaignId = '{campaign}'")
+    assert member in {r["Id"] for r in opted}
+    err = await patch(http, "CampaignMember", member, {"Email": "other@example.com"})
+    assert err is not None and err["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    err = await create(http, "CampaignMember", {"CampaignId": campaign, "LeadId": lead,
+                                                "DoNotCall": True}, 400)
+    assert err["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    async with http.get(f"{V}/sobjects/CampaignMember/describe") as r:
+        fields = {f["name"]: f for f in (await _json(r))["fields"]}
+    assert (fields["Email"]["type"], fields["Email"]["createable"],
+            fields["Email"]["updateable"]) == ("email", False, False)
+    assert fields["HasOptedOutOfEmail"]["type"] == "boolean"
+    (created,) = [e for e in emu.state.event_log
+                  if e["ChangeEventHeader"]["recordIds"] == [member]]
+    assert "Email" not in created and created["LeadId"] == lead
+    async with http.get(f"{V}/sobjects/CampaignMember/{member}") as r:
+        assert (await _json(r))["Email"] == "ada.copy@example.com"
+    contact = emu.state.convert_lead(lead)["contactId"]
+    emu.state.update("Contact", contact, {"MailingCity": "Lyon"})
+    (row,) = await query(http, select)
+    assert (row["City"], row["HasOptedOutOfEmail"]) == ("Lyon", True)  # now the Contact's

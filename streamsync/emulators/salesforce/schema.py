@@ -28,6 +28,9 @@ class Field:
     # Compound fields (Name, addresses) are computed from their components and not stored.
     components: tuple[tuple[str, str], ...] = ()  # (event/REST component key, stored field name)
     compound_of: str | None = None  # for a component: the compound field it belongs to
+    # A read-only copy of a field of the record a reference points to, read through it and not
+    # stored: (reference field, ((target object, its field), ...)).
+    via: tuple[str, tuple[tuple[str, str], ...]] | None = None
     slot: int = -1  # index in the stored row, -1 for compound fields
 
     @property
@@ -37,6 +40,10 @@ class Field:
     @property
     def is_compound(self) -> bool:
         return bool(self.components)
+
+    @property
+    def is_stored(self) -> bool:
+        return not self.components and self.via is None
 
 
 @dataclass
@@ -55,7 +62,7 @@ class SObject:
         slot = 0
         rebuilt: list[Field] = []
         for f in self.fields:
-            if not f.components:
+            if f.is_stored:
                 f = Field(**{**f.__dict__, "slot": slot})
                 slot += 1
                 self.stored.append(f)
@@ -318,6 +325,14 @@ def _campaign() -> SObject:
     return SObject("Campaign", "701", "Campaign", fields)
 
 
+def _person_copy(name: str, ftype: str, lead_field: str = "", contact_field: str = "",
+                 **kw: Any) -> Field:
+    """A CampaignMember field showing its Lead's or Contact's value (read-only)."""
+    targets = (("Lead", lead_field or name), ("Contact", contact_field or name))
+    return _f(name, ftype, createable=False, updateable=False,
+              via=("LeadOrContactId", targets), **kw)
+
+
 def _campaign_member() -> SObject:
     fields = _head() + [
         _f("CampaignId", "reference", reference_to=("Campaign",), relationship_name="Campaign",
@@ -332,6 +347,19 @@ def _campaign_member() -> SObject:
         _f("HasResponded", "boolean", nillable=False, createable=False, updateable=False,
            label="Responded"),
         _f("FirstRespondedDate", "date", createable=False, updateable=False),
+        _person_copy("FirstName", "string", length=40),
+        _person_copy("LastName", "string", length=80),
+        _person_copy("Name", "string", length=121),
+        _person_copy("Title", "string", length=128),
+        _person_copy("Email", "email"),
+        _person_copy("Phone", "phone"),
+        _person_copy("MobilePhone", "phone"),
+        _person_copy("City", "string", contact_field="MailingCity", length=40),
+        _person_copy("Country", "string", contact_field="MailingCountry", length=80),
+        _person_copy("LeadSource", "picklist", picklist=LEAD_SOURCES),
+        _person_copy("HasOptedOutOfEmail", "boolean", nillable=False, label="Email Opt Out"),
+        _person_copy("HasOptedOutOfFax", "boolean", nillable=False, label="Fax Opt Out"),
+        _person_copy("DoNotCall", "boolean", nillable=False, label="Do Not Call"),
         *[f for f in _system() if f.name != "OwnerId"],
     ]
     return SObject("CampaignMember", "00v", "Campaign Member", fields)

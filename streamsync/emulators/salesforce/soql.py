@@ -448,6 +448,8 @@ class Compiler:
         f = obj.get(name)
         if f is None:
             return lambda row: None
+        if f.via is not None:
+            return self._copy_getter(obj, f.via)
         if not f.is_compound:
             return itemgetter(f.slot)
         slots = [(k, obj.by_lower[s.lower()].slot) for k, s in f.components]
@@ -466,6 +468,23 @@ class Compiler:
         def full_name(row: Row) -> Any:
             return " ".join(row[s] for s in name_slots if row[s]) or None
         return full_name
+
+    def _copy_getter(self, obj: SObject,
+                     via: tuple[str, tuple[tuple[str, str], ...]]) -> Getter:
+        """A read-only copy: the value of a field of the record the reference points to."""
+        ref_slot = obj.slot(via[0])
+        by_prefix = {SCHEMA[t].key_prefix: (self.rows_by_prefix[SCHEMA[t].key_prefix],
+                                            self._leaf_getter(SCHEMA[t], name))
+                     for t, name in via[1]}
+
+        def copy(row: Row) -> Any:
+            ref = row[ref_slot]
+            target = by_prefix.get(ref[:3]) if ref is not None else None
+            if target is None:
+                return None
+            parent = target[0].get(ref)
+            return None if parent is None else target[1](parent)
+        return copy
 
     def parent_getter(self, hops: list[tuple[str, Field]]) -> Callable[[Row], Row | None]:
         """Row -> the parent row reached through `hops` (None when a link is empty)."""

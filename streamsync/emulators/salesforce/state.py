@@ -513,7 +513,7 @@ class Transaction:
                 raise SalesforceError(
                     400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {obj.name}")
             allowed = f.createable if creating else f.updateable
-            if (not allowed or f.is_compound) and not system:
+            if not f.is_stored or (not allowed and not system):
                 bad.append(f.name)
                 continue
             row[f.slot] = self.state.coerce(obj, f, value)
@@ -686,7 +686,7 @@ class OrgState:
         """A CREATE/UNDELETE event body: every non-null field, compounds nested."""
         payload: dict[str, Any] = {}
         for f in obj.fields:
-            if f.name in CDC_EXCLUDED or f.compound_of:
+            if f.name in CDC_EXCLUDED or f.compound_of or f.via is not None:
                 continue
             if f.is_compound:
                 comp = {k: row[obj.by_lower[s.lower()].slot] for k, s in f.components}
