@@ -8,6 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -71,7 +72,7 @@ async def _run_until_exit(sf: SalesforceEmulator, it: IterableEmulator, tmp_path
     try:
         await _until_logged(proc, "service.ready")
         assert callable(provoke)
-        provoke()
+        await provoke()
         code = await proc.wait(TIMEOUT_S)
     finally:
         await proc.ensure_dead()
@@ -88,8 +89,11 @@ async def test_iterable_key_revoked_while_running_exits_non_zero(
         tmp_path: Path) -> None:
     contact_id = sf_emulator.select_ids("Contact", "Email != null", limit=1)[0]
 
-    def revoke_then_change() -> None:
-        iterable_emulator.state.disable_key(iterable_emulator.api_key)
+    async def revoke_then_change() -> None:
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{iterable_emulator.control_url}/keys/disable",
+                json={"api_key": iterable_emulator.api_key}) as reply:
+            assert reply.status == 200
         sf_emulator.state.update("Contact", contact_id, {"FirstName": "Revoked"})
 
     code, records, status = await _run_until_exit(
@@ -114,7 +118,7 @@ async def test_salesforce_invalid_field_at_run_time_exits_non_zero(
     contact_id = sf_emulator.select_ids("Contact", "Email != null", limit=1)[0]
     path = f"/services/data/v{sf_emulator.config.api_version}/queryAll"
 
-    def break_field_then_change() -> None:
+    async def break_field_then_change() -> None:
         sf_emulator.faults.fail_next(path, 1000, status=400, body=[{
             "errorCode": "INVALID_FIELD",
             "message": "No such column 'FristName' on entity 'Contact'."}])
