@@ -523,3 +523,20 @@ async def test_member_copies_of_the_persons_fields(emu: SalesforceEmulator,
     emu.state.update("Contact", contact, {"MailingCity": "Lyon"})
     (row,) = await query(http, select)
     assert (row["City"], row["HasOptedOutOfEmail"]) == ("Lyon", True)  # now the Contact's
+
+
+def test_command_line_seeds_and_selects(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamsync.emulators.salesforce.__main__ import build_parser, config_from_args, main
+    cfg = config_from_args(build_parser().parse_args([
+        "--seed-accounts", "2", "--seed-contacts", "4", "--seed-opportunities", "3",
+        "--seed-campaigns", "2", "--seed-campaign-members", "5",
+        "--cdc-entities", "Lead, Contact,CampaignMember"]))
+    assert (cfg.seed_opportunities, cfg.seed_campaigns, cfg.seed_campaign_members,
+            cfg.cdc_entities) == (3, 2, 5, ("Lead", "Contact", "CampaignMember"))
+    seeded = SalesforceEmulator(cfg).seeded
+    assert (seeded["Opportunity"], seeded["Campaign"], seeded["CampaignMember"]) == (3, 2, 5)
+    assert 3 <= seeded["OpportunityContactRole"] <= 6
+    assert main(["--port", "0", "--cdc-entities", "Lead,Group"]) == 2
+    assert "Change Data Capture does not support Group" in capsys.readouterr().err
+    assert main(["--port", "0", "--seed-opportunities", "5"]) == 2
+    assert "needs seeded accounts and contacts" in capsys.readouterr().err
