@@ -540,3 +540,32 @@ def test_command_line_seeds_and_selects(capsys: pytest.CaptureFixture[str]) -> N
     assert "Change Data Capture does not support Group" in capsys.readouterr().err
     assert main(["--port", "0", "--seed-opportunities", "5"]) == 2
     assert "needs seeded accounts and contacts" in capsys.readouterr().err
+
+
+async def test_campaign_rollups_count_live_members_and_opportunities(
+        emu: SalesforceEmulator, http: aiohttp.ClientSession) -> None:
+    state = emu.state
+    campaign = state.create("Campaign", {"Name": "Rollups"})
+    leads = state.tables["Lead"].ids[:3]
+    contact = state.tables["Contact"].ids[0]
+    members = [state.create("CampaignMember", {"CampaignId": campaign, "LeadId": i})
+               for i in leads]
+    state.create("CampaignMember", {"CampaignId": campaign, "ContactId": contact,
+                                    "Status": "Responded"})
+    state.convert_lead(leads[0])
+    state.delete("CampaignMember", members[1])
+    account = state.tables["Account"].ids[0]
+    for stage in ("Closed Won", "Prospecting"):
+        state.create("Opportunity", {"Name": stage, "StageName": stage, "AccountId": account,
+                                     "CloseDate": "2026-06-30", "CampaignId": campaign})
+    (row,) = await query(http, "SELECT NumberOfLeads, NumberOfConvertedLeads, NumberOfContacts, "
+                               "NumberOfResponses, NumberOfOpportunities, "
+                               f"NumberOfWonOpportunities FROM Campaign WHERE Id = '{campaign}'")
+    assert {k: v for k, v in row.items() if k != "attributes"} == {
+        "NumberOfLeads": 2, "NumberOfConvertedLeads": 1, "NumberOfContacts": 2,
+        "NumberOfResponses": 1, "NumberOfOpportunities": 2, "NumberOfWonOpportunities": 1}
+    busy = await query(http, "SELECT Id FROM Campaign WHERE NumberOfContacts >= 2")
+    assert campaign in {r["Id"] for r in busy}
+    async with http.patch(f"{V}/sobjects/Campaign/{campaign}",
+                          json={"NumberOfLeads": 9}) as r:
+        assert (await _json(r, 400))[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"

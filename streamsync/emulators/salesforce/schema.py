@@ -31,6 +31,9 @@ class Field:
     # A read-only copy of a field of the record a reference points to, read through it and not
     # stored: (reference field, ((target object, its field), ...)).
     via: tuple[str, tuple[tuple[str, str], ...]] | None = None
+    # A read-only count of live child records, not stored: (child object, its reference field
+    # to this record, which children count: see ROLLUPS).
+    rollup: tuple[str, str, str] | None = None
     slot: int = -1  # index in the stored row, -1 for compound fields
 
     @property
@@ -43,7 +46,7 @@ class Field:
 
     @property
     def is_stored(self) -> bool:
-        return not self.components and self.via is None
+        return not self.components and self.via is None and self.rollup is None
 
 
 @dataclass
@@ -320,9 +323,24 @@ def _campaign() -> SObject:
         _f("ExpectedRevenue", "currency"),
         _f("ExpectedResponse", "percent", label="Expected Response (%)"),
         _f("NumberSent", "double", label="Num Sent"),
+        *[_f(name, "int", nillable=False, createable=False, updateable=False, rollup=rollup)
+          for name, rollup in (
+              ("NumberOfLeads", ("CampaignMember", "CampaignId", "lead")),
+              ("NumberOfConvertedLeads", ("CampaignMember", "CampaignId", "converted")),
+              ("NumberOfContacts", ("CampaignMember", "CampaignId", "contact")),
+              ("NumberOfResponses", ("CampaignMember", "CampaignId", "responded")),
+              ("NumberOfOpportunities", ("Opportunity", "CampaignId", "any")),
+              ("NumberOfWonOpportunities", ("Opportunity", "CampaignId", "won")))],
         *_system(),
     ]
     return SObject("Campaign", "701", "Campaign", fields)
+
+
+# Which live children a rollup counts: (field that must be set or true, field that must be too).
+ROLLUPS: dict[str, tuple[str, ...]] = {
+    "lead": ("LeadId",), "converted": ("LeadId", "ContactId"), "contact": ("ContactId",),
+    "responded": ("HasResponded",), "any": (), "won": ("IsWon",),
+}
 
 
 def _person_copy(name: str, ftype: str, lead_field: str = "", contact_field: str = "",

@@ -12,7 +12,16 @@ from typing import Any
 
 from .errors import SalesforceError
 from .ids import is_valid_id, to18
-from .schema import BY_PREFIX, NAME_FIELDS, SCHEMA, SCHEMA_LOWER, STRING_TYPES, Field, SObject
+from .schema import (
+    BY_PREFIX,
+    NAME_FIELDS,
+    ROLLUPS,
+    SCHEMA,
+    SCHEMA_LOWER,
+    STRING_TYPES,
+    Field,
+    SObject,
+)
 from .state import OrgState, Row, Table, parse_datetime
 
 Getter = Callable[[Row], Any]
@@ -450,6 +459,8 @@ class Compiler:
             return lambda row: None
         if f.via is not None:
             return self._copy_getter(obj, f.via)
+        if f.rollup is not None:
+            return self._rollup_getter(f.rollup)
         if not f.is_compound:
             return itemgetter(f.slot)
         slots = [(k, obj.by_lower[s.lower()].slot) for k, s in f.components]
@@ -485,6 +496,20 @@ class Compiler:
             parent = target[0].get(ref)
             return None if parent is None else target[1](parent)
         return copy
+
+    def _rollup_getter(self, rollup: tuple[str, str, str]) -> Getter:
+        """A rollup: how many live child records reference the row (and qualify)."""
+        child, ref_field, kind = rollup
+        table = self.state.tables[child]
+        index = table.index_for(table.obj.slot(ref_field))
+        rows = table.rows
+        deleted = table.deleted_slot
+        needed = [table.obj.slot(n) for n in ROLLUPS[kind]]
+
+        def count(row: Row) -> int:
+            return sum(1 for i in index.get(row[0], ())
+                       if not (r := rows[i])[deleted] and all(r[s] for s in needed))
+        return count
 
     def parent_getter(self, hops: list[tuple[str, Field]]) -> Callable[[Row], Row | None]:
         """Row -> the parent row reached through `hops` (None when a link is empty)."""

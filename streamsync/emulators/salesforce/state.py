@@ -686,7 +686,7 @@ class OrgState:
         """A CREATE/UNDELETE event body: every non-null field, compounds nested."""
         payload: dict[str, Any] = {}
         for f in obj.fields:
-            if f.name in CDC_EXCLUDED or f.compound_of or f.via is not None:
+            if f.name in CDC_EXCLUDED or f.compound_of or not (f.is_stored or f.is_compound):
                 continue
             if f.is_compound:
                 comp = {k: row[obj.by_lower[s.lower()].slot] for k, s in f.components}
