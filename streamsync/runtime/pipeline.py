@@ -333,7 +333,8 @@ class SyncPipeline:
             old = ident.iterable_email
             new = self._deleted_email(mapping, current.get(ident.record_id))
             moving = (new is not None and old is not None and new != old.lower()
-                      and self.config.iterable.project_type != "userId")
+                      and self.config.iterable.project_type != "userId"
+                      and not await self.store.find_by_email(new))  # not another's profile
             try:
                 user = mapping.flag_user(ident.record_id, new if moving else old,
                                          ident.iterable_user_id, flag_field)

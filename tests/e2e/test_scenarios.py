@@ -367,6 +367,17 @@ async def test_iterable_connection_drops(rig_factory: RigFactory) -> None:
     assert state.dead_letters == []
 
 
+async def test_email_change_then_delete_while_down_flags_the_moved_profile(
+        rig_factory: RigFactory) -> None:
+    rig: Rig = await rig_factory()
+    assert await rig.service.stop() == 0
+    contact = rig.live_with_email("Contact")[0]
+    rig.sf.state.update("Contact", contact, {"Email": "moved.then.deleted@example.com"})
+    rig.sf.state.delete("Contact", contact)
+    await rig.service.start()
+    await rig.final_state(timeout_s=2.0)  # one profile, under the last email, flagged
+
+
 async def test_created_and_deleted_while_down_leaves_no_profile(rig_factory: RigFactory) -> None:
     rig: Rig = await rig_factory()
     assert await rig.service.stop() == 0

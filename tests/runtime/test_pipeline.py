@@ -57,6 +57,44 @@ async def test_email_change_in_hybrid_projects_goes_by_user_id(sync_rig: SyncRig
     assert rig.it.state.count(UPDATE_EMAIL) == 0
 
 
+async def test_email_change_and_delete_in_one_flush_flag_the_moved_profile(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    sf_id = _contact(rig, "before.delete@example.com")
+    await rig.enqueue("Contact", [sf_id])
+    await rig.drain()
+    rig.sf.state.update("Contact", sf_id, {"Email": "Last.Email@example.com"})
+    rig.sf.state.delete("Contact", sf_id)
+    await rig.enqueue("Contact", [sf_id])  # both changes reach one flush
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    profiles = rig.profiles()
+    assert "before.delete@example.com" not in profiles  # moved, then flagged
+    assert profiles["last.email@example.com"]["dataFields"]["salesforceDeleted"] is True
+    assert rig.it.state.count(UPDATE_EMAIL, 200) == 1
+    ident = (await rig.store.identities("Contact", [sf_id]))[sf_id]
+    assert ident.iterable_email == "last.email@example.com"
+
+
+async def test_a_deleted_records_last_email_held_by_another_record_is_not_taken(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    mine = _contact(rig, "mine@example.com")
+    theirs = _contact(rig, "theirs@example.com")
+    await rig.enqueue("Contact", [mine, theirs])
+    await rig.drain()
+    rig.sf.state.update("Contact", mine, {"Email": "theirs@example.com"})
+    rig.sf.state.delete("Contact", mine)
+    await rig.enqueue("Contact", [mine])
+    result = await rig.drain()
+    assert (result.synced, result.dead) == (1, 0)
+    profiles = rig.profiles()
+    assert profiles["mine@example.com"]["dataFields"]["salesforceDeleted"] is True
+    assert profiles["theirs@example.com"]["dataFields"]["sfContactId"] == theirs
+    assert profiles["theirs@example.com"]["dataFields"].get("salesforceDeleted") is not True
+    assert rig.it.state.count(UPDATE_EMAIL) == 0
+
+
 async def test_duplicate_emails_in_one_call_are_resolved_by_last_modified(
         sync_rig: SyncRig) -> None:
     rig = sync_rig
