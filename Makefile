@@ -1,18 +1,58 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-PYTHON ?= python3
+#
+# Dependencies are locked in uv.lock (every package pinned, every file by sha256) and installed
+# with `uv sync --locked`, which also fails when pyproject.toml and uv.lock disagree. Why uv and
+# not pip-tools: one universal lock serves every supported Python (pip-compile needs one file per
+# version), uv only talks to PyPI (this machine's pip.conf adds local indexes that pip-compile
+# would write into its output) and it never installs what the lock does not name. uv itself comes
+# from PyPI, pinned by hash in requirements/uv.txt, into its own venv. How to update: README,
+# "Updating dependencies".
+#
+# Supported Pythons: OLDEST to NEWEST, as pyproject.toml's classifiers say (tests/test_packaging.py
+# keeps the three in step). `make test` runs ruff and mypy once and the suite on both. An
+# interpreter is taken from `pythonX.Y` on PATH, else pyenv's newest X.Y.*; it must really run
+# (pyenv's shim for a version not selected is on PATH and fails).
+OLDEST_PYTHON := 3.11
+NEWEST_PYTHON := 3.13
+find_python = $(shell for p in "$$(command -v python$(1))" $$(ls -d \
+	"$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$(1).*/bin/python 2>/dev/null | sort -rV); do \
+	test -n "$$p" && test "$$("$$p" -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
+	2>/dev/null)" = "$(1)" && { echo "$$p"; break; }; done)
+
+PYTHON ?= $(or $(call find_python,$(OLDEST_PYTHON)),python3)
+PYTHON_NEWEST ?= $(call find_python,$(NEWEST_PYTHON))
 VENV ?= .venv
+VENV_NEWEST ?= .venv-$(NEWEST_PYTHON)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+UV_VENV := .venv-uv
+UV := $(UV_VENV)/bin/uv
+UV_STAMP := $(UV_VENV)/.installed
+# uv never downloads an interpreter of its own (that is not a package registry) and installs
+# only what uv.lock names, the project itself editable.
+export UV_PYTHON_DOWNLOADS := never
+UV_SYNC := $(UV) sync --locked --extra dev
+# CI (CI=true) fails when a supported Python is missing; elsewhere `make test` says so loudly and
+# runs the suite on what there is, so a fresh clone with one Python 3.11+ still tests.
+REQUIRE_ALL_PYTHONS ?= $(if $(filter true 1,$(CI)),1,)
 
-.PHONY: install test lint types unit demo bench clean promtool
+.PHONY: install test lint types unit unit-newest pythons demo bench clean promtool lock
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+$(UV_STAMP): requirements/uv.txt
+	@test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install -q --require-hashes --no-deps -r requirements/uv.txt
+	@touch $(UV_STAMP)
+
+$(STAMP): pyproject.toml uv.lock $(UV_STAMP)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV_SYNC) -q --python $(PYTHON)
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate uv.lock after editing the dependencies in pyproject.toml (LOCK_ARGS=--upgrade moves
+# everything to the newest allowed release, LOCK_ARGS='--upgrade-package NAME' one package).
+lock: $(UV_STAMP)
+	$(UV) lock $(LOCK_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check streamsync tests scripts
@@ -20,8 +60,31 @@ lint: install
 types: install
 	$(VENV)/bin/mypy streamsync
 
+# missing X.Y: say loudly that a supported Python goes untested; fail where all are required.
+missing = echo "!!! Python $(1) not found (python$(1) on PATH, or pyenv's versions/$(1).*): the"; \
+	echo "!!! suite will not run on it, though pyproject.toml says it is supported."; \
+	if [ -n "$(REQUIRE_ALL_PYTHONS)" ]; then echo "!!! failing: CI tests every supported Python"; \
+	exit 1; fi
+
+# Which supported Pythons this machine has. A missing one is said loudly; under CI it fails.
+pythons:
+	@have=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	if [ "$$have" = $(OLDEST_PYTHON) ]; then echo "Python $(OLDEST_PYTHON): $(PYTHON) ($(VENV))"; \
+	else $(call missing,$(OLDEST_PYTHON)); fi; \
+	if [ -n "$(PYTHON_NEWEST)" ]; then echo "Python $(NEWEST_PYTHON): $(PYTHON_NEWEST) ($(VENV_NEWEST))"; \
+	else $(call missing,$(NEWEST_PYTHON)); fi
+
 unit: install promtool
+	@echo "== pytest on $$($(PY) -V)"
 	$(VENV)/bin/pytest
+
+# The suite again on the newest supported Python, in its own venv from the same lock.
+unit-newest: promtool
+	@if [ -z "$(PYTHON_NEWEST)" ]; then echo "!!! not run: no Python $(NEWEST_PYTHON)"; exit 0; fi; \
+	set -e; UV_PROJECT_ENVIRONMENT=$(VENV_NEWEST) $(UV_SYNC) -q --python $(PYTHON_NEWEST); \
+	if [ -x $(VENV)/bin/promtool ]; then install -m 0755 $(VENV)/bin/promtool $(VENV_NEWEST)/bin/; fi; \
+	echo "== pytest on $$($(VENV_NEWEST)/bin/python -V)"; \
+	$(VENV_NEWEST)/bin/pytest -p no:cacheprovider
 
 # promtool checks contrib/prometheus/alerts.yml. When it is missing and we are root with apt-get
 # (CI), it is taken from Debian's prometheus package into the venv: only the binary is unpacked,
@@ -37,10 +100,10 @@ promtool: install
 	install -m 0755 "$$tmp/usr/bin/promtool" $(VENV)/bin/promtool && \
 	$(VENV)/bin/promtool --version | head -1
 
-test: lint types unit
+test: pythons lint types unit unit-newest
 
 demo: install
 	$(PY) -m streamsync demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_NEWEST) $(UV_VENV) .mypy_cache .pytest_cache .ruff_cache
