@@ -21,10 +21,11 @@
    (writes of a profile's identical state beyond the first), duration. Exit code 0 iff there are
    no mismatches and every dead letter is genuine.
 
-With `--outage-minutes`, Iterable is down (every API call answers 503, or with `--outage-fault
-drop` has its connection dropped) for that long in the middle of the run, while the workload and
-the other faults go on; the queue then keeps the shipped `max_attempts` (10, instead of 200) and
-`outage_probe_max_s` (10), with the short backoff (0.2 to 2 s) of every chaos run.
+With `--outage-minutes`, Iterable (or with `--outage-of salesforce` Salesforce's REST API) is down
+(every call answers 503, or with `--outage-fault drop` has its connection dropped) for that long
+in the middle of the run, while the workload and the other faults go on; the queue then keeps
+the shipped `max_attempts` (10, instead of 200) and `outage_probe_max_s` (10), with the short
+backoff (0.2 to 2 s) of every chaos run.
 The JSON then has an `outage` object: its length, /readyz while it lasted, the service's
 queryAll calls during it (from its /metrics), the dead letters at its end, the backlog it left
 and the seconds that backlog took to drain.
@@ -449,12 +450,15 @@ class Backfills:
 
 
 class Outage:
-    """One long Iterable outage, and what the service did during and after it."""
+    """One long outage of Iterable (every API call) or Salesforce (every REST call under
+    /services/data: queries, sObjects, limits; login and CometD stay up), and what the service
+    did during and after it."""
 
-    def __init__(self, control: Control, it: dict[str, Any], health_url: str, db_path: Path,
-                 fault: str, length_s: float) -> None:
+    def __init__(self, control: Control, target: str, emulator: dict[str, Any],
+                 health_url: str, db_path: Path, fault: str, length_s: float) -> None:
         self.control = control
-        self.it_url = str(it["control_url"])
+        self.target = target
+        self.url = str(emulator["control_url"])
         self.health_url = health_url
         self.db_path = db_path
         self.fault = fault
@@ -472,15 +476,18 @@ class Outage:
 
     async def start(self) -> None:
         self._last_count = await self._query_all_count()
-        body: dict[str, Any] = {"kind": self.fault, "path": "*", "times": OUTAGE_TIMES}
-        if self.fault == "status":
-            body["status"] = 503
-        await self.control.call("POST", f"{self.it_url}/faults", body)
+        body: dict[str, Any]
+        if self.target == "iterable":
+            body = {"kind": self.fault, "path": "*", "times": OUTAGE_TIMES, "status": 503}
+        else:
+            body = {"action": "fail" if self.fault == "status" else "drop",
+                    "path": "/services/data", "count": OUTAGE_TIMES, "status": 503}
+        await self.control.call("POST", f"{self.url}/faults", body)
         self.started_at = time.time()
         self._tasks.append(asyncio.create_task(self._watch()))
 
     async def end(self) -> None:
-        await self.control.call("DELETE", f"{self.it_url}/faults")
+        await self.control.call("DELETE", f"{self.url}/faults")
         self.ended_at = time.time()
         await self._scrape()
         for task in self._tasks:
@@ -559,6 +566,7 @@ class Outage:
 
     def report(self) -> dict[str, Any]:
         return {
+            "of": self.target,
             "fault": self.fault,
             "length_s": round((self.ended_at or 0.0) - (self.started_at or 0.0), 1),
             "readyz_during": dict(self.ready),
@@ -763,7 +771,8 @@ def judge_dead_letters(dead: list[Any], records: dict[str, list[dict[str, Any]]]
 
 async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
                     keep_dir: Path | None = None, outage_minutes: float = 0.0,
-                    outage_fault: str = "status") -> dict[str, Any]:
+                    outage_fault: str = "status", outage_of: str = "iterable"
+                    ) -> dict[str, Any]:
     started = time.monotonic()
     rng = random.Random(seed)
     work_rng, fault_rng = random.Random(rng.getrandbits(64)), random.Random(rng.getrandbits(64))
@@ -793,7 +802,7 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
         try:
             say(f"emulators up: {sf['instance_url']} {it['base_url']}")
             return await _run(minutes, seed, workdir, sf, it, work_rng, fault_rng, say, started,
-                              outage_minutes * 60.0, outage_fault)
+                              outage_minutes * 60.0, outage_fault, outage_of)
         finally:
             await stop_process(it_proc, timeout_s=10)
             await stop_process(sf_proc, timeout_s=10)
@@ -801,8 +810,8 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
 
 async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it: dict[str, Any],
                work_rng: random.Random, fault_rng: random.Random, say: Callable[[str], None],
-               started: float, outage_s: float = 0.0, outage_fault: str = "status"
-               ) -> dict[str, Any]:
+               started: float, outage_s: float = 0.0, outage_fault: str = "status",
+               outage_of: str = "iterable") -> dict[str, Any]:
     env = process_env(sf, it)
     health_port = free_port() if outage_s > 0 else 0
     # The outage run keeps the shipped max_attempts and probe spacing; only the backoff is short
@@ -836,8 +845,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         timeline += [(WARMUP_S + t, "fault", kind) for t, kind in plan]
         outage: Outage | None = None
         if outage_s > 0:
-            outage = Outage(control, it, f"http://127.0.0.1:{health_port}", db_path,
-                            outage_fault, outage_s)
+            outage = Outage(control, outage_of, it if outage_of == "iterable" else sf,
+                            f"http://127.0.0.1:{health_port}", db_path, outage_fault, outage_s)
             begin = (window_s - outage_s) / 2
             timeline += [(begin, "outage", "start"), (begin + outage_s, "outage", "end")]
         timeline.sort(key=lambda e: (e[0], e[1]))
@@ -850,7 +859,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
                 await workload.step()
             elif what == "outage":
                 assert outage is not None
-                say(f"Iterable outage {kind}")
+                say(f"{outage_of} outage {kind}")
                 await (outage.start() if kind == "start" else outage.end())
             else:
                 say(f"fault {kind}")
@@ -931,8 +940,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one Iterable outage this long in the middle of the run "
                              "(needs --minutes at least 1 more)")
     parser.add_argument("--outage-fault", choices=("status", "drop"), default="status",
-                        help="during the outage every Iterable call answers 503 (status) or "
-                             "has its connection dropped (drop)")
+                        help="during the outage every call answers 503 (status) or has its "
+                             "connection dropped (drop)")
+    parser.add_argument("--outage-of", choices=("iterable", "salesforce"), default="iterable",
+                        help="which one is down (Salesforce: its REST API under "
+                             "/services/data; login and CometD stay up)")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
@@ -941,7 +953,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--outage-minutes must be positive and at least 1 below --minutes")
     try:
         result = asyncio.run(run_chaos(args.minutes, args.seed, sys.stderr, args.json_only,
-                                       args.workdir, args.outage_minutes, args.outage_fault))
+                                       args.workdir, args.outage_minutes, args.outage_fault,
+                                       args.outage_of))
     except ChaosError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
