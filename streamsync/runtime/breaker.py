@@ -55,6 +55,7 @@ class CircuitBreaker:
         self.last_error = ""
         self.recoveries = 0
         """Outages that ended (open → closed), for whoever acts on the end of one."""
+        self._retry_after_s = 0.0
 
     @property
     def is_open(self) -> bool:
@@ -91,9 +92,11 @@ class CircuitBreaker:
         self.down_since = None
         return ended
 
-    def failure(self, error: str) -> None:
-        """A call failed for a reason of the destination (down, overloaded, unreachable)."""
+    def failure(self, error: str, retry_after_s: float | None = None) -> None:
+        """A call failed for a reason of the destination (down, overloaded, unreachable); a
+        Retry-After it sent is the least wait before the next probe."""
         now = self.clock()
+        self._retry_after_s = retry_after_s or 0.0
         self.failures += 1
         self.last_error = redactor().text(error)[:ERROR_CHARS]
         if self.down_since is None:
@@ -112,7 +115,8 @@ class CircuitBreaker:
             self.probe_at = self.clock()
 
     def _open(self, now: float) -> None:
-        delay = min(self.max_s, self.base_s * 2.0 ** min(self.failed_probes, 62))
+        delay = max(min(self.max_s, self.base_s * 2.0 ** min(self.failed_probes, 62)),
+                    self._retry_after_s)
         self.state = "open"
         self.probe_at = now + delay
         log.warning("breaker.open", destination=self.name, failures=self.failures,

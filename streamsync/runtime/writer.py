@@ -158,7 +158,7 @@ class IterableWriter:
                     out.rate_limited += 1
                 if attempt >= self.policy.attempts:
                     if breaker is not None:
-                        breaker.failure(str(exc))
+                        breaker.failure(str(exc), exc.retry_after_s)
                     raise
                 delay = self.policy.delay_s(attempt, exc.retry_after_s)
                 log.warning("writer.retry", attempt=attempt, delay_s=round(delay, 3),

@@ -199,3 +199,14 @@ async def test_a_refusal_is_an_answer(iterable: IterableClient,
     out = await writer.update_single(bad)
     assert [reason for _, reason, _ in out.dead] == ["invalid_email"]
     assert breaker.state == "closed"
+
+
+def test_a_retry_after_is_the_least_wait_before_the_probe() -> None:
+    clock = FakeClock(T0)
+    breaker = make(clock, failures_to_open=1, max_s=4.0)
+    breaker.failure("iterable bulkUpdate: rate limited", retry_after_s=30.0)
+    assert breaker.wait_s() == pytest.approx(30.0)
+    clock.advance(30.0)
+    assert breaker.admit() == "probe"
+    breaker.failure("HTTP 503")
+    assert breaker.wait_s() == pytest.approx(2.0)
