@@ -267,6 +267,10 @@ def test_conversion_into_an_existing_account_with_an_opportunity(
     role = bus.events[3][1]
     assert (role["OpportunityId"], role["ContactId"], role["IsPrimary"]) == (
         out["opportunityId"], out["contactId"], True)
+    q = execute(state, "SELECT ConvertedOpportunity.StageName, ConvertedOpportunity.IsClosed "
+                       f"FROM Lead WHERE Id = '{lead_id}'")
+    assert q.render is not None
+    assert q.render(q.rows[0])["ConvertedOpportunity"]["StageName"] == "Prospecting"
     contact = state.create("Contact", {"LastName": "Other"})
     other = state.create("Lead", {"LastName": "L", "Company": "C"})
     for conv, code in ((LeadConversion(other, converted_status="Open - Not Contacted"),

@@ -294,7 +294,7 @@ def _opportunity_contact_role() -> SObject:
         _f("IsPrimary", "boolean", nillable=False, label="Primary"),
         *[f for f in _system() if f.name != "OwnerId"],
     ]
-    return SObject("OpportunityContactRole", "00K", "Contact Role", fields)
+    return SObject("OpportunityContactRole", "00K", "Opportunity Contact Role", fields)
 
 
 CAMPAIGN_TYPES = ("Advertisement", "Banner Ads", "Conference", "Direct Mail", "Email",
