@@ -424,3 +424,17 @@ async def test_consent_settings_change_over_the_control_api(make_api: MakeApi) -
     bad = await api.session.post(api.emu.control_url + "/settings",
                                  json={"subscriptions_status": 201})
     assert bad.status == 400
+
+
+async def test_an_export_polling_gap_loses_nothing(make_api: MakeApi) -> None:
+    api = await make_api()
+    await api.bulk([{"email": "a@example.com"}])
+    await control(api, "POST", "/faults", {"kind": "status", "path": "/api/export/data.json",
+                                           "status": 503, "times": 2})
+    await control(api, "POST", "/click", {"email": "a@example.com", "messageTypeId": NEWSLETTER})
+    params = {"dataTypeName": "emailUnSubscribe", "range": "All"}
+    gaps = [(await api.call("GET", "/api/export/data.json", params=params)).status
+            for _ in range(2)]
+    assert gaps == [503, 503]
+    after = await api.call("GET", "/api/export/data.json", params=params)
+    assert [orjson.loads(x)["messageTypeIds"] for x in after.text.splitlines()] == [[NEWSLETTER]]
