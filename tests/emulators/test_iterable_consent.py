@@ -125,6 +125,7 @@ async def test_update_subscriptions_refusals(make_api: MakeApi) -> None:
     bad_channel = await api.call("POST", UPD, {"email": "a@example.com",
                                                "unsubscribedChannelIds": [1]})
     assert (bad_channel.status, bad_channel.body["code"]) == (400, "BadParams")
+    assert (await api.get_email("a@example.com")).body == {}  # a refused call creates no one
     bad_email = await api.call("POST", UPD, {"email": "sayan", "emailListIds": []})
     assert (bad_email.status, bad_email.body["code"]) == (400, "InvalidEmailAddressError")
     bad_type = await api.call("POST", UPD, {"email": "a@example.com", "emailListIds": ["x"]})

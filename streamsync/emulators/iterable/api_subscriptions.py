@@ -137,10 +137,13 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
     def apply_item(project: Project, item: SubscriptionItem, endpoint: str) -> Profile | Rejection:
         messaging = emu.messaging_for(project)
         wall = state.wall_clock()
+        problem = catalog_problem(messaging.catalog, item, None)  # before any user is created
+        if problem is not None:
+            raise ApiError(400, "BadParams", problem)
         found = find_user(project, item.email, item.user_id, wall, create=True)
         if isinstance(found, Rejection):
             return found
-        problem = catalog_problem(messaging.catalog, item, found)
+        problem = catalog_problem(messaging.catalog, item, found)  # this user's channels
         if problem is not None:
             raise ApiError(400, "BadParams", problem)
         unsub, signup = UPDATE_SOURCES
