@@ -79,8 +79,8 @@ unit: install promtool
 	$(VENV)/bin/pytest
 
 # The suite again on the newest supported Python, in its own venv from the same lock. The six
-# `slow` tests (chaos minute, crash, bench, demo, systemd: ~2.5 min) run on the oldest only, which
-# keeps `make test` near 8 min on this 2-core machine instead of 10+; they pass on 3.13 too:
+# `slow` tests (chaos minute, crash, bench, demo, systemd: ~2.5 min) run on the oldest only, to
+# keep `make test` under 10 min on a busy 2-core machine; they pass on 3.13 too:
 # `make unit-newest NEWEST_PYTEST_ARGS=` runs them there.
 NEWEST_PYTEST_ARGS ?= -m 'not slow'
 unit-newest: promtool
