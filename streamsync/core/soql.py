@@ -530,9 +530,39 @@ def select_children(object_name: str, parent_field: str, parent_ids: Iterable[st
             f" ORDER BY Id LIMIT {limit}")
 
 
+def _bounds(field: str, since: datetime | None, until: datetime | None) -> str:
+    """`field >= since AND field < until`, either side left out when None."""
+    validate_field_path(field)
+    parts = [f"{field} >= {datetime_literal(since)}" if since is not None else "",
+             f"{field} < {datetime_literal(until)}" if until is not None else ""]
+    return " AND ".join(p for p in parts if p)
+
+
 def count(object_name: str, where: SafeFilter | str | None = None, *,
-          window: DateWindow | None = None, window_field: str = "CreatedDate") -> str:
-    """`SELECT COUNT() FROM object [WHERE ...]`, for progress estimates."""
+          window: DateWindow | None = None, window_field: str = "CreatedDate",
+          since: datetime | None = None, until: datetime | None = None) -> str:
+    """`SELECT COUNT() FROM object [WHERE ...]`, for progress estimates. `since`/`until` bound
+    `window_field` on either side alone (a `window` bounds both)."""
     validate_identifier(object_name, "object")
+    if window is not None and (since is not None or until is not None):
+        raise SoqlError("count takes a window or since/until, not both")
     return (f"SELECT COUNT() FROM {object_name}"
-            + _where([_window(window, window_field), _filter_text(where)]))
+            + _where([_window(window, window_field), _bounds(window_field, since, until),
+                      _filter_text(where)]))
+
+
+def first_by(object_name: str, field: str, *, where: SafeFilter | str | None = None,
+             descending: bool = False) -> str:
+    """`SELECT Id, field FROM object [WHERE filter] ORDER BY field ASC|DESC LIMIT 1`: the
+    record with the lowest (or highest) `field`, e.g. the first and last CreatedDate."""
+    validate_identifier(object_name, "object")
+    validate_field_path(field)
+    order = "DESC" if descending else "ASC"
+    return (f"SELECT {_select_list(['Id', field])} FROM {object_name}"
+            + _where([_filter_text(where)]) + f" ORDER BY {field} {order} LIMIT 1")
+
+
+def select_all(object_name: str, fields: Iterable[str]) -> str:
+    """`SELECT fields FROM object ORDER BY Id`: every record (the caller pages through it)."""
+    validate_identifier(object_name, "object")
+    return f"SELECT {_select_list(fields)} FROM {object_name} ORDER BY Id"

@@ -504,10 +504,8 @@ class Backfill:
 
     async def _first_created(self, plan: ObjectPlan, descending: bool) -> datetime | None:
         field_name = self.config.backfill.window_field
-        order = "DESC" if descending else "ASC"
-        where = f" WHERE {plan.where}" if plan.where else ""
-        query = (f"SELECT Id, {field_name} FROM {plan.object_name}{where} "
-                 f"ORDER BY {field_name} {order} LIMIT 1")
+        query = soql.first_by(plan.object_name, field_name, where=plan.where,
+                              descending=descending)
         records = await self._with_retries("query", lambda: self._records(query))
         return _sf_datetime(records[0].get(field_name)) if records else None
 
@@ -605,13 +603,8 @@ class Backfill:
 
     async def count(self, plan: ObjectPlan, options: BackfillOptions) -> int:
         """`SELECT COUNT()` of what the plan reads (the progress total)."""
-        field_name = self.config.backfill.window_field
-        conds = [plan.where] if plan.where else []
-        if options.since:
-            conds.append(f"{field_name} >= {_iso(options.since)}")
-        if options.until:
-            conds.append(f"{field_name} < {_iso(options.until)}")
-        query = soql.count(plan.object_name, _combine(*conds))
+        query = soql.count(plan.object_name, plan.where, since=options.since,
+                           until=options.until, window_field=self.config.backfill.window_field)
         return await self._with_retries("count", lambda: self.salesforce.count(query))
 
     # ------------------------------------------------------------------ the run

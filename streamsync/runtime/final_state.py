@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streamsync.config import Config
+from streamsync.core import soql
 from streamsync.core.mapping import CompiledMapping
 from streamsync.core.verify import ObjectPolicy
 from streamsync.runtime.app import Components
@@ -36,6 +37,6 @@ async def read_salesforce(parts: Components, objects: Iterable[str] = USER_OBJEC
     for name in objects:
         extra = ["IsDeleted", *(["IsConverted"] if name == "Lead" else [])]
         fields = parts.mappings[name].soql_fields(*extra)
-        soql = f"SELECT {', '.join(fields)} FROM {name} ORDER BY Id"
-        records[name] = [r async for r in parts.salesforce.records(soql, include_deleted=True)]
+        query = soql.select_all(name, fields)
+        records[name] = [r async for r in parts.salesforce.records(query, include_deleted=True)]
     return records

@@ -288,6 +288,38 @@ def test_modified_since_count_and_children() -> None:
         "SELECT Id FROM Contact WHERE AccountId IN ('001M000000qfPySIAU') ORDER BY Id LIMIT 2000")
 
 
+def test_count_bounds_first_by_and_select_all() -> None:
+    since = datetime(2024, 5, 1, tzinfo=UTC)
+    until = datetime(2024, 6, 1, tzinfo=UTC)
+    assert soql.count("Lead", "Email != null", since=since) == (
+        "SELECT COUNT() FROM Lead WHERE CreatedDate >= 2024-05-01T00:00:00Z AND Email != null")
+    assert soql.count("Lead", until=until, window_field="SystemModstamp") == (
+        "SELECT COUNT() FROM Lead WHERE SystemModstamp < 2024-06-01T00:00:00Z")
+    both = soql.count("Lead", since=since, until=until)
+    assert "CreatedDate >= 2024-05-01T00:00:00Z AND CreatedDate < 2024-06-01T00:00:00Z" in both
+    with pytest.raises(SoqlError, match="not both"):
+        soql.count("Lead", window=(since, until), since=since)
+    with pytest.raises(SoqlError, match="timezone"):
+        soql.count("Lead", since=datetime(2024, 1, 1))
+    with pytest.raises(SoqlError):
+        soql.count("Lead", since=since, window_field="CreatedDate; DELETE")
+    assert soql.first_by("Contact", "CreatedDate", where="AccountId != null") == (
+        "SELECT Id, CreatedDate FROM Contact WHERE AccountId != null "
+        "ORDER BY CreatedDate ASC LIMIT 1")
+    assert soql.first_by("Lead", "CreatedDate", descending=True) == (
+        "SELECT Id, CreatedDate FROM Lead ORDER BY CreatedDate DESC LIMIT 1")
+    with pytest.raises(SoqlError):
+        soql.first_by("Lead", "CreatedDate DESC, Id")
+    with pytest.raises(SoqlError):
+        soql.first_by("Lead x", "CreatedDate")
+    with pytest.raises(SoqlError):
+        soql.first_by("Lead", "CreatedDate", where="Name = 'a' LIMIT 1")
+    assert soql.select_all("Lead", ["Id", "Email", "IsDeleted"]) == (
+        "SELECT Id, Email, IsDeleted FROM Lead ORDER BY Id")
+    with pytest.raises(SoqlError):
+        soql.select_all("Lead", ["Id", "(SELECT Id FROM Tasks)"])
+
+
 # ---------------------------------------------------------------- chunking by URI length
 
 
