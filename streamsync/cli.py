@@ -15,11 +15,11 @@ from typing import Any, Final, TextIO
 
 import orjson
 
-from streamsync.adapters.http import Retry
 from streamsync.adapters.store import Store
 from streamsync.config import Config, load_config
 from streamsync.errors import ConfigError, StreamsyncError
 from streamsync.logs import redactor, setup_logging
+from streamsync.retry import Policy
 from streamsync.runtime.check_config import CheckReport, check_config
 from streamsync.runtime.clients import build_salesforce_client, salesforce_session
 from streamsync.runtime.status import (
@@ -403,7 +403,7 @@ async def _replay_since(config: Config, channel: str, objects: Sequence[str],
     try:
         async with salesforce_session(config) as session:
             salesforce = build_salesforce_client(
-                config, session, retry=Retry(attempts=5, deadline_s=120.0))
+                config, session, retry=Policy(attempts=5, timeout_s=120.0))
             reconciler = Reconciler(config=config, store=store, salesforce=salesforce,
                                     metrics=Metrics())
             queued: dict[str, int] = {}

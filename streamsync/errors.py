@@ -15,9 +15,27 @@ Foreign exceptions (aiohttp, sqlite, json) are translated into this tree at the 
 
 from __future__ import annotations
 
+MESSAGE_CHARS = 200
+
 
 class StreamsyncError(Exception):
-    """Base of every error streamsync raises on purpose."""
+    """Base of every error streamsync raises on purpose. The typed attributes say where it
+    happened (`api`, `endpoint`, HTTP `status`) and how long the remote side asked us to wait
+    (`retry_after_s`); logs, metrics and readiness read these, never the message text."""
+
+    api: str | None = None
+    endpoint: str | None = None
+    status: int | None = None
+    retry_after_s: float | None = None
+
+    def __init__(self, message: str = "", *, api: str | None = None,
+                 endpoint: str | None = None, status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.api = api
+        self.endpoint = endpoint
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 class ConfigError(StreamsyncError):
@@ -34,10 +52,6 @@ class AuthError(FatalError):
 
 class RetriableError(StreamsyncError):
     """A transient fault: the same call may succeed later."""
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class RateLimited(RetriableError):
@@ -59,3 +73,18 @@ class RecordError(StreamsyncError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def describe_error(error: BaseException) -> dict[str, object]:
+    """Log fields of `error`: its class, the typed attributes it has, and its message cut to
+    MESSAGE_CHARS (the logger masks any secret in it)."""
+    fields: dict[str, object] = {"error": type(error).__name__}
+    for name in ("api", "endpoint", "status", "retry_after_s", "reason"):
+        value = getattr(error, name, None)
+        if value is not None:
+            fields[name] = value
+    message = str(error)
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS] + "..."
+    fields["message"] = message
+    return fields

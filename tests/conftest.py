@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import stamina
 
 from streamsync.adapters.http import UsageCounter, make_session
 from streamsync.adapters.iterable import IterableClient
@@ -279,3 +280,10 @@ async def sync_rig(request: pytest.FixtureRequest, sf_emulator: SalesforceEmulat
                           pipeline, flusher, clock)
     finally:
         await opened.close()
+
+
+@pytest.fixture
+def no_retry_waits() -> Iterator[None]:
+    """stamina's one global test switch: every retry wait is zero, attempts as declared."""
+    with stamina.set_testing(True, attempts=1_000_000, cap=True):
+        yield

@@ -1,16 +1,16 @@
-"""The one HTTP session factory, status and network error mapping, retries and call counting."""
+"""The one HTTP session factory, status and network error mapping, and call counting.
+
+Retries are declared by callers with `streamsync.retry.Policy`."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.utils
-import random
 import ssl as ssl_module
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -21,7 +21,6 @@ from streamsync.errors import (
     AuthError,
     FatalError,
     RateLimited,
-    RetriableError,
     TransientError,
 )
 from streamsync.logs import get_logger
@@ -344,75 +343,3 @@ async def stream(
         raise TransientError(
             f"{api} {endpoint}: network failure ({type(exc).__name__}: {exc})"
         ) from exc
-
-
-def _uniform(low: float, high: float) -> float:
-    return random.uniform(low, high)
-
-
-@dataclass(frozen=True)
-class Retry:
-    """A retry policy declared at the call site: exponential backoff with full jitter, a cap on
-    attempts and on total time, and `retry_after_s` from the error honoured when it is sent.
-
-        result = await Retry(attempts=5, deadline_s=60).call(lambda: client.query_page(url))
-
-    Tests inject `sleep` (and `clock`) so no real time passes.
-    """
-
-    attempts: int = 5
-    base_s: float = 0.5
-    max_backoff_s: float = 30.0
-    deadline_s: float | None = None
-    retry_on: tuple[type[BaseException], ...] = (RetriableError,)
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    clock: Callable[[], float] = time.monotonic
-    jitter: Callable[[float, float], float] = _uniform
-    on_retry: Callable[[int, BaseException, float], None] | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
-        if self.base_s < 0 or self.max_backoff_s < 0:
-            raise ValueError("base_s and max_backoff_s must not be negative")
-
-    def delay_s(self, attempt: int, error: BaseException) -> float:
-        """The wait after failed attempt number `attempt` (1-based)."""
-        ceiling = min(self.max_backoff_s, self.base_s * (2 ** (attempt - 1)))
-        delay = self.jitter(0.0, ceiling)
-        retry_after = getattr(error, "retry_after_s", None)
-        if isinstance(retry_after, int | float) and retry_after > 0:
-            # The server said when; a little jitter spreads the waiting callers apart.
-            delay = float(retry_after) + self.jitter(0.0, min(self.base_s, float(retry_after)))
-        return delay
-
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Await `fn()` until it succeeds, a non-retriable error is raised, or the attempts or
-        the deadline run out (then the last error is raised unchanged)."""
-        started = self.clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await fn()
-            except self.retry_on as exc:
-                if attempt >= self.attempts:
-                    raise
-                delay = self.delay_s(attempt, exc)
-                if self.deadline_s is not None:
-                    remaining = self.deadline_s - (self.clock() - started)
-                    if delay > remaining:
-                        raise
-                if self.on_retry is not None:
-                    self.on_retry(attempt, exc, delay)
-                log.info(
-                    "http.retry",
-                    attempt=attempt,
-                    delay_s=round(delay, 3),
-                    error=type(exc).__name__,
-                    detail=str(exc),
-                )
-                await self.sleep(delay)
-
-
-NO_RETRY = Retry(attempts=1)

@@ -265,9 +265,9 @@ def _record_error(error: Exception) -> Exception:
 class IterableClient:
     """Calls Iterable's users API with the `Api-Key` header (never logged, hidden in repr).
 
-    It does not retry (callers declare a Retry policy). With a `bulk_limiter` (one RateLimiter
-    shared by every writer of the project), each bulkUpdate waits for an in-flight place and a
-    send slot, and a 429 slows the limiter down. Every call is counted in `counter` per
+    It does not retry (callers declare a `streamsync.retry.Policy`). With a `bulk_limiter` (one
+    RateLimiter shared by every writer of the project), each bulkUpdate waits for an in-flight
+    place and a send slot, and a 429 slows the limiter down. Every call is counted in `counter` per
     endpoint and status.
     """
 

@@ -16,9 +16,7 @@ import aiohttp
 import orjson
 
 from streamsync.adapters.http import (
-    NO_RETRY,
     HttpResponse,
-    Retry,
     UsageCounter,
     excerpt,
     parse_retry_after,
@@ -33,6 +31,7 @@ from streamsync.errors import (
     TransientError,
 )
 from streamsync.logs import get_logger
+from streamsync.retry import NO_RETRY, Policy
 
 log = get_logger(__name__)
 
@@ -221,7 +220,7 @@ class SalesforceClient:
         *,
         batch_size: int | None = None,
         call_options_client: str | None = None,
-        retry: Retry = NO_RETRY,
+        retry: Policy = NO_RETRY,
         timeout_s: float | None = None,
         bulk_poll_s: float = 1.0,
         bulk_max_poll_s: float = 10.0,
@@ -244,7 +243,7 @@ class SalesforceClient:
         self.bulk_poll_s = bulk_poll_s
         self.bulk_max_poll_s = bulk_max_poll_s
         self.bulk_max_records = bulk_max_records
-        self._sleep = sleep if sleep is not None else retry.sleep
+        self._sleep = sleep if sleep is not None else asyncio.sleep
         # Salesforce allows 25 concurrent long-running requests per org: stay well below.
         self._gate = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0

@@ -8,13 +8,14 @@ from collections.abc import Callable
 import aiohttp
 from pydantic import SecretStr
 
-from streamsync.adapters.http import NO_RETRY, Retry, UsageCounter, make_session, tls_context
+from streamsync.adapters.http import UsageCounter, make_session, tls_context
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.config import Config
 from streamsync.errors import ConfigError
+from streamsync.retry import NO_RETRY, Policy
 
 
 def _reveal(secret: SecretStr | None) -> Callable[[], str] | None:
@@ -68,7 +69,7 @@ def build_salesforce_client(
     session: aiohttp.ClientSession,
     *,
     counter: UsageCounter | None = None,
-    retry: Retry = NO_RETRY,
+    retry: Policy = NO_RETRY,
     auth: SalesforceAuth | None = None,
 ) -> SalesforceClient:
     """SalesforceClient (REST + Bulk) for `config`, with `auth` or a SalesforceAuth of its own."""

@@ -1,4 +1,4 @@
-"""The HTTP edge: session factory, status/network error mapping, Retry and UsageCounter."""
+"""The HTTP edge: session factory, status/network error mapping and UsageCounter."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from streamsync.adapters.http import (
-    NO_RETRY,
-    Retry,
     UnexpectedStatus,
     UsageCounter,
     make_session,
@@ -32,10 +30,7 @@ from streamsync.adapters.http import (
 )
 from streamsync.errors import (
     AuthError,
-    FatalError,
     RateLimited,
-    RecordError,
-    RetriableError,
     TransientError,
 )
 
@@ -290,127 +285,6 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Fri, 27 Nov 2026 03:00:10 GMT", now_s=1795748400.0) == 10.0
     assert parse_retry_after("Fri, 27 Nov 2026 03:00:10 GMT", now_s=1795748500.0) == 0.0
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay_s: float) -> None:
-        self.sleeps.append(delay_s)
-        self.now += delay_s
-
-
-def _policy(fake: FakeTime, **kw: object) -> Retry:
-    return Retry(sleep=fake.sleep, clock=fake.clock, jitter=lambda lo, hi: hi, **kw)  # type: ignore[arg-type]
-
-
-async def test_retry_backs_off_exponentially_then_succeeds() -> None:
-    fake = FakeTime()
-    calls = 0
-
-    async def flaky() -> str:
-        nonlocal calls
-        calls += 1
-        if calls < 4:
-            raise TransientError("boom")
-        return "done"
-
-    assert await _policy(fake, attempts=5, base_s=0.5).call(flaky) == "done"
-    assert calls == 4
-    assert fake.sleeps == [0.5, 1.0, 2.0]
-
-
-async def test_retry_gives_up_after_the_attempts_with_the_last_error() -> None:
-    fake = FakeTime()
-    calls = 0
-
-    async def always() -> None:
-        nonlocal calls
-        calls += 1
-        raise TransientError(f"boom {calls}")
-
-    with pytest.raises(TransientError, match="boom 3"):
-        await _policy(fake, attempts=3).call(always)
-    assert calls == 3 and len(fake.sleeps) == 2
-
-
-async def test_retry_caps_backoff_and_honours_retry_after() -> None:
-    fake = FakeTime()
-    errors: list[RetriableError] = [
-        TransientError("a"), TransientError("b"), TransientError("c"),
-        RateLimited("slow down", retry_after_s=7.0),
-    ]
-
-    async def fn() -> int:
-        if errors:
-            raise errors.pop(0)
-        return 1
-
-    policy = _policy(fake, attempts=10, base_s=1.0, max_backoff_s=3.0)
-    assert await policy.call(fn) == 1
-    # 1, 2, then capped at 3; Retry-After 7 plus at most base_s of jitter
-    assert fake.sleeps == [1.0, 2.0, 3.0, 8.0]
-
-
-async def test_retry_respects_the_deadline() -> None:
-    fake = FakeTime()
-
-    async def fn() -> None:
-        raise RateLimited("wait", retry_after_s=100.0)
-
-    with pytest.raises(RateLimited):
-        await _policy(fake, attempts=10, deadline_s=60.0).call(fn)
-    assert fake.sleeps == []
-
-
-async def test_retry_does_not_touch_fatal_or_record_errors() -> None:
-    fake = FakeTime()
-    for error in (AuthError("no"), RecordError("invalid_email"), FatalError("stop")):
-        calls = 0
-
-        async def fn(err: Exception = error) -> None:
-            nonlocal calls
-            calls += 1
-            raise err
-
-        with pytest.raises(type(error)):
-            await _policy(fake, attempts=5).call(fn)
-        assert calls == 1
-    assert fake.sleeps == []
-
-
-async def test_no_retry_calls_once() -> None:
-    calls = 0
-
-    async def fn() -> None:
-        nonlocal calls
-        calls += 1
-        raise TransientError("x")
-
-    with pytest.raises(TransientError):
-        await NO_RETRY.call(fn)
-    assert calls == 1
-
-
-def test_full_jitter_stays_within_the_exponential_ceiling() -> None:
-    policy = Retry(base_s=0.5, max_backoff_s=4.0)
-    for attempt in range(1, 8):
-        ceiling = min(4.0, 0.5 * 2 ** (attempt - 1))
-        delays = [policy.delay_s(attempt, TransientError("x")) for _ in range(200)]
-        assert all(0.0 <= d <= ceiling for d in delays)
-        assert max(delays) > ceiling / 2  # really jittered across the range, not constant
-
-
-def test_retry_validates_its_settings() -> None:
-    with pytest.raises(ValueError):
-        Retry(attempts=0)
-    with pytest.raises(ValueError):
-        Retry(base_s=-1)
 
 
 def test_usage_counter_filters_and_listeners() -> None:

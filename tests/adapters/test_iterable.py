@@ -15,7 +15,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from streamsync.adapters.http import (
     HttpResponse,
-    Retry,
     UnexpectedStatus,
     UsageCounter,
     make_session,
@@ -33,6 +32,7 @@ from streamsync.adapters.iterable import (
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.errors import AuthError, RateLimited, RecordError, TransientError
+from streamsync.retry import Policy
 
 
 @contextlib.asynccontextmanager
@@ -194,6 +194,7 @@ async def test_a_429_slows_the_shared_limiter_down(emu: IterableEmulator) -> Non
     assert limiter.in_flight == 0
 
 
+@pytest.mark.usefixtures("no_retry_waits")
 async def test_server_errors_drops_and_hangs_are_transient(emu: IterableEmulator) -> None:
     async with make_session(5.0) as session:
         client = IterableClient(session, emu.base_url, emu.api_key, timeout_s=0.3)
@@ -208,13 +209,10 @@ async def test_server_errors_drops_and_hangs_are_transient(emu: IterableEmulator
         with pytest.raises(TransientError, match="no reply in time"):
             await client.bulk_update(body)
         emu.faults.fail_next("/api/users/bulkUpdate", times=2, status=500)
-        retry = Retry(attempts=3, sleep=_no_sleep)
+        retry = Policy(attempts=3)
         result = await retry.call(lambda: client.bulk_update(body))
         assert result.success_count == 1
 
-
-async def _no_sleep(delay_s: float) -> None:
-    return None
 
 
 async def test_a_bad_key_is_an_auth_error_and_the_key_never_shows(

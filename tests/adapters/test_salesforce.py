@@ -12,7 +12,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from streamsync.adapters.http import HttpResponse, Retry, UsageCounter, make_session
+from streamsync.adapters.http import HttpResponse, UsageCounter, make_session
 from streamsync.adapters.salesforce import (
     QueryError,
     SalesforceClient,
@@ -26,6 +26,7 @@ from streamsync.adapters.salesforce import (
 from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.errors import RateLimited, SessionExpired, TransientError
+from streamsync.retry import Policy
 
 VERSION = "66.0"
 DATA = f"/services/data/v{VERSION}"
@@ -185,8 +186,9 @@ async def test_request_limit_exceeded_is_rate_limited() -> None:
         ("SELECT Id, NoSuchField__c FROM Lead", "INVALID_FIELD"),
     ],
 )
+@pytest.mark.usefixtures("no_retry_waits")
 async def test_bad_soql_is_a_non_retriable_query_error(rig: Rig, soql: str, code: str) -> None:
-    client = rig.client(retry=Retry(attempts=5, sleep=_no_sleep))
+    client = rig.client(retry=Policy(attempts=5))
     with pytest.raises(QueryError) as info:
         await client.count(soql)
     assert info.value.error_code == code and info.value.status == 400
@@ -200,16 +202,14 @@ async def test_an_over_long_uri_is_a_query_error(rig: Rig) -> None:
     assert info.value.status == 414
 
 
-async def _no_sleep(delay_s: float) -> None:
-    return None
 
-
+@pytest.mark.usefixtures("no_retry_waits")
 async def test_5xx_is_transient_and_a_declared_retry_recovers(rig: Rig) -> None:
     rig.emu.faults.fail_next(f"{DATA}/query", 1, status=503)
     with pytest.raises(TransientError, match="503"):
         await rig.client().count("SELECT COUNT() FROM Lead")
     rig.emu.faults.fail_next(f"{DATA}/query", 2, status=500)
-    client = rig.client(retry=Retry(attempts=3, sleep=_no_sleep))
+    client = rig.client(retry=Policy(attempts=3))
     assert await client.count("SELECT COUNT() FROM Lead") == 450
     assert rig.counter.by_status("salesforce", "query") == {"503": 1, "500": 2, "200": 1}
 
@@ -224,9 +224,10 @@ async def test_rest_calls_in_flight_are_bounded(rig: Rig) -> None:
         rig.client(max_in_flight=0)
 
 
+@pytest.mark.usefixtures("no_retry_waits")
 async def test_a_failed_next_page_is_retried_without_restarting_the_query(rig: Rig) -> None:
     rig.emu.faults.fail_next(f"{DATA}/query/", 1, status=502)  # only nextRecordsUrl paths
-    client = rig.client(batch_size=200, retry=Retry(attempts=3, sleep=_no_sleep))
+    client = rig.client(batch_size=200, retry=Policy(attempts=3))
     ids = [r["Id"] async for r in client.records("SELECT Id FROM Lead")]
     assert len(set(ids)) == 450
     assert rig.counter.total("salesforce", endpoint="query") == 1

@@ -1,0 +1,108 @@
+"""The one retry mechanism (stamina) and the one jitter function.
+
+Every in-process retry declares its policy at the call site:
+
+    page = await Policy(attempts=5, timeout_s=60).call(lambda: client.query_page(url))
+
+`Policy.call` runs `fn` under stamina: exponential backoff with jitter, capped by attempts and
+by a time budget. A `retry_after_s` carried by the error (errors.py, from a Retry-After header)
+replaces the backoff through stamina's backoff hook, and a wait the budget cannot hold ends the
+retries at once. Tests switch every wait off with the one global switch `stamina.set_testing`.
+The store's persisted `Backoff` schedule (adapters/store/types.py) is data, not a retry loop.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import stamina
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
+
+from streamsync.errors import RetriableError, describe_error
+from streamsync.logs import get_logger
+
+T = TypeVar("T")
+
+log = get_logger(__name__)
+
+
+def jitter(ceiling_s: float, *, floor_s: float = 0.0) -> float:
+    """A random wait in [floor_s, ceiling_s]: the one jitter function of streamsync."""
+    if ceiling_s <= floor_s:
+        return max(ceiling_s, 0.0)
+    return random.uniform(floor_s, ceiling_s)
+
+
+def retry_after_of(error: BaseException) -> float | None:
+    """The positive wait the remote side asked for with `error`, else None."""
+    value = getattr(error, "retry_after_s", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one call site retries: at most `attempts` tries within `timeout_s` seconds (None:
+    no budget), waits growing from `wait_initial_s` to `wait_max_s`, on errors of `on`."""
+
+    attempts: int = 5
+    timeout_s: float | None = 60.0
+    wait_initial_s: float = 0.5
+    wait_max_s: float = 30.0
+    on: tuple[type[Exception], ...] = (RetriableError,)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+        if self.wait_initial_s < 0 or self.wait_max_s < 0:
+            raise ValueError("wait_initial_s and wait_max_s must not be negative")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive or None, got {self.timeout_s}")
+
+    def backoff_hook(self, started: float) -> Callable[[Exception], bool | float]:
+        """stamina's `on=` hook: False (give up), True (exponential backoff) or the seconds a
+        Retry-After asked for, plus a little jitter so waiting callers do not return at once."""
+
+        def hook(error: Exception) -> bool | float:
+            if not isinstance(error, self.on):
+                return False
+            after = retry_after_of(error)
+            if after is None:
+                return True
+            wait = after + jitter(min(self.wait_initial_s, after))
+            if self.timeout_s is not None and wait > self.timeout_s - (time.monotonic() - started):
+                return False  # the budget cannot hold the wait: fail now, not after it
+            return wait
+
+        return hook
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await `fn()` until it succeeds, raises an error not in `on`, or the attempts or the
+        time budget are spent (then the last error is raised unchanged)."""
+        if self.attempts == 1:
+            return await fn()
+        caller = stamina.AsyncRetryingCaller(
+            attempts=self.attempts,
+            timeout=self.timeout_s,
+            wait_initial=self.wait_initial_s,
+            wait_max=self.wait_max_s,
+            wait_jitter=self.wait_initial_s,
+        ).on(self.backoff_hook(time.monotonic()))
+        return await caller(fn)
+
+
+NO_RETRY = Policy(attempts=1)
+
+
+def _log_retry(details: RetryDetails) -> None:
+    error = details.caused_by
+    log.info("retry.scheduled", call=details.name, attempt=details.retry_num,
+             wait_s=round(details.wait_for, 3), **describe_error(error))
+
+
+set_on_retry_hooks([_log_retry])
