@@ -5,9 +5,11 @@ Keeps docs/design.md invariant 6 (gap-free); SF guidance: docs/salesforce.md §2
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import QueueInput, Store
@@ -21,6 +23,9 @@ log = get_logger(__name__)
 
 RECONCILE_FIELDS = ("Id", "IsDeleted")
 ALL_CHANGE_EVENTS = "/data/ChangeEvents"
+Rows = list[dict[str, Any]]
+RowFilter = Callable[[Mapping[str, Any]], bool]
+PageRetry = Callable[[str, Callable[[], Awaitable[Rows]]], Awaitable[Rows]]
 
 
 def parse_timestamp_ms(text: str) -> int:
@@ -87,17 +92,29 @@ class Reconciler:
         *,
         trigger: str,
         until_ms: int | None = None,
+        margin_s: float | None = None,
+        source: str = "reconcile",
+        extra_fields: Sequence[str] = (),
+        select: RowFilter | None = None,
+        retry: PageRetry | None = None,
     ) -> int:
         """Re-queue every record (incl. deleted, via queryAll) with SystemModstamp >= since minus
-        the safety margin (`ingest.reconcile_overlap_s`), and before `until_ms` when given;
-        `since_ms` None means every record of the object. Returns the number of ids queued."""
+        the safety margin (`margin_s`, by default `ingest.reconcile_overlap_s`), and before
+        `until_ms` when given; `since_ms` None means every record of the object. Returns the
+        number of ids queued (with `source`).
+
+        `extra_fields` are read too; `select(row)` False leaves a row out (the backfill's
+        catch-up skips records it read in their latest state); `retry(what, call)` wraps each
+        page's query (the catch-up retries a page rather than the whole reconciliation)."""
         if object_name not in self._config.objects:
             raise ValueError(f"cannot reconcile {object_name!r}: not a configured object")
-        since = None if since_ms is None else _utc(max(since_ms - self.margin_ms, 0))
+        margin_ms = self.margin_ms if margin_s is None else int(margin_s * 1000)
+        since = None if since_ms is None else _utc(max(since_ms - margin_ms, 0))
         # SOQL datetimes have whole seconds: round the end up so no record is cut off.
         until = None if until_ms is None else _utc(-(-until_ms // 1000) * 1000)
         if since is not None and until is not None and until <= since:
             raise ValueError(f"reconcile window is empty: until {until} <= since {since}")
+        fields = tuple(dict.fromkeys((*RECONCILE_FIELDS, *extra_fields)))
         started = self._clock()
         log.info(
             "reconcile.start",
@@ -111,23 +128,22 @@ class Reconciler:
         after_id: str | None = None
         while True:
             if since is None:
-                soql = keyset_page(object_name, RECONCILE_FIELDS, after_id,
-                                   limit=self._page_size)
+                soql = keyset_page(object_name, fields, after_id, limit=self._page_size)
             else:
-                soql = modified_since(object_name, since, until=until, fields=RECONCILE_FIELDS,
+                soql = modified_since(object_name, since, until=until, fields=fields,
                                       after_id=after_id, limit=self._page_size)
-            items: list[QueueInput] = []
-            rows = 0
-            async for page in self._salesforce.query(soql, include_deleted=True):
-                rows += len(page.records)
-                items.extend(_inputs(object_name, page.records))
+            fetch = functools.partial(self._rows, soql)
+            rows = await (fetch() if retry is None else retry("reconcile", fetch))
             pages += 1
+            kept = rows if select is None else [row for row in rows if select(row)]
+            items = _inputs(object_name, kept)
             if items:
-                await self._store.enqueue(items, self._clock(), "reconcile")
+                await self._store.enqueue(items, self._clock(), source)
                 queued += len(items)
-                after_id = items[-1].record_id
-            if rows < self._page_size or not items:
+            last_id = _last_id(rows)
+            if len(rows) < self._page_size or last_id is None:
                 break
+            after_id = last_id
         self._metrics.reconciliations.labels(trigger).inc()
         log.info(
             "reconcile.done",
@@ -138,6 +154,12 @@ class Reconciler:
             duration_s=round(self._clock() - started, 3),
         )
         return queued
+
+    async def _rows(self, soql: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        async for page in self._salesforce.query(soql, include_deleted=True):
+            rows.extend(page.records)
+        return rows
 
     async def reconcile_from_timestamp(
         self, target: str, timestamp: str, *, trigger: str = "replay_timestamp"
@@ -161,7 +183,7 @@ class Reconciler:
         return {name: await self.reconcile(name, since_ms, trigger=trigger) for name in objects}
 
 
-def _inputs(object_name: str, records: Sequence[dict[str, object]]) -> list[QueueInput]:
+def _inputs(object_name: str, records: Sequence[Mapping[str, Any]]) -> list[QueueInput]:
     out: list[QueueInput] = []
     for record in records:
         sf_id = record.get("Id")
@@ -170,6 +192,15 @@ def _inputs(object_name: str, records: Sequence[dict[str, object]]) -> list[Queu
         change = ChangeType.DELETE if record.get("IsDeleted") is True else ChangeType.UPDATE
         out.append(QueueInput(object_name, sf_id, change))
     return out
+
+
+def _last_id(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The Id the next keyset page starts after (None when no row has one)."""
+    for row in reversed(rows):
+        sf_id = row.get("Id")
+        if isinstance(sf_id, str) and sf_id:
+            return sf_id
+    return None
 
 
 def _utc(epoch_ms: int) -> datetime:

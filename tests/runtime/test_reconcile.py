@@ -175,3 +175,42 @@ def test_parse_timestamp(text: str, expected: int) -> None:
 def test_parse_timestamp_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_timestamp_ms(text)
+
+
+async def test_select_margin_source_and_retry_for_the_backfill_catch_up(
+    sf_emulator: SalesforceEmulator, config: Config, store: Store, clients: Clients
+) -> None:
+    """What the backfill's catch-up needs: its own margin, its queue source, SystemModstamp
+    read, rows left out by `select` (a whole page of them does not end the keyset walk), and
+    a page's query retried by the caller's `retry`."""
+    every = sf_emulator.select_ids("Lead")
+    for lead in every:  # all 40 modified just now
+        sf_emulator.state.update("Lead", lead, {"Title": "Touched"})
+    keep = set(every[-3:])  # only on the last of several pages
+    seen_rows: list[dict[str, object]] = []
+    retried: list[str] = []
+
+    def select(row: object) -> bool:
+        assert isinstance(row, dict) and "SystemModstamp" in row
+        seen_rows.append(row)
+        return row["Id"] in keep
+
+    async def retry(what: str, call):  # type: ignore[no-untyped-def]
+        retried.append(what)
+        return await call()
+
+    metrics = Metrics()
+    queued = await _reconciler(config, store, clients, metrics, page_size=7).reconcile(
+        "Lead", _now_ms() + 30_000, trigger="catchup", margin_s=3600.0, source="catchup",
+        extra_fields=("SystemModstamp",), select=select, retry=retry)
+
+    assert queued == 3 and len(seen_rows) == 40
+    rows = await _queued(store)
+    assert {rid for _obj, rid in rows} == keep
+    assert {lease.source for lease in rows.values()} == {"catchup"}
+    assert retried == ["reconcile"] * 6  # 40 rows in pages of 7
+    assert metrics.registry.get_sample_value(
+        "streamsync_reconciliations_total", {"trigger": "catchup"}) == 1.0
+    # The default margin (ingest.reconcile_overlap_s) would not reach back an hour.
+    assert await _reconciler(config, store, clients, Metrics()).reconcile(
+        "Lead", _now_ms() + 3_600_000, trigger="gap_overflow") == 0

@@ -1,0 +1,217 @@
+"""The backfill run: plan, start or resume, run the windows, catch up, summarise."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.store import BackfillRun, Checkpoint, Store
+from streamsync.config import Config
+from streamsync.core.mapping import CompiledMapping
+from streamsync.logs import get_logger
+from streamsync.runtime.backfill.catchup import CatchUp
+from streamsync.runtime.backfill.options import BackfillError, BackfillOptions
+from streamsync.runtime.backfill.plan import ObjectPlan, Planner
+from streamsync.runtime.backfill.read import SalesforceReads, page_reader
+from streamsync.runtime.backfill.summary import BackfillSummary, Totals
+from streamsync.runtime.backfill.tasks import all_or_first_error
+from streamsync.runtime.backfill.window import PageHook, WindowRunner, WindowSettings
+from streamsync.runtime.backfill.write import RecordSink, WriteEngine
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.progress import NullProgress, Progress
+from streamsync.runtime.reconcile import Reconciler
+
+log = get_logger(__name__)
+
+SF_API = "salesforce"
+TOKEN_ENDPOINT = "oauth2/token"
+
+
+class Backfill:
+    """Reads every record of the selected objects and writes them through the pipeline.
+
+    Planning is `Planner` (plan.py), reading `RestReader`/`BulkReader` (read.py), writing
+    `WriteEngine` (write.py) driven per window by `WindowRunner` (window.py). At the end every
+    record modified since the run started is enqueued for the real-time flusher (`CatchUp`,
+    a reconciliation), so a stale page is never the last write.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        salesforce: SalesforceClient,
+        pipeline: RecordSink | None,
+        metrics: Metrics,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+        mappings: Mapping[str, CompiledMapping],
+        on_page: PageHook | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.salesforce = salesforce
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.progress: Progress = progress if progress is not None else NullProgress()
+        self.clock = clock
+        self.mappings = mappings
+        self.on_page = on_page
+        self._sleep = sleep
+        self.reads = SalesforceReads(salesforce, sleep=sleep, clock=clock)
+        self.planner = Planner(config, mappings, self.reads)
+        reconciler = Reconciler(config=config, store=store, salesforce=salesforce,
+                                metrics=metrics, clock=clock)
+        self.catch_up = CatchUp(config=config, reconciler=reconciler, reads=self.reads,
+                                progress=self.progress)
+
+    def _sf_calls(self) -> int:
+        """Salesforce API calls so far (token requests do not count against the allocation)."""
+        counter = self.salesforce.counter
+        return counter.total(SF_API) - counter.total(SF_API, endpoint=TOKEN_ENDPOINT)
+
+    def _windows(self, options: BackfillOptions, writer: WriteEngine) -> WindowRunner:
+        page_size = self.planner.page_size(options)
+        batch = self.config.iterable.batch_max_users
+        settings = WindowSettings(options.prefetch_pages, options.write_depth,
+                                  max(batch, page_size // batch * batch))
+        reader = page_reader(self.planner.api(options), self.reads,
+                             window_field=self.config.backfill.window_field,
+                             page_size=page_size)
+        return WindowRunner(store=self.store, reader=reader, writer=writer, settings=settings,
+                            progress=self.progress, on_read=self.catch_up.remember,
+                            on_page=self.on_page, clock=self.clock)
+
+    def _writer(self, totals: Totals, **kwargs: Any) -> WriteEngine:
+        return WriteEngine(config=self.config, store=self.store, pipeline=self.pipeline,
+                           metrics=self.metrics, mappings=self.mappings, totals=totals,
+                           clock=self.clock, sleep=self._sleep, **kwargs)
+
+    async def run(self, options: BackfillOptions) -> BackfillSummary:
+        """Plan, start or resume a run, read and write every window, catch up, summarise."""
+        started = self.clock()
+        sf_calls_before = self._sf_calls()
+        self.catch_up.start(None)
+        plans = self.planner.plan(options)
+        if options.dry_run is not None:
+            return await self._dry_run(options, plans, started, sf_calls_before)
+        scope = self.planner.scope(options, plans)
+        run, resumed, total = await self._select_run(options, plans, scope)
+        if run is None:
+            previous = await self._matching_run(scope)
+            assert previous is not None
+            summary = BackfillSummary(previous.run_id, "already_finished",
+                                      tuple(scope["objects"]))
+            self.progress.message(summary.lines()[0])
+            return summary
+        self.catch_up.start(run.started_at if options.catch_up else None)
+        checkpoints = await self.store.windows(run.run_id)
+        pending = [cp for cp in checkpoints if not cp.done]
+        done_before = sum(cp.records_done for cp in checkpoints)
+        if resumed:
+            self.progress.message(
+                f"resuming {run.run_id}: {len(checkpoints) - len(pending)} of {len(checkpoints)} "
+                f"windows done, {done_before:,} records already written")
+        totals = Totals()
+        writer = self._writer(totals, dead_letters_exist=bool(
+            await self.store.dead_letter_counts()))
+        self.progress.start(total, min(done_before, total))
+        log.info("backfill.started", run_id=run.run_id, objects=scope["objects"],
+                 windows=len(checkpoints), pending=len(pending), resumed=resumed, total=total,
+                 api=self.planner.api(options))
+        await self._run_windows(run.run_id, pending, plans, options, writer)
+        catchup = 0
+        if options.catch_up:
+            catchup = await self.catch_up.run(scope, plans, since_s=run.started_at)
+        await self.store.finish_run(run.run_id, self.clock())
+        summary = BackfillSummary(
+            run.run_id, "finished", tuple(scope["objects"]),
+            records_read=totals.read, records_written=totals.written,
+            records_skipped=totals.skipped, dead_by_reason=dict(totals.dead),
+            retry_queued=totals.retry_queued, catchup_queued=catchup, pages=totals.pages,
+            windows=len(checkpoints),
+            windows_resumed=sum(1 for cp in pending if cp.last_id is not None),
+            sf_api_calls=self._sf_calls() - sf_calls_before,
+            iterable_requests=totals.requests, iterable_429s=totals.rate_limited,
+            duration_s=self.clock() - started,
+        )
+        log.info("backfill.finished", **{k: v for k, v in summary.to_dict().items()
+                                         if k not in ("objects", "dry_run_file")})
+        self.progress.finish(summary.lines())
+        return summary
+
+    async def _matching_run(self, scope: Mapping[str, Any]) -> BackfillRun | None:
+        for run in await self.store.runs(limit=50):
+            if dict(run.options).get("scope") == orjson.loads(orjson.dumps(dict(scope))):
+                return run
+        return None
+
+    async def _select_run(self, options: BackfillOptions, plans: Sequence[ObjectPlan],
+                          scope: dict[str, Any]) -> tuple[BackfillRun | None, bool, int]:
+        """(run to work on, resumed?, records it reads); (None, False, 0) when the same
+        backfill already finished. A new run's windows and COUNT()s are planned at once."""
+        previous = None if options.restart else await self._matching_run(scope)
+        if previous is not None and not previous.finished:
+            if not options.resume:
+                progress = await self.store.windows(previous.run_id)
+                done = sum(1 for w in progress if w.done)
+                raise BackfillError(
+                    f"backfill {previous.run_id} of the same scope stopped before finishing "
+                    f"({done} of {len(progress)} windows done): use --resume to continue it "
+                    "or --restart to start over")
+            return previous, True, await self.planner.total(plans, options)
+        if previous is not None:
+            return None, False, 0
+        run_id = "bf-" + datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S") \
+            + "-" + uuid.uuid4().hex[:6]
+        windows, total = await self.planner.windows_and_total(plans, options)
+        options_doc = {"scope": scope, "parallel": self.planner.parallel(options),
+                       "page_size": self.planner.page_size(options)}
+        run = await self.store.start_run(run_id, windows, options_doc, self.clock())
+        return run, False, total
+
+    async def _run_windows(self, run_id: str | None, pending: Sequence[Checkpoint],
+                           plans: Sequence[ObjectPlan], options: BackfillOptions,
+                           writer: WriteEngine) -> None:
+        gate = asyncio.Semaphore(self.planner.parallel(options))
+        runner = self._windows(options, writer)
+        by_name = {p.object_name: p for p in plans}
+
+        async def one(cp: Checkpoint) -> None:
+            async with gate:
+                await runner.run(run_id, cp, by_name[cp.window.object_name])
+
+        await all_or_first_error([one(cp) for cp in pending])
+
+    async def _dry_run(self, options: BackfillOptions, plans: Sequence[ObjectPlan],
+                       started: float, sf_calls_before: int) -> BackfillSummary:
+        assert options.dry_run is not None
+        path = options.dry_run
+        windows, total = await self.planner.windows_and_total(plans, options)
+        self.progress.start(total)
+        checkpoints = [Checkpoint("dry-run", window, None, 0, False, started, started, None)
+                       for window in windows]
+        try:
+            out = await asyncio.to_thread(path.open, "wb")
+        except OSError as exc:
+            raise BackfillError(f"--dry-run: cannot write {path}: {exc.strerror}") from None
+        totals = Totals()
+        with out:
+            await self._run_windows(None, checkpoints, plans, options,
+                                    self._writer(totals, dry_out=out))
+        summary = BackfillSummary(
+            None, "dry_run", tuple(p.object_name for p in plans), records_read=totals.read,
+            dead_by_reason=dict(totals.dead), pages=totals.pages, windows=len(checkpoints),
+            sf_api_calls=self._sf_calls() - sf_calls_before,
+            duration_s=self.clock() - started, dry_run_file=str(path))
+        self.progress.finish(summary.lines())
+        return summary
