@@ -6,32 +6,29 @@
    updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email),
    showing queue depth, commit-to-Iterable latency, records synced and dead letters.
 4. Waits for the queue to drain and checks that every Iterable profile matches its Salesforce
-   record (`core/verify.py`). Exit code 0 only if it does.
+   record (`core/verify.py`). `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it
+   does.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import random
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamsync.cli.progress import ConsoleProgress
 from streamsync.config import Config, parse_config
 from streamsync.core.verify import VerifyReport, compare
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
-from streamsync.logs import setup_logging
 from streamsync.runtime.app import Service, open_components
 from streamsync.runtime.backfill import Backfill, BackfillOptions
 from streamsync.runtime.final_state import read_salesforce, verify_policies
-from streamsync.runtime.progress import ConsoleProgress
 
 SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000}
 SMALL_SEED: dict[str, Any] = {"seed_accounts": 50, "seed_contacts": 300, "seed_leads": 600}
@@ -166,7 +163,8 @@ def _status_line(service: Service) -> str:
     return f"queue={depth:.0f}  synced={synced:.0f}  dead_letters={dead:.0f}"
 
 
-async def run_demo(duration_s: float, keep_running: bool, small: bool, out: TextIO) -> int:
+async def run_demo(duration_s: float, keep_running: bool, small: bool, out: TextIO) -> bool:
+    """The whole demo; True when the service ran cleanly and every profile matches."""
     seed = SMALL_SEED if small else SEED
     sf = SalesforceEmulator(SalesforceEmulatorConfig(**seed, latency_ms=20.0))
     it = IterableEmulator(IterableEmulatorConfig(project_type="email", latency_ms=20.0))
@@ -183,7 +181,7 @@ async def run_demo(duration_s: float, keep_running: bool, small: bool, out: Text
 
 
 async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulator,
-                      duration_s: float, keep_running: bool, out: TextIO) -> int:
+                      duration_s: float, keep_running: bool, out: TextIO) -> bool:
     print("\n== 1. Backfill", file=out)
     async with open_components(config) as parts:
         backfill = Backfill(config=config, store=parts.store, salesforce=parts.salesforce,
@@ -208,7 +206,7 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
         code = await task
     if code != 0:
         print(f"The service stopped with exit code {code}.", file=out)
-        return code
+        return False
 
     print("\n== 3. Verification", file=out)
     report = await verify(config, it)
@@ -221,7 +219,7 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
               f"{mismatch.problem} {mismatch.fields}", file=out)
     print("\nEvery Iterable profile matches Salesforce." if report.ok
           else "\nVerification FAILED.", file=out)
-    return 0 if report.ok else 1
+    return report.ok
 
 
 async def _live_changes(service: Service, task: asyncio.Task[int], workload: Workload,
@@ -255,27 +253,3 @@ async def _drain(service: Service, out: TextIO, timeout_s: float = 60.0) -> None
             break
         await asyncio.sleep(0.25)
     print(f"   drained: {_status_line(service)}", file=out)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamsync demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=30.0,
-                        help="seconds of live changes (default 30)")
-    parser.add_argument("--keep-running", action="store_true",
-                        help="keep the service running after the live changes")
-    parser.add_argument("--small", action="store_true",
-                        help="a small seed (1,000 records) for a quick look or a test")
-    parser.add_argument("--log-level", type=str.lower, default="warning",
-                        choices=("debug", "info", "warning", "error"),
-                        help="log level of the structured logs on stderr (default: warning)")
-    parser.add_argument("--log-json", action="store_true",
-                        help="log JSON lines even on a terminal (the default off a terminal)")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level, json=True if args.log_json else None)
-    try:
-        import uvloop
-
-        return uvloop.run(run_demo(args.duration, args.keep_running, args.small, sys.stdout))
-    except KeyboardInterrupt:
-        return 130

@@ -2,6 +2,7 @@
 
     StreamsyncError
     ├── ConfigError          bad config.toml or missing secret: refuse to start, name the key
+    ├── UsageError           the command line is wrong (exit 2): an unknown channel, a bad time
     ├── FatalError           cannot go on without an operator (credentials rejected for good)
     │   └── AuthError        the token endpoint said no (invalid_grant, bad key)
     ├── RetriableError       try again later, with backoff and jitter
@@ -11,6 +12,7 @@
     └── RecordError          one record can never succeed as it is: dead-letter it with `reason`
 
 Foreign exceptions (aiohttp, sqlite, json) are translated into this tree at the edge (adapters).
+`Terminated` stands apart: SIGTERM arrived during a command, which stops like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ class StreamsyncError(Exception):
 
 class ConfigError(StreamsyncError):
     """The configuration is invalid; the message names the offending key."""
+
+
+class UsageError(StreamsyncError):
+    """The command line is wrong (exit 2), e.g. an unknown channel or a bad --from value."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived during a command: it was cancelled as Ctrl-C cancels it."""
 
 
 class FatalError(StreamsyncError):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import orjson
 import pytest
 
 from streamsync.adapters.store import BackfillWindow, QueueInput, Store
-from streamsync.cli import REPLAY_EARLIEST, REPLAY_NEW, build_parser, main, parse_replay_start
-from streamsync.cli import UsageError as CliUsageError
+from streamsync.cli import build_parser, main
+from streamsync.cli.replay import REPLAY_EARLIEST, REPLAY_NEW, parse_replay_start
+from streamsync.errors import UsageError as CliUsageError
 
 SF_SECRET = "sf-client-secret-0123456789"
 IT_KEY = "iterable-api-key-abcdef987654"
@@ -136,8 +138,8 @@ def test_parse_replay_start() -> None:
     assert parse_replay_start("earliest") == REPLAY_EARLIEST == -2
     assert parse_replay_start("NEW") == REPLAY_NEW == -1
     assert parse_replay_start("123456") == 123456
-    assert parse_replay_start("2026-01-02T03:04:05Z") == "2026-01-02T03:04:05Z"
-    assert parse_replay_start("2026-01-02") == "2026-01-02"
+    assert parse_replay_start("2026-01-02T03:04:05Z") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_replay_start("2026-01-02") == datetime(2026, 1, 2, tzinfo=UTC)
     with pytest.raises(CliUsageError):
         parse_replay_start("-7")
 
@@ -390,7 +392,9 @@ def test_status_of_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_status_helpers() -> None:
-    from streamsync.runtime.status import age, iso, table
+    from streamsync.cli.durations import duration as age
+    from streamsync.cli.output import table
+    from streamsync.runtime.status import iso
 
     assert [age(s) for s in (None, 0, 59.9, 61, 3600 * 5 + 60, 86_400 * 3 + 3600 * 4)] == [
         "-", "0s", "59s", "1m 01s", "5h 01m", "3d 4h"]

@@ -35,11 +35,11 @@ def test_emulators_import_nothing_from_the_product() -> None:
 
 
 def test_product_does_not_import_emulators() -> None:
-    allowed = {"cli.py", "demo.py"}
+    allowed = {PKG / "demo.py"}
     bad = [
         (str(p), name)
         for p in PKG.rglob("*.py")
-        if "emulators" not in p.parts and p.name not in allowed
+        if "emulators" not in p.parts and p not in allowed
         for name in _imports(p)
         if name.startswith("streamsync.emulators")
     ]
@@ -52,5 +52,28 @@ def test_core_is_pure() -> None:
         for p in _modules("core")
         for name in _imports(p)
         if name.split(".")[0] in IO_MODULES
+    ]
+    assert bad == []
+
+
+def test_nothing_below_the_command_line_imports_it() -> None:
+    bad = [
+        (str(p), name)
+        for sub in ("core", "adapters", "runtime")
+        for p in _modules(sub)
+        for name in _imports(p)
+        if name == "streamsync.cli" or name.startswith("streamsync.cli.")
+    ]
+    assert bad == []
+
+
+def test_runtime_shows_nothing_itself() -> None:
+    """Presentation lives in streamsync/cli/: runtime returns data and never writes to the
+    console nor asks whether it is a terminal."""
+    bad = [
+        (str(p), word)
+        for p in _modules("runtime")
+        for word in ("print(", "sys.stdout", "sys.stderr", "isatty", "\\r")
+        if word in p.read_text(encoding="utf-8")
     ]
     assert bad == []

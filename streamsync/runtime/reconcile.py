@@ -28,26 +28,6 @@ RowFilter = Callable[[Mapping[str, Any]], bool]
 PageRetry = Callable[[str, Callable[[], Awaitable[Rows]]], Awaitable[Rows]]
 
 
-def parse_timestamp_ms(text: str) -> int:
-    """An ISO 8601 timestamp (`2026-01-02T03:04:05Z`, an offset, or a bare date = UTC midnight)
-    as epoch milliseconds; a timestamp without a zone is refused rather than guessed."""
-    raw = text.strip()
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"not an ISO 8601 timestamp: {text!r} (e.g. 2026-01-02T03:04:05Z)"
-        ) from None
-    if moment.tzinfo is None:
-        if len(raw) == 10:  # a bare date
-            moment = moment.replace(tzinfo=UTC)
-        else:
-            raise ValueError(
-                f"timestamp {text!r} has no timezone; add Z or an offset such as +02:00"
-            )
-    return int(moment.timestamp() * 1000)
-
-
 class Reconciler:
     """Finds records by `SystemModstamp` through queryAll (deleted rows included) and queues them.
 
@@ -162,13 +142,13 @@ class Reconciler:
         return rows
 
     async def reconcile_from_timestamp(
-        self, target: str, timestamp: str, *, trigger: str = "replay_timestamp"
+        self, target: str, since_ms: int, *, trigger: str = "replay_timestamp"
     ) -> dict[str, int]:
-        """`replay --from <ISO timestamp>`: reconcile the object named by `target` (an object
-        name or a CDC channel) from that time; returns ids queued per object."""
-        since_ms = parse_timestamp_ms(timestamp)
+        """Reconcile the object named by `target` (an object name or a CDC channel) from
+        `since_ms` (epoch ms; streamsync/cli/timestamps.py parses a typed time); returns ids
+        queued per object."""
         if since_ms > int(self._clock() * 1000):
-            raise ValueError(f"timestamp {timestamp!r} is in the future")
+            raise ValueError(f"since {since_ms} ms is in the future")
         channels = {self._config.channel(name) for name in self._config.objects}
         if target in self._config.objects:
             objects = [target]

@@ -1,8 +1,9 @@
-"""`status` and `dlq list`: the store's state as plain JSON-able data, and as readable tables."""
+"""`status` and `dlq list`: the store's state as plain JSON-able data (streamsync/cli/status.py
+and streamsync/cli/dlq.py show it as tables)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +20,6 @@ from streamsync.config import Config
 from streamsync.logs import redactor
 from streamsync.models import DeadLetterReason
 
-MAX_WINDOWS_SHOWN = 10
-MAX_CELL_CHARS = 120
 KNOWN_DEAD_LETTER_REASONS: frozenset[str] = frozenset(
     {value for name, value in vars(DeadLetterReason).items()
      if name.isupper() and isinstance(value, str)}
@@ -34,20 +33,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def age(seconds: float | None) -> str:
-    """A short human duration: `42s`, `3m 12s`, `5h 01m`, `3d 4h`; `-` for None."""
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86_400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86_400}d {s % 86_400 // 3600}h"
 
 
 def _clean(value: Any) -> Any:
@@ -155,91 +140,6 @@ async def read_status(store: Store, config: Config | None, now: float,
     return data
 
 
-# ---------------------------------------------------------------- human output
-
-
-def _cell(value: Any, max_chars: int | None) -> str:
-    text = "-" if value is None or value == "" else str(value)
-    text = " ".join(text.split())
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    return text[: max_chars - 3] + "..."
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
-          max_cell: int | None = MAX_CELL_CHARS) -> str:
-    """Left-aligned columns separated by two spaces, with a header underline; cells longer
-    than `max_cell` characters are cut (None: never)."""
-    cells = [[_cell(v, max_cell) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                 for row in cells)
-    return "\n".join(lines)
-
-
-def render_status(data: Mapping[str, Any]) -> str:
-    """The human view of a `status_dict`."""
-    q = data["queue"]
-    parts = [f"streamsync status at {data['generated_at']}"
-             + (f" (store {data['store']})" if data.get("store") else "")]
-    oldest = "" if q["oldest_age_s"] is None else f", oldest item {age(q['oldest_age_s'])} old"
-    parts.append(f"\nQueue: {q['depth']} record(s){oldest}; {q['due']} due, {q['leased']} "
-                 f"leased, {q['retrying']} in backoff")
-    if q["by_object"]:
-        parts.append(table(["object", "queued"], sorted(q["by_object"].items())))
-    parts.append("\nChannels:")
-    channels = data["channels"]
-    if channels:
-        parts.append(table(
-            ["channel", "object", "replay id", "last event (commit time)", "age"],
-            [[c["channel"], c["object"] or "(not configured)",
-              "(none: starts with new events)" if c["replay_id"] is None else c["replay_id"],
-              c["last_event_at"], age(c["last_event_age_s"])] for c in channels]))
-    else:
-        parts.append("  (none)")
-    dl = data["dead_letters"]
-    parts.append(f"\nDead letters: {dl['total']}")
-    if dl["by_reason"]:
-        parts.append(table(["reason", "records"], sorted(dl["by_reason"].items())))
-    parts.append("\nRecent errors:")
-    if data["recent_errors"]:
-        # Never cut: the end of a message is often what matters (the host:port refused).
-        parts.append(table(["at", "component", "message"],
-                           [[e["at"], e["component"], e["message"]]
-                            for e in data["recent_errors"]], max_cell=None))
-    else:
-        parts.append("  (none)")
-    parts.append("\nBackfill:")
-    bf = data["backfill"]
-    if bf is None:
-        parts.append("  (never run)")
-    else:
-        state = f"finished {bf['finished_at']}" if bf["finished"] else "not finished"
-        parts.append(f"  run {bf['run_id']} started {bf['started_at']}, {state}; "
-                     f"{bf['windows_done']}/{bf['windows_total']} window(s) done, "
-                     f"{bf['records_done']} record(s)")
-        open_windows = [w for w in bf["windows"] if not w["done"]]
-        if open_windows:
-            shown = open_windows[:MAX_WINDOWS_SHOWN]
-            parts.append(table(
-                ["object", "window start", "window end", "last id", "records", "updated"],
-                [[w["object"], w["start"], w["end"], w["last_id"], w["records_done"],
-                  w["updated_at"]] for w in shown]))
-            if len(open_windows) > len(shown):
-                parts.append(f"  ... and {len(open_windows) - len(shown)} more open window(s)")
-    earlier = list(data.get("backfill_runs") or [])[1:]
-    if earlier:
-        parts.append("  earlier runs:")
-        parts.append(table(["run", "started", "finished"],
-                           [[r["run_id"], r["started_at"], r["finished_at"] or "(not finished)"]
-                            for r in earlier]))
-    return "\n".join(parts) + "\n"
-
-
 def dead_letter_dict(dl: DeadLetter) -> dict[str, Any]:
     """One dead letter as JSON-able data (payload-free by construction)."""
     cleaned: dict[str, Any] = _clean({
@@ -253,14 +153,3 @@ def dead_letter_dict(dl: DeadLetter) -> dict[str, Any]:
         "last_failed_at": iso(dl.last_failed_at),
     })
     return cleaned
-
-
-def render_dead_letters(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The human view of `dead_letter_dict` rows."""
-    if not rows:
-        return "no dead letters\n"
-    return table(
-        ["object", "record id", "change", "reason", "attempts", "last failed", "last error"],
-        [[r["object"], r["record_id"], r["change_type"], r["reason"], r["attempts"],
-          r["last_failed_at"], r["last_error"]] for r in rows],
-    ) + "\n"

@@ -12,6 +12,7 @@ import pytest
 
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import BackfillWindow, Store
+from streamsync.cli.progress import ConsoleProgress, summary_lines
 from streamsync.config import Config
 from streamsync.core.soql import count as count_query
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
@@ -22,13 +23,14 @@ from streamsync.runtime.backfill import (
     Backfill,
     BackfillError,
     BackfillOptions,
+    BackfillSummary,
     PageHook,
     WritesFailed,
     split_windows,
 )
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
-from streamsync.runtime.progress import ConsoleProgress, Progress
+from streamsync.runtime.progress import Progress
 from tests.conftest import Clients, FakeClock, MakeConfig, emulator_describes
 
 PAGE = 200
@@ -157,7 +159,7 @@ async def test_dry_run_writes_mapped_payloads_and_sends_nothing(
                     getattr(mapped, "payload", None)))
     errors = [x for x in lines if "error" in x]
     assert errors and sum(summary.dead_by_reason.values()) == len(errors)
-    assert f"would be dead-lettered {len(errors):,}" in "\n".join(summary.lines())
+    assert f"would be dead-lettered {len(errors):,}" in "\n".join(summary_lines(summary))
     assert iterable_emulator.state.users_received == 0
     assert iterable_emulator.state.snapshot() == {}
     assert await store.latest_run() is None            # a dry run keeps no checkpoints
@@ -524,12 +526,18 @@ def test_progress_bar_on_a_terminal_redraws_in_place() -> None:
     progress.advance(10)                                   # within redraw_s: not drawn
     now[0] = 2.0
     progress.advance(240)
-    progress.finish(["done"])
+    summary = BackfillSummary("run-1", "finished", ("Lead",), records_read=500,
+                              duration_s=125.0)
+    progress.finish(summary)
     frames = out.getvalue().split("\r")[1:]
     assert "[#######.......................]  25.0%  250/1,000 records  250 rec/s  ETA 3s" \
         in frames[1]
     assert "50.0%  500/1,000 records  250 rec/s  ETA 2s" in frames[2]
-    assert len(frames) == 4 and out.getvalue().endswith("\ndone\n")
+    assert len(frames) == 4
+    lines = summary_lines(summary)
+    assert lines[:2] == ["backfill run-1 finished in 2m 05s (Lead)",
+                         "  records read          500 (4/s)"]
+    assert out.getvalue().endswith("\n" + "\n".join(lines) + "\n")
 
 
 def test_progress_eta_counts_only_this_attempt() -> None:

@@ -111,7 +111,7 @@ class Backfill:
             assert previous is not None
             summary = BackfillSummary(previous.run_id, "already_finished",
                                       tuple(scope["objects"]))
-            self.progress.message(summary.lines()[0])
+            self.progress.finish(summary)
             return summary
         self.catch_up.start(run.started_at if options.catch_up else None)
         checkpoints = await self.store.windows(run.run_id)
@@ -146,7 +146,7 @@ class Backfill:
         )
         log.info("backfill.finished", **{k: v for k, v in summary.to_dict().items()
                                          if k not in ("objects", "dry_run_file")})
-        self.progress.finish(summary.lines())
+        self.progress.finish(summary)
         return summary
 
     async def _matching_run(self, scope: Mapping[str, Any]) -> BackfillRun | None:
@@ -213,5 +213,5 @@ class Backfill:
             dead_by_reason=dict(totals.dead), pages=totals.pages, windows=len(checkpoints),
             sf_api_calls=self._sf_calls() - sf_calls_before,
             duration_s=self.clock() - started, dry_run_file=str(path))
-        self.progress.finish(summary.lines())
+        self.progress.finish(summary)
         return summary

@@ -6,8 +6,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamsync.runtime.backfill.summary_text import summary_lines
-
 SummaryStatus = Literal["finished", "already_finished", "dry_run"]
 
 
@@ -27,8 +25,8 @@ class Totals:
 
 @dataclass
 class BackfillSummary:
-    """What a backfill did; `to_dict()` is the JSON form, `lines()` the text one (rendered by
-    `summary_text.summary_lines`)."""
+    """What a backfill did; `to_dict()` is the JSON form (streamsync/cli/progress.py renders
+    the text one)."""
 
     run_id: str | None
     status: SummaryStatus
@@ -63,6 +61,3 @@ class BackfillSummary:
             "iterable_requests": self.iterable_requests, "iterable_429s": self.iterable_429s,
             "duration_s": round(self.duration_s, 3), "dry_run_file": self.dry_run_file,
         }
-
-    def lines(self) -> list[str]:
-        return summary_lines(self)

@@ -1,0 +1,206 @@
+"""`streamsync backfill` (also `python -m streamsync.backfill`): bulk-load existing records."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Mapping
+from pathlib import Path
+from typing import Final, TypeVar
+
+import orjson
+
+from streamsync.adapters.iterable import IterableClient
+from streamsync.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from streamsync.cli.options import Subparsers, add_command, config_path, positive_int
+from streamsync.cli.output import err
+from streamsync.cli.progress import ConsoleProgress
+from streamsync.cli.timestamps import time_argument
+from streamsync.config import load_config
+from streamsync.errors import AuthError, ConfigError, RetriableError, StreamsyncError, Terminated
+from streamsync.runtime.app import open_components
+from streamsync.runtime.backfill import (
+    Backfill,
+    BackfillError,
+    BackfillOptions,
+    BackfillSummary,
+    WritesFailed,
+    key_refused,
+    unreachable,
+)
+
+PREFIX: Final = "streamsync backfill"
+KEY_CHECK_ATTEMPTS: Final = 3
+T = TypeVar("T")
+
+DESCRIPTION = """\
+Read every record of the configured Salesforce objects (or those given with --objects) and write
+them to Iterable through the same mapping, skip-unchanged check and rate-limited writer as the
+real-time service. Records are read page by page with keyset pagination (WHERE Id > :last
+ORDER BY Id LIMIT 2000) in parallel CreatedDate windows; each window's progress is checkpointed
+in the SQLite store after Iterable confirms a page, so an interrupted backfill continues with
+--resume. At the end, records modified since the backfill started are queued for the real-time
+service (catch-up), so an older backfill page is never the last write. It can run beside
+`streamsync run`.
+"""
+
+EPILOG = """\
+examples:
+  streamsync backfill --config config.toml
+  streamsync backfill --config config.toml --objects Lead --since 2024-01-01
+  streamsync backfill --config config.toml --dry-run payloads.jsonl
+  python -m streamsync.backfill --config config.toml --resume     (the same command)
+
+exit status: 0 done (or already finished), 1 failed, e.g. Iterable unreachable or its key
+refused (the message says what to do; resume with --resume), 2 usage or configuration error,
+130 interrupted by Ctrl-C or SIGTERM (resume with --resume).
+"""
+
+
+def _objects(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("--objects needs at least one object name")
+    return names
+
+
+def add_parser(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
+    p = add_command(subparsers, "backfill", help_text="bulk-load existing records, resumable",
+                    description=DESCRIPTION, epilog=EPILOG, handler=run,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--objects", type=_objects, default=(), metavar="Lead,Contact,Account",
+        help="comma-separated objects to backfill (default: every configured object). An "
+             "Account without a mapping of its own is backfilled as its Contacts, whose "
+             "query reads the Account fields directly")
+    p.add_argument(
+        "--since", type=time_argument, metavar="TIME",
+        help="only records created at or after TIME: a date (YYYY-MM-DD, midnight UTC) or an "
+             "ISO 8601 date-time with Z or an offset (the field is backfill.window_field, "
+             "CreatedDate by default)")
+    p.add_argument(
+        "--until", type=time_argument, metavar="TIME",
+        help="only records created before TIME (same format as --since)")
+    p.add_argument(
+        "--where", metavar="SOQL",
+        help="an extra SOQL filter for every selected object, e.g. \"LeadSource = 'Web'\" "
+             "(comparisons, IN, LIKE, AND/OR/NOT only; combined with the object's configured "
+             "filter)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume", action="store_true",
+        help="continue the unfinished backfill of the same scope from its checkpoints; only "
+             "the pages that were being written when it stopped are sent again (starts a new "
+             "one when there is none)")
+    mode.add_argument(
+        "--restart", action="store_true",
+        help="start over, even if the same backfill finished or stopped half-way")
+    p.add_argument(
+        "--dry-run", type=Path, metavar="FILE",
+        help="read and map the records, write the Iterable payloads to FILE as JSON lines "
+             "({object, id, payload} or {object, id, error}); nothing is sent to Iterable and "
+             "no checkpoint is kept")
+    p.add_argument(
+        "--parallel", type=positive_int, metavar="N",
+        help="CreatedDate windows per object and windows read at once "
+             "(default: backfill.parallel, 4; at most 25)")
+    p.add_argument(
+        "--api", choices=("rest", "bulk"),
+        help="rest: REST query pages of 2,000 records; bulk: Bulk API 2.0 query jobs of 50,000 "
+             "records, for very large objects (default: backfill.api, rest)")
+    p.add_argument(
+        "--no-catch-up", dest="catch_up", action="store_false",
+        help="do not queue the records modified during the backfill for the real-time service "
+             "(only when no service runs and nothing changes meanwhile)")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print the final summary as one JSON object on stdout")
+
+
+def options_from(args: argparse.Namespace) -> BackfillOptions:
+    """The BackfillOptions of parsed arguments."""
+    return BackfillOptions(
+        objects=tuple(args.objects), since=args.since, until=args.until, where=args.where,
+        resume=args.resume, restart=args.restart, dry_run=args.dry_run, parallel=args.parallel,
+        api=args.api, catch_up=args.catch_up)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = options_from(args)
+        summary = asyncio.run(until_terminated(run_backfill(config_path(args), options)))
+    except (ConfigError, BackfillError) as exc:
+        err(str(exc), PREFIX)
+        return EXIT_USAGE
+    except WritesFailed as exc:
+        err(f"stopped: {exc}\nwhat to do: {exc.advice}", PREFIX)
+        return EXIT_FAILED
+    except StreamsyncError as exc:
+        err(f"failed: {exc}\n(the checkpoints are kept: run again with --resume to continue)",
+            PREFIX)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, Terminated) as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        err(f"{how} (the checkpoints are kept: run again with --resume to continue)", PREFIX)
+        return EXIT_INTERRUPTED
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+async def run_backfill(config_file: str, options: BackfillOptions, *,
+                       env: Mapping[str, str] | None = None,
+                       progress: ConsoleProgress | None = None) -> BackfillSummary:
+    """Load the config, open the clients and the store, run the backfill, close everything."""
+    config = load_config(config_file, os.environ if env is None else env)
+    async with open_components(config) as parts:
+        if options.dry_run is None:
+            await check_iterable(parts.iterable, config.iterable.base_url)
+        backfill = Backfill(config=config, store=parts.store, salesforce=parts.salesforce,
+                            pipeline=parts.pipeline, metrics=parts.metrics,
+                            progress=progress or ConsoleProgress(), clock=parts.clock,
+                            mappings=parts.mappings)
+        return await backfill.run(options)
+
+
+async def check_iterable(iterable: IterableClient, base_url: str) -> None:
+    """One getFields call before anything is read: a refused key or an Iterable that does not
+    answer stops the run before it starts (WritesFailed, saying what to do)."""
+    for attempt in range(1, KEY_CHECK_ATTEMPTS + 1):
+        try:
+            await iterable.get_fields()
+            return
+        except AuthError as exc:
+            raise key_refused(exc) from exc
+        except RetriableError as exc:
+            if attempt == KEY_CHECK_ATTEMPTS:
+                raise unreachable(exc, base_url, "Iterable does not answer") from exc
+            await asyncio.sleep(0.5 * attempt)
+
+
+async def until_terminated(work: Awaitable[T]) -> T:
+    """Await `work`; SIGTERM cancels it as Ctrl-C does (checkpoints kept) and raises
+    Terminated."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
