@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -94,6 +94,20 @@ class Policy:
             wait_jitter=self.wait_initial_s,
         ).on(self.backoff_hook(time.monotonic()))
         return await caller(fn)
+
+
+    def attempts_of(self) -> AsyncIterator[stamina.Attempt]:
+        """The same retries as `call`, for a block that cannot be one call (a generator that
+        yields pages as it reads them): `async for attempt in policy.attempts_of():` then
+        `with attempt:` around the block; an error the block raises is retried like `call`."""
+        return stamina.retry_context(
+            on=self.backoff_hook(time.monotonic()),
+            attempts=self.attempts,
+            timeout=self.timeout_s,
+            wait_initial=self.wait_initial_s,
+            wait_max=self.wait_max_s,
+            wait_jitter=self.wait_initial_s,
+        ).__aiter__()
 
 
 NO_RETRY = Policy(attempts=1)

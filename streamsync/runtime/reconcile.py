@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,15 +17,14 @@ from streamsync.config import Config
 from streamsync.core.soql import PAGE_LIMIT, keyset_page, modified_since
 from streamsync.logs import get_logger
 from streamsync.models import ChangeType
+from streamsync.retry import NO_RETRY, Policy
 from streamsync.runtime.metrics import Metrics
 
 log = get_logger(__name__)
 
 RECONCILE_FIELDS = ("Id", "IsDeleted")
 ALL_CHANGE_EVENTS = "/data/ChangeEvents"
-Rows = list[dict[str, Any]]
 RowFilter = Callable[[Mapping[str, Any]], bool]
-PageRetry = Callable[[str, Callable[[], Awaitable[Rows]]], Awaitable[Rows]]
 
 
 class Reconciler:
@@ -76,7 +75,7 @@ class Reconciler:
         source: str = "reconcile",
         extra_fields: Sequence[str] = (),
         select: RowFilter | None = None,
-        retry: PageRetry | None = None,
+        retry: Policy = NO_RETRY,
     ) -> int:
         """Re-queue every record (incl. deleted, via queryAll) with SystemModstamp >= since minus
         the safety margin (`margin_s`, by default `ingest.reconcile_overlap_s`), and before
@@ -84,8 +83,8 @@ class Reconciler:
         number of ids queued (with `source`).
 
         `extra_fields` are read too; `select(row)` False leaves a row out (the backfill's
-        catch-up skips records it read in their latest state); `retry(what, call)` wraps each
-        page's query (the catch-up retries a page rather than the whole reconciliation)."""
+        catch-up skips records it read in their latest state); each page's query is retried under
+        `retry` (the catch-up retries a page rather than the whole reconciliation)."""
         if object_name not in self._config.objects:
             raise ValueError(f"cannot reconcile {object_name!r}: not a configured object")
         margin_ms = self.margin_ms if margin_s is None else int(margin_s * 1000)
@@ -112,8 +111,7 @@ class Reconciler:
             else:
                 soql = modified_since(object_name, since, until=until, fields=fields,
                                       after_id=after_id, limit=self._page_size)
-            fetch = functools.partial(self._rows, soql)
-            rows = await (fetch() if retry is None else retry("reconcile", fetch))
+            rows = await retry.call(functools.partial(self._rows, soql))
             pages += 1
             kept = rows if select is None else [row for row in rows if select(row)]
             items = _inputs(object_name, kept)

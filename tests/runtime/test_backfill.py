@@ -37,8 +37,7 @@ PAGE = 200
 LEADS_CONTACTS = {"seed_accounts": 6, "seed_contacts": 260, "seed_leads": 420}
 
 
-async def _no_sleep(_seconds: float) -> None:
-    return None
+pytestmark = pytest.mark.usefixtures("no_retry_waits")
 
 
 def make_backfill(config: Config, store: Store, clients: Clients, *,
@@ -51,7 +50,7 @@ def make_backfill(config: Config, store: Store, clients: Clients, *,
                             limiter=clients.limiter, metrics=metrics, mappings=mappings)
     return Backfill(config=config, store=store, salesforce=salesforce or clients.salesforce,
                     pipeline=pipeline, metrics=metrics, progress=progress, mappings=mappings,
-                    on_page=on_page, sleep=_no_sleep, **({"clock": clock} if clock else {}))
+                    on_page=on_page, **({"clock": clock} if clock else {}))
 
 
 async def verify(config: Config, clients: Clients, store: Store, it: IterableEmulator,
@@ -374,6 +373,21 @@ async def test_bulk_api_backfill_equals_salesforce(
         BackfillOptions(api="rest", page_size=PAGE, parallel=2))
     assert rest.records_written == 0
     assert rest.records_skipped == summary.records_written
+
+
+@pytest.mark.salesforce(seed_accounts=0, seed_contacts=0, seed_leads=450)
+async def test_a_failed_bulk_job_is_started_again_under_the_read_policy(
+    config: Config, store: Store, clients: Clients, iterable_emulator: IterableEmulator,
+    sf_emulator: SalesforceEmulator,
+) -> None:
+    fast_bulk = SalesforceClient(clients.session, clients.auth, config.salesforce.api_version,
+                                 clients.counter, bulk_poll_s=0.01, bulk_max_poll_s=0.01)
+    sf_emulator.faults.fail_next("/services/data/v66.0/jobs/query", 2, status=503)
+    summary = await make_backfill(config, store, clients, salesforce=fast_bulk).run(
+        BackfillOptions(objects=("Lead",), api="bulk", page_size=PAGE, parallel=1))
+    assert summary.status == "finished"
+    assert summary.records_read == 450 and summary.records_written > 400
+    assert sf_emulator.counters()["bulk_jobs_created"] == 1  # the two refused ones made none
 
 
 @pytest.mark.salesforce(seed_accounts=4, seed_contacts=120, seed_leads=10)

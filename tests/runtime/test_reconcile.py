@@ -11,6 +11,8 @@ from streamsync.adapters.store import Lease, Store
 from streamsync.config import Config
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.errors import RetriableError
+from streamsync.retry import Policy
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from tests.conftest import Clients, MakeConfig
@@ -162,39 +164,40 @@ def test_channel_to_objects(config: Config) -> None:
 
 
 async def test_select_margin_source_and_retry_for_the_backfill_catch_up(
-    sf_emulator: SalesforceEmulator, config: Config, store: Store, clients: Clients
+    sf_emulator: SalesforceEmulator, config: Config, store: Store, clients: Clients,
+    no_retry_waits: None,
 ) -> None:
     """What the backfill's catch-up needs: its own margin, its queue source, SystemModstamp
     read, rows left out by `select` (a whole page of them does not end the keyset walk), and
-    a page's query retried by the caller's `retry`."""
+    each page's query retried under the caller's policy."""
     every = sf_emulator.select_ids("Lead")
     for lead in every:  # all 40 modified just now
         sf_emulator.state.update("Lead", lead, {"Title": "Touched"})
     keep = set(every[-3:])  # only on the last of several pages
     seen_rows: list[dict[str, object]] = []
-    retried: list[str] = []
 
     def select(row: object) -> bool:
         assert isinstance(row, dict) and "SystemModstamp" in row
         seen_rows.append(row)
         return row["Id"] in keep
 
-    async def retry(what: str, call):  # type: ignore[no-untyped-def]
-        retried.append(what)
-        return await call()
-
     metrics = Metrics()
+    sf_emulator.faults.fail_next("/services/data/v66.0/queryAll", 2, status=503)
     queued = await _reconciler(config, store, clients, metrics, page_size=7).reconcile(
         "Lead", _now_ms() + 30_000, trigger="catchup", margin_s=3600.0, source="catchup",
-        extra_fields=("SystemModstamp",), select=select, retry=retry)
+        extra_fields=("SystemModstamp",), select=select, retry=Policy(attempts=4))
 
     assert queued == 3 and len(seen_rows) == 40
     rows = await _queued(store)
     assert {rid for _obj, rid in rows} == keep
     assert {lease.source for lease in rows.values()} == {"catchup"}
-    assert retried == ["reconcile"] * 6  # 40 rows in pages of 7
     assert metrics.registry.get_sample_value(
         "streamsync_reconciliations_total", {"trigger": "catchup"}) == 1.0
-    # The default margin (ingest.reconcile_overlap_s) would not reach back an hour.
+    # The default margin (ingest.reconcile_overlap_s) does not reach back an hour, and by
+    # default a failed page fails the reconciliation (the ingest's worker retries it whole).
     assert await _reconciler(config, store, clients, Metrics()).reconcile(
         "Lead", _now_ms() + 3_600_000, trigger="gap_overflow") == 0
+    sf_emulator.faults.fail_next("/services/data/v66.0/queryAll", 1, status=503)
+    with pytest.raises(RetriableError):
+        await _reconciler(config, store, clients, Metrics()).reconcile(
+            "Lead", _now_ms(), trigger="gap_overflow")

@@ -10,8 +10,9 @@ from typing import Any
 from streamsync.config import Config
 from streamsync.core.ids import to_18
 from streamsync.logs import get_logger
+from streamsync.runtime.backfill.options import READS
 from streamsync.runtime.backfill.plan import ObjectPlan, iso, sf_datetime
-from streamsync.runtime.backfill.read import Page, SalesforceReads
+from streamsync.runtime.backfill.read import Page
 from streamsync.runtime.backfill.tasks import gather_or_first_error
 from streamsync.runtime.progress import Progress
 from streamsync.runtime.reconcile import Reconciler
@@ -35,11 +36,9 @@ class CatchUp:
     """Remembers what pages read (`remember`), then reconciles the run's objects from its start
     minus CATCH_UP_MARGIN_S (`run`), skipping records read in their latest state."""
 
-    def __init__(self, *, config: Config, reconciler: Reconciler, reads: SalesforceReads,
-                 progress: Progress) -> None:
+    def __init__(self, *, config: Config, reconciler: Reconciler, progress: Progress) -> None:
         self.config = config
         self.reconciler = reconciler
-        self.reads = reads
         self.progress = progress
         self._from: float | None = None
         # (object, Id) -> SystemModstamp of records read in their latest state
@@ -120,5 +119,5 @@ class CatchUp:
         await self.reconciler.reconcile(
             name, int(started_s * 1000), trigger="catchup", margin_s=CATCH_UP_MARGIN_S,
             source="catchup", extra_fields=("SystemModstamp",), select=select,
-            retry=self.reads.with_retries)
+            retry=READS)
         return counts[0], counts[1]

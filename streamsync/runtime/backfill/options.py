@@ -1,4 +1,4 @@
-"""What one backfill invocation asks for, and the errors that stop it."""
+"""What one backfill invocation asks for, how its calls are retried, the errors that stop it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from typing import Literal
 
 from streamsync.core import soql
 from streamsync.errors import AuthError, FatalError, RetriableError, StreamsyncError
+from streamsync.retry import Policy
 
 Api = Literal["rest", "bulk"]
+READS = Policy(attempts=8, timeout_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
+"""Every Salesforce read of a backfill: a query page, a Bulk job, a count, a describe."""
+WRITES = Policy(attempts=6, timeout_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
+"""A pipeline call of a backfill, while Iterable takes none (or not all) of its records."""
 
 
 class BackfillError(FatalError):

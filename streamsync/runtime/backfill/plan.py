@@ -12,7 +12,7 @@ from streamsync.adapters.store import BackfillWindow
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.mapping import CompiledMapping
-from streamsync.runtime.backfill.options import Api, BackfillError, BackfillOptions
+from streamsync.runtime.backfill.options import READS, Api, BackfillError, BackfillOptions
 from streamsync.runtime.backfill.tasks import gather_or_first_error
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class Planner:
         field_name = self.config.backfill.window_field
         query = soql.first_by(plan.object_name, field_name, where=plan.where,
                               descending=descending)
-        records = await self.reads.with_retries("query", lambda: self.reads.records(query))
+        records = await READS.call(lambda: self.reads.records(query))
         return sf_datetime(records[0].get(field_name)) if records else None
 
     async def check_where(self, plans: Sequence[ObjectPlan], where: str) -> None:
@@ -214,4 +214,4 @@ class Planner:
         query = soql.count(plan.object_name, plan.where, since=options.since,
                            until=options.until, window_field=self.config.backfill.window_field)
         salesforce = self.reads.salesforce
-        return await self.reads.with_retries("count", lambda: salesforce.count(query))
+        return await READS.call(lambda: salesforce.count(query))

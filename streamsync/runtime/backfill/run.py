@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,7 +55,6 @@ class Backfill:
         clock: Callable[[], float] = time.time,
         mappings: Mapping[str, CompiledMapping],
         on_page: PageHook | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.store = store
@@ -66,13 +65,11 @@ class Backfill:
         self.clock = clock
         self.mappings = mappings
         self.on_page = on_page
-        self._sleep = sleep
-        self.reads = SalesforceReads(salesforce, sleep=sleep, clock=clock)
+        self.reads = SalesforceReads(salesforce, clock=clock)
         self.planner = Planner(config, mappings, self.reads)
         reconciler = Reconciler(config=config, store=store, salesforce=salesforce,
                                 metrics=metrics, clock=clock)
-        self.catch_up = CatchUp(config=config, reconciler=reconciler, reads=self.reads,
-                                progress=self.progress)
+        self.catch_up = CatchUp(config=config, reconciler=reconciler, progress=self.progress)
 
     def _sf_calls(self) -> int:
         """Salesforce API calls so far (token requests do not count against the allocation)."""
@@ -94,7 +91,7 @@ class Backfill:
     def _writer(self, totals: Totals, **kwargs: Any) -> WriteEngine:
         return WriteEngine(config=self.config, store=self.store, pipeline=self.pipeline,
                            metrics=self.metrics, mappings=self.mappings, totals=totals,
-                           clock=self.clock, sleep=self._sleep, **kwargs)
+                           clock=self.clock, **kwargs)
 
     async def run(self, options: BackfillOptions) -> BackfillSummary:
         """Plan, start or resume a run, read and write every window, catch up, summarise."""

@@ -1,15 +1,15 @@
 """The write engine: a window's records to Iterable through the pipeline, in whole batches.
 
-Pipeline calls are rate-limited by the pipeline's own limiter; a call Iterable took nothing of
-is retried with backoff and then stops the run (`WritesFailed`) before its checkpoint; records
-still failing transiently go to the real-time queue so the checkpoint can move on.
+Pipeline calls are rate-limited by the pipeline's own limiter and retried under the `WRITES`
+policy (the records Iterable did not take only); a call Iterable took nothing of then stops the
+run (`WritesFailed`) before its checkpoint, while records still failing transiently after some
+were taken go to the real-time queue so the checkpoint can move on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Protocol
 
 import orjson
@@ -21,19 +21,18 @@ from streamsync.core.mapping import CompiledMapping, normalize_email
 from streamsync.errors import AuthError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.runtime.backfill.options import (
+    WRITES,
     BackfillError,
     WritesFailed,
     key_refused,
     unreachable,
 )
-from streamsync.runtime.backfill.read import backoff_s
 from streamsync.runtime.backfill.summary import Totals
 from streamsync.runtime.metrics import Metrics
 
 log = get_logger(__name__)
 
 SOURCE = "backfill"
-RETRY_PAGE_ATTEMPTS = 6
 
 
 class SyncResult(Protocol):
@@ -134,7 +133,6 @@ class WriteEngine:
     def __init__(self, *, config: Config, store: Store, pipeline: RecordSink | None,
                  metrics: Metrics, mappings: Mapping[str, CompiledMapping], totals: Totals,
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  dry_out: IO[bytes] | None = None, dead_letters_exist: bool = True) -> None:
         self.config = config
         self.store = store
@@ -143,7 +141,6 @@ class WriteEngine:
         self.mappings = mappings
         self.totals = totals
         self.clock = clock
-        self._sleep = sleep
         self.dry_out = dry_out
         self.dead_letters_exist = dead_letters_exist
 
@@ -158,40 +155,37 @@ class WriteEngine:
         if self.pipeline is None:
             raise BackfillError("a backfill that writes to Iterable needs a pipeline")
         pending = records
-        attempt = 0
+        failing: RetriableError | None = None  # why `pending` is left after a call
         synced: list[str] = []
         dead: dict[str, tuple[str, str]] = {}
-        while pending:
-            try:
-                outcome = await self.pipeline.sync_records(object_name, pending, source=SOURCE)
-            except AuthError as exc:
-                raise key_refused(exc) from exc
-            except RetriableError as exc:
-                attempt += 1
-                if attempt >= RETRY_PAGE_ATTEMPTS:
-                    raise self._unreachable(exc) from exc
-                await self._backoff(object_name, attempt, exc)
-                continue
+
+        async def call() -> None:
+            nonlocal pending, failing
+            assert self.pipeline is not None
+            failing = None
+            outcome = await self.pipeline.sync_records(object_name, pending, source=SOURCE)
             totals.requests += outcome.requests
             totals.rate_limited += outcome.rate_limited
             totals.written += len(outcome.synced)
             totals.skipped += len(outcome.skipped)
             synced.extend(outcome.synced)
             dead.update(outcome.dead)
-            if not outcome.retry:
-                break
             retry_ids = set(outcome.retry)
             pending = [r for r in pending if to_18(str(r.get("Id"))) in retry_ids]
-            first = next(iter(outcome.retry.values()))
-            attempt += 1
-            if attempt >= RETRY_PAGE_ATTEMPTS or not pending:
-                if pending and not synced:
-                    # Not one record of the call reached Iterable: it is down or unreachable,
-                    # not a record's problem. Stop before the checkpoint moves past the call.
-                    raise self._unreachable(first)
-                await self._queue_for_retry(object_name, pending, str(first))
-                break
-            await self._backoff(object_name, attempt, first)
+            if pending:
+                failing = next(iter(outcome.retry.values()))
+                raise failing  # only these records are sent again
+
+        try:
+            await WRITES.call(call)
+        except AuthError as exc:
+            raise key_refused(exc) from exc
+        except RetriableError as exc:
+            if exc is not failing or not synced:
+                # The call failed, or not one record of it reached Iterable: it is down or
+                # unreachable, not a record's problem. Stop before the checkpoint moves on.
+                raise self._unreachable(exc) from exc
+            await self._queue_for_retry(object_name, pending, str(exc))
         await self._book_dead(object_name, dead, synced)
 
     async def _book_dead(self, object_name: str, dead: Mapping[str, tuple[str, str]],
@@ -207,14 +201,8 @@ class WriteEngine:
 
     def _unreachable(self, exc: RetriableError) -> WritesFailed:
         return unreachable(exc, self.config.iterable.base_url,
-                           f"Iterable took none of a page's records in {RETRY_PAGE_ATTEMPTS} "
+                           f"Iterable took none of a page's records in {WRITES.attempts} "
                            "attempts")
-
-    async def _backoff(self, object_name: str, attempt: int, exc: RetriableError) -> None:
-        delay = backoff_s(attempt, exc.retry_after_s)
-        log.warning("backfill.write_retry", object=object_name, attempt=attempt,
-                    delay_s=round(delay, 3), error=type(exc).__name__, detail=str(exc))
-        await self._sleep(delay)
 
     async def _queue_for_retry(self, object_name: str, records: Sequence[dict[str, Any]],
                                error: str) -> None:
