@@ -116,7 +116,18 @@ class ConsoleProgress:
         self.done += records
         self._show(force=False)
 
+    def resuming(self, run_id: str, windows_done: int, windows: int, records_done: int) -> None:
+        self.message(f"resuming {run_id}: {windows_done} of {windows} windows done, "
+                     f"{records_done:,} records already written")
+
+    def caught_up(self, during: int, before: int, margin_s: float) -> None:
+        text = f"catch-up: {during:,} records modified during the backfill"
+        if before:
+            text += f" and {before:,} modified in the {margin_s:g} s before it (not read by it)"
+        self.message(text + " queued for the real-time service")
+
     def message(self, text: str) -> None:
+        """One line between the progress updates (the bar is cleared first)."""
         self._clear_bar()
         self.stream.write(f"backfill: {text}\n")
         self.stream.flush()

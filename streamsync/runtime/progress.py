@@ -17,8 +17,12 @@ class Progress(Protocol):
     def advance(self, records: int) -> None:
         """`records` more records were written (or dry-run mapped)."""
 
-    def message(self, text: str) -> None:
-        """A one-off line (resuming, catch-up...)."""
+    def resuming(self, run_id: str, windows_done: int, windows: int, records_done: int) -> None:
+        """An unfinished run continues: `windows_done` of `windows` done, `records_done` written."""
+
+    def caught_up(self, during: int, before: int, margin_s: float) -> None:
+        """The catch-up queued `during` records modified while the backfill ran and `before`
+        modified in the `margin_s` seconds before it started."""
 
     def finish(self, summary: BackfillSummary) -> None:
         """The run ended (or had nothing to do: status `already_finished`)."""
@@ -33,7 +37,10 @@ class NullProgress:
     def advance(self, records: int) -> None:
         return None
 
-    def message(self, text: str) -> None:
+    def resuming(self, run_id: str, windows_done: int, windows: int, records_done: int) -> None:
+        return None
+
+    def caught_up(self, during: int, before: int, margin_s: float) -> None:
         return None
 
     def finish(self, summary: BackfillSummary) -> None:

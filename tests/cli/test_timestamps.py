@@ -45,7 +45,7 @@ def test_epoch_ms() -> None:
     ("2026-01-02T25:00:00Z", "ISO 8601"),
 ])
 def test_refused_times_say_why(text: str, says: str) -> None:
-    with pytest.raises(ValueError, match=r".*") as info:
+    with pytest.raises(ValueError) as info:
         parse_time(text)
     assert says in str(info.value)
 

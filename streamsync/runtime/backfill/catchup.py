@@ -93,11 +93,7 @@ class CatchUp:
         during = sum(c[0] for c in counts)
         before = sum(c[1] for c in counts)
         if during or before:
-            text = f"catch-up: {during:,} records modified during the backfill"
-            if before:
-                text += (f" and {before:,} modified in the {CATCH_UP_MARGIN_S:g} s before it "
-                         "(not read by it)")
-            self.progress.message(text + " queued for the real-time service")
+            self.progress.caught_up(during, before, CATCH_UP_MARGIN_S)
         since = datetime.fromtimestamp(since_s - CATCH_UP_MARGIN_S, UTC)
         log.info("backfill.catch_up", records=during + before, modified_during=during,
                  modified_before=before, since=iso(since))

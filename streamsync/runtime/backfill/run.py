@@ -115,9 +115,8 @@ class Backfill:
         pending = [cp for cp in checkpoints if not cp.done]
         done_before = sum(cp.records_done for cp in checkpoints)
         if resumed:
-            self.progress.message(
-                f"resuming {run.run_id}: {len(checkpoints) - len(pending)} of {len(checkpoints)} "
-                f"windows done, {done_before:,} records already written")
+            self.progress.resuming(run.run_id, len(checkpoints) - len(pending), len(checkpoints),
+                                   done_before)
         totals = Totals()
         writer = self._writer(totals, dead_letters_exist=bool(
             await self.store.dead_letter_counts()))
