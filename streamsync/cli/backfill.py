@@ -21,6 +21,7 @@ from streamsync.cli.progress import ConsoleProgress
 from streamsync.cli.timestamps import time_argument
 from streamsync.config import load_config
 from streamsync.errors import AuthError, ConfigError, RetriableError, StreamsyncError, Terminated
+from streamsync.retry import Policy
 from streamsync.runtime.app import open_components
 from streamsync.runtime.backfill import (
     Backfill,
@@ -33,7 +34,7 @@ from streamsync.runtime.backfill import (
 )
 
 PREFIX: Final = "streamsync backfill"
-KEY_CHECK_ATTEMPTS: Final = 3
+KEY_CHECK: Final = Policy(attempts=3, timeout_s=30.0)
 T = TypeVar("T")
 
 DESCRIPTION = """\
@@ -168,18 +169,15 @@ async def run_backfill(config_file: str, options: BackfillOptions, *,
 
 
 async def check_iterable(iterable: IterableClient, base_url: str) -> None:
-    """One getFields call before anything is read: a refused key or an Iterable that does not
-    answer stops the run before it starts (WritesFailed, saying what to do)."""
-    for attempt in range(1, KEY_CHECK_ATTEMPTS + 1):
-        try:
-            await iterable.get_fields()
-            return
-        except AuthError as exc:
-            raise key_refused(exc) from exc
-        except RetriableError as exc:
-            if attempt == KEY_CHECK_ATTEMPTS:
-                raise unreachable(exc, base_url, "Iterable does not answer") from exc
-            await asyncio.sleep(0.5 * attempt)
+    """One getFields call (retried under KEY_CHECK) before anything is read: a refused key or an
+    Iterable that does not answer stops the run before it starts (WritesFailed, saying what to
+    do)."""
+    try:
+        await KEY_CHECK.call(iterable.get_fields)
+    except AuthError as exc:
+        raise key_refused(exc) from exc
+    except RetriableError as exc:
+        raise unreachable(exc, base_url, "Iterable does not answer") from exc
 
 
 async def until_terminated(work: Awaitable[T]) -> T:
