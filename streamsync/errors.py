@@ -61,7 +61,10 @@ class AuthError(FatalError):
 
 
 class RetriableError(StreamsyncError):
-    """A transient fault: the same call may succeed later."""
+    """A transient fault: the same call may succeed later. `retry_in_place` False: later, not
+    now (retry.Policy passes it on at once)."""
+
+    retry_in_place = True
 
 
 class RateLimited(RetriableError):
@@ -74,6 +77,17 @@ class SessionExpired(RetriableError):
 
 class TransientError(RetriableError):
     """5xx, timeout, dropped connection or a reply that could not be parsed."""
+
+
+class CircuitOpen(TransientError):
+    """A call not made: its destination's breaker is open (it is down). Not retried in place
+    (the breaker says when to try again); the records go back to the queue."""
+
+    retry_in_place = False
+
+
+class Stopped(StreamsyncError):
+    """Asked to stop while a retry was waiting (start-up waiting out an outage, for one)."""
 
 
 class RecordError(StreamsyncError):

@@ -13,16 +13,17 @@ The store's persisted `Backoff` schedule (adapters/store/types.py) is data, not 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import stamina
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
-from streamsync.errors import RetriableError, describe_error
+from streamsync.errors import RetriableError, Stopped, describe_error
 from streamsync.logs import get_logger
 
 T = TypeVar("T")
@@ -47,17 +48,19 @@ def retry_after_of(error: BaseException) -> float | None:
 
 @dataclass(frozen=True)
 class Policy:
-    """How one call site retries: at most `attempts` tries within `timeout_s` seconds (None:
-    no budget), waits growing from `wait_initial_s` to `wait_max_s`, on errors of `on`."""
+    """How one call site retries: at most `attempts` tries (None: no limit) within `timeout_s`
+    seconds (None: no budget), waits growing from `wait_initial_s` to `wait_max_s`, on errors
+    of `on`. `on_retry(error)` is told of every failure that will be retried (for counters)."""
 
-    attempts: int = 5
+    attempts: int | None = 5
     timeout_s: float | None = 60.0
     wait_initial_s: float = 0.5
     wait_max_s: float = 30.0
     on: tuple[type[Exception], ...] = (RetriableError,)
+    on_retry: Callable[[Exception], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
+        if self.attempts is not None and self.attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {self.attempts}")
         if self.wait_initial_s < 0 or self.wait_max_s < 0:
             raise ValueError("wait_initial_s and wait_max_s must not be negative")
@@ -69,21 +72,30 @@ class Policy:
         Retry-After asked for, plus a little jitter so waiting callers do not return at once."""
 
         def hook(error: Exception) -> bool | float:
-            if not isinstance(error, self.on):
+            if not isinstance(error, self.on) or not getattr(error, "retry_in_place", True):
                 return False
             after = retry_after_of(error)
-            if after is None:
-                return True
-            wait = after + jitter(min(self.wait_initial_s, after))
-            if self.timeout_s is not None and wait > self.timeout_s - (time.monotonic() - started):
-                return False  # the budget cannot hold the wait: fail now, not after it
+            wait: bool | float = True
+            if after is not None:
+                wait = after + jitter(min(self.wait_initial_s, after))
+                elapsed = time.monotonic() - started
+                if self.timeout_s is not None and wait > self.timeout_s - elapsed:
+                    return False  # the budget cannot hold the wait: fail now, not after it
+            if self.on_retry is not None:
+                self.on_retry(error)
             return wait
 
         return hook
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]],
+                   stop: asyncio.Event | None = None) -> T:
         """Await `fn()` until it succeeds, raises an error not in `on`, or the attempts or the
-        time budget are spent (then the last error is raised unchanged)."""
+        time budget are spent (then the last error is raised unchanged).
+
+        With `stop`: once it is set, no new attempt starts and a wait ends at once, raising
+        Stopped; an attempt under way is not interrupted (its result or error stands)."""
+        if stop is not None:
+            return await self._call_until(fn, stop)
         if self.attempts == 1:
             return await fn()
         caller = stamina.AsyncRetryingCaller(
@@ -108,6 +120,33 @@ class Policy:
             wait_max=self.wait_max_s,
             wait_jitter=self.wait_initial_s,
         ).__aiter__()
+
+    async def _call_until(self, fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+        current: asyncio.Future[T] | None = None
+
+        async def guarded() -> T:
+            nonlocal current
+            if stop.is_set():
+                raise Stopped("asked to stop before the next attempt")
+            current = asyncio.ensure_future(fn())
+            return await asyncio.shield(current)
+
+        runner = asyncio.ensure_future(self.call(guarded))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({runner, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not runner.done():
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+        if not runner.cancelled():
+            return runner.result()
+        if current is not None and not current.done():
+            return await current  # an attempt under way ends on its own: its result stands
+        if current is not None and not current.cancelled() and current.exception() is None:
+            return current.result()
+        raise Stopped("asked to stop while waiting to retry")
 
 
 NO_RETRY = Policy(attempts=1)

@@ -22,6 +22,7 @@ Fixtures
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -42,10 +43,11 @@ from streamsync.config import Config, parse_config
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.emulators.salesforce.schema import SCHEMA, describe
+from streamsync.retry import Policy
 from streamsync.runtime.flusher import Flusher, FlushResult
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
-from streamsync.runtime.writer import IterableWriter, RetryPolicy
+from streamsync.runtime.writer import IterableWriter
 
 DEFAULT_SF_SEED: dict[str, Any] = {"seed_accounts": 3, "seed_contacts": 12, "seed_leads": 12}
 TEST_ITERABLE_RATE_PER_S = 500.0  # fast tests; the production default is Iterable's 5/s
@@ -268,7 +270,7 @@ async def sync_rig(request: pytest.FixtureRequest, sf_emulator: SalesforceEmulat
             bundle = build_clients(cfg, session)
             writer = IterableWriter(bundle.iterable, limiter=bundle.limiter,
                                     max_in_flight=cfg.iterable.max_in_flight,
-                                    policy=RetryPolicy(attempts=3, base_s=0.01, max_s=0.05),
+                                    policy=Policy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05),
                                     envelope=cfg.iterable.bulk_envelope())
             pipeline = SyncPipeline(config=cfg, store=opened, iterable=bundle.iterable,
                                     limiter=bundle.limiter, metrics=metrics,
@@ -287,3 +289,19 @@ def no_retry_waits() -> Iterator[None]:
     """stamina's one global test switch: every retry wait is zero, attempts as declared."""
     with stamina.set_testing(True, attempts=1_000_000, cap=True):
         yield
+
+
+@pytest.fixture
+def retry_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every wait of more than zero seconds a retry schedules, recorded instead of slept (stamina
+    sleeps through asyncio.sleep; zero-second yields pass through)."""
+    recorded: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            recorded.append(delay)
+        return await real_sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    return recorded

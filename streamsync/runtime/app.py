@@ -29,8 +29,16 @@ from streamsync.adapters.store import Store
 from streamsync.adapters.store.owner import StoreOwnership, lost_store_holder
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
-from streamsync.errors import ConfigError, FatalError, RetriableError, StreamsyncError
+from streamsync.errors import (
+    ConfigError,
+    FatalError,
+    RetriableError,
+    Stopped,
+    StreamsyncError,
+    describe_error,
+)
 from streamsync.logs import get_logger
+from streamsync.retry import Policy
 from streamsync.runtime.clients import (
     build_iterable_client,
     build_salesforce_auth,
@@ -38,7 +46,7 @@ from streamsync.runtime.clients import (
     iterable_session,
     salesforce_session,
 )
-from streamsync.runtime.describes import StartupStopped, refuse_on_problems, startup_mappings
+from streamsync.runtime.describes import refuse_on_problems, startup_mappings
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
@@ -217,7 +225,7 @@ class Service:
                     await self._report_failure(parts.store, "startup", exc)
                     return 1
                 return await self._run_tasks(parts, instance_url, stop)
-        except StartupStopped:
+        except Stopped:
             return 0
         except FatalError as exc:
             if opened:
@@ -250,16 +258,12 @@ class Service:
 
     async def _wait_for_salesforce(self, parts: Components, stop: asyncio.Event) -> str | None:
         """Authenticate, retrying transient failures; None if asked to stop meanwhile."""
-        delay_s = 1.0
-        while not stop.is_set():
-            try:
-                return await parts.auth.instance_url()
-            except RetriableError as exc:
-                log.warning("salesforce.unreachable", error=str(exc), retry_in_s=delay_s)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay_s)
-                delay_s = min(delay_s * 2, STARTUP_BACKOFF_MAX_S)
-        return None
+        policy = Policy(attempts=None, timeout_s=None, wait_initial_s=1.0,
+                        wait_max_s=STARTUP_BACKOFF_MAX_S, on_retry=_salesforce_unreachable)
+        try:
+            return await policy.call(parts.auth.instance_url, stop)
+        except Stopped:
+            return None
 
     async def _check_iterable_key(self, parts: Components) -> None:
         """One getFields call: a refused key (FatalError) stops the start at once; an
@@ -400,6 +404,10 @@ class Service:
         elif problem is None and self.store_problem is not None:
             log.info("store.file_back", path=str(store.path))
         self.store_problem = problem
+
+
+def _salesforce_unreachable(error: Exception) -> None:
+    log.warning("salesforce.unreachable", **describe_error(error))
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

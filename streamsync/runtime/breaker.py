@@ -18,17 +18,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
-from streamsync.errors import TransientError
 from streamsync.logs import get_logger, redactor
 
 log = get_logger(__name__)
 
 State = Literal["closed", "open", "half_open"]
 ERROR_CHARS = 200
-
-
-class CircuitOpen(TransientError):
-    """A call not made: its destination's breaker is open (it is down)."""
 
 
 class CircuitBreaker:

@@ -4,15 +4,14 @@ compile the mappings with Salesforce's own field types. Nothing is compiled on g
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient, SalesforceError
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
-from streamsync.errors import ConfigError, RetriableError, StreamsyncError
+from streamsync.errors import ConfigError, describe_error
 from streamsync.logs import get_logger
+from streamsync.retry import Policy
 
 log = get_logger(__name__)
 
@@ -20,10 +19,6 @@ BACKOFF_MAX_S = 60.0
 BOUNDED_ATTEMPTS = 6  # without a stop event: about half a minute of retries, then give up
 
 Describes = dict[str, dict[str, Any]]
-
-
-class StartupStopped(StreamsyncError):
-    """Asked to stop while waiting for Salesforce at start-up."""
 
 
 async def fetch_describes(config: Config, salesforce: SalesforceClient) -> Describes:
@@ -48,6 +43,10 @@ async def fetch_describes(config: Config, salesforce: SalesforceClient) -> Descr
                 log.info("describe.missing", object=name)
 
 
+def _unavailable(error: Exception) -> None:
+    log.warning("salesforce.describe_unavailable", **describe_error(error))
+
+
 def refuse_on_problems(config: Config, describes: Describes) -> None:
     """ConfigError naming every mapped field, relationship, filter field or fan-out that the
     describes contradict (what check-config reports), so a run never starts on them."""
@@ -57,43 +56,21 @@ def refuse_on_problems(config: Config, describes: Describes) -> None:
                           + "; ".join(str(p) for p in problems))
 
 
-async def _pause(stop: asyncio.Event | None, delay_s: float,
-                 sleep: Callable[[float], Awaitable[None]]) -> None:
-    if stop is None:
-        await sleep(delay_s)
-        return
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay_s)
-    if stop.is_set():
-        raise StartupStopped("stopped while waiting for Salesforce")
-
-
 async def startup_mappings(
     config: Config,
     salesforce: SalesforceClient,
     *,
     stop: asyncio.Event | None = None,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> dict[str, CompiledMapping]:
     """The compiled mappings, from describes fetched now.
 
     Transient failures (network, 5xx, rate limits) are retried with backoff: with `stop`, until
-    it is set (StartupStopped then), so a service waits out an outage at start; without it,
+    it is set (Stopped then), so a service waits out an outage at start; without it,
     BOUNDED_ATTEMPTS times, then the last error is raised. A definitive mismatch (a mapped
     field that does not exist) raises ConfigError at once; a refused login raises AuthError.
     """
-    delay_s = 1.0
-    attempt = 0
-    while True:
-        try:
-            describes = await fetch_describes(config, salesforce)
-            break
-        except RetriableError as exc:
-            attempt += 1
-            if stop is None and attempt >= BOUNDED_ATTEMPTS:
-                raise
-            log.warning("salesforce.describe_unavailable", error=str(exc), retry_in_s=delay_s)
-            await _pause(stop, delay_s, sleep)
-            delay_s = min(delay_s * 2, BACKOFF_MAX_S)
+    policy = Policy(attempts=None if stop is not None else BOUNDED_ATTEMPTS, timeout_s=None,
+                    wait_initial_s=1.0, wait_max_s=BACKOFF_MAX_S, on_retry=_unavailable)
+    describes = await policy.call(lambda: fetch_describes(config, salesforce), stop)
     refuse_on_problems(config, describes)
     return config.compiled(describes)

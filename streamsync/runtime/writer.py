@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,10 +17,17 @@ from streamsync.adapters.iterable import (
 )
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.core.batching import Batch, BatchCutter
-from streamsync.errors import RateLimited, RecordError, RetriableError, StreamsyncError
+from streamsync.errors import (
+    CircuitOpen,
+    RateLimited,
+    RecordError,
+    RetriableError,
+    StreamsyncError,
+)
 from streamsync.logs import get_logger
 from streamsync.models import DeadLetterReason, MappedUser
-from streamsync.runtime.breaker import CircuitBreaker, CircuitOpen
+from streamsync.retry import Policy
+from streamsync.runtime.breaker import CircuitBreaker
 
 log = get_logger(__name__)
 
@@ -50,19 +56,8 @@ class WriteOutcome:
         self.rate_limited += other.rate_limited
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """In-call retries of transient Iterable faults before records go back to the queue."""
-
-    attempts: int = 3
-    base_s: float = 0.2
-    max_s: float = 5.0
-    rand: Callable[[], float] = field(default=random.random, compare=False)
-
-    def delay_s(self, attempt: int, retry_after_s: float | None) -> float:
-        """Full-jitter exponential delay after `attempt` failures, at least the Retry-After."""
-        delay = self.rand() * min(self.max_s, self.base_s * 2.0 ** max(attempt - 1, 0))
-        return max(delay, retry_after_s or 0.0)
+DEFAULT_POLICY = Policy(attempts=3, timeout_s=60.0, wait_initial_s=0.2, wait_max_s=5.0)
+"""In-call retries of transient Iterable faults before records go back to the queue."""
 
 
 def attribute_failures(users: Sequence[MappedUser], result: BulkResult
@@ -101,18 +96,16 @@ class IterableWriter:
     """
 
     def __init__(self, iterable: IterableClient, *, limiter: RateLimiter | None = None,
-                 max_in_flight: int = 4, policy: RetryPolicy | None = None,
+                 max_in_flight: int = 4, policy: Policy = DEFAULT_POLICY,
                  envelope: dict[str, Any] | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  breaker: CircuitBreaker | None = None) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.iterable = iterable
         self.limiter = limiter if iterable.bulk_limiter is None else None
-        self.policy = policy or RetryPolicy()
+        self.policy = policy
         self.envelope = dict(envelope or {})
         self._gate = asyncio.Semaphore(max_in_flight)
-        self._sleep = sleep
         self.breaker = breaker
         """Iterable's circuit breaker (the flusher's): told of every call's fate; while it is
         open, calls fail at once instead of waiting out timeouts and retries."""
@@ -145,33 +138,34 @@ class IterableWriter:
         breaker is open); other errors pass. An answer, a refusal included, tells the breaker
         Iterable is up; spent retries tell it a call failed."""
         breaker = self.breaker
-        attempt = 0
-        while True:
+
+        async def attempt() -> T:
             if breaker is not None and breaker.state == "open":
                 raise CircuitOpen(breaker.describe() or f"{breaker.name} is unreachable")
-            attempt += 1
             out.requests += 1
             try:
                 result = await fn()
-            except RetriableError as exc:
-                if isinstance(exc, RateLimited):
-                    out.rate_limited += 1
-                if attempt >= self.policy.attempts:
-                    if breaker is not None:
-                        breaker.failure(str(exc), exc.retry_after_s)
-                    raise
-                delay = self.policy.delay_s(attempt, exc.retry_after_s)
-                log.warning("writer.retry", attempt=attempt, delay_s=round(delay, 3),
-                            error=type(exc).__name__)
-                await self._sleep(delay)
+            except RateLimited:
+                out.rate_limited += 1
+                raise
+            except RetriableError:
+                raise
             except StreamsyncError:
                 if breaker is not None:
                     breaker.success()
                 raise
-            else:
-                if breaker is not None:
-                    breaker.success()
-                return result
+            if breaker is not None:
+                breaker.success()
+            return result
+
+        try:
+            return await self.policy.call(attempt)
+        except CircuitOpen:
+            raise
+        except RetriableError as exc:
+            if breaker is not None:
+                breaker.failure(str(exc), exc.retry_after_s)
+            raise
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -12,10 +12,12 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.core.batching import cut_batches
 from streamsync.core.mapping import payload_hash
 from streamsync.emulators.iterable import IterableEmulator
+from streamsync.errors import CircuitOpen
 from streamsync.logs import redactor
 from streamsync.models import MappedUser
-from streamsync.runtime.breaker import Breakers, CircuitBreaker, CircuitOpen, Signals
-from streamsync.runtime.writer import IterableWriter, RetryPolicy
+from streamsync.retry import Policy
+from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
+from streamsync.runtime.writer import IterableWriter
 from tests.conftest import FakeClock
 
 T0 = 1_780_000_000.0
@@ -148,10 +150,6 @@ async def iterable(iterable_emulator: IterableEmulator) -> AsyncIterator[Iterabl
         yield IterableClient(session, iterable_emulator.base_url, iterable_emulator.api_key)
 
 
-async def no_sleep(_: float) -> None:
-    return None
-
-
 def mapped(n: int) -> MappedUser:
     payload = {"email": f"b{n}@example.com", "dataFields": {"n": n}}
     return MappedUser("Contact", f"003000000000{n:03d}AAA", f"b{n}@example.com", None,
@@ -164,8 +162,8 @@ async def test_the_writer_tells_the_breaker_and_fails_at_once_while_it_is_open(
     in-flight work of the flushers ends at once); an answer to a probe closes it."""
     clock = FakeClock(T0)
     breaker = make(clock, failures_to_open=2)
-    writer = IterableWriter(iterable, breaker=breaker, sleep=no_sleep,
-                            policy=RetryPolicy(attempts=3, base_s=0.01))
+    writer = IterableWriter(iterable, breaker=breaker,
+                            policy=Policy(attempts=3, wait_initial_s=0.01))
     iterable_emulator.faults.fail_next("*", times=10**6, status=503)
     bulk = "POST /api/users/bulkUpdate"
     batches, _ = cut_batches([mapped(i) for i in range(4)], max_users=1)

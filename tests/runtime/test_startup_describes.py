@@ -112,34 +112,29 @@ async def test_stop_during_a_salesforce_outage_at_start_exits_cleanly(
 
 
 async def test_without_a_stop_event_describe_failures_are_retried_then_raised(
-        sf_emulator: SalesforceEmulator, config: Config, clients: Clients) -> None:
+        sf_emulator: SalesforceEmulator, config: Config, clients: Clients,
+        retry_waits: list[float]) -> None:
     sf_emulator.faults.fail_next(DESCRIBE_PATH, 1000, status=503)
-    pauses: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        pauses.append(seconds)
-
     with pytest.raises(TransientError, match="HTTP 503"):
-        await startup_mappings(config, clients.salesforce, sleep=sleep)
-    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0][:BOUNDED_ATTEMPTS - 1]
+        await startup_mappings(config, clients.salesforce)
+    assert len(retry_waits) == BOUNDED_ATTEMPTS - 1
+    for n, wait in enumerate(retry_waits, start=1):  # 1, 2, 4, 8, 16 s, each plus jitter
+        assert 2.0 ** (n - 1) <= wait <= 2.0 ** (n - 1) + 1.0
 
 
 async def test_startup_mappings_compile_with_the_orgs_types(
         sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
-        make_config: MakeConfig, config: Config, clients: Clients) -> None:
+        make_config: MakeConfig, config: Config, clients: Clients,
+        no_retry_waits: None) -> None:
     sf_emulator.faults.fail_next(DESCRIBE_PATH, 1, status=503)
-
-    async def sleep(_seconds: float) -> None:
-        return None
-
-    mappings = await startup_mappings(config, clients.salesforce, sleep=sleep)
+    mappings = await startup_mappings(config, clients.salesforce)
     lead = mappings["Lead"].map({"Id": "00Q000000000001", "Email": "a@example.com",
                                  "LastName": "2024-01-15", "Owner": {"IsActive": True}})
     assert lead.payload["dataFields"]["lastName"] == "2024-01-15"
     typo = make_config(sf_emulator, iterable_emulator, tmp_path,
                        objects={"Lead": {"mapping": {"Email": "email", "Titel": "dataFields.t"}}})
     with pytest.raises(ConfigError, match="objects.Lead.mapping.Titel: Lead has no field"):
-        await startup_mappings(typo, clients.salesforce, sleep=sleep)
+        await startup_mappings(typo, clients.salesforce)
 
 
 async def test_salesforce_login_refused_at_start_exits_1_and_is_kept_for_status(

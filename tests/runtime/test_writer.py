@@ -15,7 +15,8 @@ from streamsync.core.batching import BatchCutter, cut_batches
 from streamsync.core.mapping import payload_hash
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.models import MappedUser
-from streamsync.runtime.writer import IterableWriter, RetryPolicy, attribute_failures
+from streamsync.retry import Policy
+from streamsync.runtime.writer import IterableWriter, attribute_failures
 
 
 def user(n: int, **data: Any) -> MappedUser:
@@ -79,18 +80,19 @@ async def test_requests_in_flight_stay_bounded(iterable: IterableClient,
 
 @pytest.mark.iterable(retry_after=2)
 async def test_retry_after_is_honoured_then_records_are_given_back(
-        iterable: IterableClient, iterable_emulator: IterableEmulator) -> None:
+        iterable: IterableClient, iterable_emulator: IterableEmulator,
+        retry_waits: list[float]) -> None:
     sleeps = Sleeps()
     limiter = RateLimiter(1000.0, sleep=sleeps)
-    writer = IterableWriter(iterable, limiter=limiter, sleep=sleeps,
-                            policy=RetryPolicy(attempts=2, base_s=0.01))
+    writer = IterableWriter(iterable, limiter=limiter,
+                            policy=Policy(attempts=2, wait_initial_s=0.01))
     iterable_emulator.faults.fail_next("/api/users/bulkUpdate", times=2, status=429,
                                        headers={"Retry-After": "2"})
     batches, _ = cut_batches([user(1), user(2)])
     out = await writer.write(batches)
     assert out.synced == [] and len(out.retry) == 2
     assert (out.requests, out.rate_limited) == (2, 2)
-    assert max(sleeps.delays) >= 2.0
+    assert 2.0 <= max(retry_waits) <= 2.01  # the writer waited the Retry-After, in place
     assert limiter.rate_limited_total == 2
     again = await writer.write(batches)
     assert len(again.synced) == 2
