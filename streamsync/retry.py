@@ -31,11 +31,13 @@ T = TypeVar("T")
 log = get_logger(__name__)
 
 
-def jitter(ceiling_s: float, *, floor_s: float = 0.0) -> float:
-    """A random wait in [floor_s, ceiling_s]: the one jitter function of streamsync."""
+def jitter(ceiling_s: float, *, floor_s: float = 0.0,
+           rand: Callable[[], float] = random.random) -> float:
+    """A random wait in [floor_s, ceiling_s]: the one jitter function of streamsync (`rand`, a
+    number in [0, 1), is injectable so tests can pin it)."""
     if ceiling_s <= floor_s:
         return max(ceiling_s, 0.0)
-    return random.uniform(floor_s, ceiling_s)
+    return floor_s + (ceiling_s - floor_s) * rand()
 
 
 def retry_after_of(error: BaseException) -> float | None:

@@ -32,6 +32,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from streamsync.adapters.http import UsageCounter, send, status_error
+from streamsync.adapters.salesforce import API, error_for
 from streamsync.errors import (
     FatalError,
     RetriableError,
@@ -40,6 +42,7 @@ from streamsync.errors import (
     TransientError,
 )
 from streamsync.logs import get_logger
+from streamsync.retry import jitter
 
 log = get_logger(__name__)
 
@@ -126,6 +129,7 @@ class CometdSubscriber:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        counter: UsageCounter | None = None,
     ) -> None:
         """`replay_from(channel)` returns the stored replay id or None (then `initial_replay`,
         -1 or -2, applies). `idle_resubscribe_s`, when set, re-handshakes and resubscribes from
@@ -168,6 +172,7 @@ class CometdSubscriber:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
+        self._counter = counter
         # Our own jar: unsafe=True keeps cookies set by an IP host such as 127.0.0.1
         # (docs/design.md §4.3; the cookies are required, docs/salesforce.md §1.1).
         self._jar = aiohttp.CookieJar(unsafe=True)
@@ -544,38 +549,17 @@ class CometdSubscriber:
         """POSTs a JSON array of messages; returns the reply messages (dicts only)."""
         token = await self._get_token()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        try:
-            async with self._session.post(
-                self._url,
-                data=orjson.dumps(messages),
-                headers=headers,
-                cookies=self._jar.filter_cookies(self._url),
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-                raise_for_status=False,
-            ) as response:
-                self._jar.update_cookies(response.cookies, response.url)
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(
-                f"CometD request to {self._url} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        if status == 401:
-            self._reauthenticate()
-            self._teardown("http_401")
-            raise SessionExpired(f"CometD request rejected with HTTP 401 at {self._url}")
-        if status == 429 or status >= 500:
-            raise TransientError(
-                f"CometD request to {self._url} answered HTTP {status}",
-                retry_after_s=_retry_after_s(retry_after),
-            )
-        try:
-            decoded = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise TransientError(
-                f"CometD reply (HTTP {status}) is not JSON: {body[:80]!r}"
-            ) from exc
+        resp = await send(self._session, "POST", str(self._url), api=API, endpoint="cometd",
+                          counter=self._counter, headers=headers, data=orjson.dumps(messages),
+                          timeout_s=timeout_s, cookie_jar=self._jar)
+        status = resp.status
+        if status in (401, 408, 429) or status >= 500:
+            error = status_error(resp, error_for)
+            if isinstance(error, SessionExpired):
+                self._reauthenticate()
+                self._teardown("http_401")
+            raise error
+        decoded = resp.json()
         if isinstance(decoded, dict):
             decoded = [decoded]
         if not isinstance(decoded, list):
@@ -611,7 +595,7 @@ class CometdSubscriber:
     def _jittered(self, base_s: float, attempt: int, cap_s: float) -> float:
         """Exponential backoff with jitter: between half and all of min(cap, base * 2^(n-1))."""
         ceiling_s = min(cap_s, base_s * 2.0 ** min(max(attempt - 1, 0), 32))
-        return ceiling_s * (0.5 + 0.5 * self._rng())
+        return jitter(ceiling_s, floor_s=ceiling_s / 2, rand=self._rng)
 
     def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
         delay_s = self._jittered(self._backoff_base_s, attempt, self._backoff_max_s)
@@ -631,12 +615,3 @@ def _wire_replay(stored: ReplayId | None, default: int) -> ReplayId:
     if not text:
         return default
     return int(text) if _INTEGER.fullmatch(text) else text
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

@@ -16,11 +16,14 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from streamsync.errors import (
     AuthError,
     FatalError,
     RateLimited,
+    RetriableError,
+    StreamsyncError,
     TransientError,
 )
 from streamsync.logs import get_logger
@@ -149,15 +152,9 @@ def default_status_error(resp: HttpResponse) -> Exception:
     where = f"{resp.api} {resp.endpoint}"
     status = resp.status
     if status == 429:
-        return RateLimited(
-            f"{where} is rate limited (HTTP 429)",
-            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
-        )
+        return RateLimited(f"{where} is rate limited (HTTP 429)")
     if status == 408 or status >= 500:
-        return TransientError(
-            f"{where} failed with HTTP {status}: {excerpt(resp.body)}",
-            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
-        )
+        return TransientError(f"{where} failed with HTTP {status}: {excerpt(resp.body)}")
     if status in (401, 403):
         return AuthError(f"{where} refused the credentials (HTTP {status}): {excerpt(resp.body)}")
     return UnexpectedStatus(resp.api, resp.endpoint, status, excerpt(resp.body))
@@ -167,7 +164,32 @@ def raise_for_status(resp: HttpResponse) -> HttpResponse:
     """Return a 2xx reply unchanged; raise the generic error of any other."""
     if resp.ok:
         return resp
-    raise default_status_error(resp)
+    raise status_error(resp)
+
+
+def status_error(resp: HttpResponse,
+                 error_for: Callable[[HttpResponse], Exception] = default_status_error
+                 ) -> Exception:
+    """The error of a non-2xx reply: `error_for` (an API's refinement of the generic mapping)
+    picks the class; here it gets its typed attributes (api, endpoint, status) and, when it is
+    retriable, the Retry-After the reply sent (the one place that reads that header)."""
+    error = error_for(resp)
+    if isinstance(error, StreamsyncError):
+        error.api = error.api or resp.api
+        error.endpoint = error.endpoint or resp.endpoint
+        error.status = error.status or resp.status
+        if isinstance(error, RetriableError) and error.retry_after_s is None:
+            error.retry_after_s = parse_retry_after(resp.headers.get("Retry-After"))
+    return error
+
+
+def network_error(api: str, endpoint: str, method: str, exc: BaseException) -> TransientError:
+    """The TransientError of a request that got no reply (timeout, refused, dropped)."""
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"{api} {endpoint}: no reply in time ({method})", api=api,
+                              endpoint=endpoint)
+    return TransientError(f"{api} {endpoint}: network failure ({type(exc).__name__}: {exc})",
+                          api=api, endpoint=endpoint)
 
 
 class UsageCounter:
@@ -248,12 +270,16 @@ async def send(
     data: bytes | None = None,
     form: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
+    cookie_jar: aiohttp.abc.AbstractCookieJar | None = None,
 ) -> HttpResponse:
-    """Send one request and read the whole reply. Network failures, timeouts and truncated
-    replies become TransientError; the status is NOT checked (callers map it)."""
+    """Send one request and read the whole reply: every request to Salesforce and Iterable
+    passes here (or through `stream`). Network failures, timeouts and truncated replies become
+    TransientError; the status is NOT checked (callers map it with `status_error`).
+    `cookie_jar`: cookies sent from it and stored back into it (CometD's session cookies)."""
     body: bytes | aiohttp.FormData | None = data
     if form is not None:
         body = aiohttp.FormData(dict(form))
+    cookies = cookie_jar.filter_cookies(URL(url)) if cookie_jar is not None else None
     try:
         async with session.request(
             method,
@@ -261,20 +287,19 @@ async def send(
             headers=headers,
             params=params,
             data=body,
+            cookies=cookies,
             timeout=_timeout(session, timeout_s),
+            raise_for_status=False,  # statuses are mapped here, whatever the session says
         ) as raw:
+            if cookie_jar is not None:
+                cookie_jar.update_cookies(raw.cookies, raw.url)
             payload = await raw.read()
             resp = HttpResponse(raw.status, raw.headers, payload, api, endpoint)
-    except TimeoutError as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if counter is not None:
-            counter.record(api, endpoint, TIMEOUT)
-        raise TransientError(f"{api} {endpoint}: no reply in time ({method})") from exc
-    except aiohttp.ClientError as exc:
-        if counter is not None:
-            counter.record(api, endpoint, NETWORK_ERROR)
-        raise TransientError(
-            f"{api} {endpoint}: network failure ({type(exc).__name__}: {exc})"
-        ) from exc
+            counter.record(api, endpoint, TIMEOUT if isinstance(exc, TimeoutError)
+                           else NETWORK_ERROR)
+        raise network_error(api, endpoint, method, exc) from exc
     if counter is not None:
         counter.record(api, endpoint, resp.status)
     return resp
@@ -301,7 +326,7 @@ async def request(
         params=params, data=data, form=form, timeout_s=timeout_s,
     )
     if not resp.ok:
-        raise error_for(resp)
+        raise status_error(resp, error_for)
     return resp
 
 
@@ -324,22 +349,19 @@ async def stream(
     answered = False
     try:
         async with session.request(
-            method, url, headers=headers, params=params, timeout=_timeout(session, timeout_s)
+            method, url, headers=headers, params=params, timeout=_timeout(session, timeout_s),
+            raise_for_status=False,
         ) as raw:
             answered = True
             if counter is not None:
                 counter.record(api, endpoint, raw.status)
             if not 200 <= raw.status < 300:
                 payload = await raw.read()
-                raise error_for(HttpResponse(raw.status, raw.headers, payload, api, endpoint))
+                raise status_error(HttpResponse(raw.status, raw.headers, payload, api,
+                                                endpoint), error_for)
             yield raw
-    except TimeoutError as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         if counter is not None and not answered:
-            counter.record(api, endpoint, TIMEOUT)
-        raise TransientError(f"{api} {endpoint}: no reply in time ({method})") from exc
-    except aiohttp.ClientError as exc:
-        if counter is not None and not answered:
-            counter.record(api, endpoint, NETWORK_ERROR)
-        raise TransientError(
-            f"{api} {endpoint}: network failure ({type(exc).__name__}: {exc})"
-        ) from exc
+            counter.record(api, endpoint, TIMEOUT if isinstance(exc, TimeoutError)
+                           else NETWORK_ERROR)
+        raise network_error(api, endpoint, method, exc) from exc

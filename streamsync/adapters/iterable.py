@@ -15,7 +15,6 @@ from streamsync.adapters.http import (
     UnexpectedStatus,
     UsageCounter,
     excerpt,
-    parse_retry_after,
     request,
 )
 from streamsync.adapters.ratelimit import RateLimiter
@@ -206,10 +205,7 @@ def error_for(resp: HttpResponse) -> Exception:
     code, msg, params = _envelope(resp)
     where = f"iterable {resp.endpoint}"
     if status == 429 or code == "RateLimitExceeded":
-        return RateLimited(
-            f"{where}: rate limited: {msg}",
-            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
-        )
+        return RateLimited(f"{where}: rate limited: {msg}")
     if status in (408, 425) or status >= 500 or code in ("DatabaseError", "GenericError"):
         return TransientError(f"{where}: HTTP {status} {code}: {msg}")
     if status in (401, 403) or code in (

@@ -19,8 +19,8 @@ from streamsync.adapters.http import (
     HttpResponse,
     UsageCounter,
     excerpt,
-    parse_retry_after,
     send,
+    status_error,
     stream,
 )
 from streamsync.adapters.salesforce_auth import SalesforceAuth, Token
@@ -113,10 +113,7 @@ def error_for(resp: HttpResponse) -> Exception:
     if status == 401:
         return SessionExpired(f"{where}: {code or 'HTTP 401'}: {message}")
     if code == "REQUEST_LIMIT_EXCEEDED" or status == 429:
-        return RateLimited(
-            f"{where}: {code or 'HTTP 429'}: {message}",
-            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
-        )
+        return RateLimited(f"{where}: {code or 'HTTP 429'}: {message}")
     if status == 408 or status >= 500 or code in ("QUERY_TIMEOUT", "SERVER_UNAVAILABLE"):
         return TransientError(f"{where}: HTTP {status} {code}: {message}")
     if code == "INVALID_QUERY_LOCATOR":
@@ -310,7 +307,7 @@ class SalesforceClient:
             self._note_usage(resp)
             if resp.ok:
                 return resp
-            error = error_for(resp)
+            error = status_error(resp, error_for)
             if isinstance(error, SessionExpired) and attempt == 1:
                 log.info("salesforce.session_expired", endpoint=endpoint)
                 self.auth.invalidate(token)

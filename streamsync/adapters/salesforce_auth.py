@@ -11,7 +11,7 @@ from typing import Literal
 import aiohttp
 import jwt
 
-from streamsync.adapters.http import HttpResponse, UsageCounter, excerpt, parse_retry_after, send
+from streamsync.adapters.http import HttpResponse, UsageCounter, excerpt, send, status_error
 from streamsync.errors import AuthError, ConfigError, RateLimited, TransientError
 from streamsync.logs import get_logger
 
@@ -212,7 +212,7 @@ class SalesforceAuth:
             timeout_s=self._timeout_s,
         )
         if resp.status != 200:
-            raise _token_error(resp, self.flow)
+            raise status_error(resp, lambda r: _token_error(r, self.flow))
         body = resp.json()
         if not isinstance(body, dict):
             raise TransientError("salesforce token endpoint: reply is not a JSON object")
@@ -240,10 +240,7 @@ class SalesforceAuth:
 
 def _token_error(resp: HttpResponse, flow: str) -> Exception:
     if resp.status == 429:
-        return RateLimited(
-            "salesforce token endpoint is rate limited (HTTP 429)",
-            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
-        )
+        return RateLimited("salesforce token endpoint is rate limited (HTTP 429)")
     if resp.status == 408 or resp.status >= 500:
         return TransientError(
             f"salesforce token endpoint failed with HTTP {resp.status}: {excerpt(resp.body)}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ from streamsync.adapters.store import IdentityHandover, QueueInput, Store
 from streamsync.config import Config
 from streamsync.core.events import MalformedEvent, UnexpectedEntity, is_echo, parse_event
 from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
-from streamsync.errors import FatalError, RetriableError
+from streamsync.errors import FatalError, Stopped, describe_error
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
+from streamsync.retry import Policy
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 
@@ -519,21 +519,18 @@ class Ingest:
         """handle_message, retried with backoff while the store reports a transient fault; the
         same message is retried so nothing after it is stored before it. False when stopping
         left it unstored (it is replayed from the stored id on the next start)."""
-        attempt = 0
-        while True:
-            try:
-                await self.handle_message(message)
-                return True
-            except RetriableError as exc:
-                attempt += 1
-                self.stats.store_retries += 1
-                delay_s = _backoff_s(attempt, self._retry_base_s, self._retry_max_s)
-                log.warning("ingest.store_retry", error=str(exc), attempt=attempt,
-                            delay_s=round(delay_s, 3))
-                if self._stop.is_set():
-                    return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay_s)
+        policy = Policy(attempts=None, timeout_s=None, wait_initial_s=self._retry_base_s,
+                        wait_max_s=self._retry_max_s, on_retry=self._store_retry)
+        try:
+            await policy.call(lambda: self.handle_message(message), self._stop)
+        except Stopped:
+            return False
+        return True
+
+    def _store_retry(self, error: Exception) -> None:
+        self.stats.store_retries += 1
+        log.warning("ingest.store_retry", attempt=self.stats.store_retries,
+                    **describe_error(error))
 
     # ---- reconciliation --------------------------------------------------------------------
 
@@ -561,39 +558,42 @@ class Ingest:
         """Run the owed reconciliation until the marker is cleared; a marker changed meanwhile
         (a newer gap) means another pass."""
         key = PENDING_PREFIX + object_name
-        attempt = 0
-        while True:
-            async with self._marker_lock:
-                pending = PendingReconcile.decode(await self._store.get_meta(key))
-            if pending is None:
-                return
-            try:
+        policy = Policy(attempts=None, timeout_s=None, wait_initial_s=self._retry_base_s * 4,
+                        wait_max_s=self._retry_max_s * 4,
+                        on_retry=lambda error: self._reconcile_retry(object_name, error))
+
+        async def reconcile_owed() -> PendingReconcile | None:
+            async with self._marker_lock:  # read again on every try: a newer gap may be owed
+                owed = PendingReconcile.decode(await self._store.get_meta(key))
+            if owed is not None:
                 async with self._gate:
-                    await self._reconciler.reconcile(object_name, pending.since_ms,
-                                                     trigger=pending.trigger)
-            except RetriableError as exc:
-                attempt += 1
-                self.stats.reconcile_failures += 1
-                delay_s = _backoff_s(attempt, self._retry_base_s * 4, self._retry_max_s * 4)
-                log.warning("ingest.reconcile_retry", object=object_name, error=str(exc),
-                            attempt=attempt, delay_s=round(delay_s, 3))
-                await asyncio.sleep(delay_s)
-                continue
+                    await self._reconciler.reconcile(object_name, owed.since_ms,
+                                                     trigger=owed.trigger)
+            return owed
+
+        while True:
+            try:
+                pending = await policy.call(reconcile_owed)
             except (FatalError, ValueError) as exc:
                 self.stats.reconcile_failures += 1
-                log.error("ingest.reconcile_failed", object=object_name, error=str(exc),
+                log.error("ingest.reconcile_failed", object=object_name, **describe_error(exc),
                           detail="the pending marker stays; the next start retries it")
                 await self._store.note_error(
                     "reconcile", f"reconciliation of {object_name} failed: {exc}", self._clock()
                 )
                 return
-            attempt = 0
+            if pending is None:
+                return
             self.stats.reconciles_done += 1
             async with self._marker_lock:
                 current = PendingReconcile.decode(await self._store.get_meta(key))
                 if current == pending:
                     await self._store.set_meta(key, "", self._clock())
                     return
+
+    def _reconcile_retry(self, object_name: str, error: Exception) -> None:
+        self.stats.reconcile_failures += 1
+        log.warning("ingest.reconcile_retry", object=object_name, **describe_error(error))
 
 
 def _is_new_events(replay_id: ReplayId) -> bool:
@@ -611,8 +611,3 @@ def _readable_replay_id(message: object) -> int | None:
     event = data.get("event") if isinstance(data, dict) else None
     value = event.get("replayId") if isinstance(event, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _backoff_s(attempt: int, base_s: float, max_s: float) -> float:
-    ceiling = min(max_s, base_s * 2.0 ** min(attempt - 1, 30))
-    return ceiling * (0.5 + 0.5 * random.random())

@@ -15,7 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from streamsync.adapters.cometd import CometdSubscriber, ReplayId
-from streamsync.errors import FatalError, SessionExpired, TransientError
+from streamsync.errors import (
+    FatalError,
+    RateLimited,
+    RetriableError,
+    SessionExpired,
+    TransientError,
+)
 
 Message = dict[str, Any]
 Override = Callable[[web.Request, list[Message]], Awaitable[web.StreamResponse | None]]
@@ -480,7 +486,7 @@ async def test_watchdog_tears_down_a_silent_connect(harness: Harness,
     sub = harness.subscriber(watchdog_s=0.3, long_poll_timeout_s=0.3, clock=loop.time)
     await sub.poll_once()
     server.overrides.append(hang)
-    with pytest.raises(TransientError, match="TimeoutError"):
+    with pytest.raises(TransientError, match="cometd: no reply in time"):
         await sub.poll_once()
     assert sub.client_id == "client-1"
     server.outbox = [data_message(LEAD, 4)]
@@ -522,14 +528,17 @@ async def test_transport_errors_back_off_and_recover(harness: Harness,
         _status(200, b'"a string"'),
     ])
     errors = []
+    kinds: list[RetriableError] = []
     delays = []
-    for _ in range(6):
-        with pytest.raises(TransientError) as info:
+    for _ in range(6):  # 429 is RateLimited, the rest TransientError (one mapping for all)
+        with pytest.raises(RetriableError) as info:
             await sub.poll_once()
         errors.append(str(info.value))
+        kinds.append(info.value)
         delays.append(sub.next_poll_delay_s)
     assert "HTTP 500" in errors[0] and "not JSON" in errors[1] and "HTTP 429" in errors[4]
     assert "not a JSON array" in errors[5]
+    assert isinstance(kinds[4], RateLimited) and kinds[4].retry_after_s == 3.0
     # Exponential, capped, and at least Retry-After (jitter pinned to its top by rng=1.0).
     assert delays == [1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
     server.outbox = [data_message(LEAD, 2)]

@@ -18,6 +18,7 @@ from streamsync.adapters.http import (
     UnexpectedStatus,
     UsageCounter,
     make_session,
+    status_error,
 )
 from streamsync.adapters.iterable import (
     BatchError,
@@ -337,10 +338,11 @@ def test_iterable_error_mapping(status: int, body: Any, error: type[Exception]) 
 
 
 def test_retry_after_reaches_the_rate_limited_error() -> None:
-    mapped = error_for(_reply(429, {"msg": "slow", "code": "RateLimitExceeded"}, **{
+    mapped = status_error(_reply(429, {"msg": "slow", "code": "RateLimitExceeded"}, **{
         "Retry-After": "2"
-    }))
+    }), error_for)
     assert isinstance(mapped, RateLimited) and mapped.retry_after_s == 2.0
+    assert (mapped.api, mapped.endpoint, mapped.status) == ("iterable", mapped.endpoint, 429)
 
 
 def test_mismatched_fields_strip_the_project_prefix() -> None:
