@@ -56,6 +56,7 @@ lock: $(UV_STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check streamsync tests scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 types: install
 	$(VENV)/bin/mypy streamsync

@@ -21,9 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from streamsync.core.describe_check import DescribeChecker, DescribeProblem
 from streamsync.core.events import channel_for
-from streamsync.core.mapping import CompiledMapping, mapping_problems, target_problem
+from streamsync.core.mapping import mapping_problems, target_problem
 from streamsync.core.soql import (
     SafeFilter,
     SoqlError,
@@ -480,61 +479,6 @@ class Config(_Model):
     def converted_precedence(self) -> Literal["contact", "lead"]:
         lead = self.objects.get("Lead")
         return (lead.converted_precedence if lead and lead.converted_precedence else "contact")
-
-    def compiled(self, describes: Mapping[str, Mapping[str, Any]]
-                 ) -> dict[str, CompiledMapping]:
-        """Each object that writes users, its mapping compiled (call once; keep the result)."""
-        checker = DescribeChecker(describes)
-        return {name: self._compile(name, checker)
-                for name, obj in self.objects.items() if obj.writes_users}
-
-    def compiled_object(self, name: str, describes: Mapping[str, Mapping[str, Any]]
-                        ) -> CompiledMapping:
-        """One object's mapping compiled (see `compiled`)."""
-        return self._compile(name, DescribeChecker(describes))
-
-    def _compile(self, name: str, checker: DescribeChecker) -> CompiledMapping:
-        """The describe results type every mapped field (relationship paths through the
-        parent's describe): only date and datetime fields get Iterable's date format. A mapped
-        path that does not resolve raises ConfigError."""
-        obj = self.objects[name]
-        extra: tuple[str, ...] = ()
-        if name == "Lead" and self.converted_precedence() == "contact":
-            extra = ("IsConverted", "ConvertedContactId")
-        return CompiledMapping(
-            name, obj.mapping, identity=obj.identity, email_field=obj.email_field,
-            user_id_field=obj.user_id_field, null_policy=obj.null_policy,
-            convert_dates=obj.convert_dates, extra_fields=extra,
-            source_types=checker.source_types(name, obj.mapping))
-
-    def check_describe(self, describes: Mapping[str, Mapping[str, Any]]
-                       ) -> list[DescribeProblem]:
-        """Every mapped path, relationship, filter and fan-out field against describe results."""
-        return self._check(DescribeChecker(describes))
-
-    def objects_to_describe(self, describes: Mapping[str, Mapping[str, Any]]) -> set[str]:
-        """Objects whose describe a check still needs; fetch them until this is empty."""
-        checker = DescribeChecker(describes)
-        self._check(checker)
-        return checker.absent
-
-    def _check(self, checker: DescribeChecker) -> list[DescribeProblem]:
-        problems: list[DescribeProblem] = []
-        for name, obj in self.objects.items():
-            key = f"objects.{name}"
-            safe = obj.safe_filter
-            extra = {f"{key}.fan_out[{i}].via": (fan.object, fan.via)
-                     for i, fan in enumerate(obj.fan_out)}
-            problems.extend(checker.check_object(
-                name, key=key, mapping=obj.mapping,
-                filter_fields=safe.fields if safe else (),
-                email_field=obj.email_field if obj.writes_users and obj.identity != "userId"
-                else None))
-            for label, (child, via) in extra.items():
-                _, why = checker.resolve(child, via)
-                if why:
-                    problems.append(DescribeProblem(label, why))
-        return problems
 
 
 # ---------------------------------------------------------------- loading

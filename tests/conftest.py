@@ -12,7 +12,7 @@ Fixtures
   each override replaces or (for dict sections such as `iterable=`, `flush=`, `objects=`) is
   merged into the section of the same name (`objects=` per object name: Lead, Contact and
   Account stay configured). The queue lives at `tmp_path/streamsync.db`.
-- `emulator_describes()`: the emulator's describe of every object, for `Config.compiled`.
+- `emulator_describes()`: the emulator's describe of every object, for `compile_mappings`.
 - `config`: `make_config(sf_emulator, iterable_emulator, tmp_path)`.
 - `store`: `Store.open(tmp_path/"streamsync.db")`, closed at teardown.
 - `clients`: a `Clients` bundle built from `config` (closed at teardown).
@@ -45,6 +45,7 @@ from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulat
 from streamsync.emulators.salesforce.schema import SCHEMA, describe
 from streamsync.retry import Policy
 from streamsync.runtime.flusher import Flusher, FlushResult
+from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.writer import IterableWriter
@@ -274,8 +275,8 @@ async def sync_rig(request: pytest.FixtureRequest, sf_emulator: SalesforceEmulat
                                     envelope=cfg.iterable.bulk_envelope())
             pipeline = SyncPipeline(config=cfg, store=opened, iterable=bundle.iterable,
                                     limiter=bundle.limiter, metrics=metrics,
-                                    mappings=cfg.compiled(emulator_describes()), clock=clock,
-                                    writer=writer)
+                                    mappings=compile_mappings(cfg, emulator_describes()),
+                                    clock=clock, writer=writer)
             flusher = Flusher(config=cfg, store=opened, salesforce=bundle.salesforce,
                               pipeline=pipeline, metrics=metrics, owner="test", clock=clock)
             yield SyncRig(sf_emulator, iterable_emulator, cfg, opened, bundle, metrics,

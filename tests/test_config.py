@@ -20,6 +20,7 @@ from streamsync.config import (
 )
 from streamsync.errors import ConfigError
 from streamsync.logs import redactor
+from streamsync.runtime.mappings import check_describe, compile_mappings, objects_to_describe
 from tests.conftest import emulator_describes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,8 @@ def test_example_config_loads_and_matches_the_emulator_schema() -> None:
     assert cfg.channel("Lead") == "/data/LeadChangeEvent"
     assert cfg.queue.path == str(ROOT / "streamsync.db")
     assert cfg.health.host == "127.0.0.1"
-    assert set(cfg.compiled(DESCRIBES)) == {"Lead", "Contact"}
-    assert cfg.check_describe(DESCRIBES) == []
+    assert set(compile_mappings(cfg, DESCRIBES)) == {"Lead", "Contact"}
+    assert check_describe(cfg, DESCRIBES) == []
 
 
 def test_defaults() -> None:
@@ -74,7 +75,7 @@ def test_defaults() -> None:
     assert cfg.objects["Account"].fan_out[0].object == "Contact"
     assert not cfg.objects["Account"].writes_users
     assert cfg.converted_precedence() == "contact"
-    lead = cfg.compiled(DESCRIBES)["Lead"]
+    lead = compile_mappings(cfg, DESCRIBES)["Lead"]
     assert "IsConverted" in lead.soql_fields() and "Owner.IsActive" in lead.soql_fields()
     assert cfg.health.host == "127.0.0.1" and cfg.logging.level == "INFO"
     assert cfg.warnings == ()
@@ -392,16 +393,16 @@ def test_objects_to_describe_drives_fetching() -> None:
     cfg = parse_config(MIN, ENV)
     fetched: dict[str, Any] = {}
     rounds = 0
-    while need := cfg.objects_to_describe(fetched):
+    while need := objects_to_describe(cfg, fetched):
         rounds += 1
         assert rounds < 5
         for name in need:
             fetched[name] = describe(SCHEMA[name], "66.0")
     assert set(fetched) == {"Lead", "Contact", "Account", "User"}
-    assert cfg.check_describe(fetched) == []
+    assert check_describe(cfg, fetched) == []
     broken = parse_config({**MIN, "objects": {"Contact": {"mapping": {
         "Email": "email", "Acount.Name": "dataFields.c"}, "filter": "Nope__c = 1"}}}, ENV)
-    assert [str(p) for p in broken.check_describe(fetched)] == [
+    assert [str(p) for p in check_describe(broken, fetched)] == [
         "objects.Contact.mapping.\"Acount.Name\": Contact has no relationship 'Acount' "
         "(did you mean Account?)",
         "objects.Contact.filter: Contact has no field 'Nope__c'"]
@@ -475,7 +476,7 @@ def test_arbitrary_config_only_raises_config_error(data: dict[str, Any]) -> None
         return
     assert isinstance(cfg, Config)
     try:
-        cfg.compiled(DESCRIBES)
+        compile_mappings(cfg, DESCRIBES)
     except ConfigError as exc:  # a mapped path the emulator's org does not have
         assert "mapping" in str(exc)
 
@@ -488,7 +489,7 @@ def test_compiled_with_describes_keeps_text_fields_as_text() -> None:
     record = {"Id": "003000000000001", "Email": "a@example.com", "Title": "2024-05-01",
               "Birthdate": "1990-01-02", "Owner": {"CreatedDate": "2020-01-01T10:00:00.000+0000"},
               "Account": {"Name": "2023-12-31T23:59:59.000+0000"}}
-    typed = cfg.compiled(DESCRIBES)["Contact"].map(record).payload["dataFields"]
+    typed = compile_mappings(cfg, DESCRIBES)["Contact"].map(record).payload["dataFields"]
     assert typed == {"title": "2024-05-01", "bday": "1990-01-02 00:00:00 +00:00",
                      "ownerSince": "2020-01-01 10:00:00 +00:00",
                      "company": "2023-12-31T23:59:59.000+0000"}
@@ -499,10 +500,10 @@ def test_compiled_needs_every_mapped_field_in_the_describes() -> None:
         "Email": "email", "Titel": "dataFields.title"}}}}
     cfg = parse_config(data, ENV)
     with pytest.raises(ConfigError, match="Contact mapping 'Titel': Contact has no field"):
-        cfg.compiled(DESCRIBES)
+        compile_mappings(cfg, DESCRIBES)
     without_user = {k: v for k, v in DESCRIBES.items() if k != "User"}
     with pytest.raises(ConfigError, match="no describe result for object 'User'"):
-        parse_config(MIN, ENV).compiled(without_user)
+        compile_mappings(parse_config(MIN, ENV), without_user)
 
 
 def test_watchdog_shorter_than_the_long_poll_is_a_config_error() -> None:

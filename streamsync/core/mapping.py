@@ -125,6 +125,11 @@ def convert_value(value: Any, target: str) -> Any:
         return value
     if isinstance(value, str):  # a str subclass
         return convert_value(str(value), target)
+    return _convert_structured(value, target)
+
+
+def _convert_structured(value: Any, target: str) -> Any:
+    """A compound field (an address, a location) or a list, converted value by value."""
     if isinstance(value, dict):
         out = {clean_text(str(k)): convert_value(v, target)
                for k, v in value.items() if k != "attributes"}

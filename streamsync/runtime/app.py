@@ -50,6 +50,7 @@ from streamsync.runtime.describes import refuse_on_problems, startup_mappings
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
+from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.pipeline import SyncPipeline
@@ -125,7 +126,7 @@ async def open_components(
             mappings = await startup_mappings(config, salesforce, stop=stop)
         else:
             refuse_on_problems(config, describes)
-            mappings = config.compiled(describes)
+            mappings = compile_mappings(config, describes)
         pipeline = SyncPipeline(
             config=config, store=store, iterable=iterable, limiter=limiter, metrics=metrics,
             mappings=mappings, clock=clock,

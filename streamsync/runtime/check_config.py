@@ -21,6 +21,7 @@ from streamsync.runtime.clients import (
     salesforce_session,
 )
 from streamsync.runtime.describes import fetch_describes
+from streamsync.runtime.mappings import check_describe, compile_object
 
 log = get_logger(__name__)
 
@@ -99,7 +100,7 @@ async def check_salesforce(
         report.skipped.append("trial queries not run: describing the objects failed")
         return
     report.describes = describes
-    findings = config.check_describe(describes)
+    findings = check_describe(config, describes)
     for finding in findings:
         subject, path = split_key(finding.key)
         report.problems.append(Problem("mapping", subject, path, finding.message))
@@ -121,7 +122,7 @@ async def trial_query(config: Config, salesforce: SalesforceClient,
     """Run the object's real select list and filter once (LIMIT 1) and count its records:
     Salesforce itself then judges what describes cannot (a literal of the wrong type...)."""
     obj = config.objects[name]
-    fields = (config.compiled_object(name, describes).soql_fields() if obj.writes_users
+    fields = (compile_object(config, name, describes).soql_fields() if obj.writes_users
               else ["Id"])
     where = obj.safe_filter
     path = "filter" if where is not None else "mapping"
@@ -171,7 +172,7 @@ def check_field_types(config: Config, report: CheckReport, fields: Mapping[str, 
     for name, obj in config.objects.items():
         if not obj.writes_users or name in failing:
             continue
-        mapping = config.compiled_object(name, report.describes)
+        mapping = compile_object(config, name, report.describes)
         for source, field_name, sent_as in mapping.iterable_types():
             have = fields.get(field_name)
             if have is None or have == sent_as:

@@ -12,6 +12,7 @@ from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, describe_error
 from streamsync.logs import get_logger
 from streamsync.retry import Policy
+from streamsync.runtime.mappings import check_describe, compile_mappings, objects_to_describe
 
 log = get_logger(__name__)
 
@@ -30,7 +31,7 @@ async def fetch_describes(config: Config, salesforce: SalesforceClient) -> Descr
     describes: Describes = {}
     tried: set[str] = set()
     while True:
-        wanted = sorted(config.objects_to_describe(describes) - tried)
+        wanted = sorted(objects_to_describe(config, describes) - tried)
         if not wanted:
             return describes
         for name in wanted:
@@ -50,7 +51,7 @@ def _unavailable(error: Exception) -> None:
 def refuse_on_problems(config: Config, describes: Describes) -> None:
     """ConfigError naming every mapped field, relationship, filter field or fan-out that the
     describes contradict (what check-config reports), so a run never starts on them."""
-    problems = config.check_describe(describes)
+    problems = check_describe(config, describes)
     if problems:
         raise ConfigError("refusing to start: the configuration does not match Salesforce: "
                           + "; ".join(str(p) for p in problems))
@@ -73,4 +74,4 @@ async def startup_mappings(
                     wait_initial_s=1.0, wait_max_s=BACKOFF_MAX_S, on_retry=_unavailable)
     describes = await policy.call(lambda: fetch_describes(config, salesforce), stop)
     refuse_on_problems(config, describes)
-    return config.compiled(describes)
+    return compile_mappings(config, describes)

@@ -91,6 +91,19 @@ def breakers_from(config: Config, clock: Callable[[], float]) -> Breakers:
     return Breakers({SALESFORCE: breaker("Salesforce"), ITERABLE: breaker("Iterable")})
 
 
+def _take(pending: dict[tuple[str, str], Lease], object_name: str,
+          ids: Sequence[str]) -> list[Lease]:
+    """The pending leases of `ids` (either id form), removed from `pending`."""
+    found = []
+    for record_id in ids:
+        lease = pending.pop((object_name, record_id), None)
+        if lease is None and is_valid_id(record_id):
+            lease = pending.pop((object_name, to_18(record_id)), None)
+        if lease is not None:
+            found.append(lease)
+    return found
+
+
 class Flusher:
     """Leases batches from the queue and syncs the current Salesforce state of each record.
 
@@ -307,14 +320,7 @@ class Flusher:
     async def _settle(self, object_name: str, outcome: SyncOutcome,
                       pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
         def take(ids: Sequence[str]) -> list[Lease]:
-            found = []
-            for record_id in ids:
-                lease = pending.pop((object_name, record_id), None)
-                if lease is None and is_valid_id(record_id):
-                    lease = pending.pop((object_name, to_18(record_id)), None)
-                if lease is not None:
-                    found.append(lease)
-            return found
+            return _take(pending, object_name, ids)
 
         now = self.clock()
         synced = take(outcome.synced)

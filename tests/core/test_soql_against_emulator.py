@@ -15,6 +15,7 @@ from streamsync.core.describe_check import DescribeChecker
 from streamsync.core.mapping import CompiledMapping
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.errors import RecordError
+from streamsync.runtime.mappings import compile_mappings
 from tests.conftest import emulator_describes
 
 ENV = {"STREAMSYNC_SF_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nx\n",
@@ -43,7 +44,7 @@ async def query() -> AsyncIterator[Any]:
 
 async def test_builders_are_understood_by_the_emulator(query: Any) -> None:
     cfg = parse_config({"salesforce": {"client_id": "ck", "username": "u"}}, ENV)
-    lead = cfg.compiled(emulator_describes())["Lead"]
+    lead = compile_mappings(cfg, emulator_describes())["Lead"]
     page = await query(soql.keyset_page("Lead", lead.soql_fields(), limit=200))
     ids = [r["Id"] for r in page["records"]]
     assert len(ids) == 200 and ids == sorted(ids)

@@ -28,6 +28,7 @@ from streamsync.runtime.backfill import (
     WritesFailed,
     split_windows,
 )
+from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.progress import Progress
@@ -45,7 +46,7 @@ def make_backfill(config: Config, store: Store, clients: Clients, *,
                   salesforce: SalesforceClient | None = None,
                   clock: FakeClock | None = None) -> Backfill:
     metrics = Metrics()
-    mappings = config.compiled(emulator_describes())
+    mappings = compile_mappings(config, emulator_describes())
     pipeline = SyncPipeline(config=config, store=store, iterable=clients.iterable,
                             limiter=clients.limiter, metrics=metrics, mappings=mappings)
     return Backfill(config=config, store=store, salesforce=salesforce or clients.salesforce,
@@ -56,7 +57,7 @@ def make_backfill(config: Config, store: Store, clients: Clients, *,
 async def verify(config: Config, clients: Clients, store: Store, it: IterableEmulator,
                  objects: tuple[str, ...] = ("Lead", "Contact")) -> VerifyReport:
     """Iterable's profiles against what Salesforce's current records imply."""
-    mappings = config.compiled(emulator_describes())
+    mappings = compile_mappings(config, emulator_describes())
     records: dict[str, list[dict[str, Any]]] = {}
     for name in objects:
         extra = ("IsDeleted", "IsConverted") if name == "Lead" else ("IsDeleted",)
@@ -144,7 +145,7 @@ async def test_dry_run_writes_mapped_payloads_and_sends_nothing(
     lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert summary.status == "dry_run" and summary.records_read == len(lines)
     assert len({(x["object"], x["id"]) for x in lines}) == len(lines)
-    mappings = config.compiled(emulator_describes())
+    mappings = compile_mappings(config, emulator_describes())
     by_id = {x["id"]: x for x in lines}
     for name in ("Lead", "Contact"):
         fields = ", ".join(mappings[name].soql_fields())
