@@ -694,7 +694,7 @@ def queue_drained(db_path: Path, latest_replay_id: int) -> bool:
     try:
         depth = conn.execute("SELECT count(*) FROM queue").fetchone()[0]
         pending = conn.execute(
-            "SELECT count(*) FROM meta WHERE key LIKE 'reconcile_pending:%' AND value != ''"
+            "SELECT count(*) FROM reconcile_pending"
         ).fetchone()[0]
         stored = [r[0] for r in conn.execute("SELECT replay_id FROM replay")]
     except sqlite3.Error:

@@ -9,88 +9,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from streamsync.adapters.cometd import (
     ALL_RETAINED_EVENTS,
     NEW_EVENTS,
     CometdSubscriber,
     ReplayId,
 )
-from streamsync.adapters.store import IdentityHandover, QueueInput, Store
+from streamsync.adapters.store import (
+    ChannelAnchor,
+    IdentityHandover,
+    PendingReconcile,
+    QueueInput,
+    Store,
+)
 from streamsync.config import Config
 from streamsync.core.events import MalformedEvent, UnexpectedEntity, is_echo, parse_event
 from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
-from streamsync.errors import FatalError, Stopped, describe_error
+from streamsync.errors import Stopped, describe_error
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
 from streamsync.retry import Policy
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
+from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
 
 log = get_logger(__name__)
-
-PENDING_PREFIX = "reconcile_pending:"
-"""Store meta key prefix (`reconcile_pending:<object>`) of a reconciliation not yet finished."""
-
-UNANCHORED_PREFIX = "unanchored_since:"
-"""Store meta key prefix (`unanchored_since:<channel>`): epoch ms since when the channel has been
-subscribed with -1 and no replay id stored, so a resubscribe cannot replay what it missed."""
-
-FROM_EARLIEST = "earliest"
-"""The `unanchored_since:<channel>` value of a channel first subscribed from the oldest retained
-event: until an event of it is stored, every resubscribe replays from there again."""
-
-BACKFILL_RUNS_SCANNED = 50
-"""How many of the latest backfill runs a channel's first subscription looks through."""
 
 Message = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingReconcile:
-    """A reconciliation owed for one object: from `since_ms` (None = everything), why, and a
-    sequence number that grows with every scheduling (so a worker can tell a newer one)."""
-
-    since_ms: int | None
-    trigger: str
-    seq: int = 0
-
-    def encode(self) -> str:
-        return orjson.dumps(
-            {"since_ms": self.since_ms, "trigger": self.trigger, "seq": self.seq}
-        ).decode()
-
-    @classmethod
-    def decode(cls, text: str | None) -> PendingReconcile | None:
-        if not text:
-            return None
-        try:
-            raw = orjson.loads(text)
-            since = raw["since_ms"]
-            trigger = str(raw["trigger"])
-            seq = raw.get("seq", 0)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            # An unreadable marker still means a reconciliation is owed: do all of it.
-            return cls(None, "unreadable_marker")
-        if isinstance(seq, bool) or not isinstance(seq, int):
-            seq = 0
-        if isinstance(since, bool) or not isinstance(since, int | None):
-            return cls(None, trigger, seq)
-        return cls(since, trigger, seq)
-
-    def merge(self, other: PendingReconcile) -> PendingReconcile:
-        """The union of two owed reconciliations: the earlier start wins (None is earliest)."""
-        if self.since_ms is None or other.since_ms is None:
-            since = None
-        else:
-            since = min(self.since_ms, other.since_ms)
-        triggers = dict.fromkeys([*self.trigger.split("+"), *other.trigger.split("+")])
-        return PendingReconcile(since, "+".join(triggers), max(self.seq, other.seq) + 1)
-
-
 @dataclass
-class IngestStats:
+class IngestStats(ReconcileStats):
     """Counters of one Ingest (for tests, `status` and logs)."""
 
     events: int = 0
@@ -99,9 +48,6 @@ class IngestStats:
     echoes: int = 0
     ids_queued: int = 0
     ids_dropped: int = 0
-    reconciles_scheduled: int = 0
-    reconciles_done: int = 0
-    reconcile_failures: int = 0
     replay_invalid: int = 0
     store_retries: int = 0
 
@@ -141,10 +87,9 @@ class Ingest:
     Every message is stored before the next one is pulled: its record ids and the channel's
     replay id in one SQLite transaction. A malformed message still advances the replay id (when
     it can be read) so it never blocks the stream. `GAP_OVERFLOW`, wildcard ids and an expired
-    replay id need a reconciliation; it is first written to the store as a pending marker (so a
-    crash cannot lose it) and only then is the replay id moved past the event; the
-    reconciliation itself runs in the background, at most `max_concurrent_reconciles` at once,
-    and clears its marker when done. Markers left by a crash are resumed by `run`.
+    replay id need a reconciliation; it is owed durably first (`ReconcileScheduler.owe`) and
+    only then is the replay id moved past the event; the scheduler runs it in the background,
+    at most `max_concurrent_reconciles` at once. What a crash left owed is resumed by `run`.
 
     Wiring (the subscriber needs the Ingest's callbacks, the Ingest needs the subscriber):
 
@@ -173,23 +118,15 @@ class Ingest:
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
     ) -> None:
-        if max_concurrent_reconciles < 1:
-            raise ValueError("max_concurrent_reconciles must be at least 1")
-        if retry_base_s <= 0 or retry_max_s < retry_base_s:
-            raise ValueError("Ingest needs 0 < retry_base_s <= retry_max_s")
         self._config = config
         self._store = store
         self._subscriber = subscriber
-        self._reconciler = reconciler
         self._metrics = metrics
         self._clock = clock
         self._objects = tuple(config.objects)
         self._echo_client = (
             config.salesforce.client_name if config.salesforce.suppress_echoes else None
         )
-        self._gate = asyncio.Semaphore(max_concurrent_reconciles)
-        self._marker_lock = asyncio.Lock()
-        self._workers: dict[str, asyncio.Task[None]] = {}
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
@@ -199,6 +136,10 @@ class Ingest:
             "Lead" in config.objects and contact is not None and contact.writes_users
             and config.converted_precedence() == "contact")
         self.stats = IngestStats()
+        self.reconciles = ReconcileScheduler(
+            config=config, store=store, reconciler=reconciler, clock=clock,
+            max_concurrent=max_concurrent_reconciles, retry_base_s=retry_base_s,
+            retry_max_s=retry_max_s, stats=self.stats)
         if callbacks is not None:
             callbacks.ingest = self
 
@@ -233,47 +174,40 @@ class Ingest:
         now = self._clock()
         state = await self._store.get_replay(channel)
         stored = None if state is None else state.replay_id
-        key = UNANCHORED_PREFIX + channel
         if stored is not None and not _is_new_events(stored):
             if channel not in self._anchored:
-                if await self._store.get_meta(key):
-                    await self._store.set_meta(key, "", now)
+                anchor = await self._store.channel_anchor(channel)
+                if anchor is not None and anchor.state != "anchored":
+                    await self._store.set_channel_anchor(channel, ChannelAnchor("anchored"), now)
                 self._anchored.add(channel)
             return stored
-        since = await self._store.get_meta(key)
-        if since == FROM_EARLIEST and stored is None:
+        anchor = await self._store.channel_anchor(channel)
+        if anchor is not None and anchor.state == "earliest" and stored is None:
             return ALL_RETAINED_EVENTS  # no event stored yet since the first subscription
-        if since is None and stored is None:
+        if anchor is None and stored is None:
             if await self._first_subscription(channel, now):
-                await self._store.set_meta(key, FROM_EARLIEST, now)
+                await self._store.set_channel_anchor(channel, ChannelAnchor("earliest"), now)
                 return ALL_RETAINED_EVENTS
-        elif since:
-            since_ms = int(since) if since.isdigit() else None
+        elif anchor is not None and anchor.state != "anchored":
+            since_ms = anchor.since_ms if anchor.state == "unanchored" else None
             # Routine for a channel that had no events yet: the reconciliation covers it.
             log.info("ingest.resubscribe_without_replay_id", channel=channel,
                      since_ms=str(since_ms))
-            for name in self._reconciler.objects_for_channel(channel):
-                await self._schedule(name, since_ms, "resubscribe")
-                self._start_worker(name)
-        await self._store.set_meta(key, str(int(now * 1000)), now)
-        self._anchored.discard(channel)
+            await self.reconciles.owe_and_start(
+                self.reconciles.objects_for_channel(channel), since_ms, "resubscribe")
+        await self._unanchored(channel, now)
         return stored  # None or an explicit -1 (`replay --from new`): new events only
 
+    async def _unanchored(self, channel: str, now: float) -> None:
+        """The channel is subscribed from new events with no replay id to come back to."""
+        await self._store.set_channel_anchor(
+            channel, ChannelAnchor("unanchored", int(now * 1000)), now)
+        self._anchored.discard(channel)
+
     async def _first_subscription(self, channel: str, now: float) -> bool:
-        """Durably owe, per object of `channel`, a reconciliation from the start of the latest
-        backfill that loaded it (the reconciler subtracts `ingest.reconcile_overlap_s`); True
-        when an object no backfill loaded needs the retained events replayed instead."""
-        objects = self._reconciler.objects_for_channel(channel)
-        starts = await self._backfill_starts(objects)
-        for name in objects:
-            started_s = starts.get(name)
-            if started_s is None:
-                continue
-            log.info("ingest.first_subscription_after_backfill", channel=channel, object=name,
-                     backfill_started_ms=int(started_s * 1000))
-            await self._schedule(name, int(started_s * 1000), "first_subscription")
-            self._start_worker(name)
-        unloaded = [name for name in objects if name not in starts]
+        """Objects a backfill loaded owe a reconciliation from its start; True when an object
+        no backfill loaded needs the retained events replayed instead."""
+        unloaded = await self.reconciles.owe_after_backfill(channel)
         if not unloaded:
             return False
         detail = (f"nothing is stored for {channel} (a first run, or a lost store) and no "
@@ -286,23 +220,6 @@ class Ingest:
                     objects=",".join(unloaded), detail=detail)
         await self._store.note_error("ingest", detail, now)
         return True
-
-    async def _backfill_starts(self, objects: list[str]) -> dict[str, float]:
-        """Per object, the start time of the latest backfill run whose scope covered it
-        (directly, or as the fan-out source of an object it read)."""
-        out: dict[str, float] = {}
-        for run in await self._store.runs(limit=BACKFILL_RUNS_SCANNED):
-            scope = run.options.get("scope")
-            loaded = scope.get("objects") if isinstance(scope, dict) else None
-            if not isinstance(loaded, list):
-                continue
-            for name in objects:
-                if name in out or name not in self._config.objects:
-                    continue
-                fans_into = {f.object for f in self._config.objects[name].fan_out}
-                if name in loaded or fans_into.intersection(loaded):
-                    out[name] = run.started_at
-        return out
 
     async def handle_message(self, message: Message) -> None:
         """One step: parse, schedule any reconciliation durably, then store the ids and the
@@ -348,14 +265,14 @@ class Ingest:
         to_reconcile = self._objects_to_reconcile(event)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
-            await self._schedule(name, event.commit_timestamp_ms, trigger)
+            await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)
         await self._store.record_event(event.channel, event.replay_id, items,
                                        event.commit_timestamp_ms, now)
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
                   change=event.change_type, ids=len(items))
         for name in to_reconcile:
-            self._start_worker(name)
+            self.reconciles.start(name)
 
     async def on_replay_invalid(self, channel: str, replay_id: ReplayId) -> None:
         """The stored replay id fell out of retention: owe a reconciliation of the channel's
@@ -365,7 +282,7 @@ class Ingest:
         self.stats.replay_invalid += 1
         state = await self._store.get_replay(channel)
         since_ms = None if state is None else state.last_commit_ts_ms
-        objects = self._reconciler.objects_for_channel(channel)
+        objects = self.reconciles.objects_for_channel(channel)
         if since_ms is None:
             log.error("ingest.replay_invalid_full_reconcile", channel=channel,
                       replay_id=str(replay_id), objects=",".join(objects),
@@ -374,43 +291,28 @@ class Ingest:
             log.warning("ingest.replay_invalid", channel=channel, replay_id=str(replay_id),
                         since_ms=since_ms, objects=",".join(objects))
         for name in objects:
-            await self._schedule(name, since_ms, "replay_invalid")
+            await self.reconciles.owe(name, since_ms, "replay_invalid")
         # The subscriber now resubscribes with -1: anchor a later resubscribe's catch-up here.
-        await self._store.set_meta(UNANCHORED_PREFIX + channel, str(int(now * 1000)), now)
-        self._anchored.discard(channel)
+        await self._unanchored(channel, now)
         await self._store.set_replay(channel, None, now)
         await self._store.note_error(
             "ingest", f"replay id {replay_id} of {channel} is no longer retained; "
             f"reconciling {', '.join(objects)} from "
             f"{'the beginning' if since_ms is None else f'commit time {since_ms} ms'}", now)
         for name in objects:
-            self._start_worker(name)
+            self.reconciles.start(name)
 
     async def pending_reconciles(self) -> dict[str, PendingReconcile]:
         """Reconciliations owed per object, as stored."""
-        out: dict[str, PendingReconcile] = {}
-        for name in self._objects:
-            pending = PendingReconcile.decode(await self._store.get_meta(PENDING_PREFIX + name))
-            if pending is not None:
-                out[name] = pending
-        return out
+        return await self.reconciles.pending()
 
     async def resume_pending(self) -> int:
         """Start the reconciliations a previous run left owed; returns how many."""
-        pending = await self.pending_reconciles()
-        for name, owed in pending.items():
-            log.info("ingest.reconcile_resumed", object=name, trigger=owed.trigger,
-                     since_ms=str(owed.since_ms))
-            self._start_worker(name)
-        return len(pending)
+        return await self.reconciles.resume_pending()
 
     async def drain_reconciles(self) -> None:
         """Wait until every running reconciliation worker has finished."""
-        while True:
-            running = [task for task in self._workers.values() if not task.done()]
-            if not running:
-                return
-            await asyncio.gather(*running, return_exceptions=True)
+        await self.reconciles.drain()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume the subscriber until `stop` is set; resumes owed reconciliations first. On
@@ -434,11 +336,8 @@ class Ingest:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel reconciliation workers (markers stay) and close the subscriber."""
-        workers = [task for task in self._workers.values() if not task.done()]
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        """Cancel reconciliation workers (what they owe stays) and close the subscriber."""
+        await self.reconciles.aclose()
         await self._subscriber.close()
 
     # ---- message handling ------------------------------------------------------------------
@@ -531,69 +430,6 @@ class Ingest:
         self.stats.store_retries += 1
         log.warning("ingest.store_retry", attempt=self.stats.store_retries,
                     **describe_error(error))
-
-    # ---- reconciliation --------------------------------------------------------------------
-
-    async def _schedule(self, object_name: str, since_ms: int | None, trigger: str) -> None:
-        """Durably owe a reconciliation of `object_name` (merged with one already owed)."""
-        key = PENDING_PREFIX + object_name
-        wanted = PendingReconcile(since_ms, trigger, 1)
-        async with self._marker_lock:
-            current = PendingReconcile.decode(await self._store.get_meta(key))
-            merged = wanted if current is None else current.merge(wanted)
-            await self._store.set_meta(key, merged.encode(), self._clock())
-        self.stats.reconciles_scheduled += 1
-        log.info("ingest.reconcile_scheduled", object=object_name, trigger=trigger,
-                 since_ms=str(since_ms))
-
-    def _start_worker(self, object_name: str) -> None:
-        task = self._workers.get(object_name)
-        if task is not None and not task.done():
-            return  # the running worker re-reads the marker when it finishes
-        self._workers[object_name] = asyncio.create_task(
-            self._reconcile_worker(object_name), name=f"reconcile.{object_name}"
-        )
-
-    async def _reconcile_worker(self, object_name: str) -> None:
-        """Run the owed reconciliation until the marker is cleared; a marker changed meanwhile
-        (a newer gap) means another pass."""
-        key = PENDING_PREFIX + object_name
-        policy = Policy(attempts=None, timeout_s=None, wait_initial_s=self._retry_base_s * 4,
-                        wait_max_s=self._retry_max_s * 4,
-                        on_retry=lambda error: self._reconcile_retry(object_name, error))
-
-        async def reconcile_owed() -> PendingReconcile | None:
-            async with self._marker_lock:  # read again on every try: a newer gap may be owed
-                owed = PendingReconcile.decode(await self._store.get_meta(key))
-            if owed is not None:
-                async with self._gate:
-                    await self._reconciler.reconcile(object_name, owed.since_ms,
-                                                     trigger=owed.trigger)
-            return owed
-
-        while True:
-            try:
-                pending = await policy.call(reconcile_owed)
-            except (FatalError, ValueError) as exc:
-                self.stats.reconcile_failures += 1
-                log.error("ingest.reconcile_failed", object=object_name, **describe_error(exc),
-                          detail="the pending marker stays; the next start retries it")
-                await self._store.note_error(
-                    "reconcile", f"reconciliation of {object_name} failed: {exc}", self._clock()
-                )
-                return
-            if pending is None:
-                return
-            self.stats.reconciles_done += 1
-            async with self._marker_lock:
-                current = PendingReconcile.decode(await self._store.get_meta(key))
-                if current == pending:
-                    await self._store.set_meta(key, "", self._clock())
-                    return
-
-    def _reconcile_retry(self, object_name: str, error: Exception) -> None:
-        self.stats.reconcile_failures += 1
-        log.warning("ingest.reconcile_retry", object=object_name, **describe_error(error))
 
 
 def _is_new_events(replay_id: ReplayId) -> bool:

@@ -25,7 +25,10 @@ ON CONFLICT (run_id, object_name, window_start, window_end) DO NOTHING
 
 
 def _run(row: Sequence[Any]) -> BackfillRun:
-    options = orjson.loads(row[3]) if row[3] else {}
+    try:
+        options = orjson.loads(row[3]) if row[3] else {}
+    except orjson.JSONDecodeError:  # written by hand or by another tool: not ours to refuse
+        options = {}
     return BackfillRun(row[0], row[1], row[2], options if isinstance(options, dict) else {})
 
 
@@ -55,8 +58,10 @@ class BackfillOps(StoreBase):
         windows: Sequence[BackfillWindow],
         options: Mapping[str, Any],
         now: float,
+        objects: Sequence[str] = (),
     ) -> BackfillRun:
-        """Create a run and its windows in one transaction; the run id must be new."""
+        """Create a run, its windows and the objects it loads (`latest_backfill_starts`) in one
+        transaction; the run id must be new."""
         encoded = orjson.dumps(dict(options), default=str).decode()
         async with self._tx("start_run") as conn:
             async with conn.execute(
@@ -70,6 +75,10 @@ class BackfillOps(StoreBase):
             )
             await conn.executemany(
                 WINDOW_INSERT_SQL, [(*_window_key(run_id, w), now, now) for w in windows]
+            )
+            await conn.executemany(
+                "INSERT OR IGNORE INTO backfill_run_object (run_id, object_name) VALUES (?, ?)",
+                [(run_id, name) for name in objects],
             )
         return BackfillRun(run_id, now, None, orjson.loads(encoded))
 
@@ -172,3 +181,13 @@ class BackfillOps(StoreBase):
             ) as cursor:
                 rows = await cursor.fetchall()
         return [_run(row) for row in rows]
+
+    async def latest_backfill_starts(self) -> dict[str, float]:
+        """Per object any backfill run loaded, the start time of the latest such run."""
+        async with self._read("latest_backfill_starts") as conn:
+            async with conn.execute(
+                "SELECT o.object_name, max(r.started_at) FROM backfill_run_object AS o "
+                "JOIN backfill_run AS r USING (run_id) GROUP BY o.object_name"
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return {str(row[0]): float(row[1]) for row in rows}

@@ -151,7 +151,87 @@ _V4 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
+_PENDING_VALID = (
+    "json_valid(value) AND json_type(value) = 'object' AND json_type(value, '$.since_ms') "
+    "IS NOT NULL AND json_type(value, '$.trigger') IS NOT NULL"
+)
+
+_V5 = Migration(
+    5,
+    "owed reconciliations, channel anchors and the objects of a backfill run as typed tables "
+    "(were JSON or text in meta and in backfill_run.options)",
+    (
+        # One row per object owing a reconciliation from `since_ms` (NULL: every record);
+        # `seq` grows with every merge, so a worker that finished clears only what it ran.
+        """
+        CREATE TABLE reconcile_pending (
+            object_name TEXT PRIMARY KEY,
+            since_ms INTEGER,
+            trigger TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+        # Version 4 kept these as `reconcile_pending:<object>` meta rows of JSON; one that did
+        # not parse still owed a full reconciliation ('unreadable_marker').
+        f"""
+        INSERT INTO reconcile_pending (object_name, since_ms, trigger, seq, updated_at)
+        SELECT substr(key, 19),
+               CASE WHEN {_PENDING_VALID} AND json_type(value, '$.since_ms') = 'integer'
+                    THEN json_extract(value, '$.since_ms') END,
+               CASE WHEN {_PENDING_VALID} THEN CAST(json_extract(value, '$.trigger') AS TEXT)
+                    ELSE 'unreadable_marker' END,
+               CASE WHEN {_PENDING_VALID} AND json_type(value, '$.seq') = 'integer'
+                    THEN json_extract(value, '$.seq') ELSE 0 END,
+               updated_at
+        FROM meta WHERE substr(key, 1, 18) = 'reconcile_pending:' AND value != ''
+        """,
+        "DELETE FROM meta WHERE substr(key, 1, 18) = 'reconcile_pending:'",
+        # Per CDC channel: 'anchored' (a replay id is stored), 'unanchored' since `since_ms`
+        # (subscribed with -1, nothing stored: NULL means since an unknown time), or
+        # 'earliest' (first subscribed from the oldest retained event). No row: never
+        # subscribed.
+        """
+        CREATE TABLE channel_anchor (
+            channel TEXT PRIMARY KEY,
+            state TEXT NOT NULL CHECK (state IN ('anchored', 'unanchored', 'earliest')),
+            since_ms INTEGER,
+            updated_at REAL NOT NULL
+        )
+        """,
+        # Version 4 kept these as `unanchored_since:<channel>` meta rows: '' (anchored),
+        # 'earliest', or epoch milliseconds.
+        """
+        INSERT INTO channel_anchor (channel, state, since_ms, updated_at)
+        SELECT substr(key, 18),
+               CASE WHEN value = '' THEN 'anchored' WHEN value = 'earliest' THEN 'earliest'
+                    ELSE 'unanchored' END,
+               CASE WHEN value != '' AND value NOT GLOB '*[^0-9]*' THEN CAST(value AS INTEGER)
+                    END,
+               updated_at
+        FROM meta WHERE substr(key, 1, 17) = 'unanchored_since:'
+        """,
+        "DELETE FROM meta WHERE substr(key, 1, 17) = 'unanchored_since:'",
+        """
+        CREATE TABLE backfill_run_object (
+            run_id TEXT NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
+            object_name TEXT NOT NULL,
+            PRIMARY KEY (run_id, object_name)
+        )
+        """,
+        "CREATE INDEX backfill_run_object_name ON backfill_run_object (object_name)",
+        """
+        INSERT OR IGNORE INTO backfill_run_object (run_id, object_name)
+        SELECT backfill_run.run_id, objects.value
+        FROM backfill_run, json_each(backfill_run.options, '$.scope.objects') AS objects
+        WHERE json_valid(backfill_run.options)
+          AND json_type(backfill_run.options, '$.scope.objects') = 'array'
+          AND objects.type = 'text'
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

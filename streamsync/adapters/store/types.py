@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 SOURCES = frozenset({"cdc", "reconcile", "fanout", "retry", "catchup"})
 """Why a queue row was (last) enqueued; stored in `queue.source`."""
@@ -245,3 +245,35 @@ class StoreStatus:
     recent_errors: tuple[ErrorEntry, ...]
     backfill_run: BackfillRun | None
     backfill_windows: tuple[Checkpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReconcile:
+    """A reconciliation owed for one object: from `since_ms` (None = everything), why, and a
+    sequence number that grows with every scheduling (so a worker can tell a newer one)."""
+
+    since_ms: int | None
+    trigger: str
+    seq: int = 0
+
+    def merge(self, other: PendingReconcile) -> PendingReconcile:
+        """The union of two owed reconciliations: the earlier start wins (None is earliest)."""
+        if self.since_ms is None or other.since_ms is None:
+            since = None
+        else:
+            since = min(self.since_ms, other.since_ms)
+        triggers = dict.fromkeys([*self.trigger.split("+"), *other.trigger.split("+")])
+        return PendingReconcile(since, "+".join(triggers), max(self.seq, other.seq) + 1)
+
+
+AnchorState = Literal["anchored", "unanchored", "earliest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAnchor:
+    """Where a CDC channel's next subscription can replay from: `anchored` (a replay id is
+    stored), `unanchored` since `since_ms` (subscribed with -1 and nothing stored since; None:
+    since an unknown time), or `earliest` (first subscribed from the oldest retained event)."""
+
+    state: AnchorState
+    since_ms: int | None = None

@@ -172,7 +172,8 @@ class Backfill:
         windows, total = await self.planner.windows_and_total(plans, options)
         options_doc = {"scope": scope, "parallel": self.planner.parallel(options),
                        "page_size": self.planner.page_size(options)}
-        run = await self.store.start_run(run_id, windows, options_doc, self.clock())
+        run = await self.store.start_run(run_id, windows, options_doc, self.clock(),
+                                         objects=scope["objects"])
         return run, False, total
 
     async def _run_windows(self, run_id: str | None, pending: Sequence[Checkpoint],
