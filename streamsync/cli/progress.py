@@ -1,5 +1,5 @@
 """Backfill progress on a console: a redrawn bar on a terminal, plain periodic lines otherwise,
-and the final summary (runtime/backfill.py reports through runtime/progress.py's Progress)."""
+and the final summary (runtime/backfill/ reports through runtime/progress.py's Progress)."""
 
 from __future__ import annotations
 
