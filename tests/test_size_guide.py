@@ -18,9 +18,6 @@ KNOWN: dict[str, str] = {
     "flusher.py": "lease, sync and settle in one loop; issue 11 items 6 (ids normalised once: "
                   "the settle step's double id forms) and 7 (wake-up on commit) rework it",
     "flusher.py::Flusher": "as flusher.py",
-    "ingest.py": "message handling plus the replay anchors (replay_from, on_replay_invalid); "
-                 "reconciliation scheduling moved to reconcile_scheduler.py",
-    "ingest.py::Ingest": "as ingest.py",
     "pipeline.py": "map, skip-unchanged, batch and write in one stage; item 2 (one HTTP seam, "
                    "one rate limiter) reworks its writes",
     "pipeline.py::SyncPipeline": "as pipeline.py",

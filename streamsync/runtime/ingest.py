@@ -10,13 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamsync.adapters.cometd import (
-    ALL_RETAINED_EVENTS,
-    NEW_EVENTS,
     CometdSubscriber,
     ReplayId,
 )
 from streamsync.adapters.store import (
-    ChannelAnchor,
     IdentityHandover,
     PendingReconcile,
     QueueInput,
@@ -32,6 +29,7 @@ from streamsync.retry import Policy
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
+from streamsync.runtime.replay_anchors import ReplayAnchors
 
 log = get_logger(__name__)
 
@@ -130,7 +128,6 @@ class Ingest:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
-        self._anchored: set[str] = set()  # channels whose unanchored marker is known clear
         contact = config.objects.get("Contact")
         self._hands_over_converted = (
             "Lead" in config.objects and contact is not None and contact.writes_users
@@ -140,6 +137,7 @@ class Ingest:
             config=config, store=store, reconciler=reconciler, clock=clock,
             max_concurrent=max_concurrent_reconciles, retry_base_s=retry_base_s,
             retry_max_s=retry_max_s, stats=self.stats)
+        self.anchors = ReplayAnchors(store=store, scheduler=self.reconciles, clock=clock)
         if callbacks is not None:
             callbacks.ingest = self
 
@@ -153,73 +151,13 @@ class Ingest:
         )
 
     async def replay_from(self, channel: str) -> ReplayId | None:
-        """The stored replay id of `channel` (the subscriber's `replay_from`, called on every
-        (re)subscribe).
+        """The subscriber's `replay_from` (see `ReplayAnchors.replay_from`)."""
+        return await self.anchors.replay_from(channel)
 
-        With no id stored the subscription starts at -1 (new events only), and nothing can
-        replay what a later resubscribe missed (an unknown client, a silent subscription, a
-        dropped session before the first event was stored). So the time of such a subscribe is
-        kept in the store, and a resubscribe that still finds no id stored owes a
-        reconciliation of the channel's objects from that time.
-
-        The channel's very first subscription (nothing ever stored for it: a first run, or a
-        store that was lost) must not skip what changed while nothing was running:
-        - objects a backfill loaded owe a reconciliation from that backfill's start (not -2:
-          replaying every retained event after a mass load would burn the daily event
-          delivery allocation);
-        - otherwise the subscription starts from the oldest retained event (-2, up to 72 h
-          back) with a loud warning, kept for `status`; until an event of the channel is
-          stored, resubscribes start there again. `streamsync replay --from new` before the
-          first run opts out (only changes from then on)."""
-        now = self._clock()
-        state = await self._store.get_replay(channel)
-        stored = None if state is None else state.replay_id
-        if stored is not None and not _is_new_events(stored):
-            if channel not in self._anchored:
-                anchor = await self._store.channel_anchor(channel)
-                if anchor is not None and anchor.state != "anchored":
-                    await self._store.set_channel_anchor(channel, ChannelAnchor("anchored"), now)
-                self._anchored.add(channel)
-            return stored
-        anchor = await self._store.channel_anchor(channel)
-        if anchor is not None and anchor.state == "earliest" and stored is None:
-            return ALL_RETAINED_EVENTS  # no event stored yet since the first subscription
-        if anchor is None and stored is None:
-            if await self._first_subscription(channel, now):
-                await self._store.set_channel_anchor(channel, ChannelAnchor("earliest"), now)
-                return ALL_RETAINED_EVENTS
-        elif anchor is not None and anchor.state != "anchored":
-            since_ms = anchor.since_ms if anchor.state == "unanchored" else None
-            # Routine for a channel that had no events yet: the reconciliation covers it.
-            log.info("ingest.resubscribe_without_replay_id", channel=channel,
-                     since_ms=str(since_ms))
-            await self.reconciles.owe_and_start(
-                self.reconciles.objects_for_channel(channel), since_ms, "resubscribe")
-        await self._unanchored(channel, now)
-        return stored  # None or an explicit -1 (`replay --from new`): new events only
-
-    async def _unanchored(self, channel: str, now: float) -> None:
-        """The channel is subscribed from new events with no replay id to come back to."""
-        await self._store.set_channel_anchor(
-            channel, ChannelAnchor("unanchored", int(now * 1000)), now)
-        self._anchored.discard(channel)
-
-    async def _first_subscription(self, channel: str, now: float) -> bool:
-        """Objects a backfill loaded owe a reconciliation from its start; True when an object
-        no backfill loaded needs the retained events replayed instead."""
-        unloaded = await self.reconciles.owe_after_backfill(channel)
-        if not unloaded:
-            return False
-        detail = (f"nothing is stored for {channel} (a first run, or a lost store) and no "
-                  f"backfill has loaded {', '.join(unloaded)}: replaying every change event "
-                  "Salesforce still retains (up to 72 h) so that no change made while "
-                  "streamsync was not running is skipped. Older changes and records that "
-                  "exist already need `streamsync backfill`; to start with new changes only, "
-                  f"stop and run `streamsync replay --channel {channel} --from new`")
-        log.warning("ingest.first_subscription_from_earliest", channel=channel,
-                    objects=",".join(unloaded), detail=detail)
-        await self._store.note_error("ingest", detail, now)
-        return True
+    async def on_replay_invalid(self, channel: str, replay_id: ReplayId) -> None:
+        """The subscriber's `on_replay_invalid` (see `ReplayAnchors.on_replay_invalid`)."""
+        self.stats.replay_invalid += 1
+        await self.anchors.on_replay_invalid(channel, replay_id)
 
     async def handle_message(self, message: Message) -> None:
         """One step: parse, schedule any reconciliation durably, then store the ids and the
@@ -253,7 +191,7 @@ class Ingest:
             await self._store.record_event(event.channel, event.replay_id, (),
                                            event.commit_timestamp_ms, now)
             return
-        conversion = self._conversion(event, message)
+        conversion = _conversion(event, message) if self._hands_over_converted else None
         if conversion is not None:
             # Before the Contact's first sync can write it under another email: the pipeline
             # hands over too, but only when it reaches the Lead, which CDC sends after the
@@ -272,34 +210,6 @@ class Ingest:
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
                   change=event.change_type, ids=len(items))
         for name in to_reconcile:
-            self.reconciles.start(name)
-
-    async def on_replay_invalid(self, channel: str, replay_id: ReplayId) -> None:
-        """The stored replay id fell out of retention: owe a reconciliation of the channel's
-        objects from the last commit time stored for it (everything when none is known), then
-        clear the stored id so the subscriber resumes with new events (-1)."""
-        now = self._clock()
-        self.stats.replay_invalid += 1
-        state = await self._store.get_replay(channel)
-        since_ms = None if state is None else state.last_commit_ts_ms
-        objects = self.reconciles.objects_for_channel(channel)
-        if since_ms is None:
-            log.error("ingest.replay_invalid_full_reconcile", channel=channel,
-                      replay_id=str(replay_id), objects=",".join(objects),
-                      detail="no commit time stored for this channel: reconciling every record")
-        else:
-            log.warning("ingest.replay_invalid", channel=channel, replay_id=str(replay_id),
-                        since_ms=since_ms, objects=",".join(objects))
-        for name in objects:
-            await self.reconciles.owe(name, since_ms, "replay_invalid")
-        # The subscriber now resubscribes with -1: anchor a later resubscribe's catch-up here.
-        await self._unanchored(channel, now)
-        await self._store.set_replay(channel, None, now)
-        await self._store.note_error(
-            "ingest", f"replay id {replay_id} of {channel} is no longer retained; "
-            f"reconciling {', '.join(objects)} from "
-            f"{'the beginning' if since_ms is None else f'commit time {since_ms} ms'}", now)
-        for name in objects:
             self.reconciles.start(name)
 
     async def pending_reconciles(self) -> dict[str, PendingReconcile]:
@@ -353,19 +263,6 @@ class Ingest:
                 log.warning("ingest.unexpected_id_dropped", channel=event.channel,
                             entity=event.entity, record_id=sf_id, owner=str(owner))
         return items
-
-    def _conversion(self, event: ChangeEvent, message: Message) -> IdentityHandover | None:
-        """A Lead conversion event (precedence `contact`; an UPDATE payload carries the fields
-        that changed): the Lead's identity goes to the Contact named by ConvertedContactId."""
-        if not (self._hands_over_converted and event.entity == "Lead"
-                and event.change_type == "UPDATE" and len(event.record_ids) == 1):
-            return None
-        data = message.get("data")
-        payload = data.get("payload") if isinstance(data, dict) else None
-        contact_id = payload.get("ConvertedContactId") if isinstance(payload, dict) else None
-        if not is_valid_id(contact_id):
-            return None
-        return IdentityHandover("Lead", event.record_ids[0], "Contact", to_18(contact_id))
 
     def _objects_to_reconcile(self, event: ChangeEvent) -> list[str]:
         """Overflow: the event's object. Wildcard ids (`003*`): the objects of the prefixes,
@@ -432,11 +329,18 @@ class Ingest:
                     **describe_error(error))
 
 
-def _is_new_events(replay_id: ReplayId) -> bool:
-    """True for a stored -1 (start with new events): no position to replay from."""
-    if isinstance(replay_id, str):
-        return replay_id.strip() == str(NEW_EVENTS)
-    return replay_id == NEW_EVENTS
+def _conversion(event: ChangeEvent, message: Message) -> IdentityHandover | None:
+    """A Lead conversion event (precedence `contact`; an UPDATE payload carries the fields that
+    changed): the Lead's identity goes to the Contact named by ConvertedContactId."""
+    if not (event.entity == "Lead" and event.change_type == "UPDATE"
+            and len(event.record_ids) == 1):
+        return None
+    data = message.get("data")
+    payload = data.get("payload") if isinstance(data, dict) else None
+    contact_id = payload.get("ConvertedContactId") if isinstance(payload, dict) else None
+    if not is_valid_id(contact_id):
+        return None
+    return IdentityHandover("Lead", event.record_ids[0], "Contact", to_18(contact_id))
 
 
 def _readable_replay_id(message: object) -> int | None:
