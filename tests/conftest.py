@@ -15,14 +15,17 @@ Fixtures
 - `emulator_describes()`: the emulator's describe of every object, for `compile_mappings`.
 - `config`: `make_config(sf_emulator, iterable_emulator, tmp_path)`.
 - `store`: `Store.open(tmp_path/"streamsync.db")`, closed at teardown.
-- `clients`: a `Clients` bundle built from `config` (closed at teardown).
-- `sync_rig`: a `SyncRig` (store + pipeline + flusher on both emulators, a FakeClock); tune its
-  config with `@pytest.mark.sync_config(**overrides)`; `enqueue()` ids, `drain()`, `profiles()`.
+- `clients`: a `Clients` view of `open_components(config)` (closed at teardown): the service's
+  own composition root (runtime/app.py) builds every client, so tests cannot drift from it.
+- `sync_rig`: a `SyncRig` (store + pipeline from `open_components`, and the flusher as
+  `Service` builds it, on both emulators, a FakeClock); tune its config with
+  `@pytest.mark.sync_config(**overrides)`; `enqueue()` ids, `drain()`, `profiles()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -33,7 +36,7 @@ import aiohttp
 import pytest
 import stamina
 
-from streamsync.adapters.http import UsageCounter, make_session
+from streamsync.adapters.http import UsageCounter
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
@@ -43,12 +46,10 @@ from streamsync.config import Config, parse_config
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.emulators.salesforce.schema import SCHEMA, describe
-from streamsync.retry import Policy
+from streamsync.runtime.app import Components, open_components
 from streamsync.runtime.flusher import Flusher, FlushResult
-from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
-from streamsync.runtime.writer import IterableWriter
 
 DEFAULT_SF_SEED: dict[str, Any] = {"seed_accounts": 3, "seed_contacts": 12, "seed_leads": 12}
 TEST_ITERABLE_RATE_PER_S = 500.0  # fast tests; the production default is Iterable's 5/s
@@ -163,39 +164,51 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @dataclasses.dataclass
 class Clients:
-    """Everything the runtime needs to talk to both services, built from one Config."""
+    """The clients of the production composition root (`runtime/app.py` open_components),
+    under the names tests use; `components` is everything it opened."""
 
-    session: aiohttp.ClientSession
-    counter: UsageCounter
-    auth: SalesforceAuth
-    salesforce: SalesforceClient
-    limiter: RateLimiter
-    iterable: IterableClient
+    components: Components
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The Salesforce HTTP session."""
+        return self.components.salesforce_http
+
+    @property
+    def counter(self) -> UsageCounter:
+        return self.components.counter
+
+    @property
+    def auth(self) -> SalesforceAuth:
+        return self.components.auth
+
+    @property
+    def salesforce(self) -> SalesforceClient:
+        return self.components.salesforce
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self.components.limiter
+
+    @property
+    def iterable(self) -> IterableClient:
+        return self.components.iterable
 
 
-def build_clients(config: Config, session: aiohttp.ClientSession) -> Clients:
-    """Clients for `config` on an open session (the caller closes the session)."""
-    counter = UsageCounter()
-    secret = config.secrets.sf_client_secret
-    api_key = config.secrets.iterable_api_key
-    assert secret is not None and api_key is not None
-    auth = SalesforceAuth(session, login_url=config.salesforce.login_url,
-                          flow=config.salesforce.auth, client_id=config.salesforce.client_id,
-                          client_secret=secret.get_secret_value(), counter=counter)
-    salesforce = SalesforceClient(session, auth, config.salesforce.api_version, counter,
-                                  timeout_s=config.salesforce.timeout_s)
-    limiter = RateLimiter(config.iterable.rate_limit_per_s,
-                          max_in_flight=config.iterable.max_in_flight)
-    iterable = IterableClient(session, config.iterable.base_url, api_key.get_secret_value(),
-                              counter, timeout_s=config.iterable.timeout_s, bulk_limiter=limiter)
-    return Clients(session, counter, auth, salesforce, limiter, iterable)
+@contextlib.asynccontextmanager
+async def production_components(config: Config, **kw: Any) -> AsyncIterator[Components]:
+    """`open_components` as `streamsync run` calls it, with the emulator's describes (no
+    start-up describe round trips); closed on exit."""
+    async with open_components(config, describes=emulator_describes(), **kw) as parts:
+        yield parts
 
 
 @pytest.fixture
 async def clients(config: Config) -> AsyncIterator[Clients]:
-    """Session, SalesforceAuth, SalesforceClient, RateLimiter and IterableClient for `config`."""
-    async with make_session(config.iterable.timeout_s) as session:
-        yield build_clients(config, session)
+    """Session, SalesforceAuth, SalesforceClient, RateLimiter and IterableClient for `config`,
+    built by the production composition root."""
+    async with production_components(config) as parts:
+        yield Clients(parts)
 
 
 # ---------------------------------------------------------------- the real-time sync rig
@@ -265,24 +278,14 @@ async def sync_rig(request: pytest.FixtureRequest, sf_emulator: SalesforceEmulat
                        **_marker_kwargs(request, "sync_config"))
     clock = FakeClock()
     metrics = Metrics()
-    opened = await Store.open(cfg.queue.path)
-    try:
-        async with make_session(cfg.iterable.timeout_s) as session:
-            bundle = build_clients(cfg, session)
-            writer = IterableWriter(bundle.iterable, limiter=bundle.limiter,
-                                    max_in_flight=cfg.iterable.max_in_flight,
-                                    policy=Policy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05),
-                                    envelope=cfg.iterable.bulk_envelope())
-            pipeline = SyncPipeline(config=cfg, store=opened, iterable=bundle.iterable,
-                                    limiter=bundle.limiter, metrics=metrics,
-                                    mappings=compile_mappings(cfg, emulator_describes()),
-                                    clock=clock, writer=writer)
-            flusher = Flusher(config=cfg, store=opened, salesforce=bundle.salesforce,
-                              pipeline=pipeline, metrics=metrics, owner="test", clock=clock)
-            yield SyncRig(sf_emulator, iterable_emulator, cfg, opened, bundle, metrics,
-                          pipeline, flusher, clock)
-    finally:
-        await opened.close()
+    # The writer retries as in production (3 attempts), without sleeping through the waits:
+    # stamina's one global test switch, capped so no call site gains attempts.
+    with stamina.set_testing(True, attempts=3, cap=True):
+        async with production_components(cfg, metrics=metrics, clock=clock) as parts:
+            flusher = Flusher(config=cfg, store=parts.store, salesforce=parts.salesforce,
+                              pipeline=parts.pipeline, metrics=metrics, owner="test", clock=clock)
+            yield SyncRig(sf_emulator, iterable_emulator, cfg, parts.store, Clients(parts),
+                          metrics, parts.pipeline, flusher, clock)
 
 
 @pytest.fixture
