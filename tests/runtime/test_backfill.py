@@ -54,6 +54,12 @@ def make_backfill(config: Config, store: Store, clients: Clients, *,
                     on_page=on_page, **({"clock": clock} if clock else {}))
 
 
+def fast_bulk_client(config: Config, clients: Clients) -> SalesforceClient:
+    """A Salesforce client that polls Bulk jobs without waiting."""
+    return SalesforceClient(clients.session, clients.auth, config.salesforce.api_version,
+                            clients.counter, bulk_poll_s=0.01, bulk_max_poll_s=0.01)
+
+
 async def verify(config: Config, clients: Clients, store: Store, it: IterableEmulator,
                  objects: tuple[str, ...] = ("Lead", "Contact")) -> VerifyReport:
     """Iterable's profiles against what Salesforce's current records imply."""
@@ -357,8 +363,7 @@ async def test_bulk_api_backfill_equals_salesforce(
     config: Config, store: Store, clients: Clients, iterable_emulator: IterableEmulator,
     sf_emulator: SalesforceEmulator,
 ) -> None:
-    fast_bulk = SalesforceClient(clients.session, clients.auth, config.salesforce.api_version,
-                                 clients.counter, bulk_poll_s=0.01, bulk_max_poll_s=0.01)
+    fast_bulk = fast_bulk_client(config, clients)
     summary = await make_backfill(config, store, clients, salesforce=fast_bulk).run(
         BackfillOptions(api="bulk", page_size=PAGE, parallel=2))
     assert summary.status == "finished"
@@ -381,8 +386,7 @@ async def test_a_failed_bulk_job_is_started_again_under_the_read_policy(
     config: Config, store: Store, clients: Clients, iterable_emulator: IterableEmulator,
     sf_emulator: SalesforceEmulator,
 ) -> None:
-    fast_bulk = SalesforceClient(clients.session, clients.auth, config.salesforce.api_version,
-                                 clients.counter, bulk_poll_s=0.01, bulk_max_poll_s=0.01)
+    fast_bulk = fast_bulk_client(config, clients)
     sf_emulator.faults.fail_next("/services/data/v66.0/jobs/query", 2, status=503)
     summary = await make_backfill(config, store, clients, salesforce=fast_bulk).run(
         BackfillOptions(objects=("Lead",), api="bulk", page_size=PAGE, parallel=1))

@@ -9,6 +9,7 @@ from .base import StoreBase
 from .types import ChannelAnchor, PendingReconcile
 
 PENDING_COLUMNS = "object_name, since_ms, trigger, seq"
+SELECT_PENDING = f"SELECT {PENDING_COLUMNS} FROM reconcile_pending WHERE object_name = ?"
 
 
 def _pending(row: Sequence[Any]) -> PendingReconcile:
@@ -25,10 +26,7 @@ class ScheduleOps(StoreBase):
         merged in the same transaction with one already owed; returns what is now owed."""
         wanted = PendingReconcile(since_ms, trigger, 1)
         async with self._tx("set_reconcile_pending") as conn:
-            async with conn.execute(
-                f"SELECT {PENDING_COLUMNS} FROM reconcile_pending WHERE object_name = ?",
-                (object_name,),
-            ) as cursor:
+            async with conn.execute(SELECT_PENDING, (object_name,)) as cursor:
                 row = await cursor.fetchone()
             owed = wanted if row is None else _pending(row).merge(wanted)
             await conn.execute(
@@ -43,10 +41,7 @@ class ScheduleOps(StoreBase):
     async def reconcile_pending(self, object_name: str) -> PendingReconcile | None:
         """The reconciliation `object_name` owes, if any."""
         async with self._read("reconcile_pending") as conn:
-            async with conn.execute(
-                f"SELECT {PENDING_COLUMNS} FROM reconcile_pending WHERE object_name = ?",
-                (object_name,),
-            ) as cursor:
+            async with conn.execute(SELECT_PENDING, (object_name,)) as cursor:
                 row = await cursor.fetchone()
         return None if row is None else _pending(row)
 

@@ -107,13 +107,15 @@ class PageReader(Protocol):
               ) -> AsyncIterator[Page]: ...
 
 
-class RestReader:
-    """Keyset pages (`WHERE Id > :last [AND window] ORDER BY Id LIMIT page_size`)."""
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    reads: SalesforceReads
+    window_field: str
+    page_size: int
 
-    def __init__(self, reads: SalesforceReads, *, window_field: str, page_size: int) -> None:
-        self.reads = reads
-        self.window_field = window_field
-        self.page_size = page_size
+
+class RestReader(_Reader):
+    """Keyset pages (`WHERE Id > :last [AND window] ORDER BY Id LIMIT page_size`)."""
 
     async def pages(self, plan: ObjectPlan, window: BackfillWindow, after: str | None
                     ) -> AsyncIterator[Page]:
@@ -123,8 +125,7 @@ class RestReader:
             query = soql.keyset_page(plan.object_name, plan.fields, after, where=plan.where,
                                      window=rng, window_field=self.window_field, limit=limit)
             read_at = self.reads.clock()
-            records = await READS.call(
-                functools.partial(self.reads.records, query))
+            records = await READS.call(functools.partial(self.reads.records, query))
             if records:
                 after = to_18(str(records[-1]["Id"]))
                 yield Page(records, after, read_at)
@@ -132,15 +133,10 @@ class RestReader:
                 return
 
 
-class BulkReader:
+class BulkReader(_Reader):
     """Bulk API 2.0 query jobs of BULK_CHUNK records each, cut into pages of `page_size`.
     A failed job is started again behind the pages it already yielded (each job has the
     `READS` attempts)."""
-
-    def __init__(self, reads: SalesforceReads, *, window_field: str, page_size: int) -> None:
-        self.reads = reads
-        self.window_field = window_field
-        self.page_size = page_size
 
     async def pages(self, plan: ObjectPlan, window: BackfillWindow, after: str | None
                     ) -> AsyncIterator[Page]:
@@ -176,4 +172,4 @@ def page_reader(api: Api, reads: SalesforceReads, *, window_field: str, page_siz
                 ) -> PageReader:
     """The reader of `api`."""
     kind = BulkReader if api == "bulk" else RestReader
-    return kind(reads, window_field=window_field, page_size=page_size)
+    return kind(reads, window_field, page_size)
