@@ -20,10 +20,15 @@ class DeadLetterReason:
     INVALID_DATA: Final = "invalid_data"
     CONFLICT: Final = "conflict"
     FORGOTTEN: Final = "forgotten"
+    INVALID_ID: Final = "invalid_id"
+
+
+class EventProblem:
+    """Why a CDC message was skipped (logged and kept for status, never dead-lettered: a
+    message names no record that could be retried)."""
+
     MALFORMED_EVENT: Final = "malformed_event"
     UNKNOWN_ENTITY: Final = "unknown_entity"
-    INVALID_ID: Final = "invalid_id"
-    MAX_ATTEMPTS: Final = "max_attempts"
 
 
 class ChangeType:

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
 from streamsync.errors import RecordError
-from streamsync.models import ChangeEvent, ChangeType, DeadLetterReason
+from streamsync.models import ChangeEvent, ChangeType, EventProblem
 
 _WILDCARD_RE: Final = re.compile(r"([0-9A-Za-z]{3})\*")
 _ENTITY_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
@@ -21,7 +21,7 @@ class MalformedEvent(RecordError):
 
     def __init__(self, detail: str, *, channel: str | None = None,
                  replay_id: int | None = None) -> None:
-        super().__init__(DeadLetterReason.MALFORMED_EVENT, detail)
+        super().__init__(EventProblem.MALFORMED_EVENT, detail)
         self.channel = channel
         self.replay_id = replay_id
 
@@ -33,7 +33,7 @@ class UnexpectedEntity(MalformedEvent):
                  replay_id: int | None = None) -> None:
         super().__init__(f"events of {entity!r} are not configured", channel=channel,
                          replay_id=replay_id)
-        self.reason = DeadLetterReason.UNKNOWN_ENTITY
+        self.reason = EventProblem.UNKNOWN_ENTITY
         self.entity = entity
 
 
