@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NewType
+
+# An 18-character Salesforce record id, its case checksum verified. Made only by core/ids.py
+# (parse_id, id_or_none, row_id), once, where an id enters: a CDC message, a SOQL row.
+SfId = NewType("SfId", str)
 
 
 class DeadLetterReason:
@@ -59,9 +63,9 @@ class ChangeEvent:
     replay_id: int
     entity: str
     change_type: str
-    record_ids: tuple[str, ...]          # 18-character ids, in message order, deduplicated
+    record_ids: tuple[SfId, ...]         # in message order, deduplicated
     wildcard_prefixes: tuple[str, ...]   # key prefixes of `001*`-style wildcard ids
-    unexpected_ids: tuple[str, ...]      # ids whose key prefix belongs to another object
+    unexpected_ids: tuple[SfId, ...]     # ids whose key prefix belongs to another object
     commit_timestamp_ms: int
     commit_number: int | None
     transaction_key: str

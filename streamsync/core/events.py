@@ -6,9 +6,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
+from streamsync.core.ids import KEY_PREFIXES, id_or_none
 from streamsync.errors import RecordError
-from streamsync.models import ChangeEvent, ChangeType, EventProblem
+from streamsync.models import ChangeEvent, ChangeType, EventProblem, SfId
 
 _WILDCARD_RE: Final = re.compile(r"([0-9A-Za-z]{3})\*")
 _ENTITY_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
@@ -132,23 +132,23 @@ def _parse_payload(payload: Any, channel: str, replay_id: int,
 
 
 def _record_ids(raw: Any, entity: str, change_type: str
-                ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+                ) -> tuple[tuple[SfId, ...], tuple[str, ...], tuple[SfId, ...]]:
     if change_type == ChangeType.GAP_OVERFLOW:
         return (), (), ()  # overflow: no record ids, a dummy at most (docs/salesforce.md §2.5)
     if not isinstance(raw, list):
         raise ValueError("recordIds must be a list")
     if len(raw) > MAX_RECORD_IDS:
         raise ValueError(f"recordIds holds {len(raw)} ids (more than {MAX_RECORD_IDS})")
-    ids: dict[str, None] = {}
+    ids: dict[SfId, None] = {}
     wildcards: dict[str, None] = {}
-    unexpected: dict[str, None] = {}
+    unexpected: dict[SfId, None] = {}
     for value in raw:
         if isinstance(value, str) and (m := _WILDCARD_RE.fullmatch(value)):
             wildcards[m[1]] = None
             continue
-        if not is_valid_id(value):
+        sf_id = id_or_none(value)
+        if sf_id is None:
             raise ValueError(f"invalid record id {value!r:.40} in recordIds")
-        sf_id = to_18(value)
         owner = KEY_PREFIXES.get(sf_id[:3])
         if owner is not None and owner != entity:
             unexpected[sf_id] = None

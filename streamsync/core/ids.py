@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from streamsync.errors import RecordError
+from streamsync.models import SfId
 
 _CHECKSUM_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _ID_RE: Final = re.compile(r"[0-9A-Za-z]{15}(?:[0-9A-Za-z]{3})?")
@@ -54,6 +56,21 @@ def to_18(value: object) -> str:
         raise RecordError("invalid_id", f"not a Salesforce id: {shown}")
     assert isinstance(value, str)
     return value if len(value) == 18 else value + checksum(value)
+
+
+def parse_id(value: object) -> SfId:
+    """`value` as an SfId (18 characters); RecordError("invalid_id") if it is no valid id."""
+    return SfId(to_18(value))
+
+
+def id_or_none(value: object) -> SfId | None:
+    """`value` as an SfId, or None if it is no valid id (a missing or null field)."""
+    return SfId(to_18(value)) if is_valid_id(value) else None
+
+
+def row_id(row: Mapping[str, Any], field: str = "Id") -> SfId | None:
+    """The id in a SOQL row's `field` as an SfId; None when absent, null or not an id."""
+    return id_or_none(row.get(field))
 
 
 def key_prefix(sf_id: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import IdentityHandover, Store
 from streamsync.config import Config
-from streamsync.core.ids import is_valid_id, to_18
+from streamsync.core.ids import id_or_none, parse_id, row_id
 from streamsync.core.soql import select_children
 from streamsync.logs import get_logger
 
@@ -57,7 +57,7 @@ class ConvertedLeads:
         syncs these Contacts now. Returns the handovers that took place."""
         if not self.enabled or object_name != "Contact":
             return []
-        ids = list(dict.fromkeys(to_18(i) for i in contact_ids if is_valid_id(i)))
+        ids = list(dict.fromkeys(i for i in map(id_or_none, contact_ids) if i is not None))
         held = await self.store.identities("Contact", ids)
         fresh = [i for i in ids if i not in held]
         if not fresh:
@@ -88,8 +88,8 @@ class ConvertedLeads:
                                    fields=("Id", "ConvertedContactId"), after_id=after,
                                    limit=LOOKUP_PAGE)
             rows = [r async for r in self.salesforce.records(soql, include_deleted=True)]
-            out.extend((to_18(r["Id"]), to_18(r["ConvertedContactId"])) for r in rows
-                       if is_valid_id(r.get("Id")) and is_valid_id(r.get("ConvertedContactId")))
+            pairs = ((row_id(r), row_id(r, "ConvertedContactId")) for r in rows)
+            out.extend((lead, contact) for lead, contact in pairs if lead and contact)
             if len(rows) < LOOKUP_PAGE:
                 return out
-            after = to_18(rows[-1]["Id"])
+            after = parse_id(rows[-1]["Id"])

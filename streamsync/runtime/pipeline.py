@@ -13,7 +13,7 @@ from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.store import Identity, IdentityHandover, IdentityUpdate, Store
 from streamsync.config import Config
 from streamsync.core.batching import cut_batches
-from streamsync.core.ids import is_valid_id, to_18
+from streamsync.core.ids import parse_id, row_id
 from streamsync.core.mapping import CompiledMapping, payload_hash
 from streamsync.errors import ConfigError, RecordError, RetriableError
 from streamsync.logs import get_logger
@@ -109,14 +109,12 @@ class SyncPipeline:
                          and self.config.converted_precedence() == "contact")
         winners: dict[str, tuple[tuple[str, str], MappedUser]] = {}
         for record in records:
-            raw_id = record.get("Id")
-            if not is_valid_id(raw_id):
+            sf_id = row_id(record)
+            if sf_id is None:
                 log.warning("pipeline.record_without_id", object=object_name)
                 continue
-            sf_id = to_18(raw_id)
-            contact_id = record.get("ConvertedContactId")
-            if contact_first and record.get("IsConverted") and contact_id:
-                converted.append((sf_id, to_18(contact_id) if is_valid_id(contact_id) else None))
+            if contact_first and record.get("IsConverted") and record.get("ConvertedContactId"):
+                converted.append((sf_id, row_id(record, "ConvertedContactId")))
                 out.skipped.append(sf_id)
                 continue
             mapped = mapping.map_or_error(record)
@@ -263,7 +261,7 @@ class SyncPipeline:
         """
         out = SyncOutcome()
         obj = self.config.objects[object_name]
-        ids = [to_18(i) for i in record_ids]
+        ids = [parse_id(i) for i in record_ids]
         known = await self.store.identities(object_name, ids)
         out.skipped.extend(i for i in ids if i not in known)
         if obj.delete_policy == "ignore" or not obj.writes_users:

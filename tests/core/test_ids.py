@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamsync.core.ids import checksum, is_valid_id, object_for_id, to_18
+from streamsync.core.ids import (
+    checksum,
+    id_or_none,
+    is_valid_id,
+    object_for_id,
+    parse_id,
+    row_id,
+    to_18,
+)
 from streamsync.errors import RecordError
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -61,3 +69,26 @@ def test_to_18_round_trip(id15: str) -> None:
         i = letters[0]
         flipped = id15[:i] + id15[i].swapcase() + id15[i + 1:]
         assert not is_valid_id(flipped + id18[15:])
+
+
+def test_parse_id_returns_the_18_character_form_once_for_both_forms() -> None:
+    assert parse_id("001M000000qfPyS") == "001M000000qfPySIAU"
+    assert parse_id("001M000000qfPySIAU") == "001M000000qfPySIAU"
+    assert parse_id(parse_id("001M000000qfPyS")) == "001M000000qfPySIAU"
+
+
+@pytest.mark.parametrize("bad", [None, "", "001M000000qfPy", "001M000000qfPySIAX",
+                                 "001M000000qfPy$", 1234567890123456, "001M000000qfPyS "])
+def test_parse_id_refuses_what_is_not_an_id(bad: object) -> None:
+    with pytest.raises(RecordError) as caught:
+        parse_id(bad)
+    assert caught.value.reason == "invalid_id"
+    assert id_or_none(bad) is None
+
+
+def test_row_id_reads_a_soql_rows_id_fields() -> None:
+    row = {"Id": "00QM000000qfPyS", "ConvertedContactId": None, "OwnerId": "nope"}
+    assert row_id(row) == "00QM000000qfPySMAU"
+    assert row_id(row, "ConvertedContactId") is None
+    assert row_id(row, "OwnerId") is None
+    assert row_id(row, "Missing") is None
