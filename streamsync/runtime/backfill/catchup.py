@@ -65,7 +65,7 @@ class CatchUp:
                 log.info("backfill.catch_up_memory_full", remembered=MAX_SEEN)
                 self._from = None
                 return
-            self._seen[(object_name, to_18(str(record["Id"])))] = stamp.timestamp()
+            self._seen[(object_name, record["Id"])] = stamp.timestamp()  # read.py entered()
 
     def targets(self, scope: Mapping[str, Any], plans: Sequence[ObjectPlan]) -> list[str]:
         """The objects read, those the scope named, and those that fan out into them."""

@@ -17,7 +17,8 @@ from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import BackfillWindow
 from streamsync.core import soql
 from streamsync.core.describe_check import DescribeChecker
-from streamsync.core.ids import to_18
+from streamsync.core.ids import parse_id
+from streamsync.models import SfId
 from streamsync.runtime.backfill.options import READS, Api
 from streamsync.runtime.backfill.plan import ObjectPlan, window_range
 
@@ -30,7 +31,7 @@ _SYNTHETIC_FIELD = frozenset({"name", "type", "filterable"})
 @dataclass(slots=True)
 class Page:
     records: list[dict[str, Any]]
-    last_id: str
+    last_id: SfId
     read_at: float
     """This host's clock just before the query that returned the page was sent."""
 
@@ -100,6 +101,15 @@ class SalesforceReads:
         return types
 
 
+def entered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SOQL rows as they enter the backfill: each `Id` in its 18-character form, checked once
+    here (RecordError for a row without one), so the window, the writer and the checkpoints
+    use it as it is."""
+    for row in rows:
+        row["Id"] = parse_id(row.get("Id"))
+    return rows
+
+
 class PageReader(Protocol):
     """Pages of a window's records after `after` (exclusive), in Id order."""
 
@@ -125,10 +135,10 @@ class RestReader(_Reader):
             query = soql.keyset_page(plan.object_name, plan.fields, after, where=plan.where,
                                      window=rng, window_field=self.window_field, limit=limit)
             read_at = self.reads.clock()
-            records = await READS.call(functools.partial(self.reads.records, query))
+            records = entered(await READS.call(functools.partial(self.reads.records, query)))
             if records:
-                after = to_18(str(records[-1]["Id"]))
-                yield Page(records, after, read_at)
+                after = records[-1]["Id"]
+                yield Page(records, records[-1]["Id"], read_at)
             if len(records) < limit:
                 return
 
@@ -156,14 +166,14 @@ class BulkReader(_Reader):
                     read_at = self.reads.clock()
                     async for row in self.reads.salesforce.bulk_query(query, field_types=types):
                         rows += 1
-                        batch.append(row)
+                        batch.append(entered([row])[0])
                         if len(batch) >= limit:
-                            after = to_18(str(batch[-1]["Id"]))
-                            yield Page(batch, after, read_at)
+                            after = batch[-1]["Id"]
+                            yield Page(batch, batch[-1]["Id"], read_at)
                             batch = []
                     if batch:
-                        after = to_18(str(batch[-1]["Id"]))
-                        yield Page(batch, after, read_at)
+                        after = batch[-1]["Id"]
+                        yield Page(batch, batch[-1]["Id"], read_at)
             if rows < BULK_CHUNK:
                 return
 

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from streamsync.adapters.store import BackfillWindow, Checkpoint, Store
-from streamsync.core.ids import to_18
 from streamsync.logs import get_logger
 from streamsync.runtime.backfill.plan import ObjectPlan
 from streamsync.runtime.backfill.read import Page, PageReader, strip_attributes
@@ -97,7 +96,7 @@ class WindowRunner:
                     room.release()
                 while (group := grouper.take(final=ended)) is not None:
                     task = asyncio.create_task(self.writer.write(plan.object_name, group))
-                    inflight.append((task, to_18(str(group[-1]["Id"])), len(group)))
+                    inflight.append((task, group[-1]["Id"], len(group)))
                     del group
                     while len(inflight) >= self.settings.write_depth:
                         await settle_oldest()

@@ -16,7 +16,6 @@ import orjson
 
 from streamsync.adapters.store import QueueInput, Store
 from streamsync.config import Config
-from streamsync.core.ids import to_18
 from streamsync.core.mapping import CompiledMapping, normalize_email
 from streamsync.errors import AuthError, RecordError, RetriableError
 from streamsync.logs import get_logger
@@ -171,7 +170,7 @@ class WriteEngine:
             synced.extend(outcome.synced)
             dead.update(outcome.dead)
             retry_ids = set(outcome.retry)
-            pending = [r for r in pending if to_18(str(r.get("Id"))) in retry_ids]
+            pending = [r for r in pending if r["Id"] in retry_ids]
             if pending:
                 failing = next(iter(outcome.retry.values()))
                 raise failing  # only these records are sent again
@@ -208,7 +207,7 @@ class WriteEngine:
                                error: str) -> None:
         """Records still failing transiently go to the real-time queue (the flusher retries
         them with its backoff), so the window's checkpoint can move on."""
-        items = [QueueInput(object_name, to_18(str(r["Id"]))) for r in records]
+        items = [QueueInput(object_name, r["Id"]) for r in records]
         await self.store.enqueue(items, self.clock(), source="retry")
         self.totals.retry_queued += len(items)
         log.warning("backfill.queued_for_retry", object=object_name, records=len(items),
@@ -220,7 +219,7 @@ class WriteEngine:
         lines = []
         for record in records:
             mapped = mapping.map_or_error(record)
-            record_id = to_18(str(record.get("Id")))
+            record_id = record["Id"]
             if isinstance(mapped, RecordError):
                 self.totals.dead[mapped.reason] += 1
                 lines.append(orjson.dumps({"object": object_name, "id": record_id, "error": {
