@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                           bulk_limiter=limiter)
                 metrics = Metrics()
                 pipeline = SyncPipeline(config=config, store=store, iterable=iterable,
-                                        limiter=limiter, metrics=metrics,
+                                        metrics=metrics,
                                         mappings=await startup_mappings(config, salesforce))
                 flusher = Flusher(config=config, store=store, salesforce=salesforce,
                                   pipeline=pipeline, metrics=metrics, owner="bench")

@@ -23,14 +23,8 @@ from pydantic import (
 
 from streamsync.core.events import channel_for
 from streamsync.core.mapping import mapping_problems, target_problem
-from streamsync.core.soql import (
-    SafeFilter,
-    SoqlError,
-    parse_filter,
-    validate_field_path,
-    validate_identifier,
-)
-from streamsync.errors import ConfigError
+from streamsync.core.soql import SafeFilter, parse_filter, validate_field_path, validate_identifier
+from streamsync.errors import ConfigError, ConfigProblems, SoqlError
 from streamsync.logs import get_logger, redactor
 
 PASSWORD_FLOW_RETIREMENT: Final = "2027-02-20"
@@ -44,13 +38,10 @@ AuthFlow = Literal["jwt", "client_credentials", "refresh_token", "password"]
 ProjectType = Literal["email", "userId", "hybrid"]
 
 
-class _Problems(ValueError):
-    """Several problems under one key: (sub-key, message) pairs."""
-
-    def __init__(self, items: list[tuple[str | tuple[str | int, ...], str]]) -> None:
-        super().__init__("; ".join(f"{_key(k if isinstance(k, tuple) else (k,))}: {m}"
-                                   for k, m in items))
-        self.items = items
+def _problems(items: list[tuple[str | tuple[str | int, ...], str]]) -> ConfigProblems:
+    """Several problems under one key: (sub-key, message) pairs, for a pydantic validator."""
+    return ConfigProblems(items, "; ".join(f"{_key(k if isinstance(k, tuple) else (k,))}: {m}"
+                                           for k, m in items))
 
 
 class _Model(BaseModel):
@@ -235,7 +226,7 @@ class ObjectConfig(_Model):
         if isinstance(v, dict):
             nested = [k for k, val in v.items() if isinstance(val, dict)]
             if nested:
-                raise _Problems([(k, f"a table, not a target: quote dotted source paths, e.g. "
+                raise _problems([(k, f"a table, not a target: quote dotted source paths, e.g. "
                                      f'"{k}.Name" = "dataFields.x"') for k in nested])
         return v
 
@@ -244,7 +235,7 @@ class ObjectConfig(_Model):
     def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
         problems = mapping_problems(v)
         if problems:
-            raise _Problems(list(problems))
+            raise _problems(list(problems))
         return v
 
     @property
@@ -467,7 +458,7 @@ class Config(_Model):
                 problems.append((("objects", name, "delete_flag_field"),
                                  "is also a mapping target"))
         if problems:
-            raise _Problems(problems)
+            raise _problems(problems)
         return self
 
     # -- derived values the runtime uses
@@ -519,7 +510,7 @@ def _format_errors(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         loc = tuple(err["loc"])
         ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _Problems):
+        if isinstance(ctx_error, ConfigProblems):
             for sub, message in ctx_error.items:
                 lines.append(f"{_key((*loc, *(sub if isinstance(sub, tuple) else (sub,))))}: "
                              f"{message}")

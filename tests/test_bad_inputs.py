@@ -31,8 +31,8 @@ from streamsync.adapters.store.types import QueueInput
 from streamsync.config import Config
 from streamsync.core.ids import to_18
 from streamsync.emulators.salesforce import SalesforceEmulator
-from streamsync.errors import RetriableError, StreamsyncError
-from streamsync.runtime.backfill import BackfillError, BackfillOptions
+from streamsync.errors import BackfillError, RetriableError, StreamsyncError
+from streamsync.runtime.backfill import BackfillOptions
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler

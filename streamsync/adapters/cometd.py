@@ -40,6 +40,7 @@ from streamsync.errors import (
     SessionExpired,
     StreamsyncError,
     TransientError,
+    describe_error,
 )
 from streamsync.logs import get_logger
 from streamsync.retry import jitter
@@ -252,12 +253,8 @@ class CometdSubscriber:
             else:
                 self._connect_failures += 1
                 self._delay_s = self._backoff_s(self._connect_failures, exc.retry_after_s)
-            log.warning(
-                "cometd.poll_failed",
-                error=str(exc),
-                kind=type(exc).__name__,
-                next_delay_s=round(self._delay_s, 3),
-            )
+            log.warning("cometd.poll_failed", next_delay_s=round(self._delay_s, 3),
+                        **describe_error(exc))
             raise
 
     async def close(self) -> None:
@@ -271,7 +268,7 @@ class CometdSubscriber:
         try:
             await self._post([message], min(self._request_timeout_s, 5.0))
         except StreamsyncError as exc:
-            log.info("cometd.disconnect_failed", error=str(exc))
+            log.info("cometd.disconnect_failed", **describe_error(exc))
 
     # ---- session lifecycle -----------------------------------------------------------------
 

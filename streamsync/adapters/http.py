@@ -20,11 +20,11 @@ from yarl import URL
 
 from streamsync.errors import (
     AuthError,
-    FatalError,
     RateLimited,
     RetriableError,
     StreamsyncError,
     TransientError,
+    UnexpectedStatus,
 )
 from streamsync.logs import get_logger
 
@@ -76,17 +76,6 @@ def make_session(
         raise_for_status=False,
         auto_decompress=True,
     )
-
-
-class UnexpectedStatus(FatalError):
-    """A non-retriable HTTP reply that no adapter rule covers (an unexpected 4xx)."""
-
-    def __init__(self, api: str, endpoint: str, status: int, detail: str) -> None:
-        super().__init__(f"{api} {endpoint} answered HTTP {status}: {detail}")
-        self.api = api
-        self.endpoint = endpoint
-        self.status = status
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

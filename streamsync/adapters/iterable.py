@@ -10,26 +10,25 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from streamsync.adapters.http import (
-    HttpResponse,
-    UnexpectedStatus,
-    UsageCounter,
-    excerpt,
-    request,
-)
+from streamsync.adapters.http import HttpResponse, UsageCounter, excerpt, request
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.errors import (
     AuthError,
+    BatchError,
+    BatchRejected,
+    BatchTooLarge,
     RateLimited,
     RecordError,
-    StreamsyncError,
     TransientError,
+    UnexpectedStatus,
 )
 from streamsync.logs import get_logger
 
 log = get_logger(__name__)
 
 API = "iterable"
+BULK_UPDATE = "bulkUpdate"
+"""The endpoint name bulkUpdate calls are counted under (readiness watches it)."""
 Secret = str | Callable[[], str]
 
 # failedUpdates list name → (identifier kind, reason recorded in the dead-letter table)
@@ -59,33 +58,6 @@ RECORD_REASONS: dict[str, str] = {
     "RequestFieldsTypesMismatched": "type_mismatch",
     "UniqueFieldsLimitExceeded": "field_limit",
 }
-
-
-class BatchError(StreamsyncError):
-    """Iterable refused a whole request (HTTP 400 BadParams, BadJsonBody, ...): nothing in it
-    was applied. The caller dead-letters or splits the batch; a retry as is cannot succeed."""
-
-    def __init__(self, status: int, code: str, msg: str, params: Any = None) -> None:
-        super().__init__(f"iterable rejected the request: HTTP {status} {code}: {msg}")
-        self.status = status
-        self.code = code
-        self.msg = msg
-        self.params = params
-
-
-class BatchRejected(BatchError):
-    """400 RequestFieldsTypesMismatched: some users carry values whose type does not match the
-    project's field types. `fields` maps each offending field name to Iterable's detail
-    (expectedType, incomingTypes, offendingValue); the caller isolates the offending users."""
-
-    def __init__(self, status: int, code: str, msg: str, params: Any,
-                 fields: dict[str, dict[str, Any]]) -> None:
-        super().__init__(status, code, msg, params)
-        self.fields = fields
-
-
-class BatchTooLarge(BatchError):
-    """413, or 400 BatchTooLarge: the body or user count is over the limit; split and resend."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,11 +312,11 @@ class IterableClient:
         """
         limiter = self.bulk_limiter
         if limiter is None:
-            resp = await self._call("POST", "/api/users/bulkUpdate", "bulkUpdate", data=body)
+            resp = await self._call("POST", "/api/users/bulkUpdate", BULK_UPDATE, data=body)
             return parse_bulk_result(resp.json())
         async with limiter.slot():
             try:
-                resp = await self._call("POST", "/api/users/bulkUpdate", "bulkUpdate", data=body)
+                resp = await self._call("POST", "/api/users/bulkUpdate", BULK_UPDATE, data=body)
             except RateLimited as exc:
                 limiter.on_rate_limited(exc.retry_after_s)
                 raise

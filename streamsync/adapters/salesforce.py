@@ -25,8 +25,10 @@ from streamsync.adapters.http import (
 )
 from streamsync.adapters.salesforce_auth import SalesforceAuth, Token
 from streamsync.errors import (
-    FatalError,
+    BulkJobFailed,
+    QueryError,
     RateLimited,
+    SalesforceError,
     SessionExpired,
     TransientError,
 )
@@ -50,26 +52,6 @@ BULK_RUNNING_STATES = frozenset({"UploadComplete", "InProgress", "Open"})
 LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 CSV_CHUNK_BYTES = 64 * 1024
 NUMERIC_TYPES = frozenset({"double", "currency", "percent", "long"})
-
-
-class SalesforceError(FatalError):
-    """Salesforce refused a call for a reason no retry fixes (an unexpected 4xx)."""
-
-    def __init__(self, status: int, error_code: str, message: str, endpoint: str) -> None:
-        super().__init__(f"salesforce {endpoint}: HTTP {status} {error_code}: {message}")
-        self.status = status
-        self.error_code = error_code
-        self.sf_message = message
-        self.endpoint = endpoint
-
-
-class QueryError(SalesforceError):
-    """The SOQL itself is wrong or too long (MALFORMED_QUERY, INVALID_FIELD, HTTP 414):
-    fix the configuration or the query builder; retrying cannot help."""
-
-
-class BulkJobFailed(SalesforceError):
-    """A Bulk API 2.0 query job ended in state Failed or Aborted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,15 +20,21 @@ from streamsync.cli.output import err
 from streamsync.cli.progress import ConsoleProgress
 from streamsync.cli.timestamps import time_argument
 from streamsync.config import load_config
-from streamsync.errors import AuthError, ConfigError, RetriableError, StreamsyncError, Terminated
+from streamsync.errors import (
+    AuthError,
+    BackfillError,
+    ConfigError,
+    RetriableError,
+    StreamsyncError,
+    Terminated,
+    WritesFailed,
+)
 from streamsync.retry import Policy
 from streamsync.runtime.app import open_components
 from streamsync.runtime.backfill import (
     Backfill,
-    BackfillError,
     BackfillOptions,
     BackfillSummary,
-    WritesFailed,
     key_refused,
     unreachable,
 )

@@ -7,34 +7,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from streamsync.core.ids import KEY_PREFIXES, id_or_none
-from streamsync.errors import RecordError
-from streamsync.models import ChangeEvent, ChangeType, EventProblem, SfId
+from streamsync.errors import MalformedEvent, UnexpectedEntity
+from streamsync.models import ChangeEvent, ChangeType, SfId
 
 _WILDCARD_RE: Final = re.compile(r"([0-9A-Za-z]{3})\*")
 _ENTITY_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
 _CHANNEL_RE: Final = re.compile(r"/[A-Za-z0-9_/]{1,200}")
 MAX_RECORD_IDS: Final = 100_000
-
-
-class MalformedEvent(RecordError):
-    """A CometD message that is not a well-formed CDC event; carries what could be read."""
-
-    def __init__(self, detail: str, *, channel: str | None = None,
-                 replay_id: int | None = None) -> None:
-        super().__init__(EventProblem.MALFORMED_EVENT, detail)
-        self.channel = channel
-        self.replay_id = replay_id
-
-
-class UnexpectedEntity(MalformedEvent):
-    """A well-formed event for an object this service does not sync."""
-
-    def __init__(self, entity: str, *, channel: str | None = None,
-                 replay_id: int | None = None) -> None:
-        super().__init__(f"events of {entity!r} are not configured", channel=channel,
-                         replay_id=replay_id)
-        self.reason = EventProblem.UNKNOWN_ENTITY
-        self.entity = entity
 
 
 def channel_for(entity: str) -> str:

@@ -13,8 +13,8 @@ from typing import Any, Final, Literal
 import orjson
 
 from streamsync.core.ids import is_valid_id, to_18
-from streamsync.core.soql import SoqlError, validate_field_path
-from streamsync.errors import ConfigError, RecordError
+from streamsync.core.soql import validate_field_path
+from streamsync.errors import ConfigError, RecordError, SoqlError
 from streamsync.models import DeadLetterReason as R
 from streamsync.models import MappedUser
 

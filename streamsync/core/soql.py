@@ -10,6 +10,7 @@ from typing import Final
 from urllib.parse import quote as _urlquote
 
 from streamsync.core.ids import is_valid_id, to_18
+from streamsync.errors import SoqlError
 
 MAX_URI: Final = 16_384           # URI cap (414), URI+headers (431): docs/salesforce.md §3.3
 HEADER_ALLOWANCE: Final = 2_048   # room kept for headers when chunking against MAX_URI
@@ -36,10 +37,6 @@ _UNESCAPES: Final = {
     "_": "\ue000", "%": "\ue001",
 }
 _LIKE_ESCAPED: Final = {"\ue000": "\\_", "\ue001": "\\%"}
-
-
-class SoqlError(ValueError):
-    """A SOQL identifier, literal or filter that is not safe to send."""
 
 
 # ---------------------------------------------------------------- identifiers and literals

@@ -21,7 +21,8 @@ import aiohttp
 
 from streamsync.adapters.cometd import CometdSubscriber
 from streamsync.adapters.http import UsageCounter
-from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.iterable import API as ITERABLE_API
+from streamsync.adapters.iterable import BULK_UPDATE, IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.salesforce_auth import SalesforceAuth
@@ -128,7 +129,7 @@ async def open_components(
             refuse_on_problems(config, describes)
             mappings = compile_mappings(config, describes)
         pipeline = SyncPipeline(
-            config=config, store=store, iterable=iterable, limiter=limiter, metrics=metrics,
+            config=config, store=store, iterable=iterable, metrics=metrics,
             mappings=mappings, clock=clock,
         )
         yield Components(
@@ -186,7 +187,7 @@ class Service:
         return Readiness(True)
 
     def _on_call(self, api: str, endpoint: str, status: str) -> None:
-        if api == "iterable" and "bulkUpdate" in endpoint:
+        if api == ITERABLE_API and endpoint == BULK_UPDATE:
             self.last_write_ok = status == "200"
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -272,7 +273,7 @@ class Service:
         try:
             await parts.iterable.get_fields()
         except RetriableError as exc:
-            log.warning("iterable.unreachable_at_start", error=str(exc))
+            log.warning("iterable.unreachable_at_start", **describe_error(exc))
 
     async def _run_tasks(self, parts: Components, instance_url: str, stop: asyncio.Event) -> int:
         config = self.config

@@ -9,10 +9,10 @@ from typing import Any, Literal
 import aiohttp
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.salesforce import QueryError, SalesforceClient
+from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.config import SECRET_SOURCES, Config
 from streamsync.core import soql
-from streamsync.errors import AuthError, StreamsyncError
+from streamsync.errors import AuthError, QueryError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.runtime.clients import (
     build_iterable_client,

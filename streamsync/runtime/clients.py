@@ -93,11 +93,15 @@ def build_iterable_client(
     *,
     limiter: RateLimiter | None = None,
 ) -> IterableClient:
-    """IterableClient for `config.iterable`; the API key must have been loaded."""
+    """IterableClient for `config.iterable`; the API key must have been loaded. Its one
+    RateLimiter (rate and in-flight cap of every bulkUpdate) is `limiter`, shared by the
+    service's writers, or one of its own from [iterable]."""
     key = config.secrets.iterable_api_key
     if key is None:
         raise ConfigError("secret iterable_api_key is missing: set STREAMSYNC_ITERABLE_API_KEY")
     return IterableClient(
         session, config.iterable.base_url, key.get_secret_value, counter,
-        timeout_s=config.iterable.timeout_s, bulk_limiter=limiter,
+        timeout_s=config.iterable.timeout_s,
+        bulk_limiter=limiter or RateLimiter(config.iterable.rate_limit_per_s,
+                                            max_in_flight=config.iterable.max_in_flight),
     )

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from streamsync.adapters.salesforce import SalesforceClient, SalesforceError
+from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
-from streamsync.errors import ConfigError, describe_error
+from streamsync.errors import ConfigError, SalesforceError, describe_error
 from streamsync.logs import get_logger
 from streamsync.retry import Policy
 from streamsync.runtime.mappings import check_describe, compile_mappings, objects_to_describe

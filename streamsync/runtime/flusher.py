@@ -22,7 +22,7 @@ from streamsync.adapters.store import (
 from streamsync.config import Config, ObjectConfig
 from streamsync.core.ids import is_valid_id, to_18
 from streamsync.core.soql import select_by_ids_chunked, select_children
-from streamsync.errors import FatalError, RetriableError
+from streamsync.errors import FatalError, RetriableError, Unreachable, describe_error
 from streamsync.logs import get_logger
 from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
 from streamsync.runtime.conversions import ConvertedLeads
@@ -42,15 +42,6 @@ PAUSED_POLL_S = 0.05
 SALESFORCE = "salesforce"
 ITERABLE = "iterable"
 STORE = "store"
-
-
-class Unreachable(Exception):
-    """A Salesforce call of a flush failed for a reason of Salesforce's, not of the records."""
-
-    def __init__(self, destination: str, error: RetriableError) -> None:
-        super().__init__(f"{destination}: {error}")
-        self.destination = destination
-        self.error = error
 
 
 @dataclass
@@ -200,8 +191,7 @@ class Flusher:
                 except FatalError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a bad batch costs an attempt
-                    log.error("flusher.batch_failed", object=object_name,
-                              error=type(exc).__name__, message=str(exc)[:200])
+                    log.error("flusher.batch_failed", object=object_name, **describe_error(exc))
                     await self._retry(group, RetriableError(f"{type(exc).__name__}: {exc}"),
                                       pending, result)
         except (asyncio.CancelledError, FatalError):
@@ -422,8 +412,8 @@ class Flusher:
             except Exception as exc:  # noqa: BLE001 - a loop never dies on a bad batch
                 failures += 1
                 delay = self.backoff.delay_s(failures, getattr(exc, "retry_after_s", None))
-                log.warning("flusher.error", loop=n, error=type(exc).__name__,
-                            message=str(exc)[:200], delay_s=round(delay, 3))
+                log.warning("flusher.error", loop=n, delay_s=round(delay, 3),
+                            **describe_error(exc))
                 await _wait(stop, max(delay, 0.05))
                 continue
             if result.idle:

@@ -20,9 +20,9 @@ from streamsync.adapters.store import (
     Store,
 )
 from streamsync.config import Config
-from streamsync.core.events import MalformedEvent, UnexpectedEntity, is_echo, parse_event
+from streamsync.core.events import is_echo, parse_event
 from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
-from streamsync.errors import Stopped, describe_error
+from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describe_error
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
 from streamsync.retry import Policy

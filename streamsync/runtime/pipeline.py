@@ -9,7 +9,6 @@ from functools import partial
 from typing import Any
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.store import Identity, IdentityHandover, IdentityUpdate, Store
 from streamsync.config import Config
 from streamsync.core.batching import cut_batches
@@ -68,7 +67,7 @@ class SyncPipeline:
     """
 
     def __init__(self, *, config: Config, store: Store, iterable: IterableClient,
-                 limiter: RateLimiter | None, metrics: Metrics,
+                 metrics: Metrics,
                  mappings: dict[str, CompiledMapping],
                  clock: Callable[[], float] = time.time,
                  writer: IterableWriter | None = None) -> None:
@@ -79,8 +78,7 @@ class SyncPipeline:
         self.mappings = mappings
         self.clock = clock
         self.writer = writer or IterableWriter(
-            iterable, limiter=limiter, max_in_flight=config.iterable.max_in_flight,
-            envelope=config.iterable.bulk_envelope())
+            iterable, envelope=config.iterable.bulk_envelope())
 
     # -- records that exist ------------------------------------------------------------------
 

@@ -9,15 +9,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from streamsync.adapters.iterable import (
-    BatchError,
-    BatchTooLarge,
-    BulkResult,
-    IterableClient,
-)
-from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.iterable import BulkResult, IterableClient
 from streamsync.core.batching import Batch, BatchCutter
 from streamsync.errors import (
+    BatchError,
+    BatchTooLarge,
     CircuitOpen,
     RateLimited,
     RecordError,
@@ -86,26 +82,21 @@ def attribute_failures(users: Sequence[MappedUser], result: BulkResult
 
 
 class IterableWriter:
-    """Sends pre-cut batches to bulkUpdate with at most `max_in_flight` requests outstanding.
+    """Sends pre-cut batches to bulkUpdate; how many are outstanding at once and how fast they
+    go is the Iterable client's one RateLimiter (its `bulk_limiter`), not the writer's.
 
     Transient faults (429, 5xx, timeouts, network) are retried in place per `policy`, honouring
     Retry-After, then handed back as `retry`. A batch that is too large is halved. A batch
     rejected whole (type mismatch or another 400) is bisected, small remainders sent with
-    single-user calls, so only the offending users are dead-lettered. When `iterable` has no
-    `bulk_limiter` of its own, the shared `limiter` gates every bulk request here.
+    single-user calls, so only the offending users are dead-lettered.
     """
 
-    def __init__(self, iterable: IterableClient, *, limiter: RateLimiter | None = None,
-                 max_in_flight: int = 4, policy: Policy = DEFAULT_POLICY,
+    def __init__(self, iterable: IterableClient, *, policy: Policy = DEFAULT_POLICY,
                  envelope: dict[str, Any] | None = None,
                  breaker: CircuitBreaker | None = None) -> None:
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.iterable = iterable
-        self.limiter = limiter if iterable.bulk_limiter is None else None
         self.policy = policy
         self.envelope = dict(envelope or {})
-        self._gate = asyncio.Semaphore(max_in_flight)
         self.breaker = breaker
         """Iterable's circuit breaker (the flusher's): told of every call's fate; while it is
         open, calls fail at once instead of waiting out timeouts and retries."""
@@ -169,17 +160,6 @@ class IterableWriter:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _bulk(self, body: bytes) -> BulkResult:
-        async with self._gate:
-            if self.limiter is None:
-                return await self.iterable.bulk_update(body)
-            async with self.limiter.slot():
-                try:
-                    return await self.iterable.bulk_update(body)
-                except RateLimited as exc:
-                    self.limiter.on_rate_limited(exc.retry_after_s)
-                    raise
-
     def _body(self, users: Sequence[MappedUser]) -> bytes:
         cutter = BatchCutter(max_users=len(users), max_bytes=2**62, envelope=self.envelope)
         for user in users:
@@ -194,7 +174,7 @@ class IterableWriter:
             return
         payload = body if body is not None else self._body(users)
         try:
-            result = await self.call(lambda: self._bulk(payload), out)
+            result = await self.call(lambda: self.iterable.bulk_update(payload), out)
         except RetriableError as exc:
             out.retry.extend((u, exc) for u in users)
             return

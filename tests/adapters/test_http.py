@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from streamsync.adapters.http import (
-    UnexpectedStatus,
     UsageCounter,
     make_session,
     parse_retry_after,
@@ -28,11 +27,7 @@ from streamsync.adapters.http import (
     send,
     stream,
 )
-from streamsync.errors import (
-    AuthError,
-    RateLimited,
-    TransientError,
-)
+from streamsync.errors import AuthError, RateLimited, TransientError, UnexpectedStatus
 
 
 @contextlib.asynccontextmanager

@@ -13,17 +13,8 @@ import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from streamsync.adapters.http import (
-    HttpResponse,
-    UnexpectedStatus,
-    UsageCounter,
-    make_session,
-    status_error,
-)
+from streamsync.adapters.http import HttpResponse, UsageCounter, make_session, status_error
 from streamsync.adapters.iterable import (
-    BatchError,
-    BatchRejected,
-    BatchTooLarge,
     IterableClient,
     UserFailure,
     error_for,
@@ -32,7 +23,16 @@ from streamsync.adapters.iterable import (
 )
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
-from streamsync.errors import AuthError, RateLimited, RecordError, TransientError
+from streamsync.errors import (
+    AuthError,
+    BatchError,
+    BatchRejected,
+    BatchTooLarge,
+    RateLimited,
+    RecordError,
+    TransientError,
+    UnexpectedStatus,
+)
 from streamsync.retry import Policy
 
 

@@ -14,9 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from streamsync.adapters.http import HttpResponse, UsageCounter, make_session
 from streamsync.adapters.salesforce import (
-    QueryError,
     SalesforceClient,
-    SalesforceError,
     _csv_rows,
     coerce_csv_value,
     error_for,
@@ -25,7 +23,13 @@ from streamsync.adapters.salesforce import (
 )
 from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
-from streamsync.errors import RateLimited, SessionExpired, TransientError
+from streamsync.errors import (
+    QueryError,
+    RateLimited,
+    SalesforceError,
+    SessionExpired,
+    TransientError,
+)
 from streamsync.retry import Policy
 
 VERSION = "66.0"

@@ -14,12 +14,12 @@ import pytest
 
 from streamsync.adapters.store import QueueInput, Store
 from streamsync.adapters.store.owner import (
-    StoreBusy,
     StoreOwnership,
     lock_path,
     lost_store_holder,
     read_holder,
 )
+from streamsync.errors import StoreBusy
 
 NOW = 1_700_000_000.0
 

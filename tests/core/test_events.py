@@ -9,16 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamsync.core.events import (
-    MalformedEvent,
-    UnexpectedEntity,
-    channel_for,
-    is_echo,
-    origin_client,
-    parse_event,
-)
+from streamsync.core.events import channel_for, is_echo, origin_client, parse_event
 from streamsync.core.ids import to_18
-from streamsync.errors import RecordError, StreamsyncError
+from streamsync.errors import MalformedEvent, RecordError, StreamsyncError, UnexpectedEntity
 
 LEAD1 = to_18("00Q000000000001")
 LEAD2 = to_18("00Q000000000002")

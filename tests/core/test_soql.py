@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from streamsync.core import soql
 from streamsync.core.ids import to_18
 from streamsync.core.soql import (
-    SoqlError,
     chunk_ids_by_uri_length,
     parse_filter,
     quote,
@@ -23,6 +22,7 @@ from streamsync.core.soql import (
     validate_field_path,
     validate_identifier,
 )
+from streamsync.errors import SoqlError
 
 ID1 = to_18("00Q000000000001")
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -18,14 +18,13 @@ from streamsync.core.soql import count as count_query
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.errors import BackfillError, WritesFailed
 from streamsync.runtime.backfill import (
     CATCH_UP_MARGIN_S,
     Backfill,
-    BackfillError,
     BackfillOptions,
     BackfillSummary,
     PageHook,
-    WritesFailed,
     split_windows,
 )
 from streamsync.runtime.mappings import compile_mappings
@@ -48,7 +47,7 @@ def make_backfill(config: Config, store: Store, clients: Clients, *,
     metrics = Metrics()
     mappings = compile_mappings(config, emulator_describes())
     pipeline = SyncPipeline(config=config, store=store, iterable=clients.iterable,
-                            limiter=clients.limiter, metrics=metrics, mappings=mappings)
+                            metrics=metrics, mappings=mappings)
     return Backfill(config=config, store=store, salesforce=salesforce or clients.salesforce,
                     pipeline=pipeline, metrics=metrics, progress=progress, mappings=mappings,
                     on_page=on_page, **({"clock": clock} if clock else {}))

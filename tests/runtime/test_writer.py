@@ -61,17 +61,22 @@ async def test_too_large_batches_are_halved_and_an_oversized_user_dead_lettered(
 async def test_requests_in_flight_stay_bounded(iterable: IterableClient,
                                                iterable_emulator: IterableEmulator) -> None:
     iterable_emulator.faults.slow_next("/api/users/bulkUpdate", times=8, delay_s=0.05)
-    limiter = RateLimiter(1000.0, burst=8, max_in_flight=8)
-    writer = IterableWriter(iterable, limiter=limiter, max_in_flight=2)
-    peak = 0
-    real = iterable.bulk_update
+    # The one in-flight cap of Iterable is its client's RateLimiter; the writer has none.
+    iterable.bulk_limiter = RateLimiter(1000.0, burst=8, max_in_flight=2)
+    writer = IterableWriter(iterable)
+    in_flight = peak = 0
+    real = iterable._call
 
-    async def counting(body: bytes) -> Any:
-        nonlocal peak
-        peak = max(peak, limiter.in_flight)
-        return await real(body)
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            in_flight -= 1
 
-    iterable.bulk_update = counting  # type: ignore[method-assign]
+    iterable._call = counting  # type: ignore[method-assign]
     batches, _ = cut_batches([user(i) for i in range(16)], max_users=2)
     out = await writer.write(batches)
     assert len(out.synced) == 16 and out.requests == 8
@@ -84,7 +89,8 @@ async def test_retry_after_is_honoured_then_records_are_given_back(
         retry_waits: list[float]) -> None:
     sleeps = Sleeps()
     limiter = RateLimiter(1000.0, sleep=sleeps)
-    writer = IterableWriter(iterable, limiter=limiter,
+    iterable.bulk_limiter = limiter
+    writer = IterableWriter(iterable,
                             policy=Policy(attempts=2, wait_initial_s=0.01))
     iterable_emulator.faults.fail_next("/api/users/bulkUpdate", times=2, status=429,
                                        headers={"Retry-After": "2"})

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from streamsync.errors import FatalError
+from streamsync.errors import FatalError, StoreBusy
 
 LOCK_SUFFIX = ".lock"
 FILE_MODE = 0o600
@@ -42,17 +42,6 @@ class Holder:
     def describe(self) -> str:
         since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"pid {self.pid} on {self.host}, running since {since}"
-
-
-class StoreBusy(FatalError):
-    """Another live `streamsync run` holds the store."""
-
-    def __init__(self, store_path: Path, holder: Holder | None) -> None:
-        who = holder.describe() if holder is not None else "holder unknown"
-        super().__init__(
-            f"store {store_path} is in use by another `streamsync run` ({who}); stop that one "
-            "first, or give this one its own [queue].path")
-        self.holder = holder
 
 
 def lock_path(store_path: str | Path) -> Path:

@@ -5,15 +5,9 @@ engine), window.py (one window: reader, writer, checkpoints), catchup.py (the cl
 reconciliation), run.py (the orchestrating `Backfill`), summary.py (the typed result).
 """
 
+from streamsync.errors import BackfillError, WritesFailed
 from streamsync.runtime.backfill.catchup import CATCH_UP_MARGIN_S, MAX_SEEN, SEEN_GUARD_S
-from streamsync.runtime.backfill.options import (
-    Api,
-    BackfillError,
-    BackfillOptions,
-    WritesFailed,
-    key_refused,
-    unreachable,
-)
+from streamsync.runtime.backfill.options import Api, BackfillOptions, key_refused, unreachable
 from streamsync.runtime.backfill.plan import ObjectPlan, split_windows
 from streamsync.runtime.backfill.run import Backfill
 from streamsync.runtime.backfill.summary import BackfillSummary

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Literal
 
 from streamsync.core import soql
-from streamsync.errors import AuthError, FatalError, RetriableError, StreamsyncError
+from streamsync.errors import (
+    AuthError,
+    BackfillError,
+    RetriableError,
+    SoqlError,
+    WritesFailed,
+)
 from streamsync.retry import Policy
 
 Api = Literal["rest", "bulk"]
@@ -16,20 +22,6 @@ READS = Policy(attempts=8, timeout_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
 """Every Salesforce read of a backfill: a query page, a Bulk job, a count, a describe."""
 WRITES = Policy(attempts=6, timeout_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
 """A pipeline call of a backfill, while Iterable takes none (or not all) of its records."""
-
-
-class BackfillError(FatalError):
-    """The backfill cannot start or go on as asked (unknown object, ambiguous resume...)."""
-
-
-class WritesFailed(StreamsyncError):
-    """Iterable took none of a call's records (unreachable, down, key refused): the run stops
-    with its checkpoints before that call, so it is not marked finished and `--resume` sends
-    the call again. `advice` says what to do."""
-
-    def __init__(self, message: str, advice: str) -> None:
-        super().__init__(message)
-        self.advice = advice
 
 
 def key_refused(exc: AuthError) -> WritesFailed:
@@ -88,5 +80,5 @@ class BackfillOptions:
         if self.where is not None:
             try:
                 soql.parse_filter(self.where)
-            except soql.SoqlError as exc:
+            except SoqlError as exc:
                 raise BackfillError(f"--where: {exc}") from None

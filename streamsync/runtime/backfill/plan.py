@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from streamsync.adapters.salesforce import QueryError
 from streamsync.adapters.store import BackfillWindow
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.mapping import CompiledMapping
-from streamsync.runtime.backfill.options import READS, Api, BackfillError, BackfillOptions
+from streamsync.errors import BackfillError, QueryError
+from streamsync.runtime.backfill.options import READS, Api, BackfillOptions
 from streamsync.runtime.backfill.tasks import gather_or_first_error
 
 if TYPE_CHECKING:

@@ -15,9 +15,10 @@ from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import BackfillRun, Checkpoint, Store
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
+from streamsync.errors import BackfillError
 from streamsync.logs import get_logger
 from streamsync.runtime.backfill.catchup import CatchUp
-from streamsync.runtime.backfill.options import BackfillError, BackfillOptions
+from streamsync.runtime.backfill.options import BackfillOptions
 from streamsync.runtime.backfill.plan import ObjectPlan, Planner
 from streamsync.runtime.backfill.read import SalesforceReads, page_reader
 from streamsync.runtime.backfill.summary import BackfillSummary, Totals

@@ -17,15 +17,9 @@ import orjson
 from streamsync.adapters.store import QueueInput, Store
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping, normalize_email
-from streamsync.errors import AuthError, RecordError, RetriableError
+from streamsync.errors import AuthError, BackfillError, RecordError, RetriableError, WritesFailed
 from streamsync.logs import get_logger
-from streamsync.runtime.backfill.options import (
-    WRITES,
-    BackfillError,
-    WritesFailed,
-    key_refused,
-    unreachable,
-)
+from streamsync.runtime.backfill.options import WRITES, key_refused, unreachable
 from streamsync.runtime.backfill.summary import Totals
 from streamsync.runtime.metrics import Metrics
 
