@@ -248,8 +248,9 @@ class CometdSubscriber:
         except RetriableError as exc:
             self.stats.failures += 1
             if self._client_id is None:
-                # The handshake gate bounds the rate of the re-handshake that follows.
-                self._delay_s = 0.0
+                # The handshake gate bounds the rate of the re-handshake that follows; a
+                # Retry-After the server sent is waited out first.
+                self._delay_s = min(exc.retry_after_s or 0.0, self._backoff_max_s)
             else:
                 self._connect_failures += 1
                 self._delay_s = self._backoff_s(self._connect_failures, exc.retry_after_s)

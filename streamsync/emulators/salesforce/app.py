@@ -209,7 +209,7 @@ class SalesforceEmulator:
         if rule is not None:
             if rule.action == "fail":
                 return web.Response(status=rule.status, body=rule.body,
-                                    content_type=rule.content_type)
+                                    content_type=rule.content_type, headers=rule.headers)
             if rule.action == "drop":
                 if request.transport is not None:
                     request.transport.abort()

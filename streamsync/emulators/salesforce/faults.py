@@ -23,6 +23,7 @@ class FaultRule:
     content_type: str = "application/json"
     hang_s: float | None = None  # None: until the client gives up
     hits: int = 0
+    headers: dict[str, str] | None = None  # extra reply headers of a "fail" (Retry-After)
 
     def to_json(self) -> dict[str, Any]:
         return {"action": self.action, "path": self.path_prefix, "remaining": self.remaining,
@@ -45,8 +46,10 @@ class FaultPlan:
 
     def fail_next(self, path_prefix: str, count: int = 1, *, status: int = 500,
                   body: Any = None, content_type: str = "application/json",
-                  method: str | None = None) -> FaultRule:
-        """The next `count` calls to the path prefix answer `status` with `body`."""
+                  method: str | None = None,
+                  headers: dict[str, str] | None = None) -> FaultRule:
+        """The next `count` calls to the path prefix answer `status` with `body` (and
+        `headers`, e.g. a Retry-After)."""
         if body is None:
             body = [{"message": "An unexpected error occurred. Please include this ErrorId if "
                      "you contact support: 1234567890-12345 (-1234567890)",
@@ -54,7 +57,7 @@ class FaultPlan:
         raw = body if isinstance(body, bytes) else (
             body.encode() if isinstance(body, str) else orjson.dumps(body))
         return self._add(FaultRule("fail", path_prefix, count, method, status, raw,
-                                   content_type))
+                                   content_type, headers=headers))
 
     def hang_next(self, path_prefix: str, count: int = 1, *, seconds: float | None = None,
                   method: str | None = None) -> FaultRule:
