@@ -23,6 +23,7 @@ from streamsync.errors import (
     UsageError,
     describe_error,
 )
+from streamsync.models import DeadLetterReason, EventProblem
 
 PACKAGE = Path(errors.__file__).parent
 # What the caller does: refuse (usage/config), stop (fatal), try again later (retriable),
@@ -83,6 +84,10 @@ def test_batch_error_is_a_record_error_whose_reason_a_single_user_would_get() ->
     assert [e.reason for e in (rejected, too_large, other)] == [
         "type_mismatch", "too_large", "rejected"]
     assert str(other) == "iterable rejected the request: HTTP 400 BadParams: nope"
+    assert (rejected.reason, too_large.reason) == (DeadLetterReason.TYPE_MISMATCH,
+                                                   DeadLetterReason.TOO_LARGE)
+    assert errors.MalformedEvent("x").reason == EventProblem.MALFORMED_EVENT
+    assert errors.UnexpectedEntity("Task").reason == EventProblem.UNKNOWN_ENTITY
     assert (other.api, other.status) == ("iterable", 400)
 
 
