@@ -246,6 +246,45 @@ def _timeout(session: aiohttp.ClientSession, timeout_s: float | None) -> aiohttp
     return session.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Where a request goes and how it is counted and mapped: the part every request shares."""
+
+    api: str
+    endpoint: str
+    counter: UsageCounter | None = None
+
+    def record(self, status: int | str) -> None:
+        if self.counter is not None:
+            self.counter.record(self.api, self.endpoint, status)
+
+
+@contextlib.asynccontextmanager
+async def _exchange(session: aiohttp.ClientSession, method: str, url: str, call: Call, *,
+                    count_on_answer: bool, timeout_s: float | None,
+                    cookie_jar: aiohttp.abc.AbstractCookieJar | None = None,
+                    **options: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+    """The one place a request is opened: statuses are left to the caller (whatever the
+    session says), and no reply, a timeout or a dropped body becomes TransientError, counted
+    as "network"/"timeout" (after an answer only when `count_on_answer` is False)."""
+    answered = False
+    cookies = cookie_jar.filter_cookies(URL(url)) if cookie_jar is not None else None
+    try:
+        async with session.request(method, url, cookies=cookies,
+                                   timeout=_timeout(session, timeout_s),
+                                   raise_for_status=False, **options) as raw:
+            answered = True
+            if cookie_jar is not None:
+                cookie_jar.update_cookies(raw.cookies, raw.url)
+            if count_on_answer:
+                call.record(raw.status)
+            yield raw
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if not (answered and count_on_answer):
+            call.record(TIMEOUT if isinstance(exc, TimeoutError) else NETWORK_ERROR)
+        raise network_error(call.api, call.endpoint, method, exc) from exc
+
+
 async def send(
     session: aiohttp.ClientSession,
     method: str,
@@ -260,61 +299,23 @@ async def send(
     form: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
     cookie_jar: aiohttp.abc.AbstractCookieJar | None = None,
+    error_for: Callable[[HttpResponse], Exception] | None = None,
 ) -> HttpResponse:
     """Send one request and read the whole reply: every request to Salesforce and Iterable
     passes here (or through `stream`). Network failures, timeouts and truncated replies become
-    TransientError; the status is NOT checked (callers map it with `status_error`).
-    `cookie_jar`: cookies sent from it and stored back into it (CometD's session cookies)."""
+    TransientError. With `error_for`, a non-2xx reply raises `status_error(reply, error_for)`;
+    without, the status is the caller's to map. `cookie_jar`: cookies sent from it and stored
+    back into it (CometD's session cookies)."""
+    call = Call(api, endpoint, counter)
     body: bytes | aiohttp.FormData | None = data
     if form is not None:
         body = aiohttp.FormData(dict(form))
-    cookies = cookie_jar.filter_cookies(URL(url)) if cookie_jar is not None else None
-    try:
-        async with session.request(
-            method,
-            url,
-            headers=headers,
-            params=params,
-            data=body,
-            cookies=cookies,
-            timeout=_timeout(session, timeout_s),
-            raise_for_status=False,  # statuses are mapped here, whatever the session says
-        ) as raw:
-            if cookie_jar is not None:
-                cookie_jar.update_cookies(raw.cookies, raw.url)
-            payload = await raw.read()
-            resp = HttpResponse(raw.status, raw.headers, payload, api, endpoint)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        if counter is not None:
-            counter.record(api, endpoint, TIMEOUT if isinstance(exc, TimeoutError)
-                           else NETWORK_ERROR)
-        raise network_error(api, endpoint, method, exc) from exc
-    if counter is not None:
-        counter.record(api, endpoint, resp.status)
-    return resp
-
-
-async def request(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    *,
-    api: str,
-    endpoint: str,
-    counter: UsageCounter | None = None,
-    headers: Mapping[str, str] | None = None,
-    params: Mapping[str, str] | None = None,
-    data: bytes | None = None,
-    form: Mapping[str, str] | None = None,
-    timeout_s: float | None = None,
-    error_for: Callable[[HttpResponse], Exception] = default_status_error,
-) -> HttpResponse:
-    """`send`, then raise `error_for(reply)` unless the status is 2xx."""
-    resp = await send(
-        session, method, url, api=api, endpoint=endpoint, counter=counter, headers=headers,
-        params=params, data=data, form=form, timeout_s=timeout_s,
-    )
-    if not resp.ok:
+    async with _exchange(session, method, url, call, count_on_answer=False, timeout_s=timeout_s,
+                         cookie_jar=cookie_jar, headers=headers, params=params,
+                         data=body) as raw:
+        resp = HttpResponse(raw.status, raw.headers, await raw.read(), api, endpoint)
+    call.record(resp.status)
+    if error_for is not None and not resp.ok:
         raise status_error(resp, error_for)
     return resp
 
@@ -334,23 +335,12 @@ async def stream(
     error_for: Callable[[HttpResponse], Exception] = default_status_error,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Open a request whose 2xx body the caller reads incrementally. A non-2xx reply is read
-    and raised through `error_for`; network failures while reading become TransientError."""
-    answered = False
-    try:
-        async with session.request(
-            method, url, headers=headers, params=params, timeout=_timeout(session, timeout_s),
-            raise_for_status=False,
-        ) as raw:
-            answered = True
-            if counter is not None:
-                counter.record(api, endpoint, raw.status)
-            if not 200 <= raw.status < 300:
-                payload = await raw.read()
-                raise status_error(HttpResponse(raw.status, raw.headers, payload, api,
-                                                endpoint), error_for)
-            yield raw
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        if counter is not None and not answered:
-            counter.record(api, endpoint, TIMEOUT if isinstance(exc, TimeoutError)
-                           else NETWORK_ERROR)
-        raise network_error(api, endpoint, method, exc) from exc
+    and raised through `status_error`; network failures while reading become TransientError."""
+    call = Call(api, endpoint, counter)
+    async with _exchange(session, method, url, call, count_on_answer=True, timeout_s=timeout_s,
+                         headers=headers, params=params) as raw:
+        if not 200 <= raw.status < 300:
+            payload = await raw.read()
+            raise status_error(HttpResponse(raw.status, raw.headers, payload, api, endpoint),
+                               error_for)
+        yield raw

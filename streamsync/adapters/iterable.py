@@ -10,7 +10,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from streamsync.adapters.http import HttpResponse, UsageCounter, excerpt, request
+from streamsync.adapters.http import HttpResponse, UsageCounter, excerpt, send
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.errors import (
     AuthError,
@@ -275,7 +275,7 @@ class IterableClient:
         data: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> HttpResponse:
-        return await request(
+        return await send(
             self._session,
             method,
             self.base_url + path,

@@ -20,10 +20,10 @@ from cryptography.x509.oid import NameOID
 
 from streamsync.adapters.http import (
     UsageCounter,
+    default_status_error,
     make_session,
     parse_retry_after,
     raise_for_status,
-    request,
     send,
     stream,
 )
@@ -329,16 +329,21 @@ async def test_an_unsafe_cookie_jar_returns_cookies_to_an_ip_host() -> None:
                 assert resp.body == expected
 
 
-async def test_request_raises_the_mapped_error_or_returns_the_reply() -> None:
+async def test_send_with_error_for_raises_the_mapped_error_or_returns_the_reply() -> None:
     class Teapot(Exception):
         pass
 
     async with serve(_app()) as server, make_session(5.0) as session:
-        ok = await request(session, "GET", str(server.make_url("/ok")), api="t", endpoint="ok")
+        ok = await send(session, "GET", str(server.make_url("/ok")), api="t", endpoint="ok",
+                        error_for=default_status_error)
         assert ok.json() == {"hello": "world"}
-        with pytest.raises(RateLimited):
-            await request(session, "GET", str(server.make_url("/status/429")), api="t",
-                          endpoint="s")
+        with pytest.raises(RateLimited) as info:
+            await send(session, "GET", str(server.make_url("/status/429")), api="t",
+                       endpoint="s", error_for=default_status_error)
+        assert (info.value.api, info.value.endpoint, info.value.status) == ("t", "s", 429)
         with pytest.raises(Teapot):
-            await request(session, "GET", str(server.make_url("/status/418")), api="t",
-                          endpoint="s", error_for=lambda resp: Teapot(resp.status))
+            await send(session, "GET", str(server.make_url("/status/418")), api="t",
+                       endpoint="s", error_for=lambda resp: Teapot(resp.status))
+        teapot = await send(session, "GET", str(server.make_url("/status/418")), api="t",
+                            endpoint="s")
+        assert teapot.status == 418  # without error_for the status is the caller's
