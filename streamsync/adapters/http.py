@@ -321,26 +321,17 @@ async def send(
 
 
 @contextlib.asynccontextmanager
-async def stream(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    *,
-    api: str,
-    endpoint: str,
-    counter: UsageCounter | None = None,
-    headers: Mapping[str, str] | None = None,
-    params: Mapping[str, str] | None = None,
-    timeout_s: float | None = None,
-    error_for: Callable[[HttpResponse], Exception] = default_status_error,
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """Open a request whose 2xx body the caller reads incrementally. A non-2xx reply is read
-    and raised through `status_error`; network failures while reading become TransientError."""
-    call = Call(api, endpoint, counter)
+async def stream(session: aiohttp.ClientSession, method: str, url: str, call: Call, *,
+                 error_for: Callable[[HttpResponse], Exception] = default_status_error,
+                 timeout_s: float | None = None, **options: Any
+                 ) -> AsyncIterator[aiohttp.ClientResponse]:
+    """Open a GET-like request (`options`: headers, params) whose 2xx body the caller reads
+    incrementally. A non-2xx reply is read and raised through `status_error`; network failures
+    while reading become TransientError."""
     async with _exchange(session, method, url, call, count_on_answer=True, timeout_s=timeout_s,
-                         headers=headers, params=params) as raw:
+                         **options) as raw:
         if not 200 <= raw.status < 300:
             payload = await raw.read()
-            raise status_error(HttpResponse(raw.status, raw.headers, payload, api, endpoint),
-                               error_for)
+            raise status_error(HttpResponse(raw.status, raw.headers, payload, call.api,
+                                            call.endpoint), error_for)
         yield raw

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from streamsync.adapters.http import (
+    Call,
     HttpResponse,
     UsageCounter,
     excerpt,
@@ -475,9 +476,7 @@ class SalesforceClient:
                     self._session,
                     "GET",
                     token.instance_url + path,
-                    api=API,
-                    endpoint="bulk_results",
-                    counter=self.counter,
+                    Call(API, "bulk_results", self.counter),
                     headers=self._headers(token, {"Accept": "text/csv"}),
                     params=params,
                     timeout_s=self._timeout_s,

@@ -304,15 +304,8 @@ class SyncPipeline:
             if email is None and user_id is None:
                 out.synced.append(user)  # nothing Iterable could know it by
                 continue
-            try:
-                await self.writer.call(partial(self.iterable.delete_user, email=email,
-                                               user_id=user_id), out)
-            except RetriableError as exc:
-                out.retry.append((user, exc))
-            except RecordError as exc:
-                out.dead.append((user, exc.reason, exc.detail or str(exc)))
-            else:
-                out.synced.append(user)
+            await self.writer.settle(user, partial(self.iterable.delete_user, email=email,
+                                                   user_id=user_id), out)
         return out
 
     async def _flag_users(self, object_name: str, idents: Sequence[Identity],

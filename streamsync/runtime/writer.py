@@ -158,6 +158,23 @@ class IterableWriter:
                 breaker.failure(str(exc), exc.retry_after_s)
             raise
 
+    async def settle(self, user: MappedUser, fn: Callable[[], Awaitable[object]],
+                     out: WriteOutcome, *,
+                     dead_as: Callable[[RecordError], tuple[str, str]] | None = None) -> None:
+        """Run one single-user call through `call` and settle `user` by its fate: synced,
+        handed back (a RetriableError) or dead-lettered (a RecordError: its reason and detail,
+        or what `dead_as` makes of it)."""
+        try:
+            await self.call(fn, out)
+        except RetriableError as exc:
+            out.retry.append((user, exc))
+        except RecordError as exc:
+            reason, detail = (dead_as(exc) if dead_as is not None
+                              else (exc.reason, exc.detail or str(exc)))
+            out.dead.append((user, reason, detail))
+        else:
+            out.synced.append(user)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _body(self, users: Sequence[MappedUser]) -> bytes:
@@ -203,15 +220,9 @@ class IterableWriter:
         expects (RequestFieldsTypesMismatched), which the dead letter then names. If that
         update goes through after all, the user is synced."""
         data = orjson.dumps(user.payload)
-        try:
-            await self.call(lambda: self.iterable.update_user(orjson.loads(data)), out)
-        except RetriableError as exc:
-            out.retry.append((user, exc))
-        except RecordError as exc:
-            out.dead.append((user, DeadLetterReason.INVALID_DATA,
-                             f"{reported}: {exc.detail or exc}"))
-        else:
-            out.synced.append(user)
+        await self.settle(user, lambda: self.iterable.update_user(orjson.loads(data)), out,
+                          dead_as=lambda exc: (DeadLetterReason.INVALID_DATA,
+                                               f"{reported}: {exc.detail or exc}"))
 
     async def _halves(self, users: Sequence[MappedUser], out: WriteOutcome) -> None:
         mid = len(users) // 2
@@ -230,12 +241,5 @@ class IterableWriter:
 
     async def _single(self, user: MappedUser, out: WriteOutcome) -> None:
         data = orjson.dumps(user.payload)
-        try:
-            await self.call(lambda: self.iterable.update_user(orjson.loads(data)), out)
-        except RetriableError as exc:
-            out.retry.append((user, exc))
-        except RecordError as exc:
-            out.dead.append((user, exc.reason, exc.detail or str(exc)))
-        else:
-            out.synced.append(user)
+        await self.settle(user, lambda: self.iterable.update_user(orjson.loads(data)), out)
 

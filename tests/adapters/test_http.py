@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from streamsync.adapters.http import (
+    Call,
     UsageCounter,
     default_status_error,
     make_session,
@@ -204,14 +205,11 @@ async def test_non_json_body_is_a_transient_garbled_reply() -> None:
 async def test_stream_maps_status_and_mid_body_drop() -> None:
     async with serve(_app()) as server, make_session(5.0) as session:
         with pytest.raises(TransientError):
-            async with stream(
-                session, "GET", str(server.make_url("/status/503")), api="t", endpoint="s"
-            ):
+            async with stream(session, "GET", str(server.make_url("/status/503")), Call("t", "s")):
                 raise AssertionError("the body of a 503 must not be handed out")
         with pytest.raises(TransientError):
-            async with stream(
-                session, "GET", str(server.make_url("/truncated")), api="t", endpoint="s"
-            ) as raw:
+            async with stream(session, "GET", str(server.make_url("/truncated")),
+                              Call("t", "s")) as raw:
                 await raw.read()
 
 
