@@ -289,17 +289,10 @@ class IterableClient:
             error_for=error_for,
         )
 
-    async def _single(
-        self,
-        method: str,
-        path: str,
-        endpoint: str,
-        *,
-        data: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> HttpResponse:
+    async def _single(self, method: str, path: str, endpoint: str, **body: Any) -> HttpResponse:
+        """`_call` for one user: a request rejection is that user's RecordError."""
         try:
-            return await self._call(method, path, endpoint, data=data, params=params)
+            return await self._call(method, path, endpoint, **body)
         except BatchError as exc:
             raise _record_error(exc) from exc
 
