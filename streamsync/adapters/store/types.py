@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from streamsync.retry import jitter
+
 SOURCES = frozenset({"cdc", "reconcile", "fanout", "retry", "catchup"})
 """Why a queue row was (last) enqueued; stored in `queue.source`."""
 
@@ -114,7 +116,7 @@ class Backoff:
 
     def delay_s(self, attempts: int, retry_after_s: float | None = None) -> float:
         """The jittered delay after `attempts` failures, never below a server's Retry-After."""
-        delay = self.rand() * self.ceiling_s(attempts)
+        delay = jitter(self.ceiling_s(attempts), rand=self.rand)
         if retry_after_s is not None and retry_after_s > delay:
             delay = retry_after_s
         return delay
