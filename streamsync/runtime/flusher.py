@@ -20,10 +20,11 @@ from streamsync.adapters.store import (
     Store,
 )
 from streamsync.config import Config, ObjectConfig
-from streamsync.core.ids import is_valid_id, to_18
+from streamsync.core.ids import id_or_none, parse_id
 from streamsync.core.soql import select_by_ids_chunked, select_children
 from streamsync.errors import FatalError, RetriableError, Unreachable, describe_error
 from streamsync.logs import get_logger
+from streamsync.models import SfId
 from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
 from streamsync.runtime.conversions import ConvertedLeads
 from streamsync.runtime.metrics import Metrics
@@ -82,17 +83,17 @@ def breakers_from(config: Config, clock: Callable[[], float]) -> Breakers:
     return Breakers({SALESFORCE: breaker("Salesforce"), ITERABLE: breaker("Iterable")})
 
 
+def _key(lease: Lease) -> tuple[str, str]:
+    """A lease's key in `pending`: its id in the 18-character form the outcomes use, parsed
+    once as it leaves the store (an invalid id stays as stored, to be dead-lettered)."""
+    return lease.object_name, id_or_none(lease.record_id) or lease.record_id
+
+
 def _take(pending: dict[tuple[str, str], Lease], object_name: str,
           ids: Sequence[str]) -> list[Lease]:
-    """The pending leases of `ids` (either id form), removed from `pending`."""
-    found = []
-    for record_id in ids:
-        lease = pending.pop((object_name, record_id), None)
-        if lease is None and is_valid_id(record_id):
-            lease = pending.pop((object_name, to_18(record_id)), None)
-        if lease is not None:
-            found.append(lease)
-    return found
+    """The pending leases of `ids`, removed from `pending`."""
+    found = [pending.pop((object_name, record_id), None) for record_id in ids]
+    return [lease for lease in found if lease is not None]
 
 
 class Flusher:
@@ -175,7 +176,7 @@ class Flusher:
         result = FlushResult(leased=len(leases))
         if not leases:
             return result
-        pending = {(lease.object_name, lease.record_id): lease for lease in leases}
+        pending = {_key(lease): lease for lease in leases}
         try:
             by_object: dict[str, list[Lease]] = defaultdict(list)
             for lease in leases:
@@ -206,13 +207,13 @@ class Flusher:
                             pending: dict[tuple[str, str], Lease], result: FlushResult,
                             signals: Signals) -> None:
         obj = self.config.objects[object_name]
-        ids = [lease.record_id for lease in leases]
-        bad = [lease for lease in leases if not is_valid_id(lease.record_id)]
+        parsed = [(lease, id_or_none(lease.record_id)) for lease in leases]
+        ids = [sf_id for _, sf_id in parsed if sf_id is not None]
+        bad = [lease for lease, sf_id in parsed if sf_id is None]
         if bad:
             await self._settle(object_name, SyncOutcome(dead={
                 lease.record_id: ("invalid_id", "not a Salesforce record id") for lease in bad}),
                 pending, result)
-            ids = [i for i in ids if is_valid_id(i)]
         try:
             live, deleted, filtered, gone = await self._read(object_name, obj, ids)
             # Before the pipeline reads identities: a Contact's first sync moves its Lead's
@@ -226,17 +227,17 @@ class Flusher:
         if live and obj.writes_users:
             outcome = await self.pipeline.sync_records(object_name, live, source="flush")
         elif live:
-            outcome.skipped.extend(to_18(r["Id"]) for r in live)
+            outcome.skipped.extend(r["Id"] for r in live)
         if obj.fan_out and live:
-            result.fanned_out += await self._fan_out(obj, [to_18(r["Id"]) for r in live])
+            result.fanned_out += await self._fan_out(obj, [r["Id"] for r in live])
         if deleted:
             _merge(outcome, await self.pipeline.sync_deleted(object_name, deleted,
                                                              source="flush", current=gone))
         outcome.skipped.extend(filtered)
         await self._settle(object_name, outcome, pending, result)
 
-    async def _read(self, object_name: str, obj: ObjectConfig, ids: Sequence[str]
-                    ) -> tuple[list[dict[str, Any]], list[str], list[str],
+    async def _read(self, object_name: str, obj: ObjectConfig, ids: Sequence[SfId]
+                    ) -> tuple[list[dict[str, Any]], list[SfId], list[SfId],
                                dict[str, dict[str, Any]]]:
         """(live records, deleted or missing ids, ids that exist but fail the filter, the
         deleted rows Salesforce still returns by 18-char Id)."""
@@ -244,28 +245,27 @@ class Flusher:
         fields = (mapping.soql_fields("IsDeleted", "SystemModstamp") if mapping is not None
                   else ["Id", "IsDeleted"])
         rows = await self._query_ids(object_name, fields, ids, obj.safe_filter)
-        missing = [i for i in ids if to_18(i) not in rows]
-        filtered: list[str] = []
+        missing = [i for i in ids if i not in rows]
+        filtered: list[SfId] = []
         if missing and obj.safe_filter is not None:
             exists = await self._query_ids(object_name, ["Id", "IsDeleted"], missing, None)
-            filtered = [i for i in missing if to_18(i) in exists
-                        and not exists[to_18(i)].get("IsDeleted")]
+            filtered = [i for i in missing if i in exists and not exists[i].get("IsDeleted")]
             for i in missing:
-                row = exists.get(to_18(i))
+                row = exists.get(i)
                 if row is not None and row.get("IsDeleted"):
-                    rows[to_18(i)] = row
+                    rows[i] = row
             if filtered:
                 log.info("flusher.filtered_out", object=object_name, records=len(filtered))
         live = [r for r in rows.values() if not r.get("IsDeleted")]
         deleted = [i for i in ids if i not in filtered
-                   and (to_18(i) not in rows or rows[to_18(i)].get("IsDeleted"))]
+                   and (i not in rows or rows[i].get("IsDeleted"))]
         gone = {key: row for key, row in rows.items() if row.get("IsDeleted")}
         return live, deleted, filtered, gone
 
     async def _query_ids(self, object_name: str, fields: Sequence[str], ids: Sequence[str],
                          where: Any) -> dict[str, dict[str, Any]]:
-        """Current rows by 18-char Id; the chunk queries run concurrently (the Salesforce
-        client bounds its requests in flight)."""
+        """Current rows by 18-char Id (each row's `Id` set to that form as it enters); the chunk
+        queries run concurrently (the Salesforce client bounds its requests in flight)."""
         rows: dict[str, dict[str, Any]] = {}
         if not ids:
             return rows
@@ -273,7 +273,8 @@ class Flusher:
         async def read(soql: str) -> None:
             async for page in self.salesforce.query_all(soql):
                 for record in page.records:
-                    rows[to_18(record["Id"])] = record
+                    record["Id"] = parse_id(record.get("Id"))
+                    rows[record["Id"]] = record
 
         await asyncio.gather(*(read(soql) for soql in select_by_ids_chunked(
             object_name, fields, ids, self._uri_prefix, where)))
@@ -290,7 +291,7 @@ class Flusher:
                     soql = select_children(fan.object, fan.via, parents, after_id=after,
                                            limit=self.fanout_page)
                     try:
-                        children = [to_18(r["Id"])
+                        children = [parse_id(r.get("Id"))
                                     async for r in self.salesforce.records(soql)]
                     except RetriableError as exc:
                         raise Unreachable(SALESFORCE, exc) from exc
@@ -340,7 +341,7 @@ class Flusher:
     async def _retry(self, leases: Sequence[Lease], error: RetriableError,
                      pending: dict[tuple[str, str], Lease], result: FlushResult) -> None:
         for lease in leases:
-            pending.pop((lease.object_name, lease.record_id), None)
+            pending.pop(_key(lease), None)
         if not leases:
             return
         detail = str(error)[:300]
@@ -361,7 +362,7 @@ class Flusher:
         """Back to the queue without an attempt: due at the destination breaker's next probe
         while it is open, else after a backoff by the rows' outage retries."""
         for lease in leases:
-            pending.pop((lease.object_name, lease.record_id), None)
+            pending.pop(_key(lease), None)
         if not leases:
             return
         detail = str(error)[:300]
