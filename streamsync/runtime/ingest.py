@@ -21,7 +21,7 @@ from streamsync.adapters.store import (
 )
 from streamsync.config import Config
 from streamsync.core.events import is_echo, parse_event
-from streamsync.core.ids import KEY_PREFIXES, is_valid_id, to_18
+from streamsync.core.ids import KEY_PREFIXES, id_or_none
 from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describe_error
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
@@ -337,10 +337,11 @@ def _conversion(event: ChangeEvent, message: Message) -> IdentityHandover | None
         return None
     data = message.get("data")
     payload = data.get("payload") if isinstance(data, dict) else None
-    contact_id = payload.get("ConvertedContactId") if isinstance(payload, dict) else None
-    if not is_valid_id(contact_id):
+    contact_id = id_or_none(payload.get("ConvertedContactId")) if isinstance(payload, dict) \
+        else None
+    if contact_id is None:
         return None
-    return IdentityHandover("Lead", event.record_ids[0], "Contact", to_18(contact_id))
+    return IdentityHandover("Lead", event.record_ids[0], "Contact", contact_id)
 
 
 def _readable_replay_id(message: object) -> int | None:
