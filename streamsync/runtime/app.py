@@ -56,6 +56,7 @@ from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.reconcile import Reconciler
+from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
 
@@ -277,9 +278,10 @@ class Service:
 
     async def _run_tasks(self, parts: Components, instance_url: str, stop: asyncio.Event) -> int:
         config = self.config
+        signal = QueueSignal()  # every enqueue in this process wakes the flusher at once
         reconciler = Reconciler(
             config=config, store=parts.store, salesforce=parts.salesforce, metrics=self.metrics,
-            clock=self.clock,
+            clock=self.clock, signal=signal,
         )
         ingest_http = salesforce_session(
             config, timeout_s=config.salesforce.timeout_s + 120,
@@ -301,11 +303,12 @@ class Service:
         )
         self.ingest = Ingest(
             config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,
-            metrics=self.metrics, clock=self.clock, callbacks=callbacks,
+            metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=signal,
         )
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
             pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
+            signal=signal,
         )
         work = [
             asyncio.create_task(self.ingest.run(stop), name="ingest"),

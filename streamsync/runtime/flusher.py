@@ -29,6 +29,7 @@ from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
 from streamsync.runtime.conversions import ConvertedLeads
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
+from streamsync.runtime.wakeup import Coalescer, QueueSignal, Turn
 
 log = get_logger(__name__)
 
@@ -40,6 +41,9 @@ PROBE_IDS = 50
 """Records leased by the one probe batch of a destination that is down."""
 PAUSED_POLL_S = 0.05
 """Shortest wait of a paused flusher loop (while another loop's probe is in flight)."""
+OTHER_PROCESS_RECHECK_S = 1.0
+"""Longest sleep of an idle flusher loop: rows enqueued by another process (a backfill's
+catch-up, `dlq replay`) send no wake-up, so they are leased within this (or at their due time)."""
 SALESFORCE = "salesforce"
 ITERABLE = "iterable"
 STORE = "store"
@@ -120,7 +124,8 @@ class Flusher:
     def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
                  pipeline: SyncPipeline, metrics: Metrics, owner: str,
                  clock: Callable[[], float] = time.time, backoff: Backoff | None = None,
-                 shutdown_grace_s: float = 10.0, fanout_page: int = FANOUT_PAGE) -> None:
+                 shutdown_grace_s: float = 10.0, fanout_page: int = FANOUT_PAGE,
+                 signal: QueueSignal | None = None) -> None:
         self.config = config
         self.store = store
         self.salesforce = salesforce
@@ -131,6 +136,8 @@ class Flusher:
         self.backoff = backoff or backoff_from(config)
         self.shutdown_grace_s = shutdown_grace_s
         self.fanout_page = fanout_page
+        self.signal = signal or QueueSignal()
+        self._coalescer = Coalescer(config.flush.linger_ms / 1000.0)
         self.breakers = breakers_from(config, clock)
         self._recoveries = 0
         # Iterable's breaker hears of every Iterable call the pipeline's writer makes.
@@ -145,18 +152,19 @@ class Flusher:
 
     # -- one step ----------------------------------------------------------------------------
 
-    async def flush_once(self) -> FlushResult:
+    async def flush_once(self, turn: Turn | None = None) -> FlushResult:
         """Lease one batch, read, sync and settle it. A failing object's rows are retried later
         (an attempt each, so a record that trips a bug ends in the dead-letter table; an outage
         costs none); on cancellation or a FatalError the unsettled leases are released, then it
         re-raises. While a destination is down it leases nothing (`paused`) until a probe is
-        due, and then only a probe batch."""
+        due, and then only a probe batch. `turn` (from the loop's Coalescer) hears how many
+        rows the lease found."""
         probing = self.breakers.admit()
         if probing is None:
             return FlushResult(paused=True)
         signals = Signals()
         try:
-            result = await self._flush(signals, PROBE_IDS if probing else None)
+            result = await self._flush(signals, PROBE_IDS if probing else None, turn)
         finally:
             self.breakers.report(signals, probing)
             for name, breaker in self.breakers.by_name.items():
@@ -165,14 +173,19 @@ class Flusher:
         if recoveries != self._recoveries:
             self._recoveries = recoveries
             resumed = await asyncio.shield(self.store.resume_waiting(self.clock()))
+            self.signal.notify()
             log.info("flusher.outage_over", records_due_now=resumed)
         return result
 
-    async def _flush(self, signals: Signals, limit: int | None) -> FlushResult:
+    async def _flush(self, signals: Signals, limit: int | None, turn: Turn | None
+                     ) -> FlushResult:
+        batch_ids = self.config.flush.batch_ids
         leases = await self.store.lease(
-            self.owner, min(limit or self.config.flush.batch_ids, self.config.flush.batch_ids),
+            self.owner, min(limit or batch_ids, batch_ids),
             self.config.queue.lease_s, self.clock(), objects=list(self.config.objects),
             max_attempts=self.backoff.max_attempts)
+        if turn is not None:
+            self._coalescer.leased(turn, len(leases), full=len(leases) >= batch_ids)
         result = FlushResult(leased=len(leases))
         if not leases:
             return result
@@ -299,6 +312,7 @@ class Flusher:
                         queued += await self.store.enqueue(
                             [QueueInput(fan.object, c) for c in children], self.clock(),
                             "fanout")
+                        self.signal.notify()
                     if len(children) < self.fanout_page:
                         break
                     after = children[-1]
@@ -316,8 +330,8 @@ class Flusher:
         now = self.clock()
         synced = take(outcome.synced)
         done = synced + take(outcome.skipped)
-        if done:
-            await asyncio.shield(self.store.ack(done))
+        if done and (await asyncio.shield(self.store.ack(done))).kept:
+            self.signal.notify()  # changed while leased: due again at once
         for lease in synced:
             if lease.commit_ts_ms is not None:
                 self.metrics.commit_to_iterable_s.observe(
@@ -327,8 +341,9 @@ class Flusher:
             for lease in take([record_id]):
                 failures.append(Failure(lease, reason, detail))
                 self.metrics.dead_lettered.labels(reason).inc()
-        if failures:
-            await asyncio.shield(self.store.dead_letter_each(failures, now))
+        if failures and (await asyncio.shield(
+                self.store.dead_letter_each(failures, now))).kept_newer:
+            self.signal.notify()
         result.synced += len(synced)
         result.skipped += len(done) - len(synced)
         result.dead += len(failures)
@@ -354,6 +369,8 @@ class Flusher:
             "flusher", f"{leases[0].object_name}: {type(error).__name__}: {detail}", now))
         result.retried += settled.retried
         result.dead += settled.dead_lettered
+        if settled.kept_newer:
+            self.signal.notify()
         if settled.dead_lettered:
             self.metrics.dead_lettered.labels(RETRIES_EXHAUSTED).inc(settled.dead_lettered)
 
@@ -386,6 +403,7 @@ class Flusher:
         loops = [asyncio.create_task(self._loop(stop, n), name=f"flusher-{self.owner}-{n}")
                  for n in range(self.config.flush.concurrency)]
         stopped = asyncio.create_task(stop.wait())
+        stopped.add_done_callback(lambda _: self._wake_all())
         try:
             await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
             await asyncio.wait(loops, timeout=self.shutdown_grace_s)
@@ -401,31 +419,61 @@ class Flusher:
             if error is not None:
                 raise error
 
+    def _wake_all(self) -> None:
+        self.signal.notify()
+        self._coalescer.wake()
+
     async def _loop(self, stop: asyncio.Event, n: int) -> None:
+        """Flush back to back while batches come out full; otherwise wait for a wake-up (an
+        enqueue in this process) or the next due time in the store, never a fixed poll. A
+        small flush waits its turn in the Coalescer, so a trickle still fills batches."""
         failures = 0
+        full = False
         while not stop.is_set():
+            seen = self.signal.generation
+            turn = self._coalescer.under_load() if full else await self._coalescer.turn(stop)
             try:
-                result = await self.flush_once()
+                if stop.is_set():
+                    return
+                result = await self.flush_once(turn)
                 failures = 0
             except FatalError:
                 stop.set()
                 raise
             except Exception as exc:  # noqa: BLE001 - a loop never dies on a bad batch
                 failures += 1
+                full = False
                 delay = self.backoff.delay_s(failures, getattr(exc, "retry_after_s", None))
                 log.warning("flusher.error", loop=n, delay_s=round(delay, 3),
                             **describe_error(exc))
                 await _wait(stop, max(delay, 0.05))
                 continue
-            if result.idle:
-                await _wait(stop, self._idle_s(result))
+            finally:
+                self._coalescer.done(turn)
+            full = result.leased >= self.config.flush.batch_ids
+            if result.paused:
+                await _wait(stop, self._paused_s())
+            elif not full:
+                await self._await_work(seen)
 
-    def _idle_s(self, result: FlushResult) -> float:
-        """After an idle flush: the linger, or while paused by an outage until a probe is due."""
+    async def _await_work(self, seen: int) -> None:
+        """Until an enqueue in this process (a notice newer than `seen`) or the queue's next
+        due time, at most OTHER_PROCESS_RECHECK_S."""
+        wait_s = OTHER_PROCESS_RECHECK_S
+        try:
+            due = await self.store.next_due(list(self.config.objects))
+        except RetriableError as exc:  # a busy store: look again soon
+            log.warning("flusher.next_due_failed", error=type(exc).__name__)
+            due = None
+            wait_s = PAUSED_POLL_S
+        if due is not None:
+            wait_s = min(wait_s, max(0.0, due - self.clock()))
+        await self.signal.wait(seen, wait_s)
+
+    def _paused_s(self) -> float:
+        """While paused by an outage: until a probe is due (checked at least every second)."""
         linger_s = self.config.flush.linger_ms / 1000.0
-        if not result.paused:
-            return linger_s
-        return max(linger_s, min(self.breakers.wait_s(), 1.0), PAUSED_POLL_S)
+        return max(min(linger_s, 1.0), min(self.breakers.wait_s(), 1.0), PAUSED_POLL_S)
 
 
 async def _wait(stop: asyncio.Event, timeout_s: float) -> None:

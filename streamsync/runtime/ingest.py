@@ -30,6 +30,7 @@ from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
 from streamsync.runtime.replay_anchors import ReplayAnchors
+from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
 
@@ -115,6 +116,7 @@ class Ingest:
         max_concurrent_reconciles: int = 2,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
+        signal: QueueSignal | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -128,6 +130,7 @@ class Ingest:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
+        self._signal = signal  # told after each commit that queued ids (wakes the flusher)
         contact = config.objects.get("Contact")
         self._hands_over_converted = (
             "Lead" in config.objects and contact is not None and contact.writes_users
@@ -206,6 +209,8 @@ class Ingest:
             await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)
         await self._store.record_event(event.channel, event.replay_id, items,
                                        event.commit_timestamp_ms, now)
+        if items and self._signal is not None:
+            self._signal.notify()
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
                   change=event.change_type, ids=len(items))

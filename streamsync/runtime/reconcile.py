@@ -19,6 +19,7 @@ from streamsync.logs import get_logger
 from streamsync.models import ChangeType
 from streamsync.retry import NO_RETRY, Policy
 from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
 
@@ -47,6 +48,7 @@ class Reconciler:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         page_size: int = PAGE_LIMIT,
+        signal: QueueSignal | None = None,
     ) -> None:
         if not 1 <= page_size <= PAGE_LIMIT:
             raise ValueError(f"page_size must be within 1..{PAGE_LIMIT}, got {page_size}")
@@ -56,6 +58,7 @@ class Reconciler:
         self._metrics = metrics
         self._clock = clock
         self._page_size = page_size
+        self._signal = signal  # told of every page enqueued (wakes this process's flusher)
         self.margin_ms = int(config.ingest.reconcile_overlap_s * 1000)
 
     def objects_for_channel(self, channel: str) -> list[str]:
@@ -117,6 +120,8 @@ class Reconciler:
             items = _inputs(object_name, kept)
             if items:
                 await self._store.enqueue(items, self._clock(), source)
+                if self._signal is not None:
+                    self._signal.notify()
                 queued += len(items)
             last_id = _last_id(rows)
             if len(rows) < self._page_size or last_id is None:

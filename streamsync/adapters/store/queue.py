@@ -442,3 +442,22 @@ class QueueOps(ReplayOps):
                 "SELECT object_name, count(*) FROM queue GROUP BY object_name"
             ) as cursor:
                 return {str(name): int(count) for name, count in await cursor.fetchall()}
+
+    async def next_due(self, objects: Sequence[str] | None = None) -> float | None:
+        """The earliest `next_attempt_at` of a row of `objects` (None: any object), leased rows
+        included (due at their lease's end): when `lease` will next find work without a new
+        enqueue. None for an empty queue."""
+        where = ""
+        params: list[object] = []
+        if objects is not None:
+            if not objects:
+                return None
+            where = f"WHERE object_name IN ({', '.join('?' for _ in objects)})"
+            params.extend(objects)
+        async with self._read("next_due") as conn:
+            async with conn.execute(
+                f"SELECT next_attempt_at FROM queue {where} ORDER BY next_attempt_at LIMIT 1",
+                params,
+            ) as cursor:
+                row = await cursor.fetchone()
+        return None if row is None else float(row[0])
