@@ -124,13 +124,12 @@ class Ingest:
         self._metrics = metrics
         self._clock = clock
         self._objects = tuple(config.objects)
-        self._echo_client = (
-            config.salesforce.client_name if config.salesforce.suppress_echoes else None
-        )
+        suppress = config.salesforce.suppress_echoes
+        self._echo_client = config.salesforce.client_name if suppress else None
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
-        self._signal = signal  # told after each commit that queued ids (wakes the flusher)
+        self._signal = signal or QueueSignal()  # told of each commit (wakes the flusher)
         contact = config.objects.get("Contact")
         self._hands_over_converted = (
             "Lead" in config.objects and contact is not None and contact.writes_users
@@ -209,8 +208,7 @@ class Ingest:
             await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)
         await self._store.record_event(event.channel, event.replay_id, items,
                                        event.commit_timestamp_ms, now)
-        if items and self._signal is not None:
-            self._signal.notify()
+        self._signal.notify(len(items))
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
                   change=event.change_type, ids=len(items))

@@ -33,8 +33,10 @@ class QueueSignal:
     def generation(self) -> int:
         return self._generation
 
-    def notify(self) -> None:
-        """Wake every waiter (called after the enqueue committed)."""
+    def notify(self, rows: int = 1) -> None:
+        """Wake every waiter (called after an enqueue of `rows` committed; 0 wakes nobody)."""
+        if rows <= 0:
+            return
         self._generation += 1
         self._event.set()
         self._event = asyncio.Event()
