@@ -56,6 +56,7 @@ from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.reconcile import Reconciler
+from streamsync.runtime.statuspage.data import PageData
 from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
@@ -171,6 +172,7 @@ class Service:
         self.queue_depth = 0
         self.last_write_ok = True
         self.store_problem: str | None = None
+        self.page = PageData(config, self.metrics, self.readiness, clock)
 
     def readiness(self) -> Readiness:
         """Ready once subscribed, while the store file is the one opened, while neither
@@ -214,6 +216,7 @@ class Service:
             async with open_components(self.config, metrics=self.metrics, clock=self.clock,
                                        stop=stop) as parts:
                 opened = True
+                self.page.attach(parts.store, parts.limiter)
                 reclaimed = await parts.store.expire_leases(self.clock())
                 if reclaimed:
                     log.warning("store.leases_reclaimed", records=reclaimed,
@@ -241,6 +244,7 @@ class Service:
                 await store.close()
             return 1
         finally:
+            self.page.attach(None, None)
             if health is not None:
                 await health.stop()
 
@@ -248,7 +252,8 @@ class Service:
         conf = self.config.health
         if not conf.enabled:
             return None
-        self.health = HealthServer(self.metrics, self.readiness, self.loop_monitor)
+        self.health = HealthServer(self.metrics, self.readiness, self.loop_monitor,
+                                   page=self.page.read)
         try:
             port = await self.health.start(conf.host, conf.port)
         except OSError as exc:

@@ -334,8 +334,8 @@ class Flusher:
             self.signal.notify()  # changed while leased: due again at once
         for lease in synced:
             if lease.commit_ts_ms is not None:
-                self.metrics.commit_to_iterable_s.observe(
-                    max(0.0, now - lease.commit_ts_ms / 1000.0))
+                self.metrics.observe_commit_to_iterable(
+                    max(0.0, now - lease.commit_ts_ms / 1000.0), now)
         failures = []
         for record_id, (reason, detail) in outcome.dead.items():
             for lease in take([record_id]):

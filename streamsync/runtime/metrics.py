@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from streamsync.adapters.store import BackfillRun, Checkpoint
+from streamsync.runtime.latency_window import LatencyWindow
 
 BACKFILL_WINDOW_STATES = ("done", "pending")
 # Commit -> Iterable receipt: 50 ms resolution for a healthy sync, minutes for a backlog.
@@ -104,6 +105,12 @@ class Metrics:
             registry=r,
         )
         self._dead_letter_reasons: set[str] = set()
+        self.latency_window = LatencyWindow()
+
+    def observe_commit_to_iterable(self, latency_s: float, now: float) -> None:
+        """One record confirmed by Iterable: the histogram and the status page's last hour."""
+        self.commit_to_iterable_s.observe(latency_s)
+        self.latency_window.observe(latency_s, now)
 
     def set_dead_letters(self, counts: Mapping[str, int]) -> None:
         """The dead-letter table by reason; a reason no longer there drops to 0."""

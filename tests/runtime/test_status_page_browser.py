@@ -1,0 +1,82 @@
+"""The status page in a real headless Chromium against a real Service and both emulators: it
+renders, the latency chart gets data points after a few changes, a new dead letter shows up
+within seconds (masked), and a screenshot is saved under tests/artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
+from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
+from streamsync.runtime.app import Service
+from tests.conftest import DEFAULT_SF_SEED, build_config
+from tests.contrib.exported import _until
+from tests.headless_chromium import headless_page
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+SCREENSHOT = ARTIFACTS / "status-page.png"
+DEAD_LETTER_WITHIN_S = 10.0
+BAD_EMAIL = "jane.doe@example.c0m"
+
+
+async def test_the_status_page_in_a_headless_browser(tmp_path: Path) -> None:
+    sf = SalesforceEmulator(SalesforceEmulatorConfig(
+        **DEFAULT_SF_SEED, latency_ms=0.0, long_poll_s=1.0))
+    it = IterableEmulator(IterableEmulatorConfig(latency_ms=0.0, rate_limits=False,
+                                                 project_type="email"))
+    await sf.start("127.0.0.1", 0)
+    await it.start("127.0.0.1", 0)
+    stop = asyncio.Event()
+    task: asyncio.Task[int] | None = None
+    try:
+        config = build_config(sf, it, tmp_path, health={"enabled": True, "port": 0},
+                              ingest={"watchdog_s": 5.0, "long_poll_timeout_s": 3.0})
+        service = Service(config, metrics_refresh_s=0.2, shutdown_s=5.0)
+        task = asyncio.create_task(service.run(stop))
+
+        async def ready() -> bool:
+            if service.health is None or service.health.port is None:
+                return False
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"http://127.0.0.1:{service.health.port}/readyz") as r:
+                return r.status == 200
+
+        await _until("service ready", ready)
+        assert service.health is not None
+        url = f"http://127.0.0.1:{service.health.port}/"
+        async with headless_page(tmp_path / "chromium-profile") as page:
+            await page.goto(url)
+            assert await page.eval("document.title") == "streamsync status"
+            await page.until("subscriptions listed",
+                             "document.querySelectorAll('#subscriptions td').length > 0")
+            assert await page.eval("document.querySelectorAll('#latency-chart circle.pt')"
+                                   ".length") == 0
+
+            for contact in sf.select_ids("Contact", "Email != null", limit=3):
+                sf.state.update("Contact", contact, {"FirstName": "Charted"})
+            await page.until("the latency chart has data points",
+                             "document.querySelectorAll('#latency-chart circle.p50').length > 0"
+                             " && document.querySelectorAll('#latency-chart circle.p95')"
+                             ".length > 0")
+
+            sf.state.create("Contact", {"LastName": "Bad", "Email": BAD_EMAIL})
+            took = await page.until(
+                "a dead letter on the page",
+                "document.querySelectorAll('#dead-letters h3.reason').length > 0 && "
+                "document.querySelectorAll('#dead-letters td').length > 0",
+                timeout_s=DEAD_LETTER_WITHIN_S)
+            text = await page.eval("document.body.innerText")
+            assert BAD_EMAIL not in text and "[email]" in text, text
+            assert it.api_key not in text and sf.client_secret not in text
+            shot = await page.screenshot(SCREENSHOT)
+            print(f"dead letter shown after {took:.1f} s; screenshot: {shot}")
+        assert shot.stat().st_size > 10_000
+    finally:
+        stop.set()
+        if task is not None:
+            assert await asyncio.wait_for(task, 15) == 0
+        await it.stop()
+        await sf.stop()
