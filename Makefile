@@ -36,7 +36,7 @@ UV_SYNC := $(UV) sync --locked --extra dev
 # runs the suite on what there is, so a fresh clone with one Python 3.11+ still tests.
 REQUIRE_ALL_PYTHONS ?= $(if $(filter true 1,$(CI)),1,)
 
-.PHONY: install test lint types unit unit-newest pythons demo bench clean promtool lock
+.PHONY: install test lint types unit unit-newest pythons demo bench clean promtool chromium lock
 
 $(UV_STAMP): requirements/uv.txt
 	@test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
@@ -75,7 +75,7 @@ pythons:
 	if [ -n "$(PYTHON_NEWEST)" ]; then echo "Python $(NEWEST_PYTHON): $(PYTHON_NEWEST) ($(VENV_NEWEST))"; \
 	else $(call missing,$(NEWEST_PYTHON)); fi
 
-unit: install promtool
+unit: install promtool chromium
 	@echo "== pytest on $$($(PY) -V)"
 	$(VENV)/bin/pytest
 
@@ -84,7 +84,7 @@ unit: install promtool
 # keep `make test` under 10 min on a busy 2-core machine; they pass on 3.13 too:
 # `make unit-newest NEWEST_PYTEST_ARGS=` runs them there.
 NEWEST_PYTEST_ARGS ?= -m 'not slow'
-unit-newest: promtool
+unit-newest: promtool chromium
 	@if [ -z "$(PYTHON_NEWEST)" ]; then echo "!!! not run: no Python $(NEWEST_PYTHON)"; exit 0; fi; \
 	set -e; UV_PROJECT_ENVIRONMENT=$(VENV_NEWEST) $(UV_SYNC) -q --python $(PYTHON_NEWEST); \
 	if [ -x $(VENV)/bin/promtool ]; then install -m 0755 $(VENV)/bin/promtool $(VENV_NEWEST)/bin/; fi; \
@@ -104,6 +104,19 @@ promtool: install
 	dpkg-deb --fsys-tarfile "$$tmp"/prometheus_*.deb | tar -x -C "$$tmp" ./usr/bin/promtool && \
 	install -m 0755 "$$tmp/usr/bin/promtool" $(VENV)/bin/promtool && \
 	$(VENV)/bin/promtool --version | head -1
+
+# The status page's browser test (tests/runtime/test_status_page_browser.py) drives Debian's
+# chromium over the DevTools protocol. When it is missing and we are root with apt-get (CI), it
+# is installed; otherwise the test fails and says how to get it.
+CHROMIUM_NAMES := chromium chromium-browser google-chrome
+chromium:
+	@for b in $(CHROMIUM_NAMES); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium missing: 'sudo apt-get install --no-install-recommends chromium'"; \
+		echo "(or 'sudo make chromium'); the status page's browser test fails without it"; \
+		exit 0; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends chromium >/dev/null && chromium --version
 
 test: pythons lint types unit unit-newest
 

@@ -4,7 +4,8 @@
 2. Backfills every Lead and Contact into Iterable, with a progress bar.
 3. Runs the real-time service while a workload makes live changes in Salesforce (creates,
    updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email),
-   showing queue depth, commit-to-Iterable latency, records synced and dead letters.
+   showing queue depth, commit-to-Iterable latency, records synced and dead letters; the
+   status page's address is printed, and the page is live while the service runs.
 4. Waits for the queue to drain and checks that every Iterable profile matches its Salesforce
    record (`core/verify.py`). `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it
    does.
@@ -154,6 +155,11 @@ async def verify(config: Config, it: IterableEmulator) -> VerifyReport:
     return compare(policies, records, it.state.snapshot(), dead)
 
 
+def page_url(host: str, port: int) -> str:
+    """The status page's address on the health bind (streamsync/runtime/statuspage/)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def _status_line(service: Service) -> str:
     m = service.metrics
     synced = sum(s.value for metric in m.records_synced.collect() for s in metric.samples
@@ -229,6 +235,9 @@ async def _live_changes(service: Service, task: asyncio.Task[int], workload: Wor
         if task.done():
             return
         await asyncio.sleep(0.05)
+    if service.health is not None and service.health.port is not None:
+        print(f"   status page: {page_url(service.config.health.host, service.health.port)}"
+              "  (live while the service runs)", file=out, flush=True)
     started, n = time.monotonic(), 0
     next_status = started
     while time.monotonic() - started < duration_s and not task.done():

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import itertools
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,25 +71,24 @@ class Page:
             await asyncio.sleep(0.1)
         raise AssertionError(f"{what}: not true after {timeout_s} s ({expression})")
 
-    async def screenshot(self, path: Path) -> Path:
+    async def screenshot(self) -> bytes:
+        """The whole page as PNG."""
         shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
-        return path
+        return base64.b64decode(shot["data"])
 
 
 @asynccontextmanager
 async def headless_page(profile: Path) -> AsyncIterator[Page]:
     """Start the browser with a fresh profile; yield its first tab; stop it."""
-    proc = subprocess.Popen([browser_binary(), *FLAGS, f"--user-data-dir={profile}",
-                             "about:blank"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        browser_binary(), *FLAGS, f"--user-data-dir={profile}", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"chromium did not start (exit {proc.poll()})")
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise AssertionError(f"chromium did not start (exit {proc.returncode})")
             await asyncio.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         async with aiohttp.ClientSession() as http:
@@ -100,9 +98,10 @@ async def headless_page(profile: Path) -> AsyncIterator[Page]:
             async with http.ws_connect(url, max_msg_size=0) as ws:
                 yield Page(ws)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 
 @pytest.mark.slow
-def test_demo_short_mode_ends_with_every_profile_matching() -> None:
-    proc = subprocess.run(
+def test_demo_short_mode_ends_with_every_profile_matching(tmp_path: Path) -> None:
+    err = (tmp_path / "stderr").open("w+")  # a file: a full pipe would block the demo
+    proc = subprocess.Popen(
         [sys.executable, "-m", "streamsync", "--log-level", "info", "demo", "--small",
          "--duration", "3"],
-        capture_output=True, text=True, timeout=180, check=False,
+        stdout=subprocess.PIPE, stderr=err, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    out = proc.stdout
-    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout is not None
+    lines = []
+    page = None
+    for line in proc.stdout:  # the status page answers while the demo runs
+        lines.append(line)
+        found = re.search(r"status page: (http://127\.0\.0\.1:\d+/)", line)
+        if found and page is None:
+            with urllib.request.urlopen(found.group(1), timeout=10) as r:
+                page = (r.status, r.read().decode())
+    proc.wait(timeout=180)
+    err.seek(0)
+    stderr = err.read()
+    err.close()
+    out = "".join(lines)
+    assert page is not None, out
+    assert page[0] == 200 and "<title>streamsync status</title>" in page[1]
+    assert proc.returncode == 0, out[-3000:] + stderr[-3000:]
     assert "== 1. Backfill" in out and "== 2. Real time" in out
     assert "mismatches: 0" in out
     assert "Every Iterable profile matches Salesforce." in out
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in stderr
     # the global --log-level reaches the demo (structured JSON lines off a terminal)
-    assert '"level":"info"' in proc.stderr.replace(" ", "")
+    assert '"level":"info"' in stderr.replace(" ", "")

@@ -5,16 +5,18 @@ within seconds (masked), and a screenshot is saved under tests/artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.runtime.app import Service
 from tests.conftest import DEFAULT_SF_SEED, build_config
 from tests.contrib.exported import _until
-from tests.headless_chromium import headless_page
+from tests.headless_chromium import browser_binary, headless_page
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SCREENSHOT = ARTIFACTS / "status-page.png"
@@ -71,12 +73,21 @@ async def test_the_status_page_in_a_headless_browser(tmp_path: Path) -> None:
             text = await page.eval("document.body.innerText")
             assert BAD_EMAIL not in text and "[email]" in text, text
             assert it.api_key not in text and sf.client_secret not in text
-            shot = await page.screenshot(SCREENSHOT)
-            print(f"dead letter shown after {took:.1f} s; screenshot: {shot}")
-        assert shot.stat().st_size > 10_000
+            png = await page.screenshot()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        SCREENSHOT.write_bytes(png)
+        print(f"dead letter shown after {took:.1f} s; screenshot: {SCREENSHOT}")
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
     finally:
         stop.set()
         if task is not None:
             assert await asyncio.wait_for(task, 15) == 0
         await it.stop()
         await sf.stop()
+
+
+def test_a_missing_browser_fails_and_says_how_to_get_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install"):
+        browser_binary()

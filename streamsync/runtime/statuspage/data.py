@@ -23,11 +23,12 @@ RATE_WINDOW_S = 60.0
 EMAIL = re.compile(r"[\w.+%-]+@[\w-]+(\.[\w-]+)+")
 MASKED_EMAIL = "[email]"
 # A bearer token, a `key=value` whose key names a secret, or a long opaque run of characters
-# (API keys, session ids, JWTs); Salesforce record ids (15/18 characters) stay readable.
+# (API keys, session ids, JWT parts); Salesforce record ids (15/18 characters) and URL paths
+# stay readable.
 SECRET_LIKE = re.compile(
     r"(?i)\bbearer\s+\S+"
-    r"|\b[\w-]*(?:" + "|".join(SECRET_KEY_HINTS) + r")[\w-]*\s*[=:]\s*\S+"
-    r"|[A-Za-z0-9_\-+/=.]{32,}")
+    r"|\b[\w-]*(?:" + "|".join(SECRET_KEY_HINTS) + r")[\w-]*\s*[=:]\s*(?:bearer\s+)?\S+"
+    r"|[A-Za-z0-9_\-+=]{32,}")
 
 
 def mask(text: str) -> str:
