@@ -162,3 +162,17 @@ def test_rate_budget_measures_the_last_minute() -> None:
         limiter.reserve()
     read = budget.read(limiter, 160.0)
     assert read["used_per_s"] == 5.0 and read["used_fraction"] == 0.5
+
+
+def test_every_static_file_is_package_data_so_an_installed_wheel_serves_it() -> None:
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["streamsync.runtime.statuspage"]
+    static = root / "streamsync" / "runtime" / "statuspage" / "static"
+    files = sorted(p.relative_to(static.parent).as_posix() for p in static.iterdir())
+    assert files == ["static/page.css", "static/page.js"]
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
