@@ -15,8 +15,9 @@ KNOWN: dict[str, str] = {
     "app.py": "the service's composition and start-up; issue 11 item 6 (one composition root) "
               "reworks it",
     "app.py::Service": "as app.py",
-    "flusher.py": "lease, sync and settle in one loop; issue 11 items 6 (ids normalised once: "
-                  "the settle step's double id forms) and 7 (wake-up on commit) rework it",
+    "flusher.py": "lease, read, sync, settle and fan-out, and the loops that run them (their "
+                  "wake-ups and coalescing are runtime/wakeup.py, item 7); the loops can move "
+                  "out next",
     "flusher.py::Flusher": "as flusher.py",
     "pipeline.py": "map, skip-unchanged, batch and write in one stage; item 2 (one HTTP seam, "
                    "one rate limiter) reworks its writes",
