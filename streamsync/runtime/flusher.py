@@ -359,14 +359,13 @@ class Flusher:
             pending.pop(_key(lease), None)
         if not leases:
             return
-        detail = str(error)[:300]
-        log.warning("flusher.retry_later", records=len(leases), error=type(error).__name__,
-                    detail=detail)
+        fields = describe_error(error)
+        log.warning("flusher.retry_later", records=len(leases), **fields)
         now = self.clock()
         settled = await asyncio.shield(self.store.retry_later(
             leases, str(error), now, self.backoff, error.retry_after_s))
         await asyncio.shield(self.store.note_error(
-            "flusher", f"{leases[0].object_name}: {type(error).__name__}: {detail}", now))
+            "flusher", f"{leases[0].object_name}: {fields['error']}: {fields['message']}", now))
         result.retried += settled.retried
         result.dead += settled.dead_lettered
         if settled.kept_newer:
@@ -382,16 +381,15 @@ class Flusher:
             pending.pop(_key(lease), None)
         if not leases:
             return
-        detail = str(error)[:300]
-        log.warning("flusher.wait_out", destination=destination, records=len(leases),
-                    error=type(error).__name__, detail=detail)
+        fields = describe_error(error)
+        log.warning("flusher.wait_out", destination=destination, records=len(leases), **fields)
         now = self.clock()
         breaker = self.breakers.by_name.get(destination)
         until = max(now, breaker.probe_at) if breaker is not None and breaker.is_open else None
         settled = await asyncio.shield(self.store.wait_out(
             leases, str(error), now, self.backoff, error.retry_after_s, until))
         await asyncio.shield(self.store.note_error(
-            "flusher", f"{leases[0].object_name}: {type(error).__name__}: {detail}", now))
+            "flusher", f"{leases[0].object_name}: {fields['error']}: {fields['message']}", now))
         result.retried += settled.retried
 
     # -- the loop ----------------------------------------------------------------------------
