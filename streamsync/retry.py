@@ -14,6 +14,7 @@ The store's persisted `Backoff` schedule (adapters/store/types.py) is data, not 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,8 @@ class Policy:
     wait_max_s: float = 30.0
     on: tuple[type[Exception], ...] = (RetriableError,)
     on_retry: Callable[[Exception], None] | None = field(default=None, compare=False)
+    name: str = "call"
+    """What is retried, for the `retry.scheduled` log line (e.g. "writer", "describes")."""
 
     def __post_init__(self) -> None:
         if self.attempts is not None and self.attempts < 1:
@@ -100,6 +103,13 @@ class Policy:
             return await self._call_until(fn, stop)
         if self.attempts == 1:
             return await fn()
+        token = _CALL_NAME.set(self.name)
+        try:
+            return await self._stamina(fn)
+        finally:
+            _CALL_NAME.reset(token)
+
+    async def _stamina(self, fn: Callable[[], Awaitable[T]]) -> T:
         caller = stamina.AsyncRetryingCaller(
             attempts=self.attempts,
             timeout=self.timeout_s,
@@ -154,9 +164,12 @@ class Policy:
 NO_RETRY = Policy(attempts=1)
 
 
+_CALL_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("retry_call", default="call")
+
+
 def _log_retry(details: RetryDetails) -> None:
     error = details.caused_by
-    log.info("retry.scheduled", call=details.name, attempt=details.retry_num,
+    log.info("retry.scheduled", call=_CALL_NAME.get(), attempt=details.retry_num,
              wait_s=round(details.wait_for, 3), **describe_error(error))
 
 

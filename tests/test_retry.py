@@ -150,3 +150,17 @@ async def test_on_retry_is_told_of_every_retried_failure(retry_waits: list[float
     _, fn = _failing([TransientError("a"), RateLimited("b", retry_after_s=1.0)])
     assert await Policy(attempts=3, on_retry=seen.append).call(fn) == "done"  # type: ignore[arg-type]
     assert [str(e) for e in seen] == ["a", "b"] and len(retry_waits) == 2
+
+
+async def test_each_scheduled_retry_is_logged_with_its_call_name_and_typed_fields(
+        retry_waits: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    _, fn = _failing([RateLimited("slow", api="iterable", endpoint="bulkUpdate", status=429,
+                                  retry_after_s=2.0)])
+    caplog.set_level("INFO", logger="streamsync.retry")
+    assert await Policy(name="writer", attempts=2).call(fn) == "done"  # type: ignore[arg-type]
+    [record] = [r for r in caplog.records if r.getMessage() == "retry.scheduled"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert (fields["call"], fields["attempt"], fields["error"], fields["api"],
+            fields["endpoint"], fields["status"], fields["retry_after_s"]) == (
+        "writer", 1, "RateLimited", "iterable", "bulkUpdate", 429, 2.0)
+    assert 2.0 <= fields["wait_s"] <= 2.5

@@ -129,7 +129,7 @@ async def test_no_secret_in_logs_metrics_or_status(
     sf_emulator.sessions.expire_all()  # a re-authentication is logged too
     lead = sf_emulator.select_ids("Lead", "IsDeleted = false AND Email != null", limit=1)[0]
     sf_emulator.state.update("Lead", lead, {"FirstName": "Secretless"})
-    await _wait_for(log, b"writer.retry", proc)
+    await _wait_for(log, b'"event":"retry.scheduled","call":"writer"', proc)
     deadline = time.monotonic() + 20
     while not any((p.get("dataFields") or {}).get("firstName") == "Secretless"
                   for p in iterable_emulator.state.snapshot().values()):

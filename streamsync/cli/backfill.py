@@ -40,7 +40,7 @@ from streamsync.runtime.backfill import (
 )
 
 PREFIX: Final = "streamsync backfill"
-KEY_CHECK: Final = Policy(attempts=3, timeout_s=30.0)
+KEY_CHECK: Final = Policy(name="iterable_key_check", attempts=3, timeout_s=30.0)
 T = TypeVar("T")
 
 DESCRIPTION = """\

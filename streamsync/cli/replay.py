@@ -111,7 +111,7 @@ async def _replay_since(config: Config, channel: str, objects: Sequence[str],
     try:
         async with salesforce_session(config) as session:
             salesforce = build_salesforce_client(
-                config, session, retry=Policy(attempts=5, timeout_s=120.0))
+                config, session, retry=Policy(name="salesforce_reads", attempts=5, timeout_s=120.0))
             reconciler = Reconciler(config=config, store=store, salesforce=salesforce,
                                     metrics=Metrics())
             queued: dict[str, int] = {}

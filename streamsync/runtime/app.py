@@ -266,7 +266,7 @@ class Service:
 
     async def _wait_for_salesforce(self, parts: Components, stop: asyncio.Event) -> str | None:
         """Authenticate, retrying transient failures; None if asked to stop meanwhile."""
-        policy = Policy(attempts=None, timeout_s=None, wait_initial_s=1.0,
+        policy = Policy(name="salesforce_auth", attempts=None, timeout_s=None, wait_initial_s=1.0,
                         wait_max_s=STARTUP_BACKOFF_MAX_S, on_retry=_salesforce_unreachable)
         try:
             return await policy.call(parts.auth.instance_url, stop)

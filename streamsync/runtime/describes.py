@@ -70,8 +70,9 @@ async def startup_mappings(
     BOUNDED_ATTEMPTS times, then the last error is raised. A definitive mismatch (a mapped
     field that does not exist) raises ConfigError at once; a refused login raises AuthError.
     """
-    policy = Policy(attempts=None if stop is not None else BOUNDED_ATTEMPTS, timeout_s=None,
-                    wait_initial_s=1.0, wait_max_s=BACKOFF_MAX_S, on_retry=_unavailable)
+    policy = Policy(name="describes", attempts=None if stop is not None else BOUNDED_ATTEMPTS,
+                    timeout_s=None, wait_initial_s=1.0, wait_max_s=BACKOFF_MAX_S,
+                    on_retry=_unavailable)
     describes = await policy.call(lambda: fetch_describes(config, salesforce), stop)
     refuse_on_problems(config, describes)
     return compile_mappings(config, describes)

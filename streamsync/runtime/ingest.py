@@ -318,8 +318,9 @@ class Ingest:
         """handle_message, retried with backoff while the store reports a transient fault; the
         same message is retried so nothing after it is stored before it. False when stopping
         left it unstored (it is replayed from the stored id on the next start)."""
-        policy = Policy(attempts=None, timeout_s=None, wait_initial_s=self._retry_base_s,
-                        wait_max_s=self._retry_max_s, on_retry=self._store_retry)
+        policy = Policy(name="ingest_store", attempts=None, timeout_s=None,
+                        wait_initial_s=self._retry_base_s, wait_max_s=self._retry_max_s,
+                        on_retry=self._store_retry)
         try:
             await policy.call(lambda: self.handle_message(message), self._stop)
         except Stopped:

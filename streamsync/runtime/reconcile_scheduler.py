@@ -147,8 +147,8 @@ class ReconcileScheduler:
         """Run the owed reconciliation until its row is cleared; a row changed meanwhile (a
         newer gap) means another pass. Transient failures are retried without end (the row
         stays owed); a fatal one is noted and left for the next start."""
-        policy = Policy(attempts=None, timeout_s=None, wait_initial_s=self._retry_base_s * 4,
-                        wait_max_s=self._retry_max_s * 4,
+        policy = Policy(name="reconcile", attempts=None, timeout_s=None,
+                        wait_initial_s=self._retry_base_s * 4, wait_max_s=self._retry_max_s * 4,
                         on_retry=lambda error: self._retrying(object_name, error))
 
         async def reconcile_owed() -> PendingReconcile | None:

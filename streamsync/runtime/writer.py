@@ -52,7 +52,8 @@ class WriteOutcome:
         self.rate_limited += other.rate_limited
 
 
-DEFAULT_POLICY = Policy(attempts=3, timeout_s=60.0, wait_initial_s=0.2, wait_max_s=5.0)
+DEFAULT_POLICY = Policy(name="writer", attempts=3, timeout_s=60.0, wait_initial_s=0.2,
+                        wait_max_s=5.0)
 """In-call retries of transient Iterable faults before records go back to the queue."""
 
 

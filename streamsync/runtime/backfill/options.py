@@ -18,9 +18,11 @@ from streamsync.errors import (
 from streamsync.retry import Policy
 
 Api = Literal["rest", "bulk"]
-READS = Policy(attempts=8, timeout_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
+READS = Policy(name="backfill_reads", attempts=8, timeout_s=300.0, wait_initial_s=0.5,
+               wait_max_s=30.0)
 """Every Salesforce read of a backfill: a query page, a Bulk job, a count, a describe."""
-WRITES = Policy(attempts=6, timeout_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
+WRITES = Policy(name="backfill_writes", attempts=6, timeout_s=300.0, wait_initial_s=0.5,
+                wait_max_s=30.0)
 """A pipeline call of a backfill, while Iterable takes none (or not all) of its records."""
 
 
