@@ -14,6 +14,7 @@ from typing import Any
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import QueueInput, Store
 from streamsync.config import Config
+from streamsync.core.ids import row_id
 from streamsync.core.soql import PAGE_LIMIT, keyset_page, modified_since
 from streamsync.logs import get_logger
 from streamsync.models import ChangeType
@@ -139,9 +140,15 @@ class Reconciler:
         return queued
 
     async def _rows(self, soql: str) -> list[dict[str, Any]]:
+        """A page's rows, each valid `Id` in its 18-character form from here on (an invalid
+        one is left as read: it is queued, and the flusher dead-letters it)."""
         rows: list[dict[str, Any]] = []
         async for page in self._salesforce.query(soql, include_deleted=True):
             rows.extend(page.records)
+        for row in rows:
+            sf_id = row_id(row)
+            if sf_id is not None:
+                row["Id"] = sf_id
         return rows
 
     async def reconcile_from_timestamp(

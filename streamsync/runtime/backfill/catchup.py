@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamsync.config import Config
-from streamsync.core.ids import to_18
 from streamsync.logs import get_logger
 from streamsync.runtime.backfill.options import READS
 from streamsync.runtime.backfill.plan import ObjectPlan, iso, sf_datetime
@@ -107,7 +106,8 @@ class CatchUp:
             stamp = sf_datetime(row.get("SystemModstamp"))
             moment = stamp.timestamp() if stamp is not None else started_s
             deleted = bool(row.get("IsDeleted"))
-            if not deleted and self._seen.get((name, to_18(str(row["Id"])))) == moment:
+            # reconcile.py _rows hands over each valid Id in its 18-character form
+            if not deleted and self._seen.get((name, str(row.get("Id")))) == moment:
                 return False
             counts[0 if moment >= int(started_s) else 1] += 1  # stamps may be whole seconds
             return True
