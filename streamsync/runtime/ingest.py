@@ -90,17 +90,8 @@ class Ingest:
     only then is the replay id moved past the event; the scheduler runs it in the background,
     at most `max_concurrent_reconciles` at once. What a crash left owed is resumed by `run`.
 
-    Wiring (the subscriber needs the Ingest's callbacks, the Ingest needs the subscriber):
-
-        callbacks = ReplayCallbacks(store)
-        subscriber = CometdSubscriber(session, ..., channels=ingest_channels(config),
-                                      replay_from=callbacks.replay_from,
-                                      on_replay_invalid=callbacks.on_replay_invalid,
-                                      idle_resubscribe_s=1800.0)
-        reconciler = Reconciler(config=config, store=store, salesforce=sf, metrics=metrics)
-        ingest = Ingest(config=config, store=store, subscriber=subscriber,
-                        reconciler=reconciler, metrics=metrics, callbacks=callbacks)
-        await ingest.run(stop)    # closes the subscriber when it returns
+    Wiring: the subscriber is built first with a `ReplayCallbacks`'s `replay_from` and
+    `on_replay_invalid`, which the Ingest binds to itself (see `Service` in runtime/app.py).
     """
 
     def __init__(
