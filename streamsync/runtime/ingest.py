@@ -320,8 +320,7 @@ class Ingest:
 
     def _store_retry(self, error: Exception) -> None:
         self.stats.store_retries += 1
-        log.warning("ingest.store_retry", attempt=self.stats.store_retries,
-                    **describe_error(error))
+        log.warning("ingest.store_retry", attempt=self.stats.store_retries, **describe_error(error))
 
 
 def _conversion(event: ChangeEvent, message: Message) -> IdentityHandover | None:
