@@ -389,6 +389,7 @@ class Service:
         """Queue depth, oldest age and dead letters from the store, every few seconds."""
         while not stop.is_set():
             self._check_store_file(parts.store)
+            self.page.sample()
             self.metrics.subscribed.set(int(self.ingest is not None and self.ingest.subscribed))
             with contextlib.suppress(RetriableError):
                 stats = await parts.store.queue_stats(self.clock())

@@ -176,3 +176,16 @@ def test_every_static_file_is_package_data_so_an_installed_wheel_serves_it() -> 
     files = sorted(p.relative_to(static.parent).as_posix() for p in static.iterdir())
     assert files == ["static/page.css", "static/page.js"]
     assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
+
+
+async def test_the_service_samples_the_rate_budget_before_anyone_reads_the_page(
+        config: Config) -> None:
+    clock = iter([100.0, 130.0, 160.0])
+    limiter = RateLimiter(10.0)
+    data = PageData(config, Metrics(), lambda: Readiness(True), clock=lambda: next(clock))
+    data.attach(None, limiter)
+    data.sample()
+    for _ in range(120):
+        limiter.reserve()
+    data.sample()
+    assert data.budget.read(limiter, 160.0)["used_per_s"] == 2.0

@@ -39,17 +39,20 @@ def mask(text: str) -> str:
 
 
 class RateBudget:
-    """Iterable requests granted over the last minute against the configured rate, sampled
-    each time the page is read."""
+    """Iterable requests granted over the last minute against the configured rate, from
+    samples the service takes every few seconds (and one per read of the page)."""
 
     def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
         self.window_s = window_s
         self._samples: deque[tuple[float, int]] = deque()
 
-    def read(self, limiter: RateLimiter, now: float) -> dict[str, Any]:
+    def sample(self, limiter: RateLimiter, now: float) -> None:
         self._samples.append((now, limiter.granted_total))
         while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_s:
             self._samples.popleft()
+
+    def read(self, limiter: RateLimiter, now: float) -> dict[str, Any]:
+        self.sample(limiter, now)
         first_at, first_granted = self._samples[0]
         span = now - first_at
         rate = (limiter.granted_total - first_granted) / span if span > 0 else None
@@ -97,6 +100,11 @@ class PageData:
 
     def attach(self, store: Store | None, limiter: RateLimiter | None) -> None:
         self.store, self.limiter = store, limiter
+
+    def sample(self) -> None:
+        """One rate-budget sample (the service calls this with its metrics refresh)."""
+        if self.limiter is not None:
+            self.budget.sample(self.limiter, self.clock())
 
     async def read(self) -> dict[str, Any]:
         now = self.clock()
