@@ -208,7 +208,6 @@ async def _read_until(stream: asyncio.StreamReader, event: str, seen: list[str])
 async def test_run_serves_until_sigterm_and_status_works_meanwhile(
         sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
         tmp_path: Path) -> None:
-    pytest.importorskip("streamsync.runtime.app", reason="runtime/app.py (the lead's) not there")
     config = emulator_config(tmp_path, sf_emulator, iterable_emulator)
     env = emulator_env(sf_emulator, iterable_emulator)
     proc = await asyncio.create_subprocess_exec(
