@@ -15,10 +15,6 @@ KNOWN: dict[str, str] = {
     "app.py": "the service's composition and start-up; issue 11 item 6 (one composition root) "
               "reworks it",
     "app.py::Service": "as app.py",
-    "flusher.py": "lease, read, sync, settle and fan-out, and the loops that run them (their "
-                  "wake-ups and coalescing are runtime/wakeup.py, item 7); the loops can move "
-                  "out next",
-    "flusher.py::Flusher": "as flusher.py",
     "pipeline.py": "map, skip-unchanged, batch and write in one stage; item 2 (one HTTP seam, "
                    "one rate limiter) reworks its writes",
     "pipeline.py::SyncPipeline": "as pipeline.py",

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import (
@@ -16,35 +14,24 @@ from streamsync.adapters.store import (
     Backoff,
     Failure,
     Lease,
-    QueueInput,
     Store,
 )
-from streamsync.config import Config, ObjectConfig
-from streamsync.core.ids import id_or_none, parse_id
-from streamsync.core.soql import select_by_ids_chunked, select_children
+from streamsync.config import Config
+from streamsync.core.ids import id_or_none
 from streamsync.errors import FatalError, RetriableError, Unreachable, describe_error
 from streamsync.logs import get_logger
-from streamsync.models import SfId
 from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
 from streamsync.runtime.conversions import ConvertedLeads
+from streamsync.runtime.flush_loop import run_loops
+from streamsync.runtime.flush_read import FANOUT_PAGE, SALESFORCE, fan_out, read_current
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
 from streamsync.runtime.wakeup import Coalescer, QueueSignal, Turn
 
 log = get_logger(__name__)
 
-PARENT_IDS_PER_QUERY = 300
-"""Parent ids per fan-out query (300 quoted 18-char ids stay far below the URI cap)."""
-FANOUT_PAGE = 2000
-"""Children per keyset page of a fan-out query."""
 PROBE_IDS = 50
 """Records leased by the one probe batch of a destination that is down."""
-PAUSED_POLL_S = 0.05
-"""Shortest wait of a paused flusher loop (while another loop's probe is in flight)."""
-OTHER_PROCESS_RECHECK_S = 1.0
-"""Longest sleep of an idle flusher loop: rows enqueued by another process (a backfill's
-catch-up, `dlq replay`) send no wake-up, so they are leased within this (or at their due time)."""
-SALESFORCE = "salesforce"
 ITERABLE = "iterable"
 STORE = "store"
 
@@ -137,12 +124,11 @@ class Flusher:
         self.shutdown_grace_s = shutdown_grace_s
         self.fanout_page = fanout_page
         self.signal = signal or QueueSignal()
-        self._coalescer = Coalescer(config.flush.linger_ms / 1000.0)
+        self.coalescer = Coalescer(config.flush.linger_ms / 1000.0)
         self.breakers = breakers_from(config, clock)
         self._recoveries = 0
         # Iterable's breaker hears of every Iterable call the pipeline's writer makes.
         pipeline.writer.breaker = self.breakers.by_name[ITERABLE]
-        self._uri_prefix = f"{salesforce.data_path}/queryAll?q="
         self.converted_leads = ConvertedLeads(config=config, store=store, salesforce=salesforce,
                                               clock=clock)
 
@@ -185,7 +171,7 @@ class Flusher:
             self.config.queue.lease_s, self.clock(), objects=list(self.config.objects),
             max_attempts=self.backoff.max_attempts)
         if turn is not None:
-            self._coalescer.leased(turn, len(leases), full=len(leases) >= batch_ids)
+            self.coalescer.leased(turn, len(leases), full=len(leases) >= batch_ids)
         result = FlushResult(leased=len(leases))
         if not leases:
             return result
@@ -228,7 +214,8 @@ class Flusher:
                 lease.record_id: ("invalid_id", "not a Salesforce record id") for lease in bad}),
                 pending, result)
         try:
-            live, deleted, filtered, gone = await self._read(object_name, obj, ids)
+            live, deleted, filtered, gone = await read_current(
+                self.salesforce, self.pipeline.mappings, object_name, obj, ids)
             # Before the pipeline reads identities: a Contact's first sync moves its Lead's
             # profile (this looks the converted Leads up in Salesforce).
             await self.converted_leads.adopt(object_name, [*(r["Id"] for r in live), *deleted])
@@ -242,83 +229,15 @@ class Flusher:
         elif live:
             outcome.skipped.extend(r["Id"] for r in live)
         if obj.fan_out and live:
-            result.fanned_out += await self._fan_out(obj, [r["Id"] for r in live])
+            result.fanned_out += await fan_out(
+                salesforce=self.salesforce, store=self.store, signal=self.signal,
+                clock=self.clock, obj=obj, parent_ids=[r["Id"] for r in live],
+                page=self.fanout_page)
         if deleted:
             _merge(outcome, await self.pipeline.sync_deleted(object_name, deleted,
                                                              source="flush", current=gone))
         outcome.skipped.extend(filtered)
         await self._settle(object_name, outcome, pending, result)
-
-    async def _read(self, object_name: str, obj: ObjectConfig, ids: Sequence[SfId]
-                    ) -> tuple[list[dict[str, Any]], list[SfId], list[SfId],
-                               dict[str, dict[str, Any]]]:
-        """(live records, deleted or missing ids, ids that exist but fail the filter, the
-        deleted rows Salesforce still returns by 18-char Id)."""
-        mapping = self.pipeline.mappings.get(object_name)
-        fields = (mapping.soql_fields("IsDeleted", "SystemModstamp") if mapping is not None
-                  else ["Id", "IsDeleted"])
-        rows = await self._query_ids(object_name, fields, ids, obj.safe_filter)
-        missing = [i for i in ids if i not in rows]
-        filtered: list[SfId] = []
-        if missing and obj.safe_filter is not None:
-            exists = await self._query_ids(object_name, ["Id", "IsDeleted"], missing, None)
-            filtered = [i for i in missing if i in exists and not exists[i].get("IsDeleted")]
-            for i in missing:
-                row = exists.get(i)
-                if row is not None and row.get("IsDeleted"):
-                    rows[i] = row
-            if filtered:
-                log.info("flusher.filtered_out", object=object_name, records=len(filtered))
-        live = [r for r in rows.values() if not r.get("IsDeleted")]
-        deleted = [i for i in ids if i not in filtered
-                   and (i not in rows or rows[i].get("IsDeleted"))]
-        gone = {key: row for key, row in rows.items() if row.get("IsDeleted")}
-        return live, deleted, filtered, gone
-
-    async def _query_ids(self, object_name: str, fields: Sequence[str], ids: Sequence[str],
-                         where: Any) -> dict[str, dict[str, Any]]:
-        """Current rows by 18-char Id (each row's `Id` set to that form as it enters); the chunk
-        queries run concurrently (the Salesforce client bounds its requests in flight)."""
-        rows: dict[str, dict[str, Any]] = {}
-        if not ids:
-            return rows
-
-        async def read(soql: str) -> None:
-            async for page in self.salesforce.query_all(soql):
-                for record in page.records:
-                    record["Id"] = parse_id(record.get("Id"))
-                    rows[record["Id"]] = record
-
-        await asyncio.gather(*(read(soql) for soql in select_by_ids_chunked(
-            object_name, fields, ids, self._uri_prefix, where)))
-        return rows
-
-    async def _fan_out(self, obj: ObjectConfig, parent_ids: Sequence[str]) -> int:
-        """Enqueue every child of these parents, page by page; returns how many."""
-        queued = 0
-        for fan in obj.fan_out:
-            for start in range(0, len(parent_ids), PARENT_IDS_PER_QUERY):
-                parents = parent_ids[start:start + PARENT_IDS_PER_QUERY]
-                after: str | None = None
-                while True:
-                    soql = select_children(fan.object, fan.via, parents, after_id=after,
-                                           limit=self.fanout_page)
-                    try:
-                        children = [parse_id(r.get("Id"))
-                                    async for r in self.salesforce.records(soql)]
-                    except RetriableError as exc:
-                        raise Unreachable(SALESFORCE, exc) from exc
-                    if children:
-                        queued += await self.store.enqueue(
-                            [QueueInput(fan.object, c) for c in children], self.clock(),
-                            "fanout")
-                        self.signal.notify()
-                    if len(children) < self.fanout_page:
-                        break
-                    after = children[-1]
-        if queued:
-            log.info("flusher.fan_out", records=queued)
-        return queued
 
     # -- settling ----------------------------------------------------------------------------
 
@@ -392,92 +311,13 @@ class Flusher:
             "flusher", f"{leases[0].object_name}: {fields['error']}: {fields['message']}", now))
         result.retried += settled.retried
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the loops (runtime/flush_loop.py) ---------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """`flush.concurrency` loops until `stop`; then in-flight batches get `shutdown_grace_s`
         to finish before they are cancelled and their leases released. A FatalError in any
         loop stops them all and is raised here."""
-        loops = [asyncio.create_task(self._loop(stop, n), name=f"flusher-{self.owner}-{n}")
-                 for n in range(self.config.flush.concurrency)]
-        stopped = asyncio.create_task(stop.wait())
-        stopped.add_done_callback(lambda _: self._wake_all())
-        try:
-            await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.wait(loops, timeout=self.shutdown_grace_s)
-        finally:
-            stopped.cancel()
-            late = [task for task in loops if not task.done()]
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        log.info("flusher.stopped", owner=self.owner, cancelled=len(late))
-        for task in loops:
-            error = None if task.cancelled() else task.exception()
-            if error is not None:
-                raise error
-
-    def _wake_all(self) -> None:
-        self.signal.notify()
-        self._coalescer.wake()
-
-    async def _loop(self, stop: asyncio.Event, n: int) -> None:
-        """Flush back to back while batches come out full; otherwise wait for a wake-up (an
-        enqueue in this process) or the next due time in the store, never a fixed poll. A
-        small flush waits its turn in the Coalescer, so a trickle still fills batches."""
-        failures = 0
-        full = False
-        while not stop.is_set():
-            seen = self.signal.generation
-            turn = self._coalescer.under_load() if full else await self._coalescer.turn(stop)
-            try:
-                if stop.is_set():
-                    return
-                result = await self.flush_once(turn)
-                failures = 0
-            except FatalError:
-                stop.set()
-                raise
-            except Exception as exc:  # noqa: BLE001 - a loop never dies on a bad batch
-                failures += 1
-                full = False
-                delay = self.backoff.delay_s(failures, getattr(exc, "retry_after_s", None))
-                log.warning("flusher.error", loop=n, delay_s=round(delay, 3),
-                            **describe_error(exc))
-                await _wait(stop, max(delay, 0.05))
-                continue
-            finally:
-                self._coalescer.done(turn)
-            full = result.leased >= self.config.flush.batch_ids
-            if result.paused:
-                await _wait(stop, self._paused_s())
-            elif not full:
-                await self._await_work(seen)
-
-    async def _await_work(self, seen: int) -> None:
-        """Until an enqueue in this process (a notice newer than `seen`) or the queue's next
-        due time, at most OTHER_PROCESS_RECHECK_S."""
-        wait_s = OTHER_PROCESS_RECHECK_S
-        try:
-            due = await self.store.next_due(list(self.config.objects))
-        except RetriableError as exc:  # a busy store: look again soon
-            log.warning("flusher.next_due_failed", error=type(exc).__name__)
-            due = None
-            wait_s = PAUSED_POLL_S
-        if due is not None:
-            wait_s = min(wait_s, max(0.0, due - self.clock()))
-        await self.signal.wait(seen, wait_s)
-
-    def _paused_s(self) -> float:
-        """While paused by an outage: until a probe is due (checked at least every second)."""
-        linger_s = self.config.flush.linger_ms / 1000.0
-        return max(min(linger_s, 1.0), min(self.breakers.wait_s(), 1.0), PAUSED_POLL_S)
-
-
-async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
-    """Sleep up to `timeout_s`, waking as soon as `stop` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout_s)
+        await run_loops(self, stop)
 
 
 def _merge(into: SyncOutcome, other: SyncOutcome) -> None:

@@ -17,7 +17,8 @@ async def _idle(stop: asyncio.Event) -> None:
 
 
 async def _fails_after_setting_stop(stop: asyncio.Event) -> None:
-    """What Flusher._loop does on a FatalError: set `stop`, wind down a little, re-raise."""
+    """What a flusher loop (runtime/flush_loop.py `_loop`) does on a FatalError: set `stop`,
+    wind down a little, re-raise."""
     await asyncio.sleep(0.01)
     stop.set()
     await asyncio.sleep(0.05)

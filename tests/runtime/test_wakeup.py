@@ -19,7 +19,7 @@ from streamsync.adapters.store import Backoff, QueueInput
 from streamsync.core.ids import to_18
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
-from streamsync.runtime import flusher as flusher_module
+from streamsync.runtime import flush_loop as flush_loop_module
 from streamsync.runtime.app import Service
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.wakeup import Coalescer, QueueSignal
@@ -33,7 +33,7 @@ SLOW = {"flush": {"linger_ms": 10_000}}
 @pytest.fixture(autouse=True)
 def no_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle flusher would otherwise look at the queue every second anyway."""
-    monkeypatch.setattr(flusher_module, "OTHER_PROCESS_RECHECK_S", 60.0)
+    monkeypatch.setattr(flush_loop_module, "OTHER_PROCESS_RECHECK_S", 60.0)
 
 
 async def _until(predicate: Callable[[], bool], timeout_s: float = GUARD_S) -> float:
