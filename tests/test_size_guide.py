@@ -12,9 +12,6 @@ MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 250
 
 KNOWN: dict[str, str] = {
-    "app.py": "the service's composition and start-up; issue 11 item 6 (one composition root) "
-              "reworks it",
-    "app.py::Service": "as app.py",
     "pipeline.py": "map, skip-unchanged, batch and write in one stage; item 2 (one HTTP seam, "
                    "one rate limiter) reworks its writes",
     "pipeline.py::SyncPipeline": "as pipeline.py",

@@ -1,9 +1,10 @@
 """Wiring of the service: builds every adapter from the config and runs ingest, flushers and health.
 
-`open_components` is the one place that turns a `Config` into live clients (the `run`, `backfill`,
-`replay` and `check-config` commands share it); `Service` runs the long-lived tasks and owns
-shutdown: on SIGTERM it stops taking events, lets in-flight batches finish or releases them before
-a deadline, closes everything and returns 0.
+`open_components` (runtime/components.py, re-exported here) is the one place that turns a `Config`
+into live clients (the `run`, `backfill`, `replay` and `check-config` commands share it); `Service`
+runs the long-lived tasks and owns shutdown (runtime/supervise.py): on SIGTERM it stops taking
+events, lets in-flight batches finish or releases them before a deadline, closes everything and
+returns 0.
 """
 
 from __future__ import annotations
@@ -13,50 +14,36 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 
 from streamsync.adapters.cometd import CometdSubscriber
-from streamsync.adapters.http import UsageCounter
 from streamsync.adapters.iterable import API as ITERABLE_API
-from streamsync.adapters.iterable import BULK_UPDATE, IterableClient
-from streamsync.adapters.ratelimit import RateLimiter
-from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.salesforce_auth import SalesforceAuth
+from streamsync.adapters.iterable import BULK_UPDATE
 from streamsync.adapters.store import Store
 from streamsync.adapters.store.owner import StoreOwnership, lost_store_holder
 from streamsync.config import Config
-from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import (
     ConfigError,
     FatalError,
     RetriableError,
     Stopped,
-    StreamsyncError,
     describe_error,
 )
 from streamsync.logs import get_logger
 from streamsync.retry import Policy
-from streamsync.runtime.clients import (
-    build_iterable_client,
-    build_salesforce_auth,
-    build_salesforce_client,
-    iterable_session,
-    salesforce_session,
-)
-from streamsync.runtime.describes import refuse_on_problems, startup_mappings
+from streamsync.runtime.clients import salesforce_session
+from streamsync.runtime.components import Components as Components
+from streamsync.runtime.components import open_components as open_components
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
-from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
-from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.statuspage.data import PageData
+from streamsync.runtime.supervise import report_failure, supervise
 from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
@@ -64,85 +51,6 @@ log = get_logger(__name__)
 METRICS_REFRESH_S = 5.0
 STARTUP_BACKOFF_MAX_S = 60.0
 
-
-@dataclass
-class Components:
-    """Every live client the sync needs, built once from the config."""
-
-    config: Config
-    store: Store
-    metrics: Metrics
-    counter: UsageCounter
-    salesforce_http: aiohttp.ClientSession
-    iterable_http: aiohttp.ClientSession
-    auth: SalesforceAuth
-    salesforce: SalesforceClient
-    iterable: IterableClient
-    limiter: RateLimiter
-    mappings: dict[str, CompiledMapping]
-    pipeline: SyncPipeline
-    clock: Callable[[], float] = field(default=time.time)
-
-
-def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
-    """Feeds the adapters' call counter into the Prometheus metrics."""
-
-    def listener(api: str, endpoint: str, status: str) -> None:
-        if api == "iterable":
-            metrics.iterable_requests.labels(endpoint=endpoint, status=status).inc()
-            if status == "429":
-                metrics.iterable_429s.inc()
-        else:
-            metrics.salesforce_calls.labels(kind=endpoint, status=status).inc()
-
-    return listener
-
-
-@contextlib.asynccontextmanager
-async def open_components(
-    config: Config,
-    *,
-    metrics: Metrics | None = None,
-    clock: Callable[[], float] = time.time,
-    describes: dict[str, Any] | None = None,
-    stop: asyncio.Event | None = None,
-) -> AsyncIterator[Components]:
-    """Open the store and the HTTP clients; close them all on exit, whatever happened.
-
-    The mappings are compiled with the field types of `describes`, or of describes fetched
-    now (`startup_mappings`: an outage is waited out until `stop`, a mapped field Salesforce
-    does not have raises ConfigError).
-    """
-    metrics = metrics or Metrics()
-    counter = UsageCounter()
-    counter.subscribe(_count_calls(metrics))
-    it_conf = config.iterable
-    store = await Store.open(config.queue.path)
-    sf_http = salesforce_session(config)
-    it_http = iterable_session(config)
-    try:
-        auth = build_salesforce_auth(config, sf_http, counter, clock=clock)
-        salesforce = build_salesforce_client(config, sf_http, counter=counter, auth=auth)
-        limiter = RateLimiter(it_conf.rate_limit_per_s, max_in_flight=it_conf.max_in_flight)
-        iterable = build_iterable_client(config, it_http, counter, limiter=limiter)
-        if describes is None:
-            mappings = await startup_mappings(config, salesforce, stop=stop)
-        else:
-            refuse_on_problems(config, describes)
-            mappings = compile_mappings(config, describes)
-        pipeline = SyncPipeline(
-            config=config, store=store, iterable=iterable, metrics=metrics,
-            mappings=mappings, clock=clock,
-        )
-        yield Components(
-            config=config, store=store, metrics=metrics, counter=counter,
-            salesforce_http=sf_http, iterable_http=it_http, auth=auth, salesforce=salesforce,
-            iterable=iterable, limiter=limiter, mappings=mappings, pipeline=pipeline, clock=clock,
-        )
-    finally:
-        await sf_http.close()
-        await it_http.close()
-        await store.close()
 
 
 class Service:
@@ -228,7 +136,7 @@ class Service:
                         return 0
                     await self._check_iterable_key(parts)
                 except FatalError as exc:
-                    await self._report_failure(parts.store, "startup", exc)
+                    await report_failure(parts.store, "startup", exc, self.clock)
                     return 1
                 return await self._run_tasks(parts, instance_url, stop)
         except Stopped:
@@ -239,7 +147,7 @@ class Service:
             # Refused while describing the objects at start-up (login, permissions).
             store = await Store.open(self.config.queue.path)
             try:
-                await self._report_failure(store, "startup", exc)
+                await report_failure(store, "startup", exc, self.clock)
             finally:
                 await store.close()
             return 1
@@ -337,45 +245,9 @@ class Service:
 
     async def _supervise(self, work: list[asyncio.Task[None]], stop: asyncio.Event,
                          store: Store) -> int:
-        """Wait for stop or for any task to end; drain within the shutdown deadline; then
-        every task's outcome is read: a failure (or a task that ended before stop was asked
-        for) makes the exit code 1, is logged as `service.task_fatal`/`service.task_crashed`
-        and kept in the store's recent errors for `status`."""
-        stopper = asyncio.create_task(stop.wait(), name="stop")
-        done, _ = await asyncio.wait([*work, stopper], return_when=asyncio.FIRST_COMPLETED)
-        ended_early = [t for t in done if t is not stopper and not stop.is_set()]
-        stop.set()
-        self.notifier.stopping()
-        log.info("service.stopping", deadline_s=self.shutdown_s)
-        pending = [t for t in work if not t.done()]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.shutdown_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        stopper.cancel()
-        code = 0
-        for task in work:
-            exc = None if task.cancelled() else task.exception()
-            if exc is None and task not in ended_early:
-                continue
-            code = 1
-            await self._report_failure(store, task.get_name(), exc)
-        log.info("service.stopped", exit_code=code)
-        return code
-
-    async def _report_failure(self, store: Store, task: str, exc: BaseException | None) -> None:
-        """Log why a task ended and remember it in the store (best effort: the store itself
-        may be what failed)."""
-        if exc is None:
-            kind, message = "crashed", "ended before the service was asked to stop"
-        else:
-            kind = "fatal" if isinstance(exc, FatalError) else "crashed"
-            message = f"{type(exc).__name__}: {exc}"
-        log.error(f"service.task_{kind}", task=task, error=message)
-        with contextlib.suppress(StreamsyncError):
-            await store.note_error("service", f"{task} stopped the service: {message}",
-                                   self.clock())
+        """runtime/supervise.py `supervise`, with this service's notifier and deadline."""
+        return await supervise(work, stop, store, notifier=self.notifier,
+                               shutdown_s=self.shutdown_s, clock=self.clock)
 
     async def _announce_ready(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -1,0 +1,114 @@
+"""The composition root: `open_components` is the one place that turns a `Config` into live
+clients (the `run`, `backfill`, `replay` and `check-config` commands share it, through
+runtime/app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from streamsync.adapters.http import UsageCounter
+from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.salesforce_auth import SalesforceAuth
+from streamsync.adapters.store import Store
+from streamsync.config import Config
+from streamsync.core.mapping import CompiledMapping
+from streamsync.runtime.clients import (
+    build_iterable_client,
+    build_salesforce_auth,
+    build_salesforce_client,
+    iterable_session,
+    salesforce_session,
+)
+from streamsync.runtime.describes import refuse_on_problems, startup_mappings
+from streamsync.runtime.mappings import compile_mappings
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.pipeline import SyncPipeline
+
+
+@dataclass
+class Components:
+    """Every live client the sync needs, built once from the config."""
+
+    config: Config
+    store: Store
+    metrics: Metrics
+    counter: UsageCounter
+    salesforce_http: aiohttp.ClientSession
+    iterable_http: aiohttp.ClientSession
+    auth: SalesforceAuth
+    salesforce: SalesforceClient
+    iterable: IterableClient
+    limiter: RateLimiter
+    mappings: dict[str, CompiledMapping]
+    pipeline: SyncPipeline
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
+    """Feeds the adapters' call counter into the Prometheus metrics."""
+
+    def listener(api: str, endpoint: str, status: str) -> None:
+        if api == "iterable":
+            metrics.iterable_requests.labels(endpoint=endpoint, status=status).inc()
+            if status == "429":
+                metrics.iterable_429s.inc()
+        else:
+            metrics.salesforce_calls.labels(kind=endpoint, status=status).inc()
+
+    return listener
+
+
+@contextlib.asynccontextmanager
+async def open_components(
+    config: Config,
+    *,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+    describes: dict[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[Components]:
+    """Open the store and the HTTP clients; close them all on exit, whatever happened.
+
+    The mappings are compiled with the field types of `describes`, or of describes fetched
+    now (`startup_mappings`: an outage is waited out until `stop`, a mapped field Salesforce
+    does not have raises ConfigError).
+    """
+    metrics = metrics or Metrics()
+    counter = UsageCounter()
+    counter.subscribe(_count_calls(metrics))
+    it_conf = config.iterable
+    store = await Store.open(config.queue.path)
+    sf_http = salesforce_session(config)
+    it_http = iterable_session(config)
+    try:
+        auth = build_salesforce_auth(config, sf_http, counter, clock=clock)
+        salesforce = build_salesforce_client(config, sf_http, counter=counter, auth=auth)
+        limiter = RateLimiter(it_conf.rate_limit_per_s, max_in_flight=it_conf.max_in_flight)
+        iterable = build_iterable_client(config, it_http, counter, limiter=limiter)
+        if describes is None:
+            mappings = await startup_mappings(config, salesforce, stop=stop)
+        else:
+            refuse_on_problems(config, describes)
+            mappings = compile_mappings(config, describes)
+        pipeline = SyncPipeline(
+            config=config, store=store, iterable=iterable, metrics=metrics,
+            mappings=mappings, clock=clock,
+        )
+        yield Components(
+            config=config, store=store, metrics=metrics, counter=counter,
+            salesforce_http=sf_http, iterable_http=it_http, auth=auth, salesforce=salesforce,
+            iterable=iterable, limiter=limiter, mappings=mappings, pipeline=pipeline, clock=clock,
+        )
+    finally:
+        await sf_http.close()
+        await it_http.close()
+        await store.close()
