@@ -11,11 +11,7 @@ RUNTIME = Path(__file__).resolve().parents[1] / "streamsync" / "runtime"
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 250
 
-KNOWN: dict[str, str] = {
-    "pipeline.py": "map, skip-unchanged, batch and write in one stage; item 2 (one HTTP seam, "
-                   "one rate limiter) reworks its writes",
-    "pipeline.py::SyncPipeline": "as pipeline.py",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _sizes() -> dict[str, int]:

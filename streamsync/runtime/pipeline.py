@@ -9,21 +9,20 @@ from functools import partial
 from typing import Any
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.store import Identity, IdentityHandover, IdentityUpdate, Store
+from streamsync.adapters.store import Identity, IdentityUpdate, Store
 from streamsync.config import Config
 from streamsync.core.batching import cut_batches
-from streamsync.core.ids import parse_id, row_id
-from streamsync.core.mapping import CompiledMapping, payload_hash
+from streamsync.core.ids import parse_id
+from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.models import MappedUser
 from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.pipeline_map import hand_over_to_contacts, map_all, yield_to_leads
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
 
 log = get_logger(__name__)
 
-DUPLICATE_ORDER_FIELDS = ("SystemModstamp", "LastModifiedDate")
-"""Record fields (when selected) that decide which of two records with one identifier wins."""
 
 
 @dataclass
@@ -47,10 +46,6 @@ class SyncOutcome:
         self.requests += written.requests
         self.rate_limited += written.rate_limited
 
-
-def _order_key(record: dict[str, Any]) -> tuple[str, str]:
-    stamp = next((str(record[f]) for f in DUPLICATE_ORDER_FIELDS if record.get(f)), "")
-    return stamp, str(record.get("Id", ""))
 
 
 class SyncPipeline:
@@ -89,61 +84,18 @@ class SyncPipeline:
                               "(it does not write Iterable users)")
         return mapping
 
-    def _with_flag_cleared(self, object_name: str, user: MappedUser) -> MappedUser:
-        """With delete_policy = flag, every live record's payload sets the flag to false, so an
-        undeleted record's profile is unflagged."""
-        obj = self.config.objects[object_name]
-        if obj.delete_policy != "flag":
-            return user
-        payload = {**user.payload, "dataFields": _set_path(
-            dict(user.payload.get("dataFields") or {}),
-            obj.delete_flag_field.split(".")[1:], False)}
-        return replace(user, payload=payload, payload_hash=payload_hash(payload))
-
-    def _map_all(self, object_name: str, records: Sequence[dict[str, Any]], out: SyncOutcome,
-                 converted: list[tuple[str, str | None]]) -> list[MappedUser]:
-        mapping = self._mapping(object_name)
-        contact_first = (object_name == "Lead"
-                         and self.config.converted_precedence() == "contact")
-        winners: dict[str, tuple[tuple[str, str], MappedUser]] = {}
-        for record in records:
-            sf_id = row_id(record)
-            if sf_id is None:
-                log.warning("pipeline.record_without_id", object=object_name)
-                continue
-            if contact_first and record.get("IsConverted") and record.get("ConvertedContactId"):
-                converted.append((sf_id, row_id(record, "ConvertedContactId")))
-                out.skipped.append(sf_id)
-                continue
-            mapped = mapping.map_or_error(record)
-            if isinstance(mapped, RecordError):
-                out.dead[sf_id] = (mapped.reason, mapped.detail or str(mapped))
-                continue
-            mapped = self._with_flag_cleared(object_name, mapped)
-            order = _order_key(record)
-            held = winners.get(mapped.key)
-            if held is not None:
-                loser, winner = (held, (order, mapped)) if held[0] < order else ((order, mapped),
-                                                                                 held)
-                log.warning("pipeline.duplicate_identifier", object=object_name,
-                            kept=winner[1].sf_id, skipped=loser[1].sf_id)
-                out.skipped.append(loser[1].sf_id)
-                winners[mapped.key] = winner
-                continue
-            winners[mapped.key] = (order, mapped)
-        return [user for _, user in winners.values()]
-
     async def sync_records(self, object_name: str, records: Sequence[dict[str, Any]], *,
                            source: str, force: bool = False) -> SyncOutcome:
         """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
         batches by count and bytes, attribute per-user failures, save confirmed identities."""
         out = SyncOutcome()
         converted: list[tuple[str, str | None]] = []
-        users = self._map_all(object_name, records, out, converted)
+        users = map_all(self.config, self._mapping(object_name), object_name, records, out,
+                        converted)
         if converted:
-            await self._hand_over_to_contacts(converted)
+            await hand_over_to_contacts(self.config, self.store, self.clock, converted)
         if object_name == "Contact" and self.config.converted_precedence() == "lead":
-            users = await self._yield_to_leads(users, out)
+            users = await yield_to_leads(self.store, users, out)
         known = await self.store.identities(object_name, [u.sf_id for u in users])
         bulk: list[MappedUser] = []
         moves: list[tuple[MappedUser, str]] = []
@@ -180,49 +132,6 @@ class SyncPipeline:
              for u in written.synced], self.clock())
         self._count(object_name, out, source)
         return out
-
-    async def _hand_over_to_contacts(self, converted: Sequence[tuple[str, str | None]]) -> None:
-        """Converted Leads (precedence `contact`): each Lead's identity goes to the Contact it
-        became when that Contact holds none (it is enqueued so its next sync writes with it);
-        otherwise it is dropped. A Lead profile a differently keyed Contact profile already
-        replaced is left in Iterable and logged."""
-        contact = self.config.objects.get("Contact")
-        if contact is None or not contact.writes_users:
-            await self.store.forget_identity("Lead", [lead for lead, _ in converted])
-            return
-        leads = await self.store.identities("Lead", [lead for lead, _ in converted])
-        pairs = [(lead, target) for lead, target in converted if lead in leads]
-        orphans = [lead for lead, target in converted if lead not in leads or target is None]
-        await self.store.forget_identity("Lead", orphans)
-        handed: list[tuple[str, str]] = [(lead, t) for lead, t in pairs if t is not None]
-        if not handed:
-            return
-        held = await self.store.identities("Contact", [t for _, t in handed])
-        taken = await self.store.hand_over_identities(
-            [IdentityHandover("Lead", lead, "Contact", target) for lead, target in handed],
-            self.clock())
-        if taken:
-            log.info("pipeline.converted_identity_handed_over", records=len(taken))
-        for lead, target in handed:
-            mine, theirs = leads[lead], held.get(target)
-            if theirs is not None and _keys_differ(mine, theirs):
-                log.info("pipeline.converted_lead_profile_left", lead_id=lead,
-                            contact_id=target, detail="the Lead was converted into a Contact "
-                            "that already had a profile under another Iterable key; the Lead's "
-                            "profile is no longer updated")
-
-    async def _yield_to_leads(self, users: list[MappedUser], out: SyncOutcome
-                              ) -> list[MappedUser]:
-        """Precedence `lead`: a Contact whose email a synced Lead holds is not written."""
-        kept: list[MappedUser] = []
-        for user in users:
-            owners = await self.store.find_by_email(user.email) if user.email else []
-            if any(o.object_name == "Lead" for o in owners):
-                out.skipped.append(user.sf_id)
-                log.info("pipeline.lead_precedence", record_id=user.sf_id)
-            else:
-                kept.append(user)
-        return kept
 
     async def _move_email(self, user: MappedUser, old_email: str) -> WriteOutcome:
         """Email-based project: updateEmail keeps the profile, then the update goes by the single
@@ -370,24 +279,6 @@ class SyncPipeline:
                      synced=len(out.synced), skipped=len(out.skipped), dead=len(out.dead),
                      retry=len(out.retry))
 
-
-def _keys_differ(a: Identity, b: Identity) -> bool:
-    """True when two identities name different Iterable users: by email (case-insensitively)
-    when both have one, else by userId."""
-    if a.iterable_email and b.iterable_email:
-        return a.iterable_email.lower() != b.iterable_email.lower()
-    return a.iterable_user_id != b.iterable_user_id
-
-
-def _set_path(node: dict[str, Any], keys: Sequence[str], value: Any) -> dict[str, Any]:
-    """A copy of `node` with `value` set at the nested `keys` (intermediate dicts copied)."""
-    out = dict(node)
-    if len(keys) == 1:
-        out[keys[0]] = value
-        return out
-    child = out.get(keys[0])
-    out[keys[0]] = _set_path(dict(child) if isinstance(child, dict) else {}, keys[1:], value)
-    return out
 
 
 def _email_in_data_fields(user: MappedUser, old_email: str) -> MappedUser:

@@ -1,0 +1,144 @@
+"""The pipeline's mapping stage (runtime/pipeline.py `SyncPipeline`): map records, resolve
+duplicate identifiers, and the converted-Lead precedence (hand a Lead's identity to its Contact,
+or let a Lead's email win over a Contact's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from streamsync.adapters.store import Identity, IdentityHandover, Store
+from streamsync.config import Config
+from streamsync.core.ids import row_id
+from streamsync.core.mapping import CompiledMapping, payload_hash
+from streamsync.errors import RecordError
+from streamsync.logs import get_logger
+from streamsync.models import MappedUser
+
+if TYPE_CHECKING:
+    from streamsync.runtime.pipeline import SyncOutcome
+
+log = get_logger("streamsync.runtime.pipeline")  # the pipeline's log, as before the move
+
+DUPLICATE_ORDER_FIELDS = ("SystemModstamp", "LastModifiedDate")
+"""Record fields (when selected) that decide which of two records with one identifier wins."""
+
+
+def _order_key(record: dict[str, Any]) -> tuple[str, str]:
+    stamp = next((str(record[f]) for f in DUPLICATE_ORDER_FIELDS if record.get(f)), "")
+    return stamp, str(record.get("Id", ""))
+
+
+def _with_flag_cleared(config: Config, object_name: str, user: MappedUser) -> MappedUser:
+    """With delete_policy = flag, every live record's payload sets the flag to false, so an
+    undeleted record's profile is unflagged."""
+    obj = config.objects[object_name]
+    if obj.delete_policy != "flag":
+        return user
+    payload = {**user.payload, "dataFields": _set_path(
+        dict(user.payload.get("dataFields") or {}),
+        obj.delete_flag_field.split(".")[1:], False)}
+    return replace(user, payload=payload, payload_hash=payload_hash(payload))
+
+
+def map_all(config: Config, mapping: CompiledMapping, object_name: str,
+            records: Sequence[dict[str, Any]], out: SyncOutcome,
+            converted: list[tuple[str, str | None]]) -> list[MappedUser]:
+    """The users to write, one per identifier (the most recently modified record wins);
+    records that fail to map go to `out.dead`, converted Leads (precedence `contact`) to
+    `converted` and `out.skipped`."""
+    contact_first = (object_name == "Lead"
+                     and config.converted_precedence() == "contact")
+    winners: dict[str, tuple[tuple[str, str], MappedUser]] = {}
+    for record in records:
+        sf_id = row_id(record)
+        if sf_id is None:
+            log.warning("pipeline.record_without_id", object=object_name)
+            continue
+        if contact_first and record.get("IsConverted") and record.get("ConvertedContactId"):
+            converted.append((sf_id, row_id(record, "ConvertedContactId")))
+            out.skipped.append(sf_id)
+            continue
+        mapped = mapping.map_or_error(record)
+        if isinstance(mapped, RecordError):
+            out.dead[sf_id] = (mapped.reason, mapped.detail or str(mapped))
+            continue
+        mapped = _with_flag_cleared(config, object_name, mapped)
+        order = _order_key(record)
+        held = winners.get(mapped.key)
+        if held is not None:
+            loser, winner = (held, (order, mapped)) if held[0] < order else ((order, mapped),
+                                                                             held)
+            log.warning("pipeline.duplicate_identifier", object=object_name,
+                        kept=winner[1].sf_id, skipped=loser[1].sf_id)
+            out.skipped.append(loser[1].sf_id)
+            winners[mapped.key] = winner
+            continue
+        winners[mapped.key] = (order, mapped)
+    return [user for _, user in winners.values()]
+
+
+async def hand_over_to_contacts(config: Config, store: Store, clock: Callable[[], float],
+                                converted: Sequence[tuple[str, str | None]]) -> None:
+    """Converted Leads (precedence `contact`): each Lead's identity goes to the Contact it
+    became when that Contact holds none (it is enqueued so its next sync writes with it);
+    otherwise it is dropped. A Lead profile a differently keyed Contact profile already
+    replaced is left in Iterable and logged."""
+    contact = config.objects.get("Contact")
+    if contact is None or not contact.writes_users:
+        await store.forget_identity("Lead", [lead for lead, _ in converted])
+        return
+    leads = await store.identities("Lead", [lead for lead, _ in converted])
+    pairs = [(lead, target) for lead, target in converted if lead in leads]
+    orphans = [lead for lead, target in converted if lead not in leads or target is None]
+    await store.forget_identity("Lead", orphans)
+    handed: list[tuple[str, str]] = [(lead, t) for lead, t in pairs if t is not None]
+    if not handed:
+        return
+    held = await store.identities("Contact", [t for _, t in handed])
+    taken = await store.hand_over_identities(
+        [IdentityHandover("Lead", lead, "Contact", target) for lead, target in handed],
+        clock())
+    if taken:
+        log.info("pipeline.converted_identity_handed_over", records=len(taken))
+    for lead, target in handed:
+        mine, theirs = leads[lead], held.get(target)
+        if theirs is not None and _keys_differ(mine, theirs):
+            log.info("pipeline.converted_lead_profile_left", lead_id=lead,
+                        contact_id=target, detail="the Lead was converted into a Contact "
+                        "that already had a profile under another Iterable key; the Lead's "
+                        "profile is no longer updated")
+
+
+async def yield_to_leads(store: Store, users: list[MappedUser], out: SyncOutcome
+                         ) -> list[MappedUser]:
+    """Precedence `lead`: a Contact whose email a synced Lead holds is not written."""
+    kept: list[MappedUser] = []
+    for user in users:
+        owners = await store.find_by_email(user.email) if user.email else []
+        if any(o.object_name == "Lead" for o in owners):
+            out.skipped.append(user.sf_id)
+            log.info("pipeline.lead_precedence", record_id=user.sf_id)
+        else:
+            kept.append(user)
+    return kept
+
+
+def _keys_differ(a: Identity, b: Identity) -> bool:
+    """True when two identities name different Iterable users: by email (case-insensitively)
+    when both have one, else by userId."""
+    if a.iterable_email and b.iterable_email:
+        return a.iterable_email.lower() != b.iterable_email.lower()
+    return a.iterable_user_id != b.iterable_user_id
+
+
+def _set_path(node: dict[str, Any], keys: Sequence[str], value: Any) -> dict[str, Any]:
+    """A copy of `node` with `value` set at the nested `keys` (intermediate dicts copied)."""
+    out = dict(node)
+    if len(keys) == 1:
+        out[keys[0]] = value
+        return out
+    child = out.get(keys[0])
+    out[keys[0]] = _set_path(dict(child) if isinstance(child, dict) else {}, keys[1:], value)
+    return out
