@@ -547,7 +547,8 @@ class CometdSubscriber:
         """POSTs a JSON array of messages; returns the reply messages (dicts only)."""
         token = await self._get_token()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        resp = await send(self._session, "POST", str(self._url), api=API, endpoint="cometd",
+        resp = await send(self._session, "POST", str(self._url), api=API,
+                          endpoint=_endpoint(messages),
                           counter=self._counter, headers=headers, data=orjson.dumps(messages),
                           timeout_s=timeout_s, cookie_jar=self._jar)
         status = resp.status
@@ -613,3 +614,12 @@ def _wire_replay(stored: ReplayId | None, default: int) -> ReplayId:
     if not text:
         return default
     return int(text) if _INTEGER.fullmatch(text) else text
+
+
+def _endpoint(messages: list[Message]) -> str:
+    """The call's kind for the call counter: `cometd/<meta channel>` (`cometd/handshake`,
+    `cometd/subscribe`, `cometd/connect`, `cometd/disconnect`); each POST carries one kind."""
+    channel = messages[0].get("channel") if messages else None
+    if isinstance(channel, str) and channel.startswith("/meta/"):
+        return f"cometd/{channel.removeprefix('/meta/')}"
+    return "cometd"

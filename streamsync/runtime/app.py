@@ -213,6 +213,7 @@ class Service:
             watchdog_s=config.ingest.watchdog_s,
             long_poll_timeout_s=config.ingest.long_poll_timeout_s,
             idle_resubscribe_s=config.ingest.idle_resubscribe_s,
+            counter=parts.counter,
         )
         self.ingest = Ingest(
             config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,

@@ -58,7 +58,9 @@ class Metrics:
             "streamsync_iterable_rate_limited_total", "Iterable 429 replies", registry=r
         )
         self.salesforce_calls = Counter(
-            "streamsync_salesforce_api_calls_total", "Salesforce REST calls by kind and status",
+            "streamsync_salesforce_api_calls_total",
+            "Salesforce calls by kind and status (kind cometd/*: the streaming connection, "
+            "which the daily API allocation does not count)",
             ["kind", "status"], registry=r,
         )
         self.salesforce_api_usage = Gauge(

@@ -486,7 +486,7 @@ async def test_watchdog_tears_down_a_silent_connect(harness: Harness,
     sub = harness.subscriber(watchdog_s=0.3, long_poll_timeout_s=0.3, clock=loop.time)
     await sub.poll_once()
     server.overrides.append(hang)
-    with pytest.raises(TransientError, match="cometd: no reply in time"):
+    with pytest.raises(TransientError, match="cometd/connect: no reply in time"):
         await sub.poll_once()
     assert sub.client_id == "client-1"
     server.outbox = [data_message(LEAD, 4)]

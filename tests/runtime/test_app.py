@@ -83,3 +83,50 @@ async def test_service_is_ready_syncs_and_exposes_every_metric(
         code = await asyncio.wait_for(task, 15)
     assert code == 0
     assert [host for host, _ in (service.health.bound if service.health else [])] == ["127.0.0.1"]
+
+
+def _cometd_calls(text: str) -> dict[str, float]:
+    """`streamsync_salesforce_api_calls_total` samples of CometD kinds, by kind (status 200)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('streamsync_salesforce_api_calls_total{kind="cometd/') \
+                and 'status="200"' in line:
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = out.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+@pytest.mark.salesforce(long_poll_s=0.5)
+async def test_cometd_calls_are_counted_under_their_own_kinds(
+    sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+    make_config: MakeConfig,
+) -> None:
+    """The subscription's handshake, subscribe and long-poll connects reach /metrics, each
+    under a `cometd/...` kind (so dashboards can keep them apart from REST calls)."""
+    config = make_config(sf_emulator, iterable_emulator, tmp_path,
+                         health={"enabled": True, "port": 0},
+                         ingest={"watchdog_s": 5.0, "long_poll_timeout_s": 3.0})
+    service = Service(config, metrics_refresh_s=0.1, shutdown_s=5.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    http = aiohttp.ClientSession()
+    seen: dict[str, float] = {}
+    try:
+        async def counted() -> bool:
+            nonlocal seen
+            if service.health is None or service.health.port is None:
+                return False
+            async with http.get(f"http://127.0.0.1:{service.health.port}/metrics") as r:
+                seen = _cometd_calls(await r.text())
+            return seen.get("cometd/connect", 0.0) >= 2
+
+        await _until(counted)
+    finally:
+        await http.close()
+        stop.set()
+        code = await asyncio.wait_for(task, 15)
+    assert code == 0
+    assert 1 <= seen["cometd/handshake"] <= sf_emulator.counters()["cometd"]["handshakes"]
+    assert seen["cometd/subscribe"] >= 1
+    assert set(seen) <= {"cometd/handshake", "cometd/subscribe", "cometd/connect",
+                         "cometd/disconnect"}
