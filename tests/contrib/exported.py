@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,9 +129,26 @@ async def _until(what: str, check: Callable[[], Awaitable[bool]],
     raise AssertionError(f"{what}: not reached in {timeout_s} s")
 
 
-async def scrape_running_service(tmp_path: Path) -> str:
-    """The /metrics text of a running Service that has synced, dead-lettered, been rate
-    limited, reconciled and skipped unchanged records, so every family has samples."""
+@dataclass
+class RunningService:
+    """A wired `Service` on both emulators, subscribed and ready; `exit_code` once stopped."""
+
+    sf: SalesforceEmulator
+    it: IterableEmulator
+    service: Service
+    exit_code: int | None = None
+
+    @property
+    def health_url(self) -> str:
+        assert self.service.health is not None and self.service.health.port is not None
+        return f"http://127.0.0.1:{self.service.health.port}"
+
+
+@asynccontextmanager
+async def running_service(tmp_path: Path, *, metrics_refresh_s: float
+                          ) -> AsyncIterator[RunningService]:
+    """Start both emulators and the real Service with its health server; yield once /readyz
+    answers 200; stop everything on exit (the service's exit code is kept)."""
     sf = SalesforceEmulator(SalesforceEmulatorConfig(
         **DEFAULT_SF_SEED, latency_ms=0.0, long_poll_s=1.0))
     it = IterableEmulator(IterableEmulatorConfig(latency_ms=0.0, rate_limits=False,
@@ -139,48 +157,63 @@ async def scrape_running_service(tmp_path: Path) -> str:
     await it.start("127.0.0.1", 0)
     stop = asyncio.Event()
     task: asyncio.Task[int] | None = None
+    running: RunningService | None = None
     try:
         config = build_config(sf, it, tmp_path, health={"enabled": True, "port": 0},
                               ingest={"watchdog_s": 5.0, "long_poll_timeout_s": 3.0})
-        service = Service(config, metrics_refresh_s=0.1, shutdown_s=5.0)
+        service = Service(config, metrics_refresh_s=metrics_refresh_s, shutdown_s=5.0)
         task = asyncio.create_task(service.run(stop))
-        async with aiohttp.ClientSession() as http:
-            async def scrape() -> str:
-                assert service.health is not None and service.health.port is not None
-                async with http.get(f"http://127.0.0.1:{service.health.port}/metrics") as r:
-                    return await r.text()
+        running = RunningService(sf, it, service)
+        started = running
 
-            async def ready() -> bool:
-                if service.health is None or service.health.port is None:
-                    return False
-                async with http.get(f"http://127.0.0.1:{service.health.port}/readyz") as r:
-                    return r.status == 200
+        async def ready() -> bool:
+            if service.health is None or service.health.port is None:
+                return False
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"{started.health_url}/readyz") as r:
+                return r.status == 200
 
-            await _until("service ready", ready)
-            it.faults.fail_next(BULK, times=1, status=429, headers={"Retry-After": "0"})
-            contact = sf.select_ids("Contact", "Email != null", limit=1)[0]
-            sf.state.update("Contact", contact, {"FirstName": "Dashboard"})
-            sf.state.create("Contact", {"LastName": "Bad", "Email": "bad@example.c0m"})
-
-            async def synced() -> bool:
-                return "streamsync_dead_lettered_total{" in await scrape() \
-                    and "streamsync_records_synced_total{" in await scrape()
-
-            await _until("first sync and dead letter", synced)
-            sf.publish_gap("Contact", "GAP_OVERFLOW", [])  # a reconciliation: all unchanged
-
-            async def populated() -> bool:
-                return not Exported.parse(await scrape()).empty_families()
-
-            try:
-                await _until("every metric family has samples", populated)
-            except AssertionError:
-                empty = Exported.parse(await scrape()).empty_families()
-                raise AssertionError(f"families without samples: {empty}") from None
-            return await scrape()
+        await _until("service ready", ready)
+        yield running
     finally:
         stop.set()
         if task is not None:
-            await asyncio.wait_for(task, 15)
+            code = await asyncio.wait_for(task, 15)
+            if running is not None:
+                running.exit_code = code
         await it.stop()
         await sf.stop()
+
+
+async def scrape_running_service(tmp_path: Path) -> str:
+    """The /metrics text of a running Service that has synced, dead-lettered, been rate
+    limited, reconciled and skipped unchanged records, so every family has samples."""
+    async with running_service(tmp_path, metrics_refresh_s=0.1) as running, \
+            aiohttp.ClientSession() as http:
+        sf, it = running.sf, running.it
+
+        async def scrape() -> str:
+            async with http.get(f"{running.health_url}/metrics") as r:
+                return await r.text()
+
+        it.faults.fail_next(BULK, times=1, status=429, headers={"Retry-After": "0"})
+        contact = sf.select_ids("Contact", "Email != null", limit=1)[0]
+        sf.state.update("Contact", contact, {"FirstName": "Dashboard"})
+        sf.state.create("Contact", {"LastName": "Bad", "Email": "bad@example.c0m"})
+
+        async def synced() -> bool:
+            return "streamsync_dead_lettered_total{" in await scrape() \
+                and "streamsync_records_synced_total{" in await scrape()
+
+        await _until("first sync and dead letter", synced)
+        sf.publish_gap("Contact", "GAP_OVERFLOW", [])  # a reconciliation: all unchanged
+
+        async def populated() -> bool:
+            return not Exported.parse(await scrape()).empty_families()
+
+        try:
+            await _until("every metric family has samples", populated)
+        except AssertionError:
+            empty = Exported.parse(await scrape()).empty_families()
+            raise AssertionError(f"families without samples: {empty}") from None
+        return await scrape()

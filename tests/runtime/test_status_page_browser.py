@@ -4,18 +4,12 @@ within seconds (masked), and a screenshot is saved under tests/artifacts/."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
-from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
-from streamsync.runtime.app import Service
-from tests.conftest import DEFAULT_SF_SEED, build_config
-from tests.contrib.exported import _until
+from tests.contrib.exported import running_service
 from tests.headless_chromium import browser_binary, headless_page
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -25,30 +19,9 @@ BAD_EMAIL = "jane.doe@example.c0m"
 
 
 async def test_the_status_page_in_a_headless_browser(tmp_path: Path) -> None:
-    sf = SalesforceEmulator(SalesforceEmulatorConfig(
-        **DEFAULT_SF_SEED, latency_ms=0.0, long_poll_s=1.0))
-    it = IterableEmulator(IterableEmulatorConfig(latency_ms=0.0, rate_limits=False,
-                                                 project_type="email"))
-    await sf.start("127.0.0.1", 0)
-    await it.start("127.0.0.1", 0)
-    stop = asyncio.Event()
-    task: asyncio.Task[int] | None = None
-    try:
-        config = build_config(sf, it, tmp_path, health={"enabled": True, "port": 0},
-                              ingest={"watchdog_s": 5.0, "long_poll_timeout_s": 3.0})
-        service = Service(config, metrics_refresh_s=0.2, shutdown_s=5.0)
-        task = asyncio.create_task(service.run(stop))
-
-        async def ready() -> bool:
-            if service.health is None or service.health.port is None:
-                return False
-            async with aiohttp.ClientSession() as http, \
-                    http.get(f"http://127.0.0.1:{service.health.port}/readyz") as r:
-                return r.status == 200
-
-        await _until("service ready", ready)
-        assert service.health is not None
-        url = f"http://127.0.0.1:{service.health.port}/"
+    async with running_service(tmp_path, metrics_refresh_s=0.2) as running:
+        sf, it = running.sf, running.it
+        url = f"{running.health_url}/"
         async with headless_page(tmp_path / "chromium-profile") as page:
             await page.goto(url)
             assert await page.eval("document.title") == "streamsync status"
@@ -78,12 +51,7 @@ async def test_the_status_page_in_a_headless_browser(tmp_path: Path) -> None:
         SCREENSHOT.write_bytes(png)
         print(f"dead letter shown after {took:.1f} s; screenshot: {SCREENSHOT}")
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    finally:
-        stop.set()
-        if task is not None:
-            assert await asyncio.wait_for(task, 15) == 0
-        await it.stop()
-        await sf.stop()
+    assert running.exit_code == 0
 
 
 def test_a_missing_browser_fails_and_says_how_to_get_it(
