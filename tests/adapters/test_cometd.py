@@ -22,6 +22,7 @@ from streamsync.errors import (
     SessionExpired,
     TransientError,
 )
+from streamsync.retry import Policy
 
 Message = dict[str, Any]
 Override = Callable[[web.Request, list[Message]], Awaitable[web.StreamResponse | None]]
@@ -723,3 +724,42 @@ async def test_a_session_that_raises_for_status_is_handled(server: FakeBayeux) -
         server.overrides.append(unauthorized)
         with pytest.raises(SessionExpired):
             await sub.poll_once()
+
+
+async def test_the_long_poll_loop_needs_what_stamina_cannot_express(
+        harness: Harness, server: FakeBayeux, retry_waits: list[float]) -> None:
+    """Why the connect loop keeps its own delay instead of a `streamsync.retry.Policy`
+    (docs/design.md, "One retry mechanism"): stamina waits only after a raised error and repeats
+    the same call; Bayeux asks for a wait after a *successful* reply (advice.interval) and for a
+    different next request (advice.reconnect = "handshake")."""
+    # 1. A successful connect that delivered data still asks for 1.5 s before the next poll.
+    server.outbox = [data_message(LEAD, 1)]
+    server.connect_advice = {"interval": 1500, "reconnect": "retry"}
+    sub = harness.subscriber()
+    stream = sub.messages()
+    assert (await anext(stream))["data"]["event"]["replayId"] == 1
+    server.outbox = [data_message(LEAD, 2)]
+    assert (await anext(stream))["data"]["event"]["replayId"] == 2
+    assert harness.delays == [1.5]
+    # 2. A successful reply whose advice says "handshake": the next request is not the connect
+    # again but a handshake (then a subscribe from the stored replay id).
+    server.connect_advice = {"interval": 0, "reconnect": "handshake"}
+    server.outbox = [data_message(LEAD, 3)]
+    assert (await anext(stream))["data"]["event"]["replayId"] == 3
+    server.outbox = [data_message(LEAD, 4)]
+    assert (await anext(stream))["data"]["event"]["replayId"] == 4
+    after = [s.messages[0]["channel"] for s in server.seen[-3:]]
+    assert after == ["/meta/handshake", "/meta/subscribe", "/meta/connect"]
+    await stream.aclose()
+
+    # The same two replies through stamina: a success ends the call with no wait, and a retry
+    # can only repeat the one callable it was given.
+    calls: list[str] = []
+
+    async def connect_once() -> dict[str, Any]:
+        calls.append("/meta/connect")
+        return {"successful": True, "advice": {"interval": 1500, "reconnect": "handshake"}}
+
+    reply = await Policy(name="cometd").call(connect_once)
+    assert reply["advice"]["interval"] == 1500
+    assert calls == ["/meta/connect"] and retry_waits == []
