@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -575,41 +575,16 @@ class Compiler:
 
     def value_of(self, path: Path, f: Field, lit: Literal) -> Any:
         """A literal converted to the stored representation of field f."""
-        t = f.type
         if lit.kind == "null":
             return None
-        if lit.kind == "relative":
-            word, n = lit.value
-            today = datetime.fromtimestamp(self.state.clock(), UTC).date()
-            offsets = {"today": 0, "yesterday": -1, "tomorrow": 1, "last_n_days": -n,
-                       "next_n_days": n}
-            day = today + timedelta(days=offsets[word])
-            if t == "date":
-                return day.isoformat()
-            if t == "datetime":
-                return day.isoformat() + "T00:00:00.000+0000"
-        if t in ("id", "reference"):
-            if lit.kind == "string":
-                v = lit.value
-                return to18(v) if len(v) == 15 and is_valid_id(v) else v
-        elif t in STRING_TYPES or t in ("address",):
-            if lit.kind == "string":
-                return lit.value
-        elif t == "boolean":
-            if lit.kind == "bool":
-                return lit.value
-        elif t in ("double", "currency", "percent", "int"):
-            if lit.kind == "number":
-                return lit.value
-        elif t == "date":
-            if lit.kind == "date":
-                return lit.value
-        elif t == "datetime":
-            if lit.kind == "datetime":
-                return lit.value
-        expected = {"reference": "id", "id": "id", "boolean": "boolean", "date": "date",
-                    "datetime": "dateTime", "double": "double", "currency": "double",
-                    "int": "int"}.get(t, "string")
+        if lit.kind == "relative" and f.type in ("date", "datetime"):
+            return self._relative_day(lit, f.type)
+        if lit.kind == _literal_kind_for(f.type):
+            v = lit.value
+            if f.type in ("id", "reference") and len(v) == 15 and is_valid_id(v):
+                return to18(v)
+            return v
+        expected = _EXPECTED_TYPE.get(f.type, "string")
         quoted = "and should be enclosed in quotes" if expected in ("string", "id") \
             else "and should not be enclosed in quotes"
         raise SalesforceError(400, "INVALID_FIELD", _located(
@@ -617,53 +592,33 @@ class Compiler:
             f"value of filter criterion for field '{f.name}' must be of type {expected} "
             f"{quoted}"))
 
+    def _relative_day(self, lit: Literal, field_type: str) -> str:
+        """TODAY, LAST_N_DAYS:n, ... as the stored form of a date or datetime field."""
+        word, n = lit.value
+        today = datetime.fromtimestamp(self.state.clock(), UTC).date()
+        offsets = {"today": 0, "yesterday": -1, "tomorrow": 1, "last_n_days": -n,
+                   "next_n_days": n}
+        day = (today + timedelta(days=offsets[word])).isoformat()
+        return day if field_type == "date" else day + "T00:00:00.000+0000"
+
     def compare(self, node: Compare) -> Predicate:
         rp = self.resolve(node.path)
         f = rp.leaf
         if f.type == "address":
             raise self.invalid_field(node.path, f"field '{f.name}' can not be filtered in a "
                                      "query call")
-        get = rp.getter
         values = [self.value_of(node.path, f, lit) for lit in node.values]
-        fold = f.type in STRING_TYPES
-        read: Getter = get
-        if fold:
-            values = [v.casefold() if isinstance(v, str) else v for v in values]
-
-            def folded(row: Row) -> Any:
-                v = get(row)
-                return v.casefold() if isinstance(v, str) else v
-            read = folded
-        op = node.op
-        if op == "like":
+        if node.op == "like":
             if f.type not in STRING_TYPES and f.type not in ("id", "reference"):
                 raise self.invalid_field(node.path, f"invalid operator on {f.type} field")
-            pattern = _like_regex(node.values[0].value)
-
-            def like(row: Row) -> bool:
-                v = get(row)
-                return v is not None and pattern.fullmatch(str(v)) is not None
-            return like
-        if op in ("in", "notin"):
-            wanted = set(values)
-            has_null = None in wanted
-            if op == "in":
-                return lambda row: read(row) in wanted
-            return lambda row: (read(row) not in wanted) and not (has_null and read(row) is None)
-        v0 = values[0]
-        if op == "=":
-            return lambda row: read(row) == v0
-        if op == "!=":
-            return lambda row: read(row) != v0
-        if v0 is None:
-            return lambda row: False
-        if op == "<":
-            return lambda row: (x := read(row)) is not None and x < v0
-        if op == "<=":
-            return lambda row: (x := read(row)) is not None and x <= v0
-        if op == ">":
-            return lambda row: (x := read(row)) is not None and x > v0
-        return lambda row: (x := read(row)) is not None and x >= v0
+            return _like(rp.getter, _like_regex(node.values[0].value))
+        read = rp.getter
+        if f.type in STRING_TYPES:
+            values = [v.casefold() if isinstance(v, str) else v for v in values]
+            read = _casefolded(rp.getter)
+        if node.op in ("in", "notin"):
+            return _membership(read, set(values), negate=node.op == "notin")
+        return _ordering(read, node.op, values[0])
 
     # -- SELECT rendering -----------------------------------------------------------------------
     def renderer(self) -> tuple[Callable[[Row], dict[str, Any]], list[tuple[str, Getter]]]:
@@ -806,6 +761,58 @@ class QueryResult:
     aggregate: list[dict[str, Any]] | None = None
 
 
+_LITERAL_KINDS = {"id": "string", "reference": "string", "address": "string",
+                  "boolean": "bool", "double": "number", "currency": "number",
+                  "percent": "number", "int": "number", "date": "date", "datetime": "datetime"}
+_EXPECTED_TYPE = {"reference": "id", "id": "id", "boolean": "boolean", "date": "date",
+                  "datetime": "dateTime", "double": "double", "currency": "double", "int": "int"}
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": lambda x, v: bool(x < v), "<=": lambda x, v: bool(x <= v),
+    ">": lambda x, v: bool(x > v), ">=": lambda x, v: bool(x >= v),
+}
+
+
+def _literal_kind_for(field_type: str) -> str | None:
+    """The literal kind a filter on a field of this type takes (None: no literal fits)."""
+    if field_type in STRING_TYPES:
+        return "string"
+    return _LITERAL_KINDS.get(field_type)
+
+
+def _casefolded(get: Getter) -> Getter:
+    def folded(row: Row) -> Any:
+        v = get(row)
+        return v.casefold() if isinstance(v, str) else v
+    return folded
+
+
+def _like(get: Getter, pattern: re.Pattern[str]) -> Predicate:
+    def like(row: Row) -> bool:
+        v = get(row)
+        return v is not None and pattern.fullmatch(str(v)) is not None
+    return like
+
+
+def _membership(read: Getter, wanted: set[Any], *, negate: bool) -> Predicate:
+    """IN / NOT IN: NOT IN (..., null) also leaves out the rows whose value is null."""
+    if not negate:
+        return lambda row: read(row) in wanted
+    has_null = None in wanted
+    return lambda row: (read(row) not in wanted) and not (has_null and read(row) is None)
+
+
+def _ordering(read: Getter, op: str, v0: Any) -> Predicate:
+    """=, != and the four orderings; an ordering against null matches nothing."""
+    if op == "=":
+        return lambda row: read(row) == v0
+    if op == "!=":
+        return lambda row: read(row) != v0
+    if v0 is None:
+        return lambda row: False
+    cmp = _COMPARISONS[op]
+    return lambda row: (x := read(row)) is not None and cmp(x, v0)
+
+
 def execute(state: OrgState, text: str, *, include_deleted: bool = False,
             version: str = "66.0") -> QueryResult:
     """Parse, compile and run a query against the state."""
@@ -813,14 +820,8 @@ def execute(state: OrgState, text: str, *, include_deleted: bool = False,
     comp = Compiler(state, q, version=version)
     table = state.tables[comp.obj.name]
     pred = comp.predicate(q.where) if q.where is not None else None
-    deleted_slot = table.deleted_slot
-    if not include_deleted and deleted_slot >= 0:
-        base = pred
-
-        def live(row: Row) -> bool:
-            return not row[deleted_slot] and (base is None or base(row))
-        pred = live
-
+    if not include_deleted:
+        pred = _live_only(table, pred)
     render = None
     columns: list[tuple[str, Getter]] = []
     aggregates = [i for i in q.select if i.aggregate]
@@ -829,38 +830,52 @@ def execute(state: OrgState, text: str, *, include_deleted: bool = False,
             text, 0, "Field must be grouped or aggregated"))
     if not aggregates:
         render, columns = comp.renderer()
-    order_keys = [(comp.resolve(k.path), k) for k in q.order]
-    for rp, k in order_keys:
-        if rp.leaf.type == "address":
-            raise comp.invalid_field(k.path, f"field '{rp.leaf.name}' can not be sorted in a "
-                                     "query call")
-
+    order_keys = _order_keys(comp, q)
     id_order = (not order_keys) or (len(order_keys) == 1 and not order_keys[0][0].hops
                                     and order_keys[0][0].leaf.name == "Id")
     descending = bool(order_keys) and order_keys[0][1].desc
-    stop = None
-    if id_order and q.limit is not None and not aggregates:
-        stop = q.limit + q.offset
+    stop = q.limit + q.offset if id_order and q.limit is not None and not aggregates else None
     rows = _scan(table, q.where, pred, stop, descending if id_order else False)
     if not id_order:
         rows = _sort(rows, order_keys)
     total = len(rows)
-    if q.offset:
-        rows = rows[q.offset:]
-    if q.limit is not None:
-        rows = rows[: q.limit]
+    rows = rows[q.offset:] if q.limit is None else rows[q.offset:q.offset + q.limit]
     if aggregates:
-        item = aggregates[0]
-        if item.path is None:
-            if q.limit is not None:
-                total = min(total, q.limit)
-            return QueryResult(comp.obj.name, [], None, [], total)
-        rp = comp.resolve(item.path)
-        n = sum(1 for r in rows if rp.getter(r) is not None)
-        alias = item.alias or "expr0"
-        agg = [{"attributes": {"type": "AggregateResult"}, alias: n}]
-        return QueryResult(comp.obj.name, [], None, [], 1, agg)
+        return _aggregate(comp, aggregates[0], rows, total, q.limit)
     return QueryResult(comp.obj.name, rows, render, columns, len(rows))
+
+
+def _live_only(table: Table, pred: Predicate | None) -> Predicate | None:
+    """The predicate restricted to rows not in the recycle bin (when the object has one)."""
+    deleted_slot = table.deleted_slot
+    if deleted_slot < 0:
+        return pred
+
+    def live(row: Row) -> bool:
+        return not row[deleted_slot] and (pred is None or pred(row))
+    return live
+
+
+def _order_keys(comp: Compiler, q: Query) -> list[tuple[ResolvedPath, OrderKey]]:
+    keys = [(comp.resolve(k.path), k) for k in q.order]
+    for rp, k in keys:
+        if rp.leaf.type == "address":
+            raise comp.invalid_field(k.path, f"field '{rp.leaf.name}' can not be sorted in a "
+                                     "query call")
+    return keys
+
+
+def _aggregate(comp: Compiler, item: SelectItem, rows: list[Row], total: int,
+               limit: int | None) -> QueryResult:
+    """COUNT() (the total, capped by LIMIT) or COUNT(field) (an AggregateResult row)."""
+    if item.path is None:
+        if limit is not None:
+            total = min(total, limit)
+        return QueryResult(comp.obj.name, [], None, [], total)
+    rp = comp.resolve(item.path)
+    n = sum(1 for r in rows if rp.getter(r) is not None)
+    agg = [{"attributes": {"type": "AggregateResult"}, item.alias or "expr0": n}]
+    return QueryResult(comp.obj.name, [], None, [], 1, agg)
 
 
 def _id_bounds(where: Any) -> tuple[str | None, bool, str | None, bool, list[str] | None]:
@@ -929,45 +944,51 @@ def _scan(table: Table, where: Any, pred: Predicate | None, stop: int | None,
     """Matching rows in Id order, using the sorted ids for ranges and lists, and the
     SystemModstamp index for recent-change filters."""
     ids, rows = table.ids, table.rows
-    start, end = 0, len(ids)
-    id_list: list[str] | None = None
-    if where is not None:
-        lo, lo_incl, hi, hi_incl, id_list = _id_bounds(where)
-        if lo is not None:
-            start = bisect_left(ids, lo) if lo_incl else bisect_right(ids, lo)
-        if hi is not None:
-            end = bisect_right(ids, hi) if hi_incl else bisect_left(ids, hi)
-        if id_list is None:
-            id_list = _reference_candidates(table, where)
-        floor = _stamp_floor(where) if id_list is None else None
-        if floor is not None:
-            recent = table.modified_since(floor)
-            if len(recent) * 4 < end - start:
-                lo_id = ids[start] if start < len(ids) else None
-                hi_id = ids[end - 1] if end > 0 else None
-                id_list = sorted(i for i in recent if i in rows and lo_id is not None
-                                 and hi_id is not None and lo_id <= i <= hi_id)
-    out: list[Row] = []
+    start, end, id_list = _candidates(table, where)
     if id_list is not None:
         candidates = [rows[i] for i in id_list if i in rows]
         if descending:
             candidates.reverse()
-        for row in candidates:
-            if pred is None or pred(row):
-                out.append(row)
-                if stop is not None and len(out) >= stop:
-                    break
-        return out
+        return _take(candidates, pred, stop)
     if start >= end:
-        return out
-    rng = range(end - 1, start - 1, -1) if descending else range(start, end)
+        return []
     if pred is None and stop is None:
         seq = ids[start:end]
         if descending:
             seq.reverse()
         return [rows[i] for i in seq]
-    for k in rng:
-        row = rows[ids[k]]
+    rng = range(end - 1, start - 1, -1) if descending else range(start, end)
+    return _take((rows[ids[k]] for k in rng), pred, stop)
+
+
+def _candidates(table: Table, where: Any) -> tuple[int, int, list[str] | None]:
+    """(start, end) in the sorted ids, or the sorted id list the WHERE narrows the scan to."""
+    ids, rows = table.ids, table.rows
+    start, end = 0, len(ids)
+    if where is None:
+        return start, end, None
+    lo, lo_incl, hi, hi_incl, id_list = _id_bounds(where)
+    if lo is not None:
+        start = bisect_left(ids, lo) if lo_incl else bisect_right(ids, lo)
+    if hi is not None:
+        end = bisect_right(ids, hi) if hi_incl else bisect_left(ids, hi)
+    if id_list is None:
+        id_list = _reference_candidates(table, where)
+    floor = _stamp_floor(where) if id_list is None else None
+    if floor is not None:
+        recent = table.modified_since(floor)
+        if len(recent) * 4 < end - start:
+            lo_id = ids[start] if start < len(ids) else None
+            hi_id = ids[end - 1] if end > 0 else None
+            id_list = sorted(i for i in recent if i in rows and lo_id is not None
+                             and hi_id is not None and lo_id <= i <= hi_id)
+    return start, end, id_list
+
+
+def _take(candidates: Iterable[Row], pred: Predicate | None, stop: int | None) -> list[Row]:
+    """The candidates that match, stopping after `stop` of them."""
+    out: list[Row] = []
+    for row in candidates:
         if pred is None or pred(row):
             out.append(row)
             if stop is not None and len(out) >= stop:
