@@ -558,6 +558,80 @@ def _event_value(f: Field, value: Any) -> Any:
     return value
 
 
+_NO_FIT = object()
+"""What a coercer returns when the value is not of the field's type (JSON_PARSER_ERROR)."""
+
+
+def _null_for(f: Field) -> None:
+    """A null written to a field: refused when the field is not nillable."""
+    if f.nillable:
+        return None
+    if f.type == "boolean":
+        raise SalesforceError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                              f"{f.label}: value not of required type: null", [f.name])
+    raise SalesforceError(400, "REQUIRED_FIELD_MISSING",
+                          f"Required fields are missing: [{f.name}]", [f.name])
+
+
+def _coerce_boolean(f: Field, value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return _NO_FIT
+
+
+def _coerce_double(f: Field, value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return _NO_FIT
+
+
+def _coerce_int(f: Field, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return _NO_FIT
+
+
+def _coerce_date(f: Field, value: Any) -> Any:
+    return value if isinstance(value, str) and _DATE_RE.match(value) else _NO_FIT
+
+
+def _coerce_datetime(f: Field, value: Any) -> Any:
+    if not isinstance(value, str):
+        return _NO_FIT
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        return _NO_FIT
+
+
+def _coerce_text(f: Field, value: Any) -> Any:
+    """Strings, emails, picklists, ...: length and email format checked; "" stores null."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        return _NO_FIT
+    if f.length and len(value) > f.length:
+        raise SalesforceError(400, "STRING_TOO_LONG",
+                              f"{f.label}: data value too large: {value[:40]} "
+                              f"(max length={f.length})", [f.name])
+    if f.type == "email" and value and not _EMAIL_RE.match(value):
+        raise SalesforceError(400, "INVALID_EMAIL_ADDRESS",
+                              f"{f.label}: invalid email address: {value}", [f.name])
+    return value if value != "" else None
+
+
+_SCALAR_COERCERS: dict[str, Callable[[Field, Any], Any]] = {
+    "boolean": _coerce_boolean, "double": _coerce_double, "currency": _coerce_double,
+    "percent": _coerce_double, "int": _coerce_int, "date": _coerce_date,
+    "datetime": _coerce_datetime,
+}
+
+
 class OrgState:
     """Everything the emulated org holds: tables, users, the event bus and API usage."""
 
@@ -613,74 +687,32 @@ class OrgState:
     def coerce(self, obj: SObject, f: Field, value: Any) -> Any:
         """Validate one written value and turn it into its stored form."""
         if value is None:
-            if not f.nillable:
-                if f.type == "boolean":
-                    raise SalesforceError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD",
-                                          f"{f.label}: value not of required type: null",
-                                          [f.name])
-                raise SalesforceError(400, "REQUIRED_FIELD_MISSING",
-                                      f"Required fields are missing: [{f.name}]", [f.name])
-            return None
-        t = f.type
-        if t == "boolean":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-        elif t in ("double", "currency", "percent"):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                pass
-        elif t == "int":
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-        elif t == "date":
-            if isinstance(value, str) and _DATE_RE.match(value):
-                return value
-        elif t == "datetime":
-            if isinstance(value, str):
-                try:
-                    return parse_datetime(value)
-                except ValueError:
-                    pass
-        elif t in ("reference", "id"):
-            if isinstance(value, str) and is_valid_id(value):
-                ref = to18(value)
-                if ref[:3] not in {SCHEMA[r].key_prefix for r in f.reference_to if r in SCHEMA}:
-                    raise SalesforceError(
-                        400, "FIELD_INTEGRITY_EXCEPTION",
-                        f"{f.label}: id value of incorrect type: {value}", [f.name])
-                if self.get_row(ref) is None:
-                    raise SalesforceError(
-                        400, "INVALID_CROSS_REFERENCE_KEY",
-                        "invalid cross reference id", [f.name])
-                return ref
-            if isinstance(value, str):
-                raise SalesforceError(400, "MALFORMED_ID",
-                                      f"{f.label}: id value of incorrect type: {value}",
-                                      [f.name])
+            return _null_for(f)
+        if f.type in ("reference", "id"):
+            stored = self._coerce_reference(f, value)
         else:
-            if isinstance(value, str):
-                if f.length and len(value) > f.length:
-                    raise SalesforceError(
-                        400, "STRING_TOO_LONG",
-                        f"{f.label}: data value too large: {value[:40]} "
-                        f"(max length={f.length})", [f.name])
-                if t == "email" and value and not _EMAIL_RE.match(value):
-                    raise SalesforceError(400, "INVALID_EMAIL_ADDRESS",
-                                          f"{f.label}: invalid email address: {value}",
-                                          [f.name])
-                return value if value != "" else None
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return str(value)
-        raise SalesforceError(400, "JSON_PARSER_ERROR",
-                              f"Cannot deserialize instance of {t} from value {value!r} "
-                              f"for field {f.name}")
+            stored = _SCALAR_COERCERS.get(f.type, _coerce_text)(f, value)
+        if stored is _NO_FIT:
+            raise SalesforceError(400, "JSON_PARSER_ERROR",
+                                  f"Cannot deserialize instance of {f.type} from value "
+                                  f"{value!r} for field {f.name}")
+        return stored
+
+    def _coerce_reference(self, f: Field, value: Any) -> Any:
+        """An id written to a lookup: the right object's key prefix, and the record exists."""
+        if not isinstance(value, str):
+            return _NO_FIT
+        if not is_valid_id(value):
+            raise SalesforceError(400, "MALFORMED_ID",
+                                  f"{f.label}: id value of incorrect type: {value}", [f.name])
+        ref = to18(value)
+        if ref[:3] not in {SCHEMA[r].key_prefix for r in f.reference_to if r in SCHEMA}:
+            raise SalesforceError(400, "FIELD_INTEGRITY_EXCEPTION",
+                                  f"{f.label}: id value of incorrect type: {value}", [f.name])
+        if self.get_row(ref) is None:
+            raise SalesforceError(400, "INVALID_CROSS_REFERENCE_KEY",
+                                  "invalid cross reference id", [f.name])
+        return ref
 
     def full_payload(self, obj: SObject, row: Row) -> dict[str, Any]:
         """A CREATE/UNDELETE event body: every non-null field, compounds nested."""
