@@ -147,30 +147,43 @@ class TokenEndpoint:
                 client_id, _, client_secret = decoded.partition(":")
             except (ValueError, UnicodeDecodeError):
                 return _error(400, "invalid_client", "invalid client credentials")
-        cfg = self.config
-        if grant == "password":
-            if client_id != cfg.client_id:
-                return _error(400, "invalid_client_id", "client identifier invalid")
-            if client_secret != cfg.client_secret:
-                return _error(400, "invalid_client", "invalid client credentials")
-            if fields.get("username") != cfg.username or fields.get("password") != cfg.password:
-                return _error(400, "invalid_grant", "authentication failure")
-            return self._reply(client_id)
-        if grant == "client_credentials":
-            if client_id != cfg.client_id or client_secret != cfg.client_secret:
-                return _error(400, "invalid_client", "invalid client credentials")
-            return self._reply(client_id, api_instance_url=True)
-        if grant == "refresh_token":
-            if client_id != cfg.client_id:
-                return _error(400, "invalid_client_id", "client identifier invalid")
-            if client_secret is not None and client_secret != cfg.client_secret:
-                return _error(400, "invalid_client", "invalid client credentials")
-            if fields.get("refresh_token") != cfg.refresh_token:
-                return _error(400, "invalid_grant", "expired access/refresh token")
-            return self._reply(client_id)
         if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return self._jwt(fields.get("assertion", ""))
-        return _error(400, "unsupported_grant_type", "grant type not supported")
+        flows = {"password": self._password, "client_credentials": self._client_credentials,
+                 "refresh_token": self._refresh}
+        flow = flows.get(grant)
+        if flow is None:
+            return _error(400, "unsupported_grant_type", "grant type not supported")
+        return flow(fields, client_id, client_secret)
+
+    def _password(self, fields: dict[str, str], client_id: str | None,
+                  client_secret: str | None) -> web.Response:
+        cfg = self.config
+        if client_id != cfg.client_id:
+            return _error(400, "invalid_client_id", "client identifier invalid")
+        if client_secret != cfg.client_secret:
+            return _error(400, "invalid_client", "invalid client credentials")
+        if fields.get("username") != cfg.username or fields.get("password") != cfg.password:
+            return _error(400, "invalid_grant", "authentication failure")
+        return self._reply(client_id)
+
+    def _client_credentials(self, fields: dict[str, str], client_id: str | None,
+                            client_secret: str | None) -> web.Response:
+        cfg = self.config
+        if client_id != cfg.client_id or client_secret != cfg.client_secret:
+            return _error(400, "invalid_client", "invalid client credentials")
+        return self._reply(client_id, api_instance_url=True)
+
+    def _refresh(self, fields: dict[str, str], client_id: str | None,
+                 client_secret: str | None) -> web.Response:
+        cfg = self.config
+        if client_id != cfg.client_id:
+            return _error(400, "invalid_client_id", "client identifier invalid")
+        if client_secret is not None and client_secret != cfg.client_secret:
+            return _error(400, "invalid_client", "invalid client credentials")
+        if fields.get("refresh_token") != cfg.refresh_token:
+            return _error(400, "invalid_grant", "expired access/refresh token")
+        return self._reply(client_id)
 
     async def revoke(self, request: web.Request) -> web.Response:
         """POST /services/oauth2/revoke: invalidate an access token."""

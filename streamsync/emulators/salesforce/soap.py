@@ -108,36 +108,12 @@ class SoapApi:
         if not _VERSION_RE.match(version):
             raise SoapFault("UNSUPPORTED_API_VERSION",
                             f"Invalid Api version specified on URL: {version}")
-        raw = await request.read()
-        if b"<!DOCTYPE" in raw.upper():
-            raise SoapFault("", "DOCTYPE is not allowed in a SOAP message", client=True)
-        try:
-            root = ET.fromstring(raw)
-        except ET.ParseError as exc:
-            raise SoapFault("", f"Could not parse the request: {exc}", client=True) from None
-        if root.tag != f"{{{SOAPENV}}}Envelope":
-            raise SoapFault("", "Expected a SOAP 1.1 Envelope "
-                            f"({{{SOAPENV}}}Envelope), got {root.tag}", client=True)
-        header = root.find(f"{{{SOAPENV}}}Header")
-        body = root.find(f"{{{SOAPENV}}}Body")
-        if body is None or len(body) == 0:
-            raise SoapFault("", "The SOAP Body is missing or empty", client=True)
+        header, body = _envelope(await request.read())
         user = self._session(header)
         if not self.state.usage.count("soap"):
             raise SoapFault("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
         self.calls += 1
-        call = body[0]
-        ns, name = _local(call.tag)
-        if ns != PARTNER or name != "convertLead":
-            raise SoapFault("", f"No operation available for request {call.tag}, please "
-                            "check the WSDL for the service.", client=True)
-        conversions = [_conversion(el) for el in call]
-        if not conversions:
-            raise SoapFault("", "convertLead needs at least one leadConverts element",
-                            client=True)
-        if len(conversions) > MAX_LEADS:
-            raise SoapFault("LIMIT_EXCEEDED", f"Too many leads to convert: "
-                            f"{len(conversions)}; the maximum is {MAX_LEADS}")
+        conversions = _convert_lead_call(body[0])
         origin = _origin(header, version)
         results = []
         with self.state.transaction(origin=origin, user_id=user, merge=False) as tx:
@@ -263,3 +239,36 @@ def _failure(lead_id: str | None, err: SalesforceError) -> str:
             f"<statusCode>{code}</statusCode></errors>"
             + _id_element("leadId", lead_id)
             + '<opportunityId xsi:nil="true"/><success>false</success></result>')
+
+
+def _envelope(raw: bytes) -> tuple[ET.Element | None, ET.Element]:
+    """(Header, Body) of a SOAP 1.1 envelope; a client fault for anything else."""
+    if b"<!DOCTYPE" in raw.upper():
+        raise SoapFault("", "DOCTYPE is not allowed in a SOAP message", client=True)
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as exc:
+        raise SoapFault("", f"Could not parse the request: {exc}", client=True) from None
+    if root.tag != f"{{{SOAPENV}}}Envelope":
+        raise SoapFault("", "Expected a SOAP 1.1 Envelope "
+                        f"({{{SOAPENV}}}Envelope), got {root.tag}", client=True)
+    header = root.find(f"{{{SOAPENV}}}Header")
+    body = root.find(f"{{{SOAPENV}}}Body")
+    if body is None or len(body) == 0:
+        raise SoapFault("", "The SOAP Body is missing or empty", client=True)
+    return header, body
+
+
+def _convert_lead_call(call: ET.Element) -> list[LeadConversion | SalesforceError]:
+    """The conversions a convertLead call asks for (the only operation served)."""
+    ns, name = _local(call.tag)
+    if ns != PARTNER or name != "convertLead":
+        raise SoapFault("", f"No operation available for request {call.tag}, please "
+                        "check the WSDL for the service.", client=True)
+    conversions = [_conversion(el) for el in call]
+    if not conversions:
+        raise SoapFault("", "convertLead needs at least one leadConverts element", client=True)
+    if len(conversions) > MAX_LEADS:
+        raise SoapFault("LIMIT_EXCEEDED", f"Too many leads to convert: "
+                        f"{len(conversions)}; the maximum is {MAX_LEADS}")
+    return conversions
