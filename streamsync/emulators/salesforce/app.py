@@ -21,7 +21,7 @@ from .cometd import CometdServer
 from .composite import CompositeApi
 from .control import CONTROL_PREFIX, ControlApi
 from .errors import SalesforceError, invalid_session
-from .faults import FaultPlan
+from .faults import FaultPlan, FaultRule
 from .ingest import BulkIngestApi
 from .oauth import OAuthConfig, Sessions, TokenEndpoint
 from .rest import LIMITS_KEY, RECORDS_KEY, USER_KEY, RestApi, error_response
@@ -207,45 +207,65 @@ class SalesforceEmulator:
                    ) -> web.StreamResponse:
         rule = self.faults.take(request.method, path)
         if rule is not None:
-            if rule.action == "fail":
-                return web.Response(status=rule.status, body=rule.body,
-                                    content_type=rule.content_type, headers=rule.headers)
-            if rule.action == "drop":
-                if request.transport is not None:
-                    request.transport.abort()
-                raise asyncio.CancelledError()
-            await self._hang(request, rule.hang_s)
+            failed = await self._injected(request, rule)
+            if failed is not None:
+                return failed
         is_data = path.startswith("/services/data/v")
         if is_data:
-            token = _token(request.headers.get("Authorization", ""))
-            if token is None or self.sessions.check(token) != "ok":
-                return error_response(invalid_session())
-            request[USER_KEY] = self.sessions.user_of(token) or self.state.integration_user_id
-            if not self.state.usage.count(_path_kind(path)):
-                resp: web.StreamResponse = error_response(SalesforceError(
-                    403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."))
-                self._limit_header(resp)
-                return resp
-        try:
-            resp = await handler(request)
-        except SalesforceError as err:
-            resp = error_response(err)
-        except web.HTTPNotFound:
-            if not path.startswith("/services/"):
-                raise
-            resp = error_response(SalesforceError(
-                404, "NOT_FOUND", "The requested resource does not exist"))
-        except web.HTTPMethodNotAllowed:
-            if not path.startswith("/services/"):
-                raise
-            resp = error_response(SalesforceError(
-                405, "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed"))
+            refused = self._admit(request, path)
+            if refused is not None:
+                return refused
+        resp = await self._served(request, handler, path)
         delay = self.faults.delay_s(request.get(RECORDS_KEY, 0))
         if delay > 0 and not path.startswith("/cometd"):
             await asyncio.sleep(delay)
         if is_data:
             self._limit_header(resp)
         return resp
+
+    async def _injected(self, request: web.Request, rule: FaultRule) -> web.Response | None:
+        """Apply an injected fault: a canned reply, a dropped connection, or a hang first."""
+        if rule.action == "fail":
+            return web.Response(status=rule.status, body=rule.body,
+                                content_type=rule.content_type, headers=rule.headers)
+        if rule.action == "drop":
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError()
+        await self._hang(request, rule.hang_s)
+        return None
+
+    def _admit(self, request: web.Request, path: str) -> web.StreamResponse | None:
+        """A data API call needs a live session and a call left in the daily allocation."""
+        token = _token(request.headers.get("Authorization", ""))
+        if token is None or self.sessions.check(token) != "ok":
+            return error_response(invalid_session())
+        request[USER_KEY] = self.sessions.user_of(token) or self.state.integration_user_id
+        if self.state.usage.count(_path_kind(path)):
+            return None
+        resp: web.StreamResponse = error_response(SalesforceError(
+            403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."))
+        self._limit_header(resp)
+        return resp
+
+    @staticmethod
+    async def _served(request: web.Request, handler: Handler, path: str) -> web.StreamResponse:
+        """The handler's reply, its SalesforceError (and aiohttp's 404/405 under /services/)
+        as Salesforce's JSON error body."""
+        try:
+            return await handler(request)
+        except SalesforceError as err:
+            return error_response(err)
+        except web.HTTPNotFound:
+            if not path.startswith("/services/"):
+                raise
+            return error_response(SalesforceError(
+                404, "NOT_FOUND", "The requested resource does not exist"))
+        except web.HTTPMethodNotAllowed:
+            if not path.startswith("/services/"):
+                raise
+            return error_response(SalesforceError(
+                405, "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed"))
 
     def _limit_header(self, resp: web.StreamResponse) -> None:
         u = self.state.usage

@@ -246,30 +246,16 @@ class CometdServer:
         new_client: str | None = None
         pushed: list[Message] = []
         for message in messages:
-            channel = message.get("channel")
-            if channel == "/meta/handshake":
+            if message.get("channel") == "/meta/handshake":
                 reply = self._handshake(message, version_error, auth)
                 if reply.get("successful"):
                     new_client = reply["clientId"]
             elif version_error is not None:
                 reply = self._reply(message, successful=False, error=version_error,
                                     advice={"reconnect": "none", "interval": 0})
-            elif channel == "/meta/connect":
-                reply = await self._connect(request, message, auth, len(messages) == 1,
-                                            connected, pushed)
-            elif channel == "/meta/subscribe":
-                reply = self._subscribe(message, auth)
-            elif channel == "/meta/unsubscribe":
-                reply = self._unsubscribe(message, auth)
-            elif channel == "/meta/disconnect":
-                reply = self._disconnect(message)
-            elif not isinstance(channel, str) or not channel:
-                reply = self._reply(message, successful=False, error=ERR_NO_CHANNEL)
-            elif channel.startswith("/meta/"):
-                reply = self._reply(message, successful=False,
-                                    error=f"400::Unknown meta channel {channel}")
             else:
-                reply = self._reply(message, successful=False, error=ERR_RESTRICTED)
+                reply = await self._session_message(request, message, auth,
+                                                    len(messages) == 1, connected, pushed)
             replies.append(reply)
         parts: list[bytes] = [orjson.dumps(m) for m in pushed]
         transport = request.transport
@@ -279,6 +265,26 @@ class CometdServer:
                     parts.extend(self._collect(client))
         parts.extend(orjson.dumps(r) for r in replies)
         return b"[" + b",".join(parts) + b"]", new_client
+
+    async def _session_message(self, request: web.Request, message: Message, auth: str,
+                               alone: bool, connected: list[_Client],
+                               pushed: list[Message]) -> Message:
+        """The reply to one message of an established session (all but handshake)."""
+        channel = message.get("channel")
+        if channel == "/meta/connect":
+            return await self._connect(request, message, auth, alone, connected, pushed)
+        if channel == "/meta/subscribe":
+            return self._subscribe(message, auth)
+        if channel == "/meta/unsubscribe":
+            return self._unsubscribe(message, auth)
+        if channel == "/meta/disconnect":
+            return self._disconnect(message)
+        if not isinstance(channel, str) or not channel:
+            return self._reply(message, successful=False, error=ERR_NO_CHANNEL)
+        if channel.startswith("/meta/"):
+            return self._reply(message, successful=False,
+                               error=f"400::Unknown meta channel {channel}")
+        return self._reply(message, successful=False, error=ERR_RESTRICTED)
 
     @staticmethod
     def _reply(message: Message, **fields: Any) -> Message:

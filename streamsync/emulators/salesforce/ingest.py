@@ -343,21 +343,7 @@ class BulkIngestApi:
         if not table:
             raise IngestFailure("InvalidBatch : Job data has no header row")
         header = table[0]
-        obj = SCHEMA_LOWER[job.object.lower()]
-        names: list[str] = []
-        for column in header:
-            f = obj.get(column.strip())
-            if f is None:
-                raise IngestFailure(f"InvalidBatch : Field name not found : {column}")
-            names.append(f.name)
-        if len(set(names)) != len(names):
-            raise IngestFailure("InvalidBatch : Duplicate field name in the header row")
-        needed = {"update": "Id", "delete": "Id", "upsert": job.external_id}.get(job.operation)
-        if needed is not None and needed not in names:
-            raise IngestFailure(f"InvalidBatch : Field name not found : {needed}"
-                                if needed != "Id" else "InvalidBatch : Id column is required")
-        if job.operation == "delete" and names != ["Id"]:
-            raise IngestFailure("InvalidBatch : The 'delete' batch must contain only 'Id'")
+        _check_header(job, [_field_name(job, column) for column in header])
         rows = table[1:]
         for n, row in enumerate(rows, start=2):
             if len(row) != len(header):
@@ -405,6 +391,11 @@ class BulkIngestApi:
                 raise SalesforceError(400, "INVALID_FIELD_FOR_INSERT_UPDATE",
                                       "Id is not allowed in an insert", ["Id"])
             return tx.create(obj.name, values), True
+        return self._upsert_row(tx, job, obj, values)
+
+    def _upsert_row(self, tx: Transaction, job: IngestJob, obj: SObject,
+                    values: dict[str, Any]) -> tuple[str, bool]:
+        """Upsert on the job's external id field (or Id): update the one match, else create."""
         key = job.external_id or "Id"
         key_value = values.get(key)
         if not isinstance(key_value, str) or not key_value:
@@ -521,3 +512,23 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise SalesforceError(400, "JSON_PARSER_ERROR", "Invalid JSON body")
     return body
+
+
+def _field_name(job: IngestJob, column: str) -> str:
+    """The field a CSV header column names (case-insensitive), or the job fails."""
+    f = SCHEMA_LOWER[job.object.lower()].get(column.strip())
+    if f is None:
+        raise IngestFailure(f"InvalidBatch : Field name not found : {column}")
+    return f.name
+
+
+def _check_header(job: IngestJob, names: list[str]) -> None:
+    """No duplicate columns; the key column the operation needs; delete takes only Id."""
+    if len(set(names)) != len(names):
+        raise IngestFailure("InvalidBatch : Duplicate field name in the header row")
+    needed = {"update": "Id", "delete": "Id", "upsert": job.external_id}.get(job.operation)
+    if needed is not None and needed not in names:
+        raise IngestFailure(f"InvalidBatch : Field name not found : {needed}"
+                            if needed != "Id" else "InvalidBatch : Id column is required")
+    if job.operation == "delete" and names != ["Id"]:
+        raise IngestFailure("InvalidBatch : The 'delete' batch must contain only 'Id'")

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .errors import SalesforceError, not_found
 from .ids import IdSequence, is_valid_id, to18
-from .schema import BY_PREFIX, EXTERNAL_ID_FIELDS, SCHEMA, SCHEMA_LOWER, describe
+from .schema import BY_PREFIX, EXTERNAL_ID_FIELDS, SCHEMA, SCHEMA_LOWER, Field, SObject, describe
 from .soql import QueryResult, execute
 from .state import OrgState, Transaction
 
@@ -259,13 +259,7 @@ class RestApi:
         if f is None or (f.name not in EXTERNAL_ID_FIELDS and f.name != "Id"):
             raise SalesforceError(404, "NOT_FOUND", "Provided external ID field does not exist "
                                   f"or is not accessible: {name}")
-        if f.name == "Id":
-            matches = [to18(value)] if is_valid_id(value) and to18(value) in \
-                self.state.tables[obj.name].rows else []
-        else:
-            literal = value.replace("\\", "\\\\").replace("'", "\\'")
-            matches = [r[0] for r in execute(
-                self.state, f"SELECT Id FROM {obj.name} WHERE {f.name} = '{literal}'").rows]
+        matches = self._external_matches(obj, f, value)
         if len(matches) > 1:
             return json_response([f"/services/data/v{version}/sobjects/{obj.name}/{m}"
                                   for m in matches], 300)
@@ -302,6 +296,15 @@ class RestApi:
                 sf_id, created = tx.create(obj.name, {**values, f.name: value}), True
         return json_response({"id": sf_id, "success": True, "errors": [], "created": created},
                              201 if created else 200)
+
+    def _external_matches(self, obj: SObject, f: Field, value: str) -> list[str]:
+        """Ids of the records whose external id field (or Id) equals value."""
+        if f.name == "Id":
+            sf_id = to18(value) if is_valid_id(value) else ""
+            return [sf_id] if sf_id in self.state.tables[obj.name].rows else []
+        literal = value.replace("\\", "\\\\").replace("'", "\\'")
+        return [r[0] for r in execute(
+            self.state, f"SELECT Id FROM {obj.name} WHERE {f.name} = '{literal}'").rows]
 
     # -- collections ----------------------------------------------------------------------------
     async def collection(self, request: web.Request) -> web.Response:
