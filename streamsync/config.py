@@ -182,6 +182,64 @@ class FanOut(_Model):
         return validate_identifier(v)
 
 
+class ObjectConsent(_Model):
+    """[objects.<Name>.consent]: which fields mean "opted out" and what that means in Iterable.
+
+    An opt-out unsubscribes the user from every listed channel and message type and removes
+    them from every listed static list (names or ids); clearing it re-subscribes them only with
+    `resubscribe = true` (consent is not assumed back). README "Consent".
+    """
+
+    opt_out_fields: list[str] = Field(default_factory=lambda: ["HasOptedOutOfEmail"])
+    unsubscribe_channel_ids: list[int] = Field(default_factory=list)
+    unsubscribe_message_type_ids: list[int] = Field(default_factory=list)
+    remove_from_lists: list[int | str] = Field(default_factory=list)
+    resubscribe: bool = False
+
+    @field_validator("opt_out_fields")
+    @classmethod
+    def _fields(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one field (the default is HasOptedOutOfEmail)")
+        for name in v:
+            validate_identifier(name, "opt-out field")
+        if len({n.lower() for n in v}) != len(v):
+            raise ValueError("lists a field twice")
+        return v
+
+    @field_validator("unsubscribe_channel_ids", "unsubscribe_message_type_ids")
+    @classmethod
+    def _ids(cls, v: list[int]) -> list[int]:
+        bad = [i for i in v if i <= 0]
+        if bad:
+            raise ValueError(f"ids must be positive integers, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an id twice")
+        return v
+
+    @field_validator("remove_from_lists")
+    @classmethod
+    def _lists(cls, v: list[int | str]) -> list[int | str]:
+        for item in v:
+            if isinstance(item, int) and item <= 0:
+                raise ValueError(f"a list id must be a positive integer, got {item}")
+            if isinstance(item, str) and not (0 < len(item.strip()) <= 255):
+                raise ValueError(f"a list name must be 1-255 characters, got {item!r:.40}")
+        keys = [i if isinstance(i, int) else i.strip().lower() for i in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError("names a list twice")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> ObjectConsent:
+        if not (self.unsubscribe_channel_ids or self.unsubscribe_message_type_ids
+                or self.remove_from_lists):
+            raise ValueError("an opt-out must mean something in Iterable: set "
+                             "unsubscribe_channel_ids, unsubscribe_message_type_ids or "
+                             "remove_from_lists")
+        return self
+
+
 class ObjectConfig(_Model):
     """[objects.<Name>]: one synced Salesforce object."""
 
@@ -197,6 +255,7 @@ class ObjectConfig(_Model):
     mapping: dict[str, str] = Field(default_factory=dict)
     fan_out: list[FanOut] = Field(default_factory=list)
     converted_precedence: Literal["contact", "lead"] | None = None
+    consent: ObjectConsent | None = None
 
     @field_validator("filter")
     @classmethod
@@ -308,6 +367,19 @@ class BackfillConfig(_Model):
         return validate_identifier(v)
 
 
+class ConsentConfig(_Model):
+    """[consent]: how consent changes are written to Iterable's subscription endpoints.
+
+    Iterable states no rate limit or user cap for `PUT /api/subscriptions/...`
+    (docs/iterable.md §12): 1,000 users per call as Segment sends, and a request rate kept as
+    low as bulkUpdate's by default.
+    """
+
+    rate_limit_per_s: float = Field(default=5.0, gt=0, le=1000)
+    max_in_flight: int = Field(default=2, ge=1, le=64)
+    batch_max_users: int = Field(default=1000, ge=1, le=1000)
+
+
 class HealthConfig(_Model):
     """[health]: the health and metrics endpoint (localhost by default)."""
 
@@ -406,6 +478,7 @@ class Config(_Model):
     flush: FlushConfig = FlushConfig()
     ingest: IngestConfig = IngestConfig()
     backfill: BackfillConfig = BackfillConfig()
+    consent: ConsentConfig = ConsentConfig()
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
     secrets: Secrets = Field(default_factory=Secrets, exclude=True, repr=False)
@@ -457,6 +530,10 @@ class Config(_Model):
             if obj.delete_flag_field in obj.mapping.values() and obj.delete_policy == "flag":
                 problems.append((("objects", name, "delete_flag_field"),
                                  "is also a mapping target"))
+        problems.extend((("objects", name, "consent"), "needs a mapping: only objects that "
+                         "write Iterable users carry consent")
+                        for name, obj in self.objects.items()
+                        if obj.consent is not None and not obj.writes_users)
         if problems:
             raise _problems(problems)
         return self
@@ -466,6 +543,11 @@ class Config(_Model):
     def channel(self, name: str) -> str:
         """The CDC channel of a configured object."""
         return self.objects[name].channel or channel_for(name)
+
+    def consent_objects(self) -> dict[str, ObjectConsent]:
+        """The objects that carry consent, with their consent settings."""
+        return {name: obj.consent for name, obj in self.objects.items()
+                if obj.consent is not None}
 
     def converted_precedence(self) -> Literal["contact", "lead"]:
         lead = self.objects.get("Lead")
@@ -489,7 +571,7 @@ def _key(loc: tuple[str | int, ...]) -> str:
 _SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "salesforce": SalesforceConfig, "iterable": IterableConfig, "queue": QueueConfig,
     "flush": FlushConfig, "ingest": IngestConfig, "backfill": BackfillConfig,
-    "health": HealthConfig, "logging": LoggingConfig,
+    "health": HealthConfig, "logging": LoggingConfig, "consent": ConsentConfig,
 }
 
 
@@ -500,6 +582,8 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         return _SECTIONS.get(loc[0])
     if len(loc) == 3 and loc[0] == "objects":
         return ObjectConfig
+    if len(loc) == 4 and loc[0] == "objects" and loc[2] == "consent":
+        return ObjectConsent
     if len(loc) == 5 and loc[0] == "objects" and loc[2] == "fan_out":
         return FanOut
     return None

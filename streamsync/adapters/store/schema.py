@@ -231,7 +231,29 @@ _V5 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
+_V6 = Migration(
+    6,
+    "consent state per record (docs/design.md §7)",
+    (
+        # The consent state a record was last brought to by either direction: opted out or not,
+        # when that was stated on its side (epoch ms) and which side stated it. Both directions
+        # compare a new state with it (core/consent.py `prevails`), which is also how the echo
+        # of our own write in the other system ends.
+        """
+        CREATE TABLE consent_state (
+            object_name TEXT NOT NULL,
+            record_id TEXT NOT NULL,
+            opted_out INTEGER NOT NULL CHECK (opted_out IN (0, 1)),
+            changed_at_ms INTEGER NOT NULL,
+            origin TEXT NOT NULL CHECK (origin IN ('salesforce', 'iterable')),
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (object_name, record_id)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

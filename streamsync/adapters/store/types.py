@@ -35,6 +35,23 @@ class QueueInput:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsentRow:
+    """A record's stored consent state (table `consent_state`): opted out or not, when that was
+    stated (epoch ms) and on which side (`salesforce` or `iterable`)."""
+
+    object_name: str
+    record_id: str
+    opted_out: bool
+    changed_at_ms: int
+    origin: str
+
+    def __post_init__(self) -> None:
+        if self.origin not in ("salesforce", "iterable"):
+            raise ValueError(f"ConsentRow.origin must be salesforce or iterable, not "
+                             f"{self.origin!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A queue row handed to one flusher until `lease_expires_at`; settle it with the same token.
 

@@ -1,0 +1,69 @@
+"""The consent state table: each record's last consent state, shared by both directions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .base import StoreBase
+from .types import ConsentRow
+
+_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's bound-parameter limit
+_UPSERT = """
+INSERT INTO consent_state (object_name, record_id, opted_out, changed_at_ms, origin, updated_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (object_name, record_id) DO UPDATE SET
+    opted_out = excluded.opted_out, changed_at_ms = excluded.changed_at_ms,
+    origin = excluded.origin, updated_at = excluded.updated_at
+"""
+# Only over an older state, or one of the same instant that is not an opt-out already (the
+# conflict rule of core/consent.py `prevails`, kept in SQL so a check and its write are one).
+_PREVAILING = _UPSERT + """
+WHERE excluded.changed_at_ms > consent_state.changed_at_ms
+   OR (excluded.changed_at_ms = consent_state.changed_at_ms
+       AND excluded.opted_out = 1 AND consent_state.opted_out = 0)
+"""
+
+
+def _params(row: ConsentRow, now: float) -> tuple[object, ...]:
+    return (row.object_name, row.record_id, int(row.opted_out), row.changed_at_ms, row.origin,
+            now)
+
+
+class ConsentOps(StoreBase):
+    """Read and write `consent_state`."""
+
+    async def consent_states(self, object_name: str, record_ids: Sequence[str]
+                             ) -> dict[str, ConsentRow]:
+        """The stored consent states of these records, by record id."""
+        out: dict[str, ConsentRow] = {}
+        async with self._read("consent_states") as conn:
+            for start in range(0, len(record_ids), _IN_CHUNK):
+                chunk = record_ids[start:start + _IN_CHUNK]
+                async with conn.execute(
+                    "SELECT record_id, opted_out, changed_at_ms, origin FROM consent_state "
+                    f"WHERE object_name = ? AND record_id IN ({','.join('?' * len(chunk))})",
+                    (object_name, *chunk),
+                ) as cursor:
+                    for record_id, opted, at_ms, origin in await cursor.fetchall():
+                        out[record_id] = ConsentRow(object_name, record_id, bool(opted),
+                                                    int(at_ms), str(origin))
+        return out
+
+    async def save_consent_states(self, rows: Sequence[ConsentRow], now: float) -> None:
+        """Store these states as they are (the caller decided they prevail), one transaction."""
+        if not rows:
+            return
+        async with self._tx("save_consent_states") as conn:
+            await conn.executemany(_UPSERT, [_params(r, now) for r in rows])
+
+    async def note_consent_states(self, rows: Sequence[ConsentRow], now: float) -> int:
+        """Store each state only where it prevails over the stored one (later, or an opt-out
+        at the same instant); returns how many were stored."""
+        if not rows:
+            return 0
+        stored = 0
+        async with self._tx("note_consent_states") as conn:
+            for row in rows:
+                cursor = await conn.execute(_PREVAILING, _params(row, now))
+                stored += max(cursor.rowcount, 0)
+        return stored

@@ -1,0 +1,103 @@
+"""Consent: the conflict rule and the Salesforce → Iterable decision (docs/design.md §7).
+
+Pure: no I/O, no clock. Both directions use `prevails` so a conflict resolves the same way
+whichever side sees it first: the later change wins; at the same instant an opt-out wins
+(consent is not assumed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+Side = Literal["salesforce", "iterable"]
+SALESFORCE: Side = "salesforce"
+ITERABLE: Side = "iterable"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentState:
+    """One person's consent as one side stated it: opted out or not, and when (epoch ms)."""
+
+    opted_out: bool
+    changed_at_ms: int
+    origin: Side
+
+
+def prevails(candidate: ConsentState, current: ConsentState | None) -> bool:
+    """True when `candidate` wins over `current`: the later timestamp wins; on a tie an opt-out
+    (unsubscribe) wins over an opt-in. Equal states never "win" (nothing to change)."""
+    if current is None:
+        return True
+    if candidate.changed_at_ms != current.changed_at_ms:
+        return candidate.changed_at_ms > current.changed_at_ms
+    return candidate.opted_out and not current.opted_out
+
+
+def winner(a: ConsentState, b: ConsentState) -> ConsentState:
+    """The state that stands when `a` and `b` conflict (see `prevails`)."""
+    return a if prevails(a, b) else b
+
+
+class Action(StrEnum):
+    """What the Salesforce state asks of Iterable."""
+
+    NONE = "none"
+    UNSUBSCRIBE = "unsubscribe"
+    RESUBSCRIBE = "resubscribe"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The Iterable write to make (if any) and the consent state to store afterwards (None:
+    keep what is stored)."""
+
+    action: Action
+    record: ConsentState | None
+
+
+def decide_from_salesforce(sf: ConsentState, last: ConsentState | None, *,
+                           resubscribe: bool) -> Decision:
+    """What a Salesforce read of a record means for Iterable, given the last consent state
+    stored for it (by either direction).
+
+    - First sight: an opt-out unsubscribes (whatever Iterable had); no opt-out changes nothing
+      and stores nothing (Iterable's own state stands).
+    - Same state as stored: nothing (this is how the echo of our own Salesforce write, and a
+      re-read of an unchanged record, end).
+    - A different state that does not prevail (the stored one, e.g. an Iterable unsubscribe, is
+      later): nothing; the other direction brings Salesforce in line.
+    - Otherwise an opt-out unsubscribes; a cleared opt-out resubscribes only when configured,
+      else it is only remembered (consent is not assumed back).
+    """
+    if last is None:
+        if sf.opted_out:
+            return Decision(Action.UNSUBSCRIBE, sf)
+        return Decision(Action.NONE, None)
+    if last.opted_out == sf.opted_out or not prevails(sf, last):
+        return Decision(Action.NONE, None)
+    if sf.opted_out:
+        return Decision(Action.UNSUBSCRIBE, sf)
+    return Decision(Action.RESUBSCRIBE if resubscribe else Action.NONE, sf)
+
+
+def opted_out(record: Mapping[str, Any], fields: Sequence[str]) -> bool:
+    """True when any of the opt-out fields of a Salesforce record is true."""
+    return any(record.get(name) is True for name in fields)
+
+
+def echo_opt_out(payload: Mapping[str, Any], changed_fields: Sequence[str],
+                 fields: Sequence[str]) -> bool | None:
+    """The opt-out state a CDC payload states, or None when it says nothing certain: true when
+    a changed opt-out field is true; false only when every opt-out field changed to false."""
+    changed = {f.lower() for f in changed_fields}
+    touched = [f for f in fields if f.lower() in changed]
+    if not touched:
+        return None
+    if any(payload.get(f) is True for f in touched):
+        return True
+    if len(touched) == len(fields) and all(payload.get(f) is False for f in touched):
+        return False
+    return None

@@ -1,0 +1,58 @@
+"""The consent state table: read, save, and store-only-if-it-prevails (the conflict rule)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from streamsync.adapters.store import ConsentRow, Store
+
+T0 = 1_700_000_000.0
+LEAD = "00Q000000000001AAA"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "consent.db")
+    yield s
+    await s.close()
+
+
+def row(out: bool, at: int, origin: str = "salesforce", record_id: str = LEAD) -> ConsentRow:
+    return ConsentRow("Lead", record_id, out, at, origin)
+
+
+async def test_saved_states_read_back_by_object_and_id(store: Store) -> None:
+    assert await store.consent_states("Lead", [LEAD]) == {}
+    await store.save_consent_states([row(True, 10), row(False, 5, "iterable", "00Q2")], T0)
+    got = await store.consent_states("Lead", [LEAD, "00Q2", "00Q3"])
+    assert got == {LEAD: row(True, 10), "00Q2": row(False, 5, "iterable", "00Q2")}
+    assert await store.consent_states("Contact", [LEAD]) == {}
+    await store.save_consent_states([row(False, 3)], T0)  # saved as told, even if older
+    assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(False, 3)
+
+
+async def test_noting_stores_only_a_state_that_prevails(store: Store) -> None:
+    assert await store.note_consent_states([row(False, 10)], T0) == 1
+    assert await store.note_consent_states([row(True, 9, "iterable")], T0) == 0   # older
+    assert await store.note_consent_states([row(False, 10, "iterable")], T0) == 0  # same instant
+    assert await store.note_consent_states([row(True, 10, "iterable")], T0) == 1   # tie: opt-out
+    assert await store.note_consent_states([row(False, 10)], T0) == 0
+    assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(True, 10, "iterable")
+    assert await store.note_consent_states([row(False, 11)], T0) == 1              # later
+    assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(False, 11)
+
+
+async def test_many_ids_are_read_in_chunks(store: Store) -> None:
+    ids = [f"00Q{n:015d}" for n in range(1200)]
+    await store.save_consent_states([row(n % 2 == 0, n, record_id=i)
+                                     for n, i in enumerate(ids)], T0)
+    got = await store.consent_states("Lead", ids)
+    assert len(got) == 1200 and got[ids[1199]].opted_out is False
+
+
+def test_a_row_names_its_side() -> None:
+    with pytest.raises(ValueError, match="origin"):
+        row(True, 1, "hubspot")
