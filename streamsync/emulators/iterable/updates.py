@@ -95,52 +95,53 @@ class FieldCheck:
 
     def scan(self, obj: dict[str, Any], prefix: str, new: dict[str, str], bad: list[str]) -> None:
         """Type-check `obj` against the schema; note new fields, drop filtered ones in place."""
-        fields = self.project.fields
-        pending = self.pending
-        dropped: list[str] | None = None
+        dropped: list[str] = []
         for key, value in obj.items():
             if value is None:
                 continue
             path = prefix + key if prefix else key
-            expected = fields.get(path)
-            if expected is None:
-                expected = pending.get(path) or new.get(path)
-            cls = type(value)
-            if cls is str:
-                if expected == STRING:
-                    continue
-                kind = DATE if is_iterable_date(value) else STRING
-            else:
-                kind = value_type(path, value)
+            expected = self.project.fields.get(path) or self.pending.get(path) or new.get(path)
+            if type(value) is str and expected == STRING:
+                continue
+            kind = _kind_of(path, value)
             if expected is None:
                 if not self.create_new:
                     self.filtered[path] = None
-                    if dropped is None:
-                        dropped = []
                     dropped.append(key)
                     continue
                 if kind:
                     new[path] = kind
             elif not compatible(expected, kind):
                 bad.append(path)
-                self.mismatches[f"{self.project.name}:::{path}"] = {
-                    "incomingTypes": incoming_types(kind),
-                    "expectedType": expected,
-                    "category": "user",
-                    "offendingValue": value if cls is str else orjson.dumps(value).decode(),
-                    "_type": "UnexpectedType",
-                }
+                self._mismatch(path, expected, kind, value)
                 continue
             if kind == OBJECT:
-                if cls is dict:
-                    self.scan(value, path + ".", new, bad)
-                else:
-                    for item in value:
-                        if type(item) is dict:
-                            self.scan(item, path + ".", new, bad)
-        if dropped:
-            for key in dropped:
-                del obj[key]
+                self._scan_nested(path, value, new, bad)
+        for key in dropped:
+            del obj[key]
+
+    def _scan_nested(self, path: str, value: Any, new: dict[str, str], bad: list[str]) -> None:
+        """An object field, or an array of objects: each object is scanned under `path.`."""
+        for item in (value,) if type(value) is dict else value:
+            if type(item) is dict:
+                self.scan(item, path + ".", new, bad)
+
+    def _mismatch(self, path: str, expected: str, kind: str, value: Any) -> None:
+        """Record a type mismatch as Iterable's field-type report shows it."""
+        self.mismatches[f"{self.project.name}:::{path}"] = {
+            "incomingTypes": incoming_types(kind),
+            "expectedType": expected,
+            "category": "user",
+            "offendingValue": value if type(value) is str else orjson.dumps(value).decode(),
+            "_type": "UnexpectedType",
+        }
+
+
+def _kind_of(path: str, value: Any) -> str:
+    """The type a value would give a new field (a string in Iterable's date format: date)."""
+    if type(value) is str:
+        return DATE if is_iterable_date(value) else STRING
+    return value_type(path, value)
 
 
 def resolve(project: Project, email: str | None, user_id: str | None) -> Profile | None:
@@ -209,35 +210,15 @@ class UserChecker:
         merge: bool,
         receipt: Receipt,
     ) -> UserWrite | Rejection:
-        project = self.project
-        ptype = project.project_type
         email: str | None = None
         if raw_email is not None:
             email = normalize_email(raw_email)
             if email is None:
                 return Rejection("invalidEmails", raw_email, f"Invalid email: {raw_email}")
-        if user_id is not None:
-            problem = user_id_problem(user_id)
-            if problem is not None:
-                return Rejection("invalidUserIds", user_id, problem)
-        if ptype == "userId" and user_id is None:
-            assert email is not None
-            msg = "userID-based projects identify users by userId"
-            return Rejection("notFoundEmails", email, msg)
-        if email is not None and email in project.forgotten_emails:
-            return Rejection("forgottenEmails", email, "Contact is GDPR forgotten")
-        if user_id is not None and user_id in project.forgotten_user_ids:
-            return Rejection("forgottenUserIds", user_id, "Contact is GDPR forgotten")
-        target = resolve(project, email, user_id)
-        if ptype == "email" and email is None and target is None and not prefer:
-            assert user_id is not None
-            return Rejection("notFoundUserIds", user_id, f"No user exists with userId {user_id}")
-        if ptype == "hybrid" and email is not None and user_id is not None:
-            owner = project.by_email.get(email)
-            if owner is not None and owner is not target:
-                return Rejection("conflictEmails", email, f"Email {email} belongs to another user")
-            if target is not None and target.user_id not in (None, user_id):
-                return Rejection("conflictEmails", email, f"Email {email} has another userId")
+        target = resolve(self.project, email, user_id)
+        refused = self._identity_problem(email, user_id, target, prefer)
+        if refused is not None:
+            return refused
         new_email: str | None = None
         new_user_id: str | None = None
         if "email" in data:
@@ -264,6 +245,34 @@ class UserChecker:
             if new:
                 self.fields.pending.update(new)
         return UserWrite(email, user_id, data, merge, prefer, new_email, new_user_id, receipt)
+
+    def _identity_problem(self, email: str | None, user_id: str | None,
+                          target: Profile | None, prefer: bool) -> Rejection | None:
+        """Why the identifiers of a write are refused (None: they are fine)."""
+        project = self.project
+        ptype = project.project_type
+        if user_id is not None:
+            problem = user_id_problem(user_id)
+            if problem is not None:
+                return Rejection("invalidUserIds", user_id, problem)
+        if ptype == "userId" and user_id is None:
+            assert email is not None
+            msg = "userID-based projects identify users by userId"
+            return Rejection("notFoundEmails", email, msg)
+        if email is not None and email in project.forgotten_emails:
+            return Rejection("forgottenEmails", email, "Contact is GDPR forgotten")
+        if user_id is not None and user_id in project.forgotten_user_ids:
+            return Rejection("forgottenUserIds", user_id, "Contact is GDPR forgotten")
+        if ptype == "email" and email is None and target is None and not prefer:
+            assert user_id is not None
+            return Rejection("notFoundUserIds", user_id, f"No user exists with userId {user_id}")
+        if ptype == "hybrid" and email is not None and user_id is not None:
+            owner = project.by_email.get(email)
+            if owner is not None and owner is not target:
+                return Rejection("conflictEmails", email, f"Email {email} belongs to another user")
+            if target is not None and target.user_id not in (None, user_id):
+                return Rejection("conflictEmails", email, f"Email {email} has another userId")
+        return None
 
     def _data_key(self, email: str | None, user_id: str | None) -> tuple[str, bool]:
         if self.project.project_type == "userId" or email is None:
@@ -350,53 +359,63 @@ def apply_write(project: Project, write: Write, wall_s: float) -> tuple[Profile 
 
 
 def _apply_update(project: Project, w: UserWrite, wall_s: float) -> tuple[Profile | None, str]:
-    ptype = project.project_type
-    outcome = "updated"
-    if ptype == "email":
-        if w.email is not None:
-            profile = project.by_email.get(w.email)
-            if profile is None:
-                profile = project.create(w.email, None, wall_s)
-                outcome = "created"
-            uid = w.new_user_id if w.new_user_id is not None else w.user_id
-            if uid is not None and uid != profile.user_id:
-                project.set_user_id(profile, uid)
-        else:
-            assert w.user_id is not None
-            found = project.get_by_user_id(w.user_id)
-            if found is None:
-                if not w.prefer_user_id:
-                    return None, "skipped: no user with this userId"
-                found = project.create(placeholder_email(w.user_id), w.user_id, wall_s)
-                outcome = "created"
-            profile = found
-            if w.new_user_id is not None and w.new_user_id != profile.user_id:
-                project.set_user_id(profile, w.new_user_id)
-    elif ptype == "userId":
-        assert w.user_id is not None
-        found = project.get_by_user_id(w.user_id)
-        if found is None:
-            found = project.create(None, w.user_id, wall_s)
-            outcome = "created"
-        profile = found
-        email = w.new_email if w.new_email is not None else w.email
-        if email is not None and email != profile.email:
-            project.set_email(profile, email)
-        if w.new_user_id is not None and w.new_user_id != profile.user_id:
-            if project.get_by_user_id(w.new_user_id) is None:
-                project.set_user_id(profile, w.new_user_id)
-            else:
-                outcome = "updated; userId change skipped: conflict"
-    else:
-        hybrid = _hybrid_target(project, w, wall_s)
-        if hybrid is None:
-            return None, "skipped: email and userId belong to different users"
-        profile, outcome = hybrid
+    targets = {"email": _email_project_target, "userId": _user_id_project_target}
+    found = targets.get(project.project_type, _hybrid_target)(project, w, wall_s)
+    if found is None:
+        return None, "skipped: email and userId belong to different users"
+    profile, outcome = found
+    if profile is None:
+        return None, outcome
     data = w.data
     if any(name in data for name in _SUBSCRIPTION_NAMES):
         data = _take_subscription_fields(profile, data)
     merge_data(profile.data, data, w.merge)
     profile.updated_wall = wall_s
+    return profile, outcome
+
+
+def _email_project_target(project: Project, w: UserWrite,
+                          wall_s: float) -> tuple[Profile | None, str]:
+    """The user an update of an email-based project lands on (created when new)."""
+    outcome = "updated"
+    if w.email is not None:
+        profile = project.by_email.get(w.email)
+        if profile is None:
+            profile = project.create(w.email, None, wall_s)
+            outcome = "created"
+        uid = w.new_user_id if w.new_user_id is not None else w.user_id
+        if uid is not None and uid != profile.user_id:
+            project.set_user_id(profile, uid)
+        return profile, outcome
+    assert w.user_id is not None
+    found = project.get_by_user_id(w.user_id)
+    if found is None:
+        if not w.prefer_user_id:
+            return None, "skipped: no user with this userId"
+        found = project.create(placeholder_email(w.user_id), w.user_id, wall_s)
+        outcome = "created"
+    if w.new_user_id is not None and w.new_user_id != found.user_id:
+        project.set_user_id(found, w.new_user_id)
+    return found, outcome
+
+
+def _user_id_project_target(project: Project, w: UserWrite,
+                            wall_s: float) -> tuple[Profile | None, str]:
+    """The user an update of a userId-based project lands on (created when new)."""
+    assert w.user_id is not None
+    outcome = "updated"
+    profile = project.get_by_user_id(w.user_id)
+    if profile is None:
+        profile = project.create(None, w.user_id, wall_s)
+        outcome = "created"
+    email = w.new_email if w.new_email is not None else w.email
+    if email is not None and email != profile.email:
+        project.set_email(profile, email)
+    if w.new_user_id is not None and w.new_user_id != profile.user_id:
+        if project.get_by_user_id(w.new_user_id) is None:
+            project.set_user_id(profile, w.new_user_id)
+        else:
+            outcome = "updated; userId change skipped: conflict"
     return profile, outcome
 
 
