@@ -21,7 +21,7 @@ from .control import CONTROL_PREFIX, add_control_routes
 from .control_messaging import add_messaging_control_routes
 from .faults import Fault, FaultPlan
 from .messaging import Messaging
-from .profiles import Project, ProjectType
+from .profiles import Profile, Project, ProjectType
 from .ratelimit import RateLimiter
 from .replies import NOT_FOUND_HTML, SINGLE_ERRORS, SUCCESS, TOO_LARGE_HTML, ApiError, BulkResult
 from .state import ApiKey, EmulatorState, KeyKind
@@ -477,47 +477,13 @@ class IterableEmulator:
         path = request.path
         if type(body) is not dict:
             raise _not_an_object(path)
-        errors = {
-            f"obj.{name}": "String value expected"
-            for name in ("currentEmail", "currentUserId", "newEmail")
-            if body.get(name) is not None and type(body.get(name)) is not str
-        }
-        if body.get("newEmail") is None:
-            errors["obj.newEmail"] = "Missing value"
-        if errors:
-            raise ApiError(400, "BadJsonBody", f"[{path}] Invalid JSON body", errors)
-        if project.project_type == "userId":
-            raise ApiError(
-                400, "BadParams",
-                "updateEmail is for email-based projects; use /api/users/update in userID-based "
-                "projects",
-            )
-        current_email: str | None = body.get("currentEmail")
-        current_user_id: str | None = body.get("currentUserId")
+        _check_update_email_body(body, path, project)
         raw_new: str = body["newEmail"]
-        if current_email is None and current_user_id is None:
-            raise ApiError(
-                400, "BadParams", "Either currentEmail or currentUserId must be provided"
-            )
         new_email = normalize_email(raw_new)
         if new_email is None:
             raise ApiError(400, "InvalidEmailAddressError", f"Invalid newEmail {raw_new}")
-        if current_email is not None:
-            norm = normalize_email(current_email)
-            if norm is None:
-                msg = f"Invalid currentEmail {current_email}"
-                raise ApiError(400, "InvalidEmailAddressError", msg)
-            current_email, current_user_id = norm, None
-            profile = project.by_email.get(norm)
-            if profile is None:
-                raise ApiError(400, "UnknownEmailError", f"User with email {norm} does not exist")
-        else:
-            assert current_user_id is not None
-            profile = project.get_by_user_id(current_user_id)
-            if profile is None:
-                raise ApiError(
-                    400, "UnknownUserIdError", f"User with userId {current_user_id} does not exist"
-                )
+        current_email, current_user_id, profile = _current_user(
+            project, body.get("currentEmail"), body.get("currentUserId"))
         if new_email in project.forgotten_emails:
             raise ApiError(409, "ForgottenUserError", f"Email {new_email} is GDPR forgotten")
         owner = project.by_email.get(new_email)
@@ -666,6 +632,47 @@ class IterableEmulator:
 
 class _TooLarge(Exception):
     """The body passed the size limit and the ingress answers 413."""
+
+
+def _check_update_email_body(body: dict[str, Any], path: str, project: Project) -> None:
+    """updateEmail's body: strings where strings belong, newEmail and one current id given."""
+    errors = {
+        f"obj.{name}": "String value expected"
+        for name in ("currentEmail", "currentUserId", "newEmail")
+        if body.get(name) is not None and type(body.get(name)) is not str
+    }
+    if body.get("newEmail") is None:
+        errors["obj.newEmail"] = "Missing value"
+    if errors:
+        raise ApiError(400, "BadJsonBody", f"[{path}] Invalid JSON body", errors)
+    if project.project_type == "userId":
+        raise ApiError(
+            400, "BadParams",
+            "updateEmail is for email-based projects; use /api/users/update in userID-based "
+            "projects",
+        )
+    if body.get("currentEmail") is None and body.get("currentUserId") is None:
+        raise ApiError(400, "BadParams", "Either currentEmail or currentUserId must be provided")
+
+
+def _current_user(project: Project, current_email: str | None,
+                  current_user_id: str | None) -> tuple[str | None, str | None, Profile]:
+    """(email, userId, user) that updateEmail addresses: by currentEmail when given."""
+    if current_email is not None:
+        norm = normalize_email(current_email)
+        if norm is None:
+            raise ApiError(400, "InvalidEmailAddressError", f"Invalid currentEmail {current_email}")
+        profile = project.by_email.get(norm)
+        if profile is None:
+            raise ApiError(400, "UnknownEmailError", f"User with email {norm} does not exist")
+        return norm, None, profile
+    assert current_user_id is not None
+    found = project.get_by_user_id(current_user_id)
+    if found is None:
+        raise ApiError(
+            400, "UnknownUserIdError", f"User with userId {current_user_id} does not exist"
+        )
+    return None, current_user_id, found
 
 
 def _not_an_object(path: str) -> ApiError:

@@ -41,14 +41,9 @@ def find_user(
         email = normalize_email(raw_email)
         if email is None:
             return Rejection("invalidEmails", raw_email, f"Invalid email: {raw_email}")
-    if user_id is not None:
-        problem = user_id_problem(user_id)
-        if problem is not None:
-            return Rejection("invalidUserIds", user_id, problem)
-    if email is not None and email in project.forgotten_emails:
-        return Rejection("forgottenEmails", email, "Contact is GDPR forgotten")
-    if user_id is not None and user_id in project.forgotten_user_ids:
-        return Rejection("forgottenUserIds", user_id, "Contact is GDPR forgotten")
+    refused = _invalid_or_forgotten(project, email, user_id)
+    if refused is not None:
+        return refused
     ptype = project.project_type
     if ptype == "email" and email is not None:
         user_id = None  # an email-based project identifies by email; userId is not unique
@@ -59,20 +54,41 @@ def find_user(
             return Rejection("conflictEmails", email, f"Email {email} belongs to another user")
     if found is not None:
         return found
-    can_create = create and (
+    if not _may_create(ptype, email, user_id, create):
+        return _not_found(ptype, email, user_id)
+    return project.create(email, user_id, wall_s)
+
+
+def _invalid_or_forgotten(project: Project, email: str | None,
+                          user_id: str | None) -> Rejection | None:
+    """A malformed userId, or an identifier of a GDPR-forgotten user."""
+    if user_id is not None:
+        problem = user_id_problem(user_id)
+        if problem is not None:
+            return Rejection("invalidUserIds", user_id, problem)
+    if email is not None and email in project.forgotten_emails:
+        return Rejection("forgottenEmails", email, "Contact is GDPR forgotten")
+    if user_id is not None and user_id in project.forgotten_user_ids:
+        return Rejection("forgottenUserIds", user_id, "Contact is GDPR forgotten")
+    return None
+
+
+def _may_create(ptype: str, email: str | None, user_id: str | None, create: bool) -> bool:
+    """Whether a call may create the user it addresses under the project's identity rules."""
+    return create and (
         (ptype == "email" and email is not None)
         or (ptype == "userId" and user_id is not None)
         or ptype == "hybrid"
     )
-    if not can_create:
-        if email is not None and ptype != "userId":
-            return Rejection("notFoundEmails", email, f"User with email {email} does not exist")
-        if user_id is not None:
-            msg = f"User with userId {user_id} does not exist"
-            return Rejection("notFoundUserIds", user_id, msg)
-        assert email is not None
-        return Rejection("notFoundEmails", email, "userID-based projects identify users by userId")
-    return project.create(email, user_id, wall_s)
+
+
+def _not_found(ptype: str, email: str | None, user_id: str | None) -> Rejection:
+    if email is not None and ptype != "userId":
+        return Rejection("notFoundEmails", email, f"User with email {email} does not exist")
+    if user_id is not None:
+        return Rejection("notFoundUserIds", user_id, f"User with userId {user_id} does not exist")
+    assert email is not None
+    return Rejection("notFoundEmails", email, "userID-based projects identify users by userId")
 
 
 def change_subscriptions(
