@@ -138,12 +138,16 @@ class Tracker:
         }
 
 
-def add_event_routes(app: web.Application, emu: IterableEmulator) -> None:
-    """Register the custom-event routes of one emulator."""
+class _EventRoutes:
+    """The handlers `add_event_routes` registers, bound to one emulator."""
 
-    async def track(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "track")
-        body = await emu.json_body(request)
+    def __init__(self, emu: IterableEmulator) -> None:
+        self.emu = emu
+        self.state = emu.state
+
+    async def track(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "track")
+        body = await self.emu.json_body(request)
         json_errors: dict[str, str] = {}
         param_errors: dict[str, str] = {}
         item = check_event(body, "obj", json_errors, param_errors)
@@ -151,23 +155,23 @@ def add_event_routes(app: web.Application, emu: IterableEmulator) -> None:
             raise ApiError(400, "BadJsonBody", f"[{request.path}] Invalid JSON body", json_errors)
         if item is None:
             raise ApiError(400, "BadParams", f"[{request.path}] Invalid parameters", param_errors)
-        tracker = Tracker(emu, project, emu.endpoint_of(request))
+        tracker = Tracker(self.emu, project, self.emu.endpoint_of(request))
         outcome = tracker.track(item)
         if isinstance(outcome, Rejection):
             if outcome.category == "disallowed":
                 raise ApiError(400, "BadParams", outcome.detail)
             raise rejection_error(outcome)
-        return emu.reply(envelope(f"Event with id: {outcome.id} tracked.", "Success",
+        return self.emu.reply(envelope(f"Event with id: {outcome.id} tracked.", "Success",
                                   {"id": outcome.id}))
 
-    async def track_bulk(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "trackBulk")
-        body = await emu.json_body(request)
+    async def track_bulk(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "trackBulk")
+        body = await self.emu.json_body(request)
         events = body.get("events") if type(body) is dict else None
         if type(events) is not list:
             raise ApiError(400, "BadJsonBody", f"[{request.path}] Invalid JSON body",
                            {"obj.events": "Array value expected"})
-        cap = emu.config.max_events_per_request
+        cap = self.emu.config.max_events_per_request
         if cap is not None and len(events) > cap:
             raise ApiError(400, "BatchTooLarge",
                            f"Too many events in one request: {len(events)} (the limit is {cap})",
@@ -180,13 +184,13 @@ def add_event_routes(app: web.Application, emu: IterableEmulator) -> None:
             raise ApiError(400, "BadJsonBody", f"[{request.path}] Invalid JSON body", json_errors)
         if param_errors:
             raise ApiError(400, "BadParams", f"[{request.path}] Invalid parameters", param_errors)
-        tracker = Tracker(emu, project, emu.endpoint_of(request))
+        tracker = Tracker(self.emu, project, self.emu.endpoint_of(request))
         for item in items:
             assert item is not None
             tracker.track(item)
-        return emu.reply(tracker.body())
+        return self.emu.reply(tracker.body())
 
-    def limit_of(request: web.Request) -> int:
+    def limit_of(self, request: web.Request) -> int:
         raw = request.query.get("limit")
         if raw is None:
             return DEFAULT_READ_LIMIT
@@ -195,25 +199,31 @@ def add_event_routes(app: web.Application, emu: IterableEmulator) -> None:
                            {"limit": raw})
         return int(raw)
 
-    def events_reply(project: Project, profile: Profile | None, limit: int) -> web.Response:
+    def events_reply(self, project: Project, profile: Profile | None, limit: int) -> web.Response:
         if profile is None:
-            return emu.reply({"events": []})
-        found = emu.messaging_for(project).events.for_user(profile.iid, limit)
-        return emu.reply({"events": [e.api_view() for e in found]})
+            return self.emu.reply({"events": []})
+        found = self.emu.messaging_for(project).events.for_user(profile.iid, limit)
+        return self.emu.reply({"events": [e.api_view() for e in found]})
 
-    async def by_email(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "getEvents")
-        limit = limit_of(request)
-        return events_reply(project, project.by_email.get(request.match_info["email"].lower()),
+    async def by_email(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "getEvents")
+        limit = self.limit_of(request)
+        return self.events_reply(project, project.by_email.get(request.match_info["email"].lower()),
                             limit)
 
-    async def by_user_id(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "getEvents")
-        limit = limit_of(request)
-        return events_reply(project, project.get_by_user_id(request.match_info["userId"]), limit)
+    async def by_user_id(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "getEvents")
+        limit = self.limit_of(request)
+        profile = project.get_by_user_id(request.match_info["userId"])
+        return self.events_reply(project, profile, limit)
 
+
+
+def add_event_routes(app: web.Application, emu: IterableEmulator) -> None:
+    """Register the custom-event routes of one emulator."""
+    handlers = _EventRoutes(emu)
     r = app.router
-    r.add_post("/api/events/track", track)
-    r.add_post("/api/events/trackBulk", track_bulk)
-    r.add_get("/api/events/byUserId/{userId:.+}", by_user_id, allow_head=False)
-    r.add_get("/api/events/{email:.+}", by_email, allow_head=False)
+    r.add_post("/api/events/track", handlers.track)
+    r.add_post("/api/events/trackBulk", handlers.track_bulk)
+    r.add_get("/api/events/byUserId/{userId:.+}", handlers.by_user_id, allow_head=False)
+    r.add_get("/api/events/{email:.+}", handlers.by_email, allow_head=False)

@@ -70,13 +70,16 @@ def _list_body(request_path: str, body: Any, cap: int | None) -> tuple[int, list
     return list_id, subscribers
 
 
-def add_list_routes(app: web.Application, emu: IterableEmulator) -> None:
-    """Register the list routes of one emulator."""
-    state = emu.state
+class _ListRoutes:
+    """The handlers `add_list_routes` registers, bound to one emulator."""
 
-    async def create(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "createList")
-        body = await emu.json_body(request)
+    def __init__(self, emu: IterableEmulator) -> None:
+        self.emu = emu
+        self.state = emu.state
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "createList")
+        body = await self.emu.json_body(request)
         errors: dict[str, str] = {}
         name = body.get("name") if type(body) is dict else None
         description = body.get("description") if type(body) is dict else None
@@ -87,45 +90,46 @@ def add_list_routes(app: web.Application, emu: IterableEmulator) -> None:
         if errors:
             raise ApiError(400, "BadJsonBody", f"[{request.path}] Invalid JSON body", errors)
         assert isinstance(name, str)
-        catalog = emu.messaging_for(project).catalog
-        lst = catalog.add_list(name, description, int(state.wall_clock() * 1000))
-        state.note_change(emu.endpoint_of(request))
-        return emu.reply({"listId": lst.id})
+        catalog = self.emu.messaging_for(project).catalog
+        lst = catalog.add_list(name, description, int(self.state.wall_clock() * 1000))
+        self.state.note_change(self.emu.endpoint_of(request))
+        return self.emu.reply({"listId": lst.id})
 
-    async def get_lists(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "getLists")
-        catalog = emu.messaging_for(project).catalog
-        return emu.reply({"lists": [lst.api_view() for lst in catalog.lists_newest_first()]})
+    async def get_lists(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "getLists")
+        catalog = self.emu.messaging_for(project).catalog
+        return self.emu.reply({"lists": [lst.api_view() for lst in catalog.lists_newest_first()]})
 
-    def known_list(project: Project, raw: Any) -> int:
+    def known_list(self, project: Project, raw: Any) -> int:
         try:
             list_id = int(raw)
         except (TypeError, ValueError):
             raise ApiError(400, "BadParams", f"Invalid listId {raw!r}") from None
-        if list_id not in emu.messaging_for(project).catalog.lists:
+        if list_id not in self.emu.messaging_for(project).catalog.lists:
             raise invalid_list(list_id)
         return list_id
 
-    async def delete(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "deleteList")
-        list_id = known_list(project, request.match_info["listId"])
-        del emu.messaging_for(project).catalog.lists[list_id]
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "deleteList")
+        list_id = self.known_list(project, request.match_info["listId"])
+        del self.emu.messaging_for(project).catalog.lists[list_id]
         for profile in members(project, list_id):
             assert profile.subs is not None
             profile.subs.set("emailListIds", without_id(profile.subs.email_list_ids, list_id))
-        state.note_change(emu.endpoint_of(request))
+        self.state.note_change(self.emu.endpoint_of(request))
         msg = f"List {list_id} in Project {project.id} was successfully deleted."
-        return emu.reply(envelope(msg, "Success", None))
+        return self.emu.reply(envelope(msg, "Success", None))
 
-    async def subscribe(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "listSubscribe")
-        body = await emu.json_body(request)
-        list_id, subscribers = _list_body(request.path, body, emu.config.max_list_subscribers)
-        list_id = known_list(project, list_id)
+    async def subscribe(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "listSubscribe")
+        body = await self.emu.json_body(request)
+        list_id, subscribers = _list_body(request.path, body, self.emu.config.max_list_subscribers)
+        list_id = self.known_list(project, list_id)
         only_existing = body.get("updateExistingUsersOnly") is True and (
             project.project_type != "email"
         )
         checker = UserChecker(project, project.create_new_fields, per_user_types=True)
+        state = self.state
         receipt = Receipt(f"POST {request.path}", "bulk", state.clock(), state.wall_clock(),
                           state.next_request_no())
         checked = [
@@ -144,16 +148,16 @@ def add_list_routes(app: web.Application, emu: IterableEmulator) -> None:
                 checker.json_errors[f"obj.subscribers[{i}]"] = "email/userId must be strings"
         checker.raise_for_request_errors(request.path)
         result = BulkResult()
-        result.created = checker.commit_fields(emu.config.max_fields)
+        result.created = checker.commit_fields(self.emu.config.max_fields)
         result.filtered = checker.fields.filtered
-        messaging = emu.messaging_for(project)
-        endpoint = emu.endpoint_of(request)
+        messaging = self.emu.messaging_for(project)
+        endpoint = self.emu.endpoint_of(request)
         writes: list[UserWrite] = []
         for sub, outcome in zip(subscribers, checked, strict=True):
             if isinstance(outcome, Rejection):
                 result.fail(outcome.category, outcome.key)
                 continue
-            wall = state.wall_clock()
+            wall = self.state.wall_clock()
             found = find_user(project, sub.get("email"), sub.get("userId"), wall,
                               create=not only_existing)
             if isinstance(found, Rejection):
@@ -164,16 +168,16 @@ def add_list_routes(app: web.Application, emu: IterableEmulator) -> None:
             new = with_id(found.subscriptions().email_list_ids, list_id)
             if change_subscriptions(messaging, found, {"emailListIds": new}, wall, LIST_SOURCE,
                                     LIST_SOURCE):
-                state.note_change(endpoint)
+                self.state.note_change(endpoint)
             result.success += 1
-        state.submit(project, list(writes), "bulk")
-        return emu.reply(result.body())
+        self.state.submit(project, list(writes), "bulk")
+        return self.emu.reply(result.body())
 
-    async def unsubscribe(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "listUnsubscribe")
-        body = await emu.json_body(request)
-        list_id, subscribers = _list_body(request.path, body, emu.config.max_list_subscribers)
-        list_id = known_list(project, list_id)
+    async def unsubscribe(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "listUnsubscribe")
+        body = await self.emu.json_body(request)
+        list_id, subscribers = _list_body(request.path, body, self.emu.config.max_list_subscribers)
+        list_id = self.known_list(project, list_id)
         params: dict[str, str] = {}
         for i, sub in enumerate(subscribers):
             if type(sub) is not dict or (sub.get("email") is None and sub.get("userId") is None):
@@ -182,14 +186,14 @@ def add_list_routes(app: web.Application, emu: IterableEmulator) -> None:
                 params[f"obj.subscribers[{i}]"] = "email/userId must be strings"
         if params:
             raise ApiError(400, "BadParams", f"[{request.path}] Invalid parameters", params)
-        messaging = emu.messaging_for(project)
+        messaging = self.emu.messaging_for(project)
         extra = {"campaignId": body["campaignId"]} if body.get("campaignId") is not None else {}
         everything = body.get("channelUnsubscribe") is True
         channels = messaging.catalog.marketing_channel_ids() if everything else []
         result = BulkResult()
-        endpoint = emu.endpoint_of(request)
+        endpoint = self.emu.endpoint_of(request)
         for sub in subscribers:
-            wall = state.wall_clock()
+            wall = self.state.wall_clock()
             found = find_user(project, sub.get("email"), sub.get("userId"), wall, create=False)
             if isinstance(found, Rejection):
                 result.fail(found.category, found.key)
@@ -201,32 +205,37 @@ def add_list_routes(app: web.Application, emu: IterableEmulator) -> None:
                 values["unsubscribedChannelIds"] = closed + [c for c in channels if c not in closed]
             if change_subscriptions(messaging, found, values, wall, LIST_SOURCE, LIST_SOURCE,
                                     extra):
-                state.note_change(endpoint)
+                self.state.note_change(endpoint)
             result.success += 1
-        return emu.reply(result.body())
+        return self.emu.reply(result.body())
 
-    async def size(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "listSize")
-        list_id = known_list(project, request.match_info["listId"])
+    async def size(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "listSize")
+        list_id = self.known_list(project, request.match_info["listId"])
         return web.Response(text=str(len(members(project, list_id))), content_type="text/plain")
 
-    async def get_users(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "listUsers")
+    async def get_users(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "listUsers")
         raw = request.query.get("listId")
         if raw is None:
             params = {"listId": "Missing value"}
             raise ApiError(400, "BadParams", "Missing parameter listId", params)
-        list_id = known_list(project, raw)
+        list_id = self.known_list(project, raw)
         prefer = request.query.get("preferUserId", "false").lower() == "true"
         keys = [member_key(project, p, prefer) for p in members(project, list_id)]
         text = "".join(k + "\n" for k in keys)
         return web.Response(text=text, content_type="text/plain")
 
+
+
+def add_list_routes(app: web.Application, emu: IterableEmulator) -> None:
+    """Register the list routes of one emulator."""
+    handlers = _ListRoutes(emu)
     r = app.router
-    r.add_post("/api/lists", create)
-    r.add_get("/api/lists", get_lists, allow_head=False)
-    r.add_post("/api/lists/subscribe", subscribe)
-    r.add_post("/api/lists/unsubscribe", unsubscribe)
-    r.add_get("/api/lists/getUsers", get_users, allow_head=False)
-    r.add_get("/api/lists/{listId}/size", size, allow_head=False)
-    r.add_delete("/api/lists/{listId}", delete)
+    r.add_post("/api/lists", handlers.create)
+    r.add_get("/api/lists", handlers.get_lists, allow_head=False)
+    r.add_post("/api/lists/subscribe", handlers.subscribe)
+    r.add_post("/api/lists/unsubscribe", handlers.unsubscribe)
+    r.add_get("/api/lists/getUsers", handlers.get_users, allow_head=False)
+    r.add_get("/api/lists/{listId}/size", handlers.size, allow_head=False)
+    r.add_delete("/api/lists/{listId}", handlers.delete)

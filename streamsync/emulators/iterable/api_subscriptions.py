@@ -52,11 +52,26 @@ def parse_item(item: Any, where: str, errors: dict[str, str]) -> SubscriptionIte
     if type(item) is not dict:
         errors[where] = "Object value expected"
         return None
-    ok = True
+    found = len(errors)
     for name in ("email", "userId"):
         if item.get(name) is not None and type(item.get(name)) is not str:
             errors[f"{where}.{name}"] = "String value expected"
-            ok = False
+    values = _id_arrays(item, where, errors)
+    extra = _numbers(item, ("campaignId", "templateId"), where, errors)
+    align = item.get("validateChannelAlignment")
+    if align is not None and type(align) is not bool:
+        errors[f"{where}.validateChannelAlignment"] = "Boolean value expected"
+    if len(errors) > found:
+        return None
+    if item.get("email") is None and item.get("userId") is None:
+        errors[where] = "Either email or userId must be provided"
+        return None
+    email, user_id = item.get("email"), item.get("userId")
+    return SubscriptionItem(email, user_id, values, extra, align is not False)
+
+
+def _id_arrays(item: dict[str, Any], where: str, errors: dict[str, str]) -> dict[str, list[int]]:
+    """The subscription id arrays an item sets (userListIds is stored as emailListIds)."""
     values: dict[str, list[int]] = {}
     for name in (*SUBSCRIPTION_FIELDS, "userListIds"):
         value = item.get(name)
@@ -64,28 +79,22 @@ def parse_item(item: Any, where: str, errors: dict[str, str]) -> SubscriptionIte
             continue
         if type(value) is not list or any(type(v) is not int for v in value):
             errors[f"{where}.{name}"] = _INT_ARRAY
-            ok = False
             continue
         values["emailListIds" if name == "userListIds" else name] = value
-    extra: dict[str, Any] = {}
-    for name in ("campaignId", "templateId"):
+    return values
+
+
+def _numbers(item: dict[str, Any], names: tuple[str, ...], where: str,
+             errors: dict[str, str]) -> dict[str, Any]:
+    """The integer attributes (campaignId, templateId) an item carries."""
+    out: dict[str, Any] = {}
+    for name in names:
         value = item.get(name)
         if value is not None and type(value) is not int:
             errors[f"{where}.{name}"] = "Number value expected"
-            ok = False
         elif value is not None:
-            extra[name] = value
-    align = item.get("validateChannelAlignment")
-    if align is not None and type(align) is not bool:
-        errors[f"{where}.validateChannelAlignment"] = "Boolean value expected"
-        ok = False
-    if not ok:
-        return None
-    if item.get("email") is None and item.get("userId") is None:
-        errors[where] = "Either email or userId must be provided"
-        return None
-    email, user_id = item.get("email"), item.get("userId")
-    return SubscriptionItem(email, user_id, values, extra, align is not False)
+            out[name] = value
+    return out
 
 
 def catalog_problem(
@@ -119,24 +128,28 @@ def catalog_problem(
     return None
 
 
-def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None:
-    """Register the subscription routes of one emulator."""
-    state = emu.state
+class _SubscriptionRoutes:
+    """The handlers `add_subscription_routes` registers, bound to one emulator."""
 
-    async def channels(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "channels")
-        catalog = emu.messaging_for(project).catalog
-        return emu.reply({"channels": [c.api_view() for c in catalog.channels.values()]})
+    def __init__(self, emu: IterableEmulator) -> None:
+        self.emu = emu
+        self.state = emu.state
 
-    async def message_types(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "messageTypes")
-        catalog = emu.messaging_for(project).catalog
+    async def channels(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "channels")
+        catalog = self.emu.messaging_for(project).catalog
+        return self.emu.reply({"channels": [c.api_view() for c in catalog.channels.values()]})
+
+    async def message_types(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "messageTypes")
+        catalog = self.emu.messaging_for(project).catalog
         types = [m.api_view() for m in catalog.message_types.values()]
-        return emu.reply({"messageTypes": types})
+        return self.emu.reply({"messageTypes": types})
 
-    def apply_item(project: Project, item: SubscriptionItem, endpoint: str) -> Profile | Rejection:
-        messaging = emu.messaging_for(project)
-        wall = state.wall_clock()
+    def apply_item(self, project: Project, item: SubscriptionItem,
+                   endpoint: str) -> Profile | Rejection:
+        messaging = self.emu.messaging_for(project)
+        wall = self.state.wall_clock()
         problem = catalog_problem(messaging.catalog, item, None)  # before any user is created
         if problem is not None:
             raise ApiError(400, "BadParams", problem)
@@ -148,12 +161,12 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
             raise ApiError(400, "BadParams", problem)
         unsub, signup = UPDATE_SOURCES
         if change_subscriptions(messaging, found, item.values, wall, unsub, signup, item.extra):
-            state.note_change(endpoint)
+            self.state.note_change(endpoint)
         return found
 
-    async def update_one(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "updateSubscriptions")
-        body = await emu.json_body(request)
+    async def update_one(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "updateSubscriptions")
+        body = await self.emu.json_body(request)
         if type(body) is not dict:
             raise ApiError(400, "BadJsonBody", f"[{UPDATE_PATH}] Invalid JSON body",
                            {"obj": "Object value expected"})
@@ -162,19 +175,19 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
         if item is None:
             code = "BadParams" if "obj" in errors else "BadJsonBody"
             raise ApiError(400, code, f"[{UPDATE_PATH}] Invalid JSON body", errors)
-        outcome = apply_item(project, item, "POST " + UPDATE_PATH)
+        outcome = self.apply_item(project, item, "POST " + UPDATE_PATH)
         if isinstance(outcome, Rejection):
             raise rejection_error(outcome)
-        return emu.reply(SUCCESS)
+        return self.emu.reply(SUCCESS)
 
-    async def update_bulk(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "bulkUpdateSubscriptions")
-        body = await emu.json_body(request)
+    async def update_bulk(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "bulkUpdateSubscriptions")
+        body = await self.emu.json_body(request)
         items = body.get("updateSubscriptionsRequests") if type(body) is dict else None
         if type(items) is not list:
             raise ApiError(400, "BadJsonBody", f"[{BULK_PATH}] Invalid JSON body",
                            {"obj.updateSubscriptionsRequests": "Array value expected"})
-        cap = emu.config.max_subscription_requests
+        cap = self.emu.config.max_subscription_requests
         if cap is not None and len(items) > cap:
             raise ApiError(400, "BatchTooLarge",
                            f"Too many requests in one call: {len(items)} (the limit is {cap})",
@@ -184,7 +197,7 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
                   for i, it in enumerate(items)]
         if errors:
             raise ApiError(400, "BadJsonBody", f"[{BULK_PATH}] Invalid JSON body", errors)
-        catalog = emu.messaging_for(project).catalog
+        catalog = self.emu.messaging_for(project).catalog
         for i, item in enumerate(parsed):
             assert item is not None
             problem = catalog_problem(catalog, item, None)
@@ -197,7 +210,7 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
         for item in parsed:
             assert item is not None
             try:
-                outcome = apply_item(project, item, "POST " + BULK_PATH)
+                outcome = self.apply_item(project, item, "POST " + BULK_PATH)
             except ApiError as err:  # this user's state refuses the ids (channel alignment)
                 key = item.email if item.email is not None else item.user_id
                 assert key is not None
@@ -213,10 +226,10 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
                 reply["validEmailFailures"].append(outcome.key)
             else:
                 reply["validUserIdFailures"].append(outcome.key)
-        return emu.reply(reply)
+        return self.emu.reply(reply)
 
-    def group_of(request: web.Request, project: Project) -> tuple[str, int]:
-        if not emu.config.subscriptions_api:
+    def group_of(self, request: web.Request, project: Project) -> tuple[str, int]:
+        if not self.emu.config.subscriptions_api:
             raise ApiError(404, "NotFound", "Endpoint not found")
         raw_group = request.match_info["subscriptionGroup"]
         group = _GROUPS.get(raw_group.lower())
@@ -227,7 +240,7 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
         if not raw_id.isdigit():
             raise ApiError(400, "BadParams", f"Invalid subscription group id {raw_id!r}")
         group_id = int(raw_id)
-        catalog = emu.messaging_for(project).catalog
+        catalog = self.emu.messaging_for(project).catalog
         known: set[int] = set(
             catalog.lists if group == "emailList"
             else catalog.message_types if group == "messageType" else catalog.channels
@@ -237,10 +250,10 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
         return group, group_id
 
     def subscribe_one(
-        project: Project, group: str, group_id: int, profile: Profile, subscribe: bool,
+        self, project: Project, group: str, group_id: int, profile: Profile, subscribe: bool,
         endpoint: str,
     ) -> None:
-        messaging = emu.messaging_for(project)
+        messaging = self.emu.messaging_for(project)
         subs = profile.subscriptions()
         if group == "emailList":
             name, ids = "emailListIds", subs.email_list_ids
@@ -255,29 +268,29 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
             name, ids = "unsubscribedMessageTypeIds", subs.unsubscribed_message_type_ids
             new = without_id(ids, group_id) if subscribe else with_id(ids, group_id)
         unsub, signup = GROUP_SOURCES
-        wall = state.wall_clock()
+        wall = self.state.wall_clock()
         if change_subscriptions(messaging, profile, {name: new}, wall, unsub, signup):
-            state.note_change(endpoint)
+            self.state.note_change(endpoint)
 
-    async def one_user(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "subscriptions")
-        group, group_id = group_of(request, project)
+    async def one_user(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "subscriptions")
+        group, group_id = self.group_of(request, project)
         email = request.match_info.get("userEmail")
         user_id = request.match_info.get("userId")
-        found = find_user(project, email, user_id, state.wall_clock(), create=True)
+        found = find_user(project, email, user_id, self.state.wall_clock(), create=True)
         if isinstance(found, Rejection):
             raise rejection_error(found)
-        subscribe_one(project, group, group_id, found, request.method == "PATCH",
-                      emu.endpoint_of(request))
-        return emu.reply(SUCCESS, emu.config.subscriptions_status)
+        self.subscribe_one(project, group, group_id, found, request.method == "PATCH",
+                      self.emu.endpoint_of(request))
+        return self.emu.reply(SUCCESS, self.emu.config.subscriptions_status)
 
-    async def many_users(request: web.Request) -> web.StreamResponse:
-        project = emu.auth(request, "subscriptions")
-        group, group_id = group_of(request, project)
+    async def many_users(self, request: web.Request) -> web.StreamResponse:
+        project = self.emu.auth(request, "subscriptions")
+        group, group_id = self.group_of(request, project)
         action = request.query.get("action", "subscribe")
         if action not in ("subscribe", "unsubscribe"):
             raise ApiError(400, "BadParams", f"action must be subscribe or unsubscribe: {action!r}")
-        body = await emu.json_body(request)
+        body = await self.emu.json_body(request)
         errors: dict[str, str] = {}
         if type(body) is not dict:
             errors["obj"] = "Object value expected"
@@ -292,28 +305,33 @@ def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None
             raise ApiError(400, "BadJsonBody", f"[{request.path}] Invalid JSON body", errors)
         targets = [(e, None) for e in body.get("users") or []]
         targets += [(None, u) for u in body.get("usersByUserId") or []]
-        cap = emu.config.max_subscription_requests
+        cap = self.emu.config.max_subscription_requests
         if cap is not None and len(targets) > cap:
             raise ApiError(400, "BatchTooLarge",
                            f"Too many users in one call: {len(targets)} (the limit is {cap})")
         subscribe = action == "subscribe"
         failed: dict[str, list[str]] = {}
-        endpoint = emu.endpoint_of(request)
+        endpoint = self.emu.endpoint_of(request)
         for email, user_id in targets:
-            found = find_user(project, email, user_id, state.wall_clock(), create=subscribe)
+            found = find_user(project, email, user_id, self.state.wall_clock(), create=subscribe)
             if isinstance(found, Rejection):
                 failed.setdefault(found.category, []).append(found.key)
                 continue
-            subscribe_one(project, group, group_id, found, subscribe, endpoint)
+            self.subscribe_one(project, group, group_id, found, subscribe, endpoint)
         params = failed or None
-        return emu.reply(envelope("", "Success", params), emu.config.subscriptions_status)
+        return self.emu.reply(envelope("", "Success", params), self.emu.config.subscriptions_status)
 
+
+
+def add_subscription_routes(app: web.Application, emu: IterableEmulator) -> None:
+    """Register the subscription routes of one emulator."""
+    handlers = _SubscriptionRoutes(emu)
     r = app.router
-    r.add_get("/api/channels", channels, allow_head=False)
-    r.add_get("/api/messageTypes", message_types, allow_head=False)
-    r.add_post(UPDATE_PATH, update_one)
-    r.add_post(BULK_PATH, update_bulk)
+    r.add_get("/api/channels", handlers.channels, allow_head=False)
+    r.add_get("/api/messageTypes", handlers.message_types, allow_head=False)
+    r.add_post(UPDATE_PATH, handlers.update_one)
+    r.add_post(BULK_PATH, handlers.update_bulk)
     for suffix in ("/user/{userEmail}", "/byUserId/{userId}"):
-        r.add_patch(GROUP_PATH + suffix, one_user)
-        r.add_delete(GROUP_PATH + suffix, one_user)
-    r.add_put(GROUP_PATH, many_users)
+        r.add_patch(GROUP_PATH + suffix, handlers.one_user)
+        r.add_delete(GROUP_PATH + suffix, handlers.one_user)
+    r.add_put(GROUP_PATH, handlers.many_users)

@@ -56,6 +56,179 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+class _ControlRoutes:
+    """The handlers `add_control_routes` registers, bound to one emulator."""
+
+    def __init__(self, emu: IterableEmulator) -> None:
+        self.emu = emu
+        self.state = emu.state
+
+    async def get_state(self, request: web.Request) -> web.Response:
+        return _reply(
+            {
+                "base_url": self.emu.base_url,
+                "projects": [
+                    {
+                        "project_id": p.id,
+                        "project_type": p.project_type,
+                        "users": p.user_count(),
+                        "fields": len(p.fields),
+                        "create_new_fields": p.create_new_fields,
+                        "forgotten": len(p.forgotten_emails) + len(p.forgotten_user_ids),
+                    }
+                    for p in self.state.projects.values()
+                ],
+                "pending_writes": self.state.pending(),
+                "lag_s": {name: q.lag_s for name, q in self.state.queues.items()},
+                "requests_received": self.state.requests_received,
+                "users_received": self.state.users_received,
+                "counts": self.state.counts(),
+                "faults": self.emu.faults.pending(),
+                "limits": self.emu.limits.limits(),
+                "settings": {name: getattr(self.emu.config, name) for name in _SETTINGS},
+            }
+        )
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        try:
+            return _reply(self.state.snapshot(request.query.get("project")))
+        except KeyError as exc:
+            raise _bad(str(exc)) from None
+
+    async def history(self, request: web.Request) -> web.Response:
+        key = request.query.get("key")
+        if not key:
+            raise _bad("query parameter key (an email or userId) is required")
+        try:
+            return _reply(self.state.history(key, request.query.get("project")))
+        except KeyError as exc:
+            raise _bad(str(exc)) from None
+
+    async def counts(self, request: web.Request) -> web.Response:
+        return _reply(self.state.counts())
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        faults = self.emu.faults
+        return _reply({"pending": faults.pending(), "triggered": faults.triggered})
+
+    async def add_fault(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            fault = self.emu.faults.add(
+                body.get("kind", "status"),
+                body.get("path", "*"),
+                int(body.get("times", 1)),
+                method=body.get("method"),
+                status=int(body.get("status", 503)),
+                body=body.get("body"),
+                headers=body.get("headers"),
+                delay_s=body.get("delay_s"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise _bad(str(exc)) from None
+        return _reply(fault.describe())
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.emu.faults.clear()
+        return _reply({"pending": []})
+
+    async def get_limits(self, request: web.Request) -> web.Response:
+        limits = self.emu.limits
+        return _reply({"limits": limits.limits(), "retry_after": limits.retry_after})
+
+    async def set_limit(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            self.emu.limits.set_limit(str(body["group"]), float(body["rate_per_s"]),
+                                      body.get("burst"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(f"need group and rate_per_s (optional burst): {exc}") from None
+        return _reply({"limits": self.emu.limits.limits()})
+
+    async def lift_limits(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        self.emu.limits.lift(body.get("group"))
+        return _reply({"limits": self.emu.limits.limits()})
+
+    async def restore_limits(self, request: web.Request) -> web.Response:
+        self.emu.limits.restore()
+        return _reply({"limits": self.emu.limits.limits()})
+
+    async def retry_after(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        value = body.get("retry_after")
+        if value is not None and value != "auto" and not isinstance(value, int | float):
+            raise _bad('retry_after must be null, "auto" or a number of seconds')
+        self.emu.limits.retry_after = value
+        return _reply({"retry_after": value})
+
+    async def add_project(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            project_id, key = self.emu.add_project(
+                body.get("project_type", "email"),
+                body.get("api_key"),
+                bool(body.get("create_new_fields", True)),
+            )
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        return _reply({"project_id": project_id, "api_key": key})
+
+    async def add_key(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            kind = body.get("kind", "server_side")
+            key = self.emu.add_key(body.get("project_id"), body.get("api_key"), kind)
+        except (KeyError, ValueError) as exc:
+            raise _bad(str(exc)) from None
+        return _reply({"api_key": key})
+
+    async def disable_key(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            self.state.disable_key(str(body["api_key"]))
+        except KeyError:
+            raise _bad("unknown api_key") from None
+        return _reply({"disabled": True})
+
+    async def settings(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        for name, value in body.items():
+            if name in ("bulk_lag_s", "single_lag_s"):
+                if not isinstance(value, int | float) or value < 0:
+                    raise _bad(f"{name} must be a number >= 0")
+                continue
+            if name == "create_new_fields":
+                continue
+            check = _SETTINGS.get(name)
+            if check is None:
+                raise _bad(f"unknown setting {name!r}")
+            if not check(value):
+                raise _bad(f"invalid value for {name}: {value!r}")
+        for name, value in body.items():
+            if name in _SETTINGS:
+                setattr(self.emu.config, name, value)
+        self.emu.set_lag(body.get("bulk_lag_s"), body.get("single_lag_s"))
+        if "create_new_fields" in body:
+            project = self.state.project(body.get("project_id"))
+            project.create_new_fields = bool(body["create_new_fields"])
+        return _reply({name: getattr(self.emu.config, name) for name in _SETTINGS})
+
+    async def flush(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        return _reply({"applied": self.state.flush(body.get("queue"))})
+
+    async def apply_due(self, request: web.Request) -> web.Response:
+        return _reply({"applied": self.state.apply_due()})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.state.reset()
+        self.emu.reset_messaging()
+        self.emu.faults.clear()
+        return _reply({"reset": True})
+
+
+
 def add_control_routes(app: web.Application, emu: IterableEmulator) -> None:
     """Register the control routes for one emulator (no API key; not counted, limited or faulted).
 
@@ -73,189 +246,27 @@ def add_control_routes(app: web.Application, emu: IterableEmulator) -> None:
                    subscriptions_api, subscriptions_status, export_lag_s}
     POST flush {queue?} | apply-due | reset
     """
-    state = emu.state
-
-    async def get_state(request: web.Request) -> web.Response:
-        return _reply(
-            {
-                "base_url": emu.base_url,
-                "projects": [
-                    {
-                        "project_id": p.id,
-                        "project_type": p.project_type,
-                        "users": p.user_count(),
-                        "fields": len(p.fields),
-                        "create_new_fields": p.create_new_fields,
-                        "forgotten": len(p.forgotten_emails) + len(p.forgotten_user_ids),
-                    }
-                    for p in state.projects.values()
-                ],
-                "pending_writes": state.pending(),
-                "lag_s": {name: q.lag_s for name, q in state.queues.items()},
-                "requests_received": state.requests_received,
-                "users_received": state.users_received,
-                "counts": state.counts(),
-                "faults": emu.faults.pending(),
-                "limits": emu.limits.limits(),
-                "settings": {name: getattr(emu.config, name) for name in _SETTINGS},
-            }
-        )
-
-    async def snapshot(request: web.Request) -> web.Response:
-        try:
-            return _reply(state.snapshot(request.query.get("project")))
-        except KeyError as exc:
-            raise _bad(str(exc)) from None
-
-    async def history(request: web.Request) -> web.Response:
-        key = request.query.get("key")
-        if not key:
-            raise _bad("query parameter key (an email or userId) is required")
-        try:
-            return _reply(state.history(key, request.query.get("project")))
-        except KeyError as exc:
-            raise _bad(str(exc)) from None
-
-    async def counts(request: web.Request) -> web.Response:
-        return _reply(state.counts())
-
-    async def get_faults(request: web.Request) -> web.Response:
-        return _reply({"pending": emu.faults.pending(), "triggered": emu.faults.triggered})
-
-    async def add_fault(request: web.Request) -> web.Response:
-        body = await _body(request)
-        try:
-            fault = emu.faults.add(
-                body.get("kind", "status"),
-                body.get("path", "*"),
-                int(body.get("times", 1)),
-                method=body.get("method"),
-                status=int(body.get("status", 503)),
-                body=body.get("body"),
-                headers=body.get("headers"),
-                delay_s=body.get("delay_s"),
-            )
-        except (TypeError, ValueError) as exc:
-            raise _bad(str(exc)) from None
-        return _reply(fault.describe())
-
-    async def clear_faults(request: web.Request) -> web.Response:
-        emu.faults.clear()
-        return _reply({"pending": []})
-
-    async def get_limits(request: web.Request) -> web.Response:
-        return _reply({"limits": emu.limits.limits(), "retry_after": emu.limits.retry_after})
-
-    async def set_limit(request: web.Request) -> web.Response:
-        body = await _body(request)
-        try:
-            emu.limits.set_limit(str(body["group"]), float(body["rate_per_s"]), body.get("burst"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _bad(f"need group and rate_per_s (optional burst): {exc}") from None
-        return _reply({"limits": emu.limits.limits()})
-
-    async def lift_limits(request: web.Request) -> web.Response:
-        body = await _body(request)
-        emu.limits.lift(body.get("group"))
-        return _reply({"limits": emu.limits.limits()})
-
-    async def restore_limits(request: web.Request) -> web.Response:
-        emu.limits.restore()
-        return _reply({"limits": emu.limits.limits()})
-
-    async def retry_after(request: web.Request) -> web.Response:
-        body = await _body(request)
-        value = body.get("retry_after")
-        if value is not None and value != "auto" and not isinstance(value, int | float):
-            raise _bad('retry_after must be null, "auto" or a number of seconds')
-        emu.limits.retry_after = value
-        return _reply({"retry_after": value})
-
-    async def add_project(request: web.Request) -> web.Response:
-        body = await _body(request)
-        try:
-            project_id, key = emu.add_project(
-                body.get("project_type", "email"),
-                body.get("api_key"),
-                bool(body.get("create_new_fields", True)),
-            )
-        except ValueError as exc:
-            raise _bad(str(exc)) from None
-        return _reply({"project_id": project_id, "api_key": key})
-
-    async def add_key(request: web.Request) -> web.Response:
-        body = await _body(request)
-        try:
-            kind = body.get("kind", "server_side")
-            key = emu.add_key(body.get("project_id"), body.get("api_key"), kind)
-        except (KeyError, ValueError) as exc:
-            raise _bad(str(exc)) from None
-        return _reply({"api_key": key})
-
-    async def disable_key(request: web.Request) -> web.Response:
-        body = await _body(request)
-        try:
-            state.disable_key(str(body["api_key"]))
-        except KeyError:
-            raise _bad("unknown api_key") from None
-        return _reply({"disabled": True})
-
-    async def settings(request: web.Request) -> web.Response:
-        body = await _body(request)
-        for name, value in body.items():
-            if name in ("bulk_lag_s", "single_lag_s"):
-                if not isinstance(value, int | float) or value < 0:
-                    raise _bad(f"{name} must be a number >= 0")
-                continue
-            if name == "create_new_fields":
-                continue
-            check = _SETTINGS.get(name)
-            if check is None:
-                raise _bad(f"unknown setting {name!r}")
-            if not check(value):
-                raise _bad(f"invalid value for {name}: {value!r}")
-        for name, value in body.items():
-            if name in _SETTINGS:
-                setattr(emu.config, name, value)
-        emu.set_lag(body.get("bulk_lag_s"), body.get("single_lag_s"))
-        if "create_new_fields" in body:
-            project = state.project(body.get("project_id"))
-            project.create_new_fields = bool(body["create_new_fields"])
-        return _reply({name: getattr(emu.config, name) for name in _SETTINGS})
-
-    async def flush(request: web.Request) -> web.Response:
-        body = await _body(request)
-        return _reply({"applied": state.flush(body.get("queue"))})
-
-    async def apply_due(request: web.Request) -> web.Response:
-        return _reply({"applied": state.apply_due()})
-
-    async def reset(request: web.Request) -> web.Response:
-        state.reset()
-        emu.reset_messaging()
-        emu.faults.clear()
-        return _reply({"reset": True})
-
+    handlers = _ControlRoutes(emu)
     routes: list[tuple[str, str, Handler]] = [
-        ("GET", "/state", get_state),
-        ("GET", "/snapshot", snapshot),
-        ("GET", "/history", history),
-        ("GET", "/counts", counts),
-        ("GET", "/faults", get_faults),
-        ("POST", "/faults", add_fault),
-        ("DELETE", "/faults", clear_faults),
-        ("GET", "/limits", get_limits),
-        ("POST", "/limits", set_limit),
-        ("POST", "/limits/lift", lift_limits),
-        ("POST", "/limits/restore", restore_limits),
-        ("POST", "/limits/retry-after", retry_after),
-        ("POST", "/projects", add_project),
-        ("POST", "/keys", add_key),
-        ("POST", "/keys/disable", disable_key),
-        ("POST", "/settings", settings),
-        ("POST", "/flush", flush),
-        ("POST", "/apply-due", apply_due),
-        ("POST", "/reset", reset),
+        ("GET", "/state", handlers.get_state),
+        ("GET", "/snapshot", handlers.snapshot),
+        ("GET", "/history", handlers.history),
+        ("GET", "/counts", handlers.counts),
+        ("GET", "/faults", handlers.get_faults),
+        ("POST", "/faults", handlers.add_fault),
+        ("DELETE", "/faults", handlers.clear_faults),
+        ("GET", "/limits", handlers.get_limits),
+        ("POST", "/limits", handlers.set_limit),
+        ("POST", "/limits/lift", handlers.lift_limits),
+        ("POST", "/limits/restore", handlers.restore_limits),
+        ("POST", "/limits/retry-after", handlers.retry_after),
+        ("POST", "/projects", handlers.add_project),
+        ("POST", "/keys", handlers.add_key),
+        ("POST", "/keys/disable", handlers.disable_key),
+        ("POST", "/settings", handlers.settings),
+        ("POST", "/flush", handlers.flush),
+        ("POST", "/apply-due", handlers.apply_due),
+        ("POST", "/reset", handlers.reset),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, CONTROL_PREFIX + path, handler)

@@ -65,27 +65,30 @@ def user_key(project: Project, profile: Profile) -> str:
     return member_key(project, profile, prefer_user_id=False)
 
 
-def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) -> None:
-    """Register the consent, list, event and webhook control routes."""
-    state = emu.state
+class _MessagingControlRoutes:
+    """The handlers `add_messaging_control_routes` registers, bound to one emulator."""
 
-    def project_of(request: web.Request, body: dict[str, Any] | None = None) -> Project:
+    def __init__(self, emu: IterableEmulator) -> None:
+        self.emu = emu
+        self.state = emu.state
+
+    def project_of(self, request: web.Request, body: dict[str, Any] | None = None) -> Project:
         pid = request.query.get("project") or (body or {}).get("project")
         try:
-            return state.project(pid)
+            return self.state.project(pid)
         except KeyError as exc:
             raise _bad(str(exc)) from None
 
-    def user_of(project: Project, body: dict[str, Any], create: bool) -> Profile:
-        found = find_user(project, body.get("email"), body.get("userId"), state.wall_clock(),
+    def user_of(self, project: Project, body: dict[str, Any], create: bool) -> Profile:
+        found = find_user(project, body.get("email"), body.get("userId"), self.state.wall_clock(),
                           create)
         if isinstance(found, Rejection):
             raise _bad(f"{found.category}: {found.key} ({found.detail})")
         return found
 
-    async def subscriptions(request: web.Request) -> web.Response:
-        project = project_of(request)
-        messaging = emu.messaging_for(project)
+    async def subscriptions(self, request: web.Request) -> web.Response:
+        project = self.project_of(request)
+        messaging = self.emu.messaging_for(project)
         key = request.query.get("key")
         out: dict[str, Any] = {}
         for profile in project.profiles():
@@ -102,15 +105,15 @@ def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) ->
             }
         return _reply(out)
 
-    async def consent_events(request: web.Request) -> web.Response:
-        project = project_of(request)
+    async def consent_events(self, request: web.Request) -> web.Response:
+        project = self.project_of(request)
         after = int(request.query.get("after", "0"))
-        log = emu.messaging_for(project).log
+        log = self.emu.messaging_for(project).log
         return _reply([e.record() for e in log.events if e.seq > after])
 
-    async def custom_events(request: web.Request) -> web.Response:
-        project = project_of(request)
-        store = emu.messaging_for(project).events
+    async def custom_events(self, request: web.Request) -> web.Response:
+        project = self.project_of(request)
+        store = self.emu.messaging_for(project).events
         key = request.query.get("key")
         if key is None:
             return _reply([e.record() for e in store.by_id.values()])
@@ -118,25 +121,25 @@ def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) ->
         found = store.for_user(profile.iid) if profile is not None else []
         return _reply([e.record() for e in found])
 
-    async def lists(request: web.Request) -> web.Response:
-        project = project_of(request)
-        catalog = emu.messaging_for(project).catalog
+    async def lists(self, request: web.Request) -> web.Response:
+        project = self.project_of(request)
+        catalog = self.emu.messaging_for(project).catalog
         return _reply({
             str(lst.id): {**lst.api_view(), "members": [
                 user_key(project, p) for p in members(project, lst.id)]}
             for lst in catalog.lists_newest_first()
         })
 
-    async def writes(request: web.Request) -> web.Response:
-        return _reply(state.writes())
+    async def writes(self, request: web.Request) -> web.Response:
+        return _reply(self.state.writes())
 
-    async def click(request: web.Request) -> web.Response:
+    async def click(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        project = project_of(request, body)
-        profile = user_of(project, body, create=False)
+        project = self.project_of(request, body)
+        profile = self.user_of(project, body, create=False)
         try:
             events = unsubscribe_click(
-                emu.messaging_for(project), profile, state.wall_clock(),
+                self.emu.messaging_for(project), profile, self.state.wall_clock(),
                 message_type_id=body.get("messageTypeId"), channel_id=body.get("channelId"),
                 scope=body.get("scope"), campaign_id=body.get("campaignId"),
                 template_id=body.get("templateId"), hosted=bool(body.get("hosted", False)),
@@ -145,13 +148,13 @@ def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) ->
             raise _bad(str(exc)) from None
         return _reply({"events": [e.record() for e in events]})
 
-    async def signup(request: web.Request) -> web.Response:
+    async def signup(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        project = project_of(request, body)
-        profile = user_of(project, body, create=True)
+        project = self.project_of(request, body)
+        profile = self.user_of(project, body, create=True)
         try:
             events = subscribe_click(
-                emu.messaging_for(project), profile, state.wall_clock(),
+                self.emu.messaging_for(project), profile, self.state.wall_clock(),
                 message_type_id=body.get("messageTypeId"), channel_id=body.get("channelId"),
                 list_id=body.get("listId"),
             )
@@ -159,9 +162,9 @@ def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) ->
             raise _bad(str(exc)) from None
         return _reply({"events": [e.record() for e in events]})
 
-    async def add_channel(request: web.Request) -> web.Response:
+    async def add_channel(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        catalog = emu.messaging_for(project_of(request, body)).catalog
+        catalog = self.emu.messaging_for(self.project_of(request, body)).catalog
         try:
             channel = catalog.add_channel(str(body.get("name", "")), body.get("channelType", ""),
                                           body.get("messageMedium", ""))
@@ -169,54 +172,54 @@ def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) ->
             raise _bad(str(exc)) from None
         return _reply(channel.api_view())
 
-    async def add_message_type(request: web.Request) -> web.Response:
+    async def add_message_type(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        catalog = emu.messaging_for(project_of(request, body)).catalog
+        catalog = self.emu.messaging_for(self.project_of(request, body)).catalog
         try:
             mtype = catalog.add_message_type(
                 str(body.get("name", "")), int(body.get("channelId", 0)),
-                body.get("subscriptionPolicy", "OptOut"), int(state.wall_clock() * 1000),
+                body.get("subscriptionPolicy", "OptOut"), int(self.state.wall_clock() * 1000),
             )
         except (TypeError, ValueError) as exc:
             raise _bad(str(exc)) from None
         return _reply(mtype.api_view())
 
-    async def add_list(request: web.Request) -> web.Response:
+    async def add_list(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        catalog = emu.messaging_for(project_of(request, body)).catalog
+        catalog = self.emu.messaging_for(self.project_of(request, body)).catalog
         if not isinstance(body.get("name"), str) or not body["name"]:
             raise _bad("name (a string) is required")
         try:
             lst = catalog.add_list(body["name"], body.get("description"),
-                                   int(state.wall_clock() * 1000),
+                                   int(self.state.wall_clock() * 1000),
                                    body.get("listType", "Standard"))
         except ValueError as exc:
             raise _bad(str(exc)) from None
         return _reply(lst.api_view())
 
-    async def event_names(request: web.Request) -> web.Response:
+    async def event_names(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        store = emu.messaging_for(project_of(request, body)).events
+        store = self.emu.messaging_for(self.project_of(request, body)).events
         if "allow_new" in body:
             store.allow_new_names = bool(body["allow_new"])
         store.saved_names.update(str(n) for n in body.get("saved", []))
         return _reply({"allow_new": store.allow_new_names, "saved": sorted(store.saved_names)})
 
-    def webhook_view() -> dict[str, Any]:
-        settings = dataclasses.asdict(emu.webhooks.settings)
+    def webhook_view(self) -> dict[str, Any]:
+        settings = dataclasses.asdict(self.emu.webhooks.settings)
         settings["events"] = list(settings["events"])
-        return {"settings": settings, "faults": emu.webhooks.faults(),
-                "counts": emu.webhooks.counts()}
+        return {"settings": settings, "faults": self.emu.webhooks.faults(),
+                "counts": self.emu.webhooks.counts()}
 
-    async def get_webhook(request: web.Request) -> web.Response:
-        return _reply(webhook_view())
+    async def get_webhook(self, request: web.Request) -> web.Response:
+        return _reply(self.webhook_view())
 
-    async def set_webhook(request: web.Request) -> web.Response:
+    async def set_webhook(self, request: web.Request) -> web.Response:
         body = await _body(request)
         unknown = [k for k in body if k not in _WEBHOOK_FIELDS]
         if unknown:
             raise _bad(f"unknown webhook settings {unknown}; known: {list(_WEBHOOK_FIELDS)}")
-        current = dataclasses.asdict(emu.webhooks.settings)
+        current = dataclasses.asdict(self.emu.webhooks.settings)
         current.update(body)
         current["events"] = tuple(current["events"])
         try:
@@ -224,39 +227,44 @@ def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) ->
             settings.check()
         except (TypeError, ValueError) as exc:
             raise _bad(str(exc)) from None
-        if settings.concurrency != emu.webhooks.settings.concurrency:
+        if settings.concurrency != self.emu.webhooks.settings.concurrency:
             raise _bad("concurrency is fixed at start")
-        emu.webhooks.settings = settings
-        return _reply(webhook_view())
+        self.emu.webhooks.settings = settings
+        return _reply(self.webhook_view())
 
-    async def deliveries(request: web.Request) -> web.Response:
-        return _reply([d.record() for d in emu.webhooks.deliveries])
+    async def deliveries(self, request: web.Request) -> web.Response:
+        return _reply([d.record() for d in self.emu.webhooks.deliveries])
 
-    async def webhook_faults(request: web.Request) -> web.Response:
+    async def webhook_faults(self, request: web.Request) -> web.Response:
         body = await _body(request)
         try:
-            emu.webhooks.set_faults(body.get("lose_next"), body.get("duplicate_next"),
+            self.emu.webhooks.set_faults(body.get("lose_next"), body.get("duplicate_next"),
                                     body.get("loss_rate"), body.get("duplicate_rate"))
         except ValueError as exc:
             raise _bad(str(exc)) from None
-        return _reply(emu.webhooks.faults())
+        return _reply(self.emu.webhooks.faults())
 
+
+
+def add_messaging_control_routes(app: web.Application, emu: IterableEmulator) -> None:
+    """Register the consent, list, event and webhook control routes."""
+    handlers = _MessagingControlRoutes(emu)
     routes: list[tuple[str, str, Handler]] = [
-        ("GET", "/subscriptions", subscriptions),
-        ("GET", "/consent-events", consent_events),
-        ("GET", "/custom-events", custom_events),
-        ("GET", "/lists", lists),
-        ("GET", "/writes", writes),
-        ("POST", "/click", click),
-        ("POST", "/signup", signup),
-        ("POST", "/channels", add_channel),
-        ("POST", "/message-types", add_message_type),
-        ("POST", "/lists", add_list),
-        ("POST", "/event-names", event_names),
-        ("GET", "/webhook", get_webhook),
-        ("POST", "/webhook", set_webhook),
-        ("GET", "/webhook/deliveries", deliveries),
-        ("POST", "/webhook/faults", webhook_faults),
+        ("GET", "/subscriptions", handlers.subscriptions),
+        ("GET", "/consent-events", handlers.consent_events),
+        ("GET", "/custom-events", handlers.custom_events),
+        ("GET", "/lists", handlers.lists),
+        ("GET", "/writes", handlers.writes),
+        ("POST", "/click", handlers.click),
+        ("POST", "/signup", handlers.signup),
+        ("POST", "/channels", handlers.add_channel),
+        ("POST", "/message-types", handlers.add_message_type),
+        ("POST", "/lists", handlers.add_list),
+        ("POST", "/event-names", handlers.event_names),
+        ("GET", "/webhook", handlers.get_webhook),
+        ("POST", "/webhook", handlers.set_webhook),
+        ("GET", "/webhook/deliveries", handlers.deliveries),
+        ("POST", "/webhook/faults", handlers.webhook_faults),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, CONTROL_PREFIX + path, handler)
