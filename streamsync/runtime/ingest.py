@@ -26,6 +26,7 @@ from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describ
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
 from streamsync.retry import Policy
+from streamsync.runtime.consent_echo import echoed_consent
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
@@ -177,6 +178,9 @@ class Ingest:
                                   _readable_replay_id(message), now)
             return
         self._metrics.last_event_ts.labels(event.channel).set(event.commit_timestamp_ms / 1000)
+        echoed = echoed_consent(self._config, event, message)
+        if echoed:  # before the ids are queued: their re-read must find the state stored
+            await self._store.note_consent_states(echoed, now)
         if self._echo_client and is_echo(event, self._echo_client):
             self.stats.echoes += 1
             log.debug("ingest.echo_suppressed", channel=event.channel,
