@@ -211,7 +211,8 @@ class Flusher:
                             pending: dict[tuple[str, str], Lease], result: FlushResult,
                             signals: Signals) -> None:
         if object_name == CAMPAIGN_MEMBER and self.lists is not None:
-            await self._flush_members(self.lists, leases, pending, result, signals)
+            outcome = await self.lists.flush([lease.record_id for lease in leases], signals)
+            await self._settle(object_name, outcome, pending, result)
             return
         obj = self.config.objects[object_name]
         parsed = [(lease, id_or_none(lease.record_id)) for lease in leases]
@@ -246,23 +247,6 @@ class Flusher:
                                                              source="flush", current=gone))
         outcome.skipped.extend(filtered)
         await self._settle(object_name, outcome, pending, result)
-
-    async def _flush_members(self, lists: ListSync, leases: Sequence[Lease],
-                             pending: dict[tuple[str, str], Lease], result: FlushResult,
-                             signals: Signals) -> None:
-        """CampaignMember rows: re-read them, then set their list subscriptions."""
-        parsed = [(lease, id_or_none(lease.record_id)) for lease in leases]
-        ids = [sf_id for _, sf_id in parsed if sf_id is not None]
-        outcome = SyncOutcome(dead={lease.record_id: ("invalid_id", "not a Salesforce record id")
-                                    for lease, sf_id in parsed if sf_id is None})
-        if ids:
-            try:
-                rows = await lists.reader.by_ids(ids)
-            except RetriableError as exc:
-                raise Unreachable(SALESFORCE, exc) from exc
-            signals.ok(SALESFORCE)
-            _merge(outcome, await lists.sync_members(ids, rows))
-        await self._settle(CAMPAIGN_MEMBER, outcome, pending, result)
 
     # -- settling ----------------------------------------------------------------------------
 

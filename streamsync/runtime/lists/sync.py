@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from streamsync.adapters.iterable import BulkResult
 from streamsync.adapters.iterable_lists import IterableLists, is_unknown_list
 from streamsync.adapters.store import ListMember, Store
-from streamsync.errors import BatchError, BatchTooLarge, RetriableError
+from streamsync.core.ids import id_or_none
+from streamsync.errors import BatchError, BatchTooLarge, RetriableError, Unreachable
 from streamsync.logs import get_logger
 from streamsync.models import SfId
+from streamsync.runtime.breaker import Signals
+from streamsync.runtime.flush_read import SALESFORCE
 from streamsync.runtime.lists.members import MemberReader, Row
 from streamsync.runtime.pipeline import SyncOutcome
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
@@ -77,6 +80,26 @@ class ListSync:
         self.writer = writer
         self.max_subscribers = max_subscribers
         self.clock = clock
+
+    async def flush(self, record_ids: Sequence[str], signals: Signals) -> SyncOutcome:
+        """The flusher's step for leased CampaignMember ids: re-read them (a failed read is
+        `Unreachable`: the flusher waits Salesforce out), then set their subscriptions."""
+        parsed = [(record_id, id_or_none(record_id)) for record_id in record_ids]
+        ids = [sf_id for _, sf_id in parsed if sf_id is not None]
+        outcome = SyncOutcome(dead={record_id: ("invalid_id", "not a Salesforce record id")
+                                    for record_id, sf_id in parsed if sf_id is None})
+        if ids:
+            try:
+                rows = await self.reader.by_ids(ids)
+            except RetriableError as exc:
+                raise Unreachable(SALESFORCE, exc) from exc
+            signals.ok(SALESFORCE)
+            done = await self.sync_members(ids, rows)
+            outcome.synced.extend(done.synced)
+            outcome.dead.update(done.dead)
+            outcome.retry.update(done.retry)
+            outcome.requests += done.requests
+        return outcome
 
     async def sync_members(self, member_ids: Sequence[SfId], rows: Sequence[Row]
                            ) -> SyncOutcome:
