@@ -3,8 +3,7 @@ class of the product lives here (tests/test_errors.py checks it).
 
     StreamsyncError          typed attributes: api, endpoint, status, retry_after_s
     ├── ConfigError          usage/config: bad config.toml or missing secret: refuse to start
-    │   ├── SoqlError        an identifier, literal or filter not safe to send (also ValueError)
-    │   └── UnknownList      a consent list name that names no single Iterable list
+    │   └── SoqlError        an identifier, literal or filter not safe to send (also ValueError)
     ├── UsageError           usage/config: the command line is wrong (exit 2)
     ├── FatalError           fatal: cannot go on without an operator
     │   ├── AuthError        the token endpoint or Iterable refused the credentials
@@ -24,6 +23,7 @@ class of the product lives here (tests/test_errors.py checks it).
     ├── RecordError          record: this record can never succeed as it is: dead-letter it
     │   ├── MalformedEvent   a CometD message that is not a well-formed CDC event
     │   │   └── UnexpectedEntity  an event of an object this service does not sync
+    │   ├── MalformedConsentEvent  an Iterable subscribe/unsubscribe event that cannot be acted on
     │   └── BatchError       Iterable refused a whole request: split it to find the records
     │       ├── BatchRejected  field types mismatched (RequestFieldsTypesMismatched)
     │       └── BatchTooLarge  413 / BatchTooLarge: halve and resend
@@ -76,10 +76,6 @@ class UsageError(StreamsyncError):
 
 class SoqlError(ConfigError, ValueError):
     """A SOQL identifier, literal or filter that is not safe to send."""
-
-
-class UnknownList(ConfigError):
-    """A configured Iterable list name that names no single list (consent.remove_from_lists)."""
 
 
 class ConfigProblems(ValueError):
@@ -215,6 +211,14 @@ class MalformedEvent(RecordError):
         super().__init__("malformed_event", detail)  # models.EventProblem's codes
         self.channel = channel
         self.replay_id = replay_id
+
+
+class MalformedConsentEvent(RecordError):
+    """An Iterable subscribe/unsubscribe event (system webhook body or export line) that
+    lacks what acting on it needs: a known event name, a user, a creation time."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("malformed_consent_event", detail)
 
 
 class UnexpectedEntity(MalformedEvent):

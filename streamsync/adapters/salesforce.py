@@ -7,7 +7,7 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -62,6 +62,32 @@ class QueryPage:
     records: list[dict[str, Any]]
     total_size: int
     done: bool
+
+
+MAX_COLLECTION = 200
+"""Records per sObject Collections call (docs/salesforce.md §5.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """One record's outcome in an sObject Collections reply."""
+
+    record_id: str | None
+    success: bool
+    errors: tuple[tuple[str, str], ...] = ()  # (statusCode, message)
+
+    def describe(self) -> str:
+        return "; ".join(f"{code}: {message}" for code, message in self.errors) or "failed"
+
+
+def _save_result(item: Any) -> SaveResult:
+    if not isinstance(item, dict) or not isinstance(item.get("success"), bool):
+        raise TransientError("salesforce composite/sobjects: a result has no success flag")
+    errors = tuple(
+        (str(e.get("statusCode", "")), str(e.get("message", "")))
+        for e in item.get("errors") or () if isinstance(e, dict))
+    record_id = item.get("id")
+    return SaveResult(record_id if isinstance(record_id, str) else None, item["success"], errors)
 
 
 def parse_limit_info(value: str | None) -> tuple[int, int] | None:
@@ -397,6 +423,25 @@ class SalesforceClient:
             f"{self.data_path}/sobjects/{quote(sobject, safe='')}/{quote(record_id, safe='')}",
             "sobject_delete",
         )
+
+    async def update_records(self, records: Sequence[Mapping[str, Any]], *,
+                             all_or_none: bool = False) -> list[SaveResult]:
+        """PATCH /composite/sobjects: update up to 200 records in one call, each
+        `{"attributes": {"type": ...}, "id": ..., <fields>}`; one SaveResult per record, in
+        request order (docs/salesforce.md §5.1). Not retried here: the caller's policy repeats
+        the whole call, which sets the same values again."""
+        if not 1 <= len(records) <= MAX_COLLECTION:
+            raise ValueError(f"sObject Collections take 1..{MAX_COLLECTION} records, "
+                             f"got {len(records)}")
+        resp = await self._once(
+            "PATCH", f"{self.data_path}/composite/sobjects", "composite_sobjects",
+            json_body={"allOrNone": all_or_none, "records": [dict(r) for r in records]},
+        )
+        body = resp.json()
+        if not isinstance(body, list) or len(body) != len(records):
+            raise TransientError("salesforce composite/sobjects: the reply is not one result "
+                                 "per record")
+        return [_save_result(item) for item in body]
 
     # -- Bulk API 2.0 query -------------------------------------------------------------------
 

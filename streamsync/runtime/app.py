@@ -39,7 +39,6 @@ from streamsync.runtime.components import open_components as open_components
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
-from streamsync.runtime.lists.start import start_lists
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.reconcile import Reconciler
@@ -192,10 +191,6 @@ class Service:
 
     async def _run_tasks(self, parts: Components, instance_url: str, stop: asyncio.Event) -> int:
         config = self.config
-        try:
-            lists = await start_lists(config, parts, stop=stop)
-        except Stopped:
-            return 0
         signal = QueueSignal()  # every enqueue in this process wakes the flusher at once
         reconciler = Reconciler(
             config=config, store=parts.store, salesforce=parts.salesforce, metrics=self.metrics,
@@ -227,7 +222,7 @@ class Service:
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
             pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
-            signal=signal, lists=lists,
+            signal=signal,
         )
         work = [
             asyncio.create_task(self.ingest.run(stop), name="ingest"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Synchronous
+from .consent_inbox import ConsentEventRow
 from .schema import LATEST_VERSION, MIGRATIONS, Migration, migrate, schema_version
 from .store import Store
 from .types import (
@@ -23,9 +24,6 @@ from .types import (
     IdentityHandover,
     IdentityUpdate,
     Lease,
-    ListBackfillState,
-    ListMember,
-    ListMemberWant,
     PendingReconcile,
     QueueInput,
     QueueStats,
@@ -46,6 +44,7 @@ __all__ = [
     "Backoff",
     "ChannelAnchor",
     "ConsentRow",
+    "ConsentEventRow",
     "Checkpoint",
     "DeadLetter",
     "ErrorEntry",
@@ -54,9 +53,6 @@ __all__ = [
     "IdentityHandover",
     "IdentityUpdate",
     "Lease",
-    "ListBackfillState",
-    "ListMember",
-    "ListMemberWant",
     "Migration",
     "PendingReconcile",
     "QueueInput",

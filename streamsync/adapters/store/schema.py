@@ -255,39 +255,48 @@ _V6 = Migration(
 
 _V7 = Migration(
     7,
-    "Campaign members as Iterable list subscribers; the lists backfill's checkpoints",
+    "consent inbox (Iterable subscribe/unsubscribe events to apply to Salesforce), the export "
+    "cursors of the poller, identity lookup by Iterable userId",
     (
-        # One row per (CampaignMember, list, email) that may be subscribed in Iterable: 'adding'
-        # is written before lists/subscribe is sent, 'in' once Iterable confirmed it, 'out'
-        # before lists/unsubscribe is sent (deleted once confirmed). CDC for a deleted member
-        # carries only its id: these rows say which list and email to unsubscribe.
+        # One row per event, keyed by its dedupe key (core/consent_inbound.py `event_key`): a
+        # repeated delivery only bumps `deliveries`. Group ids are comma-separated integers.
+        # 'pending' rows are applied by the drain ('done' or 'failed' with the outcome); a
+        # Salesforce failure moves `next_attempt_at` on and counts `attempts`.
         """
-        CREATE TABLE list_member (
-            member_id TEXT NOT NULL,
-            list_id INTEGER NOT NULL,
-            email TEXT NOT NULL,
-            campaign_id TEXT NOT NULL,
-            person_id TEXT NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ('adding', 'in', 'out')),
-            seen_at REAL NOT NULL,
-            PRIMARY KEY (member_id, list_id, email)
-        ) WITHOUT ROWID
+        CREATE TABLE consent_inbox (
+            event_key TEXT PRIMARY KEY,
+            event_name TEXT NOT NULL
+                CHECK (event_name IN ('emailSubscribe', 'emailUnSubscribe')),
+            email TEXT,
+            user_id TEXT,
+            created_ms INTEGER NOT NULL,
+            source TEXT,
+            channel_ids TEXT NOT NULL DEFAULT '',
+            message_type_ids TEXT NOT NULL DEFAULT '',
+            list_ids TEXT NOT NULL DEFAULT '',
+            via TEXT NOT NULL CHECK (via IN ('webhook', 'export')),
+            received_at REAL NOT NULL,
+            deliveries INTEGER NOT NULL DEFAULT 1,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            outcome TEXT,
+            settled_at REAL
+        )
         """,
-        "CREATE INDEX list_member_by_list ON list_member (list_id, email)",
-        # Per mapped Campaign: where `backfill --lists` is (members read up to `after_id`, then
-        # removals, then done) and when its run started (rows not seen since are stale).
+        "CREATE INDEX consent_inbox_due ON consent_inbox (state, next_attempt_at)",
+        "CREATE INDEX consent_inbox_settled ON consent_inbox (settled_at)",
+        # Per export data type: read up to `cursor_ms` (exclusive), moved in the transaction
+        # that stored the window's events.
         """
-        CREATE TABLE list_backfill (
-            campaign_id TEXT PRIMARY KEY,
-            list_id INTEGER NOT NULL,
-            started_at REAL NOT NULL,
-            phase TEXT NOT NULL CHECK (phase IN ('members', 'removals', 'done')),
-            after_id TEXT,
-            subscribed INTEGER NOT NULL DEFAULT 0,
-            unsubscribed INTEGER NOT NULL DEFAULT 0,
+        CREATE TABLE consent_cursor (
+            data_type TEXT PRIMARY KEY,
+            cursor_ms INTEGER NOT NULL,
             updated_at REAL NOT NULL
         )
         """,
+        # An event of a userID-based project names the user by userId only.
+        "CREATE INDEX identity_user_id ON identity (iterable_user_id)",
     ),
 )
 

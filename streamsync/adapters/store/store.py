@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from .backfill import BackfillOps
 from .consent import ConsentOps
-from .lists import ListOps
+from .consent_inbox import ConsentInboxOps
 from .queue import QueueOps
 from .records import RecordOps
 from .schedule import ScheduleOps
 from .types import StoreStatus
 
 
-class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps):
+class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ConsentInboxOps):
     """Async facade over one aiosqlite connection to a WAL database (see `base` for durability).
 
     Open with ``await Store.open(path)``; every method takes the current time as ``now`` (epoch

@@ -1,0 +1,59 @@
+"""The consent inbox and export cursors in a real SQLite store: dedupe by key, settling,
+retries that never fail an event, pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamsync.adapters.store import ConsentEventRow, Store
+
+T0 = 1_796_454_000.0
+
+
+def _row(key: str, at_ms: int = 1_000, name: str = "emailUnSubscribe") -> ConsentEventRow:
+    return ConsentEventRow(key, name, "a@x.co", None, at_ms, "EmailLink", (39581,), (), (7, 8))
+
+
+async def test_inbox_lifecycle(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        assert await store.add_consent_events([_row("k1", 2_000), _row("k2", 1_000)],
+                                              "webhook", T0) == 2
+        assert await store.add_consent_events([_row("k1", 2_000)], "webhook", T0) == 0
+        due = await store.due_consent_events(T0)
+        assert [(r.key, r.deliveries, r.list_ids, r.via) for r in due] == [
+            ("k2", 1, (7, 8), "webhook"), ("k1", 2, (7, 8), "webhook")]
+        await store.retry_consent_events(["k2"], "salesforce down", T0, 5.0)
+        assert [r.key for r in await store.due_consent_events(T0 + 1)] == ["k1"]
+        assert await store.next_consent_due() == T0
+        await store.settle_consent_events({"k1": ("done", "applied to Lead 00Q")}, T0 + 1)
+        assert await store.next_consent_due() == T0 + 5.0
+        assert [(r.key, r.attempts) for r in await store.due_consent_events(T0 + 5)] == [
+            ("k2", 1)]
+        await store.settle_consent_events({"k2": ("failed", "ENTITY_IS_DELETED")}, T0 + 6)
+        assert await store.consent_inbox_counts() == {"done": 1, "failed": 1}
+        found = await store.consent_events(["k1", "k2", "nope"])
+        assert (found["k1"].state, found["k1"].outcome) == ("done", "applied to Lead 00Q")
+        # A late duplicate of a settled event is still a duplicate.
+        assert await store.add_consent_events([_row("k1", 2_000)], "export", T0 + 7) == 0
+        assert await store.prune_consent_events(T0 + 2) == 1
+        assert await store.add_consent_events([_row("k1", 2_000)], "export", T0 + 8) == 1
+        with pytest.raises(ValueError):
+            await store.settle_consent_events({"k1": ("pending", "x")}, T0)
+    finally:
+        await store.close()
+
+
+async def test_the_cursor_moves_with_its_window_in_one_transaction(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        assert await store.consent_cursor("emailUnSubscribe") is None
+        assert await store.add_exported_events([_row("k1")], "emailUnSubscribe", 5_000, T0) == 1
+        assert await store.add_exported_events([], "emailSubscribe", 6_000, T0) == 0
+        assert await store.consent_cursor("emailUnSubscribe") == 5_000
+        assert await store.consent_cursor("emailSubscribe") == 6_000
+        assert (await store.due_consent_events(T0))[0].via == "export"
+    finally:
+        await store.close()
