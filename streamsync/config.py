@@ -380,6 +380,80 @@ class ConsentConfig(_Model):
     batch_max_users: int = Field(default=1000, ge=1, le=1000)
 
 
+CAMPAIGN_MEMBER: Final = "CampaignMember"
+"""The object whose CDC events and rows fill the lists of [lists]."""
+_SF_ID_RE: Final = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
+
+
+class CampaignList(_Model):
+    """One [[lists.campaigns]] entry: a Salesforce Campaign (by id or by name) and the Iterable
+    list its members are subscribed to (by id, or by name: created at start when missing and
+    `create_missing`). `statuses`: only members with one of these Status values count (all do
+    when omitted)."""
+
+    campaign_id: str | None = None
+    campaign_name: str | None = Field(default=None, min_length=1, max_length=80)
+    list_id: int | None = Field(default=None, ge=1)
+    list_name: str | None = Field(default=None, min_length=1, max_length=255)
+    create_missing: bool = False
+    statuses: tuple[str, ...] | None = None
+
+    @field_validator("campaign_id")
+    @classmethod
+    def _campaign_id(cls, v: str | None) -> str | None:
+        if v is not None and (not _SF_ID_RE.fullmatch(v) or not v.startswith("701")):
+            raise ValueError(f"not a Campaign id (701..., 15 or 18 characters): {v!r:.40}")
+        return v
+
+    @field_validator("statuses", mode="before")
+    @classmethod
+    def _statuses(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            v = tuple(v)
+        if isinstance(v, tuple) and (not v or not all(isinstance(s, str) and s for s in v)):
+            raise ValueError("statuses must be a non-empty list of member Status values")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> CampaignList:
+        if (self.campaign_id is None) == (self.campaign_name is None):
+            raise ValueError("give exactly one of campaign_id and campaign_name")
+        if self.list_id is not None and self.list_name is not None:
+            raise ValueError("give at most one of list_id and list_name")
+        if self.list_id is None and self.list_name is None and self.campaign_name is None:
+            raise ValueError("a campaign_id needs a list_id or a list_name")
+        if self.create_missing and self.list_id is not None:
+            raise ValueError("create_missing applies to a list given by name, not list_id")
+        return self
+
+    @property
+    def wanted_list_name(self) -> str | None:
+        """The list name to look up (default: the Campaign's name); None for a list_id."""
+        if self.list_id is not None:
+            return None
+        return self.list_name or self.campaign_name
+
+    @property
+    def label(self) -> str:
+        """How messages name this entry."""
+        return f"campaign {self.campaign_id or repr(self.campaign_name)}"
+
+
+class ListsConfig(_Model):
+    """[lists]: Salesforce Campaign members as Iterable static list subscribers (by email)."""
+
+    campaigns: list[CampaignList] = Field(default_factory=list)
+    # Iterable documents no rate or size limit for lists/subscribe and lists/unsubscribe
+    # (docs/iterable.md §13): these are the assumed ceilings.
+    rate_limit_per_s: float = Field(default=5.0, gt=0, le=1000)
+    max_subscribers: int = Field(default=1000, ge=1, le=10_000)
+    max_in_flight: int = Field(default=2, ge=1, le=64)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.campaigns)
+
+
 class HealthConfig(_Model):
     """[health]: the health and metrics endpoint (localhost by default)."""
 
@@ -517,6 +591,7 @@ class Config(_Model):
     ingest: IngestConfig = IngestConfig()
     backfill: BackfillConfig = BackfillConfig()
     consent: ConsentConfig = ConsentConfig()
+    lists: ListsConfig = ListsConfig()
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
     consent_inbound: ConsentInboundConfig | None = None
@@ -573,15 +648,38 @@ class Config(_Model):
                          "write Iterable users carry consent")
                         for name, obj in self.objects.items()
                         if obj.consent is not None and not obj.writes_users)
+        problems.extend(self._list_problems())
         if problems:
             raise _problems(problems)
         return self
 
+    def _list_problems(self) -> list[tuple[str | tuple[str | int, ...], str]]:
+        problems: list[tuple[str | tuple[str | int, ...], str]] = []
+        if self.lists.enabled and self.iterable.project_type == "userId":
+            problems.append((("lists", "campaigns"), "lists subscribe members by email: a "
+                             "userId-based Iterable project has no email identity"))
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.lists.campaigns):
+            key = (entry.campaign_id or "")[:15] or f"name:{entry.campaign_name}"
+            if key in seen:
+                problems.append((("lists", "campaigns", i), f"{entry.label} is already mapped "
+                                 f"by lists.campaigns[{seen[key]}]"))
+            seen.setdefault(key, i)
+        return problems
+
     # -- derived values the runtime uses
 
     def channel(self, name: str) -> str:
-        """The CDC channel of a configured object."""
-        return self.objects[name].channel or channel_for(name)
+        """The CDC channel of a configured object (or of CampaignMember, for [lists])."""
+        obj = self.objects.get(name)
+        return (obj.channel if obj is not None else None) or channel_for(name)
+
+    def cdc_objects(self) -> tuple[str, ...]:
+        """Every object whose changes are ingested and queued: the configured objects, and
+        CampaignMember when [lists] maps any Campaign."""
+        extra = (CAMPAIGN_MEMBER,) if self.lists.enabled and CAMPAIGN_MEMBER not in \
+            self.objects else ()
+        return (*self.objects, *extra)
 
     def consent_objects(self) -> dict[str, ObjectConsent]:
         """The objects that carry consent, with their consent settings."""
@@ -611,6 +709,7 @@ _SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "salesforce": SalesforceConfig, "iterable": IterableConfig, "queue": QueueConfig,
     "flush": FlushConfig, "ingest": IngestConfig, "backfill": BackfillConfig,
     "health": HealthConfig, "logging": LoggingConfig, "consent": ConsentConfig,
+    "lists": ListsConfig,
     "consent_inbound": ConsentInboundConfig,
 }
 
@@ -626,6 +725,8 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         return ObjectConsent
     if len(loc) == 5 and loc[0] == "objects" and loc[2] == "fan_out":
         return FanOut
+    if len(loc) == 4 and loc[:2] == ("lists", "campaigns"):
+        return CampaignList
     return None
 
 

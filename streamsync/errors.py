@@ -3,7 +3,8 @@ class of the product lives here (tests/test_errors.py checks it).
 
     StreamsyncError          typed attributes: api, endpoint, status, retry_after_s
     ├── ConfigError          usage/config: bad config.toml or missing secret: refuse to start
-    │   └── SoqlError        an identifier, literal or filter not safe to send (also ValueError)
+    │   ├── SoqlError        an identifier, literal or filter not safe to send (also ValueError)
+    │   └── UnknownList      a consent list name that names no single Iterable list
     ├── UsageError           usage/config: the command line is wrong (exit 2)
     ├── FatalError           fatal: cannot go on without an operator
     │   ├── AuthError        the token endpoint or Iterable refused the credentials
@@ -76,6 +77,10 @@ class UsageError(StreamsyncError):
 
 class SoqlError(ConfigError, ValueError):
     """A SOQL identifier, literal or filter that is not safe to send."""
+
+
+class UnknownList(ConfigError):
+    """A configured Iterable list name that names no single list (consent.remove_from_lists)."""
 
 
 class ConfigProblems(ValueError):

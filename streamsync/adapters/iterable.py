@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +29,9 @@ log = get_logger(__name__)
 API = "iterable"
 BULK_UPDATE = "bulkUpdate"
 """The endpoint name bulkUpdate calls are counted under (readiness watches it)."""
+SUBSCRIPTIONS = "subscriptions"
+"""The endpoint name of `PUT /api/subscriptions/{group}/{id}` calls."""
+SUBSCRIPTION_GROUPS = ("emailList", "messageType", "messageChannel")
 Secret = str | Callable[[], str]
 
 # failedUpdates list name → (identifier kind, reason recorded in the dead-letter table)
@@ -140,6 +143,22 @@ def parse_bulk_result(body: Any) -> BulkResult:
     )
 
 
+def parse_group_failures(body: Any) -> tuple[UserFailure, ...]:
+    """Users a `PUT /api/subscriptions/...` reply says it could not change: lists in `params`
+    named like bulkUpdate's failure lists (the shape is undocumented, docs/iterable.md §12)."""
+    params = body.get("params") if isinstance(body, dict) else None
+    if not isinstance(params, dict):
+        return ()
+    out: list[UserFailure] = []
+    for name, values in params.items():
+        if not isinstance(values, list) or not name.endswith(("Emails", "UserIds")):
+            continue
+        kind, reason = FAILURE_LISTS.get(
+            name, ("userId" if name.endswith("UserIds") else "email", _snake(name)))
+        out.extend(UserFailure(str(v), kind, reason) for v in values)
+    return tuple(out)
+
+
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -248,6 +267,7 @@ class IterableClient:
         *,
         timeout_s: float | None = None,
         bulk_limiter: RateLimiter | None = None,
+        subscription_limiter: RateLimiter | None = None,
     ) -> None:
         self._session = session
         self.base_url = base_url.rstrip("/")
@@ -255,6 +275,7 @@ class IterableClient:
         self.counter = counter if counter is not None else UsageCounter()
         self._timeout_s = timeout_s
         self.bulk_limiter = bulk_limiter
+        self.subscription_limiter = subscription_limiter
 
     def __repr__(self) -> str:
         return f"IterableClient(base_url={self.base_url!r}, api_key=[redacted])"
@@ -384,3 +405,47 @@ class IterableClient:
         if not isinstance(fields, dict):
             raise TransientError("iterable getFields: reply has no fields object")
         return {str(k): str(v) for k, v in fields.items()}
+
+    async def update_subscription_group(
+        self, group: str, group_id: int, *, subscribe: bool,
+        emails: Sequence[str] = (), user_ids: Sequence[str] = (),
+    ) -> tuple[UserFailure, ...]:
+        """PUT /api/subscriptions/{group}/{id}?action=subscribe|unsubscribe for many users: one
+        group changed, the users' other subscriptions untouched (docs/iterable.md §12). Returns
+        the users the reply says were not changed. Paced by `subscription_limiter`."""
+        if group not in SUBSCRIPTION_GROUPS:
+            raise ValueError(f"unknown subscription group {group!r}")
+        body = orjson.dumps({"users": list(emails), "usersByUserId": list(user_ids)})
+        path = f"/api/subscriptions/{group}/{int(group_id)}"
+        params = {"action": "subscribe" if subscribe else "unsubscribe"}
+        limiter = self.subscription_limiter
+        if limiter is None:
+            resp = await self._call("PUT", path, SUBSCRIPTIONS, data=body, params=params)
+            return parse_group_failures(resp.json())
+        async with limiter.slot():
+            try:
+                resp = await self._call("PUT", path, SUBSCRIPTIONS, data=body, params=params)
+            except RateLimited as exc:
+                limiter.on_rate_limited(exc.retry_after_s)
+                raise
+        return parse_group_failures(resp.json())
+
+    async def _listing(self, path: str, endpoint: str, key: str) -> list[dict[str, Any]]:
+        resp = await self._call("GET", path, endpoint)
+        body = resp.json()
+        items = body.get(key) if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise TransientError(f"iterable {endpoint}: reply has no {key} list")
+        return [item for item in items if isinstance(item, dict)]
+
+    async def get_channels(self) -> list[dict[str, Any]]:
+        """GET /api/channels: `[{"id", "name", "channelType", "messageMedium"}]`."""
+        return await self._listing("/api/channels", "channels", "channels")
+
+    async def get_message_types(self) -> list[dict[str, Any]]:
+        """GET /api/messageTypes: `[{"id", "name", "channelId", "subscriptionPolicy", ...}]`."""
+        return await self._listing("/api/messageTypes", "messageTypes", "messageTypes")
+
+    async def get_lists(self) -> list[dict[str, Any]]:
+        """GET /api/lists: `[{"id", "name", "listType", ...}]` (names are not unique)."""
+        return await self._listing("/api/lists", "lists", "lists")

@@ -1,5 +1,5 @@
 """Iterable's export API for subscription events: `GET /api/export/data.json` of one data type
-within `[startDateTime, endDateTime)` (docs/iterable.md §13). 4 requests/minute per project: the
+within `[startDateTime, endDateTime)` (docs/iterable.md §14). 4 requests/minute per project: the
 caller paces its polls; a 429 is a RateLimited with the server's Retry-After."""
 
 from __future__ import annotations

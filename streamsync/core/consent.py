@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -34,6 +35,15 @@ def prevails(candidate: ConsentState, current: ConsentState | None) -> bool:
     if candidate.changed_at_ms != current.changed_at_ms:
         return candidate.changed_at_ms > current.changed_at_ms
     return candidate.opted_out and not current.opted_out
+
+
+def supersedes(candidate: ConsentState, current: ConsentState | None) -> bool:
+    """True when `candidate` should replace the stored `current`: a newer statement of the same
+    side replaces it from the same instant on (a re-read states that side's current state;
+    Salesforce stamps whole seconds), one of the other side only when it `prevails`."""
+    if current is not None and candidate.origin == current.origin:
+        return candidate.changed_at_ms >= current.changed_at_ms and candidate != current
+    return prevails(candidate, current)
 
 
 def winner(a: ConsentState, b: ConsentState) -> ConsentState:
@@ -67,8 +77,8 @@ def decide_from_salesforce(sf: ConsentState, last: ConsentState | None, *,
       and stores nothing (Iterable's own state stands).
     - Same state as stored: nothing (this is how the echo of our own Salesforce write, and a
       re-read of an unchanged record, end).
-    - A different state that does not prevail (the stored one, e.g. an Iterable unsubscribe, is
-      later): nothing; the other direction brings Salesforce in line.
+    - A different state that does not supersede the stored one (an Iterable change that is
+      later, `prevails`): nothing; the other direction brings Salesforce in line.
     - Otherwise an opt-out unsubscribes; a cleared opt-out resubscribes only when configured,
       else it is only remembered (consent is not assumed back).
     """
@@ -76,7 +86,7 @@ def decide_from_salesforce(sf: ConsentState, last: ConsentState | None, *,
         if sf.opted_out:
             return Decision(Action.UNSUBSCRIBE, sf)
         return Decision(Action.NONE, None)
-    if last.opted_out == sf.opted_out or not prevails(sf, last):
+    if last.opted_out == sf.opted_out or not supersedes(sf, last):
         return Decision(Action.NONE, None)
     if sf.opted_out:
         return Decision(Action.UNSUBSCRIBE, sf)
@@ -101,3 +111,19 @@ def echo_opt_out(payload: Mapping[str, Any], changed_fields: Sequence[str],
     if len(touched) == len(fields) and all(payload.get(f) is False for f in touched):
         return False
     return None
+
+
+def stamp_ms(value: Any) -> int | None:
+    """A Salesforce dateTime (`2024-01-02T03:04:05.000+0000`, or with `Z`) as epoch ms."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    if len(text) >= 5 and text[-5] in "+-" and text[-3] != ":":
+        text = text[:-2] + ":" + text[-2:]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -1,6 +1,6 @@
 """Iterable subscribe/unsubscribe events on their way to Salesforce: parsing a system-webhook
 body or an export line into one `InboundEvent`, the key that makes a repeated delivery a
-duplicate, and which events change a Salesforce opt-out (docs/iterable.md §13).
+duplicate, and which events change a Salesforce opt-out (docs/iterable.md §14).
 
 Pure: no I/O, no clock.
 """

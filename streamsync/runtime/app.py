@@ -39,6 +39,7 @@ from streamsync.runtime.components import open_components as open_components
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
+from streamsync.runtime.lists.start import start_lists
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.reconcile import Reconciler
@@ -191,6 +192,10 @@ class Service:
 
     async def _run_tasks(self, parts: Components, instance_url: str, stop: asyncio.Event) -> int:
         config = self.config
+        try:
+            lists = await start_lists(config, parts, stop=stop)
+        except Stopped:
+            return 0
         signal = QueueSignal()  # every enqueue in this process wakes the flusher at once
         reconciler = Reconciler(
             config=config, store=parts.store, salesforce=parts.salesforce, metrics=self.metrics,
@@ -222,7 +227,7 @@ class Service:
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
             pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
-            signal=signal,
+            signal=signal, lists=lists,
         )
         work = [
             asyncio.create_task(self.ingest.run(stop), name="ingest"),

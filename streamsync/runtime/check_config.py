@@ -21,11 +21,13 @@ from streamsync.runtime.clients import (
     salesforce_session,
 )
 from streamsync.runtime.describes import fetch_describes
+from streamsync.runtime.lists.resolve import resolve_lists
+from streamsync.runtime.lists.start import lists_client
 from streamsync.runtime.mappings import check_describe, compile_object
 
 log = get_logger(__name__)
 
-Component = Literal["salesforce", "iterable", "mapping"]
+Component = Literal["salesforce", "iterable", "mapping", "lists"]
 ITERABLE_BULK_UPDATE_PER_S = 5.0  # bulkUpdate requests/s per project (docs/iterable.md §1)
 
 
@@ -185,6 +187,26 @@ def check_field_types(config: Config, report: CheckReport, fields: Mapping[str, 
                 "rejects those records as invalid_data; map it to a new field name"))
 
 
+async def check_lists(config: Config, salesforce: SalesforceClient, iterable: IterableClient,
+                      report: CheckReport) -> None:
+    """Every [lists.campaigns] entry names a Campaign that exists (once, by name) and a list
+    that exists, or one it may create (reported, not created)."""
+    try:
+        found = await resolve_lists(config, salesforce, lists_client(config, iterable),
+                                    create=False)
+    except StreamsyncError as exc:
+        report.problems.append(Problem("lists", "lists", "lists.campaigns", str(exc)))
+        return
+    for problem in found.problems:
+        path, _, message = problem.partition(": ")
+        report.problems.append(Problem("lists", "lists", path, message))
+    for name in found.created:
+        report.warnings.append(f"lists: the Iterable list {name!r} does not exist yet; the "
+                               "service creates it at start (create_missing = true)")
+    if not found.problems:
+        report.passed.append(f"lists: {len(found.lists)} Campaign(s) mapped to Iterable lists")
+
+
 def rate_limit_warning(config: Config) -> str | None:
     """A warning when `iterable.rate_limit_per_s` is above Iterable's published limit."""
     rate = config.iterable.rate_limit_per_s
@@ -213,6 +235,14 @@ async def check_config(
                else session_factory(config.iterable.timeout_s))
     async with it_http as it_session:
         await check_iterable(config, build_iterable_client(config, it_session), report)
+    if config.lists.enabled:
+        sf_http = (salesforce_session(config) if session_factory is None
+                   else session_factory(config.salesforce.timeout_s))
+        it_http = (iterable_session(config) if session_factory is None
+                   else session_factory(config.iterable.timeout_s))
+        async with sf_http as sf_session, it_http as it_session:
+            await check_lists(config, build_salesforce_client(config, sf_session),
+                              build_iterable_client(config, it_session), report)
     log.info("check.done", problems=len(report.problems), warnings=len(report.warnings))
     return report
 

@@ -104,4 +104,6 @@ def build_iterable_client(
         timeout_s=config.iterable.timeout_s,
         bulk_limiter=limiter or RateLimiter(config.iterable.rate_limit_per_s,
                                             max_in_flight=config.iterable.max_in_flight),
+        subscription_limiter=RateLimiter(config.consent.rate_limit_per_s,
+                                         max_in_flight=config.consent.max_in_flight),
     )

@@ -16,7 +16,7 @@ from streamsync.adapters.store import (
     Lease,
     Store,
 )
-from streamsync.config import Config
+from streamsync.config import CAMPAIGN_MEMBER, Config
 from streamsync.core.ids import id_or_none
 from streamsync.errors import FatalError, RetriableError, Unreachable, describe_error
 from streamsync.logs import get_logger
@@ -24,6 +24,7 @@ from streamsync.runtime.breaker import Breakers, CircuitBreaker, Signals
 from streamsync.runtime.conversions import ConvertedLeads
 from streamsync.runtime.flush_loop import run_loops
 from streamsync.runtime.flush_read import FANOUT_PAGE, SALESFORCE, fan_out, read_current
+from streamsync.runtime.lists.sync import ListSync
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
 from streamsync.runtime.wakeup import Coalescer, QueueSignal, Turn
@@ -112,8 +113,12 @@ class Flusher:
                  pipeline: SyncPipeline, metrics: Metrics, owner: str,
                  clock: Callable[[], float] = time.time, backoff: Backoff | None = None,
                  shutdown_grace_s: float = 10.0, fanout_page: int = FANOUT_PAGE,
-                 signal: QueueSignal | None = None) -> None:
+                 signal: QueueSignal | None = None, lists: ListSync | None = None) -> None:
         self.config = config
+        self.lists = lists
+        """CampaignMember ids become list subscriptions (runtime/lists/sync.py) when given."""
+        self.objects = [*config.objects, *((CAMPAIGN_MEMBER,) if lists is not None else ())]
+        """The objects whose queue rows this flusher leases."""
         self.store = store
         self.salesforce = salesforce
         self.pipeline = pipeline
@@ -168,7 +173,7 @@ class Flusher:
         batch_ids = self.config.flush.batch_ids
         leases = await self.store.lease(
             self.owner, min(limit or batch_ids, batch_ids),
-            self.config.queue.lease_s, self.clock(), objects=list(self.config.objects),
+            self.config.queue.lease_s, self.clock(), objects=self.objects,
             max_attempts=self.backoff.max_attempts)
         if turn is not None:
             self.coalescer.leased(turn, len(leases), full=len(leases) >= batch_ids)
@@ -205,6 +210,10 @@ class Flusher:
     async def _flush_object(self, object_name: str, leases: Sequence[Lease],
                             pending: dict[tuple[str, str], Lease], result: FlushResult,
                             signals: Signals) -> None:
+        if object_name == CAMPAIGN_MEMBER and self.lists is not None:
+            outcome = await self.lists.flush([lease.record_id for lease in leases], signals)
+            await self._settle(object_name, outcome, pending, result)
+            return
         obj = self.config.objects[object_name]
         parsed = [(lease, id_or_none(lease.record_id)) for lease in leases]
         ids = [sf_id for _, sf_id in parsed if sf_id is not None]

@@ -26,6 +26,7 @@ from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describ
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
 from streamsync.retry import Policy
+from streamsync.runtime.consent_echo import echoed_consent
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
@@ -53,7 +54,7 @@ class IngestStats(ReconcileStats):
 
 def ingest_channels(config: Config) -> list[str]:
     """The CDC channels of the configured objects, each once, in configuration order."""
-    return list(dict.fromkeys(config.channel(name) for name in config.objects))
+    return list(dict.fromkeys(config.channel(name) for name in config.cdc_objects()))
 
 
 class ReplayCallbacks:
@@ -114,7 +115,7 @@ class Ingest:
         self._subscriber = subscriber
         self._metrics = metrics
         self._clock = clock
-        self._objects = tuple(config.objects)
+        self._objects = config.cdc_objects()
         suppress = config.salesforce.suppress_echoes
         self._echo_client = config.salesforce.client_name if suppress else None
         self._retry_base_s = retry_base_s
@@ -177,6 +178,9 @@ class Ingest:
                                   _readable_replay_id(message), now)
             return
         self._metrics.last_event_ts.labels(event.channel).set(event.commit_timestamp_ms / 1000)
+        echoed = echoed_consent(self._config, event, message)
+        if echoed:  # before the ids are queued: their re-read must find the state stored
+            await self._store.note_consent_states(echoed, now)
         if self._echo_client and is_echo(event, self._echo_client):
             self.stats.echoes += 1
             log.debug("ingest.echo_suppressed", channel=event.channel,
@@ -250,7 +254,7 @@ class Ingest:
         items = [QueueInput(event.entity, sf_id, event.change_type) for sf_id in event.record_ids]
         for sf_id in event.unexpected_ids:
             owner = KEY_PREFIXES.get(sf_id[:3])
-            if owner is not None and owner in self._config.objects:
+            if owner is not None and owner in self._objects:
                 items.append(QueueInput(owner, sf_id, event.change_type))
             else:
                 self.stats.ids_dropped += 1
@@ -266,7 +270,7 @@ class Ingest:
         out: dict[str, None] = {}
         for prefix in event.wildcard_prefixes:
             owner = KEY_PREFIXES.get(prefix, event.entity)
-            if owner in self._config.objects:
+            if owner in self._objects:
                 out[owner] = None
             else:
                 self.stats.ids_dropped += 1

@@ -35,6 +35,8 @@ def _compile(config: Config, name: str, checker: DescribeChecker) -> CompiledMap
     extra: tuple[str, ...] = ()
     if name == "Lead" and config.converted_precedence() == "contact":
         extra = ("IsConverted", "ConvertedContactId")
+    if obj.consent is not None:  # the opt-out state is read with the record (docs/design.md §7)
+        extra = (*extra, *obj.consent.opt_out_fields)
     return CompiledMapping(
         name, obj.mapping, identity=obj.identity, email_field=obj.email_field,
         user_id_field=obj.user_id_field, null_policy=obj.null_policy,

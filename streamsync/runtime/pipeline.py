@@ -12,11 +12,12 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.store import Identity, IdentityUpdate, Store
 from streamsync.config import Config
 from streamsync.core.batching import cut_batches
-from streamsync.core.ids import parse_id
+from streamsync.core.ids import parse_id, row_id
 from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.models import MappedUser
+from streamsync.runtime.consent_out import ConsentSync
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline_map import hand_over_to_contacts, map_all, yield_to_leads
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
@@ -74,6 +75,8 @@ class SyncPipeline:
         self.clock = clock
         self.writer = writer or IterableWriter(
             iterable, envelope=config.iterable.bulk_envelope())
+        self.consent = ConsentSync(config=config, store=store, iterable=iterable,
+                                   writer=self.writer, clock=clock)
 
     # -- records that exist ------------------------------------------------------------------
 
@@ -130,6 +133,10 @@ class SyncPipeline:
             [IdentityUpdate(object_name, u.sf_id, originals[u.sf_id].email,
                             originals[u.sf_id].user_id, originals[u.sf_id].payload_hash)
              for u in written.synced], self.clock())
+        if self.config.objects[object_name].consent is not None:  # docs/design.md §7
+            by_id: dict[str, dict[str, Any]] = {
+                sf_id: r for r in records if (sf_id := row_id(r)) is not None}
+            await self.consent.apply(object_name, by_id, users, out)
         self._count(object_name, out, source)
         return out
 

@@ -65,8 +65,9 @@ class Reconciler:
     def objects_for_channel(self, channel: str) -> list[str]:
         """Configured objects delivered on `channel`; every object when none is bound to it
         (a multi-entity channel such as /data/ChangeEvents or a custom channel)."""
-        bound = [name for name in self._config.objects if self._config.channel(name) == channel]
-        return bound or list(self._config.objects)
+        objects = self._config.cdc_objects()
+        bound = [name for name in objects if self._config.channel(name) == channel]
+        return bound or list(objects)
 
     async def reconcile(
         self,
@@ -89,7 +90,7 @@ class Reconciler:
         `extra_fields` are read too; `select(row)` False leaves a row out (the backfill's
         catch-up skips records it read in their latest state); each page's query is retried under
         `retry` (the catch-up retries a page rather than the whole reconciliation)."""
-        if object_name not in self._config.objects:
+        if object_name not in self._config.cdc_objects():
             raise ValueError(f"cannot reconcile {object_name!r}: not a configured object")
         margin_ms = self.margin_ms if margin_s is None else int(margin_s * 1000)
         since = None if since_ms is None else _utc(max(since_ms - margin_ms, 0))
@@ -159,14 +160,15 @@ class Reconciler:
         queued per object."""
         if since_ms > int(self._clock() * 1000):
             raise ValueError(f"since {since_ms} ms is in the future")
-        channels = {self._config.channel(name) for name in self._config.objects}
-        if target in self._config.objects:
+        synced = self._config.cdc_objects()
+        channels = {self._config.channel(name) for name in synced}
+        if target in synced:
             objects = [target]
         elif target in channels or target == ALL_CHANGE_EVENTS or target.endswith("__chn"):
             objects = self.objects_for_channel(target)
         else:
             raise ValueError(
-                f"{target!r} is neither a configured object ({', '.join(self._config.objects)}) "
+                f"{target!r} is neither a configured object ({', '.join(synced)}) "
                 f"nor a channel ({', '.join(sorted(channels))}, {ALL_CHANGE_EVENTS} or a custom "
                 "/data/..__chn channel)"
             )

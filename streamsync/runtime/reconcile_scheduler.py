@@ -88,7 +88,7 @@ class ReconcileScheduler:
     async def pending(self) -> dict[str, PendingReconcile]:
         """Reconciliations owed per configured object, as stored."""
         owed = await self._store.reconciles_pending()
-        return {name: owed[name] for name in self._config.objects if name in owed}
+        return {name: owed[name] for name in self._config.cdc_objects() if name in owed}
 
     async def resume_pending(self) -> int:
         """Start the reconciliations a previous run left owed; returns how many."""

@@ -50,7 +50,7 @@ def _channels(status: StoreStatus, config: Config | None, now: float) -> list[di
     by_channel = {r.channel: r for r in status.replays}
     configured: dict[str, str] = {}
     if config is not None:
-        configured = {config.channel(name): name for name in config.objects}
+        configured = {config.channel(name): name for name in config.cdc_objects()}
     out = []
     for channel in sorted(set(by_channel) | set(configured)):
         state = by_channel.get(channel)

@@ -34,7 +34,7 @@ async def test_saved_states_read_back_by_object_and_id(store: Store) -> None:
     assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(False, 3)
 
 
-async def test_noting_stores_only_a_state_that_prevails(store: Store) -> None:
+async def test_noting_stores_only_a_state_that_supersedes(store: Store) -> None:
     assert await store.note_consent_states([row(False, 10)], T0) == 1
     assert await store.note_consent_states([row(True, 9, "iterable")], T0) == 0   # older
     assert await store.note_consent_states([row(False, 10, "iterable")], T0) == 0  # same instant
@@ -42,6 +42,10 @@ async def test_noting_stores_only_a_state_that_prevails(store: Store) -> None:
     assert await store.note_consent_states([row(False, 10)], T0) == 0
     assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(True, 10, "iterable")
     assert await store.note_consent_states([row(False, 11)], T0) == 1              # later
+    assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(False, 11)
+    # The same side again within the same second (Salesforce stamps whole seconds): replaced.
+    assert await store.note_consent_states([row(True, 11)], T0) == 1
+    assert await store.note_consent_states([row(False, 11)], T0) == 1
     assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(False, 11)
 
 

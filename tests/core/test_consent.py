@@ -14,6 +14,7 @@ from streamsync.core.consent import (
     echo_opt_out,
     opted_out,
     prevails,
+    supersedes,
     winner,
 )
 
@@ -46,6 +47,14 @@ def test_the_rule_picks_the_same_winner_whichever_side_asks(
         assert prevails(a, b) != prevails(b, a)
 
 
+def test_a_side_supersedes_its_own_state_from_the_same_instant() -> None:
+    assert supersedes(sf(False, 5), sf(True, 5))       # a re-read within the same second
+    assert not supersedes(sf(False, 4), sf(True, 5))
+    assert not supersedes(sf(True, 5), sf(True, 5))
+    assert not supersedes(sf(False, 5), it(True, 5))   # across sides: the conflict rule
+    assert supersedes(sf(True, 5), it(False, 5))
+
+
 def test_first_sight_of_an_opt_out_unsubscribes_and_of_none_changes_nothing() -> None:
     d = decide_from_salesforce(sf(True, 10), None, resubscribe=False)
     assert (d.action, d.record) == (Action.UNSUBSCRIBE, sf(True, 10))
@@ -65,6 +74,8 @@ def test_an_older_salesforce_state_does_not_override_a_later_iterable_change() -
 
 
 def test_resubscribe_only_when_configured_but_the_opt_in_is_remembered() -> None:
+    d = decide_from_salesforce(sf(False, 10), sf(True, 10), resubscribe=True)
+    assert (d.action, d.record) == (Action.RESUBSCRIBE, sf(False, 10))  # cleared at once
     last = sf(True, 10)
     d = decide_from_salesforce(sf(False, 20), last, resubscribe=False)
     assert (d.action, d.record) == (Action.NONE, sf(False, 20))

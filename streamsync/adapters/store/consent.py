@@ -15,12 +15,14 @@ ON CONFLICT (object_name, record_id) DO UPDATE SET
     opted_out = excluded.opted_out, changed_at_ms = excluded.changed_at_ms,
     origin = excluded.origin, updated_at = excluded.updated_at
 """
-# Only over an older state, or one of the same instant that is not an opt-out already (the
-# conflict rule of core/consent.py `prevails`, kept in SQL so a check and its write are one).
-_PREVAILING = _UPSERT + """
+# Only over an older state; at the same instant over one of the same side, or of the other
+# side when it is an opt-out over an opt-in (core/consent.py `supersedes`, kept in SQL so a
+# check and its write are one statement).
+_SUPERSEDING = _UPSERT + """
 WHERE excluded.changed_at_ms > consent_state.changed_at_ms
    OR (excluded.changed_at_ms = consent_state.changed_at_ms
-       AND excluded.opted_out = 1 AND consent_state.opted_out = 0)
+       AND (excluded.origin = consent_state.origin
+            OR (excluded.opted_out = 1 AND consent_state.opted_out = 0)))
 """
 
 
@@ -57,13 +59,14 @@ class ConsentOps(StoreBase):
             await conn.executemany(_UPSERT, [_params(r, now) for r in rows])
 
     async def note_consent_states(self, rows: Sequence[ConsentRow], now: float) -> int:
-        """Store each state only where it prevails over the stored one (later, or an opt-out
-        at the same instant); returns how many were stored."""
+        """Store each state only where it supersedes the stored one (core/consent.py
+        `supersedes`: later; at the same instant, of the same side or an opt-out); returns how
+        many were stored."""
         if not rows:
             return 0
         stored = 0
         async with self._tx("note_consent_states") as conn:
             for row in rows:
-                cursor = await conn.execute(_PREVAILING, _params(row, now))
+                cursor = await conn.execute(_SUPERSEDING, _params(row, now))
                 stored += max(cursor.rowcount, 0)
         return stored

@@ -255,6 +255,44 @@ _V6 = Migration(
 
 _V7 = Migration(
     7,
+    "Campaign members as Iterable list subscribers; the lists backfill's checkpoints",
+    (
+        # One row per (CampaignMember, list, email) that may be subscribed in Iterable: 'adding'
+        # is written before lists/subscribe is sent, 'in' once Iterable confirmed it, 'out'
+        # before lists/unsubscribe is sent (deleted once confirmed). CDC for a deleted member
+        # carries only its id: these rows say which list and email to unsubscribe.
+        """
+        CREATE TABLE list_member (
+            member_id TEXT NOT NULL,
+            list_id INTEGER NOT NULL,
+            email TEXT NOT NULL,
+            campaign_id TEXT NOT NULL,
+            person_id TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('adding', 'in', 'out')),
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (member_id, list_id, email)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX list_member_by_list ON list_member (list_id, email)",
+        # Per mapped Campaign: where `backfill --lists` is (members read up to `after_id`, then
+        # removals, then done) and when its run started (rows not seen since are stale).
+        """
+        CREATE TABLE list_backfill (
+            campaign_id TEXT PRIMARY KEY,
+            list_id INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            phase TEXT NOT NULL CHECK (phase IN ('members', 'removals', 'done')),
+            after_id TEXT,
+            subscribed INTEGER NOT NULL DEFAULT 0,
+            unsubscribed INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
+)
+
+_V8 = Migration(
+    8,
     "consent inbox (Iterable subscribe/unsubscribe events to apply to Salesforce), the export "
     "cursors of the poller, identity lookup by Iterable userId",
     (
@@ -300,7 +338,7 @@ _V7 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from .backfill import BackfillOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
+from .lists import ListOps
 from .queue import QueueOps
 from .records import RecordOps
 from .schedule import ScheduleOps
 from .types import StoreStatus
 
 
-class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ConsentInboxOps):
+class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
+            ConsentInboxOps):
     """Async facade over one aiosqlite connection to a WAL database (see `base` for durability).
 
     Open with ``await Store.open(path)``; every method takes the current time as ``now`` (epoch

@@ -296,3 +296,42 @@ class ChannelAnchor:
 
     state: AnchorState
     since_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListMemberWant:
+    """A CampaignMember that should be subscribed to `list_id` under `email` (lower-case)."""
+
+    member_id: str
+    list_id: int
+    email: str
+    campaign_id: str
+    person_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListMember:
+    """A `list_member` row: 'adding' (subscribe sent or about to be), 'in' (confirmed) or
+    'out' (to be unsubscribed)."""
+
+    member_id: str
+    list_id: int
+    email: str
+    campaign_id: str
+    person_id: str
+    state: str
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListBackfillState:
+    """Where one Campaign's lists backfill is: `phase` 'members' (read up to `after_id`),
+    'removals', or 'done'; counts of what it subscribed and unsubscribed."""
+
+    campaign_id: str
+    list_id: int
+    started_at: float
+    phase: str
+    after_id: str | None = None
+    subscribed: int = 0
+    unsubscribed: int = 0
