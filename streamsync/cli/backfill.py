@@ -38,6 +38,8 @@ from streamsync.runtime.backfill import (
     key_refused,
     unreachable,
 )
+from streamsync.runtime.lists.backfill import PAGE_SIZE as LISTS_PAGE
+from streamsync.runtime.lists.backfill import ListsSummary, run_lists_backfill
 
 PREFIX: Final = "streamsync backfill"
 KEY_CHECK: Final = Policy(name="iterable_key_check", attempts=3, timeout_s=30.0)
@@ -60,6 +62,7 @@ examples:
   streamsync backfill --config config.toml --objects Lead --since 2024-01-01
   streamsync backfill --config config.toml --dry-run payloads.jsonl
   python -m streamsync.backfill --config config.toml --resume     (the same command)
+  streamsync backfill --config config.toml --lists [--resume]    ([lists]: adds and removals)
 
 exit status: 0 done (or already finished), 1 failed, e.g. Iterable unreachable or its key
 refused (the message says what to do; resume with --resume), 2 usage or configuration error,
@@ -123,6 +126,11 @@ def add_parser(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
         help="do not queue the records modified during the backfill for the real-time service "
              "(only when no service runs and nothing changes meanwhile)")
     p.add_argument(
+        "--lists", action="store_true",
+        help="instead of profiles: bring every Iterable list of [lists] to its Salesforce "
+             "Campaign's current members (subscribe the missing, unsubscribe the rest); "
+             "resumable with --resume")
+    p.add_argument(
         "--json", action="store_true",
         help="print the final summary as one JSON object on stdout")
 
@@ -138,6 +146,8 @@ def options_from(args: argparse.Namespace) -> BackfillOptions:
 def run(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
+        if args.lists:
+            return _run_lists(args, options)
         summary = asyncio.run(until_terminated(run_backfill(config_path(args), options)))
     except (ConfigError, BackfillError) as exc:
         err(str(exc), PREFIX)
@@ -157,6 +167,33 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
         sys.stdout.flush()
     return EXIT_OK
+
+
+def _run_lists(args: argparse.Namespace, options: BackfillOptions) -> int:
+    """`backfill --lists`: errors propagate to `run`'s handlers; prints a line per list."""
+    if options.dry_run is not None or options.objects or options.where or options.since \
+            or options.until:
+        raise BackfillError("--lists takes only --resume, --restart and --json")
+    summary = asyncio.run(until_terminated(run_lists(config_path(args), resume=options.resume)))
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
+    else:
+        for t in summary.lists:
+            sys.stdout.write(f"list {t.list_id} (Campaign {t.campaign_id}): {t.members} "
+                             f"members read, {t.subscribed} subscribed, {t.unsubscribed} "
+                             f"unsubscribed, {t.dead} dead-lettered"
+                             f"{' (resumed)' if t.resumed else ''}\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+async def run_lists(config_file: str, *, resume: bool, env: Mapping[str, str] | None = None,
+                    page_size: int = LISTS_PAGE) -> ListsSummary:
+    """Load the config, open the clients and the store, run the lists backfill."""
+    config = load_config(config_file, os.environ if env is None else env)
+    async with open_components(config) as parts:
+        await check_iterable(parts.iterable, config.iterable.base_url)
+        return await run_lists_backfill(config, parts, resume=resume, page_size=page_size)
 
 
 async def run_backfill(config_file: str, options: BackfillOptions, *,

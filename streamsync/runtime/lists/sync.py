@@ -127,6 +127,31 @@ class ListSync:
             await self._join(list_id, rows, counts)
         return counts
 
+    async def settle_leaving(self, rows: Sequence[ListMember]) -> ListCounts:
+        """Unsubscribe these 'out' rows (the lists backfill retires stale ones)."""
+        counts = ListCounts()
+        for list_id, group in _by_list(rows).items():
+            await self._leave(list_id, group, counts)
+        return counts
+
+    async def remove_strays(self, list_id: int, emails: Sequence[str]) -> ListCounts:
+        """Unsubscribe the emails on the list (as Iterable lists them) that no member holds;
+        an email a member took meanwhile is subscribed again afterwards."""
+        counts = ListCounts()
+        found = sorted({e.strip().lower() for e in emails if e.strip()})
+        held = await self.store.held_emails(list_id, found)
+        strays = [e for e in found if e not in held]
+        failed = await self._send(self.lists.unsubscribe, list_id, strays, [], counts)
+        done = [e for e in strays if e not in failed]
+        counts.unsubscribed += len(done)
+        taken = await self.store.held_emails(list_id, done)
+        if taken:
+            await self._send(self.lists.subscribe, list_id, sorted(taken), [], counts)
+        if failed and not counts.retry:
+            counts.retry["-"] = RetriableError(f"list {list_id}: {len(failed)} stray emails "
+                                               "were not unsubscribed")
+        return counts
+
     async def _leave(self, list_id: int, rows: list[ListMember], counts: ListCounts) -> None:
         emails = sorted({r.email for r in rows})
         held = await self.store.held_emails(list_id, emails)
@@ -177,7 +202,7 @@ class ListSync:
             return (await self._send_chunk(call, list_id, emails[:half], rows, counts)
                     | await self._send_chunk(call, list_id, emails[half:], rows, counts))
         except RetriableError as exc:
-            for member_id in members(emails):
+            for member_id in members(emails) or ["-"]:
                 counts.retry[member_id] = exc
             return set(emails)
         except BatchError as exc:
