@@ -14,6 +14,7 @@ from streamsync.config import SECRET_SOURCES, Config
 from streamsync.core import soql
 from streamsync.errors import AuthError, QueryError, StreamsyncError
 from streamsync.logs import get_logger
+from streamsync.runtime.check_consent import check_consent
 from streamsync.runtime.clients import (
     build_iterable_client,
     build_salesforce_client,
@@ -161,6 +162,10 @@ async def check_iterable(config: Config, iterable: IterableClient, report: Check
     report.passed.append(f"iterable: API key accepted at {config.iterable.base_url} "
                          f"({len(fields)} user fields in the project)")
     check_field_types(config, report, fields)
+    consent = await check_consent(config, iterable)
+    report.problems.extend(Problem("iterable", subject, path, message)
+                           for subject, path, message in consent.problems)
+    report.passed.extend(consent.passed)
 
 
 def check_field_types(config: Config, report: CheckReport, fields: Mapping[str, str]) -> None:

@@ -70,4 +70,22 @@ def _check(config: Config, checker: DescribeChecker) -> list[DescribeProblem]:
             _, why = checker.resolve(fan.object, fan.via)
             if why:
                 problems.append(DescribeProblem(f"{key}.fan_out[{i}].via", why))
+        if obj.consent is not None:
+            problems.extend(_check_opt_out_fields(name, obj.consent.opt_out_fields, checker))
     return problems
+
+
+def _check_opt_out_fields(name: str, fields: list[str], checker: DescribeChecker
+                          ) -> list[DescribeProblem]:
+    """Each opt-out field exists on the object and is a checkbox (docs/design.md §7)."""
+    out: list[DescribeProblem] = []
+    for field in fields:
+        entry, why = checker.resolve(name, field)
+        if entry is None:
+            out.append(DescribeProblem(f"objects.{name}.consent.opt_out_fields", why or ""))
+        elif entry.get("type") != "boolean":
+            out.append(DescribeProblem(
+                f"objects.{name}.consent.opt_out_fields",
+                f"{name}.{entry.get('name', field)} is of type {entry.get('type')}; an opt-out "
+                "field must be a checkbox (boolean)"))
+    return out

@@ -109,6 +109,7 @@ async def test_salesforce_opt_out_unsubscribes_the_configured_channel_only(
         return MARKETING_EMAIL in (await rig.subs(email))["unsubscribedChannelIds"]
 
     await wait_for(unsubscribed, WITHIN_S, "the opt-out to unsubscribe the channel")
+    await rig.caught_up()  # the state is stored after Iterable answered, before the ack
     subs = await rig.subs(email)
     assert sorted(subs["unsubscribedChannelIds"]) == [MARKETING_EMAIL, MARKETING_SMS]
     assert subs["emailListIds"] == [webinar]
