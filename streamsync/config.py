@@ -453,6 +453,21 @@ class ListsConfig(_Model):
     def enabled(self) -> bool:
         return bool(self.campaigns)
 
+class WorkersConfig(_Model):
+    """[workers]: leadership of the CDC subscriptions among the `run` processes of one store
+    (runtime/leadership.py). A leader's lease lasts `lease_s` and is renewed every
+    `heartbeat_s`; a leader that dies is replaced within about `lease_s + heartbeat_s`."""
+
+    lease_s: float = Field(default=15.0, ge=1.0, le=3600)
+    heartbeat_s: float = Field(default=5.0, gt=0, le=1200)
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> WorkersConfig:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s:g}) must be at most half of "
+                             f"lease_s ({self.lease_s:g}): a lease must survive a missed renewal")
+        return self
+
 
 class HealthConfig(_Model):
     """[health]: the health and metrics endpoint (localhost by default)."""
@@ -595,6 +610,7 @@ class Config(_Model):
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
     consent_inbound: ConsentInboundConfig | None = None
+    workers: WorkersConfig = WorkersConfig()
     secrets: Secrets = Field(default_factory=Secrets, exclude=True, repr=False)
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
 
@@ -711,6 +727,7 @@ _SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "health": HealthConfig, "logging": LoggingConfig, "consent": ConsentConfig,
     "lists": ListsConfig,
     "consent_inbound": ConsentInboundConfig,
+    "workers": WorkersConfig,
 }
 
 

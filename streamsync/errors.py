@@ -14,7 +14,8 @@ class of the product lives here (tests/test_errors.py checks it).
     │   │   └── BulkJobFailed a Bulk API 2.0 job ended Failed or Aborted
     │   ├── BackfillError    a backfill cannot start or go on as asked
     │   ├── WritesFailed     a backfill stops: Iterable took none of a call's records
-    │   └── StoreBusy        another live run holds the store
+    │   ├── StoreBusy        another live run holds the store
+    │   └── LeadershipLost   a fenced write refused: another worker leads this CDC channel
     ├── RetriableError       retriable: try again later, with backoff and jitter
     │   ├── RateLimited      429 / REQUEST_LIMIT_EXCEEDED / RateLimitExceeded
     │   ├── SessionExpired   401 / INVALID_SESSION_ID: re-authenticate, then retry
@@ -156,6 +157,20 @@ class StoreBusy(FatalError):
             f"store {store_path} is in use by another `streamsync run` ({who}); stop that one "
             "first, or give this one its own [queue].path")
         self.holder = holder
+
+
+class LeadershipLost(FatalError):
+    """The store refused a write fenced by a channel's leadership token: another worker took
+    the channel over (its lease expired). Ends this worker's subscription of the channel, not
+    the service: the worker goes back to following (runtime/subscriptions.py)."""
+
+    def __init__(self, channel: str, token: int | None, current: int | None) -> None:
+        held = "nobody" if current is None else f"token {current}"
+        super().__init__(f"leadership of {channel} lost: this worker's token {token} is stale "
+                         f"(the store has {held})")
+        self.channel = channel
+        self.token = token
+        self.current = current
 
 
 class RetriableError(StreamsyncError):

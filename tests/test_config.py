@@ -156,6 +156,9 @@ def test_many_problems_reported_at_once_with_key_paths() -> None:
          "salesforce: auth = 'password' needs salesforce.username"),
         ("salesforce", {"client_name": "bad name;"}, "salesforce.client_name:"),
         ("backfill", {"window_field": "CreatedDate; x"}, "backfill.window_field:"),
+        ("workers", {"lease_s": 10, "heartbeat_s": 6},
+         "workers: heartbeat_s (6) must be at most half of lease_s (10)"),
+        ("workers", {"lease_s": 0.5}, "workers.lease_s:"),
     ],
 )
 def test_section_rules(section: str, values: dict[str, Any], expected: str) -> None:

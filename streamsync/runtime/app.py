@@ -39,11 +39,13 @@ from streamsync.runtime.components import open_components as open_components
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
+from streamsync.runtime.leadership import Leadership
 from streamsync.runtime.lists.start import start_lists
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.statuspage.data import PageData
+from streamsync.runtime.subscriptions import Subscriptions
 from streamsync.runtime.supervise import report_failure, supervise
 from streamsync.runtime.wakeup import QueueSignal
 
@@ -76,23 +78,35 @@ class Service:
         self.metrics = Metrics()
         self.loop_monitor = LoopMonitor()
         self.health: HealthServer | None = None
-        self.ingest: Ingest | None = None
+        self.subscriptions: Subscriptions | None = None
+        self.leadership: Leadership | None = None
+        self.exclusive = True  # SQLite: this run holds the store alone (store/owner.py)
         self.flusher: Flusher | None = None
         self.queue_depth = 0
         self.last_write_ok = True
         self.store_problem: str | None = None
         self.page = PageData(config, self.metrics, self.readiness, clock)
 
+    @property
+    def ingest(self) -> Ingest | None:
+        """The ingest of the channels this worker leads (None while following or starting)."""
+        return self.subscriptions.current if self.subscriptions is not None else None
+
+    def following(self) -> bool:
+        """True once this worker has joined and leads no channel (another one subscribes)."""
+        return self.subscriptions is not None and self.subscriptions.following
+
     def readiness(self) -> Readiness:
-        """Ready once subscribed, while the store file is the one opened, while neither
-        Salesforce nor Iterable is down (the flusher's circuit breakers) and while Iterable
-        writes succeed (or nothing is pending)."""
+        """Ready once subscribed (or following another worker's subscription), while the
+        store file is the one opened, while neither Salesforce nor Iterable is down (the
+        flusher's circuit breakers) and while Iterable writes succeed (or nothing is
+        pending)."""
         if self.store_problem is not None:
             return Readiness(False, self.store_problem)
         outage = self.flusher.outage() if self.flusher is not None else ""
         if outage:
             return Readiness(False, outage)
-        if self.ingest is None or not self.ingest.subscribed:
+        if not self.following() and (self.ingest is None or not self.ingest.subscribed):
             return Readiness(False, "not subscribed to Salesforce change events")
         if not self.last_write_ok and self.queue_depth > 0:
             return Readiness(False, "the last Iterable write failed and records are pending")
@@ -205,32 +219,47 @@ class Service:
             config, timeout_s=config.salesforce.timeout_s + 120,
             cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
-        callbacks = ReplayCallbacks(parts.store)
-        subscriber = CometdSubscriber(
-            ingest_http,
-            instance_url=instance_url,
-            api_version=config.salesforce.api_version,
-            get_token=parts.auth.access_token,
-            invalidate_token=parts.auth.invalidate,
-            channels=ingest_channels(config),
-            replay_from=callbacks.replay_from,
-            on_replay_invalid=callbacks.on_replay_invalid,
-            watchdog_s=config.ingest.watchdog_s,
-            long_poll_timeout_s=config.ingest.long_poll_timeout_s,
-            idle_resubscribe_s=config.ingest.idle_resubscribe_s,
-            counter=parts.counter,
-        )
-        self.ingest = Ingest(
-            config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,
-            metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=signal,
-        )
+        leadership = Leadership(
+            store=parts.store, channels=ingest_channels(config), config=config.workers,
+            exclusive=self.exclusive, metrics=self.metrics, clock=self.clock)
+        self.leadership = leadership
+
+        def build_ingest(channels: list[str]) -> Ingest:
+            callbacks = ReplayCallbacks(parts.store)
+            subscriber = CometdSubscriber(
+                ingest_http,
+                instance_url=instance_url,
+                api_version=config.salesforce.api_version,
+                get_token=parts.auth.access_token,
+                invalidate_token=parts.auth.invalidate,
+                channels=channels,
+                replay_from=callbacks.replay_from,
+                on_replay_invalid=callbacks.on_replay_invalid,
+                watchdog_s=config.ingest.watchdog_s,
+                long_poll_timeout_s=config.ingest.long_poll_timeout_s,
+                idle_resubscribe_s=config.ingest.idle_resubscribe_s,
+                counter=parts.counter,
+            )
+            return Ingest(
+                config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,
+                metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=signal,
+                channels=channels, fence=leadership.token,
+            )
+
+        self.subscriptions = Subscriptions(leadership, build_ingest)
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
             pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
             signal=signal, lists=lists,
         )
+        try:
+            await leadership.start()
+        except BaseException:
+            await ingest_http.close()
+            raise
         work = [
-            asyncio.create_task(self.ingest.run(stop), name="ingest"),
+            asyncio.create_task(self.subscriptions.run(stop), name="ingest"),
+            asyncio.create_task(leadership.run(stop), name="leadership"),
             asyncio.create_task(self.flusher.run(stop), name="flusher"),
         ]
         helpers = [
@@ -245,8 +274,7 @@ class Service:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await subscriber.close()
+            await leadership.resign()
             await ingest_http.close()
 
     async def _supervise(self, work: list[asyncio.Task[None]], stop: asyncio.Event,
@@ -260,6 +288,10 @@ class Service:
             if self.ingest is not None and self.ingest.subscribed:
                 self.notifier.ready(f"subscribed to {len(self.config.objects)} objects")
                 log.info("service.ready")
+                return
+            if self.following():
+                self.notifier.ready("following: another worker leads the subscriptions")
+                log.info("service.ready", following=True)
                 return
             await asyncio.sleep(0.2)
 

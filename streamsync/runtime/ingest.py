@@ -22,7 +22,13 @@ from streamsync.adapters.store import (
 from streamsync.config import Config
 from streamsync.core.events import is_echo, parse_event
 from streamsync.core.ids import KEY_PREFIXES, id_or_none
-from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describe_error
+from streamsync.errors import (
+    LeadershipLost,
+    MalformedEvent,
+    Stopped,
+    UnexpectedEntity,
+    describe_error,
+)
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
 from streamsync.retry import Policy
@@ -36,6 +42,8 @@ from streamsync.runtime.wakeup import QueueSignal
 log = get_logger(__name__)
 
 Message = dict[str, Any]
+Fence = Callable[[str], int | None]
+"""A channel's leadership token while this worker leads it, else None (runtime/leadership.py)."""
 
 
 @dataclass
@@ -109,8 +117,11 @@ class Ingest:
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
         signal: QueueSignal | None = None,
+        channels: list[str] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._config = config
+        self._fence = fence
         self._store = store
         self._subscriber = subscriber
         self._metrics = metrics
@@ -130,8 +141,9 @@ class Ingest:
         self.reconciles = ReconcileScheduler(
             config=config, store=store, reconciler=reconciler, clock=clock,
             max_concurrent=max_concurrent_reconciles, retry_base_s=retry_base_s,
-            retry_max_s=retry_max_s, stats=self.stats)
-        self.anchors = ReplayAnchors(store=store, scheduler=self.reconciles, clock=clock)
+            retry_max_s=retry_max_s, stats=self.stats, channels=channels)
+        self.anchors = ReplayAnchors(store=store, scheduler=self.reconciles, clock=clock,
+                                     fence=fence)
         if callbacks is not None:
             callbacks.ingest = self
 
@@ -185,8 +197,8 @@ class Ingest:
             self.stats.echoes += 1
             log.debug("ingest.echo_suppressed", channel=event.channel,
                       replay_id=event.replay_id, ids=len(event.record_ids))
-            await self._store.record_event(event.channel, event.replay_id, (),
-                                           event.commit_timestamp_ms, now)
+            await self._record_event(event.channel, event.replay_id, (),
+                                     event.commit_timestamp_ms, now)
             return
         conversion = _conversion(event, message) if self._hands_over_converted else None
         if conversion is not None:
@@ -201,8 +213,8 @@ class Ingest:
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
             await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)
-        await self._store.record_event(event.channel, event.replay_id, items,
-                                       event.commit_timestamp_ms, now)
+        await self._record_event(event.channel, event.replay_id, items,
+                                 event.commit_timestamp_ms, now)
         self._signal.notify(len(items))
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
@@ -281,7 +293,21 @@ class Ingest:
     async def _skip(self, channel: str | None, replay_id: int | None, now: float) -> None:
         """Move the replay id past a message that carries nothing to queue."""
         if channel is not None and replay_id is not None:
-            await self._store.record_event(channel, replay_id, (), None, now)
+            await self._record_event(channel, replay_id, (), None, now)
+
+    async def _record_event(self, channel: str, replay_id: ReplayId | None,
+                            items: list[QueueInput] | tuple[()], commit_ts_ms: int | None,
+                            now: float) -> None:
+        """`Store.record_event`; under leadership, fenced by the channel's token (a deposed
+        leader's write raises LeadershipLost and commits nothing)."""
+        if self._fence is None:
+            await self._store.record_event(channel, replay_id, items, commit_ts_ms, now)
+            return
+        token = self._fence(channel)
+        if token is None:
+            raise LeadershipLost(channel, None, None)
+        await self._store.fenced_record_event(channel, token, replay_id, items, commit_ts_ms,
+                                              now)
 
     async def _malformed(self, detail: str, channel: str | None, replay_id: int | None,
                          now: float) -> None:

@@ -92,6 +92,16 @@ class Metrics:
             "streamsync_subscribed", "1 while the CDC subscription is confirmed, else 0",
             registry=r,
         )
+        self.channel_leader = Gauge(
+            "streamsync_channel_leader",
+            "1 while this worker leads the CDC channel (holds its lease), else 0", ["channel"],
+            registry=r,
+        )
+        self.leadership_failovers = Counter(
+            "streamsync_leadership_failovers_total",
+            "CDC channel leases this worker took over from a leader whose lease ran out",
+            ["channel"], registry=r,
+        )
         self.backfill_running = Gauge(
             "streamsync_backfill_running", "1 while the latest backfill run is unfinished",
             registry=r,

@@ -45,6 +45,7 @@ class ReconcileScheduler:
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
         stats: ReconcileStats | None = None,
+        channels: list[str] | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent_reconciles must be at least 1")
@@ -59,6 +60,10 @@ class ReconcileScheduler:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self.stats = stats if stats is not None else ReconcileStats()
+        # Under leadership only the objects of the channels this worker leads: their
+        # reconciliations run in the leader, once (runtime/subscriptions.py).
+        self._objects = list(config.cdc_objects()) if channels is None else list(dict.fromkeys(
+            name for channel in channels for name in reconciler.objects_for_channel(channel)))
 
     def objects_for_channel(self, channel: str) -> list[str]:
         return self.reconciler.objects_for_channel(channel)
@@ -88,7 +93,7 @@ class ReconcileScheduler:
     async def pending(self) -> dict[str, PendingReconcile]:
         """Reconciliations owed per configured object, as stored."""
         owed = await self._store.reconciles_pending()
-        return {name: owed[name] for name in self._config.cdc_objects() if name in owed}
+        return {name: owed[name] for name in self._objects if name in owed}
 
     async def resume_pending(self) -> int:
         """Start the reconciliations a previous run left owed; returns how many."""

@@ -15,6 +15,7 @@ from .types import (
     BackfillWindow,
     Backoff,
     ChannelAnchor,
+    ChannelLease,
     Checkpoint,
     ConsentRow,
     DeadLetter,
@@ -24,6 +25,7 @@ from .types import (
     IdentityHandover,
     IdentityUpdate,
     Lease,
+    LeaseGrant,
     ListBackfillState,
     ListMember,
     ListMemberWant,
@@ -33,6 +35,7 @@ from .types import (
     ReplayState,
     SettleResult,
     StoreStatus,
+    WorkerInfo,
 )
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "BackfillWindow",
     "Backoff",
     "ChannelAnchor",
+    "ChannelLease",
     "ConsentRow",
     "ConsentEventRow",
     "Checkpoint",
@@ -56,6 +60,7 @@ __all__ = [
     "IdentityHandover",
     "IdentityUpdate",
     "Lease",
+    "LeaseGrant",
     "ListBackfillState",
     "ListMember",
     "ListMemberWant",
@@ -68,6 +73,7 @@ __all__ = [
     "Store",
     "StoreStatus",
     "Synchronous",
+    "WorkerInfo",
     "migrate",
     "schema_version",
 ]

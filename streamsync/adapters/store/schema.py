@@ -338,7 +338,40 @@ _V8 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+_V9 = Migration(
+    9,
+    "worker registry and one leadership lease per CDC channel, with a fencing token",
+    (
+        # One row per `streamsync run` process that ever joined this store; `heartbeat_at` is
+        # refreshed every `workers.heartbeat_s`, `stopped_at` set on a clean stop.
+        """
+        CREATE TABLE worker (
+            worker_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            stopped_at REAL
+        )
+        """,
+        # Who subscribes to a channel: `holder` until `expires_at` (NULL holder: released).
+        # `token` grows by one on every acquisition, never on a renewal; the replay-id and
+        # anchor writes of the leader name it and are refused once it moved on (fencing).
+        # `failovers` counts acquisitions from a holder whose lease ran out unreleased.
+        """
+        CREATE TABLE channel_lease (
+            channel TEXT PRIMARY KEY,
+            holder TEXT,
+            token INTEGER NOT NULL CHECK (token >= 1),
+            acquired_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            failovers INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

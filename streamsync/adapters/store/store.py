@@ -10,10 +10,11 @@ from .queue import QueueOps
 from .records import RecordOps
 from .schedule import ScheduleOps
 from .types import StoreStatus
+from .workers import WorkerOps
 
 
 class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-            ConsentInboxOps):
+            ConsentInboxOps, WorkerOps):
     """Async facade over one aiosqlite connection to a WAL database (see `base` for durability).
 
     Open with ``await Store.open(path)``; every method takes the current time as ``now`` (epoch

@@ -335,3 +335,47 @@ class ListBackfillState:
     after_id: str | None = None
     subscribed: int = 0
     unsubscribed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One `streamsync run` process of the worker registry (times in epoch seconds)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None = None
+
+    def is_stale(self, now: float, stale_after_s: float) -> bool:
+        """No heartbeat for `stale_after_s` (crashed, hung or cut off), or stopped."""
+        return self.stopped_at is not None or now - self.heartbeat_at > stale_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLease:
+    """Leadership of one CDC channel: `holder` (None: released) until `expires_at`; `token` is
+    the fencing token of the holder's writes."""
+
+    channel: str
+    holder: str | None
+    token: int
+    acquired_at: float
+    expires_at: float
+    failovers: int = 0
+
+    def held_by(self, now: float) -> str | None:
+        """The worker leading the channel at `now`, or None (released or expired)."""
+        return self.holder if self.holder is not None and self.expires_at > now else None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """An acquired channel lease: its fencing token, and the holder whose lease had run out
+    unreleased (a failover), if any."""
+
+    channel: str
+    token: int
+    expires_at: float
+    took_over_from: str | None = None
