@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -36,6 +37,7 @@ from streamsync.retry import Policy
 from streamsync.runtime.clients import salesforce_session
 from streamsync.runtime.components import Components as Components
 from streamsync.runtime.components import open_components as open_components
+from streamsync.runtime.fence import Fence
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
@@ -223,30 +225,10 @@ class Service:
             store=parts.store, channels=ingest_channels(config), config=config.workers,
             exclusive=self.exclusive, metrics=self.metrics, clock=self.clock)
         self.leadership = leadership
-
-        def build_ingest(channels: list[str]) -> Ingest:
-            callbacks = ReplayCallbacks(parts.store)
-            subscriber = CometdSubscriber(
-                ingest_http,
-                instance_url=instance_url,
-                api_version=config.salesforce.api_version,
-                get_token=parts.auth.access_token,
-                invalidate_token=parts.auth.invalidate,
-                channels=channels,
-                replay_from=callbacks.replay_from,
-                on_replay_invalid=callbacks.on_replay_invalid,
-                watchdog_s=config.ingest.watchdog_s,
-                long_poll_timeout_s=config.ingest.long_poll_timeout_s,
-                idle_resubscribe_s=config.ingest.idle_resubscribe_s,
-                counter=parts.counter,
-            )
-            return Ingest(
-                config=config, store=parts.store, subscriber=subscriber, reconciler=reconciler,
-                metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=signal,
-                channels=channels, fence=leadership.token,
-            )
-
-        self.subscriptions = Subscriptions(leadership, build_ingest)
+        self.subscriptions = Subscriptions(leadership, IngestBuilder(
+            config=config, parts=parts, http=ingest_http, instance_url=instance_url,
+            reconciler=reconciler, metrics=self.metrics, clock=self.clock, signal=signal,
+            fence=leadership.token))
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
             pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
@@ -325,6 +307,44 @@ class Service:
         elif problem is None and self.store_problem is not None:
             log.info("store.file_back", path=str(store.path))
         self.store_problem = problem
+
+
+@dataclass(frozen=True)
+class IngestBuilder:
+    """Builds the ingest (its own CometD subscriber) of the channels this worker leads."""
+
+    config: Config
+    parts: Components
+    http: aiohttp.ClientSession
+    instance_url: str
+    reconciler: Reconciler
+    metrics: Metrics
+    clock: Callable[[], float]
+    signal: QueueSignal
+    fence: Fence
+
+    def __call__(self, channels: list[str]) -> Ingest:
+        config, parts = self.config, self.parts
+        callbacks = ReplayCallbacks(parts.store)
+        subscriber = CometdSubscriber(
+            self.http,
+            instance_url=self.instance_url,
+            api_version=config.salesforce.api_version,
+            get_token=parts.auth.access_token,
+            invalidate_token=parts.auth.invalidate,
+            channels=channels,
+            replay_from=callbacks.replay_from,
+            on_replay_invalid=callbacks.on_replay_invalid,
+            watchdog_s=config.ingest.watchdog_s,
+            long_poll_timeout_s=config.ingest.long_poll_timeout_s,
+            idle_resubscribe_s=config.ingest.idle_resubscribe_s,
+            counter=parts.counter,
+        )
+        return Ingest(
+            config=config, store=parts.store, subscriber=subscriber, reconciler=self.reconciler,
+            metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=self.signal,
+            channels=channels, fence=self.fence,
+        )
 
 
 def _salesforce_unreachable(error: Exception) -> None:

@@ -22,17 +22,12 @@ from streamsync.adapters.store import (
 from streamsync.config import Config
 from streamsync.core.events import is_echo, parse_event
 from streamsync.core.ids import KEY_PREFIXES, id_or_none
-from streamsync.errors import (
-    LeadershipLost,
-    MalformedEvent,
-    Stopped,
-    UnexpectedEntity,
-    describe_error,
-)
+from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describe_error
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent
 from streamsync.retry import Policy
 from streamsync.runtime.consent_echo import echoed_consent
+from streamsync.runtime.fence import Fence, record_event
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
@@ -42,8 +37,6 @@ from streamsync.runtime.wakeup import QueueSignal
 log = get_logger(__name__)
 
 Message = dict[str, Any]
-Fence = Callable[[str], int | None]
-"""A channel's leadership token while this worker leads it, else None (runtime/leadership.py)."""
 
 
 @dataclass
@@ -197,8 +190,8 @@ class Ingest:
             self.stats.echoes += 1
             log.debug("ingest.echo_suppressed", channel=event.channel,
                       replay_id=event.replay_id, ids=len(event.record_ids))
-            await self._record_event(event.channel, event.replay_id, (),
-                                     event.commit_timestamp_ms, now)
+            await record_event(self._store, self._fence, event.channel, event.replay_id, (),
+                               event.commit_timestamp_ms, now)
             return
         conversion = _conversion(event, message) if self._hands_over_converted else None
         if conversion is not None:
@@ -213,8 +206,8 @@ class Ingest:
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
             await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)
-        await self._record_event(event.channel, event.replay_id, items,
-                                 event.commit_timestamp_ms, now)
+        await record_event(self._store, self._fence, event.channel, event.replay_id, items,
+                           event.commit_timestamp_ms, now)
         self._signal.notify(len(items))
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
@@ -293,21 +286,7 @@ class Ingest:
     async def _skip(self, channel: str | None, replay_id: int | None, now: float) -> None:
         """Move the replay id past a message that carries nothing to queue."""
         if channel is not None and replay_id is not None:
-            await self._record_event(channel, replay_id, (), None, now)
-
-    async def _record_event(self, channel: str, replay_id: ReplayId | None,
-                            items: list[QueueInput] | tuple[()], commit_ts_ms: int | None,
-                            now: float) -> None:
-        """`Store.record_event`; under leadership, fenced by the channel's token (a deposed
-        leader's write raises LeadershipLost and commits nothing)."""
-        if self._fence is None:
-            await self._store.record_event(channel, replay_id, items, commit_ts_ms, now)
-            return
-        token = self._fence(channel)
-        if token is None:
-            raise LeadershipLost(channel, None, None)
-        await self._store.fenced_record_event(channel, token, replay_id, items, commit_ts_ms,
-                                              now)
+            await record_event(self._store, self._fence, channel, replay_id, (), None, now)
 
     async def _malformed(self, detail: str, channel: str | None, replay_id: int | None,
                          now: float) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from streamsync.adapters.cometd import ALL_RETAINED_EVENTS, NEW_EVENTS, ReplayId
 from streamsync.adapters.store import ChannelAnchor, Store
-from streamsync.errors import LeadershipLost
 from streamsync.logs import get_logger
+from streamsync.runtime.fence import Fence, forget_replay, set_channel_anchor
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler
 
 log = get_logger(__name__)
@@ -21,7 +21,7 @@ class ReplayAnchors:
 
     def __init__(self, *, store: Store, scheduler: ReconcileScheduler,
                  clock: Callable[[], float] = time.time,
-                 fence: Callable[[str], int | None] | None = None) -> None:
+                 fence: Fence | None = None) -> None:
         self._store = store
         self._fence = fence  # under leadership: the channel's token (runtime/leadership.py)
         self._scheduler = scheduler
@@ -54,7 +54,8 @@ class ReplayAnchors:
             if channel not in self._anchored:
                 anchor = await self._store.channel_anchor(channel)
                 if anchor is not None and anchor.state != "anchored":
-                    await self._set_anchor(channel, ChannelAnchor("anchored"), now)
+                    await set_channel_anchor(self._store, self._fence, channel,
+                                             ChannelAnchor("anchored"), now)
                 self._anchored.add(channel)
             return stored
         anchor = await self._store.channel_anchor(channel)
@@ -62,7 +63,8 @@ class ReplayAnchors:
             return ALL_RETAINED_EVENTS  # no event stored yet since the first subscription
         if anchor is None and stored is None:
             if await self._first_subscription(channel, now):
-                await self._set_anchor(channel, ChannelAnchor("earliest"), now)
+                await set_channel_anchor(self._store, self._fence, channel,
+                                         ChannelAnchor("earliest"), now)
                 return ALL_RETAINED_EVENTS
         elif anchor is not None and anchor.state != "anchored":
             since_ms = anchor.since_ms if anchor.state == "unanchored" else None
@@ -76,16 +78,9 @@ class ReplayAnchors:
 
     async def _unanchored(self, channel: str, now: float) -> None:
         """The channel is subscribed from new events with no replay id to come back to."""
-        await self._set_anchor(channel, ChannelAnchor("unanchored", int(now * 1000)), now)
+        await set_channel_anchor(self._store, self._fence, channel,
+                                 ChannelAnchor("unanchored", int(now * 1000)), now)
         self._anchored.discard(channel)
-
-    async def _set_anchor(self, channel: str, anchor: ChannelAnchor, now: float) -> None:
-        """Store a channel's anchor; under leadership, fenced by the channel's token."""
-        if self._fence is None:
-            await self._store.set_channel_anchor(channel, anchor, now)
-        else:
-            await self._store.fenced_set_channel_anchor(
-                channel, _token(self._fence, channel), anchor, now)
 
     async def _first_subscription(self, channel: str, now: float) -> bool:
         """Objects a backfill loaded owe a reconciliation from its start; True when an object
@@ -123,24 +118,13 @@ class ReplayAnchors:
             await self._scheduler.owe(name, since_ms, "replay_invalid")
         # The subscriber now resubscribes with -1: anchor a later resubscribe's catch-up here.
         await self._unanchored(channel, now)
-        if self._fence is None:
-            await self._store.set_replay(channel, None, now)
-        else:
-            await self._store.fenced_set_replay(channel, _token(self._fence, channel), None, now)
+        await forget_replay(self._store, self._fence, channel, now)
         await self._store.note_error(
             "ingest", f"replay id {replay_id} of {channel} is no longer retained; "
             f"reconciling {', '.join(objects)} from "
             f"{'the beginning' if since_ms is None else f'commit time {since_ms} ms'}", now)
         for name in objects:
             self._scheduler.start(name)
-
-
-def _token(fence: Callable[[str], int | None], channel: str) -> int:
-    """The channel's leadership token; LeadershipLost when this worker no longer leads it."""
-    token = fence(channel)
-    if token is None:
-        raise LeadershipLost(channel, None, None)
-    return token
 
 
 def _is_new_events(replay_id: ReplayId) -> bool:
