@@ -251,6 +251,10 @@ class ObjectConfig(_Model):
     delete_policy: Literal["delete", "flag", "ignore"] = "flag"
     delete_flag_field: str = "dataFields.salesforceDeleted"
     null_policy: Literal["omit", "clear"] = "clear"
+    # A record a changed filter leaves out (README "Changing the mapping"): left as it is,
+    # flagged (out_of_scope_flag_field = true) or its Iterable user deleted.
+    out_of_scope: Literal["ignore", "flag", "delete"] = "ignore"
+    out_of_scope_flag_field: str = "dataFields.salesforceOutOfScope"
     convert_dates: bool = True
     mapping: dict[str, str] = Field(default_factory=dict)
     fan_out: list[FanOut] = Field(default_factory=list)
@@ -269,12 +273,12 @@ class ObjectConfig(_Model):
     def _path(cls, v: str) -> str:
         return validate_field_path(v)
 
-    @field_validator("delete_flag_field")
+    @field_validator("delete_flag_field", "out_of_scope_flag_field")
     @classmethod
     def _flag(cls, v: str) -> str:
         problem = target_problem(v)
         if problem is None and not v.startswith("dataFields."):
-            problem = "the delete flag must be a dataFields.<name> target"
+            problem = "a flag must be a dataFields.<name> target"
         if problem:
             raise ValueError(problem)
         return v
@@ -305,6 +309,15 @@ class ObjectConfig(_Model):
     def writes_users(self) -> bool:
         """False for objects that only fan out (Account by default)."""
         return bool(self.mapping)
+
+
+def _out_of_scope_problems(name: str, obj: ObjectConfig
+                           ) -> list[tuple[str | tuple[str | int, ...], str]]:
+    if obj.out_of_scope == "flag" and obj.out_of_scope_flag_field in (
+            *obj.mapping.values(), obj.delete_flag_field):
+        return [(("objects", name, "out_of_scope_flag_field"),
+                 "is also a mapping target or the delete flag")]
+    return []
 
 
 class QueueConfig(_Model):
@@ -665,6 +678,8 @@ class Config(_Model):
                         for name, obj in self.objects.items()
                         if obj.consent is not None and not obj.writes_users)
         problems.extend(self._list_problems())
+        problems.extend(problem for name, obj in self.objects.items()
+                        for problem in _out_of_scope_problems(name, obj))
         if problems:
             raise _problems(problems)
         return self

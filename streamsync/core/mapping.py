@@ -346,6 +346,32 @@ def _walk(record: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return node
 
 
+def _clearable(targets: Iterable[str], mapped: Iterable[str]) -> tuple[str, ...]:
+    """The data-field targets to clear that no mapped target equals, contains or nests in."""
+    taken = [t for t in mapped if t.startswith("dataFields.")]
+    out: list[str] = []
+    for target in sorted(set(targets)):
+        if target_problem(target) is not None or not target.startswith("dataFields."):
+            continue
+        if any(t == target or t.startswith(target + ".") or target.startswith(t + ".")
+               for t in taken) or any(target.startswith(t + ".") for t in out):
+            continue
+        out.append(target)
+    return tuple(out)
+
+
+def _set_nulls(data: dict[str, Any], paths: Iterable[tuple[str, ...]]) -> None:
+    """Set each nested key path of `data` to None (the targets a re-sync clears)."""
+    for keys in paths:
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = None
+
+
 class CompiledMapping:
     """One object's mapping, validated and laid out once; `map()` is the per-record fast path.
 
@@ -358,7 +384,7 @@ class CompiledMapping:
                  identity: Identity = "email", email_field: str = "Email",
                  user_id_field: str = "Id", null_policy: NullPolicy = "clear",
                  convert_dates: bool = True, extra_fields: Iterable[str] = (),
-                 source_types: Mapping[str, str]) -> None:
+                 source_types: Mapping[str, str], clear_targets: Iterable[str] = ()) -> None:
         problems = mapping_problems(mapping)
         flagged = {source for source, _ in problems}
         problems.extend((source, "no Salesforce field type known for it (describe)")
@@ -392,8 +418,31 @@ class CompiledMapping:
             slots.append(_Slot(src.keys, segments[:-1], segments[-1], target,
                                _converts_dates(convert_dates, src, source_types[src.path])))
         self._slots = tuple(slots)
+        self.clear_targets = _clearable(clear_targets, mapping.values())
+        self._clears = tuple(tuple(t.split(".")[1:]) for t in self.clear_targets)
         self.source_types = dict(source_types)
         self._extra = tuple(validate_field_path(f) for f in extra_fields)
+
+    def field_descriptions(self) -> dict[str, dict[str, str]]:
+        """Each data-field target: its source path and how its values are converted
+        (`date`, or `as-is (<Salesforce type>)`), for the mapping fingerprint."""
+        out: dict[str, dict[str, str]] = {}
+        for slot, src in zip(self._slots, (s for s in self.sources
+                                           if self.mapping[s.path] not in RESERVED_TARGETS),
+                             strict=True):
+            kind = self.source_types.get(src.path, "").lower() or "unknown"
+            out[slot.target] = {"source": src.path,
+                                "convert": "date" if slot.dates else f"as-is ({kind})"}
+        return out
+
+    def with_clears(self, targets: Iterable[str]) -> CompiledMapping:
+        """This mapping, also sending null for `targets` (dropped from the mapping and still
+        held by Iterable) while a re-sync clears them."""
+        return CompiledMapping(
+            self.object_name, self.mapping, identity=self.identity,
+            email_field=self.email_source.path, user_id_field=self.user_id_source.path,
+            null_policy=self.null_policy, convert_dates=self.convert_dates,
+            extra_fields=self._extra, source_types=self.source_types, clear_targets=targets)
 
     def iterable_types(self) -> list[tuple[str, str, str]]:
         """(source, Iterable field name, the Iterable type its values take) of each mapped data
@@ -457,6 +506,7 @@ class CompiledMapping:
                     child = node[key] = {}
                 node = child
             node[slot.leaf] = value
+        _set_nulls(data, self._clears)
         if data:
             payload["dataFields"] = data
         return MappedUser(self.object_name, sf_id, email, user_id, payload,

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -46,6 +47,7 @@ from streamsync.runtime.lists.start import start_lists
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.reconcile import Reconciler
+from streamsync.runtime.reload import Reloader, open_resync_and_reload, request_reload
 from streamsync.runtime.statuspage.data import PageData
 from streamsync.runtime.subscriptions import Subscriptions
 from streamsync.runtime.supervise import report_failure, supervise
@@ -70,8 +72,11 @@ class Service:
         shutdown_s: float = 30.0,
         owner: str = "service",
         metrics_refresh_s: float = METRICS_REFRESH_S,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.reloader: Reloader | None = None
         self.notifier = notifier or SystemdNotifier(None)
         self.clock = clock
         self.shutdown_s = shutdown_s
@@ -234,6 +239,9 @@ class Service:
             pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
             signal=signal, lists=lists,
         )
+        resyncer, self.reloader = await open_resync_and_reload(
+            parts, self.config_path, self.metrics,
+            holders=[self, parts, parts.pipeline, self.flusher, self.page])
         try:
             await leadership.start()
         except BaseException:
@@ -243,7 +251,10 @@ class Service:
             asyncio.create_task(self.subscriptions.run(stop), name="ingest"),
             asyncio.create_task(leadership.run(stop), name="leadership"),
             asyncio.create_task(self.flusher.run(stop), name="flusher"),
+            asyncio.create_task(resyncer.run(stop), name="resync"),
         ]
+        if self.reloader is not None:
+            work.append(asyncio.create_task(self.reloader.run(stop), name="reload"))
         helpers = [
             asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
             asyncio.create_task(self.notifier.run_watchdog(self.loop_monitor.alive), name="wd"),
@@ -351,11 +362,14 @@ def _salesforce_unreachable(error: Exception) -> None:
     log.warning("salesforce.unreachable", **describe_error(error))
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT set `stop`; a second signal is left to the default handler."""
+def install_signal_handlers(stop: asyncio.Event, service: Service | None = None) -> None:
+    """SIGTERM and SIGINT set `stop`; a second signal is left to the default handler. SIGHUP
+    asks `service` to reload its config file (runtime/reload.py)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if service is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: request_reload(service.reloader))
 
 
 def run_service(
@@ -363,13 +377,16 @@ def run_service(
     *,
     notify_socket: str | None = None,
     watchdog_usec: int | None = None,
+    config_path: Path | None = None,
 ) -> int:
-    """Entry point of `streamsync run`: one uvloop event loop until SIGTERM."""
+    """Entry point of `streamsync run`: one uvloop event loop until SIGTERM; SIGHUP reloads
+    `config_path`."""
 
     async def main() -> int:
         stop = asyncio.Event()
-        install_signal_handlers(stop)
-        service = Service(config, notifier=SystemdNotifier(notify_socket, watchdog_usec))
+        service = Service(config, notifier=SystemdNotifier(notify_socket, watchdog_usec),
+                          config_path=config_path)
+        install_signal_handlers(stop, service)
         return await service.run(stop)
 
     try:

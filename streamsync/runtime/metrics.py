@@ -116,6 +116,14 @@ class Metrics:
             "streamsync_backfill_records_done", "Records written by the latest backfill run",
             registry=r,
         )
+        self.resync_running = Gauge(
+            "streamsync_resync_running", "1 while the object re-syncs after a mapping change",
+            ["object"], registry=r,
+        )
+        self.resync_records = Counter(
+            "streamsync_resync_records_total", "Records of mapping re-syncs by what happened "
+            "(read, written, out_of_scope)", ["object", "kind"], registry=r,
+        )
         self._dead_letter_reasons: set[str] = set()
         self.latency_window = LatencyWindow()
 

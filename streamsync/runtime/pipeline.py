@@ -164,21 +164,24 @@ class SyncPipeline:
     # -- records that are gone ---------------------------------------------------------------
 
     async def sync_deleted(self, object_name: str, record_ids: Sequence[str], *,
-                           source: str, current: Mapping[str, Mapping[str, Any]] | None = None
-                           ) -> SyncOutcome:
+                           source: str, current: Mapping[str, Mapping[str, Any]] | None = None,
+                           out_of_scope: bool = False) -> SyncOutcome:
         """Apply the object's delete policy (delete / flag / ignore) using the identity table.
 
         A profile another synced record still maps to (the same email) is left alone; only
         this record's identity is forgotten. `current`: the deleted rows Salesforce still
         returns (queryAll), by 18-char Id; with `flag`, a profile whose record's email changed
-        before the delete was seen moves to that email as it is flagged.
+        before the delete was seen moves to that email as it is flagged. `out_of_scope`: the
+        records left a changed filter; the object's `out_of_scope` policy and flag apply.
         """
         out = SyncOutcome()
         obj = self.config.objects[object_name]
+        policy = obj.out_of_scope if out_of_scope else obj.delete_policy
+        flag_field = obj.out_of_scope_flag_field if out_of_scope else obj.delete_flag_field
         ids = [parse_id(i) for i in record_ids]
         known = await self.store.identities(object_name, ids)
         out.skipped.extend(i for i in ids if i not in known)
-        if obj.delete_policy == "ignore" or not obj.writes_users:
+        if policy == "ignore" or not obj.writes_users:
             out.skipped.extend(i for i in ids if i in known)
             self._count(object_name, out, source)
             return out
@@ -193,12 +196,11 @@ class SyncPipeline:
             log.info("pipeline.delete_shared_profile", object=object_name, records=len(shared))
             await self.store.forget_identity(object_name, shared)
             out.skipped.extend(shared)
-        if obj.delete_policy == "delete":
+        if policy == "delete":
             written = await self._delete_users(acting)
             await self.store.forget_identity(object_name, [u.sf_id for u in written.synced])
         else:
-            written = await self._flag_users(object_name, acting, obj.delete_flag_field,
-                                             current or {})
+            written = await self._flag_users(object_name, acting, flag_field, current or {})
         out.absorb(written)
         self._count(object_name, out, source)
         return out

@@ -32,13 +32,17 @@ def _order_key(record: dict[str, Any]) -> tuple[str, str]:
 
 def _with_flag_cleared(config: Config, object_name: str, user: MappedUser) -> MappedUser:
     """With delete_policy = flag, every live record's payload sets the flag to false, so an
-    undeleted record's profile is unflagged."""
+    undeleted record's profile is unflagged; so does out_of_scope = flag with its flag, for
+    a record back in scope."""
     obj = config.objects[object_name]
-    if obj.delete_policy != "flag":
+    flags = [f for f, on in ((obj.delete_flag_field, obj.delete_policy == "flag"),
+                             (obj.out_of_scope_flag_field, obj.out_of_scope == "flag")) if on]
+    if not flags:
         return user
-    payload = {**user.payload, "dataFields": _set_path(
-        dict(user.payload.get("dataFields") or {}),
-        obj.delete_flag_field.split(".")[1:], False)}
+    data = dict(user.payload.get("dataFields") or {})
+    for flag in flags:
+        data = _set_path(data, flag.split(".")[1:], False)
+    payload = {**user.payload, "dataFields": data}
     return replace(user, payload=payload, payload_hash=payload_hash(payload))
 
 

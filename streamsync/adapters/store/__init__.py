@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import Synchronous
 from .consent_inbox import ConsentEventRow
+from .mapping_state import read_applied_mappings
 from .schema import LATEST_VERSION, MIGRATIONS, Migration, migrate, schema_version
 from .store import Store
 from .types import (
@@ -11,6 +12,7 @@ from .types import (
     RETRIES_EXHAUSTED,
     SOURCES,
     AckResult,
+    AppliedMapping,
     BackfillRun,
     BackfillWindow,
     Backoff,
@@ -33,6 +35,7 @@ from .types import (
     QueueInput,
     QueueStats,
     ReplayState,
+    ResyncState,
     SettleResult,
     StoreStatus,
     WorkerInfo,
@@ -45,6 +48,7 @@ __all__ = [
     "RETRIES_EXHAUSTED",
     "SOURCES",
     "AckResult",
+    "AppliedMapping",
     "BackfillRun",
     "BackfillWindow",
     "Backoff",
@@ -69,11 +73,13 @@ __all__ = [
     "QueueInput",
     "QueueStats",
     "ReplayState",
+    "ResyncState",
     "SettleResult",
     "Store",
     "StoreStatus",
     "Synchronous",
     "WorkerInfo",
     "migrate",
+    "read_applied_mappings",
     "schema_version",
 ]

@@ -371,7 +371,42 @@ _V9 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
+_V10 = Migration(
+    10,
+    "the mapping applied per object and the re-syncs a changed mapping owes",
+    (
+        # What the sync of an object sends (streamsync/core/fingerprint.py: canonical JSON
+        # description and its sha256), as last finished applying; `streamsync plan` diffs it.
+        """
+        CREATE TABLE mapping_applied (
+            object_name TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            description TEXT NOT NULL,
+            applied_at REAL NOT NULL
+        )
+        """,
+        # A re-sync towards `fingerprint`: keyset position (`last_id`) within its `phase`,
+        # the targets it clears (JSON list) and its counts; deleted once applied.
+        """
+        CREATE TABLE resync (
+            object_name TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            description TEXT NOT NULL,
+            clears TEXT NOT NULL DEFAULT '[]',
+            phase TEXT NOT NULL CHECK (phase IN ('sync', 'out_of_scope')),
+            last_id TEXT,
+            records_read INTEGER NOT NULL DEFAULT 0,
+            records_written INTEGER NOT NULL DEFAULT 0,
+            records_out_of_scope INTEGER NOT NULL DEFAULT 0,
+            started_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9,
+                                      _V10)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

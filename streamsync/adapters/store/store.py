@@ -6,6 +6,7 @@ from .backfill import BackfillOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
 from .lists import ListOps
+from .mapping_state import MappingStateOps
 from .queue import QueueOps
 from .records import RecordOps
 from .schedule import ScheduleOps
@@ -14,7 +15,7 @@ from .workers import WorkerOps
 
 
 class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-            ConsentInboxOps, WorkerOps):
+            ConsentInboxOps, WorkerOps, MappingStateOps):
     """Async facade over one aiosqlite connection to a WAL database (see `base` for durability).
 
     Open with ``await Store.open(path)``; every method takes the current time as ``now`` (epoch

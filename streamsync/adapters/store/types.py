@@ -379,3 +379,37 @@ class LeaseGrant:
     token: int
     expires_at: float
     took_over_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMapping:
+    """The sync description of one object that the store last finished applying, and its
+    fingerprint (streamsync/core/fingerprint.py)."""
+
+    object_name: str
+    fingerprint: str
+    description: Mapping[str, Any]
+    applied_at: float
+
+
+ResyncPhase = Literal["sync", "out_of_scope"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncState:
+    """A re-sync of one object towards `fingerprint`: its phase, keyset position and counts.
+
+    `clears`: targets sent as null while it runs (dropped from the mapping); `phase` `sync`
+    walks the records the filter selects, `out_of_scope` those it leaves out."""
+
+    object_name: str
+    fingerprint: str
+    description: Mapping[str, Any]
+    clears: tuple[str, ...]
+    phase: ResyncPhase
+    last_id: str | None
+    records_read: int
+    records_written: int
+    records_out_of_scope: int
+    started_at: float
+    updated_at: float

@@ -1,0 +1,298 @@
+"""The re-sync of an object whose mapping changed (docs/design.md §9): a backfill-style keyset
+pass beside real-time sync, resumable from its store checkpoint.
+
+Phase `sync` reads every record the (new) filter selects, a page ahead, and hands each page to
+the shared pipeline, which skips records whose payload hash is unchanged; the payloads carry the
+re-sync's clears (targets dropped from the mapping, sent as null). Phase `out_of_scope`, when the
+filter or the out-of-scope policy changed and the policy acts, reads the Ids the filter leaves
+out and applies `out_of_scope` (flag or delete) to those synced before. Then the description is
+recorded as applied and the clears stop.
+
+Real-time changes keep priority: the re-sync has one page in Iterable at a time (two requests
+of 1,000 users by default), so a real-time batch waits behind at most those at the shared
+rate limiter, never behind the whole object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.store import QueueInput, ResyncState, Store
+from streamsync.config import Config
+from streamsync.core import soql
+from streamsync.core.fingerprint import diff
+from streamsync.core.ids import row_id
+from streamsync.core.mapping import CompiledMapping
+from streamsync.errors import RetriableError, Stopped, describe_error
+from streamsync.logs import get_logger
+from streamsync.retry import Policy
+from streamsync.runtime.mapping_state import (
+    ObjectSync,
+    needs_out_of_scope_pass,
+    object_syncs,
+    schedule_resyncs,
+)
+from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
+
+log = get_logger(__name__)
+
+SOURCE = "resync"
+PAGE_SIZE = 2000
+ORDER_FIELDS = ("SystemModstamp",)
+READS = Policy(name="resync_reads", attempts=None, timeout_s=None, wait_initial_s=0.5,
+               wait_max_s=30.0)
+"""Salesforce reads of a re-sync: retried until they succeed or the service stops."""
+OUTAGE_WAIT_MAX_S = 30.0
+
+
+class Superseded(Exception):
+    """The re-sync was replaced (a reload changed the mapping again) while it ran."""
+
+
+class Resyncer:
+    """Runs the re-syncs the store owes, one object at a time, until stopped."""
+
+    def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
+                 pipeline: SyncPipeline, mappings: Mapping[str, CompiledMapping],
+                 syncs: Mapping[str, ObjectSync], metrics: Metrics,
+                 clock: Callable[[], float] = time.time, page_size: int = PAGE_SIZE) -> None:
+        self.config = config
+        self.store = store
+        self.salesforce = salesforce
+        self.pipeline = pipeline
+        self.mappings = dict(mappings)
+        self.syncs = dict(syncs)
+        self.metrics = metrics
+        self.clock = clock
+        self.page_size = page_size
+        self.wake = asyncio.Event()
+
+    def apply(self, config: Config, mappings: Mapping[str, CompiledMapping],
+              syncs: Mapping[str, ObjectSync]) -> None:
+        """A reloaded config: a re-sync under way towards another fingerprint stops at its
+        next page, and the owed ones are looked at again."""
+        self.config = config
+        self.mappings = dict(mappings)
+        self.syncs = dict(syncs)
+        self.wake.set()
+
+    def activate(self, owed: Mapping[str, ResyncState]) -> None:
+        """Make the pipeline send each owed re-sync's clears (until it is applied)."""
+        for name, state in owed.items():
+            base = self.mappings.get(name)
+            if base is not None:
+                self.pipeline.mappings[name] = (base.with_clears(state.clears) if state.clears
+                                                else base)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work through the owed re-syncs; wait for a reload when there are none."""
+        with contextlib.suppress(Stopped):
+            while not stop.is_set():
+                self.wake.clear()
+                owed = [s for name, s in (await self.store.resyncs()).items()
+                        if name in self.syncs and s.fingerprint == self.syncs[name].fingerprint]
+                self._show(owed)
+                for state in owed:
+                    try:
+                        await self._one(state, stop)
+                    except Superseded:
+                        log.info("resync.superseded", object=state.object_name)
+                    if stop.is_set():
+                        return
+                if not owed:
+                    await _wait_any(stop, self.wake)
+
+    # -- one object ------------------------------------------------------------------------
+
+    async def _one(self, state: ResyncState, stop: asyncio.Event) -> None:
+        name = state.object_name
+        log.info("resync.started", object=name, phase=state.phase, after=state.last_id,
+                 clears=list(state.clears))
+        self.metrics.resync_running.labels(name).set(1)
+        if state.phase == "sync":
+            await self._sync_phase(state, stop)
+            state = await self._next_phase(state)
+        if await self._wants_out_of_scope(state):
+            await self._out_of_scope_phase(state, stop)
+        await self.store.set_applied_mapping(name, state.fingerprint, dict(state.description),
+                                             self.clock())
+        base = self.mappings.get(name)
+        if base is not None:
+            self.pipeline.mappings[name] = base
+        done = (await self.store.applied_mappings()).get(name)
+        self.metrics.resync_running.labels(name).set(0)
+        log.info("resync.done", object=name, fingerprint=state.fingerprint[:12],
+                 applied=done is not None and done.fingerprint == state.fingerprint)
+
+    async def _next_phase(self, state: ResyncState) -> ResyncState:
+        await self._checkpoint(state, "out_of_scope", None, 0, 0, 0)
+        current = (await self.store.resyncs()).get(state.object_name)
+        if current is None or current.fingerprint != state.fingerprint:
+            raise Superseded
+        return current
+
+    async def _wants_out_of_scope(self, state: ResyncState) -> bool:
+        obj = self.config.objects[state.object_name]
+        if obj.filter is None:
+            return False
+        applied = (await self.store.applied_mappings()).get(state.object_name)
+        change = diff(applied.description if applied else None, state.description)
+        return needs_out_of_scope_pass(change, obj.out_of_scope)
+
+    async def _sync_phase(self, state: ResyncState, stop: asyncio.Event) -> None:
+        name = state.object_name
+        mapping = self.pipeline.mappings[name]
+        fields = mapping.soql_fields(*ORDER_FIELDS)
+        where = self.config.objects[name].safe_filter
+        async for records in self._pages(name, fields, where, state.last_id, stop):
+            self._check_current(state, stop)
+            written = await self._write(name, records, stop)
+            await self._checkpoint(state, "sync", str(records[-1]["Id"]), len(records),
+                                   written, 0)
+
+    async def _out_of_scope_phase(self, state: ResyncState, stop: asyncio.Event) -> None:
+        name = state.object_name
+        obj = self.config.objects[name]
+        assert obj.filter is not None
+        outside = soql.parse_filter(f"NOT ({obj.filter})")
+        async for records in self._pages(name, ["Id"], outside, state.last_id, stop):
+            self._check_current(state, stop)
+            ids = [str(r["Id"]) for r in records]
+            known = await self.store.identities(name, ids)
+            acted = 0
+            if known:
+                outcome = await self._settle(name, functools.partial(
+                    self.pipeline.sync_deleted, name, list(known), source=SOURCE,
+                    out_of_scope=True), stop)
+                acted = len(outcome.synced)
+            await self._checkpoint(state, "out_of_scope", ids[-1], len(ids), 0, acted)
+        log.info("resync.out_of_scope_done", object=name, policy=obj.out_of_scope)
+
+    def _check_current(self, state: ResyncState, stop: asyncio.Event) -> None:
+        if stop.is_set():
+            raise Stopped("stopped between two pages of a re-sync")
+        sync = self.syncs.get(state.object_name)
+        if sync is None or sync.fingerprint != state.fingerprint:
+            raise Superseded
+
+    async def _checkpoint(self, state: ResyncState, phase: str, last_id: str | None,
+                          read: int, written: int, out_of_scope: int) -> None:
+        kept = await self.store.save_resync_progress(
+            state.object_name, state.fingerprint, phase="sync" if phase == "sync"
+            else "out_of_scope", last_id=last_id, read=read, written=written,
+            out_of_scope=out_of_scope, now=self.clock())
+        if not kept:
+            raise Superseded
+        labels = self.metrics.resync_records
+        labels.labels(state.object_name, "read").inc(read)
+        labels.labels(state.object_name, "written").inc(written)
+        labels.labels(state.object_name, "out_of_scope").inc(out_of_scope)
+
+    # -- reads and writes ------------------------------------------------------------------
+
+    async def _pages(self, name: str, fields: Sequence[str], where: soql.SafeFilter | None,
+                     after: str | None, stop: asyncio.Event
+                     ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Keyset pages in Id order, the next one read while the caller writes this one."""
+
+        async def read(after_id: str | None) -> list[dict[str, Any]]:
+            query = soql.keyset_page(name, fields, after_id, where=where, limit=self.page_size)
+
+            async def once() -> list[dict[str, Any]]:
+                rows = [r async for r in self.salesforce.records(query)]
+                for row in rows:
+                    row.pop("attributes", None)
+                    row["Id"] = row_id(row)
+                return [r for r in rows if r["Id"] is not None]
+
+            return await READS.call(once, stop)
+
+        ahead = asyncio.ensure_future(read(after))
+        try:
+            while True:
+                records = await ahead
+                if len(records) == self.page_size:
+                    ahead = asyncio.ensure_future(read(str(records[-1]["Id"])))
+                if records:
+                    yield records
+                if len(records) < self.page_size:
+                    return
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Stopped, RetriableError):
+                    await ahead
+
+    async def _write(self, name: str, records: list[dict[str, Any]], stop: asyncio.Event
+                     ) -> int:
+        """Sync one page; returns the records written (the rest were unchanged or dead)."""
+        outcome = await self._settle(
+            name, lambda: self.pipeline.sync_records(name, records, source=SOURCE), stop,
+            records=records)
+        return len(outcome.synced)
+
+    async def _settle(self, name: str, call: Callable[[], Any], stop: asyncio.Event, *,
+                      records: list[dict[str, Any]] | None = None) -> SyncOutcome:
+        """Run a pipeline call; while Iterable takes nothing of it (down), wait and repeat;
+        records still failing after others were taken go to the real-time queue (source
+        `retry`); dead ones to the dead-letter table."""
+        wait_s = 0.5
+        while True:
+            outcome: SyncOutcome = await call()
+            if outcome.dead:
+                await self.store.add_dead_letters(name, dict(outcome.dead), self.clock())
+            if outcome.synced:
+                await self.store.clear_dead_letters(name, list(outcome.synced))
+            if not outcome.retry:
+                return outcome
+            took = outcome.synced or outcome.skipped or outcome.dead
+            if took:
+                items = [QueueInput(name, i) for i in outcome.retry]
+                await self.store.enqueue(items, self.clock(), source="retry")
+                return outcome
+            error = next(iter(outcome.retry.values()))
+            log.warning("resync.waiting_for_iterable", object=name, wait_s=round(wait_s, 1),
+                        **describe_error(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait_s)
+            if stop.is_set():
+                raise Stopped("stopped while a re-sync waited for Iterable")
+            wait_s = min(OUTAGE_WAIT_MAX_S, wait_s * 2)
+            if records is not None:
+                retry = set(outcome.retry)
+                records[:] = [r for r in records if r["Id"] in retry]
+
+    def _show(self, owed: Sequence[ResyncState]) -> None:
+        for name in self.syncs:
+            self.metrics.resync_running.labels(name).set(
+                int(any(s.object_name == name for s in owed)))
+
+
+async def _wait_any(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def open_resyncer(config: Config, *, store: Store, salesforce: SalesforceClient,
+                        pipeline: SyncPipeline, mappings: Mapping[str, CompiledMapping],
+                        metrics: Metrics, clock: Callable[[], float] = time.time) -> Resyncer:
+    """Compare the config with what the store applied, owe the re-syncs that follows, and a
+    Resyncer to run them (the pipeline sends their clears from now on)."""
+    syncs = object_syncs(config, mappings)
+    owed = await schedule_resyncs(store, syncs, clock())
+    pipeline.mappings = dict(mappings)
+    resyncer = Resyncer(config=config, store=store, salesforce=salesforce, pipeline=pipeline,
+                        mappings=mappings, syncs=syncs, metrics=metrics, clock=clock)
+    resyncer.activate(owed)
+    return resyncer

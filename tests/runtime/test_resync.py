@@ -1,0 +1,227 @@
+"""Issue 15: a changed mapping re-syncs its object (runtime/resync.py), against both emulators
+over loopback HTTP and a real SQLite store: renamed targets move, removed ones are cleared,
+changed conversions are re-sent, unchanged payloads are skipped, records leaving a changed
+filter follow `out_of_scope`, and a stopped re-sync resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamsync.config import Config
+from streamsync.emulators.iterable import IterableEmulator
+from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.runtime.resync import Resyncer, open_resyncer
+from tests.conftest import MakeConfig, production_components
+from tests.e2e.harness import backfill, wait_for
+
+pytestmark = pytest.mark.salesforce(seed_accounts=2, seed_contacts=8, seed_leads=30)
+
+BULK = "POST /api/users/bulkUpdate"
+
+
+def lead_objects(**lead: Any) -> dict[str, Any]:
+    return {"Lead": lead}
+
+
+async def run_resyncs(config: Config, *, page_size: int = 2000,
+                      stop_after_pages: int | None = None) -> dict[str, Any]:
+    """Open the service's components, schedule and run the owed re-syncs until none is left
+    (or `stop_after_pages` checkpoints were saved); what the store then says."""
+    async with production_components(config) as parts:
+        resyncer = await open_resyncer(config, store=parts.store, salesforce=parts.salesforce,
+                                       pipeline=parts.pipeline, mappings=parts.mappings,
+                                       metrics=parts.metrics, clock=parts.clock)
+        resyncer.page_size = page_size
+        owed = sorted(await parts.store.resyncs())
+        stop = asyncio.Event()
+        if stop_after_pages is not None:
+            _stop_after(resyncer, stop, stop_after_pages)
+        task = asyncio.create_task(resyncer.run(stop))
+
+        async def finished() -> bool:
+            if task.done():
+                return True
+            return not await parts.store.resyncs()
+
+        await wait_for(finished, 30.0, "the re-syncs to finish")
+        stop.set()
+        await asyncio.wait_for(task, 10.0)
+        return {"owed": owed, "left": await parts.store.resyncs(),
+                "applied": await parts.store.applied_mappings(),
+                "metrics": parts.metrics.render().decode()}
+
+
+def _stop_after(resyncer: Resyncer, stop: asyncio.Event, pages: int) -> None:
+    saved = resyncer.store.save_resync_progress
+    count = 0
+
+    async def counting(*args: Any, **kw: Any) -> bool:
+        nonlocal count
+        kept = await saved(*args, **kw)
+        count += 1
+        if count >= pages:
+            stop.set()
+        return kept
+
+    resyncer.store.save_resync_progress = counting  # type: ignore[method-assign]
+
+
+def lead_profiles(sf: SalesforceEmulator, it: IterableEmulator) -> dict[str, dict[str, Any]]:
+    """Iterable's profile of every live, unconverted Lead with an email, by Lead Id."""
+    it.flush()
+    snap = it.state.snapshot()
+    out = {}
+    for record_id in sf.select_ids("Lead", "IsDeleted = false"):
+        record = sf.state.record("Lead", record_id) or {}
+        email = (record.get("Email") or "").lower()
+        if record.get("IsDeleted") or record.get("IsConverted") or email not in snap:
+            continue
+        out[record["Id"]] = {"record": record, "data": snap[email].get("dataFields") or {}}
+    return out
+
+
+async def test_first_run_records_the_mapping_and_owes_no_resync(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    config = make_config(sf_emulator, iterable_emulator, tmp_path)
+    done = await run_resyncs(config)
+    assert done["owed"] == [] and done["left"] == {}
+    assert set(done["applied"]) == {"Lead", "Contact"}
+    again = await run_resyncs(config)
+    assert again["owed"] == [] and again["applied"] == done["applied"]
+
+
+async def test_renamed_target_moves_removed_is_cleared_and_unchanged_are_skipped(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    old = make_config(sf_emulator, iterable_emulator, tmp_path)
+    await backfill(old)
+    await run_resyncs(old)  # the first run records what the backfill applied
+    before = lead_profiles(sf_emulator, iterable_emulator)
+    assert before and all(p["data"].get("firstName") == p["record"]["FirstName"]
+                          for p in before.values())
+    mapping = {k: v for k, v in old.objects["Lead"].mapping.items() if k != "LeadSource"}
+    mapping["FirstName"] = "dataFields.givenName"
+    new = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(mapping=mapping))
+    writes_before = iterable_emulator.state.count(BULK)
+    done = await run_resyncs(new)
+    assert done["owed"] == ["Lead"] and done["left"] == {}
+    after = lead_profiles(sf_emulator, iterable_emulator)
+    assert set(after) == set(before)
+    for profile in after.values():
+        data, record = profile["data"], profile["record"]
+        assert data.get("givenName") == record["FirstName"]
+        assert data.get("firstName") is None  # the old name of the renamed target
+        assert data.get("leadSource") is None  # removed, null policy clear
+        assert data.get("lastName") == record["LastName"]
+    assert 'streamsync_resync_records_total{kind="written",object="Lead"}' in done["metrics"]
+    # Applied now: the same config again owes nothing and writes nothing.
+    writes_after = iterable_emulator.state.count(BULK)
+    assert writes_after > writes_before
+    again = await run_resyncs(new)
+    assert again["owed"] == []
+    assert iterable_emulator.state.count(BULK) == writes_after
+
+
+async def test_removed_target_is_left_in_place_with_null_policy_omit(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    old = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(null_policy="omit"))
+    await backfill(old)
+    await run_resyncs(old)
+    mapping = {k: v for k, v in old.objects["Lead"].mapping.items() if k != "Status"}
+    new = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(null_policy="omit", mapping=mapping))
+    await run_resyncs(new)
+    after = lead_profiles(sf_emulator, iterable_emulator)
+    assert after and all(p["data"].get("leadStatus") == p["record"]["Status"]
+                         for p in after.values())
+
+
+async def test_changed_date_conversion_is_resent(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    mapping = {"Email": "email", "LastName": "dataFields.lastName",
+               "CreatedDate": "dataFields.created"}
+    old = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(mapping=mapping))
+    await backfill(old)
+    await run_resyncs(old)
+    dated = lead_profiles(sf_emulator, iterable_emulator)
+    assert dated and all(p["data"]["created"].endswith("+00:00") for p in dated.values())
+    new = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(mapping=mapping, convert_dates=False))
+    done = await run_resyncs(new)
+    assert done["owed"] == ["Lead"]
+    after = lead_profiles(sf_emulator, iterable_emulator)
+    assert all(p["data"]["created"] == p["record"]["CreatedDate"] for p in after.values())
+
+
+@pytest.mark.parametrize("policy", ["flag", "delete", "ignore"])
+async def test_records_leaving_a_changed_filter_follow_out_of_scope(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig, policy: str) -> None:
+    old = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(out_of_scope=policy))
+    await backfill(old)
+    await run_resyncs(old)
+    before = lead_profiles(sf_emulator, iterable_emulator)
+    kept = {i for i, p in before.items() if p["record"]["Status"] == "Open - Not Contacted"}
+    left = set(before) - kept
+    assert kept and left
+    new = make_config(sf_emulator, iterable_emulator, tmp_path, objects=lead_objects(
+        out_of_scope=policy, filter="Status = 'Open - Not Contacted'"))
+    await run_resyncs(new)
+    after = lead_profiles(sf_emulator, iterable_emulator)
+    assert kept <= set(after)
+    assert all(after[i]["data"].get("salesforceOutOfScope") in (None, False) for i in kept)
+    if policy == "delete":
+        assert not left & set(after)
+    elif policy == "flag":
+        assert all(after[i]["data"].get("salesforceOutOfScope") is True for i in left)
+    else:
+        assert left <= set(after)
+        assert all("salesforceOutOfScope" not in after[i]["data"] for i in left)
+
+
+async def test_a_newly_in_scope_record_is_synced(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    narrow = make_config(sf_emulator, iterable_emulator, tmp_path,
+                         objects=lead_objects(filter="Status = 'Open - Not Contacted'"))
+    await backfill(narrow)
+    await run_resyncs(narrow)
+    synced = lead_profiles(sf_emulator, iterable_emulator)
+    assert all(p["record"]["Status"] == "Open - Not Contacted" for p in synced.values())
+    wide = make_config(sf_emulator, iterable_emulator, tmp_path)
+    await run_resyncs(wide)
+    everyone = lead_profiles(sf_emulator, iterable_emulator)
+    assert len(everyone) > len(synced)
+    assert any(p["record"]["Status"] != "Open - Not Contacted" for p in everyone.values())
+
+
+async def test_a_stopped_resync_resumes_from_its_checkpoint(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    old = make_config(sf_emulator, iterable_emulator, tmp_path)
+    await backfill(old)
+    await run_resyncs(old)
+    mapping = {**old.objects["Lead"].mapping, "Title": "dataFields.title"}
+    new = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(mapping=mapping))
+    first = await run_resyncs(new, page_size=10, stop_after_pages=1)
+    state = first["left"]["Lead"]
+    assert state.phase == "sync" and state.records_read == 10 and state.last_id is not None
+    done = await run_resyncs(new, page_size=10)
+    assert done["owed"] == ["Lead"] and done["left"] == {}
+    total = len(sf_emulator.select_ids("Lead", "IsDeleted = false"))
+    read = done["metrics"].split('streamsync_resync_records_total{kind="read",object="Lead"} ')
+    assert float(read[1].split()[0]) == total - 10  # the second run started after the first
+    assert all(p["data"].get("title") == p["record"].get("Title")
+               for p in lead_profiles(sf_emulator, iterable_emulator).values())
