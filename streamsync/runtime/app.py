@@ -156,7 +156,7 @@ class Service:
                     instance_url = await self._wait_for_salesforce(parts, stop)
                     if instance_url is None:
                         return 0
-                    await self._check_iterable_key(parts)
+                    await check_iterable_key(parts)
                 except FatalError as exc:
                     await report_failure(parts.store, "startup", exc, self.clock)
                     return 1
@@ -202,14 +202,6 @@ class Service:
             return await policy.call(parts.auth.instance_url, stop)
         except Stopped:
             return None
-
-    async def _check_iterable_key(self, parts: Components) -> None:
-        """One getFields call: a refused key (FatalError) stops the start at once; an
-        unreachable Iterable does not (changes queue up until it is back)."""
-        try:
-            await parts.iterable.get_fields()
-        except RetriableError as exc:
-            log.warning("iterable.unreachable_at_start", **describe_error(exc))
 
     async def _run_tasks(self, parts: Components, instance_url: str, stop: asyncio.Event) -> int:
         config = self.config
@@ -356,6 +348,15 @@ class IngestBuilder:
             metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=self.signal,
             channels=channels, fence=self.fence,
         )
+
+
+async def check_iterable_key(parts: Components) -> None:
+    """One getFields call: a refused key (FatalError) stops the start at once; an
+    unreachable Iterable does not (changes queue up until it is back)."""
+    try:
+        await parts.iterable.get_fields()
+    except RetriableError as exc:
+        log.warning("iterable.unreachable_at_start", **describe_error(exc))
 
 
 def _salesforce_unreachable(error: Exception) -> None:
