@@ -51,6 +51,9 @@ from streamsync.runtime.flusher import Flusher, FlushResult
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
 
+# `store_space`, `any_store`, `pg_server`, `pg_url`: every store test on SQLite and PostgreSQL
+pytest_plugins = ["tests.store_backends"]
+
 DEFAULT_SF_SEED: dict[str, Any] = {"seed_accounts": 3, "seed_contacts": 12, "seed_leads": 12}
 TEST_ITERABLE_RATE_PER_S = 500.0  # fast tests; the production default is Iterable's 5/s
 STORE_FILE = "streamsync.db"

@@ -1,4 +1,6 @@
-"""Durability of the SQLite store: atomic events, kill -9, file modes, migrations, 2 processes."""
+"""Durability of the store: atomic events, kill -9, cancellation, migrations, 2 processes; on
+both backends, except the tests named `test_sqlite_*` (file modes, WAL locking, PRAGMA
+user_version): tests/adapters/test_store_postgres.py has their PostgreSQL counterparts."""
 
 from __future__ import annotations
 
@@ -14,8 +16,16 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from streamsync.adapters.store import LATEST_VERSION, QueueInput, Store, migrate, schema_version
+from streamsync.adapters.store import (
+    LATEST_VERSION,
+    QueueInput,
+    Store,
+    StoreAPI,
+    migrate,
+    schema_version,
+)
 from streamsync.errors import FatalError, StreamsyncError, TransientError
+from tests.store_backends import StoreSpace, peek
 
 T0 = 1_700_000_000.0
 CHANNEL = "/data/LeadChangeEvent"
@@ -26,17 +36,15 @@ def lead(n: int) -> QueueInput:
     return QueueInput("Lead", f"00Q{n:015d}")
 
 
-async def _queued_ids(store: Store) -> set[str]:
-    async with store._read("peek") as conn:
-        async with conn.execute("SELECT record_id FROM queue") as cursor:
-            return {row[0] for row in await cursor.fetchall()}
+async def _queued_ids(store: StoreAPI) -> set[str]:
+    return {str(row[0]) for row in await peek(store, "SELECT record_id FROM queue")}
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def test_failure_mid_event_rolls_back_ids_and_replay_id(tmp_path: Path) -> None:
+async def test_sqlite_failure_mid_event_rolls_back_ids_and_replay_id(tmp_path: Path) -> None:
     path = tmp_path / "atomic.db"
     store = await Store.open(path)
     try:
@@ -76,8 +84,8 @@ async def test_failure_mid_event_rolls_back_ids_and_replay_id(tmp_path: Path) ->
         await store.close()
 
 
-async def test_merged_event_of_2000_ids_is_one_commit(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "merged.db")
+async def test_merged_event_of_2000_ids_is_one_commit(store_space: StoreSpace) -> None:
+    store = await store_space.open()
     try:
         items = [lead(n) for n in range(2_000)]
         await store.record_event(CHANNEL, 99, items, 5_000, T0)
@@ -88,7 +96,7 @@ async def test_merged_event_of_2000_ids_is_one_commit(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_database_and_wal_files_are_owner_only(tmp_path: Path) -> None:
+async def test_sqlite_database_and_wal_files_are_owner_only(tmp_path: Path) -> None:
     old_umask = os.umask(0)  # even a permissive umask must not widen the files
     try:
         path = tmp_path / "state" / "perm.db"
@@ -109,7 +117,7 @@ async def test_database_and_wal_files_are_owner_only(tmp_path: Path) -> None:
     assert _mode(loose) == 0o600
 
 
-async def test_open_without_create_refuses_a_missing_file(tmp_path: Path) -> None:
+async def test_sqlite_open_without_create_refuses_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FatalError, match="does not exist"):
         await Store.open(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
@@ -117,15 +125,15 @@ async def test_open_without_create_refuses_a_missing_file(tmp_path: Path) -> Non
         await Store.open(tmp_path)
 
 
-async def test_closed_store_raises_a_clear_error(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "closed.db")
+async def test_closed_store_raises_a_clear_error(store_space: StoreSpace) -> None:
+    store = await store_space.open()
     await store.close()
     await store.close()
     with pytest.raises(FatalError, match="closed"):
         await store.queue_stats(T0)
 
 
-async def test_upgrade_from_v1_keeps_data(tmp_path: Path) -> None:
+async def test_sqlite_upgrade_from_v1_keeps_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     async with aiosqlite.connect(str(path), isolation_level=None) as conn:
         assert await migrate(conn, target=1) == 1
@@ -154,7 +162,7 @@ async def test_upgrade_from_v1_keeps_data(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+async def test_sqlite_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     await (await Store.open(path)).close()
     with sqlite3.connect(path) as raw:
@@ -163,9 +171,9 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         await Store.open(path)
 
 
-async def test_two_processes_opening_a_new_file_at_once_migrate_once(tmp_path: Path) -> None:
-    path = tmp_path / "race.db"
-    first, second = await asyncio.gather(Store.open(path), Store.open(path))
+async def test_two_processes_opening_a_new_store_at_once_migrate_once(
+        store_space: StoreSpace) -> None:
+    first, second = await asyncio.gather(store_space.open(), store_space.open())
     try:
         await first.enqueue([lead(1)], T0, "cdc")
         assert (await second.queue_stats(T0)).depth == 1
@@ -174,7 +182,8 @@ async def test_two_processes_opening_a_new_file_at_once_migrate_once(tmp_path: P
         await second.close()
 
 
-async def test_second_connection_reads_and_writes_while_the_first_writes(tmp_path: Path) -> None:
+async def test_sqlite_second_connection_reads_and_writes_while_the_first_writes(
+        tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     service = await Store.open(path)
     status = await Store.open(path, create=False)  # what the `status` CLI does
@@ -219,9 +228,13 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from streamsync.adapters.store import IdentityUpdate, QueueInput, Store
+    from streamsync.adapters.store.postgres import PostgresStore
 
     async def main(path: str, start: int) -> None:
-        store = await Store.open(path)
+        if path.startswith("postgresql://"):
+            store = await PostgresStore.open(path)
+        else:
+            store = await Store.open(path)
         n = start
         while True:
             items = [QueueInput("Lead", f"{n}-{k}") for k in range(5)]
@@ -242,8 +255,8 @@ CHILD = textwrap.dedent(
 )
 
 
-async def test_kill_9_never_loses_a_committed_event(tmp_path: Path) -> None:
-    path = tmp_path / "crash.db"
+async def test_kill_9_never_loses_a_committed_event(store_space: StoreSpace) -> None:
+    path = store_space.url or str(store_space.path)
     confirmed: list[int] = []
     start = 0
     for round_no in range(3):
@@ -269,7 +282,7 @@ async def test_kill_9_never_loses_a_committed_event(tmp_path: Path) -> None:
         confirmed.extend(int(x) for x in rest.split())
         assert child.returncode == -signal.SIGKILL
 
-        store = await Store.open(path)
+        store = await store_space.open()
         try:
             replay = await store.get_replay("/data/LeadChangeEvent")
             assert replay is not None and isinstance(replay.replay_id, int)
@@ -286,15 +299,14 @@ async def test_kill_9_never_loses_a_committed_event(tmp_path: Path) -> None:
     assert len(confirmed) >= 150 + 187 + 224
 
 
-async def _acked_ids(store: Store) -> set[str]:
+async def _acked_ids(store: StoreAPI) -> set[str]:
     # The child saves an identity for every row the "sink" confirmed before acking it.
-    async with store._read("peek") as conn:
-        async with conn.execute("SELECT record_id FROM identity") as cursor:
-            return {row[0] for row in await cursor.fetchall()}
+    return {str(row[0]) for row in await peek(store, "SELECT record_id FROM identity")}
 
 
-async def test_cancelled_write_leaves_all_or_nothing_and_a_usable_store(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "cancel.db", synchronous="NORMAL")
+async def test_cancelled_write_leaves_all_or_nothing_and_a_usable_store(
+        store_space: StoreSpace) -> None:
+    store = await store_space.open()
     try:
         for yields in range(8):
             items = [QueueInput(f"Obj{yields}", f"id{n}") for n in range(2_000)]

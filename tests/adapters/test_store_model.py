@@ -1,16 +1,21 @@
-"""Property test: under any interleaving of queue operations and crashes, no change is lost."""
+"""Property test: under any interleaving of queue operations and crashes, no change is lost (on
+SQLite, and on PostgreSQL with fewer examples: each one costs a few round trips more)."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamsync.adapters.store import Backoff, Lease, QueueInput, Store
+from streamsync.adapters.store import Backoff, Lease, QueueInput, Store, StoreAPI
+from streamsync.adapters.store.postgres import PostgresStore
+from streamsync.testing.pg_server import PgServer
+from tests.store_backends import create_database, peek
 
 IDS = ["A", "B", "C"]
 LEASE_S = 10.0
@@ -32,18 +37,19 @@ class Model:
     changes: int = 0
 
 
-async def _present(store: Store) -> tuple[set[str], set[str]]:
-    async with store._read("peek") as conn:
-        async with conn.execute("SELECT record_id FROM queue") as cursor:
-            queued = {row[0] for row in await cursor.fetchall()}
+Opener = Callable[[], Awaitable[StoreAPI]]
+
+
+async def _present(store: StoreAPI) -> tuple[set[str], set[str]]:
+    queued = {str(row[0]) for row in await peek(store, "SELECT record_id FROM queue")}
     dead = {d.record_id for d in await store.dead_letters(limit=100)}
     return queued, dead
 
 
-async def _run(ops: list[Op], path: Path) -> tuple[set[str], set[str], dict[str, set[int]]]:
+async def _run(ops: list[Op], open_store: Opener) -> tuple[set[str], set[str], dict[str, set[int]]]:
     """Play `ops`, checking after each that no change is lost; then drain. Returns what is
     still queued, what is dead-lettered, and the model's pending changes per record."""
-    store = await Store.open(path, synchronous="NORMAL")
+    store = await open_store()
     model = Model()
     outstanding: list[Lease] = []
     backoff = Backoff(base_s=1.0, max_delay_s=8.0, max_attempts=3, rand=lambda: 0.5)
@@ -85,7 +91,7 @@ async def _run(ops: list[Op], path: Path) -> tuple[set[str], set[str], dict[str,
                 now += 3 * arg + 1
             elif kind == "crash":
                 await store.close()
-                store = await Store.open(path, synchronous="NORMAL")
+                store = await open_store()
                 outstanding.clear()  # a crashed flusher settles nothing
             elif kind == "dlq_retry":
                 await store.retry_dead_letters(None, now)
@@ -121,6 +127,41 @@ async def _run(ops: list[Op], path: Path) -> tuple[set[str], set[str], dict[str,
 @given(st.lists(OPS, min_size=8, max_size=40))
 def test_no_change_is_lost_under_any_interleaving(ops: list[Op]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        queued, dead, pending = asyncio.run(_run(ops, Path(tmp) / "model.db"))
+        path = Path(tmp) / "model.db"
+        queued, dead, pending = asyncio.run(
+            _run(ops, lambda: Store.open(path, synchronous="NORMAL")))
     assert not queued  # drained: every change synced or dead-lettered
+    assert all(not changes or rid in dead for rid, changes in pending.items())
+
+
+_PG_DATABASE: dict[str, str] = {}
+
+
+async def _emptied(server: PgServer) -> str:
+    """One database for every example, emptied before each (a new one costs more)."""
+    if "url" not in _PG_DATABASE:
+        _PG_DATABASE["url"] = await create_database(server, "model")
+    store = await PostgresStore.open(_PG_DATABASE["url"])
+    try:
+        async with store._read("empty") as conn:
+            await conn.execute("TRUNCATE queue, dead_letter")
+    finally:
+        await store.close()
+    return _PG_DATABASE["url"]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.lists(OPS, min_size=8, max_size=40))
+def test_no_change_is_lost_under_any_interleaving_on_postgres(
+        pg_server: PgServer, ops: list[Op]) -> None:
+    async def play() -> tuple[set[str], set[str], dict[str, set[int]]]:
+        url = await _emptied(pg_server)
+        return await _run(ops, lambda: PostgresStore.open(url, pool_size=2))
+
+    queued, dead, pending = asyncio.run(play())
+    assert not queued
     assert all(not changes or rid in dead for rid, changes in pending.items())

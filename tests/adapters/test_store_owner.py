@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamsync.adapters.store import QueueInput, Store
+from streamsync.adapters.store import QueueInput
 from streamsync.adapters.store.owner import (
     StoreOwnership,
     lock_path,
@@ -20,6 +20,7 @@ from streamsync.adapters.store.owner import (
     read_holder,
 )
 from streamsync.errors import StoreBusy
+from tests.store_backends import StoreSpace
 
 NOW = 1_700_000_000.0
 
@@ -71,8 +72,8 @@ def test_another_process_holding_the_store_is_named(tmp_path: Path) -> None:
     StoreOwnership.acquire(db, now=time.time()).release()  # killed: the kernel let go
 
 
-async def test_expire_leases_makes_a_dead_runs_leases_due_now(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "streamsync.db") as store:
+async def test_expire_leases_makes_a_dead_runs_leases_due_now(store_space: StoreSpace) -> None:
+    async with await store_space.open() as store:
         await store.enqueue([QueueInput("Lead", f"00Q{i:015d}") for i in range(3)], NOW, "cdc")
         leased = await store.lease("service", 2, 120.0, NOW)
         assert len(leased) == 2

@@ -1,9 +1,7 @@
-"""Queue semantics of the SQLite store: coalescing, versions, leases, backoff, dead letters."""
+"""Queue semantics of the store, on SQLite and on PostgreSQL: coalescing, versions, leases,
+backoff, dead letters."""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,24 +12,23 @@ from streamsync.adapters.store import (
     Backoff,
     Failure,
     QueueInput,
-    Store,
+    StoreAPI,
 )
+from tests.store_backends import StoreSpace, peek
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "queue.db")
-    yield s
-    await s.close()
+async def store(any_store: StoreAPI) -> StoreAPI:
+    return any_store
 
 
 def lead(n: int, change: str = "UPDATE") -> QueueInput:
     return QueueInput("Lead", f"00Q{n:015d}", change)
 
 
-async def test_coalescing_queues_a_record_once_and_bumps_its_version(store: Store) -> None:
+async def test_coalescing_queues_a_record_once_and_bumps_its_version(store: StoreAPI) -> None:
     await store.record_event("/data/LeadChangeEvent", 1, [lead(1), lead(2)], 1000, T0)
     await store.record_event("/data/LeadChangeEvent", 2, [lead(1, "DELETE")], 900, T0 + 1)
     await store.enqueue([lead(1)], T0 + 2, "reconcile")
@@ -50,7 +47,7 @@ async def test_coalescing_queues_a_record_once_and_bumps_its_version(store: Stor
     assert by_id[lead(2).record_id].version == 1
 
 
-async def test_lease_is_oldest_first_bounded_and_filtered_by_object(store: Store) -> None:
+async def test_lease_is_oldest_first_bounded_and_filtered_by_object(store: StoreAPI) -> None:
     await store.enqueue([lead(3)], T0 + 3, "cdc")
     await store.enqueue([lead(1)], T0 + 1, "cdc")
     await store.enqueue([QueueInput("Contact", "003000000000000001")], T0, "fanout")
@@ -65,7 +62,7 @@ async def test_lease_is_oldest_first_bounded_and_filtered_by_object(store: Store
     assert await store.lease("f", 10, 30, T0 + 10, objects=[]) == []
 
 
-async def test_change_while_leased_is_not_lost(store: Store) -> None:
+async def test_change_while_leased_is_not_lost(store: StoreAPI) -> None:
     await store.record_event("/data/LeadChangeEvent", 1, [lead(1)], 1_000, T0)
     [lease] = await store.lease("f1", 10, 30, T0 + 1)
 
@@ -89,7 +86,7 @@ async def test_change_while_leased_is_not_lost(store: Store) -> None:
     assert (await store.queue_stats(T0 + 5)).depth == 0
 
 
-async def test_ack_is_idempotent_and_ignores_unknown_rows(store: Store) -> None:
+async def test_ack_is_idempotent_and_ignores_unknown_rows(store: StoreAPI) -> None:
     await store.enqueue([lead(1)], T0, "cdc")
     leases = await store.lease("f", 10, 30, T0)
     assert (await store.ack(leases)).deleted == 1
@@ -97,15 +94,14 @@ async def test_ack_is_idempotent_and_ignores_unknown_rows(store: Store) -> None:
     assert await store.ack([]) == AckResult(0, 0)
 
 
-async def test_expired_lease_is_recovered_after_a_crash(tmp_path: Path) -> None:
-    path = tmp_path / "crash.db"
-    first = await Store.open(path)
+async def test_expired_lease_is_recovered_after_a_crash(store_space: StoreSpace) -> None:
+    first = await store_space.open()
     await first.record_event("/data/LeadChangeEvent", 7, [lead(1), lead(2)], 1_000, T0)
     leased = await first.lease("dead-flusher", 10, 60, T0)
     assert len(leased) == 2
     await first.close()  # "crash": no ack, no release
 
-    second = await Store.open(path)
+    second = await store_space.open()
     try:
         assert await second.lease("new", 10, 60, T0 + 59) == []  # lease still live
         recovered = await second.lease("new", 10, 60, T0 + 60)
@@ -120,9 +116,9 @@ async def test_expired_lease_is_recovered_after_a_crash(tmp_path: Path) -> None:
         await second.close()
 
 
-async def test_a_record_that_crashes_its_flusher_ends_in_dead_letter(tmp_path: Path) -> None:
-    path = tmp_path / "crash-loop.db"
-    store = await Store.open(path)
+async def test_a_record_that_crashes_its_flusher_ends_in_dead_letter(
+        store_space: StoreSpace) -> None:
+    store = await store_space.open()
     await store.enqueue([lead(1), lead(2)], T0, "cdc")
     now = T0
     for attempt in range(3):
@@ -132,7 +128,7 @@ async def test_a_record_that_crashes_its_flusher_ends_in_dead_letter(tmp_path: P
         await store.ack([lease for lease in leases if lease not in poison])
         await store.enqueue([lead(2)], now, "cdc")  # healthy records keep flowing
         await store.close()  # the flusher dies on lead(1) every time
-        store = await Store.open(path)
+        store = await store_space.open()
         now += 30
     try:
         [healthy] = await store.lease("f", 10, 30, now, max_attempts=3)
@@ -144,7 +140,7 @@ async def test_a_record_that_crashes_its_flusher_ends_in_dead_letter(tmp_path: P
         await store.close()
 
 
-async def test_release_returns_rows_without_penalty(store: Store) -> None:
+async def test_release_returns_rows_without_penalty(store: StoreAPI) -> None:
     await store.enqueue([lead(1), lead(2)], T0, "cdc")
     leases = await store.lease("f", 10, 300, T0 + 1)
     assert await store.release(leases) == 2
@@ -153,7 +149,7 @@ async def test_release_returns_rows_without_penalty(store: Store) -> None:
     assert [lease.record_id for lease in again] == [lease.record_id for lease in leases]
 
 
-async def test_backoff_grows_with_full_jitter_and_ends_in_dead_letter(store: Store) -> None:
+async def test_backoff_grows_with_full_jitter_and_ends_in_dead_letter(store: StoreAPI) -> None:
     draws = iter([1.0 - 1e-9, 0.0, 0.5, 0.999, 0.25] * 4)
     backoff = Backoff(base_s=2.0, max_delay_s=20.0, max_attempts=6, rand=lambda: next(draws))
     await store.record_event("/data/LeadChangeEvent", 1, [lead(1)], 1_000, T0)
@@ -185,7 +181,7 @@ async def test_backoff_grows_with_full_jitter_and_ends_in_dead_letter(store: Sto
     assert await store.dead_letter_counts() == {RETRIES_EXHAUSTED: 1}
 
 
-async def test_retry_after_is_a_floor_for_the_delay(store: Store) -> None:
+async def test_retry_after_is_a_floor_for_the_delay(store: StoreAPI) -> None:
     backoff = Backoff(base_s=1.0, max_delay_s=10.0, max_attempts=5, rand=lambda: 0.0)
     assert backoff.delay_s(3, retry_after_s=42.0) == 42.0
     assert backoff.delay_s(3) == 0.0
@@ -197,7 +193,7 @@ async def test_retry_after_is_a_floor_for_the_delay(store: Store) -> None:
     assert len(await store.lease("f", 10, 30, T0 + 7.5)) == 1
 
 
-async def test_dead_letter_only_if_version_still_matches(store: Store) -> None:
+async def test_dead_letter_only_if_version_still_matches(store: StoreAPI) -> None:
     await store.enqueue([lead(1), lead(2)], T0, "cdc")
     leases = await store.lease("f", 10, 30, T0)
     # lead(2) is fixed in Salesforce while its bad version is in flight.
@@ -213,7 +209,7 @@ async def test_dead_letter_only_if_version_still_matches(store: Store) -> None:
     assert retry.attempts == 0 and retry.version == 2
 
 
-async def test_dead_letter_each_keeps_per_record_reasons(store: Store) -> None:
+async def test_dead_letter_each_keeps_per_record_reasons(store: StoreAPI) -> None:
     await store.enqueue([lead(1), lead(2), lead(3)], T0, "cdc")
     leases = await store.lease("f", 10, 30, T0)
     failures = [
@@ -227,7 +223,7 @@ async def test_dead_letter_each_keeps_per_record_reasons(store: Store) -> None:
     assert (await store.queue_stats(T0 + 1)).depth == 0
 
 
-async def test_stale_lease_cannot_settle_a_row_leased_again(store: Store) -> None:
+async def test_stale_lease_cannot_settle_a_row_leased_again(store: StoreAPI) -> None:
     await store.enqueue([lead(1)], T0, "cdc")
     [old] = await store.lease("slow", 10, 5, T0)
     [new] = await store.lease("fast", 10, 5, T0 + 5)  # the slow flusher's lease expired
@@ -239,7 +235,7 @@ async def test_stale_lease_cannot_settle_a_row_leased_again(store: Store) -> Non
     assert (await store.ack([new])).deleted == 1
 
 
-async def test_a_stale_lease_cannot_delete_a_new_incarnation_of_its_row(store: Store) -> None:
+async def test_a_stale_lease_cannot_delete_a_new_incarnation_of_its_row(store: StoreAPI) -> None:
     await store.enqueue([lead(1)], T0, "cdc")
     [old] = await store.lease("slow", 10, 5, T0)
     [new] = await store.lease("fast", 10, 5, T0 + 5)
@@ -251,7 +247,7 @@ async def test_a_stale_lease_cannot_delete_a_new_incarnation_of_its_row(store: S
     assert (fresh.record_id, fresh.version, fresh.attempts) == (lead(1).record_id, 1, 0)
 
 
-async def test_queue_stats_counts_due_leased_and_backoff(store: Store) -> None:
+async def test_queue_stats_counts_due_leased_and_backoff(store: StoreAPI) -> None:
     assert (await store.queue_stats(T0)).oldest_age_s is None
     await store.enqueue([lead(n) for n in range(5)], T0, "cdc")
     leases = await store.lease("f", 2, 30, T0 + 10)
@@ -263,7 +259,7 @@ async def test_queue_stats_counts_due_leased_and_backoff(store: Store) -> None:
     assert await store.queue_depth_by_object() == {"Lead": 5}
 
 
-async def test_inputs_are_validated_before_any_write(store: Store) -> None:
+async def test_inputs_are_validated_before_any_write(store: StoreAPI) -> None:
     with pytest.raises(ValueError, match="source"):
         await store.enqueue([lead(1)], T0, "bogus")
     with pytest.raises(ValueError, match="record_id"):
@@ -274,14 +270,13 @@ async def test_inputs_are_validated_before_any_write(store: Store) -> None:
     assert await store.enqueue([], T0, "cdc") == 0
 
 
-async def _next_attempts(store: Store) -> list[tuple[str, float]]:
+async def _next_attempts(store: StoreAPI) -> list[tuple[str, float]]:
     # White-box peek at the due time; the public API shows it only through `lease`.
-    async with store._read("peek") as conn:
-        async with conn.execute("SELECT record_id, next_attempt_at FROM queue") as cursor:
-            return [(row[0], row[1]) for row in await cursor.fetchall()]
+    rows = await peek(store, "SELECT record_id, next_attempt_at FROM queue")
+    return [(str(row[0]), float(row[1])) for row in rows]  # type: ignore[arg-type]
 
 
-async def test_waiting_out_an_outage_never_costs_an_attempt(store: Store) -> None:
+async def test_waiting_out_an_outage_never_costs_an_attempt(store: StoreAPI) -> None:
     backoff = Backoff(base_s=1.0, max_delay_s=8.0, max_attempts=2, rand=lambda: 1.0 - 1e-9)
     await store.enqueue([lead(1), lead(2)], T0, "cdc")
     now = T0
@@ -299,7 +294,7 @@ async def test_waiting_out_an_outage_never_costs_an_attempt(store: Store) -> Non
 
 
 async def test_an_outage_retry_is_due_at_the_probe_and_at_once_when_the_outage_ends(
-        store: Store) -> None:
+        store: StoreAPI) -> None:
     backoff = Backoff(base_s=1.0, max_delay_s=300.0, max_attempts=5)
     await store.enqueue([lead(1), lead(2), lead(3)], T0, "cdc")
     leases = await store.lease("f", 10, 30, T0)
@@ -322,7 +317,7 @@ async def test_an_outage_retry_is_due_at_the_probe_and_at_once_when_the_outage_e
 
 
 async def test_a_newer_change_acked_after_an_outage_starts_its_outage_count_over(
-        store: Store) -> None:
+        store: StoreAPI) -> None:
     backoff = Backoff(base_s=1.0, max_delay_s=1.0)
     await store.enqueue([lead(1)], T0, "cdc")
     [first] = await store.lease("f", 10, 30, T0)

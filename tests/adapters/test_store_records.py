@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from streamsync.adapters.store import (
     BackfillWindow,
     IdentityUpdate,
     QueueInput,
-    Store,
+    StoreAPI,
 )
 from streamsync.errors import FatalError
 from streamsync.logs import REDACTED, redactor
+from tests.store_backends import StoreSpace
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "records.db")
-    yield s
-    await s.close()
+async def store(any_store: StoreAPI) -> StoreAPI:
+    return any_store
 
 
 def lead(n: int, change: str = "UPDATE") -> QueueInput:
     return QueueInput("Lead", f"00Q{n:015d}", change)
 
 
-async def _dead_letter(store: Store, items: list[QueueInput], reason: str, now: float) -> None:
+async def _dead_letter(store: StoreAPI, items: list[QueueInput], reason: str, now: float) -> None:
     await store.enqueue(items, now, "cdc")
     leases = await store.lease("f", len(items), 30, now)
     assert (await store.dead_letter(leases, reason, f"{reason} detail", now)).dead_lettered == len(
@@ -38,7 +34,7 @@ async def _dead_letter(store: Store, items: list[QueueInput], reason: str, now: 
     )
 
 
-async def test_dlq_list_counts_retry_and_purge(store: Store) -> None:
+async def test_dlq_list_counts_retry_and_purge(store: StoreAPI) -> None:
     await _dead_letter(store, [lead(1), lead(2, "DELETE")], "invalid_email", T0)
     await _dead_letter(store, [lead(3)], "type_conflict", T0 + 1)
     await _dead_letter(store, [lead(4)], "no_email", T0 + 2)
@@ -70,7 +66,7 @@ async def test_dlq_list_counts_retry_and_purge(store: Store) -> None:
     assert await store.purge_dead_letters(None) == 0
 
 
-async def test_dead_letter_again_updates_in_place(store: Store) -> None:
+async def test_dead_letter_again_updates_in_place(store: StoreAPI) -> None:
     await _dead_letter(store, [lead(1)], "invalid_email", T0)
     # A newer change of the same record fails too while the first failure is still listed.
     await _dead_letter(store, [lead(1)], "no_email", T0 + 20)
@@ -88,7 +84,7 @@ async def test_dead_letter_again_updates_in_place(store: Store) -> None:
     )
 
 
-async def test_a_record_that_syncs_leaves_the_dead_letter_table(store: Store) -> None:
+async def test_a_record_that_syncs_leaves_the_dead_letter_table(store: StoreAPI) -> None:
     await _dead_letter(store, [lead(1), lead(2)], "invalid_email", T0)
     # The email of lead(1) is fixed in Salesforce: a new change syncs fine.
     await store.record_event("/data/LeadChangeEvent", 5, [lead(1)], 1_000, T0 + 1)
@@ -98,7 +94,7 @@ async def test_a_record_that_syncs_leaves_the_dead_letter_table(store: Store) ->
     assert [d.record_id for d in await store.dead_letters()] == [lead(2).record_id]
 
 
-async def test_stored_errors_never_carry_known_secrets(store: Store) -> None:
+async def test_stored_errors_never_carry_known_secrets(store: StoreAPI) -> None:
     redactor().add("sk-live-very-secret-key")
     await store.enqueue([lead(1)], T0, "cdc")
     leases = await store.lease("f", 1, 30, T0)
@@ -110,7 +106,7 @@ async def test_stored_errors_never_carry_known_secrets(store: Store) -> None:
     assert "sk-live" not in entry.message and len(entry.message) <= 1000
 
 
-async def test_identity_round_trip_and_email_lookup(store: Store) -> None:
+async def test_identity_round_trip_and_email_lookup(store: StoreAPI) -> None:
     rows = [
         IdentityUpdate("Contact", "003A", "Ann@Example.com", None, "h1"),
         IdentityUpdate("Lead", "00QB", "ann@example.com", "00QB", "h2"),
@@ -140,7 +136,7 @@ async def test_identity_round_trip_and_email_lookup(store: Store) -> None:
     assert await store.identities("Contact", []) == {}
 
 
-async def test_identity_lookup_of_many_ids_is_chunked(store: Store) -> None:
+async def test_identity_lookup_of_many_ids_is_chunked(store: StoreAPI) -> None:
     ids = [f"003{n:015d}" for n in range(1_234)]
     await store.save_identities(
         [IdentityUpdate("Contact", i, f"{i}@example.com", None, "h") for i in ids], T0
@@ -148,7 +144,7 @@ async def test_identity_lookup_of_many_ids_is_chunked(store: Store) -> None:
     assert len(await store.identities("Contact", ids + ids[:10])) == 1_234
 
 
-async def test_backfill_checkpoints_resume(store: Store) -> None:
+async def test_backfill_checkpoints_resume(store: StoreAPI) -> None:
     assert await store.latest_run() is None
     windows = [
         BackfillWindow("Lead", "2024-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
@@ -189,7 +185,7 @@ async def test_backfill_checkpoints_resume(store: Store) -> None:
         await store.finish_run("missing", T0)
 
 
-async def test_replay_ids_keep_their_type_and_the_command_can_set_them(store: Store) -> None:
+async def test_replay_ids_keep_their_type_and_the_command_can_set_them(store: StoreAPI) -> None:
     assert await store.get_replay("/data/LeadChangeEvent") is None
     await store.record_event("/data/LeadChangeEvent", 6421, [], 1_000, T0)
     await store.record_event("/data/ContactChangeEvent", "AAAAAAAAB/c=", [], None, T0)
@@ -219,7 +215,7 @@ async def test_replay_ids_keep_their_type_and_the_command_can_set_them(store: St
     ]
 
 
-async def test_error_ring_keeps_the_newest(store: Store) -> None:
+async def test_error_ring_keeps_the_newest(store: StoreAPI) -> None:
     for n in range(205):
         await store.note_error("flusher", f"error {n}", T0 + n)
     recent = await store.recent_errors(limit=3)
@@ -228,16 +224,15 @@ async def test_error_ring_keeps_the_newest(store: Store) -> None:
     assert len(await store.recent_errors(limit=1_000)) == 200
 
 
-async def test_meta_values(store: Store) -> None:
+async def test_meta_values(store: StoreAPI) -> None:
     assert await store.get_meta("client_id") is None
     await store.set_meta("client_id", "abc", T0)
     await store.set_meta("client_id", "def", T0 + 1)
     assert await store.get_meta("client_id") == "def"
 
 
-async def test_status_snapshot_for_the_cli(tmp_path: Path) -> None:
-    path = tmp_path / "status.db"
-    service = await Store.open(path)
+async def test_status_snapshot_for_the_cli(store_space: StoreSpace) -> None:
+    service = await store_space.open()
     try:
         await _dead_letter(service, [QueueInput("Contact", "003X")], "invalid_email", T0)
         await service.record_event("/data/LeadChangeEvent", 77, [lead(1), lead(2)], 1_000, T0)
@@ -246,7 +241,7 @@ async def test_status_snapshot_for_the_cli(tmp_path: Path) -> None:
         await service.start_run("run-9", [window], {"objects": ["Lead"]}, T0)
         await service.save_checkpoint("run-9", window, "00Q9", 9, T0 + 2)
 
-        cli = await Store.open(path, create=False)
+        cli = await store_space.open()
         try:
             status = await cli.status(T0 + 10)
         finally:
@@ -262,8 +257,8 @@ async def test_status_snapshot_for_the_cli(tmp_path: Path) -> None:
         await service.close()
 
 
-async def test_lease_free_dead_letters_for_the_backfill(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "s.db")
+async def test_lease_free_dead_letters_for_the_backfill(store_space: StoreSpace) -> None:
+    store = await store_space.open()
     try:
         ids = [f"00Q00000000{n:04d}AAA" for n in range(3)]
         added = await store.add_dead_letters(

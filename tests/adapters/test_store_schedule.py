@@ -1,5 +1,6 @@
 """Owed reconciliations, channel anchors and backfill starts as typed store rows; the version 5
-migration that moves them out of the meta table and backfill_run.options."""
+migration that moves them out of the meta table and backfill_run.options (SQLite only: no
+PostgreSQL store predates version 5)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from streamsync.adapters.store import (
     migrate,
     schema_version,
 )
+from tests.store_backends import StoreSpace
 
 T0 = 1_700_000_000.0
 
 
-async def test_owed_reconciliations_merge_and_clear_only_what_ran(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "s.db")
+async def test_owed_reconciliations_merge_and_clear_only_what_ran(
+        store_space: StoreSpace) -> None:
+    store = await store_space.open()
     try:
         assert await store.reconcile_pending("Lead") is None
         first = await store.set_reconcile_pending("Lead", 5_000, "gap_overflow", T0)
@@ -43,8 +46,8 @@ async def test_owed_reconciliations_merge_and_clear_only_what_ran(tmp_path: Path
         await store.close()
 
 
-async def test_channel_anchors_and_latest_backfill_starts(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "s.db")
+async def test_channel_anchors_and_latest_backfill_starts(store_space: StoreSpace) -> None:
+    store = await store_space.open()
     try:
         assert await store.channel_anchor("/data/LeadChangeEvent") is None  # never subscribed
         for anchor in (ChannelAnchor("earliest"), ChannelAnchor("unanchored", 42),
@@ -60,7 +63,7 @@ async def test_channel_anchors_and_latest_backfill_starts(tmp_path: Path) -> Non
         await store.close()
 
 
-async def test_a_version_4_store_opens_with_its_markers_anchors_and_runs_typed(
+async def test_sqlite_a_version_4_store_opens_with_its_markers_anchors_and_runs_typed(
         tmp_path: Path) -> None:
     path = tmp_path / "v4.db"
     async with aiosqlite.connect(str(path), isolation_level=None) as conn:

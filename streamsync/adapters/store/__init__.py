@@ -1,9 +1,14 @@
-"""Durable SQLite store: work queue, replay ids, dead letters, identities, backfill checkpoints."""
+"""The durable store: work queue, replay ids, dead letters, identities, backfill checkpoints.
+
+`StoreAPI` is the interface; `Store` the SQLite backend, `postgres.PostgresStore` the PostgreSQL
+one (imported from `streamsync.adapters.store.postgres`, so SQLite users never load its driver).
+"""
 
 from __future__ import annotations
 
 from .base import Synchronous
 from .consent_inbox import ConsentEventRow
+from .interface import StoreAPI, collect_status
 from .mapping_state import read_applied_mappings
 from .schema import LATEST_VERSION, MIGRATIONS, Migration, migrate, schema_version
 from .store import Store
@@ -76,9 +81,11 @@ __all__ = [
     "ResyncState",
     "SettleResult",
     "Store",
+    "StoreAPI",
     "StoreStatus",
     "Synchronous",
     "WorkerInfo",
+    "collect_status",
     "migrate",
     "read_applied_mappings",
     "schema_version",

@@ -127,6 +127,16 @@ class StoreBase:
         self._lock = asyncio.Lock()
         self._file_id = _file_id(path)
 
+    @property
+    def location(self) -> str:
+        """The file's path (for logs)."""
+        return str(self.path)
+
+    @property
+    def shared(self) -> bool:
+        """False: one `run` owns a SQLite store (owner.py)."""
+        return False
+
     def file_problem(self) -> str | None:
         """None while `path` is still the file this store opened; else what became of it.
         (SQLite keeps writing to a deleted file's inode: everything is lost at close.)"""

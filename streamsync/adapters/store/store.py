@@ -5,6 +5,7 @@ from __future__ import annotations
 from .backfill import BackfillOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
+from .interface import collect_status
 from .lists import ListOps
 from .mapping_state import MappingStateOps
 from .queue import QueueOps
@@ -16,7 +17,8 @@ from .workers import WorkerOps
 
 class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
             ConsentInboxOps, WorkerOps, MappingStateOps):
-    """Async facade over one aiosqlite connection to a WAL database (see `base` for durability).
+    """The `StoreAPI` on one aiosqlite connection to a WAL database (see `base` for
+    durability).
 
     Open with ``await Store.open(path)``; every method takes the current time as ``now`` (epoch
     seconds) instead of reading a clock. A second process may open the same file at the same
@@ -25,13 +27,4 @@ class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
 
     async def status(self, now: float, errors: int = 10) -> StoreStatus:
         """The operator's view for `streamsync status`: queue, replay ids, DLQ, errors, backfill."""
-        run = await self.latest_run()
-        return StoreStatus(
-            queue=await self.queue_stats(now),
-            queue_by_object=await self.queue_depth_by_object(),
-            replays=tuple(await self.replays()),
-            dead_letters_by_reason=await self.dead_letter_counts(),
-            recent_errors=tuple(await self.recent_errors(errors)),
-            backfill_run=run,
-            backfill_windows=tuple(await self.windows(run.run_id)) if run is not None else (),
-        )
+        return await collect_status(self, now, errors)

@@ -1,0 +1,302 @@
+"""`StoreAPI`: the one store interface the runtime depends on (docs/design.md §1.6).
+
+Two backends implement it with the same semantics: `Store` (one SQLite file, the embedded
+default) and `PostgresStore` (a shared PostgreSQL database that several processes may use at
+once). `tests/adapters/test_store_*.py` run against both. Every method takes the current time as
+`now` (epoch seconds) instead of reading a clock; the semantics of each are documented on the
+SQLite implementation (`queue.py`, `records.py`, `backfill.py`, `schedule.py`, `replay.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, Self
+
+from .types import (
+    AckResult,
+    BackfillRun,
+    BackfillWindow,
+    Backoff,
+    ChannelAnchor,
+    Checkpoint,
+    DeadLetter,
+    ErrorEntry,
+    Failure,
+    Identity,
+    IdentityHandover,
+    IdentityUpdate,
+    Lease,
+    PendingReconcile,
+    QueueInput,
+    QueueStats,
+    ReplayState,
+    SettleResult,
+    StoreStatus,
+)
+
+
+class StoreAPI(Protocol):
+    """The durable state of the sync: queue, replay ids, identities, dead letters, backfill."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, fit for logs (a file path, or a URL without any password)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """True when several processes may run the service on this store at once (PostgreSQL);
+        False for SQLite, whose single owner holds an OS lock (`owner.py`)."""
+        ...
+
+    def file_problem(self) -> str | None:
+        """None while the store is still the one opened; else what became of it."""
+        ...
+
+    async def close(self) -> None:
+        """Close the store (idempotent); later calls raise FatalError."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        ...
+
+    # -- queue and replay ids (invariants 1, 2, 10)
+
+    async def record_event(self, channel: str, replay_id: str | int | None,
+                           items: Sequence[QueueInput], commit_ts_ms: int | None,
+                           now: float) -> None:
+        """Enqueue the ids of one CDC event and store the channel's replay id, atomically."""
+        ...
+
+    async def enqueue(self, items: Sequence[QueueInput], now: float, source: str,
+                      commit_ts_ms: int | None = None) -> int:
+        """Enqueue records without a replay id (reconcile, fan-out, catch-up, retry)."""
+        ...
+
+    async def lease(self, owner: str, limit: int, lease_s: float, now: float,
+                    objects: Sequence[str] | None = None,
+                    max_attempts: int | None = None) -> list[Lease]:
+        """Lease up to `limit` due rows, oldest first, until `now + lease_s`."""
+        ...
+
+    async def ack(self, leases: Sequence[Lease]) -> AckResult:
+        """The sink confirmed these: delete each row whose version is still the leased one."""
+        ...
+
+    async def retry_later(self, leases: Sequence[Lease], error: str, now: float,
+                          backoff: Backoff, retry_after_s: float | None = None) -> SettleResult:
+        """A transient failure: attempts + 1 and a jittered backoff (at least `retry_after_s`)."""
+        ...
+
+    async def wait_out(self, leases: Sequence[Lease], error: str, now: float, backoff: Backoff,
+                       retry_after_s: float | None = None,
+                       until: float | None = None) -> SettleResult:
+        """Salesforce or Iterable failed, not the records: outage_retries + 1, no attempt."""
+        ...
+
+    async def resume_waiting(self, now: float) -> int:
+        """An outage ended: every unleased row waiting it out is due now."""
+        ...
+
+    async def dead_letter(self, leases: Sequence[Lease], reason: str, error: str,
+                          now: float) -> SettleResult:
+        """Poison records: move each to the dead-letter table if its version is unchanged."""
+        ...
+
+    async def dead_letter_each(self, failures: Sequence[Failure], now: float) -> SettleResult:
+        """Like `dead_letter`, with a reason and error per record."""
+        ...
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give leases back without penalty (shutdown); the rows are due again at once."""
+        ...
+
+    async def expire_leases(self, now: float) -> int:
+        """End every live lease now (only for a new single owner of the store)."""
+        ...
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        """Depth, rows due now, rows under a live lease, rows in backoff, oldest row's age."""
+        ...
+
+    async def queue_depth_by_object(self) -> dict[str, int]:
+        """Rows per Salesforce object."""
+        ...
+
+    async def next_due(self, objects: Sequence[str] | None = None) -> float | None:
+        """The earliest `next_attempt_at` of a row of `objects` (None: any object)."""
+        ...
+
+    async def get_replay(self, channel: str) -> ReplayState | None:
+        """Where `channel` resumes, or None if nothing was ever recorded for it."""
+        ...
+
+    async def replays(self) -> list[ReplayState]:
+        """Every channel's replay state, by channel name."""
+        ...
+
+    async def set_replay(self, channel: str, replay_id: str | int | None, now: float,
+                         commit_ts_ms: int | None = None) -> None:
+        """Set where `channel` resumes (the `replay` command); None forgets the replay id."""
+        ...
+
+    # -- dead letters, identities, errors, meta
+
+    async def dead_letters(self, reason: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recently failed dead letters, optionally of one reason."""
+        ...
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters by reason."""
+        ...
+
+    async def retry_dead_letters(self, reason: str | None, now: float) -> int:
+        """Move dead letters (all, or one reason) back to the queue as source 'retry'."""
+        ...
+
+    async def add_dead_letters(self, object_name: str, dead: Mapping[str, tuple[str, str]],
+                               now: float, change_type: str = "UPDATE") -> int:
+        """Record `record id -> (reason, detail)` without a lease, one transaction."""
+        ...
+
+    async def clear_dead_letters(self, object_name: str, record_ids: Sequence[str]) -> int:
+        """Drop the dead letters of records that have now synced, without a lease."""
+        ...
+
+    async def purge_dead_letters(self, reason: str | None) -> int:
+        """Delete dead letters (all, or one reason) for good."""
+        ...
+
+    async def identities(self, object_name: str, ids: Sequence[str]) -> dict[str, Identity]:
+        """Stored identities of these records of `object_name`, by record id."""
+        ...
+
+    async def save_identities(self, rows: Sequence[IdentityUpdate], now: float) -> None:
+        """Record what was just sent to Iterable (after it confirmed)."""
+        ...
+
+    async def forget_identity(self, object_name: str, ids: Sequence[str]) -> int:
+        """Drop identities (after the Iterable user was deleted); returns rows removed."""
+        ...
+
+    async def hand_over_identities(self, moves: Sequence[IdentityHandover], now: float, *,
+                                   enqueue: bool = True) -> list[IdentityHandover]:
+        """Pass identities from sources to targets holding none (converted Leads)."""
+        ...
+
+    async def find_by_email(self, email: str) -> list[Identity]:
+        """Identities holding this Iterable email (case-insensitive)."""
+        ...
+
+    async def note_error(self, component: str, message: str, now: float) -> None:
+        """Remember an error for `status` (secrets masked); the ring keeps the newest 200."""
+        ...
+
+    async def recent_errors(self, limit: int = 20) -> list[ErrorEntry]:
+        """The newest errors first."""
+        ...
+
+    async def get_meta(self, key: str) -> str | None:
+        """A small stored value."""
+        ...
+
+    async def set_meta(self, key: str, value: str, now: float) -> None:
+        """Store a small value under `key`."""
+        ...
+
+    # -- backfill runs and checkpoints
+
+    async def start_run(self, run_id: str, windows: Sequence[BackfillWindow],
+                        options: Mapping[str, Any], now: float,
+                        objects: Sequence[str] = ()) -> BackfillRun:
+        """Create a run, its windows and the objects it loads in one transaction."""
+        ...
+
+    async def add_windows(self, run_id: str, windows: Sequence[BackfillWindow],
+                          now: float) -> None:
+        """Add windows to an existing run (windows already there are left as they are)."""
+        ...
+
+    async def windows(self, run_id: str) -> list[Checkpoint]:
+        """Every window of a run with its progress, in a stable order."""
+        ...
+
+    async def save_checkpoint(self, run_id: str, window: BackfillWindow, last_id: str | None,
+                              records_done: int, now: float) -> None:
+        """Record that `window` is done up to `last_id` (inclusive)."""
+        ...
+
+    async def finish_window(self, run_id: str, window: BackfillWindow, now: float,
+                            records_done: int | None = None) -> None:
+        """Mark a window done (optionally with its final count)."""
+        ...
+
+    async def finish_run(self, run_id: str, now: float) -> None:
+        """Mark the run finished (after its catch-up was enqueued)."""
+        ...
+
+    async def get_run(self, run_id: str) -> BackfillRun | None:
+        """One run by id."""
+        ...
+
+    async def latest_run(self) -> BackfillRun | None:
+        """The most recently started run, finished or not."""
+        ...
+
+    async def runs(self, limit: int = 10) -> list[BackfillRun]:
+        """The most recently started runs first."""
+        ...
+
+    async def latest_backfill_starts(self) -> dict[str, float]:
+        """Per object any backfill run loaded, the start time of the latest such run."""
+        ...
+
+    # -- owed reconciliations and channel anchors (invariant 6)
+
+    async def set_reconcile_pending(self, object_name: str, since_ms: int | None, trigger: str,
+                                    now: float) -> PendingReconcile:
+        """Durably owe a reconciliation, merged with one already owed; returns what is owed."""
+        ...
+
+    async def reconcile_pending(self, object_name: str) -> PendingReconcile | None:
+        """The reconciliation `object_name` owes, if any."""
+        ...
+
+    async def reconciles_pending(self) -> dict[str, PendingReconcile]:
+        """Every owed reconciliation, by object."""
+        ...
+
+    async def clear_reconcile_pending(self, object_name: str, done: PendingReconcile) -> bool:
+        """Drop the owed reconciliation if it is still exactly `done`."""
+        ...
+
+    async def channel_anchor(self, channel: str) -> ChannelAnchor | None:
+        """The channel's anchor; None when it was never subscribed."""
+        ...
+
+    async def set_channel_anchor(self, channel: str, anchor: ChannelAnchor, now: float) -> None:
+        """Store the channel's anchor."""
+        ...
+
+    # -- the operator's view
+
+    async def status(self, now: float, errors: int = 10) -> StoreStatus:
+        """Queue, replay ids, dead letters, recent errors and the latest backfill."""
+        ...
+
+
+async def collect_status(store: StoreAPI, now: float, errors: int = 10) -> StoreStatus:
+    """`status` of either backend: queue, replay ids, DLQ, errors, the latest backfill."""
+    run = await store.latest_run()
+    return StoreStatus(
+        queue=await store.queue_stats(now),
+        queue_by_object=await store.queue_depth_by_object(),
+        replays=tuple(await store.replays()),
+        dead_letters_by_reason=await store.dead_letter_counts(),
+        recent_errors=tuple(await store.recent_errors(errors)),
+        backfill_run=run,
+        backfill_windows=tuple(await store.windows(run.run_id)) if run is not None else (),
+    )

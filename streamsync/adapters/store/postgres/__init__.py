@@ -1,0 +1,11 @@
+"""The store on PostgreSQL: the same interface and semantics as the SQLite store, shared by
+several processes."""
+
+from __future__ import annotations
+
+from .base import redacted_url, translate
+from .schema import LATEST_VERSION, MIGRATIONS, migrate, schema_version
+from .store import PostgresStore
+
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "PostgresStore", "migrate", "redacted_url",
+           "schema_version", "translate"]

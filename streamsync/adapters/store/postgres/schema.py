@@ -1,0 +1,214 @@
+"""The PostgreSQL schema as versioned migrations, recorded in `schema_version`.
+
+Version numbers follow the SQLite schema (streamsync/adapters/store/schema.py): a PostgreSQL
+store starts at version 5, the SQLite schema of that version created in one step (no PostgreSQL
+store existed before it, so the earlier steps, which move data between SQLite layouts, have
+nothing to do). A later version adds the same tables to both backends under the same number.
+
+`migrate` runs in one transaction under a transaction-level advisory lock, so processes that
+start together apply each step exactly once, and a step that fails leaves nothing behind
+(PostgreSQL's DDL is transactional).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import asyncpg
+import asyncpg.pool
+
+from streamsync.errors import FatalError
+
+# pg_advisory_xact_lock key of schema migrations: any constant unique to streamsync.
+MIGRATION_LOCK = 0x5354_5253_594E_4331  # "STRSYNC1"
+
+AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
+TIME = "double precision"  # epoch seconds, as the SQLite store keeps them (REAL)
+
+
+@dataclass(frozen=True, slots=True)
+class PgMigration:
+    """Statements that take the schema to `version`, run in the migrating transaction."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_V5 = PgMigration(
+    5,
+    "queue, replay ids, dead letters, identities, meta, backfill runs and checkpoints, the "
+    "recent-errors ring, owed reconciliations and channel anchors (SQLite schema version 5)",
+    (
+        # Columns and their meaning: streamsync/adapters/store/schema.py.
+        f"""
+        CREATE TABLE queue (
+            object_name text NOT NULL,
+            record_id text NOT NULL,
+            version bigint NOT NULL DEFAULT 1,
+            change_type text NOT NULL,
+            source text NOT NULL
+                CHECK (source IN ('cdc', 'reconcile', 'fanout', 'retry', 'catchup')),
+            first_enqueued_at {TIME} NOT NULL,
+            last_enqueued_at {TIME} NOT NULL,
+            commit_ts_ms bigint,
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at {TIME} NOT NULL,
+            lease_owner text,
+            lease_token text,
+            leased_at {TIME},
+            lease_expires_at {TIME},
+            requeued_at {TIME},
+            requeued_commit_ts_ms bigint,
+            last_error text,
+            outage_retries integer NOT NULL DEFAULT 0,
+            PRIMARY KEY (object_name, record_id)
+        )
+        """,
+        "CREATE INDEX queue_due ON queue (next_attempt_at)",
+        # A replay id is opaque: an int (CometD) or a str; exactly one column holds it.
+        f"""
+        CREATE TABLE replay (
+            channel text PRIMARY KEY,
+            replay_id_int bigint,
+            replay_id_text text,
+            last_commit_ts_ms bigint,
+            updated_at {TIME} NOT NULL,
+            CHECK (replay_id_int IS NULL OR replay_id_text IS NULL)
+        )
+        """,
+        f"""
+        CREATE TABLE dead_letter (
+            object_name text NOT NULL,
+            record_id text NOT NULL,
+            change_type text NOT NULL,
+            reason text NOT NULL,
+            last_error text NOT NULL,
+            attempts integer NOT NULL,
+            first_failed_at {TIME} NOT NULL,
+            last_failed_at {TIME} NOT NULL,
+            PRIMARY KEY (object_name, record_id)
+        )
+        """,
+        "CREATE INDEX dead_letter_reason ON dead_letter (reason, last_failed_at)",
+        f"""
+        CREATE TABLE identity (
+            object_name text NOT NULL,
+            record_id text NOT NULL,
+            iterable_email text,
+            iterable_user_id text,
+            payload_hash text,
+            synced_at {TIME} NOT NULL,
+            PRIMARY KEY (object_name, record_id)
+        )
+        """,
+        "CREATE INDEX identity_email ON identity (lower(iterable_email))",
+        f"CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL, "
+        f"updated_at {TIME} NOT NULL)",
+        # `seq` orders runs started in the same instant as SQLite's rowid does.
+        f"""
+        CREATE TABLE backfill_run (
+            run_id text PRIMARY KEY,
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            started_at {TIME} NOT NULL,
+            finished_at {TIME},
+            options text NOT NULL DEFAULT '{{}}'
+        )
+        """,
+        "CREATE INDEX backfill_run_started ON backfill_run (started_at)",
+        f"""
+        CREATE TABLE backfill_checkpoint (
+            run_id text NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
+            object_name text NOT NULL,
+            window_start text NOT NULL,
+            window_end text NOT NULL,
+            last_id text,
+            records_done bigint NOT NULL DEFAULT 0,
+            done boolean NOT NULL DEFAULT false,
+            started_at {TIME} NOT NULL,
+            updated_at {TIME} NOT NULL,
+            finished_at {TIME},
+            PRIMARY KEY (run_id, object_name, window_start, window_end)
+        )
+        """,
+        f"""
+        CREATE TABLE error_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at {TIME} NOT NULL,
+            component text NOT NULL,
+            message text NOT NULL
+        )
+        """,
+        f"""
+        CREATE TABLE reconcile_pending (
+            object_name text PRIMARY KEY,
+            since_ms bigint,
+            trigger text NOT NULL,
+            seq bigint NOT NULL,
+            updated_at {TIME} NOT NULL
+        )
+        """,
+        f"""
+        CREATE TABLE channel_anchor (
+            channel text PRIMARY KEY,
+            state text NOT NULL CHECK (state IN ('anchored', 'unanchored', 'earliest')),
+            since_ms bigint,
+            updated_at {TIME} NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE backfill_run_object (
+            run_id text NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
+            object_name text NOT NULL,
+            PRIMARY KEY (run_id, object_name)
+        )
+        """,
+        "CREATE INDEX backfill_run_object_name ON backfill_run_object (object_name)",
+    ),
+)
+
+MIGRATIONS: tuple[PgMigration, ...] = (_V5,)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_VERSION_TABLE = f"""
+CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at {TIME} NOT NULL
+)
+"""
+
+
+async def schema_version(conn: AnyConnection) -> int:
+    """The newest applied version (0 for an empty database)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+
+async def migrate(conn: AnyConnection, target: int = LATEST_VERSION) -> int:
+    """Apply every migration above the current version up to `target`; returns the version."""
+    if target not in (0, *(m.version for m in MIGRATIONS)):
+        raise ValueError(f"unknown schema version {target} (latest is {LATEST_VERSION})")
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(_VERSION_TABLE)
+        current = await schema_version(conn)
+        if current > LATEST_VERSION:
+            raise FatalError(
+                f"store schema version {current} is newer than this streamsync understands "
+                f"({LATEST_VERSION}); upgrade streamsync or point [store] url at another "
+                "database"
+            )
+        for step in MIGRATIONS:
+            if current < step.version <= target:
+                for statement in step.statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, description, applied_at) "
+                    "VALUES ($1, $2, $3)", step.version, step.description, time.time())
+                current = step.version
+    return current

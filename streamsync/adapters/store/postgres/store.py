@@ -1,0 +1,22 @@
+"""`PostgresStore`: the store on a shared PostgreSQL database (docs/design.md §1.6)."""
+
+from __future__ import annotations
+
+from ..interface import collect_status
+from ..types import StoreStatus
+from .backfill import BackfillOps
+from .queue import QueueOps
+from .records import RecordOps
+from .schedule import ScheduleOps
+
+
+class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps):
+    """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
+    several machines) may use one database at once: leases are exclusive across them.
+
+    Open with ``await PostgresStore.open(url, password=...)``.
+    """
+
+    async def status(self, now: float, errors: int = 10) -> StoreStatus:
+        """The operator's view for `streamsync status`."""
+        return await collect_status(self, now, errors)
