@@ -52,6 +52,7 @@ def render_status(data: Mapping[str, Any]) -> str:
              + (f" (store {data['store']})" if data.get("store") else "")]
     parts += _queue(data["queue"])
     parts += _channels(data["channels"])
+    parts += _workers(data.get("workers") or [])
     dl = data["dead_letters"]
     parts.append(f"\nDead letters: {dl['total']}")
     if dl["by_reason"]:
@@ -82,10 +83,21 @@ def _channels(channels: list[Mapping[str, Any]]) -> list[str]:
     if not channels:
         return ["\nChannels:", "  (none)"]
     return ["\nChannels:", table(
-        ["channel", "object", "replay id", "last event (commit time)", "age"],
+        ["channel", "object", "replay id", "last event (commit time)", "age", "leader"],
         [[c["channel"], c["object"] or "(not configured)",
           "(none: starts with new events)" if c["replay_id"] is None else c["replay_id"],
-          c["last_event_at"], duration(c["last_event_age_s"])] for c in channels])]
+          c["last_event_at"], duration(c["last_event_age_s"]),
+          c.get("leader") or "(none)"] for c in channels])]
+
+
+def _workers(workers: list[Mapping[str, Any]]) -> list[str]:
+    if not workers:
+        return ["\nWorkers:", "  (none has run on this store)"]
+    return ["\nWorkers:", table(
+        ["worker", "host", "pid", "leads", "last heartbeat", "age", "state"],
+        [[w["worker_id"], w["host"], w["pid"], ", ".join(w["leads"]) or "(following)",
+          w["last_heartbeat_at"], duration(w["heartbeat_age_s"]), w["state"]]
+         for w in workers])]
 
 
 def _backfill(bf: Mapping[str, Any] | None, earlier: list[Mapping[str, Any]]) -> list[str]:

@@ -25,11 +25,10 @@ from streamsync.config import WorkersConfig
 from streamsync.errors import RetriableError, StreamsyncError, describe_error
 from streamsync.logs import get_logger
 from streamsync.runtime.metrics import Metrics
+from streamsync.runtime.status import STALE_AFTER_HEARTBEATS
 
 log = get_logger(__name__)
 
-STALE_AFTER_HEARTBEATS = 3
-"""A worker is shown stale after this many heartbeat periods without one."""
 FORGET_AFTER_S = 7 * 86_400.0
 """Registry rows of workers gone for this long are dropped."""
 

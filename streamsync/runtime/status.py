@@ -11,14 +11,19 @@ from streamsync.adapters.iterable import FAILURE_LISTS, RECORD_REASONS
 from streamsync.adapters.store import (
     LEASE_EXPIRED,
     RETRIES_EXHAUSTED,
+    ChannelLease,
     Checkpoint,
     DeadLetter,
     Store,
     StoreStatus,
+    WorkerInfo,
 )
-from streamsync.config import Config
+from streamsync.config import Config, WorkersConfig
 from streamsync.logs import redactor
 from streamsync.models import DeadLetterReason
+
+STALE_AFTER_HEARTBEATS = 3
+"""A worker silent for this many heartbeat periods is shown stale (runtime/leadership.py)."""
 
 KNOWN_DEAD_LETTER_REASONS: frozenset[str] = frozenset(
     {value for name, value in vars(DeadLetterReason).items()
@@ -129,10 +134,48 @@ def status_dict(status: StoreStatus, config: Config | None, now: float) -> dict[
     return cleaned
 
 
+def workers_list(workers: list[WorkerInfo], leases: list[ChannelLease], now: float,
+                 stale_after_s: float) -> list[dict[str, Any]]:
+    """Every registered worker: who it is, what it leads now, its last heartbeat, and its
+    state (`live`, `stale`: silent for `stale_after_s`, or `stopped`)."""
+    leads: dict[str, list[str]] = {}
+    for lease in leases:
+        holder = lease.held_by(now)
+        if holder is not None:
+            leads.setdefault(holder, []).append(lease.channel)
+    return [{
+        "worker_id": w.worker_id,
+        "host": w.host,
+        "pid": w.pid,
+        "started_at": iso(w.started_at),
+        "leads": sorted(leads.get(w.worker_id, [])),
+        "last_heartbeat_at": iso(w.heartbeat_at),
+        "heartbeat_age_s": round(max(0.0, now - w.heartbeat_at), 3),
+        "state": ("stopped" if w.stopped_at is not None
+                  else "stale" if w.is_stale(now, stale_after_s) else "live"),
+    } for w in workers]
+
+
+def _leaders(data: dict[str, Any], leases: list[ChannelLease], now: float) -> None:
+    """Each channel's current leader (None: no worker holds it) and fencing token."""
+    by_channel = {lease.channel: lease for lease in leases}
+    for channel in data["channels"]:
+        lease = by_channel.get(channel["channel"])
+        channel["leader"] = None if lease is None else lease.held_by(now)
+        channel["leader_token"] = None if lease is None else lease.token
+        channel["failovers"] = 0 if lease is None else lease.failovers
+
+
 async def read_status(store: Store, config: Config | None, now: float,
                       errors: int = 10, runs: int = 5) -> dict[str, Any]:
-    """Read the store and shape it with `status_dict`, plus the `runs` latest backfill runs."""
+    """Read the store and shape it with `status_dict`, plus the `runs` latest backfill runs
+    and the worker registry (each worker, the channels it leads)."""
     data = status_dict(await store.status(now, errors=errors), config, now)
+    leases = await store.channel_leases()
+    workers_conf = config.workers if config is not None else WorkersConfig()
+    stale_after_s = workers_conf.heartbeat_s * STALE_AFTER_HEARTBEATS
+    data["workers"] = _clean(workers_list(await store.workers(), leases, now, stale_after_s))
+    _leaders(data, leases, now)
     data["backfill_runs"] = _clean([
         {"run_id": run.run_id, "started_at": iso(run.started_at),
          "finished_at": iso(run.finished_at), "options": dict(run.options)}

@@ -91,9 +91,15 @@ def sections(data: Mapping[str, Any]) -> dict[str, str]:
         return {**out, "subscriptions": '<p class="empty">starting…</p>'}
     q = data["queue"]
     out["subscriptions"] = _table(
-        ["channel", "object", "replay id", "last event", "age"],
+        ["channel", "object", "replay id", "last event", "age", "leader"],
         [[c["channel"], c["object"], c["replay_id"], c["last_event_at"],
-          duration(c["last_event_age_s"])] for c in data["channels"]], "no subscriptions")
+          duration(c["last_event_age_s"]), c.get("leader")] for c in data["channels"]],
+        "no subscriptions")
+    out["workers"] = _table(
+        ["worker", "host", "pid", "leads", "last heartbeat", "age", "state"],
+        [[w["worker_id"], w["host"], w["pid"], ", ".join(w["leads"]) or "(following)",
+          w["last_heartbeat_at"], duration(w["heartbeat_age_s"]), w["state"]]
+         for w in data.get("workers", [])], "no worker has run on this store")
     out["queue"] = (f"<p><b>{_e(q['depth'])}</b> queued · oldest "
                     f"{_e(duration(q['oldest_age_s']))} · {_e(q['due'])} due · "
                     f"{_e(q['leased'])} leased · {_e(q['retrying'])} in backoff</p>")
@@ -150,6 +156,7 @@ def _backfill(bf: Mapping[str, Any] | None) -> str:
 
 SECTION_TITLES = {
     "subscriptions": "Subscriptions and replay positions",
+    "workers": "Workers",
     "queue": "Queue",
     "latency": "Commit → Iterable latency, last hour (p50, p95 per minute)",
     "iterable": "Iterable rate budget",
