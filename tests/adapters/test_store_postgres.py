@@ -17,7 +17,9 @@ from streamsync.adapters.store.postgres import (
     schema_version,
     translate,
 )
+from streamsync.adapters.store.postgres import schema as pg_schema
 from streamsync.adapters.store.postgres.schedule import PENDING_LOCK
+from streamsync.adapters.store.postgres.schema import MIGRATIONS, PgMigration
 from streamsync.errors import FatalError, StreamsyncError, TransientError
 from streamsync.testing.pg_server import PgServer, free_port
 from tests.store_backends import peek
@@ -69,13 +71,31 @@ async def test_migrations_are_versioned_and_a_newer_schema_is_refused(pg_url: st
     try:
         assert await schema_version(conn) == LATEST_VERSION
         rows = await conn.fetch("SELECT version FROM schema_version ORDER BY version")
-        assert [row[0] for row in rows] == [LATEST_VERSION]
+        assert [row[0] for row in rows] == [m.version for m in MIGRATIONS]
         await conn.execute("INSERT INTO schema_version VALUES ($1, 'from the future', 0)",
                            LATEST_VERSION + 1)
     finally:
         await conn.close()
     with pytest.raises(FatalError, match="newer"):
         await PostgresStore.open(pg_url)
+
+
+async def test_a_step_added_under_a_lower_number_still_runs_on_a_newer_database(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL skips the numbers of SQLite steps it does not need yet; one filled in later
+    must not be taken as applied because a higher version is."""
+    await (await PostgresStore.open(pg_url)).close()
+    assert LATEST_VERSION > 6 and 6 not in [m.version for m in MIGRATIONS]
+    late = PgMigration(6, "filled in later", ("CREATE TABLE filled_in_later (x integer)",))
+    monkeypatch.setattr(pg_schema, "MIGRATIONS",
+                        tuple(sorted((*MIGRATIONS, late), key=lambda m: m.version)))
+    await (await PostgresStore.open(pg_url)).close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('filled_in_later') IS NOT NULL")
+        assert await schema_version(conn) == LATEST_VERSION
+    finally:
+        await conn.close()
 
 
 async def test_leases_are_exclusive_across_processes(pg_url: str) -> None:

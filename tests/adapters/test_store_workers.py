@@ -1,15 +1,15 @@
 """Worker registry and channel leadership leases: the fencing is enforced by the store itself,
-seen through two handles of one store (two processes' view)."""
+seen through two handles of one store (two processes' view), on both backends."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from streamsync.adapters.store import ChannelAnchor, QueueInput, Store, WorkerInfo
+from streamsync.adapters.store import ChannelAnchor, QueueInput, StoreAPI, WorkerInfo
 from streamsync.errors import LeadershipLost
+from tests.store_backends import StoreSpace
 
 T0 = 1_700_000_000.0
 CH = "/data/LeadChangeEvent"
@@ -17,9 +17,9 @@ TTL = 15.0
 
 
 @pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
-    a = await Store.open(tmp_path / "shared.db")
-    b = await Store.open(tmp_path / "shared.db")
+async def stores(store_space: StoreSpace) -> AsyncIterator[tuple[StoreAPI, StoreAPI]]:
+    a = await store_space.open()
+    b = await store_space.open()
     yield a, b
     await a.close()
     await b.close()
@@ -30,7 +30,7 @@ def lead(n: int) -> QueueInput:
 
 
 async def test_one_holder_at_a_time_and_the_token_grows_on_each_change_of_holder(
-        stores: tuple[Store, Store]) -> None:
+        stores: tuple[StoreAPI, StoreAPI]) -> None:
     a, b = stores
     first = await a.acquire_channel(CH, "wa", TTL, T0)
     assert first is not None and first.token == 1 and first.took_over_from is None
@@ -48,7 +48,7 @@ async def test_one_holder_at_a_time_and_the_token_grows_on_each_change_of_holder
 
 
 async def test_a_deposed_leaders_event_write_is_refused_by_the_store_and_commits_nothing(
-        stores: tuple[Store, Store]) -> None:
+        stores: tuple[StoreAPI, StoreAPI]) -> None:
     a, b = stores
     grant_a = await a.acquire_channel(CH, "wa", TTL, T0)
     assert grant_a is not None
@@ -75,7 +75,7 @@ async def test_a_deposed_leaders_event_write_is_refused_by_the_store_and_commits
 
 
 async def test_an_expired_lease_nobody_took_still_fences_by_token(
-        stores: tuple[Store, Store]) -> None:
+        stores: tuple[StoreAPI, StoreAPI]) -> None:
     a, _ = stores
     grant = await a.acquire_channel(CH, "wa", TTL, T0)
     assert grant is not None
@@ -89,7 +89,7 @@ async def test_an_expired_lease_nobody_took_still_fences_by_token(
 
 
 async def test_take_over_is_for_the_single_owner_and_still_moves_the_token(
-        stores: tuple[Store, Store]) -> None:
+        stores: tuple[StoreAPI, StoreAPI]) -> None:
     a, b = stores
     old = await a.acquire_channel(CH, "crashed", TTL, T0)
     assert old is not None
@@ -101,7 +101,7 @@ async def test_take_over_is_for_the_single_owner_and_still_moves_the_token(
 
 
 async def test_registry_heartbeats_staleness_and_clean_stop_releases_leases(
-        stores: tuple[Store, Store]) -> None:
+        stores: tuple[StoreAPI, StoreAPI]) -> None:
     a, b = stores
     await a.register_worker(WorkerInfo("wa", "host-a", 101, T0, T0))
     await b.register_worker(WorkerInfo("wb", "host-b", 202, T0, T0))

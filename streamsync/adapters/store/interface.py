@@ -18,6 +18,7 @@ from .types import (
     BackfillWindow,
     Backoff,
     ChannelAnchor,
+    ChannelLease,
     Checkpoint,
     DeadLetter,
     ErrorEntry,
@@ -26,12 +27,14 @@ from .types import (
     IdentityHandover,
     IdentityUpdate,
     Lease,
+    LeaseGrant,
     PendingReconcile,
     QueueInput,
     QueueStats,
     ReplayState,
     SettleResult,
     StoreStatus,
+    WorkerInfo,
 )
 
 
@@ -279,6 +282,63 @@ class StoreAPI(Protocol):
 
     async def set_channel_anchor(self, channel: str, anchor: ChannelAnchor, now: float) -> None:
         """Store the channel's anchor."""
+        ...
+
+    # -- workers and channel leadership (docs/design.md §1.8, invariant 13)
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        """Add (or re-add) a worker to the registry."""
+        ...
+
+    async def heartbeat(self, worker_id: str, now: float) -> bool:
+        """Refresh a worker's heartbeat; False when its row is gone (register again)."""
+        ...
+
+    async def worker_stopped(self, worker_id: str, now: float) -> None:
+        """A clean stop: the worker is marked stopped and every lease it holds is released."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Every registered worker, most recent heartbeat first."""
+        ...
+
+    async def forget_workers(self, stopped_before: float) -> int:
+        """Drop registry rows of workers stopped (or silent) since before `stopped_before`."""
+        ...
+
+    async def channel_leases(self) -> list[ChannelLease]:
+        """Every channel's lease row, by channel."""
+        ...
+
+    async def acquire_channel(self, channel: str, worker_id: str, ttl_s: float, now: float,
+                              *, take_over: bool = False) -> LeaseGrant | None:
+        """Take the channel's lease if it is free, with a new token; None while held."""
+        ...
+
+    async def renew_channel(self, channel: str, worker_id: str, token: int, ttl_s: float,
+                            now: float) -> float | None:
+        """Extend a lease still held with `token`; None when it moved on."""
+        ...
+
+    async def release_channel(self, channel: str, worker_id: str, token: int,
+                              now: float) -> bool:
+        """Give a lease up."""
+        ...
+
+    async def fenced_record_event(self, channel: str, token: int, replay_id: str | int | None,
+                                  items: Sequence[QueueInput], commit_ts_ms: int | None,
+                                  now: float) -> None:
+        """`record_event`, refused (LeadershipLost) unless `token` is the channel's."""
+        ...
+
+    async def fenced_set_replay(self, channel: str, token: int, replay_id: str | int | None,
+                                now: float) -> None:
+        """`set_replay` (no commit time), fenced by `token`."""
+        ...
+
+    async def fenced_set_channel_anchor(self, channel: str, token: int, anchor: ChannelAnchor,
+                                        now: float) -> None:
+        """`set_channel_anchor`, fenced by `token`."""
         ...
 
     # -- the operator's view

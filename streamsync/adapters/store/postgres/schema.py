@@ -169,7 +169,35 @@ _V5 = PgMigration(
     ),
 )
 
-MIGRATIONS: tuple[PgMigration, ...] = (_V5,)
+_V9 = PgMigration(
+    9,
+    "worker registry and one leadership lease per CDC channel, with a fencing token "
+    "(SQLite schema version 9)",
+    (
+        f"""
+        CREATE TABLE worker (
+            worker_id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            started_at {TIME} NOT NULL,
+            heartbeat_at {TIME} NOT NULL,
+            stopped_at {TIME}
+        )
+        """,
+        f"""
+        CREATE TABLE channel_lease (
+            channel text PRIMARY KEY,
+            holder text,
+            token bigint NOT NULL CHECK (token >= 1),
+            acquired_at {TIME} NOT NULL,
+            expires_at {TIME} NOT NULL,
+            failovers integer NOT NULL DEFAULT 0
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V9)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""
@@ -190,7 +218,11 @@ async def schema_version(conn: AnyConnection) -> int:
 
 
 async def migrate(conn: AnyConnection, target: int = LATEST_VERSION) -> int:
-    """Apply every migration above the current version up to `target`; returns the version."""
+    """Apply every migration not applied yet up to `target`; returns the version.
+
+    A step is applied when its version is missing from `schema_version`, not only when it is
+    above the newest one: the PostgreSQL schema skips the numbers of SQLite steps it does not
+    need yet, and one added later under such a number still runs on an existing database."""
     if target not in (0, *(m.version for m in MIGRATIONS)):
         raise ValueError(f"unknown schema version {target} (latest is {LATEST_VERSION})")
     async with conn.transaction():
@@ -203,12 +235,13 @@ async def migrate(conn: AnyConnection, target: int = LATEST_VERSION) -> int:
                 f"({LATEST_VERSION}); upgrade streamsync or point [store] url at another "
                 "database"
             )
+        applied = {int(row[0]) for row in await conn.fetch("SELECT version FROM schema_version")}
         for step in MIGRATIONS:
-            if current < step.version <= target:
+            if step.version not in applied and step.version <= target:
                 for statement in step.statements:
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO schema_version (version, description, applied_at) "
                     "VALUES ($1, $2, $3)", step.version, step.description, time.time())
-                current = step.version
+                current = max(current, step.version)
     return current

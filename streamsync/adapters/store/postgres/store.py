@@ -8,9 +8,10 @@ from .backfill import BackfillOps
 from .queue import QueueOps
 from .records import RecordOps
 from .schedule import ScheduleOps
+from .workers import WorkerOps
 
 
-class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps):
+class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, WorkerOps):
     """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
     several machines) may use one database at once: leases are exclusive across them.
 
