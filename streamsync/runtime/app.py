@@ -228,8 +228,8 @@ class Service:
             fence=leadership.token))
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
-            pipeline=parts.pipeline, metrics=self.metrics, owner=self.owner, clock=self.clock,
-            signal=signal, lists=lists,
+            pipeline=parts.pipeline, metrics=self.metrics, clock=self.clock, signal=signal,
+            owner=self.owner if self.exclusive else leadership.worker_id, lists=lists,
         )
         resyncer, self.reloader = await open_resync_and_reload(
             parts, self.config_path, self.metrics,

@@ -115,6 +115,8 @@ class Leadership:
         unreachable is waited out, except that leases not renewed in time are dropped."""
         try:
             await self._heartbeat()
+            if not self._exclusive:
+                await self._reclaim_queue_leases()
             for channel in list(self._held):
                 await self._renew(channel)
             for channel in self._channels:
@@ -144,6 +146,15 @@ class Leadership:
             await self._store.register_worker(WorkerInfo(
                 self.worker_id, socket.gethostname(), os.getpid(), self.started_at,
                 self._clock()))
+
+    async def _reclaim_queue_leases(self) -> None:
+        """Rows leased by a worker that died are flushed by the others at once, not after
+        `queue.lease_s` (the flushers' lease owner is their worker id)."""
+        reclaimed = await self._store.reclaim_leases_of_gone_workers(self._clock(),
+                                                                     self.stale_after_s)
+        if reclaimed:
+            log.warning("workers.leases_reclaimed", records=reclaimed, worker=self.worker_id,
+                        detail="leased by a worker that stopped heartbeating")
 
     async def _renew(self, channel: str) -> None:
         held = self._held[channel]

@@ -123,3 +123,19 @@ async def test_registry_heartbeats_staleness_and_clean_stop_releases_leases(
     # A stopped worker's row is forgotten after a while; a live lease holder's never.
     assert await b.forget_workers(T0 + 100) == 1
     assert [w.worker_id for w in await b.workers()] == ["wb"]
+
+
+async def test_queue_leases_of_a_worker_gone_silent_are_reclaimed_and_a_live_ones_kept(
+        stores: tuple[StoreAPI, StoreAPI]) -> None:
+    a, b = stores
+    await a.register_worker(WorkerInfo("dead", "h", 1, T0, T0))
+    await a.register_worker(WorkerInfo("live", "h", 2, T0, T0))
+    await a.enqueue([lead(1), lead(2)], T0, "cdc")
+    [dead_lease] = await a.lease("dead", 1, 600.0, T0)
+    [live_lease] = await b.lease("live", 1, 600.0, T0)
+    assert await b.heartbeat("live", T0 + 20)
+    assert await b.reclaim_leases_of_gone_workers(T0 + 20, stale_after_s=15.0) == 1
+    again = await b.lease("other", 10, 600.0, T0 + 20)
+    assert [x.record_id for x in again] == [dead_lease.record_id]  # due at once
+    assert again[0].attempts == dead_lease.attempts + 1  # an expired lease is an attempt
+    assert live_lease.record_id not in {x.record_id for x in again}

@@ -306,6 +306,10 @@ class StoreAPI(Protocol):
         """Drop registry rows of workers stopped (or silent) since before `stopped_before`."""
         ...
 
+    async def reclaim_leases_of_gone_workers(self, now: float, stale_after_s: float) -> int:
+        """End the queue leases of workers stopped or silent for `stale_after_s`."""
+        ...
+
     async def channel_leases(self) -> list[ChannelLease]:
         """Every channel's lease row, by channel."""
         ...

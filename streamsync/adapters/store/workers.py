@@ -93,6 +93,18 @@ class WorkerOps(StoreBase):
                 (stopped_before,))
             return max(cursor.rowcount, 0)
 
+    async def reclaim_leases_of_gone_workers(self, now: float, stale_after_s: float) -> int:
+        """End the queue leases of workers stopped or silent for `stale_after_s` (their rows
+        are due at once, as `expire_leases` does for a single owner's restart); returns how
+        many. The flusher's lease owner is its worker id."""
+        async with self._tx("reclaim_leases_of_gone_workers") as conn:
+            cursor = await conn.execute(
+                "UPDATE queue SET lease_expires_at = ?1, next_attempt_at = ?1 "
+                "WHERE lease_token IS NOT NULL AND lease_expires_at > ?1 AND lease_owner IN "
+                "(SELECT worker_id FROM worker WHERE stopped_at IS NOT NULL "
+                "OR heartbeat_at < ?2)", (now, now - stale_after_s))
+            return max(cursor.rowcount, 0)
+
     async def channel_leases(self) -> list[ChannelLease]:
         """Every channel's lease row, by channel."""
         async with self._read("channel_leases") as conn:

@@ -96,6 +96,19 @@ class WorkerOps(PgBase):
 
         return await self._write("forget_workers", body)
 
+    async def reclaim_leases_of_gone_workers(self, now: float, stale_after_s: float) -> int:
+        """End the queue leases of workers stopped or silent for `stale_after_s`."""
+
+        async def body(conn: Connection) -> int:
+            status = await conn.execute(
+                "UPDATE queue SET lease_expires_at = $1, next_attempt_at = $1 "
+                "WHERE lease_token IS NOT NULL AND lease_expires_at > $1 AND lease_owner IN "
+                "(SELECT worker_id FROM worker WHERE stopped_at IS NOT NULL "
+                "OR heartbeat_at < $2)", now, now - stale_after_s)
+            return rows_affected(status)
+
+        return await self._write("reclaim_leases_of_gone_workers", body)
+
     async def channel_leases(self) -> list[ChannelLease]:
         """Every channel's lease row, by channel."""
         async with self._read("channel_leases") as conn:
