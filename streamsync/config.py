@@ -883,7 +883,12 @@ def _webhook_secret_problems(cfg: Config | None, secrets: Secrets,
                              require_secrets: bool) -> list[str]:
     """The webhook receiver needs its shared secret, long enough not to be guessed."""
     inbound = cfg.consent_inbound if cfg is not None else None
-    if inbound is None or not inbound.webhook.enabled:
+    if inbound is None:
+        return []
+    if cfg is not None and not cfg.consent_objects():
+        return ["consent_inbound: needs at least one object with [objects.<Name>.consent] "
+                "(which fields an Iterable unsubscribe sets)"]
+    if not inbound.webhook.enabled:
         return []
     env_name, cred = SECRET_SOURCES["iterable_webhook_secret"]
     secret = secrets.iterable_webhook_secret

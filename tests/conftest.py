@@ -116,9 +116,10 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path,
-                 **overrides: Any) -> Config:
-    """A Config for the two emulators (client-credentials auth, secrets from a fake env)."""
+def build_config(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path, *,
+                 env: dict[str, str] | None = None, **overrides: Any) -> Config:
+    """A Config for the two emulators (client-credentials auth, secrets from a fake env;
+    `env` adds to it, e.g. the webhook secret)."""
     data: dict[str, Any] = {
         "salesforce": {"login_url": sf.instance_url, "auth": "client_credentials",
                        "client_id": sf.client_id, "api_version": sf.config.api_version,
@@ -131,9 +132,9 @@ def build_config(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path,
         "health": {"enabled": False},
         "objects": {"Lead": {}, "Contact": {}, "Account": {}},
     }
-    env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
-           "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
-    return parse_config(_merge(data, overrides), env)
+    secrets = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
+               "STREAMSYNC_ITERABLE_API_KEY": it.api_key, **(env or {})}
+    return parse_config(_merge(data, overrides), secrets)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from streamsync.logs import redactor
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEv...\n-----END PRIVATE KEY-----\n"
 ENV = {"STREAMSYNC_SF_PRIVATE_KEY": PEM, "STREAMSYNC_ITERABLE_API_KEY": "iterable-key-1234"}
 SECRET = "a-webhook-secret-long-enough"
-BASE: dict[str, Any] = {"salesforce": {"client_id": "ck", "username": "sync@example.com"}}
+BASE: dict[str, Any] = {"salesforce": {"client_id": "ck", "username": "sync@example.com"},
+                        "objects": {"Lead": {"consent": {"unsubscribe_channel_ids": [39581]}}}}
 
 
 def _cfg(inbound: dict[str, Any], env: dict[str, str] | None = None) -> Any:
@@ -26,6 +27,13 @@ def _problems(inbound: dict[str, Any], env: dict[str, str]) -> str:
     with pytest.raises(ConfigError) as caught:
         _cfg(inbound, env)
     return str(caught.value)
+
+
+def test_it_needs_an_object_with_consent() -> None:
+    no_consent = {**BASE, "objects": {"Lead": {}}, "consent_inbound": {}}
+    with pytest.raises(ConfigError, match=r"consent_inbound: needs at least one object with "
+                                          r"\[objects.<Name>.consent\]"):
+        parse_config(no_consent, {**ENV, "STREAMSYNC_ITERABLE_WEBHOOK_SECRET": SECRET})
 
 
 def test_off_unless_configured_and_defaults_bind_to_localhost() -> None:

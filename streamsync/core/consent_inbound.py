@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from streamsync.core.consent import ITERABLE, ConsentState, prevails
 from streamsync.errors import MalformedConsentEvent
 
 SUBSCRIBE: Final = "emailSubscribe"
@@ -206,3 +207,41 @@ def decide(events: Iterable[InboundEvent], groups: ConsentGroups) -> dict[str, D
         if held is None or (event.created_ms, meant) > (held.event.created_ms, held.opted_out):
             out[event.user_key] = Decision(event, meant)
     return out
+
+
+WRITE: Final = "write"
+ALREADY: Final = "already"
+STORED_LATER: Final = "stored_state_later"
+SALESFORCE_LATER: Final = "salesforce_changed_later"
+
+
+def inbound_step(decision: Decision, sf_opted_out: bool, sf_modstamp_ms: int | None,
+                 stored: ConsentState | None) -> str:
+    """What an Iterable event asks of one Salesforce record (docs/design.md §7):
+
+    - `already`: the record states it already (an echo of our own Iterable write, a repeat);
+    - `stored_state_later`: the stored consent state is later (the conflict rule: the later
+      change wins, an opt-out wins a tie), so the other side's change stands;
+    - `salesforce_changed_later`: the stored state already says what the event says, yet the
+      record says otherwise and was modified after the event: Salesforce changed the opt-out
+      after the state both sides last agreed on and after this event (e.g. the event is the
+      echo of our own Iterable write and the person opted in again in Salesforce since);
+    - `write`: set the record's opt-out fields to the event's state.
+    """
+    if sf_opted_out == decision.opted_out:
+        return ALREADY
+    # Iterable dates its events to the second: the other side's times are compared at that
+    # grain too, so a change within the same second is a tie (an opt-out wins it).
+    candidate = ConsentState(decision.opted_out, _second(decision.event.created_ms), ITERABLE)
+    if stored is not None and not prevails(candidate, ConsentState(
+            stored.opted_out, _second(stored.changed_at_ms), stored.origin)):
+        return STORED_LATER
+    if (stored is not None and stored.opted_out == candidate.opted_out
+            and sf_modstamp_ms is not None
+            and _second(sf_modstamp_ms) > candidate.changed_at_ms):
+        return SALESFORCE_LATER
+    return WRITE
+
+
+def _second(ms: int) -> int:
+    return ms // 1000 * 1000

@@ -563,3 +563,16 @@ def select_all(object_name: str, fields: Iterable[str]) -> str:
     """`SELECT fields FROM object ORDER BY Id`: every record (the caller pages through it)."""
     validate_identifier(object_name, "object")
     return f"SELECT {_select_list(fields)} FROM {object_name} ORDER BY Id"
+
+
+def select_where_in(object_name: str, fields: Iterable[str], field: str, values: Iterable[str],
+                    where: SafeFilter | str | None = None) -> str:
+    """`SELECT fields FROM object WHERE field IN ('v1', ...) [AND (filter)]`, every value a
+    quoted string literal (e.g. the Leads holding one of these emails)."""
+    validate_identifier(object_name, "object")
+    validate_field_path(field)
+    literals = ",".join(quote(v) for v in values)
+    if not literals:
+        raise SoqlError("select_where_in needs at least one value")
+    return (f"SELECT {_select_list(fields)} FROM {object_name}"
+            + _where([f"{field} IN ({literals})", _filter_text(where)]))

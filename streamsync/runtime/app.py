@@ -38,6 +38,7 @@ from streamsync.retry import Policy
 from streamsync.runtime.clients import salesforce_session
 from streamsync.runtime.components import Components as Components
 from streamsync.runtime.components import open_components as open_components
+from streamsync.runtime.consent_inbound import consent_inbound_tasks
 from streamsync.runtime.fence import Fence
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
@@ -218,10 +219,9 @@ class Service:
             config, timeout_s=config.salesforce.timeout_s + 120,
             cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
-        leadership = Leadership(
+        self.leadership = leadership = Leadership(
             store=parts.store, channels=ingest_channels(config), config=config.workers,
             exclusive=self.exclusive, metrics=self.metrics, clock=self.clock)
-        self.leadership = leadership
         self.subscriptions = Subscriptions(leadership, IngestBuilder(
             config=config, parts=parts, http=ingest_http, instance_url=instance_url,
             reconciler=reconciler, metrics=self.metrics, clock=self.clock, signal=signal,
@@ -247,6 +247,7 @@ class Service:
         ]
         if self.reloader is not None:
             work.append(asyncio.create_task(self.reloader.run(stop), name="reload"))
+        work += consent_inbound_tasks(self, parts, stop)  # Iterable → Salesforce
         helpers = [
             asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
             asyncio.create_task(self.notifier.run_watchdog(self.loop_monitor.alive), name="wd"),

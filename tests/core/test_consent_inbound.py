@@ -109,3 +109,32 @@ def test_an_event_of_a_user_id_only_project_is_keyed_by_user_id() -> None:
     event = parse_webhook({"userId": "u1", "eventName": "emailSubscribe", "dataFields": {
         "createdAt": "2026-12-05 07:00:01 +00:00", "signupSource": "WebForm"}})
     assert event is not None and event.user_key == "userId:u1" and event.source == "WebForm"
+
+
+def test_what_an_event_asks_of_one_record() -> None:
+    from streamsync.core.consent import ConsentState
+    from streamsync.core.consent_inbound import (
+        ALREADY,
+        SALESFORCE_LATER,
+        STORED_LATER,
+        WRITE,
+        Decision,
+        inbound_step,
+    )
+    out = Decision(_event("emailUnSubscribe", 10_500, channel_ids=(27447,)), True)
+    # Nothing stored, Salesforce opted in: write. Already opted out: nothing.
+    assert inbound_step(out, False, 99_000, None) == WRITE
+    assert inbound_step(out, True, 99_000, None) == ALREADY
+    # A later opt-in stored (Salesforce's, or Iterable's own): the later change stands.
+    assert inbound_step(out, False, None, ConsentState(False, 11_000, "salesforce")) == (
+        STORED_LATER)
+    # Within the same second (Iterable dates to the second): a tie, the opt-out wins it.
+    assert inbound_step(out, False, None, ConsentState(False, 10_900, "salesforce")) == WRITE
+    back = Decision(_event("emailSubscribe", 10_500, channel_ids=(27447,)), False)
+    assert inbound_step(back, True, None, ConsentState(True, 10_100, "iterable")) == STORED_LATER
+    assert inbound_step(back, True, None, ConsentState(True, 9_900, "iterable")) == WRITE
+    # The echo of our own Iterable write (stored: opted out by Salesforce at 9 s) arrives
+    # after the person opted in again in Salesforce at 12 s: Salesforce's change stands.
+    stored = ConsentState(True, 9_000, "salesforce")
+    assert inbound_step(out, False, 12_000, stored) == SALESFORCE_LATER
+    assert inbound_step(out, False, 10_000, stored) == WRITE

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import aiosqlite
 
 from .base import StoreBase, clean_error
+from .records import IDENTITY_COLUMNS
+from .types import Identity
 
 Via = Literal["webhook", "export"]
 INBOX_COLUMNS = (
@@ -185,3 +187,18 @@ class ConsentInboxOps(StoreBase):
                 "DELETE FROM consent_inbox WHERE state != 'pending' AND settled_at < ?",
                 (settled_before,))
             return max(cursor.rowcount, 0)
+
+    async def identities_for_users(self, emails: Sequence[str], user_ids: Sequence[str]
+                                   ) -> list[Identity]:
+        """Identities whose Iterable email (case-insensitive) or userId is one of these."""
+        out: list[Identity] = []
+        async with self._read("identities_for_users") as conn:
+            for column, values, collate in (("iterable_email", emails, " COLLATE NOCASE"),
+                                            ("iterable_user_id", user_ids, "")):
+                for start in range(0, len(values), _IN_CHUNK):
+                    chunk = values[start:start + _IN_CHUNK]
+                    async with conn.execute(
+                        f"SELECT {IDENTITY_COLUMNS} FROM identity WHERE {column}{collate} IN "
+                        f"({','.join('?' * len(chunk))})", tuple(chunk)) as cursor:
+                        out.extend(Identity(*row) for row in await cursor.fetchall())
+        return out

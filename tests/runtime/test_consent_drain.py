@@ -1,0 +1,109 @@
+"""The drain against the Salesforce emulator over real HTTP with a real store: Salesforce down
+leaves events pending (never failed), a record Salesforce refuses fails its event visibly, the
+identity table finds a record whose email moved, and many writes go 200 per call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from streamsync.adapters.store import ConsentEventRow, IdentityUpdate
+from streamsync.core.consent_inbound import ConsentGroups
+from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.retry import Policy
+from streamsync.runtime.consent_drain import ConsentDrain
+from streamsync.runtime.consent_match import Target
+from tests.conftest import Clients
+
+MARKETING = 39581
+GROUPS = ConsentGroups(channel_ids=frozenset({MARKETING}))
+TARGETS = [Target("Lead", ("HasOptedOutOfEmail",), GROUPS, "Email"),
+           Target("Contact", ("HasOptedOutOfEmail",), GROUPS, "Email")]
+COMPOSITE = "/services/data/v66.0/composite/sobjects"
+
+
+@pytest.fixture(autouse=True)
+def _no_waits(no_retry_waits: None) -> Iterator[None]:
+    yield
+
+
+def _unsub(key: str, email: str, at_ms: int | None = None) -> ConsentEventRow:
+    return ConsentEventRow(key, "emailUnSubscribe", email, None,
+                           at_ms or int(time.time()) * 1000, "EmailLink", (MARKETING,))
+
+
+def _drain(clients: Clients) -> ConsentDrain:
+    return ConsentDrain(targets=TARGETS, store=clients.components.store,
+                        salesforce=clients.salesforce,
+                        policy=Policy(attempts=2, timeout_s=5, name="test"))
+
+
+def _people(sf: SalesforceEmulator, n: int) -> list[tuple[str, str]]:
+    ids = sf.select_ids("Lead", "IsDeleted = false AND Email != null AND IsConverted = false "
+                        "AND HasOptedOutOfEmail = false", n)
+    return [(i, str(sf.state.record("Lead", i)["Email"]).lower()) for i in ids]  # type: ignore[index]
+
+
+async def test_salesforce_down_leaves_the_events_pending_then_they_apply(
+        sf_emulator: SalesforceEmulator, clients: Clients) -> None:
+    store = clients.components.store
+    ((lead, email),) = _people(sf_emulator, 1)
+    await store.add_consent_events([_unsub("k1", email)], "webhook", time.time())
+    sf_emulator.faults.fail_next(COMPOSITE, 2, status=503)
+    drain = _drain(clients)
+    result = await drain.drain_once()
+    assert (result.written, result.failed) == (0, 0)
+    (row,) = (await store.consent_events(["k1"])).values()
+    assert (row.state, row.attempts) == ("pending", 1) and "503" in (row.outcome or "")
+    assert sf_emulator.state.record("Lead", lead)["HasOptedOutOfEmail"] is False  # type: ignore[index]
+    assert await store.due_consent_events(time.time()) == []  # due again in a few seconds
+    drain.clock = lambda: time.time() + 10
+    assert (await drain.drain_once()).written == 1
+    assert sf_emulator.state.record("Lead", lead)["HasOptedOutOfEmail"] is True  # type: ignore[index]
+    assert (await store.consent_events(["k1"]))["k1"].state == "done"
+
+
+async def test_a_record_salesforce_refuses_fails_its_event_and_holds_back_no_other(
+        sf_emulator: SalesforceEmulator, clients: Clients) -> None:
+    store = clients.components.store
+    (a, email_a), (b, email_b) = _people(sf_emulator, 2)
+    await store.add_consent_events([_unsub("ka", email_a), _unsub("kb", email_b)], "webhook",
+                                   time.time())
+    refused = {"success": False, "errors": [{"statusCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                                             "message": "Leads in review are locked",
+                                             "fields": []}]}
+    # Salesforce's answer to the call (a validation rule refuses the first record).
+    sf_emulator.faults.fail_next(COMPOSITE, 1, status=200, body=[
+        refused, {"id": b, "success": True, "errors": []}])
+    result = await _drain(clients).drain_once()
+    assert result.failed == 1
+    rows = await store.consent_events(["ka", "kb"])
+    assert rows["ka"].state == "failed" and "Leads in review are locked" in rows["ka"].outcome  # type: ignore[operator]
+    assert rows["kb"].state == "done"
+    errors = await store.recent_errors(5)
+    assert any("Leads in review are locked" in e.message for e in errors)
+
+
+async def test_the_identity_table_finds_a_record_whose_email_moved_and_writes_go_200_a_call(
+        sf_emulator: SalesforceEmulator, clients: Clients) -> None:
+    store = clients.components.store
+    people = _people(sf_emulator, 6)
+    moved, old_email = people[0]
+    sf_emulator.state.update("Lead", moved, {"Email": "moved-away@example.com"})
+    await store.save_identities([IdentityUpdate("Lead", moved, old_email, None, None)],
+                                time.time())
+    await store.add_consent_events([_unsub(f"k{i}", e) for i, (_, e) in enumerate(people)],
+                                   "webhook", time.time())
+    calls = clients.counter.total("salesforce", endpoint="composite_sobjects")
+    import streamsync.runtime.consent_drain as drain_module
+    original = drain_module.MAX_COLLECTION
+    drain_module.MAX_COLLECTION = 4  # the 200 cap, scaled down for the test
+    try:
+        result = await _drain(clients).drain_once()
+    finally:
+        drain_module.MAX_COLLECTION = original
+    assert result.written == 6
+    assert all(sf_emulator.state.record("Lead", i)["HasOptedOutOfEmail"] for i, _ in people)  # type: ignore[index]
+    assert clients.counter.total("salesforce", endpoint="composite_sobjects") - calls == 2
