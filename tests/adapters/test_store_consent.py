@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-from streamsync.adapters.store import ConsentRow, Store
+from streamsync.adapters.store import ConsentRow, StoreAPI
 
 T0 = 1_700_000_000.0
 LEAD = "00Q000000000001AAA"
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "consent.db")
-    yield s
-    await s.close()
+async def store(any_store: StoreAPI) -> StoreAPI:
+    return any_store
 
 
 def row(out: bool, at: int, origin: str = "salesforce", record_id: str = LEAD) -> ConsentRow:
     return ConsentRow("Lead", record_id, out, at, origin)
 
 
-async def test_saved_states_read_back_by_object_and_id(store: Store) -> None:
+async def test_saved_states_read_back_by_object_and_id(store: StoreAPI) -> None:
     assert await store.consent_states("Lead", [LEAD]) == {}
     await store.save_consent_states([row(True, 10), row(False, 5, "iterable", "00Q2")], T0)
     got = await store.consent_states("Lead", [LEAD, "00Q2", "00Q3"])
@@ -34,7 +29,7 @@ async def test_saved_states_read_back_by_object_and_id(store: Store) -> None:
     assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(False, 3)
 
 
-async def test_noting_stores_only_a_state_that_supersedes(store: Store) -> None:
+async def test_noting_stores_only_a_state_that_supersedes(store: StoreAPI) -> None:
     assert await store.note_consent_states([row(False, 10)], T0) == 1
     assert await store.note_consent_states([row(True, 9, "iterable")], T0) == 0   # older
     assert await store.note_consent_states([row(False, 10, "iterable")], T0) == 0  # same instant
@@ -49,7 +44,7 @@ async def test_noting_stores_only_a_state_that_supersedes(store: Store) -> None:
     assert (await store.consent_states("Lead", [LEAD]))[LEAD] == row(False, 11)
 
 
-async def test_many_ids_are_read_in_chunks(store: Store) -> None:
+async def test_many_ids_are_read_in_chunks(store: StoreAPI) -> None:
     ids = [f"00Q{n:015d}" for n in range(1200)]
     await store.save_consent_states([row(n % 2 == 0, n, record_id=i)
                                      for n, i in enumerate(ids)], T0)

@@ -3,11 +3,10 @@ retries that never fail an event, pruning."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from streamsync.adapters.store import ConsentEventRow, Store
+from streamsync.adapters.store import ConsentEventRow
+from tests.store_backends import StoreSpace
 
 T0 = 1_796_454_000.0
 
@@ -16,8 +15,8 @@ def _row(key: str, at_ms: int = 1_000, name: str = "emailUnSubscribe") -> Consen
     return ConsentEventRow(key, name, "a@x.co", None, at_ms, "EmailLink", (39581,), (), (7, 8))
 
 
-async def test_inbox_lifecycle(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "s.db")
+async def test_inbox_lifecycle(store_space: StoreSpace) -> None:
+    store = await store_space.open()
     try:
         assert await store.add_consent_events([_row("k1", 2_000), _row("k2", 1_000)],
                                               "webhook", T0) == 2
@@ -46,8 +45,9 @@ async def test_inbox_lifecycle(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_the_cursor_moves_with_its_window_in_one_transaction(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "s.db")
+async def test_the_cursor_moves_with_its_window_in_one_transaction(
+        store_space: StoreSpace) -> None:
+    store = await store_space.open()
     try:
         assert await store.consent_cursor("emailUnSubscribe") is None
         assert await store.add_exported_events([_row("k1")], "emailUnSubscribe", 5_000, T0) == 1

@@ -1,12 +1,12 @@
 """The applied mapping per object and the re-syncs under way (adapters/store/mapping_state.py),
-on a real SQLite file; and the read-only reader `streamsync plan` uses."""
+on both backends; and the read-only reader `streamsync plan` uses on a SQLite file."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-from streamsync.adapters.store import Store, read_applied_mappings
+from streamsync.adapters.store import Store, StoreAPI, read_applied_mappings
 
 DESC = {"object": "Lead", "fields": {"dataFields.a": {"source": "A", "convert": "date"}}}
 
@@ -15,7 +15,8 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-async def test_applied_mapping_replaces_and_ends_a_resync_towards_it(store: Store) -> None:
+async def test_applied_mapping_replaces_and_ends_a_resync_towards_it(any_store: StoreAPI) -> None:
+    store = any_store
     assert await store.applied_mappings() == {}
     await store.set_applied_mapping("Lead", "f1", DESC, 10.0)
     started = await store.start_resync("Lead", "f2", DESC, ["dataFields.b"], 11.0)
@@ -37,7 +38,7 @@ async def test_applied_mapping_replaces_and_ends_a_resync_towards_it(store: Stor
     assert applied.fingerprint == "f3" and applied.description == DESC
 
 
-async def test_the_read_only_reader_changes_nothing(store: Store, tmp_path: Path) -> None:
+async def test_sqlite_the_read_only_reader_changes_nothing(store: Store, tmp_path: Path) -> None:
     await store.set_applied_mapping("Lead", "f1", DESC, 10.0)
     path = store.path
     await store.close()

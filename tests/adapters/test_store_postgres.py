@@ -72,6 +72,17 @@ async def test_migrations_are_versioned_and_a_newer_schema_is_refused(pg_url: st
         assert await schema_version(conn) == LATEST_VERSION
         rows = await conn.fetch("SELECT version FROM schema_version ORDER BY version")
         assert [row[0] for row in rows] == [m.version for m in MIGRATIONS]
+        # A version the database lacks (one added to the list later, below the newest) is
+        # applied at the next start even though a newer one is there.
+        gap = MIGRATIONS[1]
+        await conn.execute("DROP TABLE consent_state")
+        await conn.execute("DELETE FROM schema_version WHERE version = $1", gap.version)
+    finally:
+        await conn.close()
+    async with await PostgresStore.open(pg_url) as store:
+        assert await store.consent_states("Lead", ["00Q1"]) == {}
+    conn = await asyncpg.connect(pg_url)
+    try:
         await conn.execute("INSERT INTO schema_version VALUES ($1, 'from the future', 0)",
                            LATEST_VERSION + 1)
     finally:
@@ -85,8 +96,8 @@ async def test_a_step_added_under_a_lower_number_still_runs_on_a_newer_database(
     """PostgreSQL skips the numbers of SQLite steps it does not need yet; one filled in later
     must not be taken as applied because a higher version is."""
     await (await PostgresStore.open(pg_url)).close()
-    assert LATEST_VERSION > 6 and 6 not in [m.version for m in MIGRATIONS]
-    late = PgMigration(6, "filled in later", ("CREATE TABLE filled_in_later (x integer)",))
+    assert LATEST_VERSION > 4 and 4 not in [m.version for m in MIGRATIONS]
+    late = PgMigration(4, "filled in later", ("CREATE TABLE filled_in_later (x integer)",))
     monkeypatch.setattr(pg_schema, "MIGRATIONS",
                         tuple(sorted((*MIGRATIONS, late), key=lambda m: m.version)))
     await (await PostgresStore.open(pg_url)).close()

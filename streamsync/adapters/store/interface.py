@@ -9,17 +9,20 @@ SQLite implementation (`queue.py`, `records.py`, `backfill.py`, `schedule.py`, `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, Self
 
+from .consent_inbox import ConsentEventRow, Via
 from .types import (
     AckResult,
+    AppliedMapping,
     BackfillRun,
     BackfillWindow,
     Backoff,
     ChannelAnchor,
     ChannelLease,
     Checkpoint,
+    ConsentRow,
     DeadLetter,
     ErrorEntry,
     Failure,
@@ -28,10 +31,15 @@ from .types import (
     IdentityUpdate,
     Lease,
     LeaseGrant,
+    ListBackfillState,
+    ListMember,
+    ListMemberWant,
     PendingReconcile,
     QueueInput,
     QueueStats,
     ReplayState,
+    ResyncPhase,
+    ResyncState,
     SettleResult,
     StoreStatus,
     WorkerInfo,
@@ -343,6 +351,131 @@ class StoreAPI(Protocol):
     async def fenced_set_channel_anchor(self, channel: str, token: int, anchor: ChannelAnchor,
                                         now: float) -> None:
         """`set_channel_anchor`, fenced by `token`."""
+
+    # -- consent state (docs/design.md §7)
+
+    async def consent_states(self, object_name: str,
+                             record_ids: Sequence[str]) -> dict[str, ConsentRow]:
+        """The stored consent states of these records, by record id."""
+        ...
+
+    async def save_consent_states(self, rows: Sequence[ConsentRow], now: float) -> None:
+        """Store these states as they are (the caller decided they prevail), one transaction."""
+        ...
+
+    async def note_consent_states(self, rows: Sequence[ConsentRow], now: float) -> int:
+        """Store each state only where it supersedes the stored one."""
+        ...
+
+    # -- Campaign members as list subscribers, the lists backfill
+
+    async def plan_list_members(self, member_ids: Sequence[str], wanted: Sequence[ListMemberWant],
+                                now: float) -> tuple[list[ListMember], list[ListMember]]:
+        """Rows not wanted any more become 'out', wanted ones 'adding' unless 'in'."""
+        ...
+
+    async def list_members_of(self, member_ids: Sequence[str]) -> list[ListMember]:
+        """Every row of these CampaignMembers."""
+        ...
+
+    async def held_emails(self, list_id: int, emails: Iterable[str]) -> set[str]:
+        """Which of `emails` some member still holds on the list ('adding' or 'in')."""
+        ...
+
+    async def confirm_list_members(self, rows: Sequence[ListMember]) -> None:
+        """Iterable confirmed these subscriptions: 'adding' → 'in'."""
+        ...
+
+    async def drop_list_members(self, rows: Sequence[ListMember], *, state: str = "out") -> None:
+        """Forget these rows if still in `state`."""
+        ...
+
+    async def list_member_rows(self, list_id: int) -> list[ListMember]:
+        """Every row of a list (verification, status)."""
+        ...
+
+    async def retire_unseen_list_members(self, list_id: int, campaign_id: str, before: float,
+                                         now: float) -> list[ListMember]:
+        """Rows of the Campaign's list not seen since `before`."""
+        ...
+
+    async def list_backfill(self, campaign_id: str) -> ListBackfillState | None:
+        """The checkpoint of one Campaign's lists backfill, if any."""
+        ...
+
+    async def save_list_backfill(self, state: ListBackfillState, now: float) -> None:
+        """Write one Campaign's checkpoint (replacing the previous one)."""
+        ...
+
+    # -- the consent inbox and the export cursors
+
+    async def add_consent_events(self, events: Sequence[ConsentEventRow], via: Via,
+                                 now: float) -> int:
+        """Commit events (one transaction); returns how many were new (not duplicates)."""
+        ...
+
+    async def add_exported_events(self, events: Sequence[ConsentEventRow], data_type: str,
+                                  cursor_ms: int, now: float) -> int:
+        """Commit one export window's events and move that data type's cursor to `cursor_ms`."""
+        ...
+
+    async def consent_cursor(self, data_type: str) -> int | None:
+        """Where the export of `data_type` was read up to (epoch ms, exclusive), or None."""
+        ...
+
+    async def due_consent_events(self, now: float, limit: int = 1000) -> list[ConsentEventRow]:
+        """Pending events whose next attempt is due, oldest event first."""
+        ...
+
+    async def next_consent_due(self) -> float | None:
+        """When the next pending event is due (epoch seconds), or None when none is pending."""
+        ...
+
+    async def consent_events(self, keys: Sequence[str]) -> dict[str, ConsentEventRow]:
+        """Stored events by key (any state)."""
+        ...
+
+    async def settle_consent_events(self, outcomes: dict[str, tuple[str, str]], now: float) -> None:
+        """Settle events: key → (state 'done' or 'failed', outcome text)."""
+        ...
+
+    async def retry_consent_events(self, keys: Sequence[str], error: str, now: float,
+                                   delay_s: float) -> None:
+        """Leave events pending, due again after `delay_s`."""
+        ...
+
+    async def consent_inbox_counts(self) -> dict[str, int]:
+        """Events by state (pending, done, failed)."""
+        ...
+
+    async def prune_consent_events(self, settled_before: float) -> int:
+        """Drop events settled before `settled_before` (their keys no longer dedupe)."""
+        ...
+
+    # -- the mapping applied per object and the re-syncs under way
+
+    async def applied_mappings(self) -> dict[str, AppliedMapping]:
+        """The mapping last applied, by object."""
+        ...
+
+    async def set_applied_mapping(self, object_name: str, fingerprint: str, description: dict[str,
+                                  Any], now: float) -> None:
+        """Record `fingerprint` as applied for `object_name` and drop its re-sync row, if the."""
+        ...
+
+    async def resyncs(self) -> dict[str, ResyncState]:
+        """Every re-sync under way, by object."""
+        ...
+
+    async def start_resync(self, object_name: str, fingerprint: str, description: dict[str, Any],
+                           clears: Sequence[str], now: float) -> ResyncState:
+        """Owe a re-sync of `object_name` towards `fingerprint` from its first record."""
+        ...
+
+    async def save_resync_progress(self, object_name: str, fingerprint: str, *, phase: ResyncPhase,
+                                   last_id: str | None, read: int, written: int, out_of_scope: int,
+                                   now: float) -> bool:
+        """Checkpoint a re-sync (counts are added); False when it was replaced meanwhile."""
         ...
 
     # -- the operator's view

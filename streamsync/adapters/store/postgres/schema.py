@@ -169,6 +169,125 @@ _V5 = PgMigration(
     ),
 )
 
+_V6 = PgMigration(
+    6,
+    "consent state per record (docs/design.md §7)",
+    (
+        f"""
+        CREATE TABLE consent_state (
+            object_name text NOT NULL,
+            record_id text NOT NULL,
+            opted_out boolean NOT NULL,
+            changed_at_ms bigint NOT NULL,
+            origin text NOT NULL CHECK (origin IN ('salesforce', 'iterable')),
+            updated_at {TIME} NOT NULL,
+            PRIMARY KEY (object_name, record_id)
+        )
+        """,
+    ),
+)
+
+_V7 = PgMigration(
+    7,
+    "Campaign members as Iterable list subscribers; the lists backfill's checkpoints",
+    (
+        f"""
+        CREATE TABLE list_member (
+            member_id text NOT NULL,
+            list_id bigint NOT NULL,
+            email text NOT NULL,
+            campaign_id text NOT NULL,
+            person_id text NOT NULL,
+            state text NOT NULL CHECK (state IN ('adding', 'in', 'out')),
+            seen_at {TIME} NOT NULL,
+            PRIMARY KEY (member_id, list_id, email)
+        )
+        """,
+        "CREATE INDEX list_member_by_list ON list_member (list_id, email)",
+        f"""
+        CREATE TABLE list_backfill (
+            campaign_id text PRIMARY KEY,
+            list_id bigint NOT NULL,
+            started_at {TIME} NOT NULL,
+            phase text NOT NULL CHECK (phase IN ('members', 'removals', 'done')),
+            after_id text,
+            subscribed bigint NOT NULL DEFAULT 0,
+            unsubscribed bigint NOT NULL DEFAULT 0,
+            updated_at {TIME} NOT NULL
+        )
+        """,
+    ),
+)
+
+_V8 = PgMigration(
+    8,
+    "consent inbox, the export cursors of the poller, identity lookup by Iterable userId",
+    (
+        f"""
+        CREATE TABLE consent_inbox (
+            event_key text PRIMARY KEY,
+            event_name text NOT NULL
+                CHECK (event_name IN ('emailSubscribe', 'emailUnSubscribe')),
+            email text,
+            user_id text,
+            created_ms bigint NOT NULL,
+            source text,
+            channel_ids text NOT NULL DEFAULT '',
+            message_type_ids text NOT NULL DEFAULT '',
+            list_ids text NOT NULL DEFAULT '',
+            via text NOT NULL CHECK (via IN ('webhook', 'export')),
+            received_at {TIME} NOT NULL,
+            deliveries integer NOT NULL DEFAULT 1,
+            state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at {TIME} NOT NULL,
+            outcome text,
+            settled_at {TIME}
+        )
+        """,
+        "CREATE INDEX consent_inbox_due ON consent_inbox (state, next_attempt_at)",
+        "CREATE INDEX consent_inbox_settled ON consent_inbox (settled_at)",
+        f"""
+        CREATE TABLE consent_cursor (
+            data_type text PRIMARY KEY,
+            cursor_ms bigint NOT NULL,
+            updated_at {TIME} NOT NULL
+        )
+        """,
+        "CREATE INDEX identity_user_id ON identity (iterable_user_id)",
+    ),
+)
+
+_V10 = PgMigration(
+    10,
+    "the mapping applied per object and the re-syncs a changed mapping owes",
+    (
+        f"""
+        CREATE TABLE mapping_applied (
+            object_name text PRIMARY KEY,
+            fingerprint text NOT NULL,
+            description text NOT NULL,
+            applied_at {TIME} NOT NULL
+        )
+        """,
+        f"""
+        CREATE TABLE resync (
+            object_name text PRIMARY KEY,
+            fingerprint text NOT NULL,
+            description text NOT NULL,
+            clears text NOT NULL DEFAULT '[]',
+            phase text NOT NULL CHECK (phase IN ('sync', 'out_of_scope')),
+            last_id text,
+            records_read bigint NOT NULL DEFAULT 0,
+            records_written bigint NOT NULL DEFAULT 0,
+            records_out_of_scope bigint NOT NULL DEFAULT 0,
+            started_at {TIME} NOT NULL,
+            updated_at {TIME} NOT NULL
+        )
+        """,
+    ),
+)
+
 _V9 = PgMigration(
     9,
     "worker registry and one leadership lease per CDC channel, with a fencing token "
@@ -197,7 +316,7 @@ _V9 = PgMigration(
     ),
 )
 
-MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V9)
+MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""

@@ -5,13 +5,18 @@ from __future__ import annotations
 from ..interface import collect_status
 from ..types import StoreStatus
 from .backfill import BackfillOps
+from .consent import ConsentOps
+from .consent_inbox import ConsentInboxOps
+from .lists import ListOps
+from .mapping_state import MappingStateOps
 from .queue import QueueOps
 from .records import RecordOps
 from .schedule import ScheduleOps
 from .workers import WorkerOps
 
 
-class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, WorkerOps):
+class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
+                    ConsentInboxOps, MappingStateOps, WorkerOps):
     """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
     several machines) may use one database at once: leases are exclusive across them.
 
