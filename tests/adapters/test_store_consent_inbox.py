@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamsync.adapters.store import ConsentEventRow
+from streamsync.adapters.store import ConsentEventRow, IdentityUpdate
 from tests.store_backends import StoreSpace
 
 T0 = 1_796_454_000.0
@@ -55,5 +55,19 @@ async def test_the_cursor_moves_with_its_window_in_one_transaction(
         assert await store.consent_cursor("emailUnSubscribe") == 5_000
         assert await store.consent_cursor("emailSubscribe") == 6_000
         assert (await store.due_consent_events(T0))[0].via == "export"
+    finally:
+        await store.close()
+
+
+async def test_identities_are_found_by_email_or_user_id(store_space: StoreSpace) -> None:
+    store = await store_space.open()
+    try:
+        await store.save_identities([
+            IdentityUpdate("Lead", "00Q1", "Ann@X.io", None, "h"),
+            IdentityUpdate("Contact", "0031", "bob@x.io", "u-2", "h"),
+            IdentityUpdate("Contact", "0032", None, "u-3", "h")], T0)
+        found = await store.identities_for_users(["ann@x.io"], ["u-3", "u-9"])
+        assert sorted(i.record_id for i in found) == ["0032", "00Q1"]
+        assert await store.identities_for_users([], []) == []
     finally:
         await store.close()

@@ -444,6 +444,11 @@ class StoreAPI(Protocol):
         """Leave events pending, due again after `delay_s`."""
         ...
 
+    async def identities_for_users(self, emails: Sequence[str],
+                                   user_ids: Sequence[str]) -> list[Identity]:
+        """Identities whose Iterable email (case-insensitive) or userId is one of these."""
+        ...
+
     async def consent_inbox_counts(self) -> dict[str, int]:
         """Events by state (pending, done, failed)."""
         ...

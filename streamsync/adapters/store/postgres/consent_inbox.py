@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from ..base import clean_error
 from ..consent_inbox import INBOX_COLUMNS, ConsentEventRow, Via, _join, _row
+from ..records import IDENTITY_COLUMNS
+from ..types import Identity
 from .base import Connection, PgBase, rows_affected
 
 _INSERT = (
@@ -145,3 +147,21 @@ class ConsentInboxOps(PgBase):
                 settled_before))
 
         return await self._write("prune_consent_events", body)
+
+    async def identities_for_users(self, emails: Sequence[str], user_ids: Sequence[str]
+                                   ) -> list[Identity]:
+        """Identities whose Iterable email (case-insensitive) or userId is one of these (an
+        identity matching both is listed twice, as on SQLite)."""
+        out: list[Identity] = []
+        async with self._read("identities_for_users") as conn:
+            if emails:
+                rows = await conn.fetch(
+                    f"SELECT {IDENTITY_COLUMNS} FROM identity WHERE lower(iterable_email) = "
+                    "ANY($1::text[])", sorted({e.lower() for e in emails}))
+                out.extend(Identity(*row) for row in rows)
+            if user_ids:
+                rows = await conn.fetch(
+                    f"SELECT {IDENTITY_COLUMNS} FROM identity WHERE iterable_user_id = "
+                    "ANY($1::text[])", sorted(set(user_ids)))
+                out.extend(Identity(*row) for row in rows)
+        return out
