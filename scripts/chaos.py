@@ -6,7 +6,8 @@
 1. Starts the Salesforce and Iterable emulators as processes (their command lines), writes a
    config, backfills every record into Iterable, and starts `python -m streamsync run`.
 2. For `--minutes`, a workload generator creates, updates, deletes and undeletes records,
-   converts Leads, renames Accounts, changes emails (and now and then creates a Lead with an
+   converts Leads (half of them Campaign members), renames Accounts, changes emails, adds and
+   removes Campaign members and changes their status (and now and then creates a Lead with an
    invalid email, a genuinely bad record), through the Salesforce emulator's control API; a fault
    scheduler meanwhile injects kill -9 of the service (then a restart), Iterable 429 storms, 5xx
    bursts, hangs and dropped connections, Salesforce session expiry, `403::Unknown client`,
@@ -14,7 +15,10 @@
    GAP_OVERFLOW events, and a concurrent backfill (a process). Every kind is injected at least
    once; the schedule of changes and faults is drawn from `--seed` alone.
 3. Stops the faults, waits for the queue to drain, stops the service and compares every Iterable
-   profile with the state Salesforce implies (`core/verify.compare`).
+   profile with the state Salesforce implies (`core/verify.compare`), and every [lists] list
+   (two Campaigns the run creates: one counts every member, one only `Responded` ones) with
+   its Campaign's members (`core/verify_lists.compare_lists`). Iterable faults hit the list
+   calls too (three in ten).
 4. Prints one JSON object: faults injected by kind, changes made by kind, records compared,
    mismatches (a deleted record that never had a profile, as the store shows, is none),
    dead letters (each with whether the record is genuinely bad), duplicate writes
@@ -56,9 +60,10 @@ import orjson
 
 from streamsync.config import Config, load_config
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
+from streamsync.core.verify_lists import ListsReport
 from streamsync.errors import RecordError
 from streamsync.runtime.app import open_components
-from streamsync.runtime.final_state import read_salesforce, verify_policies
+from streamsync.runtime.final_state import read_lists, read_salesforce, verify_policies
 
 PYTHON = sys.executable
 SYNCED_OBJECTS = ("Lead", "Contact")
@@ -83,7 +88,13 @@ FAULT_KINDS = (
 CHANGE_WEIGHTS = {
     "create": 20, "update": 40, "delete": 8, "undelete": 5, "convert_lead": 6,
     "account_rename": 6, "email_change": 10, "invalid_email": 2,
+    "member_add": 10, "member_remove": 4, "member_status": 4,
 }
+# [lists]: two Campaigns the run creates, one list filled by every member, one by responders.
+CAMPAIGNS = (("Chaos Webinar", None), ("Chaos Expo", ("Responded",)))
+MEMBER_STATUSES = ("Sent", "Responded")
+INITIAL_MEMBERS = 60
+LIST_PATHS = "/api/lists/*"
 BULK_PATH = "/api/users/bulkUpdate"
 ITERABLE_TIMEOUT_S = 4.0
 HANG_S = 6.0  # longer than the service's Iterable timeout
@@ -217,6 +228,8 @@ class Model:
     contacts: list[str]       # live
     accounts: list[str]
     deleted: list[tuple[str, str]] = field(default_factory=list)  # (sobject, id)
+    campaigns: list[str] = field(default_factory=list)
+    members: dict[str, str] = field(default_factory=dict)  # CampaignMember id -> person id
 
 
 class Workload:
@@ -239,6 +252,8 @@ class Workload:
             return "create"
         if kind == "convert_lead" and not self.model.leads:
             return "create"
+        if kind in ("member_remove", "member_status") and not self.model.members:
+            return "member_add"
         return kind
 
     def _pick(self, ids: list[str]) -> str:
@@ -251,6 +266,15 @@ class Workload:
         if not pools[sobject]:
             sobject = "Contact" if sobject == "Lead" else "Lead"
         return sobject, pools[sobject]
+
+    async def seed_campaigns(self) -> None:
+        """The Campaigns of [lists] and their first members (before the initial backfill)."""
+        for name, _ in CAMPAIGNS:
+            out = await self.control.call("POST", f"{self.url}/records/Campaign",
+                                          {"Name": name, "IsActive": True})
+            self.model.campaigns.append(str(out["id"]))
+        for _ in range(INITIAL_MEMBERS):
+            await self._member_add()
 
     async def step(self) -> str:
         """Make one change; returns its kind."""
@@ -297,7 +321,11 @@ class Workload:
         (self.model.leads if sobject == "Lead" else self.model.contacts).append(record_id)
 
     async def _convert_lead(self) -> None:
-        lead_id = self._pick(self.model.leads)
+        # Half of the conversions are of a Lead that is a Campaign member (its membership
+        # moves to the new Contact).
+        members = sorted(set(self.model.members.values()) & set(self.model.leads))
+        lead_id = self._pick(members if members and self.rng.random() < 0.5
+                             else self.model.leads)
         out = await self.control.call("POST", f"{self.url}/convert-lead", {"leadId": lead_id})
         self.model.leads.remove(lead_id)
         self.model.contacts.append(str(out["contactId"]))
@@ -307,6 +335,33 @@ class Workload:
         account_id = self._pick(self.model.accounts)
         await self.control.call("PATCH", f"{self.url}/records/Account/{account_id}",
                                 {"Name": f"Renamed Account {self.n}"})
+
+    async def _member_add(self) -> None:
+        sobject, ids = self._person()
+        person = self._pick(ids)
+        body = {"campaignId": self.rng.choice(self.model.campaigns),
+                ("leadId" if sobject == "Lead" else "contactId"): person,
+                "status": self.rng.choice(MEMBER_STATUSES)}
+        # 400: already a member of that Campaign (or a Lead converted meanwhile).
+        out = await self.control.call("POST", f"{self.url}/campaign-members", body,
+                                      ok=(201, 400))
+        if isinstance(out, dict) and isinstance(out.get("id"), str):
+            self.model.members[out["id"]] = person
+
+    def _member(self) -> str:
+        return self._pick(sorted(self.model.members))
+
+    async def _member_remove(self) -> None:
+        member = self._member()
+        # 400/404: deleted already, with its Lead or Contact.
+        await self.control.call("DELETE", f"{self.url}/campaign-members/{member}",
+                                ok=(204, 400, 404))
+        del self.model.members[member]
+
+    async def _member_status(self) -> None:
+        await self.control.call("PATCH", f"{self.url}/campaign-members/{self._member()}",
+                                {"status": self.rng.choice(MEMBER_STATUSES)},
+                                ok=(204, 400, 404))
 
     async def _email_change(self) -> None:
         sobject, ids = self._person()
@@ -353,8 +408,9 @@ class Faults:
         self.injected[kind] += 1
 
     async def _iterable_fault(self, body: dict[str, Any]) -> None:
+        path = LIST_PATHS if self.rng.random() < 0.3 else BULK_PATH
         await self.control.call("POST", f"{self.it_url}/faults",
-                                {"path": BULK_PATH, "method": "POST", **body})
+                                {"path": path, "method": "POST", **body})
 
     async def _kill9(self) -> None:
         await self.service.kill9()
@@ -408,7 +464,7 @@ class Faults:
 
     async def _sf_gap_overflow(self) -> None:
         await self.control.call("POST", f"{self.sf_url}/bus/gap",
-                                {"entity": self.rng.choice(SYNCED_OBJECTS),
+                                {"entity": self.rng.choice((*SYNCED_OBJECTS, "CampaignMember")),
                                  "changeType": "GAP_OVERFLOW", "recordIds": []})
 
     async def _backfill(self) -> None:
@@ -430,11 +486,12 @@ class Backfills:
         self.running: list[asyncio.subprocess.Process] = []
         self.exit_codes: list[int] = []
 
-    async def start(self) -> None:
+    async def start(self, *, lists: bool = False) -> None:
+        what = ["--lists"] if lists else ["--objects", ",".join(SYNCED_OBJECTS), "--restart"]
         with self.log_path.open("ab") as err:
             proc = await asyncio.create_subprocess_exec(
                 PYTHON, "-m", "streamsync.backfill", "--config", str(self.config_path),
-                "--objects", ",".join(SYNCED_OBJECTS), "--restart", "--json",
+                *what, "--json",
                 stdout=asyncio.subprocess.DEVNULL, stderr=err, env=self.env,
                 start_new_session=True,
             )
@@ -628,7 +685,10 @@ port = {health_port}
 [logging]
 level = "INFO"
 format = "json"
-"""
+""" + "".join(
+        f'\n[[lists.campaigns]]\ncampaign_name = "{name}"\ncreate_missing = true\n'
+        + (f"statuses = {list(statuses)!r}\n".replace("'", '"') if statuses else "")
+        for name, statuses in CAMPAIGNS)
     path = workdir / "config.toml"
     path.write_text(text)
     return path
@@ -650,6 +710,12 @@ async def read_records(config: Config) -> tuple[dict[str, list[dict[str, Any]]],
         policies = verify_policies(config, parts.mappings, SYNCED_OBJECTS)
         dead = await parts.store.dead_letters(limit=1_000_000)
     return records, policies, dead
+
+
+async def read_list_report(config: Config) -> ListsReport:
+    """Every [lists] list compared with its Campaign's members (runtime/final_state.py)."""
+    async with open_components(config) as parts:
+        return await read_lists(config, parts)
 
 
 async def never_synced_deleted(config: Config, report: VerifyReport,
@@ -824,11 +890,15 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         control = Control(http)
         model = await initial_model(config)
+        workload = Workload(control, str(sf["control_url"]), model, work_rng)
+        await workload.seed_campaigns()
         backfills = Backfills(config_path, env, workdir / "backfill.log")
-        say("initial backfill")
+        say("initial backfill (profiles, then lists)")
         await backfills.start()
         await backfills.wait_all(timeout_s=300)
-        if backfills.exit_codes != [0]:
+        await backfills.start(lists=True)
+        await backfills.wait_all(timeout_s=300)
+        if backfills.exit_codes != [0, 0]:
             raise ChaosError(f"the initial backfill failed (see {workdir / 'backfill.log'})")
         backfills.exit_codes.clear()
 
@@ -836,7 +906,6 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         await service.start()
         await service.wait_ready()
         say("service ready; workload and faults start")
-        workload = Workload(control, str(sf["control_url"]), model, work_rng)
         faults = Faults(control, sf, it, service, backfills, fault_rng, model.leads)
         window_s = max(10.0, minutes * 60.0)
         plan = plan_faults(fault_rng, window_s - WARMUP_S)
@@ -883,6 +952,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         judged = judge_dead_letters(dead, records, policies)
         never_synced = await never_synced_deleted(config, report, records)
         writes, dups = await duplicate_writes(control, it, sorted(snapshot))
+        lists = await read_list_report(config)
     mismatches = [
         {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem,
          "fields": {k: [v[0], v[1]] for k, v in m.fields.items()}}
@@ -904,6 +974,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         "missing_dead_letters": sorted(report.missing_dead_letters),
         "ambiguous_keys": summary["ambiguous_keys"],
         "unexpected_profiles": summary["unexpected_profiles"],
+        **lists.summary(),
         "dead_letters": len(judged),
         "dead_letters_genuine": sum(1 for d in judged if d["genuine"]),
         "dead_letter_details": judged,
@@ -922,7 +993,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
 def verdict(result: dict[str, Any]) -> bool:
     """Pass iff nothing mismatches, nothing expected is missing and every dead letter is genuine."""
     return (result["mismatches"] == 0 and not result["missing_dead_letters"]
-            and result["dead_letters_genuine"] == result["dead_letters"])
+            and result["dead_letters_genuine"] == result["dead_letters"]
+            and result["list_mismatches"] == 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

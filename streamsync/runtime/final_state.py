@@ -13,7 +13,11 @@ from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.mapping import CompiledMapping
 from streamsync.core.verify import ObjectPolicy
+from streamsync.core.verify_lists import ListExpectation, ListsReport, compare_lists
 from streamsync.runtime.app import Components
+from streamsync.runtime.lists.members import MemberReader
+from streamsync.runtime.lists.resolve import resolve_lists
+from streamsync.runtime.lists.start import lists_client
 
 USER_OBJECTS = ("Lead", "Contact")
 
@@ -40,3 +44,30 @@ async def read_salesforce(parts: Components, objects: Iterable[str] = USER_OBJEC
         query = soql.select_all(name, fields)
         records[name] = [r async for r in parts.salesforce.records(query, include_deleted=True)]
     return records
+
+
+async def read_lists(config: Config, parts: Components) -> ListsReport:
+    """Every mapped list as Iterable has it (getUsers) compared with its Campaign's members
+    (`core/verify_lists.compare_lists`); an empty report when [lists] maps nothing."""
+    if not config.lists.enabled:
+        return ListsReport()
+    client = lists_client(config, parts.iterable)
+    found = await resolve_lists(config, parts.salesforce, client, create=False)
+    found.raise_on_problems()
+    reader = MemberReader(config, parts.salesforce, found.lists)
+    members: dict[str, list[dict[str, Any]]] = {}
+    actual: dict[int, list[str]] = {}
+    for mapped in found.lists:
+        rows: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            page = await reader.page_of(mapped.campaign_id, after, 2000)
+            rows.extend(page)
+            if len(page) < 2000:
+                break
+            after = str(page[-1]["Id"])
+        members[mapped.campaign_id] = rows
+        actual[mapped.list_id] = await client.users(mapped.list_id)
+    expectations = [ListExpectation(m.list_id, m.campaign_id, m.statuses) for m in found.lists]
+    return compare_lists(expectations, members, actual, lead_email=reader.lead_email,
+                         contact_email=reader.contact_email)

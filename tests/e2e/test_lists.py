@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from streamsync.adapters.store import Store
@@ -16,7 +17,8 @@ from streamsync.config import Config
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.iterable.api_lists import members
 from streamsync.emulators.salesforce import SalesforceEmulator
-from tests.conftest import build_config
+from streamsync.runtime.final_state import read_lists
+from tests.conftest import build_config, production_components
 from tests.e2e.harness import InProcessService, wait_caught_up, wait_for
 
 pytestmark = [
@@ -32,6 +34,14 @@ WAIT_S = 15.0
 def list_emails(it: IterableEmulator, list_id: int) -> set[str]:
     """The emails on an Iterable list, as the emulator holds them."""
     return {str(p.email) for p in members(it.project, list_id)}
+
+
+async def subscribe_stray(it: IterableEmulator, list_id: int, email: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{it.base_url}/api/lists/subscribe",
+                             headers={"Api-Key": it.api_key},
+                             json={"listId": list_id, "subscribers": [{"email": email}]}) as r:
+            assert r.status == 200, await r.text()
 
 
 def make_list(it: IterableEmulator, name: str) -> int:
@@ -118,8 +128,16 @@ async def test_member_added_is_subscribed_and_deleted_is_unsubscribed(
     await rig.until(list_id, {rig.email("Lead", lead), rig.email("Contact", contact)})
     rig.sf.state.delete("CampaignMember", lead_member)
     await rig.until(list_id, {rig.email("Contact", contact)})
+    await rig.settled()
+    async with production_components(rig.config) as parts:
+        report = await read_lists(rig.config, parts)
+        assert report.ok and (report.lists, report.members) == (1, 1), report.summary()
+        await subscribe_stray(rig.it, list_id, "stray@example.com")
+        report = await read_lists(rig.config, parts)
+        assert [(m.missing, m.unexpected) for m in report.mismatches] == \
+            [([], ["stray@example.com"])]
     rig.sf.state.delete("CampaignMember", contact_member)
-    await rig.until(list_id, set())
+    await rig.until(list_id, {"stray@example.com"})
     await rig.settled()
     assert await rig.store.list_member_rows(list_id) == []
 
@@ -202,3 +220,21 @@ async def test_a_member_whose_email_another_member_holds_stays_subscribed(
     rig.sf.state.delete("CampaignMember", lead_member)
     await rig.settled()
     assert list_emails(rig.it, list_id) == {email}
+
+
+async def test_a_member_whose_email_changed_is_unsubscribed_under_its_new_email(
+        lists_rig: RigFactory, sf_emulator: SalesforceEmulator,
+        iterable_emulator: IterableEmulator) -> None:
+    campaign = new_campaign(sf_emulator, "Moves")
+    list_id = make_list(iterable_emulator, "Moves")
+    rig: ListRig = await lists_rig([{"campaign_id": campaign, "list_id": list_id}])
+    contact = rig.people("Contact")[0]
+    member = rig.add(campaign, contact)
+    await rig.until(list_id, {rig.email("Contact", contact)})
+    # The profile moves to the new email in Iterable (updateEmail), its lists with it; the
+    # CampaignMember itself does not change, so the store still has the old email.
+    rig.sf.state.update("Contact", contact, {"Email": "moved.person@example.org"})
+    await rig.until(list_id, {"moved.person@example.org"})
+    await rig.settled()
+    rig.sf.state.delete("CampaignMember", member)
+    await rig.until(list_id, set())

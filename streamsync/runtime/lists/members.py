@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import ListMemberWant
 from streamsync.config import CAMPAIGN_MEMBER, Config
-from streamsync.core.ids import id_or_none, parse_id
+from streamsync.core.ids import PREFIX_OF, id_or_none, parse_id
 from streamsync.core.soql import keyset_page, quote_id, select_by_ids_chunked
 from streamsync.models import SfId
 from streamsync.runtime.lists.resolve import MappedList
@@ -53,6 +53,22 @@ class MemberReader:
         for row in rows:
             row["Id"] = parse_id(row.get("Id"))
         return [r for r in rows if not r.get("IsDeleted")]
+
+    async def person_emails(self, person_ids: Iterable[str]) -> dict[str, str]:
+        """The current email (lower-case) of these Leads and Contacts, deleted ones included,
+        by Id as stored."""
+        out: dict[str, str] = {}
+        prefix = f"{self.salesforce.data_path}/queryAll?q="
+        for name, path in (("Lead", self.lead_email), ("Contact", self.contact_email)):
+            ids = sorted(i for i in person_ids if i.startswith(PREFIX_OF[name]))
+            field = path.split(".", 1)[1]
+            for soql in select_by_ids_chunked(name, ["Id", field], ids, prefix) if ids else ():
+                async for page in self.salesforce.query_all(soql):
+                    for row in page.records:
+                        email = _path(row, field)
+                        if isinstance(email, str) and email.strip():
+                            out[parse_id(row.get("Id"))] = email.strip().lower()
+        return out
 
     async def page_of(self, campaign_id: SfId, after_id: str | None, limit: int) -> list[Row]:
         """One keyset page of a Campaign's live members, by Id."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamsync.adapters.iterable import BulkResult
@@ -120,18 +120,30 @@ class ListSync:
         (the others are deleted or gone)."""
         wanted = [w for row in live if (w := self.reader.want(row)) is not None]
         adding, leaving = await self.store.plan_list_members(member_ids, wanted, self.clock())
-        counts = ListCounts()
-        for list_id, rows in _by_list(leaving).items():
-            await self._leave(list_id, rows, counts)
+        counts = await self.settle_leaving(leaving)
         for list_id, rows in _by_list(adding).items():
             await self._join(list_id, rows, counts)
         return counts
 
     async def settle_leaving(self, rows: Sequence[ListMember]) -> ListCounts:
-        """Unsubscribe these 'out' rows (the lists backfill retires stale ones)."""
+        """Unsubscribe these 'out' rows. The person's current email leaves too: the profile
+        (and its list memberships) follows an email change in Iterable, while the row keeps
+        the email it was subscribed under. A failed Salesforce read is `Unreachable`."""
         counts = ListCounts()
+        if not rows:
+            return counts
+        try:
+            current = await self.reader.person_emails({r.person_id for r in rows})
+        except RetriableError as exc:
+            raise Unreachable(SALESFORCE, exc) from exc
         for list_id, group in _by_list(rows).items():
-            await self._leave(list_id, group, counts)
+            owners: dict[str, list[ListMember]] = defaultdict(list)
+            for row in group:
+                owners[row.email].append(row)
+                now = current.get(row.person_id)
+                if now is not None and now != row.email:
+                    owners[now].append(row)
+            await self._leave(list_id, group, owners, counts)
         return counts
 
     async def remove_strays(self, list_id: int, emails: Sequence[str]) -> ListCounts:
@@ -141,34 +153,39 @@ class ListSync:
         found = sorted({e.strip().lower() for e in emails if e.strip()})
         held = await self.store.held_emails(list_id, found)
         strays = [e for e in found if e not in held]
-        failed = await self._send(self.lists.unsubscribe, list_id, strays, [], counts)
+        failed = await self._send(self.lists.unsubscribe, list_id, strays, {}, counts)
         done = [e for e in strays if e not in failed]
         counts.unsubscribed += len(done)
         taken = await self.store.held_emails(list_id, done)
         if taken:
-            await self._send(self.lists.subscribe, list_id, sorted(taken), [], counts)
+            await self._send(self.lists.subscribe, list_id, sorted(taken), {}, counts)
         if failed and not counts.retry:
             counts.retry["-"] = RetriableError(f"list {list_id}: {len(failed)} stray emails "
                                                "were not unsubscribed")
         return counts
 
-    async def _leave(self, list_id: int, rows: list[ListMember], counts: ListCounts) -> None:
-        emails = sorted({r.email for r in rows})
+    async def _leave(self, list_id: int, rows: list[ListMember],
+                     owners: dict[str, list[ListMember]], counts: ListCounts) -> None:
+        emails = sorted(owners)
         held = await self.store.held_emails(list_id, emails)
-        keep = [e for e in emails if e in held]
+        keep = [e for e in emails if e in held and any(e == r.email for r in owners[e])]
         gone = [e for e in emails if e not in held]
-        failed = await self._send(self.lists.subscribe, list_id, keep, rows, counts)
-        failed |= await self._send(self.lists.unsubscribe, list_id, gone, rows, counts)
+        failed = await self._send(self.lists.subscribe, list_id, keep, owners, counts)
+        failed |= await self._send(self.lists.unsubscribe, list_id, gone, owners, counts)
         counts.unsubscribed += len([e for e in gone if e not in failed])
         taken = await self.store.held_emails(list_id, [e for e in gone if e not in failed])
         if taken:  # another member took the email while it was leaving: put it back
-            failed |= await self._send(self.lists.subscribe, list_id, sorted(taken), rows,
+            failed |= await self._send(self.lists.subscribe, list_id, sorted(taken), owners,
                                        counts)
-        await self.store.drop_list_members([r for r in rows if r.email not in failed])
+        stuck = {r for e in failed for r in owners.get(e, ())}
+        await self.store.drop_list_members([r for r in rows if r not in stuck])
 
     async def _join(self, list_id: int, rows: list[ListMember], counts: ListCounts) -> None:
-        emails = sorted({r.email for r in rows})
-        failed = await self._send(self.lists.subscribe, list_id, emails, rows, counts)
+        owners: dict[str, list[ListMember]] = defaultdict(list)
+        for row in rows:
+            owners[row.email].append(row)
+        emails = sorted(owners)
+        failed = await self._send(self.lists.subscribe, list_id, emails, owners, counts)
         counts.subscribed += len([e for e in emails if e not in failed])
         await self.store.confirm_list_members([r for r in rows if r.email not in failed])
         refused = [r for r in rows if r.member_id in counts.failed and r.email in failed]
@@ -176,21 +193,20 @@ class ListSync:
             await self.store.drop_list_members(refused, state="adding")
 
     async def _send(self, call: Callable[[int, list[str]], Awaitable[BulkResult]],
-                    list_id: int, emails: list[str], rows: list[ListMember],
+                    list_id: int, emails: list[str], owners: Mapping[str, list[ListMember]],
                     counts: ListCounts) -> set[str]:
         """Send `emails` in calls of at most `max_subscribers`; returns the emails that did not
         succeed, whose members are marked failed (dead) or to retry in `counts`."""
         failed: set[str] = set()
         for chunk in _chunks(emails, self.max_subscribers):
-            failed |= await self._send_chunk(call, list_id, chunk, rows, counts)
+            failed |= await self._send_chunk(call, list_id, chunk, owners, counts)
         return failed
 
     async def _send_chunk(self, call: Callable[[int, list[str]], Awaitable[BulkResult]],
-                          list_id: int, emails: list[str], rows: list[ListMember],
-                          counts: ListCounts) -> set[str]:
+                          list_id: int, emails: list[str],
+                          owners: Mapping[str, list[ListMember]], counts: ListCounts) -> set[str]:
         def members(of: Iterable[str]) -> list[str]:
-            wanted = set(of)
-            return sorted({r.member_id for r in rows if r.email in wanted})
+            return sorted({r.member_id for e in of for r in owners.get(e, ())})
 
         out = WriteOutcome()
         try:
@@ -199,8 +215,8 @@ class ListSync:
             if len(emails) == 1:
                 raise
             half = len(emails) // 2
-            return (await self._send_chunk(call, list_id, emails[:half], rows, counts)
-                    | await self._send_chunk(call, list_id, emails[half:], rows, counts))
+            return (await self._send_chunk(call, list_id, emails[:half], owners, counts)
+                    | await self._send_chunk(call, list_id, emails[half:], owners, counts))
         except RetriableError as exc:
             for member_id in members(emails) or ["-"]:
                 counts.retry[member_id] = exc
