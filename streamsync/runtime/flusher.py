@@ -235,6 +235,8 @@ class Flusher:
         outcome = SyncOutcome()
         if live and obj.writes_users:
             outcome = await self.pipeline.sync_records(object_name, live, source="flush")
+            if self.lists is not None:
+                await self.lists.follow_people(object_name, live, self.signal)
         elif live:
             outcome.skipped.extend(r["Id"] for r in live)
         if obj.fan_out and live:

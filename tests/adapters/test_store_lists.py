@@ -46,3 +46,12 @@ async def test_unseen_members_retire_and_the_backfill_checkpoint_round_trips(
     done = ListBackfillState("701A", 7, T0, "done", None, 9, 2)
     await store.save_list_backfill(done, T0 + 2)
     assert await store.list_backfill("701A") == done
+
+
+async def test_rows_are_found_by_the_person_they_subscribe(any_store: StoreAPI) -> None:
+    store = any_store
+    await store.plan_list_members(["m1", "m2", "m3"], [
+        want("m1", 7, "a@x.io"), want("m2", 8, "a@x.io"), want("m3", 7, "c@x.io")], T0)
+    assert await store.list_members_of_people(["00Qm1", "00Qm2"]) == [
+        r for r in await store.list_members_of(["m1", "m2"])]
+    assert await store.list_members_of_people(["00Qnobody"]) == []

@@ -378,6 +378,10 @@ class StoreAPI(Protocol):
         """Every row of these CampaignMembers."""
         ...
 
+    async def list_members_of_people(self, person_ids: Sequence[str]) -> list[ListMember]:
+        """The rows that subscribe these Leads and Contacts (by 18-character Id)."""
+        ...
+
     async def held_emails(self, list_id: int, emails: Iterable[str]) -> set[str]:
         """Which of `emails` some member still holds on the list ('adding' or 'in')."""
         ...

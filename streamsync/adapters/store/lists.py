@@ -102,6 +102,18 @@ class ListOps(StoreBase):
                 "DELETE FROM list_member WHERE member_id = ? AND list_id = ? AND email = ? AND "
                 "state = ?", [(r.member_id, r.list_id, r.email, state) for r in rows])
 
+    async def list_members_of_people(self, person_ids: Sequence[str]) -> list[ListMember]:
+        """The rows that subscribe these Leads and Contacts (by 18-character Id)."""
+        rows: list[ListMember] = []
+        async with self._read("list_members_of_people") as conn:
+            for chunk in _chunks(list(person_ids)):
+                marks = ",".join("?" * len(chunk))
+                async with conn.execute(
+                    f"SELECT {_MEMBER_COLUMNS} FROM list_member WHERE person_id IN ({marks}) "
+                    "ORDER BY member_id, list_id, email", tuple(chunk)) as cursor:
+                    rows.extend(_member(r) for r in await cursor.fetchall())
+        return rows
+
     async def list_member_rows(self, list_id: int) -> list[ListMember]:
         """Every row of a list (verification, status)."""
         async with self._read("list_member_rows") as conn:

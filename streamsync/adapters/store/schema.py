@@ -405,8 +405,14 @@ _V10 = Migration(
     ),
 )
 
+_V11 = Migration(
+    11,
+    "list_member rows by the Lead or Contact they subscribe (an email change re-syncs them)",
+    ("CREATE INDEX list_member_by_person ON list_member (person_id)",),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9,
-                                      _V10)
+                                      _V10, _V11)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from streamsync.adapters.iterable import BulkResult
 from streamsync.adapters.iterable_lists import IterableLists, is_unknown_list
-from streamsync.adapters.store import ListMember, Store
+from streamsync.adapters.store import ListMember, QueueInput, Store
+from streamsync.config import CAMPAIGN_MEMBER
 from streamsync.core.ids import id_or_none
 from streamsync.errors import BatchError, BatchTooLarge, RetriableError, Unreachable
 from streamsync.logs import get_logger
@@ -32,6 +33,7 @@ from streamsync.runtime.breaker import Signals
 from streamsync.runtime.flush_read import SALESFORCE
 from streamsync.runtime.lists.members import MemberReader, Row
 from streamsync.runtime.pipeline import SyncOutcome
+from streamsync.runtime.wakeup import QueueSignal
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
 
 log = get_logger(__name__)
@@ -49,6 +51,13 @@ class ListCounts:
     calls: int = 0
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)
     retry: dict[str, RetriableError] = field(default_factory=dict)
+
+
+def _email(row: Row, path: str) -> str | None:
+    value: object = row
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value.strip().lower() if isinstance(value, str) and value.strip() else None
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
@@ -100,6 +109,26 @@ class ListSync:
             outcome.retry.update(done.retry)
             outcome.requests += done.requests
         return outcome
+
+    async def follow_people(self, object_name: str, records: Sequence[Row],
+                            signal: QueueSignal) -> int:
+        """After Leads or Contacts were synced: the CampaignMembers subscribed under an email
+        their person no longer has are queued again (CDC sends no CampaignMember change for
+        it), so the list holds the new email; returns how many."""
+        if object_name not in ("Lead", "Contact") or not records:
+            return 0
+        path = self.reader.lead_email if object_name == "Lead" else self.reader.contact_email
+        field = path.split(".", 1)[1]
+        current = {str(r["Id"]): _email(r, field) for r in records}
+        rows = await self.store.list_members_of_people(list(current))
+        stale = sorted({r.member_id for r in rows
+                        if r.state != "out" and current.get(r.person_id) != r.email})
+        if stale:
+            await self.store.enqueue([QueueInput(CAMPAIGN_MEMBER, m) for m in stale],
+                                     self.clock(), "fanout")
+            signal.notify(len(stale))
+            log.info("lists.email_changed", object=object_name, members=len(stale))
+        return len(stale)
 
     async def sync_members(self, member_ids: Sequence[SfId], rows: Sequence[Row]
                            ) -> SyncOutcome:

@@ -68,6 +68,14 @@ class ListOps(PgBase):
         async with self._read("list_members_of") as conn:
             return await _rows_of(conn, list(member_ids))
 
+    async def list_members_of_people(self, person_ids: Sequence[str]) -> list[ListMember]:
+        """The rows that subscribe these Leads and Contacts (by 18-character Id)."""
+        async with self._read("list_members_of_people") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_MEMBER_COLUMNS} FROM list_member WHERE person_id = ANY($1::text[]) "
+                f"{_ORDER}", list(person_ids))
+        return [_member(tuple(r)) for r in rows]
+
     async def held_emails(self, list_id: int, emails: Iterable[str]) -> set[str]:
         """Which of `emails` some member still holds on the list ('adding' or 'in')."""
         async with self._read("held_emails") as conn:

@@ -316,7 +316,13 @@ _V9 = PgMigration(
     ),
 )
 
-MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10)
+_V11 = PgMigration(
+    11,
+    "list_member rows by the Lead or Contact they subscribe (SQLite schema version 11)",
+    ("CREATE INDEX list_member_by_person ON list_member (person_id)",),
+)
+
+MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""
