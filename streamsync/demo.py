@@ -25,15 +25,18 @@ from typing import Any, TextIO
 from streamsync.cli.progress import ConsoleProgress
 from streamsync.config import Config, parse_config
 from streamsync.core.verify import VerifyReport, compare
+from streamsync.core.verify_consent import ConsentReport, check_consent
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.runtime.app import Service, open_components
 from streamsync.runtime.backfill import Backfill, BackfillOptions
-from streamsync.runtime.final_state import read_salesforce, verify_policies
+from streamsync.runtime.final_state import consent_policies, read_salesforce, verify_policies
 
 SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000}
 SMALL_SEED: dict[str, Any] = {"seed_accounts": 50, "seed_contacts": 300, "seed_leads": 600}
 SYNCED_OBJECTS = ("Lead", "Contact")
+MARKETING_EMAIL = 39581  # the Iterable emulator's seeded Marketing Email channel
+CONSENT = {"consent": {"unsubscribe_channel_ids": [MARKETING_EMAIL]}}
 
 
 def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> Config:
@@ -45,6 +48,7 @@ def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> 
         "queue": {"path": str(workdir / "streamsync.db")},
         "flush": {"linger_ms": 50},
         "health": {"host": "127.0.0.1", "port": 0},
+        "objects": {"Lead": CONSENT, "Contact": CONSENT, "Account": {}},
     }
     env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
            "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
@@ -80,7 +84,8 @@ class Workload:
         state = self.sf.state
         scripted = {
             3: self.rename_account, 7: self.delete_contact, 11: self.invalid_email,
-            15: self.change_email, 19: self.convert_lead,
+            15: self.change_email, 19: self.convert_lead, 23: self.opt_out, 27: self.opt_out,
+            31: self.opt_in,
         }
         if n in scripted:
             scripted[n]()
@@ -122,6 +127,18 @@ class Workload:
         self.sf.state.update("Contact", record_id, {"Email": email})
         self._note("email_change", email)
 
+    def opt_out(self, opted_out: bool = True) -> None:
+        """A person's email opt-out changes in Salesforce (README "Consent")."""
+        sobject = self.rng.choice(SYNCED_OBJECTS)
+        record_id = self._pick(sobject, "IsDeleted = false AND Email != null AND "
+                               f"HasOptedOutOfEmail = {str(not opted_out).lower()}"
+                               + (" AND IsConverted = false" if sobject == "Lead" else ""))
+        self.sf.state.update(sobject, record_id, {"HasOptedOutOfEmail": opted_out})
+        self._note("opt_out" if opted_out else "opt_in", self._email(sobject, record_id))
+
+    def opt_in(self) -> None:
+        self.opt_out(False)
+
     def convert_lead(self) -> None:
         record_id = self._pick("Lead", "IsDeleted = false AND IsConverted = false "
                                        "AND Email != null")
@@ -153,6 +170,30 @@ async def verify(config: Config, it: IterableEmulator) -> VerifyReport:
         policies = verify_policies(config, parts.mappings, SYNCED_OBJECTS)
         dead = [d.record_id for d in await parts.store.dead_letters(limit=1_000_000)]
     return compare(policies, records, it.state.snapshot(), dead)
+
+
+def subscription_arrays(it: IterableEmulator) -> dict[str, dict[str, list[int]]]:
+    """Each Iterable user's subscription arrays, keyed as `snapshot()` keys profiles."""
+    out: dict[str, dict[str, list[int]]] = {}
+    it.flush()
+    project = it.project
+    for profile in project.profiles():
+        key = profile.user_id if project.project_type == "userId" or profile.email is None \
+            else profile.email
+        if key is not None:
+            out[key] = profile.subscriptions().view()
+    return out
+
+
+async def verify_consent(config: Config, it: IterableEmulator) -> ConsentReport:
+    """No opted-out Salesforce record's Iterable user still receives a configured group."""
+    async with open_components(config) as parts:
+        records = await read_salesforce(parts, SYNCED_OBJECTS)
+        lists = await parts.iterable.get_lists()
+        policies = consent_policies(config, parts.mappings, lists, SYNCED_OBJECTS)
+    catalog = it.messaging_for(it.project).catalog
+    opt_in = frozenset(t.id for t in catalog.message_types.values() if t.policy == "OptIn")
+    return check_consent(policies, records, subscription_arrays(it), opt_in)
 
 
 def page_url(host: str, port: int) -> str:
@@ -216,16 +257,19 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
 
     print("\n== 3. Verification", file=out)
     report = await verify(config, it)
+    consent = await verify_consent(config, it)
     figures = {**latency_figures(workload, it), "changes": workload.changes,
-               "kinds": workload.kinds, **report.summary()}
+               "kinds": workload.kinds, **report.summary(), **consent.summary()}
     for key, value in figures.items():
         print(f"   {key}: {value}", file=out)
-    for mismatch in report.mismatches[:10]:
+    for mismatch in [*report.mismatches[:10], *consent.mismatches[:10]]:
         print(f"   MISMATCH {mismatch.object_name} {mismatch.record_id} {mismatch.key}: "
               f"{mismatch.problem} {mismatch.fields}", file=out)
-    print("\nEvery Iterable profile matches Salesforce." if report.ok
+    ok = report.ok and consent.ok
+    print("\nEvery Iterable profile matches Salesforce, and no opted-out record is still "
+          "subscribed." if ok
           else "\nVerification FAILED.", file=out)
-    return report.ok
+    return ok
 
 
 async def _live_changes(service: Service, task: asyncio.Task[int], workload: Workload,

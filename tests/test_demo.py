@@ -40,7 +40,8 @@ def test_demo_short_mode_ends_with_every_profile_matching(tmp_path: Path) -> Non
     assert proc.returncode == 0, out[-3000:] + stderr[-3000:]
     assert "== 1. Backfill" in out and "== 2. Real time" in out
     assert "mismatches: 0" in out
-    assert "Every Iterable profile matches Salesforce." in out
+    assert "Every Iterable profile matches Salesforce, and no opted-out record" in out
+    assert "consent_mismatches: 0" in out and "consent_opted_out_checked: " in out
     assert "Traceback" not in stderr
     # the global --log-level reaches the demo (structured JSON lines off a terminal)
     assert '"level":"info"' in stderr.replace(" ", "")

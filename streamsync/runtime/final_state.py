@@ -13,8 +13,10 @@ from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.mapping import CompiledMapping
 from streamsync.core.verify import ObjectPolicy
+from streamsync.core.verify_consent import ConsentPolicy
 from streamsync.core.verify_lists import ListExpectation, ListsReport, compare_lists
 from streamsync.runtime.app import Components
+from streamsync.runtime.consent_writer import list_ids
 from streamsync.runtime.lists.members import MemberReader
 from streamsync.runtime.lists.resolve import resolve_lists
 from streamsync.runtime.lists.start import lists_client
@@ -31,6 +33,25 @@ def verify_policies(config: Config, mappings: Mapping[str, CompiledMapping],
         obj = config.objects[name]
         out[name] = ObjectPolicy(mappings[name], obj.delete_policy, obj.delete_flag_field,
                                  defers_when_converted=name == "Lead" and contact_first)
+    return out
+
+
+def consent_policies(config: Config, mappings: Mapping[str, CompiledMapping],
+                     lists: list[dict[str, Any]], objects: Iterable[str] = USER_OBJECTS
+                     ) -> dict[str, ConsentPolicy]:
+    """The consent check's rules of each object that carries consent; `lists` is Iterable's
+    GET /api/lists, to resolve list names (raises UnknownList as the writer would)."""
+    contact_first = config.converted_precedence() == "contact"
+    out: dict[str, ConsentPolicy] = {}
+    for name in objects:
+        consent = config.objects[name].consent
+        if consent is None:
+            continue
+        out[name] = ConsentPolicy(
+            mappings[name], tuple(consent.opt_out_fields),
+            tuple(consent.unsubscribe_channel_ids), tuple(consent.unsubscribe_message_type_ids),
+            list_ids(consent.remove_from_lists, lists),
+            defers_when_converted=name == "Lead" and contact_first)
     return out
 
 
