@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from streamsync.cli import backfill, check_config, demo, dlq, replay, run, status
+from streamsync.cli import backfill, check_config, demo, dlq, plan, replay, run, status
 from streamsync.cli.exit_codes import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -20,7 +20,7 @@ from streamsync.cli.options import add_global_options, setup_command_logging
 from streamsync.cli.output import err
 from streamsync.errors import ConfigError, StreamsyncError, UsageError
 
-COMMANDS = (run, backfill, replay, status, dlq, check_config, demo)
+COMMANDS = (run, plan, backfill, replay, status, dlq, check_config, demo)
 """The command modules, in --help order; each has `add_parser(subparsers)`."""
 
 
@@ -49,11 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_VALUED_OPTIONS = frozenset({"-c", "--config", "--log-level"})
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named in `argv` (global options and their values skipped)."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _VALUED_OPTIONS:
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (the console script exits with it)."""
+    """Run one command; returns the exit code (the console script exits with it). `plan`
+    exits 2 for "changes pending" (cli/exit_codes.py), so its usage errors exit 1."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    usage = EXIT_FAILED if _command_of(words) == "plan" else EXIT_USAGE
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(words)
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
@@ -61,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except SystemExit as exc:  # argparse: --help and --version exit 0, a usage error 2
-        return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
+        return EXIT_OK if exc.code in (0, None) else usage
     except (ConfigError, UsageError) as exc:
         err(str(exc))
-        return EXIT_USAGE
+        return usage
     except StreamsyncError as exc:
         err(f"error: {exc}")
         return EXIT_FAILED

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamsync.cli import build_parser, main
-from streamsync.cli.exit_codes import EXIT_USAGE
+from streamsync.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
 
 # What each command needs besides the global flags to parse at all.
 REQUIRED: dict[str, list[str]] = {
@@ -32,9 +32,14 @@ def _commands() -> list[list[str]]:
 COMMANDS = _commands()
 
 
+def config_error_code(command: list[str]) -> int:
+    """2, except for `plan`, whose 2 means "changes pending" (cli/exit_codes.py)."""
+    return EXIT_FAILED if command == ["plan"] else EXIT_USAGE
+
+
 def test_every_command_is_there() -> None:
     assert {" ".join(c) for c in COMMANDS} == {
-        "run", "backfill", "replay", "status", "dlq list", "dlq retry", "dlq purge",
+        "run", "plan", "backfill", "replay", "status", "dlq list", "dlq retry", "dlq purge",
         "check-config", "demo"}
 
 
@@ -75,7 +80,7 @@ def test_every_command_reads_the_config_it_is_given(
     flags = ["-c", str(missing)]
     rest = REQUIRED.get(command[0], [])
     argv = [*flags, *command, *rest] if before else [*command, *rest, *flags]
-    assert main(argv) == EXIT_USAGE
+    assert main(argv) == config_error_code(command)
     err = capsys.readouterr().err
     assert f"cannot read config file {missing}" in err and "from-env" not in err
 
@@ -87,7 +92,7 @@ def test_without_the_flag_every_command_reads_streamsync_config(
 ) -> None:
     from_env = tmp_path / "from-env.toml"
     monkeypatch.setenv("STREAMSYNC_CONFIG", str(from_env))
-    assert main([*command, *REQUIRED.get(command[0], [])]) == EXIT_USAGE
+    assert main([*command, *REQUIRED.get(command[0], [])]) == config_error_code(command)
     assert f"cannot read config file {from_env}" in capsys.readouterr().err
 
 

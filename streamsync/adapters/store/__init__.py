@@ -9,7 +9,7 @@ from __future__ import annotations
 from .base import Synchronous
 from .consent_inbox import ConsentEventRow
 from .interface import StoreAPI, collect_status
-from .mapping_state import read_applied_mappings
+from .mapping_state import read_applied_mappings, read_payload_hashes
 from .schema import LATEST_VERSION, MIGRATIONS, Migration, migrate, schema_version
 from .store import Store
 from .types import (
@@ -88,5 +88,6 @@ __all__ = [
     "collect_status",
     "migrate",
     "read_applied_mappings",
+    "read_payload_hashes",
     "schema_version",
 ]

@@ -96,13 +96,45 @@ class MappingStateOps(StoreBase):
             return cursor.rowcount > 0
 
 
+def _read_only(file: Path) -> sqlite3.Connection:
+    """The store opened read-only. With no `-wal` file beside it (no process has it open, and
+    its last one checkpointed) it is opened immutable, so SQLite creates no `-wal`/`-shm`
+    either: reading leaves the directory exactly as it was."""
+    quiet = "&immutable=1" if not Path(f"{file}-wal").exists() else ""
+    return sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro{quiet}", uri=True)
+
+
+def read_payload_hashes(path: str | Path, object_name: str, ids: Sequence[str]
+                        ) -> dict[str, str | None]:
+    """Record id → the payload hash last confirmed, for the ids the identity table holds, from
+    the store at `path` opened read-only; empty when there is no store."""
+    file = Path(path)
+    if not file.is_file() or not ids:
+        return {}
+    conn = _read_only(file)
+    out: dict[str, str | None] = {}
+    try:
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            for record_id, digest in conn.execute(
+                    "SELECT record_id, payload_hash FROM identity WHERE object_name = ? "
+                    f"AND record_id IN ({marks})", (object_name, *chunk)):
+                out[str(record_id)] = None if digest is None else str(digest)
+    except sqlite3.Error as exc:
+        raise translate(exc, f"reading {file}") from exc
+    finally:
+        conn.close()
+    return out
+
+
 def read_applied_mappings(path: str | Path) -> dict[str, AppliedMapping]:
     """`mapping_applied` of the store at `path`, opened read-only (nothing is created or
     migrated); empty when the file or the table does not exist."""
     file = Path(path)
     if not file.is_file():
         return {}
-    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+    conn = _read_only(file)
     try:
         found = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                              "AND name = 'mapping_applied'").fetchone()
