@@ -105,10 +105,9 @@ class Service:
         return self.subscriptions is not None and self.subscriptions.following
 
     def readiness(self) -> Readiness:
-        """Ready once subscribed (or following another worker's subscription), while the
-        store file is the one opened, while neither Salesforce nor Iterable is down (the
-        flusher's circuit breakers) and while Iterable writes succeed (or nothing is
-        pending)."""
+        """Ready once subscribed (or following another worker), while the store file is the
+        one opened, while neither Salesforce nor Iterable is down (the flusher's circuit
+        breakers) and while Iterable writes succeed (or nothing is pending)."""
         if self.store_problem is not None:
             return Readiness(False, self.store_problem)
         outage = self.flusher.outage() if self.flusher is not None else ""
@@ -287,6 +286,7 @@ class Service:
             self._check_store_file(parts.store)
             self.page.sample()
             self.metrics.subscribed.set(int(self.ingest is not None and self.ingest.subscribed))
+            self.metrics.following.set(int(self.following()))
             with contextlib.suppress(RetriableError):
                 stats = await parts.store.queue_stats(self.clock())
                 self.queue_depth = stats.depth

@@ -97,6 +97,11 @@ class Metrics:
             "1 while this worker leads the CDC channel (holds its lease), else 0", ["channel"],
             registry=r,
         )
+        self.following = Gauge(
+            "streamsync_following",
+            "1 while this worker leads no CDC channel (another worker of the store subscribes)",
+            registry=r,
+        )
         self.leadership_failovers = Counter(
             "streamsync_leadership_failovers_total",
             "CDC channel leases this worker took over from a leader whose lease ran out",
