@@ -69,6 +69,8 @@ class Leadership:
         self.failovers = 0
         for channel in self._channels:
             self._set_gauge(channel, 0)
+            if metrics is not None:
+                metrics.leadership_failovers.labels(channel=channel)  # exported from 0
 
     @property
     def stale_after_s(self) -> float:
