@@ -88,7 +88,6 @@ class Service:
         self.health: HealthServer | None = None
         self.subscriptions: Subscriptions | None = None
         self.leadership: Leadership | None = None
-        self.exclusive = True  # SQLite: this run holds the store alone (store/owner.py)
         self.flusher: Flusher | None = None
         self.queue_depth = 0
         self.last_write_ok = True
@@ -220,7 +219,7 @@ class Service:
         )
         self.leadership = leadership = Leadership(
             store=parts.store, channels=ingest_channels(config), config=config.workers,
-            exclusive=self.exclusive, metrics=self.metrics, clock=self.clock)
+            exclusive=not parts.store.shared, metrics=self.metrics, clock=self.clock)
         self.subscriptions = Subscriptions(leadership, IngestBuilder(
             config=config, parts=parts, http=ingest_http, instance_url=instance_url,
             reconciler=reconciler, metrics=self.metrics, clock=self.clock, signal=signal,
@@ -228,7 +227,7 @@ class Service:
         self.flusher = Flusher(
             config=config, store=parts.store, salesforce=parts.salesforce,
             pipeline=parts.pipeline, metrics=self.metrics, clock=self.clock, signal=signal,
-            owner=self.owner if self.exclusive else leadership.worker_id, lists=lists,
+            owner=leadership.worker_id if parts.store.shared else self.owner, lists=lists,
         )
         resyncer, self.reloader = await open_resync_and_reload(
             parts, self.config_path, self.metrics,
