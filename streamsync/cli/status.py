@@ -66,7 +66,18 @@ def render_status(data: Mapping[str, Any]) -> str:
     else:
         parts.append("  (none)")
     parts += _backfill(data["backfill"], list(data.get("backfill_runs") or [])[1:])
+    parts += _resyncs(data.get("mapping") or {})
     return "\n".join(parts) + "\n"
+
+
+def _resyncs(mapping: Mapping[str, Any]) -> list[str]:
+    resyncs = mapping.get("resyncs") or []
+    if not resyncs:
+        return []
+    return ["\nMapping re-syncs (a changed mapping being applied):", table(
+        ["object", "phase", "read", "written", "out of scope", "last id", "since"],
+        [[r["object"], r["phase"], r["records_read"], r["records_written"],
+          r["records_out_of_scope"], r["last_id"] or "-", r["started_at"]] for r in resyncs])]
 
 
 def _queue(q: Mapping[str, Any]) -> list[str]:

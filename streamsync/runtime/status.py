@@ -180,7 +180,25 @@ async def read_status(store: Store, config: Config | None, now: float,
         {"run_id": run.run_id, "started_at": iso(run.started_at),
          "finished_at": iso(run.finished_at), "options": dict(run.options)}
         for run in await store.runs(limit=runs)])
+    data["mapping"] = await mapping_status(store)
     return data
+
+
+async def mapping_status(store: Store) -> dict[str, Any]:
+    """Per object the fingerprint last applied, and each re-sync under way (issue 15)."""
+    applied = await store.applied_mappings()
+    resyncs = await store.resyncs()
+    cleaned: dict[str, Any] = _clean({
+        "applied": {name: {"fingerprint": a.fingerprint[:12], "applied_at": iso(a.applied_at)}
+                    for name, a in applied.items()},
+        "resyncs": [{"object": r.object_name, "fingerprint": r.fingerprint[:12],
+                     "phase": r.phase, "last_id": r.last_id, "records_read": r.records_read,
+                     "records_written": r.records_written,
+                     "records_out_of_scope": r.records_out_of_scope, "clears": list(r.clears),
+                     "started_at": iso(r.started_at), "updated_at": iso(r.updated_at)}
+                    for r in resyncs.values()],
+    })
+    return cleaned
 
 
 def dead_letter_dict(dl: DeadLetter) -> dict[str, Any]:

@@ -6,15 +6,18 @@ filter follow `out_of_scope`, and a stopped re-sync resumes from its checkpoint.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamsync.adapters.store import Store
 from streamsync.config import Config
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.runtime.resync import Resyncer, open_resyncer
+from streamsync.runtime.status import read_status
 from tests.conftest import MakeConfig, production_components
 from tests.e2e.harness import backfill, wait_for
 
@@ -218,6 +221,10 @@ async def test_a_stopped_resync_resumes_from_its_checkpoint(
     first = await run_resyncs(new, page_size=10, stop_after_pages=1)
     state = first["left"]["Lead"]
     assert state.phase == "sync" and state.records_read == 10 and state.last_id is not None
+    async with await Store.open(new.queue.path) as store:  # what `streamsync status` shows
+        shown = (await read_status(store, new, time.time()))["mapping"]["resyncs"]
+    assert [(r["object"], r["phase"], r["records_read"]) for r in shown] == [("Lead", "sync", 10)]
+    assert 'streamsync_resync_running{object="Lead"} 1.0' in first["metrics"]
     done = await run_resyncs(new, page_size=10)
     assert done["owed"] == ["Lead"] and done["left"] == {}
     total = len(sf_emulator.select_ids("Lead", "IsDeleted = false"))
