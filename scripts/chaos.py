@@ -7,8 +7,10 @@
    config, backfills every record into Iterable, and starts `python -m streamsync run`.
 2. For `--minutes`, a workload generator creates, updates, deletes and undeletes records,
    converts Leads (half of them Campaign members), renames Accounts, changes emails, adds and
-   removes Campaign members and changes their status (and now and then creates a Lead with an
-   invalid email, a genuinely bad record), through the Salesforce emulator's control API; a fault
+   removes Campaign members and changes their status, opts people out of email and back in
+   (`HasOptedOutOfEmail`; consent is configured on Lead and Contact), and now and then creates
+   a Lead with an invalid email (a genuinely bad record), through the Salesforce emulator's
+   control API; a fault
    scheduler meanwhile injects kill -9 of the service (then a restart), Iterable 429 storms, 5xx
    bursts, hangs and dropped connections, Salesforce session expiry, `403::Unknown client`,
    CometD server disconnects, event-bus purges that expire the stored replay id, GAP_* and
@@ -17,8 +19,9 @@
 3. Stops the faults, waits for the queue to drain, stops the service and compares every Iterable
    profile with the state Salesforce implies (`core/verify.compare`), and every [lists] list
    (two Campaigns the run creates: one counts every member, one only `Responded` ones) with
-   its Campaign's members (`core/verify_lists.compare_lists`). Iterable faults hit the list
-   calls too (three in ten).
+   its Campaign's members (`core/verify_lists.compare_lists`), and checks that no opted-out
+   record's Iterable user still receives Marketing Email (`core/verify_consent.py`). Iterable
+   faults hit the list calls too (three in ten) and the subscription calls (one in seven).
 4. Prints one JSON object: faults injected by kind, changes made by kind, records compared,
    mismatches (a deleted record that never had a profile, as the store shows, is none),
    dead letters (each with whether the record is genuinely bad), duplicate writes
@@ -60,10 +63,16 @@ import orjson
 
 from streamsync.config import Config, load_config
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
+from streamsync.core.verify_consent import ConsentReport
 from streamsync.core.verify_lists import ListsReport
 from streamsync.errors import RecordError
 from streamsync.runtime.app import open_components
-from streamsync.runtime.final_state import read_lists, read_salesforce, verify_policies
+from streamsync.runtime.final_state import (
+    read_consent,
+    read_lists,
+    read_salesforce,
+    verify_policies,
+)
 
 PYTHON = sys.executable
 SYNCED_OBJECTS = ("Lead", "Contact")
@@ -89,12 +98,16 @@ CHANGE_WEIGHTS = {
     "create": 20, "update": 40, "delete": 8, "undelete": 5, "convert_lead": 6,
     "account_rename": 6, "email_change": 10, "invalid_email": 2,
     "member_add": 10, "member_remove": 4, "member_status": 4,
+    "opt_out": 4, "opt_in": 2,
 }
+# Consent (README "Consent"): an opt-out in Salesforce unsubscribes from Marketing Email.
+CONSENT_CHANNEL = 39581
 # [lists]: two Campaigns the run creates, one list filled by every member, one by responders.
 CAMPAIGNS = (("Chaos Webinar", None), ("Chaos Expo", ("Responded",)))
 MEMBER_STATUSES = ("Sent", "Responded")
 INITIAL_MEMBERS = 60
 LIST_PATHS = "/api/lists/*"
+SUBSCRIPTION_PATHS = "/api/subscriptions/*"
 BULK_PATH = "/api/users/bulkUpdate"
 ITERABLE_TIMEOUT_S = 4.0
 HANG_S = 6.0  # longer than the service's Iterable timeout
@@ -363,6 +376,14 @@ class Workload:
                                 {"status": self.rng.choice(MEMBER_STATUSES)},
                                 ok=(204, 400, 404))
 
+    async def _opt_out(self, opted_out: bool = True) -> None:
+        sobject, ids = self._person()
+        await self.control.call("PATCH", f"{self.url}/records/{sobject}/{self._pick(ids)}",
+                                {"HasOptedOutOfEmail": opted_out})
+
+    async def _opt_in(self) -> None:
+        await self._opt_out(False)
+
     async def _email_change(self) -> None:
         sobject, ids = self._person()
         record_id = self._pick(ids)
@@ -408,9 +429,11 @@ class Faults:
         self.injected[kind] += 1
 
     async def _iterable_fault(self, body: dict[str, Any]) -> None:
-        path = LIST_PATHS if self.rng.random() < 0.3 else BULK_PATH
+        draw = self.rng.random()
+        path, method = ((LIST_PATHS, "POST") if draw < 0.3 else
+                        (SUBSCRIPTION_PATHS, "PUT") if draw < 0.45 else (BULK_PATH, "POST"))
         await self.control.call("POST", f"{self.it_url}/faults",
-                                {"path": path, "method": "POST", **body})
+                                {"path": path, "method": method, **body})
 
     async def _kill9(self) -> None:
         await self.service.kill9()
@@ -682,6 +705,14 @@ reconcile_overlap_s = 5
 host = "127.0.0.1"
 port = {health_port}
 
+[objects.Lead.consent]
+unsubscribe_channel_ids = [{CONSENT_CHANNEL}]
+
+[objects.Contact.consent]
+unsubscribe_channel_ids = [{CONSENT_CHANNEL}]
+
+[objects.Account]
+
 [logging]
 level = "INFO"
 format = "json"
@@ -716,6 +747,14 @@ async def read_list_report(config: Config) -> ListsReport:
     """Every [lists] list compared with its Campaign's members (runtime/final_state.py)."""
     async with open_components(config) as parts:
         return await read_lists(config, parts)
+
+
+async def read_consent_report(config: Config, records: dict[str, list[dict[str, Any]]],
+                              subscriptions: dict[str, Any]) -> ConsentReport:
+    """No opted-out record's Iterable user still receives Marketing Email
+    (runtime/final_state.py `read_consent`)."""
+    async with open_components(config) as parts:
+        return await read_consent(config, parts, records, subscriptions)
 
 
 async def never_synced_deleted(config: Config, report: VerifyReport,
@@ -953,6 +992,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         never_synced = await never_synced_deleted(config, report, records)
         writes, dups = await duplicate_writes(control, it, sorted(snapshot))
         lists = await read_list_report(config)
+        consent = await read_consent_report(config, records, await control.call(
+            "GET", f"{it['control_url']}/subscriptions"))
     mismatches = [
         {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem,
          "fields": {k: [v[0], v[1]] for k, v in m.fields.items()}}
@@ -975,6 +1016,10 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         "ambiguous_keys": summary["ambiguous_keys"],
         "unexpected_profiles": summary["unexpected_profiles"],
         **lists.summary(),
+        **consent.summary(),
+        "consent_mismatch_examples": [
+            {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem}
+            for m in consent.mismatches[:10]],
         "dead_letters": len(judged),
         "dead_letters_genuine": sum(1 for d in judged if d["genuine"]),
         "dead_letter_details": judged,
@@ -994,7 +1039,7 @@ def verdict(result: dict[str, Any]) -> bool:
     """Pass iff nothing mismatches, nothing expected is missing and every dead letter is genuine."""
     return (result["mismatches"] == 0 and not result["missing_dead_letters"]
             and result["dead_letters_genuine"] == result["dead_letters"]
-            and result["list_mismatches"] == 0)
+            and result["list_mismatches"] == 0 and result["consent_mismatches"] == 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

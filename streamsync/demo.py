@@ -25,12 +25,12 @@ from typing import Any, TextIO
 from streamsync.cli.progress import ConsoleProgress
 from streamsync.config import Config, parse_config
 from streamsync.core.verify import VerifyReport, compare
-from streamsync.core.verify_consent import ConsentReport, check_consent
+from streamsync.core.verify_consent import ConsentReport
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.runtime.app import Service, open_components
 from streamsync.runtime.backfill import Backfill, BackfillOptions
-from streamsync.runtime.final_state import consent_policies, read_salesforce, verify_policies
+from streamsync.runtime.final_state import read_consent, read_salesforce, verify_policies
 
 SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000}
 SMALL_SEED: dict[str, Any] = {"seed_accounts": 50, "seed_contacts": 300, "seed_leads": 600}
@@ -189,11 +189,7 @@ async def verify_consent(config: Config, it: IterableEmulator) -> ConsentReport:
     """No opted-out Salesforce record's Iterable user still receives a configured group."""
     async with open_components(config) as parts:
         records = await read_salesforce(parts, SYNCED_OBJECTS)
-        lists = await parts.iterable.get_lists()
-        policies = consent_policies(config, parts.mappings, lists, SYNCED_OBJECTS)
-    catalog = it.messaging_for(it.project).catalog
-    opt_in = frozenset(t.id for t in catalog.message_types.values() if t.policy == "OptIn")
-    return check_consent(policies, records, subscription_arrays(it), opt_in)
+        return await read_consent(config, parts, records, subscription_arrays(it))
 
 
 def page_url(host: str, port: int) -> str:

@@ -13,7 +13,7 @@ from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.mapping import CompiledMapping
 from streamsync.core.verify import ObjectPolicy
-from streamsync.core.verify_consent import ConsentPolicy
+from streamsync.core.verify_consent import ConsentPolicy, ConsentReport, check_consent
 from streamsync.core.verify_lists import ListExpectation, ListsReport, compare_lists
 from streamsync.runtime.app import Components
 from streamsync.runtime.consent_writer import list_ids
@@ -92,3 +92,19 @@ async def read_lists(config: Config, parts: Components) -> ListsReport:
     expectations = [ListExpectation(m.list_id, m.campaign_id, m.statuses) for m in found.lists]
     return compare_lists(expectations, members, actual, lead_email=reader.lead_email,
                          contact_email=reader.contact_email)
+
+
+async def read_consent(config: Config, parts: Components,
+                       records: Mapping[str, Iterable[Mapping[str, Any]]],
+                       subscriptions: Mapping[str, Mapping[str, Any]]) -> ConsentReport:
+    """No opted-out Salesforce record's Iterable user still receives a configured group
+    (`core/verify_consent.py`); `subscriptions` are the users' arrays by profile key. List names
+    and opt-in message types come from Iterable's API."""
+    if not config.consent_objects():
+        return ConsentReport()
+    lists = await parts.iterable.get_lists()
+    types = await parts.iterable.get_message_types()
+    opt_in = frozenset(t["id"] for t in types
+                       if t.get("subscriptionPolicy") == "OptIn" and isinstance(t.get("id"), int))
+    policies = consent_policies(config, parts.mappings, lists, tuple(records))
+    return check_consent(policies, records, subscriptions, opt_in)
