@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from streamsync.core.condition import compile_condition
 from streamsync.core.events import channel_for
 from streamsync.core.mapping import mapping_problems, target_problem
 from streamsync.core.soql import SafeFilter, parse_filter, validate_field_path, validate_identifier
@@ -318,6 +319,114 @@ def _out_of_scope_problems(name: str, obj: ObjectConfig
         return [(("objects", name, "out_of_scope_flag_field"),
                  "is also a mapping target or the delete flag")]
     return []
+EventTrigger = Literal["create", "update", "delete", "undelete"]
+# `profile` of an event rule: the record's own identity, its Opportunity's primary contact role,
+# or a dotted path to an email or an id (docs/events.md §3).
+PROFILE_RECORD: Final = "record"
+PROFILE_PRIMARY_CONTACT: Final = "primary_contact_role"
+_RULE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+
+
+class EventRule(_Model):
+    """[[events]]: one CRM moment sent to Iterable as a custom event (docs/events.md §3)."""
+
+    name: str
+    object: str
+    trigger: list[EventTrigger] = Field(min_length=1)
+    changed_fields: list[str] = Field(default_factory=list)
+    condition: str | None = None
+    event_name: str = Field(min_length=1, max_length=255)
+    profile: str = PROFILE_RECORD
+    mapping: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if _RULE_NAME_RE.fullmatch(v) is None:
+            raise ValueError("a rule name is 1-64 letters, digits and hyphens (it becomes part "
+                             "of every event id)")
+        return v
+
+    @field_validator("trigger", mode="before")
+    @classmethod
+    def _one_trigger(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("object")
+    @classmethod
+    def _object(cls, v: str) -> str:
+        return validate_identifier(v, "object")
+
+    @field_validator("changed_fields")
+    @classmethod
+    def _changed(cls, v: list[str]) -> list[str]:
+        return [validate_identifier(f) for f in v]
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                bad = sorted(f for f in compile_condition(v).fields if "." in f)
+            except SoqlError as exc:
+                raise ValueError(str(exc)) from None
+            if bad:
+                raise ValueError(f"a condition reads the record's own fields only (CDC says "
+                                 f"nothing of related records): {', '.join(bad)}")
+        return v
+
+    @field_validator("event_name")
+    @classmethod
+    def _event_name(cls, v: str) -> str:
+        if v != v.strip() or not v.isprintable():
+            raise ValueError("event_name must be printable, without leading or trailing spaces")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        if v in (PROFILE_RECORD, PROFILE_PRIMARY_CONTACT):
+            return v
+        try:
+            return validate_field_path(v)
+        except SoqlError as exc:
+            raise ValueError(f"profile is 'record', 'primary_contact_role' or a dotted path to "
+                             f"an email or id field: {exc}") from None
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _dotted_keys(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            nested = [k for k, val in v.items() if isinstance(val, dict)]
+            if nested:
+                raise _problems([(k, f'a table, not a target: quote dotted source paths, e.g. '
+                                     f'"{k}.Name" = "dataFields.x"') for k in nested])
+        return v
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = list(mapping_problems(v))
+        problems.extend((k, "event data goes to dataFields.<name> targets")
+                        for k, t in v.items() if not str(t).startswith("dataFields."))
+        if problems:
+            raise _problems(list(problems))
+        return v
+
+    @property
+    def safe_condition(self) -> SafeFilter | None:
+        return None if self.condition is None else parse_filter(self.condition)
+
+
+class EventDeliveryConfig(_Model):
+    """[event_delivery]: how events are sent with events/trackBulk (docs/events.md §1)."""
+
+    batch_max_events: int = Field(default=1000, ge=1, le=8000)
+    rate_limit_per_s: float = Field(default=10.0, gt=0, le=1000)
+    max_in_flight: int = Field(default=2, ge=1, le=16)
+    batch_ids: int = Field(default=2000, ge=1, le=50_000)
+    linger_ms: int = Field(default=50, ge=0, le=60_000)
+    max_attempts: int = Field(default=20, ge=1, le=1000)
 
 
 class QueueConfig(_Model):
@@ -624,6 +733,8 @@ class Config(_Model):
     logging: LoggingConfig = LoggingConfig()
     consent_inbound: ConsentInboundConfig | None = None
     workers: WorkersConfig = WorkersConfig()
+    events: list[EventRule] = Field(default_factory=list)
+    event_delivery: EventDeliveryConfig = EventDeliveryConfig()
     secrets: Secrets = Field(default_factory=Secrets, exclude=True, repr=False)
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
 
@@ -680,6 +791,7 @@ class Config(_Model):
         problems.extend(self._list_problems())
         problems.extend(problem for name, obj in self.objects.items()
                         for problem in _out_of_scope_problems(name, obj))
+        problems.extend(_event_rule_problems(self))
         if problems:
             raise _problems(problems)
         return self
@@ -717,9 +829,34 @@ class Config(_Model):
         return {name: obj.consent for name, obj in self.objects.items()
                 if obj.consent is not None}
 
+    def event_objects(self) -> list[str]:
+        """Objects some event rule listens to, each once, in configuration order."""
+        return list(dict.fromkeys(rule.object for rule in self.events))
+
     def converted_precedence(self) -> Literal["contact", "lead"]:
         lead = self.objects.get("Lead")
         return (lead.converted_precedence if lead and lead.converted_precedence else "contact")
+
+
+def _event_rule_problems(cfg: Config) -> list[tuple[str | tuple[str | int, ...], str]]:
+    problems: list[tuple[str | tuple[str | int, ...], str]] = []
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(cfg.events):
+        if rule.name in seen:
+            problems.append((("events", i, "name"),
+                             f"{rule.name!r} is also the name of events[{seen[rule.name]}]"))
+        seen.setdefault(rule.name, i)
+        if rule.profile == PROFILE_PRIMARY_CONTACT and rule.object != "Opportunity":
+            problems.append((("events", i, "profile"),
+                             "primary_contact_role only applies to Opportunity rules"))
+        if rule.profile == PROFILE_RECORD and rule.object not in cfg.objects \
+                and cfg.iterable.project_type == "userId":
+            problems.append((("events", i, "profile"), f"{rule.object} is not a synced object: "
+                             "name the path to its user's id (e.g. ContactId)"))
+        if rule.changed_fields and rule.trigger != ["update"]:
+            problems.append((("events", i, "changed_fields"),
+                             "only applies to a rule whose trigger is update alone"))
+    return problems
 
 
 # ---------------------------------------------------------------- loading
@@ -742,7 +879,7 @@ _SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "health": HealthConfig, "logging": LoggingConfig, "consent": ConsentConfig,
     "lists": ListsConfig,
     "consent_inbound": ConsentInboundConfig,
-    "workers": WorkersConfig,
+    "workers": WorkersConfig, "event_delivery": EventDeliveryConfig,
 }
 
 
@@ -759,6 +896,8 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         return FanOut
     if len(loc) == 4 and loc[:2] == ("lists", "campaigns"):
         return CampaignList
+    if len(loc) == 3 and loc[0] == "events":
+        return EventRule
     return None
 
 

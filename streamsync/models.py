@@ -114,3 +114,23 @@ class MappedUser:
     def key(self) -> str:
         """The identifier Iterable reports failures by: the email if sent, else the userId."""
         return self.email if self.email is not None else (self.user_id or "")
+
+
+@dataclass(frozen=True, slots=True)
+class EventCandidate:
+    """One (event rule, record) of a CDC change, stored with the change's replay id
+    (docs/events.md §3).
+
+    `fires`: the rule's trigger and changed_fields matched (else the row only carries the
+    condition's state forward); `values`: the new values (by lower-case field name) of the
+    condition fields the change carries; `touches_condition`: the change set one of them."""
+
+    event_id: str
+    rule: str
+    object_name: str
+    record_id: str
+    change_type: str
+    commit_ts_ms: int
+    fires: bool
+    values: dict[str, Any]
+    touches_condition: bool

@@ -32,6 +32,8 @@ BULK_UPDATE = "bulkUpdate"
 SUBSCRIPTIONS = "subscriptions"
 """The endpoint name of `PUT /api/subscriptions/{group}/{id}` calls."""
 SUBSCRIPTION_GROUPS = ("emailList", "messageType", "messageChannel")
+TRACK_BULK = "trackBulk"
+"""The endpoint name events/trackBulk calls are counted under."""
 Secret = str | Callable[[], str]
 
 # failedUpdates list name → (identifier kind, reason recorded in the dead-letter table)
@@ -157,6 +159,20 @@ def parse_group_failures(body: Any) -> tuple[UserFailure, ...]:
             name, ("userId" if name.endswith("UserIds") else "email", _snake(name)))
         out.extend(UserFailure(str(v), kind, reason) for v in values)
     return tuple(out)
+@dataclass(frozen=True, slots=True)
+class TrackResult:
+    """A 200 reply to events/trackBulk: per-user failures and the event names refused."""
+
+    result: BulkResult
+    disallowed_names: frozenset[str]
+
+
+def parse_track_result(body: Any) -> TrackResult:
+    """BulkTrackResponse: the bulkUpdate shape plus `disallowedEventNames`."""
+    names = body.get("disallowedEventNames") if isinstance(body, dict) else None
+    return TrackResult(parse_bulk_result(body),
+                       frozenset(str(n) for n in names) if isinstance(names, list)
+                       else frozenset())
 
 
 def _is_count(value: Any) -> bool:
@@ -335,6 +351,34 @@ class IterableClient:
                 limiter.on_rate_limited(exc.retry_after_s)
                 raise
         return parse_bulk_result(resp.json())
+
+    async def track_bulk(self, body: bytes, limiter: RateLimiter | None = None) -> TrackResult:
+        """POST /api/events/trackBulk with a pre-encoded `{"events": [...]}` body; errors map
+        as for bulk_update. `limiter`: the trackBulk rate limiter (10 requests/s)."""
+        if limiter is None:
+            resp = await self._call("POST", "/api/events/trackBulk", TRACK_BULK, data=body)
+            return parse_track_result(resp.json())
+        async with limiter.slot():
+            try:
+                resp = await self._call("POST", "/api/events/trackBulk", TRACK_BULK, data=body)
+            except RateLimited as exc:
+                limiter.on_rate_limited(exc.retry_after_s)
+                raise
+        return parse_track_result(resp.json())
+
+    async def user_events(self, *, email: str | None = None, user_id: str | None = None,
+                          limit: int = 200) -> list[dict[str, Any]]:
+        """GET /api/events/{email} (or byUserId): a user's most recent events, newest first."""
+        if (email is None) == (user_id is None):
+            raise ValueError("give exactly one of email and user_id")
+        path = (f"/api/events/{quote(email, safe='@')}" if email is not None
+                else f"/api/events/byUserId/{quote(str(user_id), safe='')}")
+        resp = await self._call("GET", path, "getEvents", params={"limit": str(limit)})
+        body = resp.json()
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list):
+            raise TransientError("iterable getEvents: reply has no events list")
+        return [e for e in events if isinstance(e, dict)]
 
     async def update_user(self, user: Mapping[str, Any]) -> None:
         """POST /api/users/update for one user (`email` or `userId`, `dataFields`, ...).

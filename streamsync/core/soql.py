@@ -514,15 +514,16 @@ def modified_since(object_name: str, since: datetime, *, until: datetime | None 
 
 def select_children(object_name: str, parent_field: str, parent_ids: Iterable[str],
                     fields: Iterable[str] = ("Id",), after_id: str | None = None,
-                    limit: int = PAGE_LIMIT) -> str:
-    """Children by parent id, keyset-paged: Account → Contact fan-out."""
+                    limit: int = PAGE_LIMIT, where: SafeFilter | str | None = None) -> str:
+    """Children by parent id, keyset-paged: Account → Contact fan-out; Opportunity → its
+    primary contact role (`where`)."""
     validate_identifier(object_name, "object")
     validate_identifier(parent_field, "field")
     id_list = ",".join(quote_id(i) for i in parent_ids)
     if not id_list:
         raise SoqlError("select_children needs at least one parent id")
     conds = [f"{parent_field} IN ({id_list})",
-             f"Id > {quote_id(after_id)}" if after_id else ""]
+             f"Id > {quote_id(after_id)}" if after_id else "", _filter_text(where)]
     return (f"SELECT {_select_list(fields)} FROM {object_name}{_where(conds)}"
             f" ORDER BY Id LIMIT {limit}")
 

@@ -39,6 +39,7 @@ from streamsync.runtime.clients import salesforce_session
 from streamsync.runtime.components import Components as Components
 from streamsync.runtime.components import open_components as open_components
 from streamsync.runtime.consent_inbound import consent_inbound_tasks
+from streamsync.runtime.event_worker import EventWorker, event_tasks
 from streamsync.runtime.fence import Fence
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
@@ -89,6 +90,7 @@ class Service:
         self.subscriptions: Subscriptions | None = None
         self.leadership: Leadership | None = None
         self.flusher: Flusher | None = None
+        self.events: EventWorker | None = None
         self.queue_depth = 0
         self.last_write_ok = True
         self.store_problem: str | None = None
@@ -213,10 +215,8 @@ class Service:
             config=config, store=parts.store, salesforce=parts.salesforce, metrics=self.metrics,
             clock=self.clock, signal=signal,
         )
-        ingest_http = salesforce_session(
-            config, timeout_s=config.salesforce.timeout_s + 120,
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-        )
+        ingest_http = salesforce_session(config, timeout_s=config.salesforce.timeout_s + 120,
+                                         cookie_jar=aiohttp.CookieJar(unsafe=True))
         self.leadership = leadership = Leadership(
             store=parts.store, channels=ingest_channels(config), config=config.workers,
             exclusive=not parts.store.shared, metrics=self.metrics, clock=self.clock)
@@ -242,6 +242,7 @@ class Service:
             asyncio.create_task(leadership.run(stop), name="leadership"),
             asyncio.create_task(self.flusher.run(stop), name="flusher"),
             asyncio.create_task(resyncer.run(stop), name="resync"),
+            *event_tasks(self, parts, signal, stop),
         ]
         if self.reloader is not None:
             work.append(asyncio.create_task(self.reloader.run(stop), name="reload"))

@@ -12,7 +12,7 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.config import SECRET_SOURCES, Config
 from streamsync.core import soql
-from streamsync.errors import AuthError, QueryError, StreamsyncError
+from streamsync.errors import AuthError, QueryError, SoqlError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.runtime.check_consent import check_consent
 from streamsync.runtime.clients import (
@@ -22,6 +22,7 @@ from streamsync.runtime.clients import (
     salesforce_session,
 )
 from streamsync.runtime.describes import fetch_describes
+from streamsync.runtime.event_rules import compile_rule
 from streamsync.runtime.lists.resolve import resolve_lists
 from streamsync.runtime.lists.start import lists_client
 from streamsync.runtime.mappings import check_describe, compile_object
@@ -77,6 +78,9 @@ def split_key(key: str) -> tuple[str, str]:
         rest = key[len("objects."):]
         name, _, path = rest.partition(".")
         return name, path or "(object)"
+    if key.startswith("events["):
+        name, _, path = key.partition(".")
+        return name, path or "(rule)"
     return "", key
 
 
@@ -117,6 +121,30 @@ async def check_salesforce(
                                   "problems")
         else:
             await trial_query(config, salesforce, describes, name, report)
+    for i in range(len(config.events)):
+        if f"events[{i}]" not in failing:
+            await trial_rule_query(config, salesforce, describes, i, report)
+
+
+async def trial_rule_query(config: Config, salesforce: SalesforceClient,
+                           describes: Mapping[str, Mapping[str, Any]], index: int,
+                           report: CheckReport) -> None:
+    """An event rule's read with its condition as the WHERE, once (LIMIT 1): Salesforce judges
+    the condition's literals as it would a filter's."""
+    try:
+        rule = compile_rule(config, index, describes)
+        soql_text = soql.keyset_page(rule.config.object, rule.read_fields(),
+                                     where=rule.config.safe_condition, limit=1)
+        async for _page in salesforce.query(soql_text):
+            pass
+    except (QueryError, SoqlError) as exc:  # SoqlError: a ConfigError too
+        report.problems.append(Problem("salesforce", f"events[{index}]", "condition",
+                                       f"Salesforce rejected the rule's query: {exc}"))
+        return
+    except StreamsyncError as exc:
+        report.problems.append(Problem("salesforce", f"events[{index}]", "(rule)", str(exc)))
+        return
+    report.passed.append(f"events[{index}] ({rule.name}): query ok")
 
 
 async def trial_query(config: Config, salesforce: SalesforceClient,

@@ -28,7 +28,8 @@ from streamsync.runtime.clients import (
     iterable_session,
     salesforce_session,
 )
-from streamsync.runtime.describes import refuse_on_problems, startup_mappings
+from streamsync.runtime.describes import refuse_on_problems, startup_describes
+from streamsync.runtime.event_rules import CompiledRule, compile_rules
 from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
@@ -51,6 +52,7 @@ class Components:
     mappings: dict[str, CompiledMapping]
     pipeline: SyncPipeline
     clock: Callable[[], float] = field(default=time.time)
+    rules: list[CompiledRule] = field(default_factory=list)  # [[events]], compiled
 
 
 def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
@@ -79,7 +81,7 @@ async def open_components(
     """Open the store and the HTTP clients; close them all on exit, whatever happened.
 
     The mappings are compiled with the field types of `describes`, or of describes fetched
-    now (`startup_mappings`: an outage is waited out until `stop`, a mapped field Salesforce
+    now (`startup_describes`: an outage is waited out until `stop`, a mapped field Salesforce
     does not have raises ConfigError).
     """
     metrics = metrics or Metrics()
@@ -95,10 +97,10 @@ async def open_components(
         limiter = RateLimiter(it_conf.rate_limit_per_s, max_in_flight=it_conf.max_in_flight)
         iterable = build_iterable_client(config, it_http, counter, limiter=limiter)
         if describes is None:
-            mappings = await startup_mappings(config, salesforce, stop=stop)
+            describes = await startup_describes(config, salesforce, stop=stop)
         else:
             refuse_on_problems(config, describes)
-            mappings = compile_mappings(config, describes)
+        mappings = compile_mappings(config, describes)
         pipeline = SyncPipeline(
             config=config, store=store, iterable=iterable, metrics=metrics,
             mappings=mappings, clock=clock,
@@ -107,6 +109,7 @@ async def open_components(
             config=config, store=store, metrics=metrics, counter=counter,
             salesforce_http=sf_http, iterable_http=it_http, auth=auth, salesforce=salesforce,
             iterable=iterable, limiter=limiter, mappings=mappings, pipeline=pipeline, clock=clock,
+            rules=compile_rules(config, describes),
         )
     finally:
         await sf_http.close()

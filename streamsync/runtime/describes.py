@@ -57,13 +57,13 @@ def refuse_on_problems(config: Config, describes: Describes) -> None:
                           + "; ".join(str(p) for p in problems))
 
 
-async def startup_mappings(
+async def startup_describes(
     config: Config,
     salesforce: SalesforceClient,
     *,
     stop: asyncio.Event | None = None,
-) -> dict[str, CompiledMapping]:
-    """The compiled mappings, from describes fetched now.
+) -> Describes:
+    """The describes every mapping and event rule needs, fetched now and checked.
 
     Transient failures (network, 5xx, rate limits) are retried with backoff: with `stop`, until
     it is set (Stopped then), so a service waits out an outage at start; without it,
@@ -75,4 +75,14 @@ async def startup_mappings(
                     on_retry=_unavailable)
     describes = await policy.call(lambda: fetch_describes(config, salesforce), stop)
     refuse_on_problems(config, describes)
-    return compile_mappings(config, describes)
+    return describes
+
+
+async def startup_mappings(
+    config: Config,
+    salesforce: SalesforceClient,
+    *,
+    stop: asyncio.Event | None = None,
+) -> dict[str, CompiledMapping]:
+    """The compiled mappings, from describes fetched now (see `startup_describes`)."""
+    return compile_mappings(config, await startup_describes(config, salesforce, stop=stop))

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from streamsync.adapters.store import ChannelAnchor, QueueInput, Store
 from streamsync.errors import LeadershipLost
+from streamsync.models import EventCandidate
 
 Fence = Callable[[str], int | None]
 """A channel's leadership token while this worker leads it, else None (runtime/leadership.py)."""
@@ -22,13 +23,15 @@ def token_of(fence: Fence, channel: str) -> int:
 
 async def record_event(store: Store, fence: Fence | None, channel: str,
                        replay_id: str | int | None, items: Sequence[QueueInput],
-                       commit_ts_ms: int | None, now: float) -> None:
-    """`Store.record_event`, fenced by the channel's token under leadership."""
+                       commit_ts_ms: int | None, now: float,
+                       events: Sequence[EventCandidate] = ()) -> None:
+    """`Store.record_event` (with the change's event-rule candidates), fenced by the
+    channel's token under leadership."""
     if fence is None:
-        await store.record_event(channel, replay_id, items, commit_ts_ms, now)
+        await store.record_event(channel, replay_id, items, commit_ts_ms, now, events)
     else:
         await store.fenced_record_event(channel, token_of(fence, channel), replay_id, items,
-                                        commit_ts_ms, now)
+                                        commit_ts_ms, now, events)
 
 
 async def set_channel_anchor(store: Store, fence: Fence | None, channel: str,

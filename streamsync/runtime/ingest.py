@@ -20,11 +20,12 @@ from streamsync.adapters.store import (
     Store,
 )
 from streamsync.config import Config
-from streamsync.core.events import is_echo, parse_event
+from streamsync.core.event_rules import RuleTrigger, rule_triggers
+from streamsync.core.events import channel_for, is_echo, parse_event
 from streamsync.core.ids import KEY_PREFIXES, id_or_none
 from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describe_error
 from streamsync.logs import get_logger
-from streamsync.models import ChangeEvent
+from streamsync.models import ChangeEvent, EventCandidate
 from streamsync.retry import Policy
 from streamsync.runtime.consent_echo import echoed_consent
 from streamsync.runtime.fence import Fence, record_event
@@ -54,8 +55,12 @@ class IngestStats(ReconcileStats):
 
 
 def ingest_channels(config: Config) -> list[str]:
-    """The CDC channels of the configured objects, each once, in configuration order."""
-    return list(dict.fromkeys(config.channel(name) for name in config.cdc_objects()))
+    """The CDC channels of the configured objects, then of the objects only event rules
+    listen to, each once, in configuration order."""
+    queued = config.cdc_objects()
+    names = [config.channel(name) for name in queued]
+    names += [channel_for(name) for name in config.event_objects() if name not in queued]
+    return list(dict.fromkeys(names))
 
 
 class ReplayCallbacks:
@@ -119,7 +124,8 @@ class Ingest:
         self._subscriber = subscriber
         self._metrics = metrics
         self._clock = clock
-        self._objects = config.cdc_objects()
+        self._objects = tuple(dict.fromkeys([*config.cdc_objects(), *config.event_objects()]))
+        self._rules = rule_triggers(config.events)
         suppress = config.salesforce.suppress_echoes
         self._echo_client = config.salesforce.client_name if suppress else None
         self._retry_base_s = retry_base_s
@@ -201,14 +207,14 @@ class Ingest:
             if await self._store.hand_over_identities([conversion], now):
                 log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
                          contact_id=conversion.target_id)
-        items = self._items(event)
+        items, candidates = self._items(event), _candidates(self._rules, event, message)
         to_reconcile = self._objects_to_reconcile(event)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
             await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)
         await record_event(self._store, self._fence, event.channel, event.replay_id, items,
-                           event.commit_timestamp_ms, now)
-        self._signal.notify(len(items))
+                           event.commit_timestamp_ms, now, candidates)
+        self._signal.notify(len(items) + len(candidates))  # the flusher, the event worker
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
                   change=event.change_type, ids=len(items))
@@ -256,10 +262,11 @@ class Ingest:
     # ---- message handling ------------------------------------------------------------------
 
     def _items(self, event: ChangeEvent) -> list[QueueInput]:
-        items = [QueueInput(event.entity, sf_id, event.change_type) for sf_id in event.record_ids]
+        ids = event.record_ids if event.entity in self._config.cdc_objects() else ()  # rules only
+        items = [QueueInput(event.entity, sf_id, event.change_type) for sf_id in ids]
         for sf_id in event.unexpected_ids:
             owner = KEY_PREFIXES.get(sf_id[:3])
-            if owner is not None and owner in self._objects:
+            if owner is not None and owner in self._config.cdc_objects():
                 items.append(QueueInput(owner, sf_id, event.change_type))
             else:
                 self.stats.ids_dropped += 1
@@ -270,12 +277,12 @@ class Ingest:
     def _objects_to_reconcile(self, event: ChangeEvent) -> list[str]:
         """Overflow: the event's object. Wildcard ids (`003*`): the objects of the prefixes,
         where configured (the event's own object when a prefix is unknown)."""
-        if event.is_overflow:
-            return [event.entity]
+        if event.is_overflow:  # of an object only event rules listen to: nothing to re-read
+            return [event.entity] if event.entity in self._config.cdc_objects() else []
         out: dict[str, None] = {}
         for prefix in event.wildcard_prefixes:
             owner = KEY_PREFIXES.get(prefix, event.entity)
-            if owner in self._objects:
+            if owner in self._config.cdc_objects():
                 out[owner] = None
             else:
                 self.stats.ids_dropped += 1
@@ -345,6 +352,18 @@ def _conversion(event: ChangeEvent, message: Message) -> IdentityHandover | None
     if contact_id is None:
         return None
     return IdentityHandover("Lead", event.record_ids[0], "Contact", contact_id)
+
+
+def _candidates(rules: list[RuleTrigger], event: ChangeEvent, message: Message
+                ) -> list[EventCandidate]:
+    """The event-rule candidates of one change (docs/events.md §3)."""
+    if not rules:
+        return []
+    data = message.get("data")
+    payload = data.get("payload") if isinstance(data, dict) else None
+    if not isinstance(payload, dict):
+        return []
+    return [c for rule in rules for c in rule.candidates(event, payload)]
 
 
 def _readable_replay_id(message: object) -> int | None:

@@ -11,6 +11,7 @@ from typing import Any
 from streamsync.config import Config
 from streamsync.core.describe_check import DescribeChecker, DescribeProblem
 from streamsync.core.mapping import CompiledMapping
+from streamsync.runtime.event_rules import rule_problems
 
 Describes = Mapping[str, Mapping[str, Any]]
 
@@ -72,6 +73,7 @@ def _check(config: Config, checker: DescribeChecker) -> list[DescribeProblem]:
                 problems.append(DescribeProblem(f"{key}.fan_out[{i}].via", why))
         if obj.consent is not None:
             problems.extend(_check_opt_out_fields(name, obj.consent.opt_out_fields, checker))
+    problems.extend(rule_problems(config, checker))
     return problems
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import QueueInput, Store
 from streamsync.config import Config
+from streamsync.core.events import channel_for
 from streamsync.core.ids import row_id
 from streamsync.core.soql import PAGE_LIMIT, keyset_page, modified_since
 from streamsync.logs import get_logger
@@ -64,9 +65,13 @@ class Reconciler:
 
     def objects_for_channel(self, channel: str) -> list[str]:
         """Configured objects delivered on `channel`; every object when none is bound to it
-        (a multi-entity channel such as /data/ChangeEvents or a custom channel)."""
+        (a multi-entity channel such as /data/ChangeEvents or a custom channel); none for the
+        channel of an object only event rules listen to (events come from CDC alone,
+        docs/events.md §3)."""
         objects = self._config.cdc_objects()
         bound = [name for name in objects if self._config.channel(name) == channel]
+        if not bound and channel in {channel_for(n) for n in self._config.event_objects()}:
+            return []
         return bound or list(objects)
 
     async def reconcile(

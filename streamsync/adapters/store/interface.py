@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, Self
 
+from streamsync.models import EventCandidate
+
 from .consent_inbox import ConsentEventRow, Via
+from .events import PendingEvent, StoredCondition
 from .types import (
     AckResult,
     AppliedMapping,
@@ -78,8 +81,9 @@ class StoreAPI(Protocol):
 
     async def record_event(self, channel: str, replay_id: str | int | None,
                            items: Sequence[QueueInput], commit_ts_ms: int | None,
-                           now: float) -> None:
-        """Enqueue the ids of one CDC event and store the channel's replay id, atomically."""
+                           now: float, events: Sequence[EventCandidate] = ()) -> None:
+        """Enqueue the ids of one CDC event and store the channel's replay id, atomically;
+        with the change's event-rule candidates (docs/events.md §4)."""
         ...
 
     async def enqueue(self, items: Sequence[QueueInput], now: float, source: str,
@@ -339,7 +343,7 @@ class StoreAPI(Protocol):
 
     async def fenced_record_event(self, channel: str, token: int, replay_id: str | int | None,
                                   items: Sequence[QueueInput], commit_ts_ms: int | None,
-                                  now: float) -> None:
+                                  now: float, events: Sequence[EventCandidate] = ()) -> None:
         """`record_event`, refused (LeadershipLost) unless `token` is the channel's."""
         ...
 
@@ -485,6 +489,52 @@ class StoreAPI(Protocol):
                                    last_id: str | None, read: int, written: int, out_of_scope: int,
                                    now: float) -> bool:
         """Checkpoint a re-sync (counts are added); False when it was replaced meanwhile."""
+    # -- custom events (docs/events.md §4; semantics on the SQLite `events.py`)
+
+    async def lease_events(self, state: str, limit: int, lease_s: float, now: float
+                           ) -> list[PendingEvent]:
+        """Up to `limit` due event rows in `state` ('new' or 'ready'), in arrival order."""
+        ...
+
+    async def conditions(self, keys: Sequence[tuple[str, str]]
+                         ) -> dict[tuple[str, str], StoredCondition]:
+        """The stored condition state of (rule, record id) pairs."""
+        ...
+
+    async def settle_decisions(
+        self, token: str, *, ready: Mapping[str, dict[str, Any]], skipped: Sequence[str],
+        dead: Mapping[str, tuple[str, str]], later: Mapping[str, tuple[str, float]],
+        states: Mapping[tuple[str, str], StoredCondition], now: float,
+    ) -> None:
+        """Condition states saved and decided rows settled, in one transaction."""
+        ...
+
+    async def settle_sent(
+        self, token: str, *, sent: Sequence[str], dead: Mapping[str, tuple[str, str]],
+        later: Mapping[str, tuple[str, float]], waiting: Mapping[str, tuple[str, float]],
+        now: float,
+    ) -> None:
+        """Rows settled after a trackBulk call."""
+        ...
+
+    async def release_events(self, token: str, now: float) -> None:
+        """Rows still leased with `token` due again."""
+        ...
+
+    async def event_counts(self) -> dict[str, int]:
+        """Event rows per state."""
+        ...
+
+    async def next_event_due(self) -> float | None:
+        """When the earliest new or ready event row is due."""
+        ...
+
+    async def dead_events(self, limit: int = 100) -> list[tuple[str, str, str]]:
+        """(event id, reason, last error) of dead events, newest first."""
+        ...
+
+    async def prune_sent_events(self, before: float) -> int:
+        """Forget sent event rows older than `before`."""
         ...
 
     # -- the operator's view

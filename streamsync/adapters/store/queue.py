@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import aiosqlite
 
+from streamsync.models import EventCandidate
+
 from .base import clean_error
+from .events import insert_events
 from .replay import REPLAY_UPSERT_SQL, ReplayOps, check_replay_id
 from .types import (
     LEASE_EXPIRED,
@@ -131,10 +134,12 @@ class QueueOps(ReplayOps):
         items: Sequence[QueueInput],
         commit_ts_ms: int | None,
         now: float,
+        events: Sequence[EventCandidate] = (),
     ) -> None:
-        """Enqueue the ids of one CDC event and store the channel's replay id, atomically.
+        """Enqueue the ids of one CDC event and store the channel's replay id, atomically;
+        with the event-rule candidates of the change (docs/events.md §4).
 
-        When this returns, both are committed; if it raises, neither is
+        When this returns, all are committed; if it raises, none is
         (docs/design.md invariant 1).
         """
         check_replay_id(replay_id)
@@ -142,6 +147,7 @@ class QueueOps(ReplayOps):
         async with self._tx("record_event") as conn:
             if rows:
                 await conn.executemany(UPSERT_SQL, rows)
+            await insert_events(conn, events, now)
             await conn.execute(REPLAY_UPSERT_SQL, (channel, replay_id, commit_ts_ms, now))
 
     async def enqueue(

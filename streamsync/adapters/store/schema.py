@@ -411,8 +411,53 @@ _V11 = Migration(
     ("CREATE INDEX list_member_by_person ON list_member (person_id)",),
 )
 
+_V12 = Migration(
+    12,
+    "custom events: candidates of CDC changes (new, ready, sent, dead) and the last known "
+    "condition of each (rule, record)",
+    (
+        # One row per (rule, record, transaction): `event_id` is the id sent to Iterable, so a
+        # replayed change finds its row and is ignored. Sent rows stay until pruned.
+        """
+        CREATE TABLE event_pending (
+            event_id TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            object_name TEXT NOT NULL,
+            record_id TEXT NOT NULL,
+            change_type TEXT NOT NULL,
+            commit_ts_ms INTEGER NOT NULL,
+            fires INTEGER NOT NULL CHECK (fires IN (0, 1)),
+            touches INTEGER NOT NULL CHECK (touches IN (0, 1)),
+            change_values TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('new', 'ready', 'sent', 'dead')),
+            payload TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            lease_token TEXT,
+            last_error TEXT,
+            reason TEXT,
+            enqueued_at REAL NOT NULL,
+            sent_at REAL
+        )
+        """,
+        "CREATE INDEX event_pending_due ON event_pending (state, next_attempt_at)",
+        "CREATE INDEX event_pending_sent ON event_pending (sent_at) WHERE state = 'sent'",
+        """
+        CREATE TABLE event_condition (
+            rule TEXT NOT NULL,
+            record_id TEXT NOT NULL,
+            met INTEGER NOT NULL CHECK (met IN (0, 1)),
+            condition_values TEXT NOT NULL,
+            commit_ts_ms INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (rule, record_id)
+        )
+        """,
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9,
-                                      _V10, _V11)
+                                      _V10, _V11, _V12)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

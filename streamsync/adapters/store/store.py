@@ -5,6 +5,7 @@ from __future__ import annotations
 from .backfill import BackfillOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
+from .events import EventOps
 from .interface import collect_status
 from .lists import ListOps
 from .mapping_state import MappingStateOps
@@ -16,7 +17,7 @@ from .workers import WorkerOps
 
 
 class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-            ConsentInboxOps, WorkerOps, MappingStateOps):
+            ConsentInboxOps, WorkerOps, MappingStateOps, EventOps):
     """The `StoreAPI` on one aiosqlite connection to a WAL database (see `base` for
     durability).
 

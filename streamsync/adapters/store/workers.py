@@ -16,8 +16,10 @@ from typing import Any
 import aiosqlite
 
 from streamsync.errors import LeadershipLost
+from streamsync.models import EventCandidate
 
 from .base import StoreBase
+from .events import insert_events
 from .queue import UPSERT_SQL, _upsert_rows
 from .replay import REPLAY_UPSERT_SQL, check_replay_id
 from .types import ChannelAnchor, ChannelLease, LeaseGrant, QueueInput, WorkerInfo
@@ -166,7 +168,7 @@ class WorkerOps(StoreBase):
 
     async def fenced_record_event(self, channel: str, token: int, replay_id: str | int | None,
                                   items: Sequence[QueueInput], commit_ts_ms: int | None,
-                                  now: float) -> None:
+                                  now: float, events: Sequence[EventCandidate] = ()) -> None:
         """`record_event` for the channel's leader: refused (LeadershipLost, nothing committed)
         unless `token` is still the channel's."""
         check_replay_id(replay_id)
@@ -175,6 +177,7 @@ class WorkerOps(StoreBase):
             await check_fence(conn, channel, token)
             if rows:
                 await conn.executemany(UPSERT_SQL, rows)
+            await insert_events(conn, events, now)
             await conn.execute(REPLAY_UPSERT_SQL, (channel, replay_id, commit_ts_ms, now))
 
     async def fenced_set_replay(self, channel: str, token: int, replay_id: str | int | None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 
+from streamsync.models import EventCandidate
+
 from ..base import clean_error
 from ..queue import _check_source
 from ..replay import check_replay_id
@@ -26,6 +28,7 @@ from ..types import (
     SettleResult,
 )
 from .base import Connection, PgBase, rows_affected
+from .events import insert_events
 from .replay import ReplayOps, upsert_replay
 
 # `n` duplicates of one key in a batch count as n enqueues (version + n), as n single upserts
@@ -133,13 +136,14 @@ class QueueOps(ReplayOps, PgBase):
 
     async def record_event(self, channel: str, replay_id: str | int | None,
                            items: Sequence[QueueInput], commit_ts_ms: int | None,
-                           now: float) -> None:
+                           now: float, events: Sequence[EventCandidate] = ()) -> None:
         """Enqueue the ids of one CDC event and store the channel's replay id, atomically
-        (docs/design.md invariant 1)."""
+        (docs/design.md invariant 1), with the change's event-rule candidates."""
         check_replay_id(replay_id)
 
         async def body(conn: Connection) -> None:
             await upsert_queue(conn, items, "cdc", commit_ts_ms, now)
+            await insert_events(conn, events, now)
             await upsert_replay(conn, channel, replay_id, commit_ts_ms, now, keep=True)
 
         await self._write("record_event", body)

@@ -322,7 +322,54 @@ _V11 = PgMigration(
     ("CREATE INDEX list_member_by_person ON list_member (person_id)",),
 )
 
-MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11)
+_V12 = PgMigration(
+    12,
+    "custom events: candidates of CDC changes and the last known condition of each (rule, "
+    "record) (SQLite schema version 12)",
+    (
+        # Columns and their meaning: streamsync/adapters/store/schema.py; `seq` is the
+        # arrival order (SQLite's rowid).
+        "CREATE SEQUENCE event_pending_seq",
+        f"""
+        CREATE TABLE event_pending (
+            event_id text PRIMARY KEY,
+            seq bigint NOT NULL,
+            rule text NOT NULL,
+            object_name text NOT NULL,
+            record_id text NOT NULL,
+            change_type text NOT NULL,
+            commit_ts_ms bigint NOT NULL,
+            fires boolean NOT NULL,
+            touches boolean NOT NULL,
+            change_values text NOT NULL,
+            state text NOT NULL CHECK (state IN ('new', 'ready', 'sent', 'dead')),
+            payload text,
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at {TIME} NOT NULL,
+            lease_token text,
+            last_error text,
+            reason text,
+            enqueued_at {TIME} NOT NULL,
+            sent_at {TIME}
+        )
+        """,
+        "CREATE INDEX event_pending_due ON event_pending (state, next_attempt_at, seq)",
+        "CREATE INDEX event_pending_sent ON event_pending (sent_at) WHERE state = 'sent'",
+        f"""
+        CREATE TABLE event_condition (
+            rule text NOT NULL,
+            record_id text NOT NULL,
+            met boolean NOT NULL,
+            condition_values text NOT NULL,
+            commit_ts_ms bigint NOT NULL,
+            updated_at {TIME} NOT NULL,
+            PRIMARY KEY (rule, record_id)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""

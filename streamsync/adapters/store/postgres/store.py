@@ -7,6 +7,7 @@ from ..types import StoreStatus
 from .backfill import BackfillOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
+from .events import EventOps
 from .lists import ListOps
 from .mapping_state import MappingStateOps
 from .queue import QueueOps
@@ -16,7 +17,7 @@ from .workers import WorkerOps
 
 
 class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-                    ConsentInboxOps, MappingStateOps, WorkerOps):
+                    ConsentInboxOps, MappingStateOps, WorkerOps, EventOps):
     """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
     several machines) may use one database at once: leases are exclusive across them.
 

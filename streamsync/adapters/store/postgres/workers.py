@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamsync.errors import LeadershipLost
+from streamsync.models import EventCandidate
 
 from ..replay import check_replay_id
 from ..types import ChannelAnchor, ChannelLease, LeaseGrant, QueueInput, WorkerInfo
 from ..workers import LEASE_COLUMNS, WORKER_COLUMNS
 from .base import Connection, PgBase, rows_affected
+from .events import insert_events
 from .queue import upsert_queue
 from .replay import upsert_replay
 
@@ -175,7 +177,7 @@ class WorkerOps(PgBase):
 
     async def fenced_record_event(self, channel: str, token: int, replay_id: str | int | None,
                                   items: Sequence[QueueInput], commit_ts_ms: int | None,
-                                  now: float) -> None:
+                                  now: float, events: Sequence[EventCandidate] = ()) -> None:
         """`record_event` for the channel's leader: refused (LeadershipLost, nothing committed)
         unless `token` is still the channel's."""
         check_replay_id(replay_id)
@@ -183,6 +185,7 @@ class WorkerOps(PgBase):
         async def body(conn: Connection) -> None:
             await check_fence(conn, channel, token)
             await upsert_queue(conn, items, "cdc", commit_ts_ms, now)
+            await insert_events(conn, events, now)
             await upsert_replay(conn, channel, replay_id, commit_ts_ms, now, keep=True)
 
         await self._write("record_event", body)

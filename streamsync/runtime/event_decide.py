@@ -1,0 +1,167 @@
+"""The decide step of custom events (docs/events.md §4): lease new candidates, read what they
+need from Salesforce, decide in commit order per (rule, record), save the condition states and
+the trackBulk items in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.store import Store
+from streamsync.adapters.store.events import PendingEvent, StoredCondition
+from streamsync.core.event_rules import ConditionState, decide, missing_fields
+from streamsync.core.ids import parse_id
+from streamsync.core.mapping import normalize_email, normalize_user_id, parse_source
+from streamsync.core.soql import select_children
+from streamsync.errors import RecordError
+from streamsync.models import EventCandidate
+from streamsync.runtime.event_rules import ROLE_OBJECT, CompiledRule
+from streamsync.runtime.flush_read import _query_ids
+
+ROLE_PARENTS_PER_QUERY = 300
+NO_PROFILE = "no_profile"
+RECORD_GONE = "record_not_found"
+
+
+@dataclass
+class Decided:
+    """What one decide step settles: by event id."""
+
+    ready: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    dead: dict[str, tuple[str, str]] = field(default_factory=dict)
+    later: dict[str, tuple[str, float]] = field(default_factory=dict)
+    states: dict[tuple[str, str], StoredCondition] = field(default_factory=dict)
+
+
+def _walk(record: Mapping[str, Any], path: str) -> Any:
+    node: Any = record
+    for key in parse_source(path).keys:
+        if not isinstance(node, Mapping):
+            return None
+        node = next((v for k, v in node.items() if k.lower() == key.lower()), None)
+    return node
+
+
+def _lower(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k.lower(): v for k, v in (record or {}).items() if not isinstance(v, dict)}
+
+
+class EventDecider:
+    """Turns stored candidates into ready trackBulk items, or drops them."""
+
+    def __init__(self, *, rules: Sequence[CompiledRule], store: Store,
+                 salesforce: SalesforceClient, max_attempts: int, retry_s: float) -> None:
+        self._rules = {r.name: r for r in rules}
+        self._store = store
+        self._salesforce = salesforce
+        self._max_attempts = max_attempts
+        self._retry_s = retry_s
+
+    async def decide(self, leased: Sequence[PendingEvent]) -> Decided:
+        """Decide every leased row (Salesforce faults propagate; the caller releases)."""
+        out = Decided()
+        known = [p for p in leased if p.candidate.rule in self._rules]
+        out.skipped.extend(p.candidate.event_id for p in leased
+                           if p.candidate.rule not in self._rules)  # rule removed since
+        stored = await self._store.conditions(
+            [(p.candidate.rule, p.candidate.record_id) for p in known])
+        running = {k: ConditionState(s.met, s.values, s.commit_ts_ms) for k, s in stored.items()}
+        reads = await self._read(known, running)
+        roles = await self._primary_contacts(known, reads)
+        for pending in known:
+            self._one(pending, running, reads, roles, out)
+        return out
+
+    def _one(self, pending: PendingEvent, running: dict[tuple[str, str], ConditionState],
+             reads: Mapping[str, Mapping[str, dict[str, Any]]],
+             roles: Mapping[str, dict[str, Any]], out: Decided) -> None:
+        cand = pending.candidate
+        rule = self._rules[cand.rule]
+        key = (cand.rule, cand.record_id)
+        record = reads.get(cand.object_name, {}).get(cand.record_id)
+        decision = decide(rule.trigger, cand, running.get(key), _lower(record))
+        if decision.state is not None:
+            running[key] = decision.state
+            out.states[key] = StoredCondition(decision.state.met, decision.state.values,
+                                              decision.state.commit_ts_ms)
+        if not decision.fire:
+            out.skipped.append(cand.event_id)
+            return
+        if record is None:
+            out.dead[cand.event_id] = (RECORD_GONE, f"{cand.object_name} {cand.record_id} "
+                                       "cannot be read (hard-deleted?)")
+            return
+        try:
+            out.ready[cand.event_id] = self._item(rule, cand, record, roles)
+        except RecordError as exc:
+            if exc.reason == NO_PROFILE and pending.attempts + 1 < self._max_attempts:
+                out.later[cand.event_id] = (str(exc), self._retry_s * 2 ** pending.attempts)
+            else:
+                out.dead[cand.event_id] = (exc.reason, str(exc))
+
+    def _item(self, rule: CompiledRule, cand: EventCandidate, record: Mapping[str, Any],
+              roles: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+        """The trackBulk item: id, eventName, the user, createdAt (commit time, seconds) and
+        dataFields (docs/events.md §1)."""
+        profile = rule.profile
+        source = record
+        if profile.via_primary_role:
+            role = roles.get(cand.record_id)
+            if role is None:
+                raise RecordError(NO_PROFILE, f"Opportunity {cand.record_id} has no primary "
+                                              "contact role")
+            source = role
+        raw = _walk(source, profile.path)
+        if raw is None or raw == "":
+            raise RecordError(NO_PROFILE, f"{profile.path} is empty on {cand.record_id}")
+        item: dict[str, Any] = {"id": cand.event_id, "eventName": rule.config.event_name}
+        if profile.kind == "email":
+            item["email"] = normalize_email(raw)
+        else:
+            item["userId"] = normalize_user_id(raw, from_id_field=True)
+        item["createdAt"] = cand.commit_ts_ms // 1000
+        item["dataFields"] = rule.data.map(record).payload.get("dataFields", {})
+        return item
+
+    async def _read(self, pending: Iterable[PendingEvent],
+                    running: Mapping[tuple[str, str], ConditionState]
+                    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Current rows (deleted ones too) of the records that fire or miss condition values."""
+        wanted: dict[str, dict[str, None]] = {}
+        fields: dict[str, dict[str, None]] = {}
+        for p in pending:
+            cand = p.candidate
+            rule = self._rules[cand.rule]
+            if cand.fires or missing_fields(rule.trigger, cand,
+                                            running.get((cand.rule, cand.record_id))):
+                wanted.setdefault(cand.object_name, {})[cand.record_id] = None
+                fields.setdefault(cand.object_name, {}).update(
+                    dict.fromkeys(rule.read_fields()))
+        return {name: await _query_ids(self._salesforce, name, list(fields[name]), list(ids),
+                                       None) for name, ids in wanted.items()}
+
+    async def _primary_contacts(self, pending: Iterable[PendingEvent],
+                                reads: Mapping[str, Mapping[str, Any]]
+                                ) -> dict[str, dict[str, Any]]:
+        """Opportunity id → its primary OpportunityContactRole row (with the Contact path)."""
+        paths: dict[str, None] = {}
+        ids: dict[str, None] = {}
+        for p in pending:
+            rule = self._rules[p.candidate.rule]
+            if rule.profile.via_primary_role and p.candidate.fires \
+                    and p.candidate.record_id in reads.get(p.candidate.object_name, {}):
+                ids[p.candidate.record_id] = None
+                paths[parse_source(rule.profile.path).soql_field] = None
+        out: dict[str, dict[str, Any]] = {}
+        id_list = list(ids)
+        for start in range(0, len(id_list), ROLE_PARENTS_PER_QUERY):
+            soql = select_children(ROLE_OBJECT, "OpportunityId",
+                                   id_list[start:start + ROLE_PARENTS_PER_QUERY],
+                                   ["Id", "OpportunityId", *paths], where="IsPrimary = true")
+            async for page in self._salesforce.query(soql):
+                for row in page.records:
+                    out[parse_id(row.get("OpportunityId"))] = row
+        return out

@@ -1,0 +1,174 @@
+"""Custom events from CDC (docs/events.md §4): a decide loop and a send loop over the store's
+event rows; rows a crash left leased become due again when their lease ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.store import Store
+from streamsync.config import Config
+from streamsync.errors import RetriableError, describe_error
+from streamsync.logs import get_logger
+from streamsync.runtime.components import Components
+from streamsync.runtime.event_decide import EventDecider
+from streamsync.runtime.event_rules import CompiledRule
+from streamsync.runtime.event_send import EventSender
+from streamsync.runtime.wakeup import QueueSignal
+
+log = get_logger(__name__)
+
+LEASE_S = 120.0
+IDLE_RECHECK_S = 1.0
+SENT_KEPT_S = 4 * 86_400.0  # past CDC's 72-hour retention: no replay brings a sent one back
+PRUNE_EVERY_S = 3600.0
+
+
+@dataclass
+class EventStats:
+    decided: int = 0
+    fired: int = 0
+    sent: int = 0
+    dead: int = 0
+    calls: int = 0
+
+
+class EventWorker:
+    """Runs the event rules of a service: decide new candidates, send ready events."""
+
+    def __init__(self, *, config: Config, rules: Sequence[CompiledRule], store: Store,
+                 salesforce: SalesforceClient, iterable: IterableClient,
+                 signal: QueueSignal | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        conf = config.event_delivery
+        self._conf = conf
+        self._store = store
+        self._clock = clock
+        self.signal = signal or QueueSignal()
+        self._sent_signal = QueueSignal()
+        retry_s = config.queue.backoff_base_s
+        self.limiter = RateLimiter(conf.rate_limit_per_s, max_in_flight=conf.max_in_flight)
+        self.decider = EventDecider(rules=rules, store=store, salesforce=salesforce,
+                                    max_attempts=conf.max_attempts, retry_s=retry_s)
+        self.sender = EventSender(iterable=iterable, limiter=self.limiter,
+                                  max_events=conf.batch_max_events,
+                                  max_bytes=config.iterable.batch_max_bytes,
+                                  max_attempts=conf.max_attempts, retry_s=retry_s)
+        self._retry_s = retry_s
+        self.stats = EventStats()
+
+    async def decide_once(self) -> int:
+        """Decide one lease of new candidates; how many rows it took."""
+        leased = await self._store.lease_events("new", self._conf.batch_ids, LEASE_S,
+                                                self._clock())
+        if not leased:
+            return 0
+        try:
+            out = await self.decider.decide(leased)
+        except BaseException:
+            await self._store.release_events(leased[0].token, self._clock())
+            raise
+        await self._store.settle_decisions(
+            leased[0].token, ready=out.ready, skipped=out.skipped, dead=out.dead,
+            later=out.later, states=out.states, now=self._clock())
+        self.stats.decided += len(leased)
+        self.stats.fired += len(out.ready)
+        self.stats.dead += len(out.dead)
+        if out.ready:
+            self._sent_signal.notify(len(out.ready))
+        return len(leased)
+
+    async def send_once(self) -> int:
+        """Send one lease of ready events; how many rows it took."""
+        limit = self._conf.batch_max_events * self._conf.max_in_flight
+        leased = await self._store.lease_events("ready", limit, LEASE_S, self._clock())
+        if not leased:
+            return 0
+        try:
+            out = await self.sender.send(leased)
+        except BaseException:
+            await self._store.release_events(leased[0].token, self._clock())
+            raise
+        await self._store.settle_sent(leased[0].token, sent=out.sent, dead=out.dead,
+                                      later=out.later, waiting=out.waiting, now=self._clock())
+        self.stats.sent += len(out.sent)
+        self.stats.dead += len(out.dead)
+        self.stats.calls += out.calls
+        if out.sent:
+            log.info("events.sent", events=len(out.sent), calls=out.calls)
+        return len(leased)
+
+    async def drain(self, rounds: int = 100) -> None:
+        """Decide and send until nothing is due (tests, the demo)."""
+        for _ in range(rounds):
+            if not (await self.decide_once() + await self.send_once()):
+                return
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Both loops until `stop`; a transient Salesforce or store fault is waited out."""
+        loops = [asyncio.create_task(self._loop(self.decide_once, self.signal, stop),
+                                     name="events.decide"),
+                 asyncio.create_task(self._loop(self.send_once, self._sent_signal, stop),
+                                     name="events.send"),
+                 asyncio.create_task(self._prune(stop), name="events.prune")]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _loop(self, step: Callable[[], object], signal: QueueSignal,
+                    stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            seen = signal.generation
+            try:
+                took = await step()  # type: ignore[misc]
+                failures = 0
+            except RetriableError as exc:
+                failures += 1
+                log.warning("events.step_retry", **describe_error(exc))
+                await _sleep(stop, min(30.0, self._retry_s * 2 ** min(failures, 8)))
+                continue
+            if took:
+                continue
+            due = await self._store.next_event_due()
+            wait = IDLE_RECHECK_S if due is None else max(0.0, min(IDLE_RECHECK_S,
+                                                                    due - self._clock()))
+            if wait > 0:
+                await signal.wait(seen, wait)
+
+    async def _prune(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(RetriableError):
+                await self._store.prune_sent_events(self._clock() - SENT_KEPT_S)
+            await _sleep(stop, PRUNE_EVERY_S)
+
+
+class _HoldsEvents(Protocol):
+    events: EventWorker | None
+
+
+def event_tasks(holder: _HoldsEvents, parts: Components, signal: QueueSignal,
+                stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The service's event worker as a task (none without `[[events]]` rules); the worker is
+    kept on `holder.events`."""
+    if not parts.rules:
+        return []
+    holder.events = EventWorker(config=parts.config, rules=parts.rules, store=parts.store,
+                                salesforce=parts.salesforce, iterable=parts.iterable,
+                                signal=signal, clock=parts.clock)
+    return [asyncio.create_task(holder.events.run(stop), name="events")]
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,92 @@
+"""Custom-event rows of the store, on SQLite and on PostgreSQL: candidates stored with the
+replay id, a replayed change ignored, leases in arrival order, settling (docs/events.md §4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamsync.adapters.store import QueueInput, StoreAPI
+from streamsync.adapters.store.events import StoredCondition
+from streamsync.models import EventCandidate
+from tests.store_backends import StoreSpace
+
+T0 = 1_700_000_000.0
+CHANNEL = "/data/OpportunityChangeEvent"
+
+
+@pytest.fixture
+async def store(any_store: StoreAPI) -> StoreAPI:
+    return any_store
+
+
+def cand(n: int, tx: str = "tx-1", fires: bool = True) -> EventCandidate:
+    rid = f"006{n:015d}"
+    return EventCandidate(f"won-{rid}-{tx}", "won", "Opportunity", rid, "UPDATE", 1000 + n,
+                          fires, {"stagename": "Closed Won"}, True)
+
+
+async def test_candidates_commit_with_the_replay_id_and_a_replay_is_ignored(
+        store: StoreAPI, store_space: StoreSpace) -> None:
+    await store.record_event(CHANNEL, 7, [QueueInput("Lead", "00Q000000000000001")], 1000, T0,
+                             [cand(1), cand(2)])
+    await store.record_event(CHANNEL, 7, [], 1000, T0 + 1, [cand(1)])  # replayed
+    assert await store.event_counts() == {"new": 2}
+    reopened = await store_space.open()
+    try:
+        assert (await reopened.get_replay(CHANNEL)).replay_id == 7  # type: ignore[union-attr]
+        leased = await reopened.lease_events("new", 10, 60, T0 + 2)
+    finally:
+        await reopened.close()
+    assert [p.candidate for p in leased] == [cand(1), cand(2)]  # in arrival order
+    assert await store.lease_events("new", 10, 60, T0 + 3) == []  # leased
+
+
+async def test_settling_saves_states_and_moves_rows_new_ready_sent_or_dead(
+        store: StoreAPI) -> None:
+    await store.record_event(CHANNEL, 1, [], 1000, T0, [cand(1), cand(2), cand(3), cand(4)])
+    leased = await store.lease_events("new", 10, 60, T0)
+    token = leased[0].token
+    ids = [p.candidate.event_id for p in leased]
+    state = StoredCondition(True, {"stagename": "Closed Won"}, 1001)
+    await store.settle_decisions(
+        token, ready={ids[0]: {"id": ids[0], "eventName": "won"}}, skipped=[ids[1]],
+        dead={ids[2]: ("no_profile", "no contact")}, later={ids[3]: ("later", 30.0)},
+        states={("won", cand(1).record_id): state}, now=T0 + 1)
+    assert await store.conditions([("won", cand(1).record_id), ("won", "x")]) == {
+        ("won", cand(1).record_id): state}
+    # An older state never replaces a newer one.
+    await store.record_event(CHANNEL, 2, [], 900, T0, [cand(9, "tx-old")])
+    [old] = await store.lease_events("new", 10, 60, T0 + 2)
+    await store.settle_decisions(old.token, ready={}, skipped=[old.candidate.event_id],
+                                 dead={}, later={},
+                                 states={("won", cand(1).record_id): StoredCondition(
+                                     False, {}, 500)}, now=T0 + 2)
+    assert (await store.conditions([("won", cand(1).record_id)]))[
+        ("won", cand(1).record_id)] == state
+    assert await store.event_counts() == {"ready": 1, "dead": 1, "new": 1}
+    assert await store.dead_events() == [(ids[2], "no_profile", "no contact")]
+    [ready] = await store.lease_events("ready", 10, 60, T0 + 2)
+    assert ready.payload == {"id": ids[0], "eventName": "won"}
+    await store.settle_sent(ready.token, sent=[ids[0]], dead={}, later={}, waiting={},
+                            now=T0 + 3)
+    assert await store.lease_events("new", 10, 60, T0 + 10) == []  # due at T0 + 31
+    [again] = await store.lease_events("new", 10, 60, T0 + 32)
+    assert again.attempts == 1
+    await store.record_event(CHANNEL, 3, [], 1000, T0 + 40, [cand(1)])  # sent: ignored
+    assert (await store.event_counts())["sent"] == 1
+    assert await store.prune_sent_events(T0 + 4) == 1
+    assert "sent" not in await store.event_counts()
+
+
+async def test_a_released_or_expired_lease_makes_rows_due_again(store: StoreAPI) -> None:
+    await store.record_event(CHANNEL, 1, [], 1000, T0, [cand(1)])
+    [first] = await store.lease_events("new", 10, 60, T0)
+    await store.release_events(first.token, T0 + 1)
+    [second] = await store.lease_events("new", 10, 60, T0 + 1)
+    assert second.token != first.token
+    assert await store.next_event_due() == T0 + 61
+    [third] = await store.lease_events("new", 10, 60, T0 + 62)  # the holder crashed
+    await store.settle_decisions(second.token, ready={}, skipped=[second.candidate.event_id],
+                                 dead={}, later={}, states={}, now=T0 + 63)
+    assert await store.event_counts() == {"new": 1}  # the stale token settled nothing
+    assert third.candidate == cand(1)

@@ -1,0 +1,164 @@
+"""Custom events from CDC (issue 14 items 1, 2): the whole service on both emulators over real
+loopback HTTP; events are read back through Iterable's event read endpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamsync.adapters.iterable import IterableClient
+from streamsync.adapters.store import Store
+from streamsync.config import Config
+from streamsync.emulators.iterable import IterableEmulator
+from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.emulators.salesforce.actions import set_stage
+from tests.conftest import build_config
+from tests.e2e.harness import InProcessService, backfill, wait_caught_up, wait_for
+
+pytestmark = [
+    pytest.mark.salesforce(long_poll_s=1.0, seed_accounts=3, seed_contacts=12, seed_leads=12,
+                           seed_users=3, seed_queues=1, seed_opportunities=6),
+    pytest.mark.timeout(60),
+]
+
+FAST_INGEST = {"watchdog_s": 5.0, "long_poll_timeout_s": 3.0, "reconcile_overlap_s": 5.0}
+WON = {"name": "opportunity-won", "object": "Opportunity", "trigger": "update",
+       "changed_fields": ["StageName"], "condition": "StageName = 'Closed Won'",
+       "event_name": "opportunityWon", "profile": "primary_contact_role",
+       "mapping": {"Name": "dataFields.opportunityName", "Amount": "dataFields.amount",
+                   "Account.Name": "dataFields.accountName"}}
+QUALIFIED = {"name": "lead-qualified", "object": "Lead", "trigger": "update",
+             "condition": "Status = 'Closed - Converted' OR Status = 'Working - Contacted'",
+             "event_name": "leadWorking", "mapping": {"Company": "dataFields.company"}}
+
+
+@dataclass
+class EventRig:
+    sf: SalesforceEmulator
+    it: IterableEmulator
+    config: Config
+    service: InProcessService
+    store: Store
+    client: IterableClient
+
+    async def events_of(self, email: str) -> list[dict[str, Any]]:
+        """The user's custom events, read through GET /api/events/{email}."""
+        return [e for e in await self.client.user_events(email=email)
+                if e.get("eventType") == "customEvent"]
+
+    async def wait_events(self, email: str, count: int, timeout_s: float = 15.0
+                          ) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+
+        async def enough() -> bool:
+            nonlocal found
+            found = await self.events_of(email)
+            return len(found) >= count
+
+        await wait_for(enough, timeout_s, f"{count} events of {email}", poll_s=0.1)
+        return found
+
+    async def settled(self) -> None:
+        """Ingest caught up, the queue drained and no event row new or ready."""
+        await wait_caught_up(self.store, self.sf, self.config, 20.0)
+
+        async def idle() -> bool:
+            counts = await self.store.event_counts()
+            return not counts.get("new") and not counts.get("ready")
+
+        await wait_for(idle, 15.0, "the event rows to settle")
+
+    def email(self, sobject: str, record_id: str) -> str:
+        record = self.sf.state.record(sobject, record_id)
+        assert record is not None and record.get("Email"), record
+        return str(record["Email"]).lower()
+
+    def primary_contact(self, opportunity_id: str) -> str:
+        rows = self.sf.select_ids("OpportunityContactRole",
+                                  f"OpportunityId = '{opportunity_id}' AND IsPrimary = true", 1)
+        role = self.sf.state.record("OpportunityContactRole", rows[0])
+        assert role is not None
+        return self.email("Contact", role["ContactId"])
+
+    def open_opportunity(self) -> str:
+        return self.sf.select_ids("Opportunity", "IsClosed = false AND IsDeleted = false", 1)[0]
+
+
+RigFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def event_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+                    tmp_path: Path) -> AsyncIterator[RigFactory]:
+    """`await event_rig(events=[...], **overrides)`: backfill, then the service running."""
+    opened: list[tuple[InProcessService, Store]] = []
+
+    async def make(**overrides: Any) -> EventRig:
+        overrides["ingest"] = {**FAST_INGEST, **overrides.get("ingest", {})}
+        config = build_config(sf_emulator, iterable_emulator, tmp_path, **overrides)
+        await backfill(config)
+        service = InProcessService(config)
+        await service.start()
+        store = await Store.open(config.queue.path)
+        opened.append((service, store))
+        assert service.service is not None and service.service.events is not None
+        return EventRig(sf_emulator, iterable_emulator, config, service, store,
+                        service_client(service))
+
+    try:
+        yield make
+    finally:
+        for service, store in opened:
+            await service.abandon()
+            await store.close()
+
+
+def service_client(service: InProcessService) -> IterableClient:
+    """The running service's own Iterable client (real HTTP to the emulator)."""
+    assert service.service is not None and service.service.events is not None
+    return service.service.events.sender.iterable
+
+
+async def test_closed_won_fires_once_on_the_primary_contact_not_on_later_updates(
+        event_rig: RigFactory) -> None:
+    rig: EventRig = await event_rig(events=[WON])
+    opp = rig.open_opportunity()
+    email = rig.primary_contact(opp)
+    before = time.time()
+    set_stage(rig.sf.state, opp, "Closed Won")
+    [event] = await rig.wait_events(email, 1)
+    record = rig.sf.state.record("Opportunity", opp)
+    assert record is not None
+    assert event["eventName"] == "opportunityWon"
+    assert event["_id"].startswith(f"opportunity-won-{opp}-")
+    assert event["dataFields"]["opportunityName"] == record["Name"]
+    assert event["dataFields"]["amount"] == record["Amount"]
+    assert event["dataFields"]["accountName"]
+    stored = rig.it.messaging_for(rig.it.state.project()).events.by_id[event["_id"]]
+    assert before - 1 <= stored.created_ms / 1000 <= time.time() + 1  # commit time, in seconds
+    # An unrelated update, then a stage change that keeps it won: no second event.
+    rig.sf.state.update("Opportunity", opp, {"NextStep": "Kick-off call"})
+    rig.sf.state.update("Opportunity", opp, {"Amount": 123456.0})
+    await rig.settled()
+    assert len(await rig.events_of(email)) == 1
+    assert stored.writes == 1
+
+
+async def test_a_rule_without_changed_fields_fires_on_the_transition_only(
+        event_rig: RigFactory) -> None:
+    rig: EventRig = await event_rig(events=[QUALIFIED])
+    lead = rig.sf.select_ids("Lead", "IsConverted = false AND Status = 'Open - Not Contacted' "
+                                     "AND Email != null", 1)[0]
+    email = rig.email("Lead", lead)
+    rig.sf.state.update("Lead", lead, {"Title": "CTO"})  # unrelated, condition false
+    rig.sf.state.update("Lead", lead, {"Status": "Working - Contacted"})
+    rig.sf.state.update("Lead", lead, {"Title": "CEO"})  # unrelated, condition still true
+    await rig.settled()
+    [event] = await rig.events_of(email)
+    assert event["eventName"] == "leadWorking"
+    assert event["dataFields"]["company"] == rig.sf.state.record("Lead", lead)["Company"]
