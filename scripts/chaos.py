@@ -10,17 +10,20 @@
    removes Campaign members and changes their status, opts people out of email and back in
    (`HasOptedOutOfEmail`; consent is configured on Lead and Contact), and now and then creates
    a Lead with an invalid email (a genuinely bad record), through the Salesforce emulator's
-   control API; a fault
+   control API; people unsubscribe (a click) and sign up again in Iterable, through its
+   emulator's control API, its system webhook delivering to the service's receiver; a fault
    scheduler meanwhile injects kill -9 of the service (then a restart), Iterable 429 storms, 5xx
    bursts, hangs and dropped connections, Salesforce session expiry, `403::Unknown client`,
    CometD server disconnects, event-bus purges that expire the stored replay id, GAP_* and
-   GAP_OVERFLOW events, and a concurrent backfill (a process). Every kind is injected at least
+   GAP_OVERFLOW events, a concurrent backfill (a process), lost and duplicated webhook
+   deliveries and failing export polls (gaps the poller must close). Every kind is injected at least
    once; the schedule of changes and faults is drawn from `--seed` alone.
 3. Stops the faults, waits for the queue to drain, stops the service and compares every Iterable
    profile with the state Salesforce implies (`core/verify.compare`), and every [lists] list
    (two Campaigns the run creates: one counts every member, one only `Responded` ones) with
    its Campaign's members (`core/verify_lists.compare_lists`), and checks that no opted-out
-   record's Iterable user still receives Marketing Email (`core/verify_consent.py`). Iterable
+   record's Iterable user still receives Marketing Email and no record is opted in whose
+   Iterable user unsubscribed later (`core/verify_consent.py`). Iterable
    faults hit the list calls too (three in ten) and the subscription calls (one in seven).
 4. Prints one JSON object: faults injected by kind, changes made by kind, records compared,
    mismatches (a deleted record that never had a profile, as the store shows, is none),
@@ -62,8 +65,9 @@ import aiohttp
 import orjson
 
 from streamsync.config import Config, load_config
+from streamsync.core.consent_inbound import ConsentGroups, parse_export_line
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
-from streamsync.core.verify_consent import ConsentReport
+from streamsync.core.verify_consent import ConsentReport, RecordConsent, later_iterable_unsubscribes
 from streamsync.core.verify_lists import ListsReport
 from streamsync.errors import RecordError
 from streamsync.runtime.app import open_components
@@ -93,12 +97,15 @@ FAULT_KINDS = (
     "sf_gap",
     "sf_gap_overflow",
     "backfill",
+    "webhook_lost",
+    "webhook_duplicated",
+    "export_gap",
 )
 CHANGE_WEIGHTS = {
     "create": 20, "update": 40, "delete": 8, "undelete": 5, "convert_lead": 6,
     "account_rename": 6, "email_change": 10, "invalid_email": 2,
     "member_add": 10, "member_remove": 4, "member_status": 4,
-    "opt_out": 4, "opt_in": 2,
+    "opt_out": 4, "opt_in": 2, "iterable_unsubscribe": 4, "iterable_subscribe": 2,
 }
 # Consent (README "Consent"): an opt-out in Salesforce unsubscribes from Marketing Email.
 CONSENT_CHANNEL = 39581
@@ -108,6 +115,12 @@ MEMBER_STATUSES = ("Sent", "Responded")
 INITIAL_MEMBERS = 60
 LIST_PATHS = "/api/lists/*"
 SUBSCRIPTION_PATHS = "/api/subscriptions/*"
+# Iterable → Salesforce: the webhook receiver and the export poller ([consent_inbound]).
+CONSENT_GROUPS = ConsentGroups(channel_ids=frozenset({CONSENT_CHANNEL}))
+WEBHOOK_SECRET = "chaos-webhook-secret-0123456789"
+WEBHOOK_PATH = "/iterable/webhook"
+EXPORT_PATH = "/api/export/data.json"
+POLL_INTERVAL_S = 30.0
 BULK_PATH = "/api/users/bulkUpdate"
 ITERABLE_TIMEOUT_S = 4.0
 HANG_S = 6.0  # longer than the service's Iterable timeout
@@ -249,9 +262,10 @@ class Workload:
     """Seeded changes in Salesforce through the emulator's control API."""
 
     def __init__(self, control: Control, sf_control_url: str, model: Model,
-                 rng: random.Random) -> None:
+                 rng: random.Random, it_control_url: str | None = None) -> None:
         self.control = control
         self.url = sf_control_url
+        self.it_url = it_control_url
         self.model = model
         self.rng = rng
         self.kinds: Counter[str] = Counter()
@@ -384,6 +398,29 @@ class Workload:
     async def _opt_in(self) -> None:
         await self._opt_out(False)
 
+    async def _email_of(self, sobject: str, record_id: str) -> str | None:
+        try:
+            record = await self.control.call("GET",
+                                             f"{self.url}/records/{sobject}/{record_id}")
+        except ChaosError:
+            return None
+        email = record.get("Email") if isinstance(record, dict) else None
+        return str(email).lower() if email else None
+
+    async def _iterable_unsubscribe(self, subscribe: bool = False) -> None:
+        """A person clicks "unsubscribe" in an email (or signs up again) in Iterable."""
+        sobject, ids = self._person()
+        email = await self._email_of(sobject, self._pick(ids))
+        if email is None or self.it_url is None:
+            return
+        what = "signup" if subscribe else "click"
+        # 400: no such user in Iterable yet (its profile is not synced yet): nothing happens.
+        await self.control.call("POST", f"{self.it_url}/{what}",
+                                {"email": email, "channelId": CONSENT_CHANNEL}, ok=(200, 400))
+
+    async def _iterable_subscribe(self) -> None:
+        await self._iterable_unsubscribe(True)
+
     async def _email_change(self) -> None:
         sobject, ids = self._person()
         record_id = self._pick(ids)
@@ -493,8 +530,23 @@ class Faults:
     async def _backfill(self) -> None:
         await self.backfills.start()
 
+    async def _webhook_lost(self) -> None:
+        await self.control.call("POST", f"{self.it_url}/webhook/faults",
+                                {"lose_next": self.rng.randint(1, 4)})
+
+    async def _webhook_duplicated(self) -> None:
+        await self.control.call("POST", f"{self.it_url}/webhook/faults",
+                                {"duplicate_next": self.rng.randint(1, 4)})
+
+    async def _export_gap(self) -> None:
+        await self.control.call("POST", f"{self.it_url}/faults", {
+            "path": EXPORT_PATH, "kind": self.rng.choice(["status", "drop"]), "status": 503,
+            "times": self.rng.randint(1, 3)})
+
     async def clear(self) -> None:
         await self.control.call("DELETE", f"{self.it_url}/faults")
+        await self.control.call("POST", f"{self.it_url}/webhook/faults",
+                                {"lose_next": 0, "duplicate_next": 0})
         await self.control.call("DELETE", f"{self.sf_url}/faults")
         await asyncio.gather(*self.restarts)
 
@@ -669,8 +721,8 @@ def free_port() -> int:
 
 
 def write_config(workdir: Path, sf: dict[str, Any], it: dict[str, Any], *,
-                 health_port: int = 0, max_attempts: int = 200, probe_max_s: float = 2.0
-                 ) -> Path:
+                 health_port: int = 0, max_attempts: int = 200, probe_max_s: float = 2.0,
+                 webhook_port: int = 0) -> Path:
     """The service's config.toml for the two emulators, tuned so one minute shows recovery."""
     text = f"""
 [salesforce]
@@ -713,6 +765,14 @@ unsubscribe_channel_ids = [{CONSENT_CHANNEL}]
 
 [objects.Account]
 
+[consent_inbound.webhook]
+port = {webhook_port}
+path = "{WEBHOOK_PATH}"
+
+[consent_inbound.poll]
+interval_s = {POLL_INTERVAL_S}
+lookback_s = 120
+
 [logging]
 level = "INFO"
 format = "json"
@@ -729,6 +789,7 @@ def process_env(sf: dict[str, Any], it: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNC_")}
     env["STREAMSYNC_SF_CLIENT_SECRET"] = str(sf["client_secret"])
     env["STREAMSYNC_ITERABLE_API_KEY"] = str(it["api_key"])
+    env["STREAMSYNC_ITERABLE_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -830,6 +891,65 @@ async def wait_drained(control: Control, sf: dict[str, Any], db_path: Path,
     return False
 
 
+def consent_settled(db_path: Path, last_event_ms: int) -> bool:
+    """No consent event waits for Salesforce, and the export was read past the last event
+    Iterable recorded (so a lost webhook has been found by the poller)."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        pending = conn.execute(
+            "SELECT count(*) FROM consent_inbox WHERE state = 'pending'").fetchone()[0]
+        cursors = [int(r[0]) for r in conn.execute("SELECT cursor_ms FROM consent_cursor")]
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return pending == 0 and len(cursors) == 2 and min(cursors) > last_event_ms
+
+
+async def iterable_consent_events(control: Control, it: dict[str, Any]) -> list[Any]:
+    """Every subscribe/unsubscribe Iterable recorded, as the service reads them."""
+    return [parse_export_line(e, e["eventName"]) for e in await control.call(
+        "GET", f"{it['control_url']}/consent-events")
+        if e.get("eventName") in ("emailSubscribe", "emailUnSubscribe")]
+
+
+async def wait_consent_drained(control: Control, it: dict[str, Any], db_path: Path,
+                               service: ServiceProcess) -> bool:
+    """Until `consent_settled`, within a poll interval and the usual drain time."""
+    last_ms = max((e.created_ms for e in await iterable_consent_events(control, it)),
+                  default=0)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S + POLL_INTERVAL_S
+    while time.monotonic() < deadline:
+        service.check_alive()
+        if service.proc is None:
+            await service.start()
+        if consent_settled(db_path, last_ms):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def later_unsubscribes(control: Control, sf: dict[str, Any], it: dict[str, Any],
+                             records: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """Records opted in whose Iterable user unsubscribed later than their last opt-out change
+    in Salesforce (the commit time of the latest change event naming the field)."""
+    changed: dict[str, int] = {}
+    for event in await control.call("GET", f"{sf['control_url']}/events?limit=1000000"):
+        header = event.get("ChangeEventHeader", {})
+        if "HasOptedOutOfEmail" in (header.get("changedFields") or []):
+            for record_id in header.get("recordIds") or []:
+                changed[record_id] = max(changed.get(record_id, 0), header["commitTimestamp"])
+    live = [RecordConsent(name, str(r["Id"]), str(r["Email"]), r["HasOptedOutOfEmail"] is True,
+                          changed.get(str(r["Id"])))
+            for name, rows in records.items() for r in rows
+            if r.get("Email") and not r.get("IsDeleted") and not r.get("IsConverted")]
+    return later_iterable_unsubscribes(live, await iterable_consent_events(control, it),
+                                       CONSENT_GROUPS)
+
+
 async def duplicate_writes(control: Control, it: dict[str, Any],
                            keys: Sequence[str]) -> tuple[int, int]:
     """(writes applied, writes that repeated the state the previous applied write had set)."""
@@ -900,10 +1020,13 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
              "--seed-leads", str(SEED_DATA["leads"]), "--seed", str(seed),
              "--long-poll-s", "20", "--reconnect-timeout-s", "40"],
             workdir / "salesforce.log", base_env)
+        webhook_port = free_port()
         it_proc, it = await spawn_json_line(
             [PYTHON, "-m", "streamsync.emulators.iterable", "--port", "0",
-             "--latency-ms", "5", "--no-rate-limits"],
+             "--latency-ms", "5", "--no-rate-limits",
+             "--webhook-url", f"http://127.0.0.1:{webhook_port}{WEBHOOK_PATH}"],
             workdir / "iterable.log", base_env)
+        it["webhook_port"] = webhook_port
         try:
             say(f"emulators up: {sf['instance_url']} {it['base_url']}")
             return await _run(minutes, seed, workdir, sf, it, work_rng, fault_rng, say, started,
@@ -923,13 +1046,19 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
     # (so that max_attempts × backoff is seconds, far less than the outage).
     config_path = write_config(workdir, sf, it, health_port=health_port,
                                max_attempts=10 if outage_s > 0 else 200,
-                               probe_max_s=10.0 if outage_s > 0 else 2.0)
+                               probe_max_s=10.0 if outage_s > 0 else 2.0,
+                               webhook_port=int(it["webhook_port"]))
     config = load_config(config_path, env=env)
     db_path = Path(config.queue.path)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         control = Control(http)
+        # Iterable's system webhook, as an operator sets it up (README "Consent").
+        await control.call("POST", f"{it['control_url']}/webhook", {
+            "auth_type": "Basic", "auth_token": WEBHOOK_SECRET, "backoff_s": 0.5,
+            "retries": 3})
         model = await initial_model(config)
-        workload = Workload(control, str(sf["control_url"]), model, work_rng)
+        workload = Workload(control, str(sf["control_url"]), model, work_rng,
+                            str(it["control_url"]))
         await workload.seed_campaigns()
         backfills = Backfills(config_path, env, workdir / "backfill.log")
         say("initial backfill (profiles, then lists)")
@@ -980,6 +1109,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         await faults.clear()
         await backfills.wait_all()
         drained = await wait_drained(control, sf, db_path, service)
+        consent_drained = await wait_consent_drained(control, it, db_path, service)
         if outage is not None:
             await outage.close()
         service_exit = await service.stop()
@@ -994,6 +1124,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         lists = await read_list_report(config)
         consent = await read_consent_report(config, records, await control.call(
             "GET", f"{it['control_url']}/subscriptions"))
+        inbound = await later_unsubscribes(control, sf, it, records)
     mismatches = [
         {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem,
          "fields": {k: [v[0], v[1]] for k, v in m.fields.items()}}
@@ -1019,7 +1150,9 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         **consent.summary(),
         "consent_mismatch_examples": [
             {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem}
-            for m in consent.mismatches[:10]],
+            for m in [*consent.mismatches, *inbound][:10]],
+        "consent_inbound_mismatches": len(inbound),
+        "consent_drained": consent_drained,
         "dead_letters": len(judged),
         "dead_letters_genuine": sum(1 for d in judged if d["genuine"]),
         "dead_letter_details": judged,
@@ -1039,7 +1172,8 @@ def verdict(result: dict[str, Any]) -> bool:
     """Pass iff nothing mismatches, nothing expected is missing and every dead letter is genuine."""
     return (result["mismatches"] == 0 and not result["missing_dead_letters"]
             and result["dead_letters_genuine"] == result["dead_letters"]
-            and result["list_mismatches"] == 0 and result["consent_mismatches"] == 0)
+            and result["list_mismatches"] == 0 and result["consent_mismatches"] == 0
+            and result["consent_inbound_mismatches"] == 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

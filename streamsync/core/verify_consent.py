@@ -1,10 +1,15 @@
-"""Final-state check of consent, Salesforce → Iterable (docs/design.md §7).
+"""Final-state check of consent, both ways (docs/design.md §7).
+
+Salesforce → Iterable (`check_consent`):
 
 No Iterable user may still receive a configured group (channel, message type, static list)
 while a Salesforce record that maps to them is opted out. A record whose Iterable opt-out came
 later is opted in again by the Iterable → Salesforce direction, so in a settled end state every
 opted-out record is one whose opt-out stands. Used by `make demo`, the chaos run and the tests,
 next to `core/verify.compare`.
+
+Iterable → Salesforce (`later_iterable_unsubscribes`): no Salesforce record is opted in whose
+Iterable user unsubscribed later.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamsync.core.consent import opted_out
+from streamsync.core.consent_inbound import ConsentGroups, InboundEvent, decide
 from streamsync.core.mapping import CompiledMapping
 from streamsync.core.verify import Mismatch
 from streamsync.errors import RecordError
@@ -95,3 +101,42 @@ def check_consent(policies: Mapping[str, ConsentPolicy],
                     "opted out in Salesforce, still subscribed in Iterable to "
                     + ", ".join(groups)))
     return report
+
+
+# ------------------------------------------------------------------ Iterable → Salesforce
+
+
+@dataclass(frozen=True, slots=True)
+class RecordConsent:
+    """One live Salesforce record as the Iterable → Salesforce check needs it: its opt-out now
+    and when its opt-out last changed in Salesforce (the commit time of the latest change event
+    naming an opt-out field; None when it never changed)."""
+
+    object_name: str
+    record_id: str
+    email: str
+    opted_out: bool
+    changed_at_ms: int | None
+
+
+def later_iterable_unsubscribes(records: Iterable[RecordConsent],
+                                events: Iterable[InboundEvent],
+                                groups: ConsentGroups) -> list[Mismatch]:
+    """Records opted in whose person's latest Iterable event about `groups` is an unsubscribe
+    made at or after Salesforce's last opt-out change (Iterable dates to the second; at the same
+    second the unsubscribe wins, docs/design.md §7)."""
+    latest = decide(events, groups)
+    out: list[Mismatch] = []
+    for record in records:
+        if record.opted_out:
+            continue
+        email = record.email.strip().lower()
+        decision = latest.get(f"email:{email}")
+        if decision is None or not decision.opted_out:
+            continue
+        sf_second = -1 if record.changed_at_ms is None else record.changed_at_ms // 1000
+        if decision.event.created_ms // 1000 >= sf_second:
+            out.append(Mismatch(email, record.object_name, record.record_id,
+                                "unsubscribed in Iterable, later than Salesforce's last opt-out "
+                                "change, still opted in in Salesforce"))
+    return out

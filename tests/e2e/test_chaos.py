@@ -54,6 +54,8 @@ def test_one_minute_of_chaos_leaves_iterable_equal_to_salesforce(tmp_path: Path)
     assert result["list_mismatches"] == 0, context
     assert result["consent_mismatches"] == 0, context
     assert result["consent_opted_out_checked"] > 0, context
+    assert result["consent_inbound_mismatches"] == 0, context
+    assert result["consent_drained"] is True, context
     assert result["service_starts"] >= 2  # the kill -9 was followed by a restart
     assert result["service_crashes"] == [], context
     assert result["ok"] is True and proc.returncode == 0, context
@@ -83,12 +85,14 @@ def test_the_changes_come_from_the_seed_alone() -> None:
 
 def test_the_verdict_fails_on_a_mismatch_or_a_dead_letter_that_is_not_genuine() -> None:
     good = {"mismatches": 0, "missing_dead_letters": [], "dead_letters": 2,
-            "dead_letters_genuine": 2, "list_mismatches": 0, "consent_mismatches": 0}
+            "dead_letters_genuine": 2, "list_mismatches": 0, "consent_mismatches": 0,
+            "consent_inbound_mismatches": 0}
     assert chaos.verdict(good)
     assert not chaos.verdict({**good, "mismatches": 1})
     assert not chaos.verdict({**good, "dead_letters_genuine": 1})
     assert not chaos.verdict({**good, "missing_dead_letters": ["00Q000000000001AAA"]})
     assert not chaos.verdict({**good, "list_mismatches": 1})
+    assert not chaos.verdict({**good, "consent_inbound_mismatches": 1})
     assert not chaos.verdict({**good, "consent_mismatches": 1})
 
 
