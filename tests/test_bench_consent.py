@@ -1,0 +1,60 @@
+"""scripts/bench_consent.py: its phase registry and arguments, the webhook receiver's matching,
+and a short run of both Salesforce → Iterable phases end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import orjson
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_consent.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_consent", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+
+
+def test_phases_and_arguments() -> None:
+    assert list(bench.PHASES) == ["sf_stream", "sf_burst"]
+    args = bench.parse_args(["--quick"])
+    assert (args.rate, args.duration, args.burst) == (50.0, 10.0, 10_000)
+    assert bench.parse_args([]).duration == 20.0
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rate", "0"])
+
+
+def test_the_receiver_matches_unsubscribes_of_the_channel_first_arrival() -> None:
+    hooks = bench.Webhooks()
+    def body(email: str, name: str, channels: list[int]) -> dict[str, object]:
+        return {"email": email, "eventName": name, "dataFields": {"channelIds": channels}}
+    hooks.received += [(1.0, body("A@x.com", "emailUnSubscribe", [39581])),
+                       (2.0, body("a@x.com", "emailUnSubscribe", [39581])),
+                       (3.0, body("b@x.com", "emailSubscribe", [39581])),
+                       (4.0, body("c@x.com", "emailUnSubscribe", [39584]))]
+    assert hooks.unsubscribed(39581) == {"a@x.com": 1.0}
+    assert hooks.unsubscribed(39581, since=1.5) == {"a@x.com": 2.0}
+
+
+@pytest.mark.slow
+def test_a_short_run_prints_the_salesforce_to_iterable_keys() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--duration", "2", "--burst", "2000"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["sf_stream_missing"] == 0 and result["sf_stream_opt_outs"] == 100
+    assert 0 < result["sf_to_iterable_p50_s"] <= result["sf_to_iterable_p99_s"]
+    assert result["sf_burst_opt_outs"] == 2000 and result["burst_ratio_to_ceiling"] > 0
+    assert result["sf_burst_subscription_429s"] == 0 and result["service_exit_code"] == 0
