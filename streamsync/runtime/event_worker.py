@@ -25,7 +25,6 @@ from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
 
-LEASE_S = 120.0
 IDLE_RECHECK_S = 1.0
 SENT_KEPT_S = 4 * 86_400.0  # past CDC's 72-hour retention: no replay brings a sent one back
 PRUNE_EVERY_S = 3600.0
@@ -62,11 +61,12 @@ class EventWorker:
                                   max_bytes=config.iterable.batch_max_bytes,
                                   max_attempts=conf.max_attempts, retry_s=retry_s)
         self._retry_s = retry_s
+        self._lease_s = config.queue.lease_s  # what a crash leaves leased is due after it
         self.stats = EventStats()
 
     async def decide_once(self) -> int:
         """Decide one lease of new candidates; how many rows it took."""
-        leased = await self._store.lease_events("new", self._conf.batch_ids, LEASE_S,
+        leased = await self._store.lease_events("new", self._conf.batch_ids, self._lease_s,
                                                 self._clock())
         if not leased:
             return 0
@@ -88,7 +88,7 @@ class EventWorker:
     async def send_once(self) -> int:
         """Send one lease of ready events; how many rows it took."""
         limit = self._conf.batch_max_events * self._conf.max_in_flight
-        leased = await self._store.lease_events("ready", limit, LEASE_S, self._clock())
+        leased = await self._store.lease_events("ready", limit, self._lease_s, self._clock())
         if not leased:
             return 0
         try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from streamsync.adapters.iterable import IterableClient
@@ -22,7 +23,7 @@ from tests.e2e.harness import InProcessService, backfill, wait_caught_up, wait_f
 
 pytestmark = [
     pytest.mark.salesforce(long_poll_s=1.0, seed_accounts=3, seed_contacts=12, seed_leads=12,
-                           seed_users=3, seed_queues=1, seed_opportunities=6),
+                           seed_users=3, seed_queues=1, seed_opportunities=20),
     pytest.mark.timeout(60),
 ]
 
@@ -97,6 +98,8 @@ async def event_rig(sf_emulator: SalesforceEmulator, iterable_emulator: Iterable
                     tmp_path: Path) -> AsyncIterator[RigFactory]:
     """`await event_rig(events=[...], **overrides)`: backfill, then the service running."""
     opened: list[tuple[InProcessService, Store]] = []
+    session = aiohttp.ClientSession()
+    client = IterableClient(session, iterable_emulator.base_url, iterable_emulator.api_key)
 
     async def make(**overrides: Any) -> EventRig:
         overrides["ingest"] = {**FAST_INGEST, **overrides.get("ingest", {})}
@@ -107,8 +110,7 @@ async def event_rig(sf_emulator: SalesforceEmulator, iterable_emulator: Iterable
         store = await Store.open(config.queue.path)
         opened.append((service, store))
         assert service.service is not None and service.service.events is not None
-        return EventRig(sf_emulator, iterable_emulator, config, service, store,
-                        service_client(service))
+        return EventRig(sf_emulator, iterable_emulator, config, service, store, client)
 
     try:
         yield make
@@ -116,12 +118,7 @@ async def event_rig(sf_emulator: SalesforceEmulator, iterable_emulator: Iterable
         for service, store in opened:
             await service.abandon()
             await store.close()
-
-
-def service_client(service: InProcessService) -> IterableClient:
-    """The running service's own Iterable client (real HTTP to the emulator)."""
-    assert service.service is not None and service.service.events is not None
-    return service.service.events.sender.iterable
+        await session.close()
 
 
 async def test_closed_won_fires_once_on_the_primary_contact_not_on_later_updates(
@@ -162,3 +159,78 @@ async def test_a_rule_without_changed_fields_fires_on_the_transition_only(
     [event] = await rig.events_of(email)
     assert event["eventName"] == "leadWorking"
     assert event["dataFields"]["company"] == rig.sf.state.record("Lead", lead)["Company"]
+
+
+DELETED = {"name": "lead-gone", "object": "Lead", "trigger": ["delete", "undelete"],
+           "event_name": "leadRecycled", "mapping": {"LastName": "dataFields.lastName"}}
+CONVERTED = {"name": "lead-converted", "object": "Lead", "trigger": "update",
+             "changed_fields": ["IsConverted"], "condition": "IsConverted = true",
+             "event_name": "leadConverted", "profile": "ConvertedContact.Email",
+             "mapping": {"ConvertedAccount.Name": "dataFields.account"}}
+
+
+async def test_a_replay_from_an_older_replay_id_sends_nothing_again(
+        event_rig: RigFactory) -> None:
+    rig: EventRig = await event_rig(events=[WON])
+    opp = rig.open_opportunity()
+    email = rig.primary_contact(opp)
+    channel = "/data/OpportunityChangeEvent"
+    older = await rig.store.get_replay(channel)
+    set_stage(rig.sf.state, opp, "Closed Won")
+    [event] = await rig.wait_events(email, 1)
+    await rig.settled()
+    assert await rig.service.stop() == 0
+    # Back to before the change: the CDC event is delivered again.
+    await rig.store.set_replay(channel, older.replay_id if older else -2, time.time())
+    await rig.service.start()
+    await rig.settled()
+    latest = await rig.store.get_replay(channel)
+    assert latest is not None and latest.replay_id != (older.replay_id if older else -2)
+    assert rig.service.service is not None and rig.service.service.ingest is not None
+    assert rig.service.service.ingest.stats.events >= 1  # the change was delivered again
+    assert [e["_id"] for e in await rig.events_of(email)] == [event["_id"]]
+    stored = rig.it.messaging_for(rig.it.state.project()).events.by_id[event["_id"]]
+    assert stored.writes == 1  # not even re-sent: the sent row is remembered
+
+
+async def test_delete_and_undelete_triggers_land_on_the_records_profile(
+        event_rig: RigFactory) -> None:
+    rig: EventRig = await event_rig(events=[DELETED])
+    lead = rig.sf.select_ids("Lead", "IsConverted = false AND Email != null", 1)[0]
+    email = rig.email("Lead", lead)
+    rig.sf.state.update("Lead", lead, {"Title": "unrelated"})
+    rig.sf.state.delete("Lead", lead)
+    rig.sf.state.undelete("Lead", lead)
+    events = await rig.wait_events(email, 2)
+    assert {e["eventName"] for e in events} == {"leadRecycled"}
+    assert len({e["_id"] for e in events}) == 2
+    assert all(e["dataFields"]["lastName"] == rig.sf.state.record("Lead", lead)["LastName"]
+               for e in events)
+    await rig.settled()
+    assert len(await rig.events_of(email)) == 2  # the unrelated update fired nothing
+
+
+async def test_a_profile_path_through_a_relationship(event_rig: RigFactory) -> None:
+    rig: EventRig = await event_rig(events=[CONVERTED])
+    lead = rig.sf.select_ids("Lead", "IsConverted = false AND Email != null", 1)[0]
+    out = rig.sf.state.convert_lead(lead)
+    contact_email = rig.email("Contact", out["contactId"])
+    [event] = await rig.wait_events(contact_email, 1)
+    account = rig.sf.state.record("Account", out["accountId"])
+    assert event["eventName"] == "leadConverted"
+    assert event["dataFields"]["account"] == account["Name"]
+
+
+@pytest.mark.iterable(max_events_per_request=3)
+async def test_track_bulk_batches_stay_within_the_endpoint_limit(
+        event_rig: RigFactory) -> None:
+    rig: EventRig = await event_rig(events=[WON], event_delivery={"batch_max_events": 3})
+    opps = rig.sf.select_ids("Opportunity", "IsClosed = false AND IsDeleted = false", 10)
+    assert len(opps) >= 4
+    rig.sf.state.mass_update("Opportunity", opps, {"StageName": "Closed Won"})
+    await rig.settled()
+    store = rig.it.messaging_for(rig.it.state.project()).events
+    won = [e for e in store.by_id.values() if e.event_name == "opportunityWon"]
+    assert len(won) == len(opps) and all(e.writes == 1 for e in won)
+    worker = rig.service.service.events  # type: ignore[union-attr]
+    assert worker is not None and worker.stats.calls == -(-len(opps) // 3)
