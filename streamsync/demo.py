@@ -226,7 +226,7 @@ async def run_demo(duration_s: float, keep_running: bool, small: bool, out: Text
 async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulator,
                       duration_s: float, keep_running: bool, out: TextIO) -> bool:
     print("\n== 1. Backfill", file=out)
-    async with open_components(config) as parts:
+    async with open_components(config, drawer="backfill") as parts:
         backfill = Backfill(config=config, store=parts.store, salesforce=parts.salesforce,
                             pipeline=parts.pipeline, metrics=parts.metrics,
                             progress=ConsoleProgress(stream=out), mappings=parts.mappings)

@@ -201,7 +201,7 @@ async def run_backfill(config_file: str, options: BackfillOptions, *,
                        progress: ConsoleProgress | None = None) -> BackfillSummary:
     """Load the config, open the clients and the store, run the backfill, close everything."""
     config = load_config(config_file, os.environ if env is None else env)
-    async with open_components(config) as parts:
+    async with open_components(config, drawer="backfill") as parts:
         if options.dry_run is None:
             await check_iterable(parts.iterable, config.iterable.base_url)
         backfill = Backfill(config=config, store=parts.store, salesforce=parts.salesforce,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -84,6 +85,16 @@ def build_salesforce_client(
         timeout_s=sf.timeout_s,
         max_in_flight=sf.max_in_flight,
     )
+
+
+def budget_key(config: Config, family: str = "bulkUpdate") -> str:
+    """The shared rate budget of one Iterable project's endpoint family: every process on the
+    store with the same base URL and API key draws from it. The project is named by a short
+    SHA-256 digest of the two, never by the key itself."""
+    key = config.secrets.iterable_api_key
+    secret = "" if key is None else key.get_secret_value()
+    digest = hashlib.sha256(f"{config.iterable.base_url}\0{secret}".encode()).hexdigest()[:12]
+    return f"iterable:{digest}:{family}"
 
 
 def build_iterable_client(

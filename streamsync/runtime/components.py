@@ -18,10 +18,12 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.salesforce_auth import SalesforceAuth
-from streamsync.adapters.store import Store
+from streamsync.adapters.shared_ratelimit import SharedRateLimiter
+from streamsync.adapters.store import DrawerKind, Store
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
 from streamsync.runtime.clients import (
+    budget_key,
     build_iterable_client,
     build_salesforce_auth,
     build_salesforce_client,
@@ -77,8 +79,12 @@ async def open_components(
     clock: Callable[[], float] = time.time,
     describes: dict[str, Any] | None = None,
     stop: asyncio.Event | None = None,
+    drawer: DrawerKind = "service",
 ) -> AsyncIterator[Components]:
     """Open the store and the HTTP clients; close them all on exit, whatever happened.
+
+    Iterable's bulkUpdate slots come from the budget every process on the store shares
+    (`SharedRateLimiter`), drawn as a `drawer` (the service, or a backfill).
 
     The mappings are compiled with the field types of `describes`, or of describes fetched
     now (`startup_describes`: an outage is waited out until `stop`, a mapped field Salesforce
@@ -91,10 +97,13 @@ async def open_components(
     store = await Store.open(config.queue.path)
     sf_http = salesforce_session(config)
     it_http = iterable_session(config)
+    limiter: SharedRateLimiter | None = None
     try:
         auth = build_salesforce_auth(config, sf_http, counter, clock=clock)
         salesforce = build_salesforce_client(config, sf_http, counter=counter, auth=auth)
-        limiter = RateLimiter(it_conf.rate_limit_per_s, max_in_flight=it_conf.max_in_flight)
+        limiter = SharedRateLimiter(it_conf.rate_limit_per_s, booker=store,
+                                    budget_key=budget_key(config), kind=drawer,
+                                    max_in_flight=it_conf.max_in_flight)
         iterable = build_iterable_client(config, it_http, counter, limiter=limiter)
         if describes is None:
             describes = await startup_describes(config, salesforce, stop=stop)
@@ -112,6 +121,8 @@ async def open_components(
             rules=compile_rules(config, describes),
         )
     finally:
+        if limiter is not None:
+            await limiter.close()
         await sf_http.close()
         await it_http.close()
         await store.close()

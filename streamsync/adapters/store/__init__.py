@@ -7,6 +7,8 @@ one (imported from `streamsync.adapters.store.postgres`, so SQLite users never l
 from __future__ import annotations
 
 from .base import Synchronous
+from .budget import BudgetUse, Drawer, DrawerIdentity
+from .budget_plan import Booking, ClaimRequest, DrawerKind
 from .consent_inbox import ConsentEventRow
 from .interface import StoreAPI, collect_status
 from .mapping_state import read_applied_mappings, read_payload_hashes
@@ -57,12 +59,18 @@ __all__ = [
     "BackfillRun",
     "BackfillWindow",
     "Backoff",
+    "Booking",
+    "BudgetUse",
     "ChannelAnchor",
     "ChannelLease",
     "ConsentRow",
     "ConsentEventRow",
     "Checkpoint",
+    "ClaimRequest",
     "DeadLetter",
+    "Drawer",
+    "DrawerIdentity",
+    "DrawerKind",
     "ErrorEntry",
     "Failure",
     "Identity",

@@ -456,8 +456,46 @@ _V12 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9,
-                                      _V10, _V11, _V12)
+_V13 = Migration(
+    13,
+    "the shared Iterable rate budget: a slot schedule per budget and lane, and its drawers",
+    (
+        # Per budget (Iterable project and endpoint family): lane 'all' is the schedule of the
+        # whole budget (`tat`: store-clock time of its next free send slot), lanes 'service' and
+        # 'backfill' advance at each kind's guaranteed share (adapters/store/budget_plan.py).
+        """
+        CREATE TABLE rate_budget (
+            budget_key TEXT NOT NULL,
+            lane TEXT NOT NULL CHECK (lane IN ('all', 'service', 'backfill')),
+            tat REAL NOT NULL,
+            rate_per_s REAL NOT NULL CHECK (rate_per_s > 0),
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (budget_key, lane)
+        )
+        """,
+        # One row per process drawing from a budget (for `status`): slots booked in the current
+        # rate window and the rate of the previous one.
+        """
+        CREATE TABLE rate_budget_drawer (
+            budget_key TEXT NOT NULL,
+            drawer_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('service', 'backfill')),
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            joined_at REAL NOT NULL,
+            last_claim_at REAL NOT NULL,
+            slots_total INTEGER NOT NULL DEFAULT 0,
+            window_start REAL NOT NULL,
+            window_slots INTEGER NOT NULL DEFAULT 0,
+            last_rate_per_s REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (budget_key, drawer_id)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12,
+                                     _V13)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .backfill import BackfillOps
+from .budget import BudgetOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
 from .events import EventOps
@@ -17,7 +18,7 @@ from .workers import WorkerOps
 
 
 class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-            ConsentInboxOps, WorkerOps, MappingStateOps, EventOps):
+            ConsentInboxOps, WorkerOps, MappingStateOps, EventOps, BudgetOps):
     """The `StoreAPI` on one aiosqlite connection to a WAL database (see `base` for
     durability).
 

@@ -1,0 +1,96 @@
+"""`SharedRateLimiter`: limiters on separate store connections (as separate processes have)
+together keep one ceiling, use most of it, and a 429 seen by one slows them all."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from streamsync.adapters.shared_ratelimit import SharedRateLimiter
+from streamsync.adapters.store import Store
+
+KEY = "iterable:test:bulkUpdate"
+RATE = 20.0
+
+
+async def _hammer(limiter: SharedRateLimiter, until: float, sent: list[float]) -> None:
+    async def caller() -> None:
+        while time.monotonic() < until:
+            async with limiter.slot():
+                sent.append(time.monotonic())
+                await asyncio.sleep(0.01)  # the request
+
+    await asyncio.gather(*(caller() for _ in range(limiter.max_in_flight)))
+
+
+def _max_in_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+async def test_limiters_on_separate_connections_share_one_ceiling(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with await Store.open(path) as one, await Store.open(path) as two:
+        service = SharedRateLimiter(RATE, booker=one, budget_key=KEY, kind="service")
+        backfill = SharedRateLimiter(RATE, booker=two, budget_key=KEY, kind="backfill")
+        sent_service: list[float] = []
+        sent_backfill: list[float] = []
+        start = time.monotonic()
+        until = start + 2.5
+        await asyncio.gather(_hammer(service, until, sent_service),
+                             _hammer(backfill, until, sent_backfill))
+        assert {d.kind for u in await one.budgets_in_use() for d in u.drawers} == {
+            "service", "backfill"}
+    sent = sent_service + sent_backfill
+    # Each limiter alone would send 20/s (40/s together): one ceiling means at most 20 in any
+    # second (+1: a slot up to one interval late meets the next one on time).
+    assert _max_in_window(sent, 1.0) <= RATE + 1
+    measured = [t for t in sent if start + 0.5 <= t < until]
+    assert len(measured) / 2.0 >= 0.9 * RATE
+    # both got a part: neither starves the other
+    assert len(sent_service) >= 0.3 * len(sent) and len(sent_backfill) >= 0.2 * len(sent)
+    # a slice per store round trip, not a round trip per request
+    assert service.claims_total + backfill.claims_total <= len(sent) / 2
+
+
+async def test_a_429_seen_by_one_process_pauses_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with await Store.open(path) as one, await Store.open(path) as two:
+        first = SharedRateLimiter(RATE, booker=one, budget_key=KEY, kind="service")
+        second = SharedRateLimiter(RATE, booker=two, budget_key=KEY, kind="backfill")
+        await first.acquire()
+        first.on_rate_limited(retry_after_s=1.5)
+        limited_at = time.monotonic()
+        # its next booking pushes the whole budget back by the Retry-After
+        again = asyncio.create_task(first.acquire())
+        await asyncio.sleep(0.1)
+        await second.acquire()
+        assert time.monotonic() - limited_at >= 1.4
+        await again
+        assert first.rate_limited_total == 1
+
+
+async def test_closing_a_limiter_removes_it_from_the_drawers(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "s.db") as store:
+        limiter = SharedRateLimiter(RATE, booker=store, budget_key=KEY, kind="service")
+        await limiter.acquire()
+        [use] = await store.budgets_in_use()
+        assert [d.drawer_id for d in use.drawers] == [limiter.drawer.drawer_id]
+        await limiter.close()
+        [use] = await store.budgets_in_use()
+        assert use.drawers == ()
+
+
+def test_reserve_is_refused() -> None:
+    limiter = SharedRateLimiter(RATE, booker=None, budget_key=KEY,  # type: ignore[arg-type]
+                                kind="service")
+    with pytest.raises(TypeError):
+        limiter.reserve()
