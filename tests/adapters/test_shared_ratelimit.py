@@ -1,16 +1,16 @@
 """`SharedRateLimiter`: limiters on separate store connections (as separate processes have)
-together keep one ceiling, use most of it, and a 429 seen by one slows them all."""
+together keep one ceiling, use most of it, and a 429 seen by one slows them all; on both
+backends."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 
 from streamsync.adapters.shared_ratelimit import SharedRateLimiter
-from streamsync.adapters.store import Store
+from tests.store_backends import StoreSpace
 
 KEY = "iterable:test:bulkUpdate"
 RATE = 20.0
@@ -36,9 +36,9 @@ def _max_in_window(times: list[float], window_s: float) -> int:
     return best
 
 
-async def test_limiters_on_separate_connections_share_one_ceiling(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    async with await Store.open(path) as one, await Store.open(path) as two:
+async def test_limiters_on_separate_connections_share_one_ceiling(
+        store_space: StoreSpace) -> None:
+    async with await store_space.open() as one, await store_space.open() as two:
         service = SharedRateLimiter(RATE, booker=one, budget_key=KEY, kind="service")
         backfill = SharedRateLimiter(RATE, booker=two, budget_key=KEY, kind="backfill")
         sent_service: list[float] = []
@@ -61,9 +61,8 @@ async def test_limiters_on_separate_connections_share_one_ceiling(tmp_path: Path
     assert service.claims_total + backfill.claims_total <= len(sent) / 2
 
 
-async def test_a_429_seen_by_one_process_pauses_the_others(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    async with await Store.open(path) as one, await Store.open(path) as two:
+async def test_a_429_seen_by_one_process_pauses_the_others(store_space: StoreSpace) -> None:
+    async with await store_space.open() as one, await store_space.open() as two:
         first = SharedRateLimiter(RATE, booker=one, budget_key=KEY, kind="service")
         second = SharedRateLimiter(RATE, booker=two, budget_key=KEY, kind="backfill")
         await first.acquire()
@@ -78,8 +77,8 @@ async def test_a_429_seen_by_one_process_pauses_the_others(tmp_path: Path) -> No
         assert first.rate_limited_total == 1
 
 
-async def test_closing_a_limiter_removes_it_from_the_drawers(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "s.db") as store:
+async def test_closing_a_limiter_removes_it_from_the_drawers(store_space: StoreSpace) -> None:
+    async with await store_space.open() as store:
         limiter = SharedRateLimiter(RATE, booker=store, budget_key=KEY, kind="service")
         await limiter.acquire()
         [use] = await store.budgets_in_use()

@@ -1,19 +1,19 @@
-"""The shared rate budget in a real SQLite store: bookings of several processes' connections
-never overlap, and `budgets_in_use` says who draws how much."""
+"""The shared rate budget in the store, on both backends: bookings through several processes'
+connections never overlap, and `budgets_in_use` says who draws how much."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
-from streamsync.adapters.store import ClaimRequest, DrawerIdentity, Store
+from streamsync.adapters.store import ClaimRequest, DrawerIdentity, StoreAPI
+from tests.store_backends import StoreSpace
 
 KEY = "iterable:test:bulkUpdate"
 RATE = 50.0
 
 
-async def _book(store: Store, drawer: DrawerIdentity, slots_wanted: int) -> list[float]:
+async def _book(store: StoreAPI, drawer: DrawerIdentity, slots_wanted: int) -> list[float]:
     got: list[float] = []
     while len(got) < slots_wanted:
         booking = await store.claim_slots(KEY, drawer, ClaimRequest(drawer.kind, 4, RATE))
@@ -24,9 +24,8 @@ async def _book(store: Store, drawer: DrawerIdentity, slots_wanted: int) -> list
     return got
 
 
-async def test_bookings_through_two_connections_never_overlap(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    async with await Store.open(path) as one, await Store.open(path) as two:
+async def test_bookings_through_two_connections_never_overlap(store_space: StoreSpace) -> None:
+    async with await store_space.open() as one, await store_space.open() as two:
         drawers = [DrawerIdentity(f"d{i}", kind, os.getpid(), "host")
                    for i, kind in enumerate(("service", "backfill", "service", "backfill"))]
         stores = [one, two, one, two]
@@ -40,8 +39,8 @@ async def test_bookings_through_two_connections_never_overlap(tmp_path: Path) ->
     assert slots[-1] - slots[0] <= (len(slots) + 5) / RATE
 
 
-async def test_budgets_in_use_name_the_drawers_and_their_rates(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "s.db") as store:
+async def test_budgets_in_use_name_the_drawers_and_their_rates(store_space: StoreSpace) -> None:
+    async with await store_space.open() as store:
         assert await store.budgets_in_use() == []
         service = DrawerIdentity("svc", "service", 101, "alpha")
         backfill = DrawerIdentity("bf", "backfill", 202, "beta")

@@ -88,7 +88,7 @@ async def _store_now(conn: aiosqlite.Connection) -> float:
     return float(row[0])
 
 
-def _drawer_rate(row: Sequence[Any], now: float) -> float:
+def drawer_rate(row: Sequence[Any], now: float) -> float:
     """Slots per second over the last `RATE_WINDOW_S`: the current window's slots plus the
     previous window's rate for the part of it the current one does not cover yet."""
     window_start, window_slots, last_rate = float(row[0]), int(row[1]), float(row[2])
@@ -153,7 +153,7 @@ class BudgetOps(StoreBase):
         for key, ceiling in ceilings:
             drawers = sorted(
                 (Drawer(str(r[1]), r[2], int(r[3]), str(r[4]), float(r[5]), float(r[6]),
-                        int(r[7]), _drawer_rate(r[8:11], now))
+                        int(r[7]), drawer_rate(r[8:11], now))
                  for r in rows if r[0] == key),
                 key=lambda d: (-d.rate_per_s, d.drawer_id))
             out.append(BudgetUse(key, ceiling, sum(d.rate_per_s for d in drawers),

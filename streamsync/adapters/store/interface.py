@@ -14,6 +14,8 @@ from typing import Any, Protocol, Self
 
 from streamsync.models import EventCandidate
 
+from .budget import BudgetUse, DrawerIdentity
+from .budget_plan import Booking, ClaimRequest
 from .consent_inbox import ConsentEventRow, Via
 from .events import PendingEvent, StoredCondition
 from .types import (
@@ -535,6 +537,21 @@ class StoreAPI(Protocol):
 
     async def prune_sent_events(self, before: float) -> int:
         """Forget sent event rows older than `before`."""
+        ...
+
+    # -- the shared Iterable rate budget (docs/design.md §9)
+
+    async def claim_slots(self, budget_key: str, drawer: DrawerIdentity,
+                          req: ClaimRequest) -> Booking:
+        """Book up to `req.want` send slots of a budget, atomically across processes."""
+        ...
+
+    async def leave_budget(self, budget_key: str, drawer_id: str) -> None:
+        """Forget a drawer (its process stops drawing)."""
+        ...
+
+    async def budgets_in_use(self) -> list[BudgetUse]:
+        """Every budget: its ceiling, the rate booked now and the processes drawing."""
         ...
 
     # -- the operator's view

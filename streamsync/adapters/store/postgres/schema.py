@@ -369,7 +369,41 @@ _V12 = PgMigration(
     ),
 )
 
-MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12)
+_V13 = PgMigration(
+    13,
+    "the shared Iterable rate budget: a slot schedule per budget and lane, and its drawers",
+    (
+        # Columns and their meaning: streamsync/adapters/store/schema.py (version 13).
+        f"""
+        CREATE TABLE rate_budget (
+            budget_key text NOT NULL,
+            lane text NOT NULL CHECK (lane IN ('all', 'service', 'backfill')),
+            tat {TIME} NOT NULL,
+            rate_per_s double precision NOT NULL CHECK (rate_per_s > 0),
+            updated_at {TIME} NOT NULL,
+            PRIMARY KEY (budget_key, lane)
+        )
+        """,
+        f"""
+        CREATE TABLE rate_budget_drawer (
+            budget_key text NOT NULL,
+            drawer_id text NOT NULL,
+            kind text NOT NULL CHECK (kind IN ('service', 'backfill')),
+            pid integer NOT NULL,
+            host text NOT NULL,
+            joined_at {TIME} NOT NULL,
+            last_claim_at {TIME} NOT NULL,
+            slots_total bigint NOT NULL DEFAULT 0,
+            window_start {TIME} NOT NULL,
+            window_slots bigint NOT NULL DEFAULT 0,
+            last_rate_per_s double precision NOT NULL DEFAULT 0,
+            PRIMARY KEY (budget_key, drawer_id)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..interface import collect_status
 from ..types import StoreStatus
 from .backfill import BackfillOps
+from .budget import BudgetOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
 from .events import EventOps
@@ -17,7 +18,7 @@ from .workers import WorkerOps
 
 
 class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-                    ConsentInboxOps, MappingStateOps, WorkerOps, EventOps):
+                    ConsentInboxOps, MappingStateOps, WorkerOps, EventOps, BudgetOps):
     """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
     several machines) may use one database at once: leases are exclusive across them.
 
