@@ -50,9 +50,11 @@ async def test_limiters_on_separate_connections_share_one_ceiling(
         assert {d.kind for u in await one.budgets_in_use() for d in u.drawers} == {
             "service", "backfill"}
     sent = sent_service + sent_backfill
-    # Each limiter alone would send 20/s (40/s together): one ceiling means at most 20 in any
-    # second (+1: a slot up to one interval late meets the next one on time).
-    assert _max_in_window(sent, 1.0) <= RATE + 1
+    # Each limiter alone would send 20/s (40/s together). One ceiling: 20 per second, give or
+    # take the few slots a busy event loop sends late next to the ones on time (Iterable's
+    # own bucket holds a second's worth).
+    assert _max_in_window(sent, 1.0) <= 1.25 * RATE
+    assert len(sent) <= RATE * (max(sent) - min(sent)) + 3
     measured = [t for t in sent if start + 0.5 <= t < until]
     assert len(measured) / 2.0 >= 0.9 * RATE
     # both got a part: neither starves the other
