@@ -53,6 +53,7 @@ def render_status(data: Mapping[str, Any]) -> str:
     parts += _queue(data["queue"])
     parts += _channels(data["channels"])
     parts += _workers(data.get("workers") or [])
+    parts += _budgets(data.get("rate_budgets") or [])
     dl = data["dead_letters"]
     parts.append(f"\nDead letters: {dl['total']}")
     if dl["by_reason"]:
@@ -99,6 +100,19 @@ def _channels(channels: list[Mapping[str, Any]]) -> list[str]:
           "(none: starts with new events)" if c["replay_id"] is None else c["replay_id"],
           c["last_event_at"], duration(c["last_event_age_s"]),
           c.get("leader") or "(none)"] for c in channels])]
+
+
+def _budgets(budgets: list[Mapping[str, Any]]) -> list[str]:
+    parts = ["\nIterable rate budget (shared by every process of this store):"]
+    if not budgets:
+        return [*parts, "  (nobody is drawing from it now)"]
+    for b in budgets:
+        parts.append(f"  {b['budget']}: {b['drawing_per_s']}/s of {b['ceiling_per_s']}/s "
+                     f"({b['used_fraction'] * 100:.0f}%)")
+        parts.append(table(["drawer", "kind", "host", "pid", "rate/s", "last claim"],
+                           [[d["drawer_id"], d["kind"], d["host"], d["pid"], d["rate_per_s"],
+                             duration(d["last_claim_age_s"])] for d in b["drawers"]]))
+    return parts
 
 
 def _workers(workers: list[Mapping[str, Any]]) -> list[str]:

@@ -11,6 +11,7 @@ from streamsync.adapters.iterable import FAILURE_LISTS, RECORD_REASONS
 from streamsync.adapters.store import (
     LEASE_EXPIRED,
     RETRIES_EXHAUSTED,
+    BudgetUse,
     ChannelLease,
     Checkpoint,
     DeadLetter,
@@ -156,6 +157,20 @@ def workers_list(workers: list[WorkerInfo], leases: list[ChannelLease], now: flo
     } for w in workers]
 
 
+def budget_dict(use: BudgetUse, now: float) -> dict[str, Any]:
+    """A shared Iterable rate budget in use: its ceiling, the rate booked now, who draws."""
+    return {
+        "budget": use.budget_key,
+        "ceiling_per_s": use.ceiling_per_s,
+        "drawing_per_s": round(use.drawing_per_s, 3),
+        "used_fraction": round(use.used_fraction, 4),
+        "drawers": [{"drawer_id": d.drawer_id, "kind": d.kind, "host": d.host, "pid": d.pid,
+                     "rate_per_s": round(d.rate_per_s, 3),
+                     "last_claim_age_s": round(max(0.0, now - d.last_claim_at), 3)}
+                    for d in use.drawers],
+    }
+
+
 def _leaders(data: dict[str, Any], leases: list[ChannelLease], now: float) -> None:
     """Each channel's current leader (None: no worker holds it) and fencing token."""
     by_channel = {lease.channel: lease for lease in leases}
@@ -176,6 +191,7 @@ async def read_status(store: Store, config: Config | None, now: float,
     stale_after_s = workers_conf.heartbeat_s * STALE_AFTER_HEARTBEATS
     data["workers"] = _clean(workers_list(await store.workers(), leases, now, stale_after_s))
     _leaders(data, leases, now)
+    data["rate_budgets"] = _clean([budget_dict(use, now) for use in await store.budgets_in_use()])
     data["backfill_runs"] = _clean([
         {"run_id": run.run_id, "started_at": iso(run.started_at),
          "finished_at": iso(run.finished_at), "options": dict(run.options)}

@@ -1,9 +1,14 @@
 """`status`, status.json and the status page list every worker: what it leads, its last
-heartbeat, live / stale / stopped; each channel names its leader."""
+heartbeat, live / stale / stopped; each channel names its leader; and the shared Iterable rate
+budget in use with the processes drawing from it."""
 
 from __future__ import annotations
 
+import time
+
 from streamsync.adapters.store import Store, WorkerInfo
+from streamsync.adapters.store.budget import DrawerIdentity
+from streamsync.adapters.store.budget_plan import ClaimRequest
 from streamsync.cli.status import render_status
 from streamsync.config import Config
 from streamsync.runtime.health import Readiness
@@ -60,3 +65,23 @@ async def test_a_store_no_worker_ran_on_says_so(store: Store, config: Config) ->
     assert data["workers"] == []
     assert all(c["leader"] is None for c in data["channels"])
     assert "(none has run on this store)" in render_status(data)
+
+
+async def test_the_shared_rate_budget_in_use_and_who_draws_from_it(
+        store: Store, config: Config) -> None:
+    key = "iterable:0123456789ab:bulkUpdate"
+    service = DrawerIdentity("host-a/11/aa:bulk", "service", 11, "host-a")
+    backfill = DrawerIdentity("host-b/22/bb:bulk", "backfill", 22, "host-b")
+    await store.claim_slots(key, service, ClaimRequest("service", 3, 5.0))
+    await store.claim_slots(key, backfill, ClaimRequest("backfill", 2, 5.0))
+    now = time.time()
+    data = await read_status(store, config, now)
+    [budget] = data["rate_budgets"]
+    assert budget["budget"] == key and budget["ceiling_per_s"] == 5.0
+    assert {d["kind"] for d in budget["drawers"]} == {"service", "backfill"}
+    assert {d["pid"] for d in budget["drawers"]} == {11, 22}
+    text = render_status(data)
+    assert "Iterable rate budget (shared" in text and "host-b/22/bb:bulk" in text
+    page = PageData(config, Metrics(), lambda: Readiness(True), clock=lambda: now)
+    page.attach(store, None)
+    assert "host-a/11/aa:bulk" in sections(await page.read())["iterable"]

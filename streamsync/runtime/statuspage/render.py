@@ -104,7 +104,7 @@ def sections(data: Mapping[str, Any]) -> dict[str, str]:
                     f"{_e(duration(q['oldest_age_s']))} · {_e(q['due'])} due · "
                     f"{_e(q['leased'])} leased · {_e(q['retrying'])} in backoff</p>")
     out["latency"] = chart_svg(data["latency"]) + _latency_caption(data["latency"])
-    out["iterable"] = _iterable(data["iterable"])
+    out["iterable"] = _iterable(data["iterable"]) + _shared_budgets(data.get("rate_budgets", []))
     out["dead-letters"] = _dead_letters(data["dead_letters"])
     out["backfill"] = _backfill(data["backfill"])
     out["errors"] = _table(["at", "component", "message"],
@@ -129,6 +129,17 @@ def _iterable(it: Mapping[str, Any]) -> str:
         text += (f" · rate budget used: <b>{_e(used)}</b> ({_e(b['used_per_s'])}/s of "
                  f"{_e(b['limit_per_s'])}/s, allowed now {_e(b['allowed_now_per_s'])}/s)")
     return text + "</p>"
+
+
+def _shared_budgets(budgets: Sequence[Mapping[str, Any]]) -> str:
+    text = ""
+    for b in budgets:
+        text += (f"<p>shared budget {_e(b['budget'])}: <b>{_e(b['drawing_per_s'])}/s</b> of "
+                 f"{_e(b['ceiling_per_s'])}/s booked by every process of the store</p>")
+        text += _table(["drawer", "kind", "host", "pid", "rate/s"],
+                       [[d["drawer_id"], d["kind"], d["host"], d["pid"], d["rate_per_s"]]
+                        for d in b["drawers"]], "nobody draws from it")
+    return text
 
 
 def _dead_letters(dl: Mapping[str, Any]) -> str:
