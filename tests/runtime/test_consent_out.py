@@ -136,3 +136,20 @@ def test_group_reply_failures_are_read_from_params() -> None:
     assert parse_group_failures(body) == (UserFailure("a@x.com", "email", "not_found"),
                                           UserFailure("u1", "userId", "invalid_user_id"))
     assert parse_group_failures({"code": "Success", "params": None}) == ()
+
+
+@pytest.mark.salesforce(seed_leads=4)
+@pytest.mark.iterable(project_type="userId")
+@pytest.mark.sync_config(objects={
+    "Lead": {"identity": "userId", "consent": {"unsubscribe_channel_ids": [MARKETING_EMAIL]}},
+    "Contact": {"identity": "userId"}})
+async def test_a_user_id_project_is_unsubscribed_by_user_id(sync_rig: SyncRig) -> None:
+    lead = _leads(sync_rig, 1)[0]
+    sync_rig.sf.state.update("Lead", lead, {"HasOptedOutOfEmail": True})
+    await sync_rig.enqueue("Lead", [lead])
+    await sync_rig.drain()
+    sync_rig.it.flush()
+    profile = sync_rig.it.project.get_by_user_id(lead)
+    assert profile is not None
+    assert profile.subscriptions().unsubscribed_channel_ids == [MARKETING_EMAIL]
+    assert (await sync_rig.store.consent_states("Lead", [lead]))[lead].opted_out is True

@@ -64,9 +64,8 @@ class ConsentOps(StoreBase):
         many were stored."""
         if not rows:
             return 0
-        stored = 0
         async with self._tx("note_consent_states") as conn:
-            for row in rows:
-                cursor = await conn.execute(_SUPERSEDING, _params(row, now))
-                stored += max(cursor.rowcount, 0)
-        return stored
+            # One call (rows in order: a later row of a record is judged against the earlier);
+            # rowcount is the total of rows inserted or updated.
+            cursor = await conn.executemany(_SUPERSEDING, [_params(r, now) for r in rows])
+            return max(cursor.rowcount, 0)
