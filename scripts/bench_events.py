@@ -1,0 +1,346 @@
+"""Benchmark issue 14's real-time paths end to end: both emulators and the service as processes.
+
+Phases (`--phases`, default all of them; each adds its keys to the one JSON line):
+
+- `lists`: `--members` (20,000) CampaignMember inserts into one Campaign mapped by [lists],
+  made the way a marketer imports members: one Bulk API 2.0 ingest job (the emulator commits
+  200 records per transaction, one CDC CREATE event per member). Every insert travels CDC →
+  ingest → queue → queryAll → lists/subscribe. The Iterable emulator enforces the assumed
+  ceiling of lists/subscribe (docs/iterable.md §13: Iterable documents none; 5 requests/s, set
+  through its control API, x 1,000 subscribers per call, its cap), so going faster shows as
+  429s. `list_burst_ratio` = subscribers/s from the moment the ingest job was uploaded to the
+  moment Iterable held the last subscriber (its write counter, polled every 20 ms), over that
+  ceiling; the service runs with its default tunables and `[lists]` defaults.
+
+Salesforce emulator `--latency-ms 150` per API call, Iterable emulator `--latency-ms 100` (as
+scripts/bench_stream.py). Peak RSS of the service process is sampled every 50 ms.
+
+    .venv/bin/python scripts/bench_events.py [--phases lists] [--members 20000]
+
+Progress goes to stderr; the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+LIST_RATE_PER_S = 5.0  # the assumed lists/subscribe ceiling (docs/iterable.md §13)
+LIST_CALL_CAP = 1000  # subscribers per call: the emulator's max_list_subscribers
+SUBSCRIBE = "POST /api/lists/subscribe"
+CAMPAIGN = "Bench import"
+POLL_S = 0.02
+
+
+class BenchError(Exception):
+    """The benchmark could not run or its result is not a measurement."""
+
+
+def log(text: str) -> None:
+    print(f"[bench_events {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A child process that printed one JSON line describing itself."""
+
+    proc: asyncio.subprocess.Process
+    info: dict[str, Any] = field(default_factory=dict)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def spawn(argv: list[str], log_path: Path, env: dict[str, str], *,
+                json_line: bool = True) -> Proc:
+    with log_path.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE if json_line else asyncio.subprocess.DEVNULL,
+            stderr=err, env=env, cwd=ROOT)
+    if not json_line:
+        return Proc(proc)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    if not line:
+        raise BenchError(f"{argv[2]} printed nothing (see {log_path})")
+    return Proc(proc, orjson.loads(line))
+
+
+class RssSampler:
+    """Peak RSS of one process, sampled every 50 ms in a thread-free asyncio task."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            await asyncio.sleep(0.05)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> float:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        return round(self.peak / 2**20, 1)
+
+
+@dataclass
+class Env:
+    """Both emulators, the service, an HTTP session and a Salesforce token for the bench."""
+
+    http: aiohttp.ClientSession
+    sf: Proc
+    it: Proc
+    service: Proc
+    health: str
+    token: str
+    rss: RssSampler
+
+    @property
+    def data(self) -> str:
+        return f"{self.sf.info['instance_url']}/services/data/v{self.sf.info['api_version']}"
+
+
+async def call(http: aiohttp.ClientSession, method: str, url: str, *, json: Any = None,
+               data: bytes | None = None, headers: dict[str, str] | None = None,
+               params: dict[str, str] | None = None) -> Any:
+    async with http.request(method, url, json=json, data=data, headers=headers,
+                            params=params) as resp:
+        body = await resp.read()
+        if resp.status >= 300:
+            raise BenchError(f"{method} {url} answered {resp.status}: {body[:300]!r}")
+        return orjson.loads(body) if body else None
+
+
+def write_config(path: Path, sf: dict[str, Any], it: dict[str, Any], health_port: int) -> None:
+    path.write_text(f"""
+[salesforce]
+login_url = "{sf['instance_url']}"
+auth = "client_credentials"
+client_id = "{sf['client_id']}"
+api_version = "{sf['api_version']}"
+
+[iterable]
+base_url = "{it['base_url']}"
+project_type = "email"
+
+[queue]
+path = "{path.parent / 'streamsync.db'}"
+
+[health]
+host = "127.0.0.1"
+port = {health_port}
+
+[logging]
+level = "WARNING"
+format = "json"
+
+[[lists.campaigns]]
+campaign_name = "{CAMPAIGN}"
+create_missing = true
+""")
+
+
+async def wait_ready(env: Env, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if env.service.proc.returncode is not None:
+            raise BenchError("the service exited during start-up")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with env.http.get(f"{env.health}/readyz") as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.2)
+    raise BenchError("the service did not become ready")
+
+
+async def subscribed_so_far(env: Env) -> int:
+    writes = await call(env.http, "GET", f"{env.it.info['control_url']}/writes")
+    return int(writes["changes"].get(SUBSCRIBE, 0))
+
+
+async def query_ids(env: Env, soql: str) -> list[str]:
+    """The Ids a SOQL query returns, every page."""
+    auth = {"Authorization": f"Bearer {env.token}"}
+    page = await call(env.http, "GET", f"{env.data}/query", headers=auth, params={"q": soql})
+    ids = [r["Id"] for r in page["records"]]
+    while not page.get("done", True):
+        page = await call(env.http, "GET", f"{env.sf.info['instance_url']}"
+                                           f"{page['nextRecordsUrl']}", headers=auth)
+        ids.extend(r["Id"] for r in page["records"])
+    return ids
+
+
+async def bulk_insert(env: Env, campaign: str, leads: list[str]) -> tuple[float, str]:
+    """One Bulk API 2.0 insert job of CampaignMembers; (when the upload completed, job id)."""
+    auth = {"Authorization": f"Bearer {env.token}"}
+    job = await call(env.http, "POST", f"{env.data}/jobs/ingest", headers=auth, json={
+        "object": "CampaignMember", "operation": "insert", "contentType": "CSV",
+        "lineEnding": "LF"})
+    csv = "CampaignId,LeadId,Status\n" + "".join(f"{campaign},{lead},Sent\n" for lead in leads)
+    await call(env.http, "PUT", f"{env.data}/jobs/ingest/{job['id']}/batches",
+               data=csv.encode(), headers={**auth, "Content-Type": "text/csv"})
+    await call(env.http, "PATCH", f"{env.data}/jobs/ingest/{job['id']}", headers=auth,
+               json={"state": "UploadComplete"})
+    return time.monotonic(), str(job["id"])
+
+
+async def job_done(env: Env, job_id: str, started: float) -> float:
+    """Seconds from the upload until Salesforce committed the job's last record."""
+    auth = {"Authorization": f"Bearer {env.token}"}
+    while True:
+        info = await call(env.http, "GET", f"{env.data}/jobs/ingest/{job_id}", headers=auth)
+        if info["state"] in ("JobComplete", "Failed", "Aborted"):
+            if info["state"] != "JobComplete":
+                raise BenchError(f"the ingest job ended {info['state']}")
+            return time.monotonic() - started
+        await asyncio.sleep(POLL_S)
+
+
+async def lists_phase(env: Env, members: int) -> dict[str, Any]:
+    """The `lists` phase: see the module docstring."""
+    campaign = (await query_ids(env, f"SELECT Id FROM Campaign WHERE Name = '{CAMPAIGN}'"))[0]
+    leads = await query_ids(env, "SELECT Id FROM Lead WHERE Email != null AND IsConverted = "
+                                 f"false ORDER BY Id LIMIT {members}")
+    if len(leads) < members:
+        raise BenchError(f"only {len(leads)} Leads with an email for {members} members")
+    before = await subscribed_so_far(env)
+    limits_before = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
+    log(f"lists: inserting {members} CampaignMembers with one Bulk API 2.0 job")
+    started, job_id = await bulk_insert(env, campaign, leads)
+    committed = asyncio.create_task(job_done(env, job_id, started))
+    deadline = started + 300
+    while (done := await subscribed_so_far(env) - before) < members:
+        if time.monotonic() > deadline or env.service.proc.returncode is not None:
+            raise BenchError(f"only {done} of {members} members reached the list")
+        await asyncio.sleep(POLL_S)
+    elapsed = time.monotonic() - started
+    counts = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
+    ceiling = LIST_RATE_PER_S * LIST_CALL_CAP
+    rate = members / elapsed
+    log(f"lists: {members} subscribed in {elapsed:.2f} s ({rate:.0f}/s, ceiling {ceiling:.0f})")
+    return {
+        "list_members": members,
+        "list_insert_commit_s": round(await committed, 3),
+        "list_seconds": round(elapsed, 3),
+        "list_subscribers_per_s": round(rate, 1),
+        "list_ceiling_per_s": ceiling,
+        "list_burst_ratio": round(rate / ceiling, 3),
+        "list_subscribe_calls": _count(counts, SUBSCRIBE) - _count(limits_before, SUBSCRIBE),
+        "list_subscribe_429s": (_count(counts, SUBSCRIBE, "429")
+                                - _count(limits_before, SUBSCRIBE, "429")),
+    }
+
+
+def _count(counts: dict[str, dict[str, int]], endpoint: str, status: str | None = None) -> int:
+    """Calls of `endpoint` (of one status) in the Iterable emulator's /counts reply."""
+    return sum(n for st, n in counts.get(endpoint, {}).items() if status in (None, st))
+
+
+PHASES: dict[str, Callable[[Env, argparse.Namespace], Awaitable[dict[str, Any]]]] = {
+    "lists": lambda env, args: lists_phase(env, args.members),
+}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
+        work = Path(tmp)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNC_")}
+        sf = await spawn([PYTHON, "-m", "streamsync.emulators.salesforce", "--port", "0",
+                          "--latency-ms", "150", "--seed-accounts", "1", "--seed-contacts", "0",
+                          "--seed-leads", str(args.members * 11 // 10 + 100)], work / "sf.log", base)
+        it = await spawn([PYTHON, "-m", "streamsync.emulators.iterable", "--port", "0",
+                          "--latency-ms", "100"], work / "it.log", base)
+        procs = [sf, it]
+        try:
+            async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=120)) as http:
+                await call(http, "POST", f"{it.info['control_url']}/limits", json={
+                    "group": "listSubscribe", "rate_per_s": LIST_RATE_PER_S})
+                await call(http, "POST", f"{sf.info['control_url']}/records/Campaign",
+                           json={"Name": CAMPAIGN, "IsActive": True})
+                token = (await call(http, "POST", sf.info["token_url"], data=(
+                    f"grant_type=client_credentials&client_id={sf.info['client_id']}"
+                    f"&client_secret={sf.info['client_secret']}").encode(), headers={
+                    "Content-Type": "application/x-www-form-urlencoded"}))["access_token"]
+                port = free_port()
+                write_config(work / "config.toml", sf.info, it.info, port)
+                env_vars = {**base, "STREAMSYNC_SF_CLIENT_SECRET": str(sf.info["client_secret"]),
+                            "STREAMSYNC_ITERABLE_API_KEY": str(it.info["api_key"])}
+                service = await spawn([PYTHON, "-m", "streamsync", "run", "--config",
+                                       str(work / "config.toml")], work / "service.log",
+                                      env_vars, json_line=False)
+                procs.append(service)
+                env = Env(http, sf, it, service, f"http://127.0.0.1:{port}", token,
+                          RssSampler(service.proc.pid))
+                await wait_ready(env)
+                env.rss.start()
+                result: dict[str, Any] = {}
+                for name in args.phases:
+                    result.update(await PHASES[name](env, args))
+                result["peak_rss_mb"] = await env.rss.stop()
+                return result
+        finally:
+            for proc in reversed(procs):
+                await proc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phases", type=lambda s: [p for p in s.split(",") if p],
+                        default=list(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
+    parser.add_argument("--members", type=int, default=20_000,
+                        help="CampaignMember inserts of the lists phase (default 20,000)")
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.phases if p not in PHASES]
+    if unknown or args.members < 1:
+        parser.error(f"unknown phase {unknown[0]}" if unknown else "--members must be >= 1")
+    try:
+        result = asyncio.run(run(args))
+    except BenchError as exc:
+        print(f"bench_events: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps({"phases": args.phases, **result}).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
