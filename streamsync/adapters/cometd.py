@@ -226,6 +226,14 @@ class CometdSubscriber:
             if self._delay_s > 0 and not self._closed:
                 await self._sleep(self._delay_s)
 
+    def take_buffered(self, limit: int) -> list[Message]:
+        """Up to `limit` data messages already received and not yet yielded (no I/O): the
+        caller stores them together with the one `messages()` just gave it."""
+        out: list[Message] = []
+        while self._buffer and len(out) < limit:
+            out.append(self._buffer.popleft())
+        return out
+
     async def poll_once(self) -> list[Message]:
         """One step: handshake and subscribe if needed, then one connect round trip.
 

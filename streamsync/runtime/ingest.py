@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,8 @@ from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent, EventCandidate
 from streamsync.retry import Policy
 from streamsync.runtime.consent_echo import echoed_consent
-from streamsync.runtime.fence import Fence, record_event
+from streamsync.runtime.fence import Fence
+from streamsync.runtime.ingest_batch import MAX_GROUP, EventBatch
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
@@ -132,6 +134,7 @@ class Ingest:
         self._retry_max_s = retry_max_s
         self._stop = asyncio.Event()
         self._signal = signal or QueueSignal()  # told of each commit (wakes the flusher)
+        self._batch = EventBatch(store, fence, self._signal)
         contact = config.objects.get("Contact")
         self._hands_over_converted = (
             "Lead" in config.objects and contact is not None and contact.writes_users
@@ -165,8 +168,19 @@ class Ingest:
         await self.anchors.on_replay_invalid(channel, replay_id)
 
     async def handle_message(self, message: Message) -> None:
-        """One step: parse, schedule any reconciliation durably, then store the ids and the
-        replay id in one transaction. Store errors propagate (nothing was committed)."""
+        """One message: see `handle_messages`."""
+        await self.handle_messages([message])
+
+    async def handle_messages(self, messages: Sequence[Message]) -> None:
+        """Parse each, schedule any reconciliation durably, then store the ids and the replay
+        ids (runtime/ingest_batch.py: one transaction per run of a channel's messages).
+        Store errors propagate (what was not committed is handled again)."""
+        self._batch = EventBatch(self._store, self._fence, self._signal)
+        for message in messages:
+            await self._handle(message)
+        await self._batch.commit(self._clock())
+
+    async def _handle(self, message: Message) -> None:
         now = self._clock()
         channel = message.get("channel") if isinstance(message, dict) else None
         if isinstance(channel, str):
@@ -196,8 +210,8 @@ class Ingest:
             self.stats.echoes += 1
             log.debug("ingest.echo_suppressed", channel=event.channel,
                       replay_id=event.replay_id, ids=len(event.record_ids))
-            await record_event(self._store, self._fence, event.channel, event.replay_id, (),
-                               event.commit_timestamp_ms, now)
+            await self._batch.add(event.channel, event.replay_id, (), event.commit_timestamp_ms,
+                                  now)
             return
         conversion = _conversion(event, message) if self._hands_over_converted else None
         if conversion is not None:
@@ -208,18 +222,17 @@ class Ingest:
                 log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
                          contact_id=conversion.target_id)
         items, candidates = self._items(event), _candidates(self._rules, event, message)
-        to_reconcile = self._objects_to_reconcile(event)
+        to_reconcile = objects_to_reconcile(event, self._config.cdc_objects(), self.stats)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
             await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)
-        await record_event(self._store, self._fence, event.channel, event.replay_id, items,
-                           event.commit_timestamp_ms, now, candidates)
-        self._signal.notify(len(items) + len(candidates))  # the flusher, the event worker
+        await self._batch.add(event.channel, event.replay_id, items, event.commit_timestamp_ms,
+                              now, candidates)  # wakes the flusher and the event worker
         self.stats.ids_queued += len(items)
         log.debug("ingest.event", channel=event.channel, replay_id=event.replay_id,
                   change=event.change_type, ids=len(items))
         for name in to_reconcile:
-            self.reconciles.start(name)
+            self._batch.after(functools.partial(self.reconciles.start, name))
 
     async def pending_reconciles(self) -> dict[str, PendingReconcile]:
         """Reconciliations owed per object, as stored."""
@@ -274,26 +287,10 @@ class Ingest:
                             entity=event.entity, record_id=sf_id, owner=str(owner))
         return items
 
-    def _objects_to_reconcile(self, event: ChangeEvent) -> list[str]:
-        """Overflow: the event's object. Wildcard ids (`003*`): the objects of the prefixes,
-        where configured (the event's own object when a prefix is unknown)."""
-        if event.is_overflow:  # of an object only event rules listen to: nothing to re-read
-            return [event.entity] if event.entity in self._config.cdc_objects() else []
-        out: dict[str, None] = {}
-        for prefix in event.wildcard_prefixes:
-            owner = KEY_PREFIXES.get(prefix, event.entity)
-            if owner in self._config.cdc_objects():
-                out[owner] = None
-            else:
-                self.stats.ids_dropped += 1
-                log.warning("ingest.unexpected_wildcard_dropped", channel=event.channel,
-                            entity=event.entity, prefix=prefix, owner=owner)
-        return list(out)
-
     async def _skip(self, channel: str | None, replay_id: int | None, now: float) -> None:
         """Move the replay id past a message that carries nothing to queue."""
         if channel is not None and replay_id is not None:
-            await record_event(self._store, self._fence, channel, replay_id, (), None, now)
+            await self._batch.add(channel, replay_id, (), None, now)
 
     async def _malformed(self, detail: str, channel: str | None, replay_id: int | None,
                          now: float) -> None:
@@ -309,7 +306,8 @@ class Ingest:
         messages = self._subscriber.messages()
         try:
             async for message in messages:
-                handling = asyncio.ensure_future(self._store_until_done(message))
+                group = [message, *self._subscriber.take_buffered(MAX_GROUP - 1)]
+                handling = asyncio.ensure_future(self._store_until_done(group))
                 try:
                     stored = await asyncio.shield(handling)
                 except asyncio.CancelledError:
@@ -321,15 +319,15 @@ class Ingest:
         finally:
             await messages.aclose()
 
-    async def _store_until_done(self, message: Message) -> bool:
-        """handle_message, retried with backoff while the store reports a transient fault; the
-        same message is retried so nothing after it is stored before it. False when stopping
-        left it unstored (it is replayed from the stored id on the next start)."""
+    async def _store_until_done(self, group: list[Message]) -> bool:
+        """handle_messages, retried with backoff while the store reports a transient fault;
+        the same messages are retried so nothing after them is stored before them. False when
+        stopping left them unstored (replayed from the stored id on the next start)."""
         policy = Policy(name="ingest_store", attempts=None, timeout_s=None,
                         wait_initial_s=self._retry_base_s, wait_max_s=self._retry_max_s,
                         on_retry=self._store_retry)
         try:
-            await policy.call(lambda: self.handle_message(message), self._stop)
+            await policy.call(lambda: self.handle_messages(group), self._stop)
         except Stopped:
             return False
         return True
@@ -337,6 +335,25 @@ class Ingest:
     def _store_retry(self, error: Exception) -> None:
         self.stats.store_retries += 1
         log.warning("ingest.store_retry", attempt=self.stats.store_retries, **describe_error(error))
+
+
+def objects_to_reconcile(event: ChangeEvent, objects: Sequence[str],
+                         stats: IngestStats) -> list[str]:
+    """Overflow: the event's object (none for an object only event rules listen to: nothing
+    to re-read). Wildcard ids (`003*`): the objects of the prefixes, where configured (the
+    event's own object when a prefix is unknown)."""
+    if event.is_overflow:
+        return [event.entity] if event.entity in objects else []
+    out: dict[str, None] = {}
+    for prefix in event.wildcard_prefixes:
+        owner = KEY_PREFIXES.get(prefix, event.entity)
+        if owner in objects:
+            out[owner] = None
+        else:
+            stats.ids_dropped += 1
+            log.warning("ingest.unexpected_wildcard_dropped", channel=event.channel,
+                        entity=event.entity, prefix=prefix, owner=owner)
+    return list(out)
 
 
 def _conversion(event: ChangeEvent, message: Message) -> IdentityHandover | None:

@@ -7,7 +7,7 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -641,8 +641,8 @@ class _StopAfterOne(Ingest):
 
     stop: asyncio.Event
 
-    async def handle_message(self, message: Message) -> None:
-        await super().handle_message(message)
+    async def handle_messages(self, messages: Sequence[Message]) -> None:
+        await super().handle_messages(messages)
         self.stop.set()
 
 
@@ -775,9 +775,9 @@ class _StopWhenBusy(Ingest):
 
     stop: asyncio.Event
 
-    async def handle_message(self, message: Message) -> None:
+    async def handle_messages(self, messages: Sequence[Message]) -> None:
         try:
-            await super().handle_message(message)
+            await super().handle_messages(messages)
         except TransientError:
             self.stop.set()
             raise
