@@ -2,15 +2,23 @@
 
 Phases (`--phases`, default all of them; each adds its keys to the one JSON line):
 
-- `lists`: `--members` (20,000) CampaignMember inserts into one Campaign mapped by [lists],
-  made the way a marketer imports members: one Bulk API 2.0 ingest job (the emulator commits
-  200 records per transaction, one CDC CREATE event per member). Every insert travels CDC →
-  ingest → queue → queryAll → lists/subscribe. The Iterable emulator enforces the assumed
-  ceiling of lists/subscribe (docs/iterable.md §13: Iterable documents none; 5 requests/s, set
-  through its control API, x 1,000 subscribers per call, its cap), so going faster shows as
-  429s. `list_burst_ratio` = subscribers/s from the moment the ingest job was uploaded to the
-  moment Iterable held the last subscriber (its write counter, polled every 20 ms), over that
-  ceiling; the service runs with its default tunables and `[lists]` defaults.
+- `lists`: CampaignMember inserts into Campaigns mapped by [lists], made the way a marketer
+  imports members: one Bulk API 2.0 ingest job each (the emulator commits 200 records per
+  transaction, one CDC CREATE event per member). Every insert travels CDC → ingest → queue →
+  queryAll → lists/subscribe. The Iterable emulator enforces the assumed ceiling of
+  lists/subscribe (docs/iterable.md §13: Iterable documents none; 5 requests/s, set through its
+  control API, x 1,000 subscribers per call, its cap), so going faster shows as 429s.
+  1. live: `--members` (20,000) inserts while the service runs; `list_live_seconds` from the
+     upload to Iterable holding the last one, `list_live_ratio` that rate over the ceiling. The
+     single-threaded emulator commits the inserts at roughly the ceiling's pace itself and
+     answers the service's reads slowly meanwhile, so this is bounded by the emulator.
+  2. backlog (the burst): the service is stopped, `--members` inserts into a second Campaign are
+     committed, the service starts and drains them from its stored replay id.
+     `list_burst_ratio` = subscribers Iterable received after the first one it received (the
+     first call is the zero point) over the time from that first to the last, against the
+     ceiling: whether the service keeps the endpoint at its ceiling while a burst drains.
+     `list_first_subscribe_after_start_s` and `list_backlog_drained_after_start_s` time it from
+     the process start. Iterable's subscribe counter is polled every 20 ms.
 
 Salesforce emulator `--latency-ms 150` per API call, Iterable emulator `--latency-ms 100` (as
 scripts/bench_stream.py). Peak RSS of the service process is sampled every 50 ms.
@@ -45,7 +53,8 @@ PYTHON = sys.executable
 LIST_RATE_PER_S = 5.0  # the assumed lists/subscribe ceiling (docs/iterable.md §13)
 LIST_CALL_CAP = 1000  # subscribers per call: the emulator's max_list_subscribers
 SUBSCRIBE = "POST /api/lists/subscribe"
-CAMPAIGN = "Bench import"
+LIVE, BACKLOG = "Bench live", "Bench backlog"  # the two Campaigns, each mapped to a list
+CEILING = LIST_RATE_PER_S * LIST_CALL_CAP
 POLL_S = 0.02
 
 
@@ -128,10 +137,29 @@ class Env:
     http: aiohttp.ClientSession
     sf: Proc
     it: Proc
-    service: Proc
     health: str
     token: str
-    rss: RssSampler
+    service_argv: list[str]
+    service_log: Path
+    service_env: dict[str, str]
+    service: Proc | None = None
+    peak_rss_mb: float = 0.0
+    _rss: RssSampler | None = None
+
+    async def start_service(self) -> None:
+        """Start `streamsync run` and wait until it is ready; its RSS is sampled."""
+        self.service = await spawn(self.service_argv, self.service_log, self.service_env,
+                                   json_line=False)
+        self._rss = RssSampler(self.service.proc.pid)
+        self._rss.start()
+        await wait_ready(self)
+
+    async def stop_service(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+        if self._rss is not None:
+            self.peak_rss_mb = max(self.peak_rss_mb, await self._rss.stop())
+            self._rss = None
 
     @property
     def data(self) -> str:
@@ -173,7 +201,11 @@ level = "WARNING"
 format = "json"
 
 [[lists.campaigns]]
-campaign_name = "{CAMPAIGN}"
+campaign_name = "{LIVE}"
+create_missing = true
+
+[[lists.campaigns]]
+campaign_name = "{BACKLOG}"
 create_missing = true
 """)
 
@@ -181,7 +213,7 @@ create_missing = true
 async def wait_ready(env: Env, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if env.service.proc.returncode is not None:
+        if env.service is None or env.service.proc.returncode is not None:
             raise BenchError("the service exited during start-up")
         with contextlib.suppress(aiohttp.ClientError):
             async with env.http.get(f"{env.health}/readyz") as resp:
@@ -234,39 +266,74 @@ async def job_done(env: Env, job_id: str, started: float) -> float:
         await asyncio.sleep(POLL_S)
 
 
+async def wait_subscribed(env: Env, before: int, members: int, deadline: float
+                          ) -> tuple[float, int, float]:
+    """Poll Iterable's subscribe counter until `members` more arrived: (time of the first
+    poll that saw any, how many it saw, time of the poll that saw them all)."""
+    first: tuple[float, int] | None = None
+    while (done := await subscribed_so_far(env) - before) < members:
+        if first is None and done > 0:
+            first = (time.monotonic(), done)
+        if time.monotonic() > deadline or env.service is None \
+                or env.service.proc.returncode is not None:
+            raise BenchError(f"only {done} of {members} members reached the list")
+        await asyncio.sleep(POLL_S)
+    last = time.monotonic()
+    return (first or (last, members))[0], (first or (last, members))[1], last
+
+
+async def live_insert(env: Env, members: int, leads: list[str]) -> dict[str, Any]:
+    """Members inserted while the service runs: end to end, from the upload."""
+    campaign = (await query_ids(env, f"SELECT Id FROM Campaign WHERE Name = '{LIVE}'"))[0]
+    before = await subscribed_so_far(env)
+    log(f"lists live: inserting {members} CampaignMembers with one Bulk API 2.0 job")
+    started, job_id = await bulk_insert(env, campaign, leads)
+    committed = asyncio.create_task(job_done(env, job_id, started))
+    _, _, last = await wait_subscribed(env, before, members, started + 300)
+    elapsed = last - started
+    log(f"lists live: {members} subscribed {elapsed:.2f} s after the upload")
+    return {"list_live_seconds": round(elapsed, 3),
+            "list_live_insert_commit_s": round(await committed, 3),
+            "list_live_ratio": round(members / elapsed / CEILING, 3)}
+
+
+async def backlog(env: Env, members: int, leads: list[str]) -> dict[str, Any]:
+    """Members inserted while the service is stopped: on its start they are a backlog the
+    service drains; the rate from the first subscriber Iterable received to the last."""
+    campaign = (await query_ids(env, f"SELECT Id FROM Campaign WHERE Name = '{BACKLOG}'"))[0]
+    before = await subscribed_so_far(env)
+    await env.stop_service()
+    log(f"lists backlog: service stopped; inserting {members} CampaignMembers")
+    started, job_id = await bulk_insert(env, campaign, leads)
+    await job_done(env, job_id, started)
+    calls_before = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
+    t_start = time.monotonic()
+    await env.start_service()
+    t_first, seen_first, t_last = await wait_subscribed(env, before, members, t_start + 300)
+    calls = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
+    rate = (members - seen_first) / max(t_last - t_first, 1e-9)
+    log(f"lists backlog: {members - seen_first} after the first call in "
+        f"{t_last - t_first:.2f} s ({rate:.0f}/s, ceiling {CEILING:.0f})")
+    return {
+        "list_members": members,
+        "list_subscribers_per_s": round(rate, 1),
+        "list_ceiling_per_s": CEILING,
+        "list_burst_ratio": round(rate / CEILING, 3),
+        "list_first_subscribe_after_start_s": round(t_first - t_start, 3),
+        "list_backlog_drained_after_start_s": round(t_last - t_start, 3),
+        "list_subscribe_calls": _count(calls, SUBSCRIBE) - _count(calls_before, SUBSCRIBE),
+        "list_subscribe_429s": (_count(calls, SUBSCRIBE, "429")
+                                - _count(calls_before, SUBSCRIBE, "429")),
+    }
+
+
 async def lists_phase(env: Env, members: int) -> dict[str, Any]:
     """The `lists` phase: see the module docstring."""
-    campaign = (await query_ids(env, f"SELECT Id FROM Campaign WHERE Name = '{CAMPAIGN}'"))[0]
     leads = await query_ids(env, "SELECT Id FROM Lead WHERE Email != null AND IsConverted = "
                                  f"false ORDER BY Id LIMIT {members}")
     if len(leads) < members:
         raise BenchError(f"only {len(leads)} Leads with an email for {members} members")
-    before = await subscribed_so_far(env)
-    limits_before = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
-    log(f"lists: inserting {members} CampaignMembers with one Bulk API 2.0 job")
-    started, job_id = await bulk_insert(env, campaign, leads)
-    committed = asyncio.create_task(job_done(env, job_id, started))
-    deadline = started + 300
-    while (done := await subscribed_so_far(env) - before) < members:
-        if time.monotonic() > deadline or env.service.proc.returncode is not None:
-            raise BenchError(f"only {done} of {members} members reached the list")
-        await asyncio.sleep(POLL_S)
-    elapsed = time.monotonic() - started
-    counts = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
-    ceiling = LIST_RATE_PER_S * LIST_CALL_CAP
-    rate = members / elapsed
-    log(f"lists: {members} subscribed in {elapsed:.2f} s ({rate:.0f}/s, ceiling {ceiling:.0f})")
-    return {
-        "list_members": members,
-        "list_insert_commit_s": round(await committed, 3),
-        "list_seconds": round(elapsed, 3),
-        "list_subscribers_per_s": round(rate, 1),
-        "list_ceiling_per_s": ceiling,
-        "list_burst_ratio": round(rate / ceiling, 3),
-        "list_subscribe_calls": _count(counts, SUBSCRIBE) - _count(limits_before, SUBSCRIBE),
-        "list_subscribe_429s": (_count(counts, SUBSCRIBE, "429")
-                                - _count(limits_before, SUBSCRIBE, "429")),
-    }
+    return {**await live_insert(env, members, leads), **await backlog(env, members, leads)}
 
 
 def _count(counts: dict[str, dict[str, int]], endpoint: str, status: str | None = None) -> int:
@@ -285,40 +352,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNC_")}
         sf = await spawn([PYTHON, "-m", "streamsync.emulators.salesforce", "--port", "0",
                           "--latency-ms", "150", "--seed-accounts", "1", "--seed-contacts", "0",
-                          "--seed-leads", str(args.members * 11 // 10 + 100)], work / "sf.log", base)
+                          "--seed-leads", str(args.members * 11 // 10 + 100)],
+                         work / "sf.log", base)
         it = await spawn([PYTHON, "-m", "streamsync.emulators.iterable", "--port", "0",
                           "--latency-ms", "100"], work / "it.log", base)
-        procs = [sf, it]
+        env: Env | None = None
         try:
             async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=120)) as http:
                 await call(http, "POST", f"{it.info['control_url']}/limits", json={
                     "group": "listSubscribe", "rate_per_s": LIST_RATE_PER_S})
-                await call(http, "POST", f"{sf.info['control_url']}/records/Campaign",
-                           json={"Name": CAMPAIGN, "IsActive": True})
+                for name in (LIVE, BACKLOG):
+                    await call(http, "POST", f"{sf.info['control_url']}/records/Campaign",
+                               json={"Name": name, "IsActive": True})
                 token = (await call(http, "POST", sf.info["token_url"], data=(
                     f"grant_type=client_credentials&client_id={sf.info['client_id']}"
                     f"&client_secret={sf.info['client_secret']}").encode(), headers={
                     "Content-Type": "application/x-www-form-urlencoded"}))["access_token"]
                 port = free_port()
                 write_config(work / "config.toml", sf.info, it.info, port)
-                env_vars = {**base, "STREAMSYNC_SF_CLIENT_SECRET": str(sf.info["client_secret"]),
-                            "STREAMSYNC_ITERABLE_API_KEY": str(it.info["api_key"])}
-                service = await spawn([PYTHON, "-m", "streamsync", "run", "--config",
-                                       str(work / "config.toml")], work / "service.log",
-                                      env_vars, json_line=False)
-                procs.append(service)
-                env = Env(http, sf, it, service, f"http://127.0.0.1:{port}", token,
-                          RssSampler(service.proc.pid))
-                await wait_ready(env)
-                env.rss.start()
+                env = Env(http, sf, it, f"http://127.0.0.1:{port}", token,
+                          [PYTHON, "-m", "streamsync", "run", "--config",
+                           str(work / "config.toml")], work / "service.log",
+                          {**base, "STREAMSYNC_SF_CLIENT_SECRET": str(sf.info["client_secret"]),
+                           "STREAMSYNC_ITERABLE_API_KEY": str(it.info["api_key"])})
+                await env.start_service()
                 result: dict[str, Any] = {}
                 for name in args.phases:
                     result.update(await PHASES[name](env, args))
-                result["peak_rss_mb"] = await env.rss.stop()
+                await env.stop_service()
+                result["peak_rss_mb"] = env.peak_rss_mb
                 return result
         finally:
-            for proc in reversed(procs):
+            if env is not None:
+                await env.stop_service()
+            for proc in (it, sf):
                 await proc.stop()
 
 

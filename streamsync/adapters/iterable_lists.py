@@ -3,6 +3,7 @@ list's members (docs/iterable.md §13)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -81,16 +82,25 @@ class IterableLists:
         email-based projects). 400 invalidListId and other refusals are BatchError."""
         return await self._change("/api/lists/subscribe", SUBSCRIBE, list_id, emails)
 
+    async def subscribe_when_sent(self, list_id: int, emails: Callable[[], list[str]]
+                                  ) -> BulkResult:
+        """`subscribe` of the emails `emails()` gives once the rate limiter granted the slot
+        (runtime/lists/joiner.py fills a call with what arrived while it waited)."""
+        return await self._change("/api/lists/subscribe", SUBSCRIBE, list_id, emails)
+
     async def unsubscribe(self, list_id: int, emails: list[str]) -> BulkResult:
         """POST /api/lists/unsubscribe: these emails leave the list (an unknown user is
         reported as notFound: it is on no list)."""
         return await self._change("/api/lists/unsubscribe", UNSUBSCRIBE, list_id, emails)
 
-    async def _change(self, path: str, endpoint: str, list_id: int, emails: list[str]
-                      ) -> BulkResult:
-        body = orjson.dumps({"listId": list_id,
-                             "subscribers": [{"email": email} for email in emails]})
+    async def _change(self, path: str, endpoint: str, list_id: int,
+                      emails: list[str] | Callable[[], list[str]]) -> BulkResult:
         async with self.limiter.slot():
+            chosen = emails() if callable(emails) else emails
+            if not chosen:  # another call took them while this one waited for its slot
+                return BulkResult(0, 0)
+            body = orjson.dumps({"listId": list_id,
+                                 "subscribers": [{"email": email} for email in chosen]})
             try:
                 resp = await self.client._call("POST", path, endpoint, data=body)
             except RateLimited as exc:

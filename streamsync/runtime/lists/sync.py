@@ -16,6 +16,7 @@ repaired by doing the same work again (subscribe and unsubscribe are idempotent)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from streamsync.logs import get_logger
 from streamsync.models import SfId
 from streamsync.runtime.breaker import Signals
 from streamsync.runtime.flush_read import SALESFORCE
+from streamsync.runtime.lists.joiner import SubscribeJoiner
 from streamsync.runtime.lists.members import MemberReader, Row
 from streamsync.runtime.pipeline import SyncOutcome
 from streamsync.runtime.wakeup import QueueSignal
@@ -38,6 +40,8 @@ from streamsync.runtime.writer import IterableWriter, WriteOutcome
 
 log = get_logger(__name__)
 
+JOIN_PART = 100
+"""Emails per request to the joiner: calls are packed from these parts, so at least 90 % full."""
 UNKNOWN_LIST = "unknown_list"
 """Dead-letter reason of members whose list Iterable no longer knows."""
 
@@ -89,6 +93,8 @@ class ListSync:
         self.writer = writer
         self.max_subscribers = max_subscribers
         self.clock = clock
+        self.joiner = SubscribeJoiner(lists.subscribe_when_sent, max_subscribers,
+                                      lists.limiter.max_in_flight)
 
     async def flush(self, record_ids: Sequence[str], signals: Signals) -> SyncOutcome:
         """The flusher's step for leased CampaignMember ids: re-read them (a failed read is
@@ -214,7 +220,7 @@ class ListSync:
         for row in rows:
             owners[row.email].append(row)
         emails = sorted(owners)
-        failed = await self._send(self.lists.subscribe, list_id, emails, owners, counts)
+        failed = await self._send(self.joiner.subscribe, list_id, emails, owners, counts)
         counts.subscribed += len([e for e in emails if e not in failed])
         await self.store.confirm_list_members([r for r in rows if r.email not in failed])
         refused = [r for r in rows if r.member_id in counts.failed and r.email in failed]
@@ -225,8 +231,14 @@ class ListSync:
                     list_id: int, emails: list[str], owners: Mapping[str, list[ListMember]],
                     counts: ListCounts) -> set[str]:
         """Send `emails` in calls of at most `max_subscribers`; returns the emails that did not
-        succeed, whose members are marked failed (dead) or to retry in `counts`."""
+        succeed, whose members are marked failed (dead) or to retry in `counts`. Subscribes go
+        to the joiner at once in small parts, which it packs into full calls."""
         failed: set[str] = set()
+        if call == self.joiner.subscribe:
+            parts = await asyncio.gather(*(
+                self._send_chunk(call, list_id, chunk, owners, counts)
+                for chunk in _chunks(emails, min(JOIN_PART, self.max_subscribers))))
+            return failed.union(*parts)
         for chunk in _chunks(emails, self.max_subscribers):
             failed |= await self._send_chunk(call, list_id, chunk, owners, counts)
         return failed
@@ -261,8 +273,9 @@ class ListSync:
             return set(emails)
         finally:
             counts.calls += out.requests
+        sent = set(emails)  # a joined reply also names other requests' emails
         refused = {f.key.lower(): f.reason for f in result.failures
-                   if f.kind == "email" and f.reason != "not_found"}
+                   if f.kind == "email" and f.reason != "not_found" and f.key.lower() in sent}
         for email, reason in refused.items():
             for member_id in members([email]):
                 counts.failed[member_id] = (reason, f"list {list_id}: Iterable refused the "
