@@ -273,6 +273,8 @@ class Resyncer:
         for name in self.syncs:
             self.metrics.resync_running.labels(name).set(
                 int(any(s.object_name == name for s in owed)))
+            for kind in ("read", "written", "out_of_scope"):
+                self.metrics.resync_records.labels(name, kind)  # exported from 0
 
 
 async def _wait_any(*events: asyncio.Event) -> None:
