@@ -36,7 +36,8 @@ UV_SYNC := $(UV) sync --locked --extra dev
 # runs the suite on what there is, so a fresh clone with one Python 3.11+ still tests.
 REQUIRE_ALL_PYTHONS ?= $(if $(filter true 1,$(CI)),1,)
 
-.PHONY: install test lint types unit unit-newest pythons demo bench clean promtool chromium lock
+.PHONY: install test lint types unit unit-newest pythons demo bench clean promtool chromium lock \
+	postgres
 
 $(UV_STAMP): requirements/uv.txt
 	@test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
@@ -75,7 +76,7 @@ pythons:
 	if [ -n "$(PYTHON_NEWEST)" ]; then echo "Python $(NEWEST_PYTHON): $(PYTHON_NEWEST) ($(VENV_NEWEST))"; \
 	else $(call missing,$(NEWEST_PYTHON)); fi
 
-unit: install promtool chromium
+unit: install promtool chromium postgres
 	@echo "== pytest on $$($(PY) -V)"
 	$(VENV)/bin/pytest
 
@@ -84,7 +85,7 @@ unit: install promtool chromium
 # keep `make test` under 10 min on a busy 2-core machine; they pass on 3.13 too:
 # `make unit-newest NEWEST_PYTEST_ARGS=` runs them there.
 NEWEST_PYTEST_ARGS ?= -m 'not slow'
-unit-newest: promtool chromium
+unit-newest: promtool chromium postgres
 	@if [ -z "$(PYTHON_NEWEST)" ]; then echo "!!! not run: no Python $(NEWEST_PYTHON)"; exit 0; fi; \
 	set -e; UV_PROJECT_ENVIRONMENT=$(VENV_NEWEST) $(UV_SYNC) -q --python $(PYTHON_NEWEST); \
 	if [ -x $(VENV)/bin/promtool ]; then install -m 0755 $(VENV)/bin/promtool $(VENV_NEWEST)/bin/; fi; \
@@ -105,6 +106,20 @@ promtool: install
 	install -m 0755 "$$tmp/usr/bin/promtool" $(VENV)/bin/promtool && \
 	$(VENV)/bin/promtool --version | head -1
 
+# The PostgreSQL store's tests start their own throwaway server (streamsync/testing/pg_server.py
+# finds initdb, pg_ctl and postgres on PATH or in /usr/lib/postgresql/*/bin, and runs them as an
+# unprivileged user when we are root). On a machine without them, the PostgreSQL build inside the
+# pgserver wheel from PyPI, pinned by hash in requirements/pgserver.txt, is unpacked into .pg/
+# (no system package is installed, nothing is started). PG_FROM=wheel takes that path anyway.
+PG_FOUND = $(PY) -c 'from streamsync.testing.pg_server import find_bindir; print(find_bindir())'
+postgres: install
+	@if [ "$(PG_FROM)" != wheel ] && $(PG_FOUND) >/dev/null 2>&1; then exit 0; fi; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(UV_VENV)/bin/python -m pip download -q --no-deps --only-binary=:all: \
+		--python-version 3.11 --platform manylinux2014_x86_64 \
+		--require-hashes -r requirements/pgserver.txt -d "$$tmp" && \
+	rm -rf .pg && $(PY) -m streamsync.testing.pg_server --unpack "$$tmp"/pgserver-*.whl
+
 # The status page's browser test (tests/runtime/test_status_page_browser.py) drives Debian's
 # chromium over the DevTools protocol. When it is missing and we are root with apt-get (CI), it
 # is installed; otherwise the test fails and says how to get it.
@@ -124,4 +139,4 @@ demo: install
 	$(PY) -m streamsync demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_NEWEST) $(UV_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_NEWEST) $(UV_VENV) .mypy_cache .pytest_cache .ruff_cache .pg

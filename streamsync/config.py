@@ -424,7 +424,8 @@ class EventDeliveryConfig(_Model):
     batch_max_events: int = Field(default=1000, ge=1, le=8000)
     rate_limit_per_s: float = Field(default=10.0, gt=0, le=1000)
     max_in_flight: int = Field(default=2, ge=1, le=16)
-    batch_ids: int = Field(default=10_000, ge=1, le=50_000)  # candidates decided per lease
+    batch_ids: int = Field(default=2000, ge=1, le=50_000)
+    linger_ms: int = Field(default=50, ge=0, le=60_000)
     max_attempts: int = Field(default=20, ge=1, le=1000)
 
 
@@ -442,6 +443,45 @@ class QueueConfig(_Model):
         if self.backoff_max_s < self.backoff_base_s:
             raise ValueError("backoff_max_s must not be below backoff_base_s")
         return self
+
+
+_STORE_SCHEMES = ("postgresql", "postgres")
+
+
+def check_store_url(value: str) -> str:
+    """A PostgreSQL URL without a password (that comes from STREAMSYNC_STORE_PASSWORD)."""
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ValueError("must be a postgresql://user@host:port/database URL") from None
+    if parts.scheme not in _STORE_SCHEMES:
+        raise ValueError(f"must be a postgresql://user@host:port/database URL, not a "
+                         f"{parts.scheme or 'schemeless'} one")
+    if parts.password is not None or re.search(r"(^|&)password=", parts.query):
+        raise ValueError("carries a password: secrets are never read from the config file; "
+                         "set STREAMSYNC_STORE_PASSWORD, STREAMSYNC_STORE_PASSWORD_FILE or the "
+                         "credential file $CREDENTIALS_DIRECTORY/store_password")
+    if not parts.path.strip("/"):
+        raise ValueError("must name the database (postgresql://user@host:port/database)")
+    return text
+
+
+class StoreConfig(_Model):
+    """[store]: where the durable state lives. Without `url`, the SQLite file `[queue].path`
+    (one `run` per file); with a PostgreSQL `url`, a database several `run` processes share
+    (docs/design.md §1.6). The password is a secret: STREAMSYNC_STORE_PASSWORD (or libpq's
+    PGPASSWORD), never in the URL."""
+
+    url: str | None = None
+    pool_size: int = Field(default=4, ge=1, le=100)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else check_store_url(v)
 
 
 class FlushConfig(_Model):
@@ -481,9 +521,6 @@ class BackfillConfig(_Model):
     page_size: int = Field(default=2000, ge=200, le=2000)
     api: Literal["rest", "bulk"] = "rest"
     window_field: str = "CreatedDate"
-    # A window is leased to the process working on it for this long, renewed every third of
-    # it; a process that died loses its windows to the others after it (docs/design.md §10.2).
-    lease_s: float = Field(default=30.0, ge=2.0, le=600.0)
 
     @field_validator("window_field")
     @classmethod
@@ -658,12 +695,14 @@ class Secrets:
     sf_password: SecretStr | None = None
     iterable_api_key: SecretStr | None = None
     iterable_webhook_secret: SecretStr | None = None
+    store_password: SecretStr | None = None
 
     def values(self) -> list[str]:
         """Every secret value present (for the log redactor)."""
         out = []
         for s in (self.sf_client_secret, self.sf_private_key, self.sf_refresh_token,
-                  self.sf_password, self.iterable_api_key, self.iterable_webhook_secret):
+                  self.sf_password, self.iterable_api_key, self.iterable_webhook_secret,
+                  self.store_password):
             if s is not None:
                 out.append(s.get_secret_value())
         return out
@@ -677,6 +716,7 @@ SECRET_SOURCES: Final[dict[str, tuple[str, str]]] = {
     "sf_password": ("STREAMSYNC_SF_PASSWORD", "sf_password"),
     "iterable_api_key": ("STREAMSYNC_ITERABLE_API_KEY", "iterable_api_key"),
     "iterable_webhook_secret": ("STREAMSYNC_ITERABLE_WEBHOOK_SECRET", "iterable_webhook_secret"),
+    "store_password": ("STREAMSYNC_STORE_PASSWORD", "store_password"),
 }
 MIN_WEBHOOK_SECRET = 16
 _NEEDED: Final[dict[str, tuple[str, ...]]] = {
@@ -737,6 +777,7 @@ class Config(_Model):
     workers: WorkersConfig = WorkersConfig()
     events: list[EventRule] = Field(default_factory=list)
     event_delivery: EventDeliveryConfig = EventDeliveryConfig()
+    store: StoreConfig = StoreConfig()
     secrets: Secrets = Field(default_factory=Secrets, exclude=True, repr=False)
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
 
@@ -1000,6 +1041,8 @@ def load_secrets(env: Mapping[str, str]) -> tuple[Secrets, list[str]]:
         except ConfigError as exc:
             problems.append(str(exc))
         values[name] = value
+    if values["store_password"] is None and env.get("PGPASSWORD"):
+        values["store_password"] = SecretStr(env["PGPASSWORD"])  # libpq's own variable
     key = values["sf_private_key"]
     if key is not None and "-----BEGIN" not in key.get_secret_value():
         problems.append("STREAMSYNC_SF_PRIVATE_KEY: the private key is not in PEM format "

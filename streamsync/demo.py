@@ -3,13 +3,12 @@
 1. Starts the Salesforce and Iterable emulators with seeded data and realistic latency.
 2. Backfills every Lead and Contact into Iterable, with a progress bar.
 3. Runs the real-time service while a workload makes live changes in Salesforce (creates,
-   updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email,
-   people joining and leaving the Campaign "Demo webinar", whose Iterable list fills live),
+   updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email),
    showing queue depth, commit-to-Iterable latency, records synced and dead letters; the
    status page's address is printed, and the page is live while the service runs.
 4. Waits for the queue to drain and checks that every Iterable profile matches its Salesforce
-   record (`core/verify.py`) and the list its Campaign's members (`core/verify_lists.py`).
-   `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it does.
+   record (`core/verify.py`). `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it
+   does.
 """
 
 from __future__ import annotations
@@ -28,24 +27,16 @@ from streamsync.config import Config, parse_config
 from streamsync.core.verify import VerifyReport, compare
 from streamsync.core.verify_consent import ConsentReport
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
-from streamsync.emulators.iterable.api_lists import members as list_members
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.runtime.app import Service, open_components
 from streamsync.runtime.backfill import Backfill, BackfillOptions
-from streamsync.runtime.final_state import (
-    read_consent,
-    read_lists,
-    read_salesforce,
-    verify_policies,
-)
+from streamsync.runtime.final_state import read_consent, read_salesforce, verify_policies
 
 SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000}
 SMALL_SEED: dict[str, Any] = {"seed_accounts": 50, "seed_contacts": 300, "seed_leads": 600}
 SYNCED_OBJECTS = ("Lead", "Contact")
 MARKETING_EMAIL = 39581  # the Iterable emulator's seeded Marketing Email channel
 CONSENT = {"consent": {"unsubscribe_channel_ids": [MARKETING_EMAIL]}}
-DEMO_CAMPAIGN = "Demo webinar"  # its members fill an Iterable list of the same name ([lists])
-LISTS = {"campaigns": [{"campaign_name": DEMO_CAMPAIGN, "create_missing": True}]}
 
 
 def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> Config:
@@ -58,7 +49,6 @@ def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> 
         "flush": {"linger_ms": 50},
         "health": {"host": "127.0.0.1", "port": 0},
         "objects": {"Lead": CONSENT, "Contact": CONSENT, "Account": {}},
-        "lists": LISTS,
     }
     env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
            "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
@@ -97,7 +87,6 @@ class Workload:
             15: self.change_email, 19: self.convert_lead, 23: self.opt_out, 27: self.opt_out,
             31: self.opt_in,
         }
-        self.campaign_member(n)
         if n in scripted:
             scripted[n]()
         elif n % 3 == 0:
@@ -112,22 +101,6 @@ class Workload:
                                                     if sobject == "Lead" else ""))
             state.update(sobject, record_id, {"FirstName": f"Renamed{n}"})
             self._note("update", self._email(sobject, record_id))
-
-    def campaign_member(self, n: int) -> None:
-        """Someone registers for the webinar (every fifth step someone cancels instead)."""
-        campaign = self.sf.select_ids("Campaign", f"Name = '{DEMO_CAMPAIGN}'")[0]
-        members = self.sf.select_ids("CampaignMember", f"CampaignId = '{campaign}'")
-        if n % 5 == 0 and members:
-            self.sf.state.delete("CampaignMember", self.rng.choice(members))
-            self._note("campaign_member_removed")
-            return
-        sobject = self.rng.choice(SYNCED_OBJECTS)
-        field = "LeadId" if sobject == "Lead" else "ContactId"
-        person = self._pick(sobject, "IsDeleted = false AND Email != null" + (
-            " AND IsConverted = false" if sobject == "Lead" else ""))
-        with contextlib.suppress(Exception):  # already registered: Salesforce refuses it
-            self.sf.state.create("CampaignMember", {"CampaignId": campaign, field: person})
-            self._note("campaign_member_added")
 
     def rename_account(self) -> None:
         account_id = self._pick("Contact", "IsDeleted = false AND AccountId != null")
@@ -224,17 +197,13 @@ def page_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def _status_line(service: Service, it: IterableEmulator) -> str:
+def _status_line(service: Service) -> str:
     m = service.metrics
     synced = sum(s.value for metric in m.records_synced.collect() for s in metric.samples
                  if s.name.endswith("_total"))
     dead = sum(s.value for metric in m.dead_letters.collect() for s in metric.samples)
     depth = service.queue_depth
-    lists = [lst for lst in it.messaging_for(it.project).catalog.lists.values()
-             if lst.name == DEMO_CAMPAIGN]
-    on_list = len(list_members(it.project, lists[0].id)) if lists else 0
-    return (f"queue={depth:.0f}  synced={synced:.0f}  dead_letters={dead:.0f}  "
-            f"list '{DEMO_CAMPAIGN}'={on_list}")
+    return f"queue={depth:.0f}  synced={synced:.0f}  dead_letters={dead:.0f}"
 
 
 async def run_demo(duration_s: float, keep_running: bool, small: bool, out: TextIO) -> bool:
@@ -244,7 +213,6 @@ async def run_demo(duration_s: float, keep_running: bool, small: bool, out: Text
     it = IterableEmulator(IterableEmulatorConfig(project_type="email", latency_ms=20.0))
     await sf.start("127.0.0.1", 0)
     await it.start("127.0.0.1", 0)
-    sf.state.create("Campaign", {"Name": DEMO_CAMPAIGN, "IsActive": True})
     print(f"Salesforce emulator: {sf.instance_url}   Iterable emulator: {it.base_url}", file=out)
     with tempfile.TemporaryDirectory(prefix="streamsync-demo-") as tmp:
         config = demo_config(sf, it, Path(tmp))
@@ -286,20 +254,16 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
     print("\n== 3. Verification", file=out)
     report = await verify(config, it)
     consent = await verify_consent(config, it)
-    async with open_components(config) as parts:
-        lists = await read_lists(config, parts)
     figures = {**latency_figures(workload, it), "changes": workload.changes,
-               "kinds": workload.kinds, **report.summary(), **consent.summary(),
-               **lists.summary()}
+               "kinds": workload.kinds, **report.summary(), **consent.summary()}
     for key, value in figures.items():
         print(f"   {key}: {value}", file=out)
     for mismatch in [*report.mismatches[:10], *consent.mismatches[:10]]:
         print(f"   MISMATCH {mismatch.object_name} {mismatch.record_id} {mismatch.key}: "
               f"{mismatch.problem} {mismatch.fields}", file=out)
-    ok = report.ok and consent.ok and lists.ok
-    print("\nEvery Iterable profile matches Salesforce, no opted-out record is still "
-          f"subscribed, and the list '{DEMO_CAMPAIGN}' holds exactly its Campaign's members."
-          if ok
+    ok = report.ok and consent.ok
+    print("\nEvery Iterable profile matches Salesforce, and no opted-out record is still "
+          "subscribed." if ok
           else "\nVerification FAILED.", file=out)
     return ok
 
@@ -325,17 +289,16 @@ async def _live_changes(service: Service, task: asyncio.Task[int], workload: Wor
             live = (f"  latency p50={lat['latency_p50_s']:.2f}s p99={lat['latency_p99_s']:.2f}s"
                     if lat.get("latency_samples") else "")
             print(f"   t={time.monotonic() - started:4.0f}s  changes={workload.changes}  "
-                  f"{_status_line(service, it)}{live}", file=out)
+                  f"{_status_line(service)}{live}", file=out)
             next_status += 2.0
-    await _drain(service, it, out)
+    await _drain(service, out)
 
 
-async def _drain(service: Service, it: IterableEmulator, out: TextIO,
-                 timeout_s: float = 60.0) -> None:
+async def _drain(service: Service, out: TextIO, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     await asyncio.sleep(1.0)
     while time.monotonic() < deadline:
         if service.queue_depth == 0:
             break
         await asyncio.sleep(0.25)
-    print(f"   drained: {_status_line(service, it)}", file=out)
+    print(f"   drained: {_status_line(service)}", file=out)

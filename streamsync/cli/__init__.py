@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from streamsync.cli import backfill, check_config, demo, dlq, plan, replay, run, status
+from streamsync.cli import backfill, check_config, demo, dlq, plan, replay, run, status, store
 from streamsync.cli.exit_codes import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -20,7 +20,7 @@ from streamsync.cli.options import add_global_options, setup_command_logging
 from streamsync.cli.output import err
 from streamsync.errors import ConfigError, StreamsyncError, UsageError
 
-COMMANDS = (run, plan, backfill, replay, status, dlq, check_config, demo)
+COMMANDS = (run, plan, backfill, replay, status, dlq, store, check_config, demo)
 """The command modules, in --help order; each has `add_parser(subparsers)`."""
 
 

@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import StoreAPI
 from streamsync.cli.exit_codes import EXIT_OK
 from streamsync.cli.options import Subparsers, add_command, add_global_options, load, positive_int
 from streamsync.cli.output import json_text, out, table
 from streamsync.errors import UsageError
 from streamsync.runtime.status import KNOWN_DEAD_LETTER_REASONS, dead_letter_dict
+from streamsync.runtime.store_open import open_store
 
 
 def add_parser(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
@@ -46,12 +47,12 @@ def add_parser(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load(args, require_secrets=False)
-    act: Callable[[argparse.Namespace, Store], Coroutine[Any, Any, int]] = {
+    act: Callable[[argparse.Namespace, StoreAPI], Coroutine[Any, Any, int]] = {
         "list": _list, "retry": _retry, "purge": _purge,
     }[args.dlq_command]
 
     async def go() -> int:
-        store = await Store.open(config.queue.path, create=False)
+        store = await open_store(config, create=False)
         try:
             if args.reason is not None:
                 await _check_reason(args.dlq_command, args.reason, store)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-async def _check_reason(action: str, reason: str, store: Store) -> None:
+async def _check_reason(action: str, reason: str, store: StoreAPI) -> None:
     """A reason streamsync never writes and no dead letter has is a typo: name the known ones."""
     present = await store.dead_letter_counts()
     if reason in present or reason in KNOWN_DEAD_LETTER_REASONS:
@@ -72,7 +73,7 @@ async def _check_reason(action: str, reason: str, store: Store) -> None:
                      f"{', '.join(sorted(KNOWN_DEAD_LETTER_REASONS))}; present now: {now}")
 
 
-async def _list(args: argparse.Namespace, store: Store) -> int:
+async def _list(args: argparse.Namespace, store: StoreAPI) -> int:
     rows = [dead_letter_dict(dl) for dl in await store.dead_letters(args.reason, args.limit)]
     counts = await store.dead_letter_counts()
     total = counts.get(args.reason, 0) if args.reason is not None else sum(counts.values())
@@ -101,14 +102,14 @@ def _selection(reason: str | None) -> str:
     return "dead letter(s)" + (f" with reason {reason!r}" if reason is not None else "")
 
 
-async def _retry(args: argparse.Namespace, store: Store) -> int:
+async def _retry(args: argparse.Namespace, store: StoreAPI) -> int:
     moved = await store.retry_dead_letters(args.reason, time.time())
     out(f"re-queued {moved} {_selection(args.reason)}; the service syncs them from the "
         "current Salesforce data\n")
     return EXIT_OK
 
 
-async def _purge(args: argparse.Namespace, store: Store) -> int:
+async def _purge(args: argparse.Namespace, store: StoreAPI) -> int:
     counts = await store.dead_letter_counts()
     count = counts.get(args.reason, 0) if args.reason is not None else sum(counts.values())
     if count == 0:

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
-from streamsync.adapters.store import Store
 from streamsync.cli.exit_codes import EXIT_OK
 from streamsync.cli.options import Subparsers, add_command, load
 from streamsync.cli.output import out
@@ -20,6 +19,7 @@ from streamsync.errors import UsageError
 from streamsync.retry import Policy
 from streamsync.runtime.clients import build_salesforce_client, salesforce_session
 from streamsync.runtime.status import iso
+from streamsync.runtime.store_open import open_store
 
 REPLAY_EARLIEST: Final = -2
 REPLAY_NEW: Final = -1
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _replay_id(config: Config, channel: str, replay_id: int) -> int:
-    store = await Store.open(config.queue.path, create=True)
+    store = await open_store(config, create=True)
     try:
         before = await store.get_replay(channel)
         await store.set_replay(channel, replay_id, time.time())
@@ -107,7 +107,7 @@ async def _replay_since(config: Config, channel: str, objects: Sequence[str],
     from streamsync.runtime.metrics import Metrics
     from streamsync.runtime.reconcile import Reconciler
 
-    store = await Store.open(config.queue.path, create=True)
+    store = await open_store(config, create=True)
     try:
         async with salesforce_session(config) as session:
             salesforce = build_salesforce_client(

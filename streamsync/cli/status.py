@@ -8,12 +8,12 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from streamsync.adapters.store import Store
 from streamsync.cli.durations import duration
 from streamsync.cli.exit_codes import EXIT_OK
 from streamsync.cli.options import Subparsers, add_command, load, positive_int
 from streamsync.cli.output import json_text, out, table
 from streamsync.runtime.status import read_status
+from streamsync.runtime.store_open import open_store
 
 MAX_WINDOWS_SHOWN: Final = 10
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     config = load(args, require_secrets=False)
 
     async def go() -> int:
-        store = await Store.open(config.queue.path, create=False)
+        store = await open_store(config, create=False)
         try:
             data = await read_status(store, config, time.time(), errors=args.errors)
         finally:

@@ -23,8 +23,7 @@ import aiohttp
 from streamsync.adapters.cometd import CometdSubscriber
 from streamsync.adapters.iterable import API as ITERABLE_API
 from streamsync.adapters.iterable import BULK_UPDATE
-from streamsync.adapters.store import Store
-from streamsync.adapters.store.owner import StoreOwnership, lost_store_holder
+from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config
 from streamsync.errors import (
     ConfigError,
@@ -51,6 +50,7 @@ from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.reconcile import Reconciler
 from streamsync.runtime.reload import Reloader, open_resync_and_reload, request_reload
 from streamsync.runtime.statuspage.data import PageData
+from streamsync.runtime.store_open import hold_store, open_store
 from streamsync.runtime.subscriptions import Subscriptions
 from streamsync.runtime.supervise import report_failure, supervise
 from streamsync.runtime.wakeup import QueueSignal
@@ -125,20 +125,10 @@ class Service:
             self.last_write_ok = status == "200"
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Run until `stop` is set; return the process exit code. Holds the store for the
-        whole run: a second `run` on it raises StoreBusy naming this one."""
-        path = self.config.queue.path
-        previous = lost_store_holder(path)
-        ownership = StoreOwnership.acquire(path, now=self.clock())
-        if previous is not None:
-            log.error("store.missing", path=path, last_run=previous.describe(),
-                      detail="a run used this store before, and it is gone: its queue, replay "
-                             "ids and dead letters are lost; a new store starts from the "
-                             "oldest retained change events (see `streamsync status`)")
-        try:
+        """Run until `stop` is set; return the exit code. Holds a SQLite store for the whole run
+        (a second `run` raises StoreBusy naming this one); several join a PostgreSQL store."""
+        with hold_store(self.config, now=self.clock()):
             return await self._run_owned(stop)
-        finally:
-            ownership.release()
 
     async def _run_owned(self, stop: asyncio.Event) -> int:
         health = await self._start_health()
@@ -148,7 +138,8 @@ class Service:
                                        stop=stop) as parts:
                 opened = True
                 self.page.attach(parts.store, parts.limiter)
-                reclaimed = await parts.store.expire_leases(self.clock())
+                reclaimed = 0 if parts.store.shared else await parts.store.expire_leases(
+                    self.clock())  # a SQLite store's only owner: leases left are a dead run's
                 if reclaimed:
                     log.warning("store.leases_reclaimed", records=reclaimed,
                                 detail="leased by a run that ended without settling them")
@@ -168,7 +159,7 @@ class Service:
             if opened:
                 raise
             # Refused while describing the objects at start-up (login, permissions).
-            store = await Store.open(self.config.queue.path)
+            store = await open_store(self.config)
             try:
                 await report_failure(store, "startup", exc, self.clock)
             finally:
@@ -263,7 +254,7 @@ class Service:
             await ingest_http.close()
 
     async def _supervise(self, work: list[asyncio.Task[None]], stop: asyncio.Event,
-                         store: Store) -> int:
+                         store: StoreAPI) -> int:
         """runtime/supervise.py `supervise`, with this service's notifier and deadline."""
         return await supervise(work, stop, store, notifier=self.notifier,
                                shutdown_s=self.shutdown_s, clock=self.clock)
@@ -303,13 +294,13 @@ class Service:
             await asyncio.sleep(self.metrics_refresh_s)
 
 
-    def _check_store_file(self, store: Store) -> None:
+    def _check_store_file(self, store: StoreAPI) -> None:
         """A store file deleted or replaced under the service: not ready, and said once."""
         problem = store.file_problem()
         if problem is not None and self.store_problem is None:
-            log.error("store.file_lost", path=str(store.path), error=problem)
+            log.error("store.file_lost", path=store.location, error=problem)
         elif problem is None and self.store_problem is not None:
-            log.info("store.file_back", path=str(store.path))
+            log.info("store.file_back", path=store.location)
         self.store_problem = problem
 
 

@@ -19,7 +19,7 @@ from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.salesforce_auth import SalesforceAuth
 from streamsync.adapters.shared_ratelimit import SharedRateLimiter
-from streamsync.adapters.store import DrawerKind, Store
+from streamsync.adapters.store import DrawerKind, StoreAPI
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping
 from streamsync.runtime.clients import (
@@ -35,6 +35,7 @@ from streamsync.runtime.event_rules import CompiledRule, compile_rules
 from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
+from streamsync.runtime.store_open import open_store
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Components:
     """Every live client the sync needs, built once from the config."""
 
     config: Config
-    store: Store
+    store: StoreAPI
     metrics: Metrics
     counter: UsageCounter
     salesforce_http: aiohttp.ClientSession
@@ -94,7 +95,7 @@ async def open_components(
     counter = UsageCounter()
     counter.subscribe(_count_calls(metrics))
     it_conf = config.iterable
-    store = await Store.open(config.queue.path)
+    store = await open_store(config)
     sf_http = salesforce_session(config)
     it_http = iterable_session(config)
     limiter: SharedRateLimiter | None = None

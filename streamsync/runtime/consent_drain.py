@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamsync.adapters.salesforce import MAX_COLLECTION, SalesforceClient, SaveResult
-from streamsync.adapters.store import ConsentRow, Store
+from streamsync.adapters.store import ConsentRow, StoreAPI
 from streamsync.core.consent import ITERABLE, SALESFORCE, ConsentState, opted_out, stamp_ms
 from streamsync.core.consent_inbound import WRITE, Decision, InboundEvent, decide, inbound_step
 from streamsync.errors import RetriableError, describe_error
@@ -70,7 +70,7 @@ def _stored(row: ConsentRow | None) -> ConsentState | None:
 class ConsentDrain:
     """Applies the inbox to Salesforce; `wake()` after events are stored."""
 
-    def __init__(self, *, targets: Sequence[Target], store: Store, salesforce: SalesforceClient,
+    def __init__(self, *, targets: Sequence[Target], store: StoreAPI, salesforce: SalesforceClient,
                  clock: Callable[[], float] = time.time, apply_subscribes: bool = True,
                  retain_s: float = 7 * 86_400.0, policy: Policy = SALESFORCE_CALLS) -> None:
         self.targets = list(targets)

@@ -17,7 +17,7 @@ from typing import Any
 
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config
 from streamsync.core.consent_inbound import ConsentGroups, Decision
 from streamsync.core.ids import id_or_none
@@ -88,7 +88,7 @@ async def _read(salesforce: SalesforceClient, soqls: Sequence[str]) -> list[dict
     return [r for page in pages for r in page]
 
 
-async def find_records(salesforce: SalesforceClient, store: Store, target: Target,
+async def find_records(salesforce: SalesforceClient, store: StoreAPI, target: Target,
                        decisions: Mapping[str, Decision]) -> Matches:
     """The live, unconverted records of `target` each decided user maps to."""
     emails = sorted({d.event.email for d in decisions.values() if d.event.email})

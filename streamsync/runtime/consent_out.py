@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.store import ConsentRow, Store
+from streamsync.adapters.store import ConsentRow, StoreAPI
 from streamsync.config import Config
 from streamsync.core.consent import (
     ITERABLE,
@@ -50,7 +50,7 @@ def _row(object_name: str, record_id: str, state: ConsentState) -> ConsentRow:
 class ConsentSync:
     """Applies the Salesforce side of consent for one object's records after their write."""
 
-    def __init__(self, *, config: Config, store: Store, iterable: IterableClient,
+    def __init__(self, *, config: Config, store: StoreAPI, iterable: IterableClient,
                  writer: IterableWriter, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.iterable_export import export_lines
-from streamsync.adapters.store import ConsentEventRow, Store
+from streamsync.adapters.store import ConsentEventRow, StoreAPI
 from streamsync.config import ConsentPollConfig
 from streamsync.core.consent_inbound import CONSENT_EVENTS, export_time, parse_export_line
 from streamsync.errors import MalformedConsentEvent, RetriableError, describe_error
@@ -42,7 +42,7 @@ class PollResult:
 class ExportPoller:
     """Reads the export windows; `on_stored` is called when a poll stored new events."""
 
-    def __init__(self, conf: ConsentPollConfig, store: Store, iterable: IterableClient, *,
+    def __init__(self, conf: ConsentPollConfig, store: StoreAPI, iterable: IterableClient, *,
                  clock: Callable[[], float], on_stored: Callable[[], None] = lambda: None
                  ) -> None:
         self.conf = conf

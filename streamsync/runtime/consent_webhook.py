@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import StoreAPI
 from streamsync.config import ConsentWebhookConfig
 from streamsync.core.consent_inbound import InboundEvent, parse_webhook
 from streamsync.errors import MalformedConsentEvent, StreamsyncError, describe_error
@@ -38,7 +38,7 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 class ConsentWebhook:
     """The aiohttp server; `on_stored` is called after each newly committed event."""
 
-    def __init__(self, conf: ConsentWebhookConfig, secret: Callable[[], str], store: Store, *,
+    def __init__(self, conf: ConsentWebhookConfig, secret: Callable[[], str], store: StoreAPI, *,
                  clock: Callable[[], float], on_stored: Callable[[], None] = lambda: None
                  ) -> None:
         self.conf = conf

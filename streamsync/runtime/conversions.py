@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import IdentityHandover, Store
+from streamsync.adapters.store import IdentityHandover, StoreAPI
 from streamsync.config import Config
 from streamsync.core.ids import id_or_none, parse_id, row_id
 from streamsync.core.soql import select_children
@@ -43,7 +43,7 @@ def adopts_converted_leads(config: Config) -> bool:
 class ConvertedLeads:
     """Before Contacts are synced: the identity of the Lead each one was converted from."""
 
-    def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
+    def __init__(self, *, config: Config, store: StoreAPI, salesforce: SalesforceClient,
                  clock: Callable[[], float] = time.time) -> None:
         self.enabled = adopts_converted_leads(config)
         self.store = store

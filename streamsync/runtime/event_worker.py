@@ -13,7 +13,7 @@ from typing import Protocol
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config
 from streamsync.errors import RetriableError, describe_error
 from streamsync.logs import get_logger
@@ -42,7 +42,7 @@ class EventStats:
 class EventWorker:
     """Runs the event rules of a service: decide new candidates, send ready events."""
 
-    def __init__(self, *, config: Config, rules: Sequence[CompiledRule], store: Store,
+    def __init__(self, *, config: Config, rules: Sequence[CompiledRule], store: StoreAPI,
                  salesforce: SalesforceClient, iterable: IterableClient,
                  signal: QueueSignal | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -70,7 +70,6 @@ class EventWorker:
                                                 self._clock())
         if not leased:
             return 0
-        began = time.monotonic()
         try:
             out = await self.decider.decide(leased)
         except BaseException:
@@ -84,14 +83,11 @@ class EventWorker:
         self.stats.dead += len(out.dead)
         if out.ready:
             self._sent_signal.notify(len(out.ready))
-        log.info("events.decided", candidates=len(leased), fired=len(out.ready),
-                 dead=len(out.dead), took_s=round(time.monotonic() - began, 3))
         return len(leased)
 
     async def send_once(self) -> int:
         """Send one lease of ready events; how many rows it took."""
-        # About a second of sends per lease: the limiter spaces them, max_in_flight overlap.
-        limit = self._conf.batch_max_events * max(1, int(self._conf.rate_limit_per_s))
+        limit = self._conf.batch_max_events * self._conf.max_in_flight
         leased = await self._store.lease_events("ready", limit, self._lease_s, self._clock())
         if not leased:
             return 0

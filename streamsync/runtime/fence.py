@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from streamsync.adapters.store import ChannelAnchor, QueueInput, Store
+from streamsync.adapters.store import ChannelAnchor, QueueInput, StoreAPI
 from streamsync.errors import LeadershipLost
 from streamsync.models import EventCandidate
 
@@ -21,7 +21,7 @@ def token_of(fence: Fence, channel: str) -> int:
     return token
 
 
-async def record_event(store: Store, fence: Fence | None, channel: str,
+async def record_event(store: StoreAPI, fence: Fence | None, channel: str,
                        replay_id: str | int | None, items: Sequence[QueueInput],
                        commit_ts_ms: int | None, now: float,
                        events: Sequence[EventCandidate] = ()) -> None:
@@ -34,7 +34,7 @@ async def record_event(store: Store, fence: Fence | None, channel: str,
                                         commit_ts_ms, now, events)
 
 
-async def set_channel_anchor(store: Store, fence: Fence | None, channel: str,
+async def set_channel_anchor(store: StoreAPI, fence: Fence | None, channel: str,
                              anchor: ChannelAnchor, now: float) -> None:
     """`Store.set_channel_anchor`, fenced by the channel's token under leadership."""
     if fence is None:
@@ -43,7 +43,7 @@ async def set_channel_anchor(store: Store, fence: Fence | None, channel: str,
         await store.fenced_set_channel_anchor(channel, token_of(fence, channel), anchor, now)
 
 
-async def forget_replay(store: Store, fence: Fence | None, channel: str, now: float) -> None:
+async def forget_replay(store: StoreAPI, fence: Fence | None, channel: str, now: float) -> None:
     """Clear the channel's stored replay id, fenced by its token under leadership."""
     if fence is None:
         await store.set_replay(channel, None, now)

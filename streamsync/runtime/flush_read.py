@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import QueueInput, Store
+from streamsync.adapters.store import QueueInput, StoreAPI
 from streamsync.config import ObjectConfig
 from streamsync.core.ids import parse_id
 from streamsync.core.mapping import CompiledMapping
@@ -76,7 +76,7 @@ async def _query_ids(salesforce: SalesforceClient, object_name: str, fields: Seq
     return rows
 
 
-async def fan_out(*, salesforce: SalesforceClient, store: Store, signal: QueueSignal,
+async def fan_out(*, salesforce: SalesforceClient, store: StoreAPI, signal: QueueSignal,
                   clock: Callable[[], float], obj: ObjectConfig, parent_ids: Sequence[str],
                   page: int) -> int:
     """Enqueue every child of these parents, `page` per keyset page; returns how many."""

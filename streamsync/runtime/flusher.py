@@ -14,7 +14,7 @@ from streamsync.adapters.store import (
     Backoff,
     Failure,
     Lease,
-    Store,
+    StoreAPI,
 )
 from streamsync.config import CAMPAIGN_MEMBER, Config
 from streamsync.core.ids import id_or_none
@@ -109,7 +109,7 @@ class Flusher:
     again, and when an answer closes the breaker every record waiting is due at once.
     """
 
-    def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
+    def __init__(self, *, config: Config, store: StoreAPI, salesforce: SalesforceClient,
                  pipeline: SyncPipeline, metrics: Metrics, owner: str,
                  clock: Callable[[], float] = time.time, backoff: Backoff | None = None,
                  shutdown_grace_s: float = 10.0, fanout_page: int = FANOUT_PAGE,

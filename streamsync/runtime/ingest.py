@@ -18,7 +18,7 @@ from streamsync.adapters.store import (
     IdentityHandover,
     PendingReconcile,
     QueueInput,
-    Store,
+    StoreAPI,
 )
 from streamsync.config import Config
 from streamsync.core.event_rules import RuleTrigger, rule_triggers
@@ -72,7 +72,7 @@ class ReplayCallbacks:
     then pass `callbacks=cb` to `Ingest`, which binds itself.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreAPI) -> None:
         self._store = store
         self.ingest: Ingest | None = None
 
@@ -107,7 +107,7 @@ class Ingest:
         self,
         *,
         config: Config,
-        store: Store,
+        store: StoreAPI,
         subscriber: CometdSubscriber,
         reconciler: Reconciler,
         metrics: Metrics,

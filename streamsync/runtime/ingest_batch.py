@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from streamsync.adapters.store import QueueInput, Store
+from streamsync.adapters.store import QueueInput, StoreAPI
 from streamsync.models import EventCandidate
 from streamsync.runtime.fence import Fence, record_event
 from streamsync.runtime.wakeup import QueueSignal
@@ -33,7 +33,7 @@ class EventBatch:
     (the last replay id, all their ids, the earliest commit time: a reconciliation from it
     overlaps, never misses); `commit` stores what is left and runs the `after` callbacks."""
 
-    def __init__(self, store: Store, fence: Fence | None, signal: QueueSignal) -> None:
+    def __init__(self, store: StoreAPI, fence: Fence | None, signal: QueueSignal) -> None:
         self._store = store
         self._fence = fence
         self._signal = signal

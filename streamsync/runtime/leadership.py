@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from streamsync.adapters.store import Store, WorkerInfo
+from streamsync.adapters.store import StoreAPI, WorkerInfo
 from streamsync.config import WorkersConfig
 from streamsync.errors import RetriableError, StreamsyncError, describe_error
 from streamsync.logs import get_logger
@@ -52,7 +52,7 @@ class Leadership:
     expires.
     """
 
-    def __init__(self, *, store: Store, channels: Sequence[str], config: WorkersConfig,
+    def __init__(self, *, store: StoreAPI, channels: Sequence[str], config: WorkersConfig,
                  exclusive: bool, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, worker_id: str | None = None) -> None:
         self._store = store

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamsync.adapters.store import AppliedMapping, ResyncState, Store
+from streamsync.adapters.store import AppliedMapping, ResyncState, StoreAPI
 from streamsync.config import Config, ObjectConfig
 from streamsync.core.fingerprint import MappingDiff, describe_mapping, diff, fingerprint
 from streamsync.core.mapping import CompiledMapping
@@ -70,7 +70,7 @@ def needs_out_of_scope_pass(change: MappingDiff, out_of_scope: str) -> bool:
     return change.filter_changed or "policies" in change.settings or change.first
 
 
-async def schedule_resyncs(store: Store, syncs: Mapping[str, ObjectSync], now: float
+async def schedule_resyncs(store: StoreAPI, syncs: Mapping[str, ObjectSync], now: float
                            ) -> dict[str, ResyncState]:
     """Compare each object with the store; owe a re-sync of each that changed (resume one
     already owed towards the same fingerprint). A store with nothing applied yet (a first
@@ -99,7 +99,7 @@ async def schedule_resyncs(store: Store, syncs: Mapping[str, ObjectSync], now: f
     return out
 
 
-async def _start(store: Store, done: AppliedMapping | None, replaced: ResyncState | None,
+async def _start(store: StoreAPI, done: AppliedMapping | None, replaced: ResyncState | None,
                  sync: ObjectSync, now: float) -> ResyncState:
     change = diff(done.description if done is not None else None, sync.description)
     null_policy = str(sync.description["null_policy"])

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.store import Identity, IdentityUpdate, Store
+from streamsync.adapters.store import Identity, IdentityUpdate, StoreAPI
 from streamsync.config import Config
 from streamsync.core.batching import cut_batches
 from streamsync.core.ids import parse_id, row_id
@@ -62,7 +62,7 @@ class SyncPipeline:
     With precedence `lead`, a Contact whose email a synced Lead holds is not written instead.
     """
 
-    def __init__(self, *, config: Config, store: Store, iterable: IterableClient,
+    def __init__(self, *, config: Config, store: StoreAPI, iterable: IterableClient,
                  metrics: Metrics,
                  mappings: dict[str, CompiledMapping],
                  clock: Callable[[], float] = time.time,

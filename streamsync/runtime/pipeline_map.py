@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from streamsync.adapters.store import Identity, IdentityHandover, Store
+from streamsync.adapters.store import Identity, IdentityHandover, StoreAPI
 from streamsync.config import Config
 from streamsync.core.ids import row_id
 from streamsync.core.mapping import CompiledMapping, payload_hash
@@ -83,7 +83,7 @@ def map_all(config: Config, mapping: CompiledMapping, object_name: str,
     return [user for _, user in winners.values()]
 
 
-async def hand_over_to_contacts(config: Config, store: Store, clock: Callable[[], float],
+async def hand_over_to_contacts(config: Config, store: StoreAPI, clock: Callable[[], float],
                                 converted: Sequence[tuple[str, str | None]]) -> None:
     """Converted Leads (precedence `contact`): each Lead's identity goes to the Contact it
     became when that Contact holds none (it is enqueued so its next sync writes with it);
@@ -115,7 +115,7 @@ async def hand_over_to_contacts(config: Config, store: Store, clock: Callable[[]
                         "profile is no longer updated")
 
 
-async def yield_to_leads(store: Store, users: list[MappedUser], out: SyncOutcome
+async def yield_to_leads(store: StoreAPI, users: list[MappedUser], out: SyncOutcome
                          ) -> list[MappedUser]:
     """Precedence `lead`: a Contact whose email a synced Lead holds is not written."""
     kept: list[MappedUser] = []

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import QueueInput, Store
+from streamsync.adapters.store import QueueInput, StoreAPI
 from streamsync.config import Config
 from streamsync.core.events import channel_for
 from streamsync.core.ids import row_id
@@ -45,7 +45,7 @@ class Reconciler:
         self,
         *,
         config: Config,
-        store: Store,
+        store: StoreAPI,
         salesforce: SalesforceClient,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from streamsync.adapters.store import PendingReconcile, Store
+from streamsync.adapters.store import PendingReconcile, StoreAPI
 from streamsync.config import Config
 from streamsync.errors import FatalError, describe_error
 from streamsync.logs import get_logger
@@ -38,7 +38,7 @@ class ReconcileScheduler:
         self,
         *,
         config: Config,
-        store: Store,
+        store: StoreAPI,
         reconciler: Reconciler,
         clock: Callable[[], float] = time.time,
         max_concurrent: int = 2,

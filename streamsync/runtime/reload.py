@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config, load_config
 from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, FatalError, RetriableError, StreamsyncError
@@ -120,7 +120,7 @@ class Reloader:
     """Applies config.toml again on request (SIGHUP): checked first, then swapped in between
     two awaits, so no task sees half of it; re-syncs the objects whose description changed."""
 
-    def __init__(self, path: Path, config: Config, *, store: Store,
+    def __init__(self, path: Path, config: Config, *, store: StoreAPI,
                  salesforce: SalesforceClient, pipeline: SyncPipeline, resyncer: Resyncer,
                  holders: Sequence[ConfigHolder], clock: Callable[[], float]) -> None:
         self.path = path

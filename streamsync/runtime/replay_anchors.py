@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from streamsync.adapters.cometd import ALL_RETAINED_EVENTS, NEW_EVENTS, ReplayId
-from streamsync.adapters.store import ChannelAnchor, Store
+from streamsync.adapters.store import ChannelAnchor, StoreAPI
 from streamsync.logs import get_logger
 from streamsync.runtime.fence import Fence, forget_replay, set_channel_anchor
 from streamsync.runtime.reconcile_scheduler import ReconcileScheduler
@@ -19,7 +19,7 @@ class ReplayAnchors:
     """The subscriber's `replay_from` and `on_replay_invalid`: reads and keeps each channel's
     `channel_anchor` and owes reconciliations through the `ReconcileScheduler`."""
 
-    def __init__(self, *, store: Store, scheduler: ReconcileScheduler,
+    def __init__(self, *, store: StoreAPI, scheduler: ReconcileScheduler,
                  clock: Callable[[], float] = time.time,
                  fence: Fence | None = None) -> None:
         self._store = store

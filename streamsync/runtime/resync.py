@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import QueueInput, ResyncState, Store
+from streamsync.adapters.store import QueueInput, ResyncState, StoreAPI
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.fingerprint import diff
@@ -59,7 +59,7 @@ class Superseded(Exception):
 class Resyncer:
     """Runs the re-syncs the store owes, one object at a time, until stopped."""
 
-    def __init__(self, *, config: Config, store: Store, salesforce: SalesforceClient,
+    def __init__(self, *, config: Config, store: StoreAPI, salesforce: SalesforceClient,
                  pipeline: SyncPipeline, mappings: Mapping[str, CompiledMapping],
                  syncs: Mapping[str, ObjectSync], metrics: Metrics,
                  clock: Callable[[], float] = time.time, page_size: int = PAGE_SIZE) -> None:
@@ -273,8 +273,6 @@ class Resyncer:
         for name in self.syncs:
             self.metrics.resync_running.labels(name).set(
                 int(any(s.object_name == name for s in owed)))
-            for kind in ("read", "written", "out_of_scope"):
-                self.metrics.resync_records.labels(name, kind)  # exported from 0
 
 
 async def _wait_any(*events: asyncio.Event) -> None:
@@ -286,7 +284,7 @@ async def _wait_any(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-async def open_resyncer(config: Config, *, store: Store, salesforce: SalesforceClient,
+async def open_resyncer(config: Config, *, store: StoreAPI, salesforce: SalesforceClient,
                         pipeline: SyncPipeline, mappings: Mapping[str, CompiledMapping],
                         metrics: Metrics, clock: Callable[[], float] = time.time) -> Resyncer:
     """Compare the config with what the store applied, owe the re-syncs that follows, and a

@@ -15,13 +15,14 @@ from streamsync.adapters.store import (
     ChannelLease,
     Checkpoint,
     DeadLetter,
-    Store,
+    StoreAPI,
     StoreStatus,
     WorkerInfo,
 )
 from streamsync.config import Config, WorkersConfig
 from streamsync.logs import redactor
 from streamsync.models import DeadLetterReason
+from streamsync.runtime.store_open import store_location
 
 STALE_AFTER_HEARTBEATS = 3
 """A worker silent for this many heartbeat periods is shown stale (runtime/leadership.py)."""
@@ -130,7 +131,7 @@ def status_dict(status: StoreStatus, config: Config | None, now: float) -> dict[
         "backfill": _backfill(status),
     }
     if config is not None:
-        data["store"] = config.queue.path
+        data["store"] = store_location(config)
     cleaned: dict[str, Any] = _clean(data)
     return cleaned
 
@@ -181,7 +182,7 @@ def _leaders(data: dict[str, Any], leases: list[ChannelLease], now: float) -> No
         channel["failovers"] = 0 if lease is None else lease.failovers
 
 
-async def read_status(store: Store, config: Config | None, now: float,
+async def read_status(store: StoreAPI, config: Config | None, now: float,
                       errors: int = 10, runs: int = 5) -> dict[str, Any]:
     """Read the store and shape it with `status_dict`, plus the `runs` latest backfill runs
     and the worker registry (each worker, the channels it leads)."""
@@ -200,7 +201,7 @@ async def read_status(store: Store, config: Config | None, now: float,
     return data
 
 
-async def mapping_status(store: Store) -> dict[str, Any]:
+async def mapping_status(store: StoreAPI) -> dict[str, Any]:
     """Per object the fingerprint last applied, and each re-sync under way (issue 15)."""
     applied = await store.applied_mappings()
     resyncs = await store.resyncs()

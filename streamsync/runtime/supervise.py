@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import StoreAPI
 from streamsync.errors import FatalError, StreamsyncError
 from streamsync.logs import get_logger
 from streamsync.runtime.notify import SystemdNotifier
@@ -15,7 +15,7 @@ from streamsync.runtime.notify import SystemdNotifier
 log = get_logger("streamsync.runtime.app")  # the service's log, as before the move
 
 
-async def supervise(work: list[asyncio.Task[None]], stop: asyncio.Event, store: Store, *,
+async def supervise(work: list[asyncio.Task[None]], stop: asyncio.Event, store: StoreAPI, *,
                     notifier: SystemdNotifier, shutdown_s: float,
                     clock: Callable[[], float]) -> int:
     """Wait for stop or for any task to end; drain within the shutdown deadline; then
@@ -46,7 +46,7 @@ async def supervise(work: list[asyncio.Task[None]], stop: asyncio.Event, store: 
     return code
 
 
-async def report_failure(store: Store, task: str, exc: BaseException | None,
+async def report_failure(store: StoreAPI, task: str, exc: BaseException | None,
                          clock: Callable[[], float]) -> None:
     """Log why a task ended and remember it in the store (best effort: the store itself
     may be what failed)."""

@@ -13,11 +13,14 @@ Where the binaries come from, first found wins:
 1. `$STREAMSYNC_PG_BINDIR` (a directory holding initdb, pg_ctl and postgres);
 2. `pg_ctl` on PATH;
 3. Debian's and the PGDG layout `/usr/lib/postgresql/<version>/bin`, newest version first;
-4. `.pg/bin` at the repository root: `make postgres` unpacks a pip wheel's server there on a
-   machine that has none and where apt-get cannot be used (see the Makefile).
+4. `.pg/bin` at the repository root: on a machine with none of the above, `make postgres`
+   (run by `make test`) downloads the `pgserver` wheel from PyPI, pinned by hash in
+   requirements/pgserver.txt, and unpacks only its PostgreSQL build there (`unpack_wheel`);
+   the package itself is never installed.
 
 The server is tuned for throwaway data (`fsync=off`): it is for tests, never for production.
-Run `python -m streamsync.testing.pg_server` to start one and print its URL until Ctrl-C.
+Run `python -m streamsync.testing.pg_server` to start one and print its URL until Ctrl-C;
+`python -m streamsync.testing.pg_server --unpack WHEEL` unpacks a wheel's server into `.pg/`.
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 RUN_AS = "streamsync-pg"
 SUPERUSER = "streamsync"
-REPO_BINDIR = Path(__file__).resolve().parents[2] / ".pg" / "bin"
+REPO_PG = Path(__file__).resolve().parents[2] / ".pg"
+REPO_BINDIR = REPO_PG / "bin"
+WHEEL_PREFIX = "pgserver/pginstall/"
+WHEEL_LIBS = "pgserver.libs/"  # the libraries auditwheel renamed, which the binaries link to
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 NEEDED = ("initdb", "pg_ctl", "postgres")
 START_TIMEOUT_S = 60
@@ -98,6 +105,34 @@ def find_bindir() -> Path:
         + ". `make postgres` provisions them (Debian's package as root, else a pip wheel's "
         "server into .pg/), or set STREAMSYNC_PG_BINDIR."
     )
+
+
+def unpack_wheel(wheel: Path, dest: Path = REPO_PG) -> Path:
+    """Unpack the PostgreSQL build inside a `pgserver` wheel (bin, lib, share) into `dest`,
+    keeping the executable bits; returns its bin directory."""
+    with zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.infolist() if m.filename.startswith(WHEEL_PREFIX)
+                   and not m.filename.startswith(WHEEL_PREFIX + "include/")]
+        if not members:
+            raise RuntimeError(f"{wheel} holds no {WHEEL_PREFIX} (not a pgserver wheel?)")
+        members += [m for m in archive.infolist() if m.filename.startswith(WHEEL_LIBS)]
+        for member in members:
+            name = member.filename
+            target = (dest / "lib" / name[len(WHEEL_LIBS):] if name.startswith(WHEEL_LIBS)
+                      else dest / name[len(WHEEL_PREFIX):])
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+            mode = (member.external_attr >> 16) & 0o777
+            os.chmod(target, mode or 0o644)
+    for directory in [dest, *(p for p in dest.rglob("*") if p.is_dir())]:
+        os.chmod(directory, 0o755)  # the server's own user must reach its files
+    if not _has_all(dest / "bin"):
+        raise RuntimeError(f"{wheel} did not hold initdb, pg_ctl and postgres")
+    return dest / "bin"
 
 
 def free_port() -> int:
@@ -175,6 +210,9 @@ class PgServer:
             kwargs = {"user": self.owner.pw_uid, "group": self.owner.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC",
                "HOME": str(self.root)}
+        libdir = self.bindir.parent / "lib"
+        if any(libdir.glob("libpq*.so*")):  # an unpacked build brings its own libraries
+            env["LD_LIBRARY_PATH"] = str(libdir)
         try:
             result = subprocess.run(  # noqa: S603 - fixed binaries, our own arguments
                 args, capture_output=True, text=True, env=env, cwd=self.root,
@@ -254,7 +292,10 @@ class PgServer:
 
 
 def main() -> int:
-    """Start a server, print its URL, stop it on Ctrl-C or SIGTERM."""
+    """Start a server, print its URL, stop it on Ctrl-C or SIGTERM (or `--unpack WHEEL`)."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--unpack":
+        print(f"PostgreSQL server binaries: {unpack_wheel(Path(sys.argv[2]))}")
+        return 0
     server = PgServer.start()
     print(server.url(), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -14,6 +14,7 @@ from streamsync.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
 # What each command needs besides the global flags to parse at all.
 REQUIRED: dict[str, list[str]] = {
     "replay": ["--channel", "/data/LeadChangeEvent", "--from", "new"],
+    "store": ["--to", "postgresql://sync@db.internal:5432/streamsync"],
 }
 
 
@@ -40,7 +41,7 @@ def config_error_code(command: list[str]) -> int:
 def test_every_command_is_there() -> None:
     assert {" ".join(c) for c in COMMANDS} == {
         "run", "plan", "backfill", "replay", "status", "dlq list", "dlq retry", "dlq purge",
-        "check-config", "demo"}
+        "store migrate", "check-config", "demo"}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

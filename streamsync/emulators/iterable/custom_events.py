@@ -78,7 +78,6 @@ class CustomEvent:
             "createdAtMs": self.created_ms,
             "writes": self.writes,
             "endpoint": self.endpoint,
-            "receivedWall": self.received_wall,
         }
 
 

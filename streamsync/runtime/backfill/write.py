@@ -14,7 +14,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from streamsync.adapters.store import QueueInput, Store
+from streamsync.adapters.store import QueueInput, StoreAPI
 from streamsync.config import Config
 from streamsync.core.mapping import CompiledMapping, normalize_email
 from streamsync.errors import AuthError, BackfillError, RecordError, RetriableError, WritesFailed
@@ -123,7 +123,7 @@ class WriteEngine:
     """Writes one call's records (a prefix of a window) and books what became of them; with
     `dry_out` set, writes each record's payload (or mapping error) there instead."""
 
-    def __init__(self, *, config: Config, store: Store, pipeline: RecordSink | None,
+    def __init__(self, *, config: Config, store: StoreAPI, pipeline: RecordSink | None,
                  metrics: Metrics, mappings: Mapping[str, CompiledMapping], totals: Totals,
                  clock: Callable[[], float] = time.time,
                  dry_out: IO[bytes] | None = None, dead_letters_exist: bool = True) -> None:

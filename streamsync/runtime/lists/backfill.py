@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from streamsync.adapters.store import ListBackfillState, Store
+from streamsync.adapters.store import ListBackfillState, StoreAPI
 from streamsync.config import CAMPAIGN_MEMBER, Config
 from streamsync.errors import BackfillError, WritesFailed
 from streamsync.logs import get_logger
@@ -73,7 +73,7 @@ async def run_lists_backfill(config: Config, parts: Components, *, resume: bool,
 class ListsBackfill:
     """Runs the three steps of the module docstring for every mapped Campaign in turn."""
 
-    def __init__(self, *, store: Store, sync: ListSync, lists: list[MappedList],
+    def __init__(self, *, store: StoreAPI, sync: ListSync, lists: list[MappedList],
                  page_size: int = PAGE_SIZE, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.sync = sync

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from streamsync.adapters.iterable import BulkResult
 from streamsync.adapters.iterable_lists import IterableLists, is_unknown_list
-from streamsync.adapters.store import ListMember, QueueInput, Store
+from streamsync.adapters.store import ListMember, QueueInput, StoreAPI
 from streamsync.config import CAMPAIGN_MEMBER
 from streamsync.core.ids import id_or_none
 from streamsync.errors import BatchError, BatchTooLarge, RetriableError, Unreachable
@@ -84,7 +84,7 @@ class ListSync:
     `max_subscribers` emails each.
     """
 
-    def __init__(self, *, store: Store, reader: MemberReader, lists: IterableLists,
+    def __init__(self, *, store: StoreAPI, reader: MemberReader, lists: IterableLists,
                  writer: IterableWriter, max_subscribers: int,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamsync.adapters.ratelimit import RateLimiter
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config
 from streamsync.logs import REDACTED, SECRET_KEY_HINTS, redactor
 from streamsync.runtime.health import Readiness
@@ -94,11 +94,11 @@ class PageData:
         self.metrics = metrics
         self.readiness = readiness
         self.clock = clock
-        self.store: Store | None = None
+        self.store: StoreAPI | None = None
         self.limiter: RateLimiter | None = None
         self.budget = RateBudget()
 
-    def attach(self, store: Store | None, limiter: RateLimiter | None) -> None:
+    def attach(self, store: StoreAPI | None, limiter: RateLimiter | None) -> None:
         self.store, self.limiter = store, limiter
 
     def sample(self) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from ..interface import collect_status
 from ..types import StoreStatus
 from .backfill import BackfillOps
-from .backfill_lease import BackfillLeaseOps
+from .base import Connection
 from .budget import BudgetOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
+from .copy import copy_store
 from .events import EventOps
 from .lists import ListOps
 from .mapping_state import MappingStateOps
@@ -19,8 +22,7 @@ from .workers import WorkerOps
 
 
 class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-                    ConsentInboxOps, MappingStateOps, WorkerOps, EventOps, BudgetOps,
-                    BackfillLeaseOps):
+                    ConsentInboxOps, MappingStateOps, WorkerOps, EventOps, BudgetOps):
     """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
     several machines) may use one database at once: leases are exclusive across them.
 
@@ -30,3 +32,12 @@ class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, L
     async def status(self, now: float, errors: int = 10) -> StoreStatus:
         """The operator's view for `streamsync status`."""
         return await collect_status(self, now, errors)
+
+    async def import_sqlite(self, source: sqlite3.Connection) -> dict[str, int]:
+        """Copy a SQLite store's snapshot (`copy.open_snapshot`) into this empty store, all or
+        nothing; returns rows per table (`streamsync store migrate`)."""
+
+        async def body(conn: Connection) -> dict[str, int]:
+            return await copy_store(source, conn)
+
+        return await self._write("import_sqlite", body)

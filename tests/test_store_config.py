@@ -1,0 +1,83 @@
+"""`[store]`: without `url` the SQLite file of `[queue].path`; with a PostgreSQL `url` its
+password comes only from the environment or systemd credentials, never from the URL, and is
+masked in logs (docs/design.md invariant 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamsync.adapters.store import Store
+from streamsync.config import parse_config
+from streamsync.errors import ConfigError
+from streamsync.logs import REDACTED, redactor
+from streamsync.runtime.store_open import open_store, store_location
+
+BASE: dict[str, Any] = {"salesforce": {"login_url": "https://login.salesforce.com",
+                                       "auth": "client_credentials", "client_id": "abc"}}
+ENV = {"STREAMSYNC_SF_CLIENT_SECRET": "sf-secret", "STREAMSYNC_ITERABLE_API_KEY": "it-key"}
+
+
+def config_with(store: dict[str, Any], env: dict[str, str] | None = None,
+                **more: Any) -> Any:
+    return parse_config({**BASE, "store": store, **more}, {**ENV, **(env or {})})
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://sync:hunter2-but-longer@db.internal:5432/streamsync",
+    "postgresql://sync@db.internal/streamsync?password=hunter2-but-longer",
+    "postgres://sync@db.internal/streamsync?sslmode=require&password=hunter2-but-longer",
+])
+def test_a_password_in_the_url_is_refused_without_being_repeated(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        config_with({"url": url})
+    message = str(refused.value)
+    assert "store.url: carries a password" in message
+    assert "STREAMSYNC_STORE_PASSWORD" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("mysql://sync@db/streamsync", "not a mysql one"),
+    ("postgresql://sync@db:5432/", "must name the database"),
+    ("postgresql://sync@db:port/streamsync", "postgresql://user@host:port/database"),
+])
+def test_a_url_that_is_not_a_postgresql_database_is_refused(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        config_with({"url": url})
+
+
+def test_the_password_comes_from_the_environment_a_file_or_credentials(tmp_path: Path) -> None:
+    url = "postgresql://sync@db.internal:5432/streamsync"
+    assert config_with({"url": url}).secrets.store_password is None
+    env = config_with({"url": url}, {"STREAMSYNC_STORE_PASSWORD": "from-env-0123"})
+    assert env.secrets.store_password.get_secret_value() == "from-env-0123"
+    (tmp_path / "pw").write_text("from-file-4567\n")
+    filed = config_with({"url": url}, {"STREAMSYNC_STORE_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert filed.secrets.store_password.get_secret_value() == "from-file-4567"
+    (tmp_path / "store_password").write_text("from-systemd-89ab")
+    cred = config_with({"url": url}, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cred.secrets.store_password.get_secret_value() == "from-systemd-89ab"
+    libpq = config_with({"url": url}, {"PGPASSWORD": "from-libpq-cdef"})
+    assert libpq.secrets.store_password.get_secret_value() == "from-libpq-cdef"
+    for secret in ("from-env-0123", "from-file-4567", "from-systemd-89ab", "from-libpq-cdef"):
+        assert redactor().text(f"login failed with {secret}") == f"login failed with {REDACTED}"
+    assert "from-env" not in repr(env)
+
+
+def test_a_password_key_in_the_store_section_is_refused() -> None:
+    with pytest.raises(ConfigError, match="store.password: secrets are never read"):
+        config_with({"url": "postgresql://sync@db/streamsync", "password": "nope-nope-nope"})
+
+
+async def test_without_a_url_the_sqlite_file_is_the_store(tmp_path: Path) -> None:
+    config = config_with({}, queue={"path": str(tmp_path / "state.db")})
+    assert config.store.url is None and store_location(config) == str(tmp_path / "state.db")
+    store = await open_store(config)
+    try:
+        assert isinstance(store, Store) and not store.shared
+        assert store.location == str(tmp_path / "state.db")
+    finally:
+        await store.close()
