@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import IdentityUpdate, Store
 from streamsync.config import parse_config
 from streamsync.errors import ConfigError
 from streamsync.logs import REDACTED, redactor
-from streamsync.runtime.store_open import open_store, store_location
+from streamsync.runtime.store_open import open_store, read_applied, read_hashes, store_location
+from tests.store_backends import StoreSpace
 
 BASE: dict[str, Any] = {"salesforce": {"login_url": "https://login.salesforce.com",
                                        "auth": "client_credentials", "client_id": "abc"}}
@@ -81,3 +82,21 @@ async def test_without_a_url_the_sqlite_file_is_the_store(tmp_path: Path) -> Non
         assert store.location == str(tmp_path / "state.db")
     finally:
         await store.close()
+
+
+async def test_plan_reads_the_applied_mappings_and_hashes_of_either_store(
+        store_space: StoreSpace) -> None:
+    """`streamsync plan` compares with the store the config names, PostgreSQL included."""
+    store = await store_space.open()
+    try:
+        await store.set_applied_mapping("Lead", "f1", {"object": "Lead"}, 1.0)
+        await store.save_identities([IdentityUpdate("Lead", "00Q1", "a@x.io", None, "h1"),
+                                     IdentityUpdate("Lead", "00Q2", "b@x.io", None, None)], 1.0)
+    finally:
+        await store.close()
+    section = {"url": store_space.url} if store_space.url is not None else {}
+    config = config_with(section, queue={"path": str(store_space.path)})
+    applied = await read_applied(config)
+    assert list(applied) == ["Lead"] and applied["Lead"].fingerprint == "f1"
+    assert await read_hashes(config, "Lead", ["00Q1", "00Q2", "00Q3"]) == {
+        "00Q1": "h1", "00Q2": None}

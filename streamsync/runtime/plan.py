@@ -22,7 +22,6 @@ from streamsync.adapters.http import UsageCounter
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import read_applied_mappings, read_payload_hashes
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.fingerprint import MappingDiff, diff
@@ -48,6 +47,7 @@ from streamsync.runtime.mapping_state import (
 from streamsync.runtime.pipeline import SyncOutcome
 from streamsync.runtime.pipeline_map import map_all
 from streamsync.runtime.resync import ORDER_FIELDS, PAGE_SIZE
+from streamsync.runtime.store_open import read_applied, read_hashes, store_location
 
 ESTIMATE_RECORDS: Final = 10_000
 """Records read per object to compare payload hashes (more are extrapolated from these)."""
@@ -169,8 +169,8 @@ class _Planner:
         self.estimate_records = max(estimate_records, samples, 1)
 
     async def plan(self) -> PlanReport:
-        path = self.config.queue.path
-        applied = read_applied_mappings(path)
+        path = store_location(self.config)
+        applied = await read_applied(self.config)
         syncs = object_syncs(self.config, self.mappings)
         plans = []
         for name, sync in syncs.items():
@@ -201,7 +201,7 @@ class _Planner:
         records = await self._read(name, mapping, plan.in_scope)
         plan.read = len(records)
         users = map_all(self.config, mapping, name, records, SyncOutcome(), [])
-        stored = read_payload_hashes(self.config.queue.path, name, [u.sf_id for u in users])
+        stored = await read_hashes(self.config, name, [u.sf_id for u in users])
         writes = [u for u in users if stored.get(u.sf_id, "") != u.payload_hash]
         plan.would_write, plan.estimate = _extrapolate(len(writes), plan.read, plan.in_scope)
         pages = math.ceil(plan.in_scope / PAGE_SIZE) or 1

@@ -4,9 +4,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from streamsync.adapters.store import Store, StoreAPI
+from streamsync.adapters.store import (
+    AppliedMapping,
+    Store,
+    StoreAPI,
+    read_applied_mappings,
+    read_payload_hashes,
+)
 from streamsync.adapters.store.owner import StoreOwnership, lost_store_holder
 from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.config import Config
@@ -33,6 +39,25 @@ async def open_store(config: Config, *, create: bool = True) -> StoreAPI:
         pool_size=config.store.pool_size,
         connect_timeout_s=config.store.connect_timeout_s,
     )
+
+
+async def read_applied(config: Config) -> dict[str, AppliedMapping]:
+    """The mapping last applied per object, for `plan`: from a SQLite file opened read-only
+    (nothing created), or from the PostgreSQL store."""
+    if config.store.url is None:
+        return read_applied_mappings(config.queue.path)
+    async with await open_store(config) as store:
+        return await store.applied_mappings()
+
+
+async def read_hashes(config: Config, object_name: str, ids: Sequence[str]
+                      ) -> dict[str, str | None]:
+    """Record id → the payload hash last confirmed (records with an identity), for `plan`."""
+    if config.store.url is None:
+        return read_payload_hashes(config.queue.path, object_name, ids)
+    async with await open_store(config) as store:
+        found = await store.identities(object_name, ids)
+    return {record_id: identity.payload_hash for record_id, identity in found.items()}
 
 
 @contextlib.contextmanager
