@@ -1,7 +1,7 @@
 """Read what the final-state check needs: Salesforce's records, the verify policies, dead letters.
 
 Shared by `make demo`, `scripts/chaos.py` and the end-to-end tests, so each compares Iterable with
-Salesforce the same way (`core/verify.compare`).
+Salesforce the same way (`core/verify.compare`, and for custom events `core/verify_events`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,22 @@ from typing import Any
 
 from streamsync.config import Config
 from streamsync.core import soql
+from streamsync.core.event_rules import event_id
+from streamsync.core.ids import to_18
 from streamsync.core.mapping import CompiledMapping
 from streamsync.core.verify import ObjectPolicy
 from streamsync.core.verify_consent import ConsentPolicy, ConsentReport, check_consent
+from streamsync.core.verify_events import (
+    EventReport,
+    ExpectedEvent,
+    QualifyingChange,
+    compare_events,
+)
 from streamsync.core.verify_lists import ListExpectation, ListsReport, compare_lists
 from streamsync.runtime.app import Components
 from streamsync.runtime.consent_writer import list_ids
+from streamsync.runtime.event_rules import CompiledRule
+from streamsync.runtime.flush_read import _query_ids
 from streamsync.runtime.lists.members import MemberReader
 from streamsync.runtime.lists.resolve import resolve_lists
 from streamsync.runtime.lists.start import lists_client
@@ -108,3 +118,62 @@ async def read_consent(config: Config, parts: Components,
                        if t.get("subscriptionPolicy") == "OptIn" and isinstance(t.get("id"), int))
     policies = consent_policies(config, parts.mappings, lists, tuple(records))
     return check_consent(policies, records, subscriptions, opt_in)
+
+
+async def read_events(parts: Components, changes: Iterable[QualifyingChange],
+                      also_users: Iterable[str] = ()) -> EventReport:
+    """Each qualifying change's expected event (its user and data from Salesforce now), and
+    the rules' events Iterable holds for those users (and `also_users`), compared
+    (`core/verify_events.py`)."""
+    rules = {r.name: r for r in parts.rules}
+    wanted: dict[str, list[QualifyingChange]] = {}
+    for change in changes:
+        wanted.setdefault(change.rule, []).append(change)
+    expected: list[ExpectedEvent] = []
+    for name, rule_changes in wanted.items():
+        rule = rules[name]
+        ids = sorted({to_18(c.record_id) for c in rule_changes})
+        records = await _query_ids(parts.salesforce, rule.config.object, rule.read_fields(),
+                                   ids, None)
+        roles = await _primary_roles(parts, rule, ids)
+        for change in rule_changes:
+            record = records.get(to_18(change.record_id))
+            if record is None:
+                continue  # hard-deleted: nothing to compare with (reported as missing)
+            source = roles.get(to_18(change.record_id)) if rule.profile.via_primary_role \
+                else record
+            user = _identity(rule, source)
+            expected.append(ExpectedEvent(
+                event_id(name, to_18(change.record_id), change.transaction_key),
+                rule.config.event_name, user or "", change.commit_ts_ms // 1000,
+                rule.data.map(record).payload.get("dataFields", {})))
+    found: list[dict[str, Any]] = []
+    for user in sorted({e.user for e in expected if e.user} | set(also_users)):
+        found.extend(await (parts.iterable.user_events(email=user) if "@" in user
+                            else parts.iterable.user_events(user_id=user)))
+    return compare_events(expected, found, {r.config.event_name for r in parts.rules})
+
+
+async def _primary_roles(parts: Components, rule: CompiledRule, ids: list[str]
+                         ) -> dict[str, dict[str, Any]]:
+    if not rule.profile.via_primary_role or not ids:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    field_path = rule.profile.path
+    for start in range(0, len(ids), 300):
+        query = soql.select_children("OpportunityContactRole", "OpportunityId",
+                                     ids[start:start + 300], ["Id", "OpportunityId", field_path],
+                                     where="IsPrimary = true")
+        async for page in parts.salesforce.query(query):
+            for row in page.records:
+                out[to_18(row["OpportunityId"])] = row
+    return out
+
+
+def _identity(rule: CompiledRule, source: Mapping[str, Any] | None) -> str | None:
+    node: Any = source
+    for key in rule.profile.path.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    if not isinstance(node, str) or not node:
+        return None
+    return node.strip().lower() if rule.profile.kind == "email" else to_18(node)

@@ -15,9 +15,12 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.store import Store
 from streamsync.config import load_config
 from streamsync.core.event_rules import event_id
+from streamsync.core.verify_events import value_transitions
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.emulators.salesforce.actions import set_stage
+from streamsync.runtime.final_state import read_events as final_state_events
+from tests.conftest import production_components
 from tests.e2e.harness import backfill, wait_for
 from tests.e2e.process import ServiceProcess, service_config_data, service_env, toml_dumps
 
@@ -121,6 +124,13 @@ async def test_kill_9_at_random_moments_fires_each_qualifying_change_exactly_onc
             found = await read_events(client, emails)
         ids = [str(e["_id"]) for e in found]
         assert sorted(ids) == sorted(expected)  # exactly one each, and nothing else
+        # The shared final-state check (core/verify_events.py): ids, users, times and data.
+        changes = value_transitions(sf.state.event_log, rule="opportunity-won",
+                                    entity="Opportunity", field_name="StageName",
+                                    value="Closed Won")
+        async with production_components(config) as parts:
+            report = await final_state_events(parts, changes)
+        assert report.ok and report.expected == len(won), report.mismatches[:5]
         code, _ = await final.terminate(20.0)
         assert code == 0
     finally:

@@ -1,0 +1,122 @@
+"""Final-state check of custom events (docs/events.md §5): every qualifying change produced
+exactly one event (by its id) with the right name, user, time and data, and no event of a rule
+exists that no qualifying change explains."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class QualifyingChange:
+    """A change that must have fired a rule: found independently of the product, e.g. in
+    Salesforce's change log (`value_transitions`)."""
+
+    rule: str
+    record_id: str
+    transaction_key: str
+    commit_ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedEvent:
+    """What Iterable must hold for one qualifying change; `data` None: not compared."""
+
+    event_id: str
+    event_name: str
+    user: str  # the email (lower case) or userId it lands on
+    created_at_s: int
+    data: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventMismatch:
+    event_id: str
+    problem: str  # missing, duplicate, unexpected, wrong_name, wrong_user, wrong_time, wrong_data
+    detail: str = ""
+
+
+@dataclass
+class EventReport:
+    expected: int = 0
+    found: int = 0
+    mismatches: list[EventMismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def summary(self) -> dict[str, Any]:
+        return {"events_expected": self.expected, "events_found": self.found,
+                "event_mismatches": len(self.mismatches)}
+
+
+def value_transitions(change_log: Iterable[Mapping[str, Any]], *, rule: str, entity: str,
+                      field_name: str, value: Any) -> list[QualifyingChange]:
+    """Changes whose CDC body sets `field_name` to `value` on an UPDATE: the moments a
+    `changed_fields = [field]`, `condition = "field = value"` rule fires on (CDC lists a field
+    only when its value changed, so each is a transition into the value)."""
+    out: list[QualifyingChange] = []
+    for body in change_log:
+        header = body.get("ChangeEventHeader") or {}
+        if header.get("entityName") != entity or header.get("changeType") != "UPDATE" \
+                or field_name not in (header.get("changedFields") or ()) \
+                or body.get(field_name) != value:
+            continue
+        out.extend(QualifyingChange(rule, str(rid), str(header.get("transactionKey", "")),
+                                    int(header["commitTimestamp"]))
+                   for rid in header.get("recordIds") or ())
+    return out
+
+
+def iterable_time(seconds: int) -> str:
+    """An event's `createdAt` as Iterable's read endpoints show it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S +00:00")
+
+
+def _user(event: Mapping[str, Any]) -> str:
+    email = event.get("email")
+    return str(email).lower() if email else str(event.get("userId", ""))
+
+
+def compare_events(expected: Iterable[ExpectedEvent], found: Iterable[Mapping[str, Any]],
+                   names: Iterable[str]) -> EventReport:
+    """Compare the events Iterable holds (read back per user, any order) with the expected
+    ones; events whose name is not among `names` (no rule's) are ignored."""
+    wanted = {e.event_id: e for e in expected}
+    names = set(names)
+    ours = [e for e in found if e.get("eventName") in names]
+    report = EventReport(expected=len(wanted), found=len(ours))
+    counts = Counter(str(e.get("_id")) for e in ours)
+    by_id = {str(e.get("_id")): e for e in ours}
+    for event_id, want in wanted.items():
+        got = by_id.get(event_id)
+        if got is None:
+            report.mismatches.append(EventMismatch(event_id, "missing"))
+            continue
+        if counts[event_id] > 1:
+            report.mismatches.append(EventMismatch(event_id, "duplicate",
+                                                   f"{counts[event_id]} copies"))
+        report.mismatches.extend(_differences(want, got))
+    report.mismatches.extend(EventMismatch(i, "unexpected", "no qualifying change")
+                             for i in counts if i not in wanted)
+    return report
+
+
+def _differences(want: ExpectedEvent, got: Mapping[str, Any]) -> list[EventMismatch]:
+    out: list[EventMismatch] = []
+    if got.get("eventName") != want.event_name:
+        out.append(EventMismatch(want.event_id, "wrong_name", str(got.get("eventName"))))
+    if _user(got) != want.user:
+        out.append(EventMismatch(want.event_id, "wrong_user", f"{_user(got)} != {want.user}"))
+    if got.get("createdAt") != iterable_time(want.created_at_s):
+        out.append(EventMismatch(want.event_id, "wrong_time",
+                                 f"{got.get('createdAt')} != {iterable_time(want.created_at_s)}"))
+    if want.data is not None and dict(got.get("dataFields") or {}) != dict(want.data):
+        out.append(EventMismatch(want.event_id, "wrong_data",
+                                 f"{got.get('dataFields')} != {dict(want.data)}"))
+    return out

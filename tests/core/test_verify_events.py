@@ -1,0 +1,53 @@
+"""core/verify_events.py: the final-state check of custom events finds each kind of mismatch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamsync.core.verify_events import (
+    ExpectedEvent,
+    compare_events,
+    iterable_time,
+    value_transitions,
+)
+
+T = 1_796_000_000
+
+
+def event(eid: str, **kw: Any) -> dict[str, Any]:
+    return {"_id": eid, "eventName": "won", "email": "a@x.com", "createdAt": iterable_time(T),
+            "dataFields": {"name": "Deal"}, **kw}
+
+
+def expect(eid: str) -> ExpectedEvent:
+    return ExpectedEvent(eid, "won", "a@x.com", T, {"name": "Deal"})
+
+
+def test_every_kind_of_mismatch_is_reported_and_a_match_is_clean() -> None:
+    assert compare_events([expect("e1")], [event("e1"), event("x", eventName="other")],
+                          {"won"}).ok
+    report = compare_events(
+        [expect("e1"), expect("e2"), expect("e3"), expect("e4"), expect("e5")],
+        [event("e2"), event("e2"), event("e3", email="b@x.com"),
+         event("e4", createdAt=iterable_time(T + 5)), event("e5", dataFields={"name": "Old"}),
+         event("e9")], {"won"})
+    assert sorted((m.event_id, m.problem) for m in report.mismatches) == [
+        ("e1", "missing"), ("e2", "duplicate"), ("e3", "wrong_user"), ("e4", "wrong_time"),
+        ("e5", "wrong_data"), ("e9", "unexpected")]
+    assert report.summary() == {"events_expected": 5, "events_found": 6, "event_mismatches": 6}
+
+
+def test_transitions_are_the_updates_that_set_the_value() -> None:
+    def body(kind: str, changed: list[str], ids: list[str], **values: Any) -> dict[str, Any]:
+        return {"ChangeEventHeader": {"entityName": "Opportunity", "changeType": kind,
+                                      "changedFields": changed, "recordIds": ids,
+                                      "transactionKey": "tx", "commitTimestamp": 5}, **values}
+
+    log = [body("UPDATE", ["StageName"], ["o1", "o2"], StageName="Closed Won"),
+           body("UPDATE", ["StageName"], ["o3"], StageName="Prospecting"),
+           body("UPDATE", ["Amount"], ["o4"], Amount=1.0),
+           body("CREATE", ["StageName"], ["o5"], StageName="Closed Won")]
+    found = value_transitions(log, rule="won", entity="Opportunity", field_name="StageName",
+                              value="Closed Won")
+    assert [(c.record_id, c.transaction_key, c.commit_ts_ms) for c in found] == [
+        ("o1", "tx", 5), ("o2", "tx", 5)]
