@@ -23,9 +23,25 @@ order; each adds its keys to the result):
   first CDC delivery and Salesforce read weigh on the end-to-end figure). Webhooks are off
   during the burst (10,000 deliveries would load the emulator the calls are timed on).
 
-A phase is an `async def phase(env) -> dict` registered in `PHASES`; the Iterable → Salesforce
-direction adds its own phases and keys (and `loops` / `mismatches`) the same way, using the
-webhook receiver (`env.webhooks`) and the helpers here.
+- `it_webhook`: `--it-rate` (20) Leads per second unsubscribe in Iterable for `--it-duration`
+  s (a click through the emulator's control API, as a person would); the emulator's system
+  webhook reaches the service's receiver (through the bench's receiver, which notes it and
+  forwards it: one loopback hop more). Latency per unsubscribe: the moment the bench sent the
+  click to the commit time of the service's Salesforce write of that Lead (its CDC event, whose
+  `changeOrigin` names streamsync). Keys `iterable_to_sf_webhook_p50_s`,
+  `iterable_to_sf_webhook_p99_s`.
+- `it_poll`: the same with webhook deliveries switched off, so only the service's export
+  poller (`consent_inbound.poll.interval_s`, 30 s: the least the export's 4 requests/minute
+  allow) finds them; `--it-poll-count` (60) clicks spread over two intervals
+  (`--it-poll-spread-s`). Keys
+  `iterable_to_sf_poll_p99_s`, `poll_interval_s` (target: p99 within the interval + 3 s).
+- `consistency` (last): every Lead a phase used has the same state on both sides (Salesforce
+  opted out, Iterable unsubscribed from the channel): `mismatches`; and no write went back the
+  other way: `loops` = the service's Salesforce writes of Leads opted out in Salesforce, plus
+  its Salesforce writes beyond one per Lead unsubscribed in Iterable, plus the subscription
+  changes it made in Iterable while only Iterable-side unsubscribes ran.
+
+A phase is an `async def phase(env) -> dict` registered in `PHASES`.
 
     .venv/bin/python scripts/bench_consent.py [--quick] [--rate 50] [--duration 20]
         [--burst 10000] [--phases sf_stream,sf_burst]
@@ -67,6 +83,9 @@ PUT_ENDPOINT = "PUT /api/subscriptions/{subscriptionGroup}/{subscriptionGroupId}
 OPT_OUT = "HasOptedOutOfEmail"
 START_TIMEOUT_S = 120.0
 PATCH_CONCURRENCY = 32
+CLIENT = "streamsync"  # salesforce.client_name (default): our writes' changeOrigin
+WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+POLL_INTERVAL_S = 30.0  # consent_inbound.poll.interval_s: the least 4 exports/minute allow
 
 
 def log(text: str) -> None:
@@ -103,13 +122,32 @@ class Webhooks:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+
+    forward_url: str | None = None  # the service's receiver (Iterable → Salesforce phases)
+    forward_headers: dict[str, str] = field(default_factory=dict)
+    session: aiohttp.ClientSession | None = None
 
     async def _hook(self, request: web.Request) -> web.Response:
         at = time.time()
-        body = await request.json()
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else None
         if isinstance(body, dict):
             self.received.append((at, body))
-        return web.Response(status=200)
+        if self.forward_url is None:
+            return web.Response(status=200)
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json", **self.forward_headers,
+                   **({"Authorization": request.headers["Authorization"]}
+                      if "Authorization" in request.headers else {})}
+        try:
+            async with self.session.post(self.forward_url, data=raw, headers=headers) as resp:
+                await resp.read()
+                return web.Response(status=resp.status)
+        except aiohttp.ClientError:
+            return web.Response(status=502)
 
     def unsubscribed(self, channel: int, since: float = 0.0) -> dict[str, float]:
         """Email → first arrival of an `emailUnSubscribe` naming `channel`, after `since`."""
@@ -138,6 +176,8 @@ class Env:
     webhooks: Webhooks
     args: argparse.Namespace
     used: set[str] = field(default_factory=set)
+    inbound_ids: set[str] = field(default_factory=set)  # unsubscribed in Iterable
+    puts_during_inbound: int = 0
 
     def take(self, n: int) -> list[str]:
         """`n` opted-in Leads no phase has used yet (in Id order)."""
@@ -287,18 +327,160 @@ async def sf_burst(env: Env) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- Iterable → Salesforce
+
+
+async def our_opt_out_writes(env: Env) -> dict[str, list[float]]:
+    """Lead id → commit times (s) of the service's own writes of its opt-out field (CDC
+    events whose changeOrigin names streamsync's client)."""
+    out: dict[str, list[float]] = {}
+    for event in await bs.get_json(env.http, f"{env.sf.info['control_url']}/events",
+                                   limit="100000"):
+        header = event["ChangeEventHeader"]
+        if (header["entityName"] != "Lead" or OPT_OUT not in (header.get("changedFields") or [])
+                or not str(header.get("changeOrigin", "")).endswith(f"client={CLIENT}")):
+            continue
+        for raw in header["recordIds"]:
+            out.setdefault(to_18(raw), []).append(int(header["commitTimestamp"]) / 1000.0)
+    return out
+
+
+async def click_unsubscribes(env: Env, ids: list[str], rate: float) -> dict[str, float]:
+    """Each Lead's person clicks "unsubscribe" (the channel) in Iterable, `rate` per second;
+    Lead id → the moment its click was sent."""
+    url = f"{env.it.info['control_url']}/click"
+    gate = asyncio.Semaphore(PATCH_CONCURRENCY)
+    sent: dict[str, float] = {}
+    started = time.time()
+
+    async def click(n: int, sf_id: str) -> None:
+        delay = started + n / rate - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with gate:
+            sent[sf_id] = time.time()
+            await bs.post_json(env.http, url, {"email": env.leads[sf_id], "channelId": CHANNEL})
+
+    await asyncio.gather(*(click(n, i) for n, i in enumerate(ids)))
+    return sent
+
+
+async def wait_written(env: Env, ids: list[str], timeout_s: float) -> dict[str, list[float]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        writes = await our_opt_out_writes(env)
+        if all(i in writes for i in ids) or time.monotonic() > deadline:
+            return writes
+        await asyncio.sleep(0.25)
+
+
+def _latencies(env: Env, sent: dict[str, float], writes: dict[str, list[float]]
+               ) -> list[float]:
+    return [min(writes[i]) - at for i, at in sent.items() if i in writes]
+
+
+async def it_webhook(env: Env) -> dict[str, Any]:
+    """Unsubscribes in Iterable at `--it-rate`; click → Salesforce write, by webhook."""
+    rate, duration = env.args.it_rate, env.args.it_duration
+    ids = env.take(int(rate * duration))
+    env.inbound_ids.update(ids)
+    puts_before = (await put_counts(env))[0]
+    log(f"it_webhook: {len(ids)} Iterable unsubscribes at {rate:g}/s")
+    sent = await click_unsubscribes(env, ids, rate)
+    writes = await wait_written(env, ids, 60.0)
+    latencies = _latencies(env, sent, writes)
+    if not latencies:
+        raise BenchError("no Iterable unsubscribe reached Salesforce")
+    env.puts_during_inbound += (await put_counts(env))[0] - puts_before
+    return {
+        "it_webhook_unsubscribes": len(ids),
+        "it_webhook_measured": len(latencies),
+        "iterable_to_sf_webhook_p50_s": round(statistics.median(latencies), 3),
+        "iterable_to_sf_webhook_p90_s": round(bs.percentile(latencies, 0.90), 3),
+        "iterable_to_sf_webhook_p99_s": round(bs.percentile(latencies, 0.99), 3),
+        "iterable_to_sf_webhook_max_s": round(max(latencies), 3),
+    }
+
+
+async def it_poll(env: Env) -> dict[str, Any]:
+    """Unsubscribes in Iterable with the webhook off: the export poller alone carries them."""
+    interval = POLL_INTERVAL_S
+    ids = env.take(env.args.it_poll_count)
+    env.inbound_ids.update(ids)
+    control = env.it.info["control_url"]
+    await bs.post_json(env.http, f"{control}/webhook", {"enabled": False})
+    puts_before = (await put_counts(env))[0]
+    spread = env.args.it_poll_spread_s
+    log(f"it_poll: {len(ids)} Iterable unsubscribes over {spread:g} s, webhook off")
+    try:
+        sent = await click_unsubscribes(env, ids, len(ids) / spread)
+        writes = await wait_written(env, ids, 3 * interval + 10)
+    finally:
+        await bs.post_json(env.http, f"{control}/webhook", {"enabled": True})
+    latencies = _latencies(env, sent, writes)
+    if not latencies:
+        raise BenchError("no polled Iterable unsubscribe reached Salesforce")
+    env.puts_during_inbound += (await put_counts(env))[0] - puts_before
+    return {
+        "it_poll_unsubscribes": len(ids),
+        "it_poll_measured": len(latencies),
+        "iterable_to_sf_poll_p50_s": round(statistics.median(latencies), 3),
+        "iterable_to_sf_poll_p99_s": round(bs.percentile(latencies, 0.99), 3),
+        "iterable_to_sf_poll_max_s": round(max(latencies), 3),
+        "poll_interval_s": interval,
+    }
+
+
+async def consistency(env: Env) -> dict[str, Any]:
+    """Both sides agree on every Lead a phase used, and nothing went back the other way."""
+    await asyncio.sleep(3.0)  # the echoes of the last writes, through CDC and webhooks
+    subs = await bs.get_json(env.http, f"{env.it.info['control_url']}/subscriptions")
+    unsubscribed = {str(v.get("email", "")).lower() for v in subs.values()
+                    if CHANNEL in (v.get("unsubscribedChannelIds") or [])}
+    opted_out = await opted_out_ids(env, sorted(env.used))
+    mismatches = sum(1 for i in env.used
+                     if (i in opted_out) != (env.leads[i] in unsubscribed)
+                     or i not in opted_out)
+    writes = await our_opt_out_writes(env)
+    outbound = env.used - env.inbound_ids
+    loops = (sum(len(writes.get(i, [])) for i in outbound)
+             + sum(max(0, len(writes.get(i, [])) - 1) for i in env.inbound_ids)
+             + env.puts_during_inbound)
+    return {"leads_checked": len(env.used), "mismatches": mismatches, "loops": loops}
+
+
+async def opted_out_ids(env: Env, ids: list[str]) -> set[str]:
+    """The Leads among `ids` opted out in Salesforce now (the emulator's records)."""
+    out: set[str] = set()
+    gate = asyncio.Semaphore(PATCH_CONCURRENCY)
+
+    async def one(sf_id: str) -> None:
+        async with gate:
+            record = await bs.get_json(
+                env.http, f"{env.sf.info['control_url']}/records/Lead/{sf_id}")
+        if isinstance(record, dict) and record.get(OPT_OUT) is True:
+            out.add(sf_id)
+
+    await asyncio.gather(*(one(i) for i in ids))
+    return out
+
+
 Phase = Callable[[Env], Awaitable[dict[str, Any]]]
-PHASES: dict[str, Phase] = {"sf_stream": sf_stream, "sf_burst": sf_burst}
+PHASES: dict[str, Phase] = {"sf_stream": sf_stream, "sf_burst": sf_burst,
+                            "it_webhook": it_webhook, "it_poll": it_poll,
+                            "consistency": consistency}
 
 
 # ---------------------------------------------------------------- the run
 
 
-def _overrides(level: str) -> dict[str, dict[str, str]]:
+def _overrides(level: str, webhook_port: int) -> dict[str, dict[str, str]]:
     return {
         "logging": {"level": f'"{level}"'},
         "objects.Lead.consent": {"unsubscribe_channel_ids": f"[{CHANNEL}]"},
         "consent": {"rate_limit_per_s": str(RATE_PER_S), "batch_max_users": str(BATCH_USERS)},
+        "consent_inbound.webhook": {"port": str(webhook_port)},
+        "consent_inbound.poll": {"interval_s": str(POLL_INTERVAL_S)},
     }
 
 
@@ -319,7 +501,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         raise BenchError(f"unknown phases {unknown}; known: {sorted(PHASES)}")
-    needed = int(args.rate * args.duration) + args.burst
+    needed = (int(args.rate * args.duration) + args.burst
+              + int(args.it_rate * args.it_duration) + args.it_poll_count)
     seed_leads = math.ceil(needed / 0.97 / 0.94) + 300
     out: dict[str, Any] = {"mode": "quick" if args.quick else "full", "phases": phases,
                            "rate_per_s": args.rate, "duration_s": args.duration,
@@ -346,8 +529,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                    {"group": "subscriptions", "rate_per_s": RATE_PER_S})
                 leads = await opted_in_leads(http, sf.info)
                 config = workdir / "config.toml"
-                health_port = bs.free_port()
-                bs.write_config(config, sf.info, it.info, health_port, _overrides(args.log_level))
+                health_port, webhook_port = bs.free_port(), bs.free_port()
+                bs.write_config(config, sf.info, it.info, health_port,
+                                _overrides(args.log_level, webhook_port))
+                # Iterable's system webhook with Basic auth; the bench's receiver notes each
+                # event and forwards it to the service's receiver.
+                os.environ["STREAMSYNC_ITERABLE_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+                await bs.post_json(http, f"{it.info['control_url']}/webhook", {
+                    "auth_type": "Basic", "auth_token": WEBHOOK_SECRET, "backoff_s": 0.5})
+                webhooks.forward_url = f"http://127.0.0.1:{webhook_port}/iterable/webhook"
                 log(f"backfilling {len(leads)} opted-in Leads (of {seed_leads})")
                 await backfill(config, sf.info, it.info, workdir)
                 service = await bs.start_service(config, sf.info, it.info, workdir)
@@ -379,8 +569,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated, in order (default: {','.join(PHASES)})")
     parser.add_argument("--workdir", default=None,
                         help="keep the logs and the store here (default: a temporary directory)")
+    parser.add_argument("--it-rate", type=float, default=20.0,
+                        help="Iterable unsubscribes per second (it_webhook)")
+    parser.add_argument("--it-duration", type=float, default=10.0,
+                        help="seconds of Iterable unsubscribes (it_webhook)")
+    parser.add_argument("--it-poll-count", type=int, default=60,
+                        help="Iterable unsubscribes found by the poller alone (it_poll)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO"),
                         help="the service's log level (its log is in --workdir)")
+    parser.add_argument("--it-poll-spread-s", type=float, default=2 * POLL_INTERVAL_S,
+                        help="seconds the polled unsubscribes are spread over (it_poll)")
     parser.add_argument("--sf-latency-ms", type=float, default=150.0)
     parser.add_argument("--iterable-latency-ms", type=float, default=100.0)
     args = parser.parse_args(argv)

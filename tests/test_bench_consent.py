@@ -1,5 +1,5 @@
 """scripts/bench_consent.py: its phase registry and arguments, the webhook receiver's matching,
-and a short run of both Salesforce → Iterable phases end to end."""
+and short runs of the Salesforce → Iterable and the Iterable → Salesforce phases end to end."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ bench = _load()
 
 
 def test_phases_and_arguments() -> None:
-    assert list(bench.PHASES) == ["sf_stream", "sf_burst"]
+    assert list(bench.PHASES) == ["sf_stream", "sf_burst", "it_webhook", "it_poll",
+                                  "consistency"]
     args = bench.parse_args(["--quick"])
     assert (args.rate, args.duration, args.burst) == (50.0, 10.0, 10_000)
     assert bench.parse_args([]).duration == 20.0
@@ -50,7 +51,8 @@ def test_the_receiver_matches_unsubscribes_of_the_channel_first_arrival() -> Non
 
 @pytest.mark.slow
 def test_a_short_run_prints_the_salesforce_to_iterable_keys() -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--duration", "2", "--burst", "2000"],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--duration", "2", "--burst", "2000",
+                           "--phases", "sf_stream,sf_burst"],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = orjson.loads(proc.stdout.strip().splitlines()[-1])
@@ -58,3 +60,19 @@ def test_a_short_run_prints_the_salesforce_to_iterable_keys() -> None:
     assert 0 < result["sf_to_iterable_p50_s"] <= result["sf_to_iterable_p99_s"]
     assert result["sf_burst_opt_outs"] == 2000 and result["burst_ratio_to_ceiling"] > 0
     assert result["sf_burst_subscription_429s"] == 0 and result["service_exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_a_short_run_prints_the_iterable_to_salesforce_keys() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--phases",
+                           "it_webhook,it_poll,consistency", "--it-duration", "2",
+                           "--it-poll-count", "6", "--it-poll-spread-s", "3", "--burst", "1"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["it_webhook_measured"] == result["it_webhook_unsubscribes"] == 40
+    assert 0 < result["iterable_to_sf_webhook_p50_s"] <= result["iterable_to_sf_webhook_p99_s"]
+    assert result["it_poll_measured"] == 6 and result["poll_interval_s"] == 30.0
+    assert 0 < result["iterable_to_sf_poll_p99_s"] <= 2 * result["poll_interval_s"] + 3
+    assert (result["loops"], result["mismatches"]) == (0, 0)
+    assert result["leads_checked"] == 46 and result["service_exit_code"] == 0

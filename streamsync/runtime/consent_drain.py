@@ -23,7 +23,14 @@ from typing import Any
 from streamsync.adapters.salesforce import MAX_COLLECTION, SalesforceClient, SaveResult
 from streamsync.adapters.store import ConsentRow, StoreAPI
 from streamsync.core.consent import ITERABLE, SALESFORCE, ConsentState, opted_out, stamp_ms
-from streamsync.core.consent_inbound import WRITE, Decision, InboundEvent, decide, inbound_step
+from streamsync.core.consent_inbound import (
+    ALREADY,
+    WRITE,
+    Decision,
+    InboundEvent,
+    decide,
+    inbound_step,
+)
 from streamsync.errors import RetriableError, describe_error
 from streamsync.logs import get_logger
 from streamsync.retry import Policy
@@ -32,7 +39,8 @@ from streamsync.runtime.consent_rows import from_row
 
 log = get_logger(__name__)
 
-BATCH_EVENTS = 1000
+BATCH_EVENTS = 500  # a pass takes about a second with Salesforce's latency: fresh webhook
+# events (taken first) never wait behind more than one pass of a backlog the poller found
 RETRY_S = 5.0
 RECHECK_S = 1.0  # events another process stored (none today) or a retry coming due
 PRUNE_EVERY_S = 3600.0
@@ -65,6 +73,11 @@ def _stored(row: ConsentRow | None) -> ConsentState | None:
         return None
     return ConsentState(row.opted_out, row.changed_at_ms,
                         SALESFORCE if row.origin == SALESFORCE else ITERABLE)
+
+
+def _state_row(target: Target, record_id: str, decision: Decision) -> ConsentRow:
+    return ConsentRow(target.object_name, record_id, decision.opted_out,
+                      decision.event.created_ms, ITERABLE)
 
 
 class ConsentDrain:
@@ -115,6 +128,7 @@ class ConsentDrain:
             matches = await self.policy.call(self._finder(target, decisions))
             ids = [i for found in matches.by_user.values() for i in found]
             stored = await self.store.consent_states(target.object_name, ids)
+            agreed: list[ConsentRow] = []
             for user, decision in decisions.items():
                 found = matches.by_user.get(user, {})
                 if not found:
@@ -125,8 +139,13 @@ class ConsentDrain:
                                         _stored(stored.get(sf_id)))
                     if step == WRITE:
                         writes.append(_Write(target, sf_id, decision))
-                    else:
-                        result.note(decision.event.key, f"{target.object_name} {sf_id}: {step}")
+                        continue
+                    result.note(decision.event.key, f"{target.object_name} {sf_id}: {step}")
+                    if step == ALREADY:
+                        agreed.append(_state_row(target, sf_id, decision))
+            # Both sides already agree: remembered (where later), so an older event of this
+            # person still pending (a retry) cannot undo it.
+            await self.store.note_consent_states(agreed, self.clock())
         return writes
 
     async def _write(self, writes: list[_Write], result: PassResult) -> None:
@@ -143,9 +162,7 @@ class ConsentDrain:
                     self.writes += 1
                     result.written += 1
                     result.note(key, f"{what}: opted {'out' if w.decision.opted_out else 'in'}")
-                    states.append(ConsentRow(w.target.object_name, w.record_id,
-                                             w.decision.opted_out,
-                                             w.decision.event.created_ms, ITERABLE))
+                    states.append(_state_row(w.target, w.record_id, w.decision))
                 else:
                     result.note(key, f"{what}: refused: {res.describe()}")
                     result.notes.setdefault("failed", []).append(key)

@@ -21,11 +21,20 @@ from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config
 from streamsync.core.consent_inbound import ConsentGroups, Decision
 from streamsync.core.ids import id_or_none
-from streamsync.core.soql import select_by_ids_chunked, select_where_in, validate_identifier
+from streamsync.core.soql import (
+    encoded_len,
+    quote,
+    select_by_ids_chunked,
+    select_where_in,
+    validate_identifier,
+)
 from streamsync.errors import SoqlError
 from streamsync.runtime.consent_writer import list_ids
 
-EMAILS_PER_QUERY = 100
+EMAILS_PER_QUERY = 300
+EMAIL_LIST_BUDGET = 12_000
+"""Encoded characters of one query's email list: the URI stays under Salesforce's 16,384-byte
+cap with room for the rest of the query and the headers (docs/salesforce.md §3.3)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +84,20 @@ async def load_targets(config: Config, iterable: IterableClient) -> list[Target]
     return out
 
 
-def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
+def email_chunks(emails: Sequence[str], budget: int = EMAIL_LIST_BUDGET,
+                 size: int = EMAILS_PER_QUERY) -> Iterable[list[str]]:
+    """The emails in chunks whose quoted, encoded list fits `budget` (at most `size` each)."""
+    chunk: list[str] = []
+    used = 0
+    for email in emails:
+        cost = encoded_len(quote(email)) + 3  # the encoded comma
+        if chunk and (used + cost > budget or len(chunk) >= size):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(email)
+        used += cost
+    if chunk:
+        yield chunk
 
 
 async def _read(salesforce: SalesforceClient, soqls: Sequence[str]) -> list[dict[str, Any]]:
@@ -106,7 +126,7 @@ async def find_records(salesforce: SalesforceClient, store: StoreAPI, target: Ta
         soqls += select_by_ids_chunked(target.object_name, target.select, sorted(owners), prefix)
     if target.email_field and emails:
         soqls += [select_where_in(target.object_name, target.select, target.email_field, chunk)
-                  for chunk in _chunks(emails, EMAILS_PER_QUERY)]
+                  for chunk in email_chunks(emails)]
     matches = Matches()
     for record in await _read(salesforce, soqls):
         if record.get("IsConverted") is True:

@@ -71,3 +71,22 @@ async def test_identities_are_found_by_email_or_user_id(store_space: StoreSpace)
         assert await store.identities_for_users([], []) == []
     finally:
         await store.close()
+
+
+async def test_webhook_events_come_due_before_an_exported_backlog_and_a_window_inserts_once(
+        store_space: StoreSpace) -> None:
+    store = await store_space.open()
+    try:
+        window = [_row(f"x{i}", 1_000 + i) for i in range(600)]
+        assert await store.add_exported_events(window + window[:3], "emailUnSubscribe",
+                                               9_000, T0) == 600
+        assert await store.add_exported_events(window, "emailUnSubscribe", 9_500, T0) == 0
+        assert await store.add_consent_events([_row("fresh", 50_000)], "webhook", T0) == 1
+        due = await store.due_consent_events(T0, limit=3)
+        assert [(r.key, r.via) for r in due] == [("fresh", "webhook"), ("x0", "export"),
+                                                 ("x1", "export")]
+        # Re-reads of the lookback count as deliveries: the first three were seen three times.
+        counts = await store.consent_events(["x0", "x3"])
+        assert (counts["x0"].deliveries, counts["x3"].deliveries) == (3, 2)
+    finally:
+        await store.close()

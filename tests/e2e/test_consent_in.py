@@ -7,6 +7,7 @@ webhook is found by the export poller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.runtime.consent_inbound import inbound_of
 from tests.conftest import build_config
-from tests.e2e.harness import InProcessService, backfill, wait_caught_up, wait_for
+from tests.e2e.harness import E2EError, InProcessService, backfill, wait_caught_up, wait_for
 
 pytestmark = [
     pytest.mark.salesforce(long_poll_s=1.0, seed_accounts=1, seed_contacts=4, seed_leads=6,
@@ -161,7 +162,7 @@ async def test_a_salesforce_opt_out_reaches_iterable_once_and_its_echo_writes_no
     await rig.settled()
     assert rig.put_calls() - puts == 1  # Salesforce → Iterable: one write
     assert rig.our_salesforce_writes(lead) == 0  # the webhook echo wrote nothing back
-    (row,) = await _inbox(rig)
+    (row,) = [r for r in await _inbox(rig) if r.email == email]
     assert row.state == "done" and "already" in (row.outcome or "") and row.source == "API"
 
 
@@ -171,7 +172,7 @@ async def poll_until_found(rig: Rig) -> None:
 
     async def polled() -> bool:
         nonlocal found
-        found += (await rig.inbound.poller.poll_once()).added
+        found += int((await rig.inbound.poller.poll_once()).added)
         return found > 0
 
     await wait_for(polled, WITHIN_S, "the export to show the event")
@@ -254,3 +255,34 @@ async def test_without_inbound_http_the_poller_alone_carries_unsubscribes(
         return rig.opted_out("Contact", contact)
 
     await wait_for(opted_out, WITHIN_S, "the exported unsubscribe to reach Salesforce")
+
+
+async def test_a_webhook_port_that_cannot_be_bound_stops_the_service_naming_it(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+        tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = build_config(
+            sf_emulator, iterable_emulator, tmp_path,
+            env={"STREAMSYNC_ITERABLE_WEBHOOK_SECRET": SECRET}, ingest=FAST_INGEST,
+            objects={"Lead": {"consent": CONSENT}},
+            consent_inbound={"webhook": {"port": port}, "poll": {"enabled": False}})
+        service = InProcessService(config)
+        try:
+            with contextlib.suppress(E2EError):  # it may end before it subscribes
+                await service.start()
+            assert service.task is not None
+            assert await asyncio.wait_for(service.task, 20) == 1
+        finally:
+            await service.abandon()
+    store = await Store.open(config.queue.path)
+    try:
+        errors = [e.message for e in await store.recent_errors(5)]
+    finally:
+        await store.close()
+    assert any(f"consent_inbound.webhook.port = {port}: cannot listen on 127.0.0.1:{port}" in e
+               for e in errors), errors

@@ -107,3 +107,34 @@ async def test_the_identity_table_finds_a_record_whose_email_moved_and_writes_go
     assert result.written == 6
     assert all(sf_emulator.state.record("Lead", i)["HasOptedOutOfEmail"] for i, _ in people)  # type: ignore[index]
     assert clients.counter.total("salesforce", endpoint="composite_sobjects") - calls == 2
+
+
+async def test_an_older_event_retried_after_a_newer_one_does_not_undo_it(
+        sf_emulator: SalesforceEmulator, clients: Clients) -> None:
+    store = clients.components.store
+    ((lead, email),) = _people(sf_emulator, 1)
+    t1 = int(time.time()) * 1000
+    await store.add_consent_events([_unsub("k1", email, t1)], "webhook", time.time())
+    sf_emulator.faults.fail_next(COMPOSITE, 2, status=503)
+    drain = _drain(clients)
+    await drain.drain_once()  # Salesforce down: the unsubscribe waits for a retry
+    back = ConsentEventRow("k2", "emailSubscribe", email, None, t1 + 2000, "WebForm",
+                           (MARKETING,))
+    await store.add_consent_events([back], "webhook", time.time())
+    assert (await drain.drain_once()).written == 0  # already opted in: nothing to write
+    drain.clock = lambda: time.time() + 10
+    assert (await drain.drain_once()).written == 0  # the older unsubscribe comes due now
+    assert sf_emulator.state.record("Lead", lead)["HasOptedOutOfEmail"] is False  # type: ignore[index]
+    rows = await store.consent_events(["k1", "k2"])
+    assert "stored_state_later" in (rows["k1"].outcome or "")
+    assert "already" in (rows["k2"].outcome or "")
+
+
+def test_email_lists_are_cut_to_fit_the_uri() -> None:
+    from streamsync.core.soql import encoded_len, quote
+    from streamsync.runtime.consent_match import email_chunks
+    emails = [f"{'x' * 200}{i}@example.com" for i in range(100)] + ["a@b.co"] * 5
+    chunks = list(email_chunks(emails))
+    assert [e for c in chunks for e in c] == emails
+    assert all(sum(encoded_len(quote(e)) + 3 for e in c) <= 12_000 for c in chunks)
+    assert len(list(email_chunks([f"p{i}@x.co" for i in range(700)]))) == 3  # 300 a query

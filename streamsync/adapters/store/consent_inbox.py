@@ -72,18 +72,30 @@ class ConsentInboxOps(StoreBase):
 
     async def _insert(self, conn: aiosqlite.Connection, events: Sequence[ConsentEventRow],
                       via: Via, now: float) -> int:
-        added = 0
+        """Insert the events not stored yet and count a delivery of the others: a few
+        statements for the whole window (an export re-reads its lookback every poll)."""
+        keys = list(dict.fromkeys(e.key for e in events))
+        stored: set[str] = set()
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start:start + _IN_CHUNK]
+            async with conn.execute(
+                    "SELECT event_key FROM consent_inbox WHERE event_key IN "
+                    f"({','.join('?' * len(chunk))})", tuple(chunk)) as cursor:
+                stored.update(str(r[0]) for r in await cursor.fetchall())
+        new: dict[str, ConsentEventRow] = {}
+        repeats: list[tuple[str]] = []
         for e in events:
-            cursor = await conn.execute(_INSERT, (
-                e.key, e.event_name, e.email, e.user_id, e.created_ms, e.source,
-                _join(e.channel_ids), _join(e.message_type_ids), _join(e.list_ids), via, now,
-                now))
-            if cursor.rowcount > 0:
-                added += 1
+            if e.key in stored or e.key in new:
+                repeats.append((e.key,))
             else:
-                await conn.execute("UPDATE consent_inbox SET deliveries = deliveries + 1 "
-                                   "WHERE event_key = ?", (e.key,))
-        return added
+                new[e.key] = e
+        await conn.executemany(_INSERT, [(
+            e.key, e.event_name, e.email, e.user_id, e.created_ms, e.source,
+            _join(e.channel_ids), _join(e.message_type_ids), _join(e.list_ids), via, now, now)
+            for e in new.values()])
+        await conn.executemany("UPDATE consent_inbox SET deliveries = deliveries + 1 "
+                               "WHERE event_key = ?", repeats)
+        return len(new)
 
     async def add_consent_events(self, events: Sequence[ConsentEventRow], via: Via,
                                  now: float) -> int:
@@ -115,11 +127,14 @@ class ConsentInboxOps(StoreBase):
         return None if row is None else int(row[0])
 
     async def due_consent_events(self, now: float, limit: int = 1000) -> list[ConsentEventRow]:
-        """Pending events whose next attempt is due, oldest event first."""
+        """Pending events whose next attempt is due: webhook deliveries first (a backlog the
+        poller found does not hold back fresh ones; the drain's outcome does not depend on the
+        order, docs/design.md §7), then the oldest event first."""
         async with self._read("due_consent_events") as conn:
             async with conn.execute(
                 f"SELECT {INBOX_COLUMNS} FROM consent_inbox WHERE state = 'pending' "
-                "AND next_attempt_at <= ? ORDER BY created_ms, event_key LIMIT ?",
+                "AND next_attempt_at <= ? ORDER BY via = 'export', created_ms, event_key "
+                "LIMIT ?",
                 (now, max(0, int(limit)))) as cursor:
                 rows = await cursor.fetchall()
         return [_row(r) for r in rows]

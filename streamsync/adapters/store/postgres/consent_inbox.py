@@ -21,17 +21,24 @@ _INSERT = (
 
 async def _insert(conn: Connection, events: Sequence[ConsentEventRow], via: Via,
                   now: float) -> int:
-    added = 0
+    """Insert the events not stored yet and count a delivery of the others (a few statements
+    for a whole export window)."""
+    keys = list(dict.fromkeys(e.key for e in events))
+    stored = {str(r[0]) for r in await conn.fetch(
+        "SELECT event_key FROM consent_inbox WHERE event_key = ANY($1::text[])", keys)}
+    new: dict[str, ConsentEventRow] = {}
+    repeats: list[tuple[str]] = []
     for e in events:
-        status = await conn.execute(
-            _INSERT, e.key, e.event_name, e.email, e.user_id, e.created_ms, e.source,
-            _join(e.channel_ids), _join(e.message_type_ids), _join(e.list_ids), via, now)
-        if rows_affected(status) > 0:
-            added += 1
+        if e.key in stored or e.key in new:
+            repeats.append((e.key,))
         else:
-            await conn.execute("UPDATE consent_inbox SET deliveries = deliveries + 1 "
-                               "WHERE event_key = $1", e.key)
-    return added
+            new[e.key] = e
+    await conn.executemany(_INSERT, [(
+        e.key, e.event_name, e.email, e.user_id, e.created_ms, e.source, _join(e.channel_ids),
+        _join(e.message_type_ids), _join(e.list_ids), via, now) for e in new.values()])
+    await conn.executemany("UPDATE consent_inbox SET deliveries = deliveries + 1 "
+                           "WHERE event_key = $1", repeats)
+    return len(new)
 
 
 class ConsentInboxOps(PgBase):
@@ -72,11 +79,13 @@ class ConsentInboxOps(PgBase):
         return None if value is None else int(value)
 
     async def due_consent_events(self, now: float, limit: int = 1000) -> list[ConsentEventRow]:
-        """Pending events whose next attempt is due, oldest event first."""
+        """Pending events whose next attempt is due: webhook deliveries first, then the
+        oldest event first."""
         async with self._read("due_consent_events") as conn:
             rows = await conn.fetch(
                 f"SELECT {INBOX_COLUMNS} FROM consent_inbox WHERE state = 'pending' "
-                'AND next_attempt_at <= $1 ORDER BY created_ms, event_key COLLATE "C" LIMIT $2',
+                "AND next_attempt_at <= $1 ORDER BY via = 'export', created_ms, "
+                'event_key COLLATE "C" LIMIT $2',
                 now, max(0, int(limit)))
         return [_row(tuple(r)) for r in rows]
 
