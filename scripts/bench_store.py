@@ -1,20 +1,31 @@
-"""Throughput of the SQLite store: CDC events recorded, merged events, lease+ack drain; JSON out."""
+"""Throughput of the store: CDC events recorded, merged events, enqueue + lease + ack of a
+burst; on SQLite (synchronous FULL and NORMAL) and, with `--backend postgres`, on a PostgreSQL
+server it starts itself (streamsync/testing/pg_server.py) with fsync and synchronous commits
+on, as in production. The last line is JSON."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from streamsync.adapters.store import QueueInput, Store, Synchronous
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streamsync.adapters.store import QueueInput, Store, StoreAPI  # noqa: E402
+from streamsync.adapters.store.postgres import PostgresStore  # noqa: E402
+from streamsync.testing.pg_server import PgServer  # noqa: E402
+
+Opener = Callable[[], Awaitable[StoreAPI]]
 
 
-async def _bench(root: Path, synchronous: Synchronous, events: int, burst: int) -> dict[str, Any]:
-    store = await Store.open(root / f"bench-{synchronous.lower()}.db", synchronous=synchronous)
+async def _bench(open_store: Opener, events: int, burst: int) -> dict[str, Any]:
+    store = await open_store()
     try:
         now = time.time()
         started = time.perf_counter()
@@ -31,9 +42,14 @@ async def _bench(root: Path, synchronous: Synchronous, events: int, burst: int) 
             await store.record_event("/data/ContactChangeEvent", n, merged, n, now)
         merged_s = (time.perf_counter() - started) / rounds
 
-        await store.enqueue(
-            [QueueInput("Account", f"001{n:015d}") for n in range(burst)], now, "reconcile"
-        )
+        while leases := await store.lease("bench", 1_000, 60.0, now):  # the events above
+            await store.ack(leases)
+        started = time.perf_counter()
+        for start in range(0, burst, 2_000):  # as ingest and reconciliation enqueue: in pages
+            await store.enqueue([QueueInput("Account", f"001{n:015d}")
+                                 for n in range(start, min(burst, start + 2_000))],
+                                now, "reconcile")
+        enqueue_s = time.perf_counter() - started
         depth = (await store.queue_stats(now)).depth
         started = time.perf_counter()
         drained = 0
@@ -55,9 +71,18 @@ async def _bench(root: Path, synchronous: Synchronous, events: int, burst: int) 
             "queue_depth_before_drain": depth,
             "drain_rows_per_s": round(drained / drain_s, 1),
             "lease_1000_ms_avg": round(lease_s_total / max(1, batches) * 1000, 2),
+            "records_per_s": round(burst / (enqueue_s + drain_s), 1),
         }
     finally:
         await store.close()
+
+
+async def _postgres(events: int, burst: int) -> dict[str, Any]:
+    server = await asyncio.to_thread(PgServer.start, durable=True)
+    try:
+        return await _bench(lambda: PostgresStore.open(server.url()), events, burst)
+    finally:
+        await asyncio.to_thread(server.destroy)
 
 
 async def main() -> None:
@@ -65,14 +90,25 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a shortened run (a few seconds)")
     parser.add_argument("--events", type=int, default=2_000, help="single-id CDC events")
     parser.add_argument("--burst", type=int, default=50_000, help="rows queued, then drained")
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite")
     args = parser.parse_args()
     events, burst = (300, 10_000) if args.quick else (args.events, args.burst)
     results: dict[str, Any] = {"events": events, "burst": burst}
-    with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("FULL", "NORMAL"):
-            figures = await _bench(Path(tmp), mode, events, burst)
-            print(f"synchronous={mode}: {figures}", flush=True)
-            results.update({f"{key}_{mode.lower()}": value for key, value in figures.items()})
+    if args.backend in ("sqlite", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            for mode in ("FULL", "NORMAL"):
+                path = Path(tmp) / f"bench-{mode.lower()}.db"
+
+                async def sqlite(path: Path = path, mode: Any = mode) -> StoreAPI:
+                    return await Store.open(path, synchronous=mode)
+
+                figures = await _bench(sqlite, events, burst)
+                print(f"sqlite synchronous={mode}: {figures}", flush=True)
+                results.update({f"{key}_{mode.lower()}": value for key, value in figures.items()})
+    if args.backend in ("postgres", "both"):
+        figures = await _postgres(events, burst)
+        print(f"postgres (fsync on): {figures}", flush=True)
+        results.update({f"{key}_postgres": value for key, value in figures.items()})
     print(json.dumps(results))
 
 

@@ -49,11 +49,10 @@ DEBIAN_ROOT = Path("/usr/lib/postgresql")
 NEEDED = ("initdb", "pg_ctl", "postgres")
 START_TIMEOUT_S = 60
 
-# Test-only settings: no fsync (the data is thrown away), room for several worker processes.
+# Test-only settings: no fsync (the data is thrown away); `durable=True` (benchmarks) keeps
+# PostgreSQL's own defaults for these. Room for several worker processes.
+NOT_DURABLE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 SETTINGS = {
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
     "max_connections": "300",
     "shared_buffers": "64MB",
     "listen_addresses": "127.0.0.1",
@@ -171,6 +170,7 @@ class PgServer:
     port: int
     owner: pwd.struct_passwd | None = None
     superuser: str = SUPERUSER
+    durable: bool = False
     _log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -185,8 +185,10 @@ class PgServer:
         return self.root
 
     @classmethod
-    def start(cls, root: Path | None = None, port: int | None = None) -> PgServer:
-        """initdb into `root` (a new temporary directory by default) and start the server."""
+    def start(cls, root: Path | None = None, port: int | None = None, *,
+              durable: bool = False) -> PgServer:
+        """initdb into `root` (a new temporary directory by default) and start the server;
+        `durable` keeps fsync and synchronous commits on (for benchmarks)."""
         bindir = find_bindir()
         root = Path(tempfile.mkdtemp(prefix="streamsync-pg-")) if root is None else root
         root.mkdir(parents=True, exist_ok=True)
@@ -194,7 +196,8 @@ class PgServer:
         if owner is not None:
             os.chown(root, owner.pw_uid, owner.pw_gid)
         os.chmod(root, 0o700)
-        server = cls(bindir=bindir, root=root, port=port or free_port(), owner=owner)
+        server = cls(bindir=bindir, root=root, port=port or free_port(), owner=owner,
+                     durable=durable)
         try:
             server._initdb()
             server._pg_ctl("start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(server._log),
@@ -234,7 +237,7 @@ class PgServer:
             os.chown(self.datadir / "pg_hba.conf", self.owner.pw_uid, self.owner.pw_gid)
 
     def _options(self) -> str:
-        settings = {**SETTINGS, "port": str(self.port),
+        settings = {**({} if self.durable else NOT_DURABLE), **SETTINGS, "port": str(self.port),
                     "unix_socket_directories": str(self.socket_dir)}
         return " ".join(f"-c {key}={value}" for key, value in settings.items())
 

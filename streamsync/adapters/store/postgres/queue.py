@@ -175,15 +175,18 @@ class QueueOps(ReplayOps, PgBase):
         if objects is not None:
             where += " AND object_name = ANY($6::text[])"
             params.append(list(objects))
+        # The due rows are found by the `queue_due` index and locked (skipping rows another
+        # transaction holds), then updated by their physical address (ctid: stable while we
+        # hold the lock), so a lease costs the batch, never a scan or hash of the whole queue.
         sql = f"""
             WITH due AS (
-                SELECT object_name, record_id FROM queue WHERE {where}
+                SELECT ctid FROM queue WHERE {where}
                 ORDER BY next_attempt_at LIMIT $5 FOR UPDATE SKIP LOCKED)
             UPDATE queue AS q SET lease_owner = $1, lease_token = $2, leased_at = $3,
                 lease_expires_at = $4, next_attempt_at = $4,
                 attempts = q.attempts + (q.lease_token IS NOT NULL)::int,
                 requeued_at = NULL, requeued_commit_ts_ms = NULL
-            FROM due WHERE q.object_name = due.object_name AND q.record_id = due.record_id
+            WHERE q.ctid = ANY(ARRAY(SELECT ctid FROM due))
             RETURNING {LEASE_COLUMNS}
         """
 
