@@ -3,11 +3,13 @@
 1. Starts the Salesforce and Iterable emulators with seeded data and realistic latency.
 2. Backfills every Lead and Contact into Iterable, with a progress bar.
 3. Runs the real-time service while a workload makes live changes in Salesforce (creates,
-   updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email),
-   showing queue depth, commit-to-Iterable latency, records synced and dead letters; the
-   status page's address is printed, and the page is live while the service runs.
+   updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email,
+   deals moving to Closed Won, which fire the README's journey event live), showing queue depth,
+   commit-to-Iterable latency, records synced, dead letters and events sent; the status page's
+   address is printed, and the page is live while the service runs.
 4. Waits for the queue to drain and checks that every Iterable profile matches its Salesforce
-   record (`core/verify.py`). `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it
+   record (`core/verify.py`) and that every won deal fired exactly one event
+   (`core/verify_events.py`). `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it
    does.
 """
 
@@ -26,14 +28,29 @@ from streamsync.cli.progress import ConsoleProgress
 from streamsync.config import Config, parse_config
 from streamsync.core.verify import VerifyReport, compare
 from streamsync.core.verify_consent import ConsentReport
+from streamsync.core.verify_events import EventReport, value_transitions
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
+from streamsync.emulators.salesforce.actions import set_stage
 from streamsync.runtime.app import Service, open_components
 from streamsync.runtime.backfill import Backfill, BackfillOptions
-from streamsync.runtime.final_state import read_consent, read_salesforce, verify_policies
+from streamsync.runtime.final_state import (
+    read_consent,
+    read_events,
+    read_salesforce,
+    verify_policies,
+)
 
-SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000}
-SMALL_SEED: dict[str, Any] = {"seed_accounts": 50, "seed_contacts": 300, "seed_leads": 600}
+SEED: dict[str, Any] = {"seed_accounts": 2_000, "seed_contacts": 10_000, "seed_leads": 20_000,
+                        "seed_opportunities": 2_000}
+SMALL_SEED: dict[str, Any] = {"seed_accounts": 50, "seed_contacts": 300, "seed_leads": 600,
+                              "seed_opportunities": 100}
+# The README's "Events" example: the Closed Won journey trigger.
+WON_RULE: dict[str, Any] = {
+    "name": "opportunity-won", "object": "Opportunity", "trigger": "update",
+    "changed_fields": ["StageName"], "condition": "StageName = 'Closed Won'",
+    "event_name": "opportunityClosedWon", "profile": "primary_contact_role",
+    "mapping": {"Name": "dataFields.opportunityName", "Amount": "dataFields.amount"}}
 SYNCED_OBJECTS = ("Lead", "Contact")
 MARKETING_EMAIL = 39581  # the Iterable emulator's seeded Marketing Email channel
 CONSENT = {"consent": {"unsubscribe_channel_ids": [MARKETING_EMAIL]}}
@@ -49,6 +66,7 @@ def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> 
         "flush": {"linger_ms": 50},
         "health": {"host": "127.0.0.1", "port": 0},
         "objects": {"Lead": CONSENT, "Contact": CONSENT, "Account": {}},
+        "events": [WON_RULE],
     }
     env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
            "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
@@ -87,6 +105,8 @@ class Workload:
             15: self.change_email, 19: self.convert_lead, 23: self.opt_out, 27: self.opt_out,
             31: self.opt_in,
         }
+        if n % 4 == 2:
+            self.win_opportunity()
         if n in scripted:
             scripted[n]()
         elif n % 3 == 0:
@@ -101,6 +121,20 @@ class Workload:
                                                     if sobject == "Lead" else ""))
             state.update(sobject, record_id, {"FirstName": f"Renamed{n}"})
             self._note("update", self._email(sobject, record_id))
+
+    def win_opportunity(self) -> None:
+        """A deal is won (the Closed Won rule fires once); one won before gets an unrelated
+        update (it fires nothing)."""
+        won = self.sf.select_ids("Opportunity", "IsWon = true AND IsDeleted = false", 50)
+        if won:
+            self.sf.state.update("Opportunity", self.rng.choice(won),
+                                 {"NextStep": f"Kick-off {self.changes}"})
+            self._note("won_deal_updated")
+        open_ids = self.sf.select_ids("Opportunity", "IsClosed = false AND IsDeleted = false",
+                                      200)
+        if open_ids:
+            set_stage(self.sf.state, self.rng.choice(open_ids), "Closed Won")
+            self._note("opportunity_won")
 
     def rename_account(self) -> None:
         account_id = self._pick("Contact", "IsDeleted = false AND AccountId != null")
@@ -192,6 +226,16 @@ async def verify_consent(config: Config, it: IterableEmulator) -> ConsentReport:
         return await read_consent(config, parts, records, subscription_arrays(it))
 
 
+async def verify_events(config: Config, sf: SalesforceEmulator) -> EventReport:
+    """Each deal won during the demo fired exactly one `opportunityClosedWon` event on its
+    primary contact, with its data, and nothing else fired (core/verify_events.py)."""
+    changes = value_transitions(sf.state.event_log, rule=WON_RULE["name"],
+                                entity="Opportunity", field_name="StageName",
+                                value="Closed Won")
+    async with open_components(config) as parts:
+        return await read_events(parts, changes)
+
+
 def page_url(host: str, port: int) -> str:
     """The status page's address on the health bind (streamsync/runtime/statuspage/)."""
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
@@ -203,7 +247,9 @@ def _status_line(service: Service) -> str:
                  if s.name.endswith("_total"))
     dead = sum(s.value for metric in m.dead_letters.collect() for s in metric.samples)
     depth = service.queue_depth
-    return f"queue={depth:.0f}  synced={synced:.0f}  dead_letters={dead:.0f}"
+    events = service.events.stats.sent if service.events is not None else 0
+    return (f"queue={depth:.0f}  synced={synced:.0f}  dead_letters={dead:.0f}  "
+            f"events_sent={events}")
 
 
 async def run_demo(duration_s: float, keep_running: bool, small: bool, out: TextIO) -> bool:
@@ -254,16 +300,20 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
     print("\n== 3. Verification", file=out)
     report = await verify(config, it)
     consent = await verify_consent(config, it)
+    events = await verify_events(config, sf)
     figures = {**latency_figures(workload, it), "changes": workload.changes,
-               "kinds": workload.kinds, **report.summary(), **consent.summary()}
+               "kinds": workload.kinds, **report.summary(), **consent.summary(),
+               **events.summary()}
     for key, value in figures.items():
         print(f"   {key}: {value}", file=out)
     for mismatch in [*report.mismatches[:10], *consent.mismatches[:10]]:
         print(f"   MISMATCH {mismatch.object_name} {mismatch.record_id} {mismatch.key}: "
               f"{mismatch.problem} {mismatch.fields}", file=out)
-    ok = report.ok and consent.ok
+    for wrong in events.mismatches[:10]:
+        print(f"   EVENT MISMATCH {wrong.event_id}: {wrong.problem} {wrong.detail}", file=out)
+    ok = report.ok and consent.ok and events.ok
     print("\nEvery Iterable profile matches Salesforce, and no opted-out record is still "
-          "subscribed." if ok
+          "subscribed; every won deal fired exactly one event." if ok
           else "\nVerification FAILED.", file=out)
     return ok
 

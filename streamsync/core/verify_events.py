@@ -79,6 +79,9 @@ def iterable_time(seconds: int) -> str:
 
 
 def _user(event: Mapping[str, Any]) -> str:
+    """The profile an event is on: the one it was read through (`readAs`), else its own."""
+    if event.get("readAs"):
+        return str(event["readAs"])
     email = event.get("email")
     return str(email).lower() if email else str(event.get("userId", ""))
 

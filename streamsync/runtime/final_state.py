@@ -13,7 +13,7 @@ from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.event_rules import event_id
 from streamsync.core.ids import to_18
-from streamsync.core.mapping import CompiledMapping
+from streamsync.core.mapping import CompiledMapping, normalize_email, normalize_user_id
 from streamsync.core.verify import ObjectPolicy
 from streamsync.core.verify_consent import ConsentPolicy, ConsentReport, check_consent
 from streamsync.core.verify_events import (
@@ -23,6 +23,7 @@ from streamsync.core.verify_events import (
     compare_events,
 )
 from streamsync.core.verify_lists import ListExpectation, ListsReport, compare_lists
+from streamsync.errors import RecordError
 from streamsync.runtime.app import Components
 from streamsync.runtime.consent_writer import list_ids
 from streamsync.runtime.event_rules import CompiledRule
@@ -143,14 +144,18 @@ async def read_events(parts: Components, changes: Iterable[QualifyingChange],
             source = roles.get(to_18(change.record_id)) if rule.profile.via_primary_role \
                 else record
             user = _identity(rule, source)
+            if user is None:
+                continue  # no valid email or id: no profile to land on (the event is dead)
             expected.append(ExpectedEvent(
                 event_id(name, to_18(change.record_id), change.transaction_key),
-                rule.config.event_name, user or "", change.commit_ts_ms // 1000,
+                rule.config.event_name, user, change.commit_ts_ms // 1000,
                 rule.data.map(record).payload.get("dataFields", {})))
     found: list[dict[str, Any]] = []
-    for user in sorted({e.user for e in expected if e.user} | set(also_users)):
-        found.extend(await (parts.iterable.user_events(email=user) if "@" in user
-                            else parts.iterable.user_events(user_id=user)))
+    for user in sorted({e.user for e in expected} | set(also_users)):
+        # Read by the profile the event must be on (its stored email may be an older one).
+        found.extend({**event, "readAs": user} for event in await (
+            parts.iterable.user_events(email=user) if "@" in user
+            else parts.iterable.user_events(user_id=user)))
     return compare_events(expected, found, {r.config.event_name for r in parts.rules})
 
 
@@ -174,6 +179,8 @@ def _identity(rule: CompiledRule, source: Mapping[str, Any] | None) -> str | Non
     node: Any = source
     for key in rule.profile.path.split("."):
         node = node.get(key) if isinstance(node, Mapping) else None
-    if not isinstance(node, str) or not node:
+    try:
+        return normalize_email(node) if rule.profile.kind == "email" else \
+            normalize_user_id(node, from_id_field=True)
+    except RecordError:
         return None
-    return node.strip().lower() if rule.profile.kind == "email" else to_18(node)
