@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 
 from streamsync.adapters.store import IdentityUpdate, Store
+from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.config import parse_config
 from streamsync.errors import ConfigError
 from streamsync.logs import REDACTED, redactor
+from streamsync.runtime.check_config import CheckReport, check_store
 from streamsync.runtime.store_open import open_store, read_applied, read_hashes, store_location
+from streamsync.testing.pg_server import PgServer
+from tests.e2e.test_postgres_store import app_database
 from tests.store_backends import StoreSpace
 
 BASE: dict[str, Any] = {"salesforce": {"login_url": "https://login.salesforce.com",
@@ -100,3 +104,29 @@ async def test_plan_reads_the_applied_mappings_and_hashes_of_either_store(
     assert list(applied) == ["Lead"] and applied["Lead"].fingerprint == "f1"
     assert await read_hashes(config, "Lead", ["00Q1", "00Q2", "00Q3"]) == {
         "00Q1": "h1", "00Q2": None}
+
+
+async def test_check_config_logs_in_to_the_postgresql_store_and_writes_nothing(
+        pg_server: PgServer) -> None:
+    url, password = await app_database(pg_server)
+    report = CheckReport()
+    await check_store(config_with({"url": url}, {"STREAMSYNC_STORE_PASSWORD": password}),
+                      report)
+    [passed] = report.passed
+    assert report.problems == [] and passed.startswith(f"store: {url} (PostgreSQL ")
+    assert passed.endswith("empty: the first start creates the tables)")
+    await (await PostgresStore.open(url, password=password)).close()  # the first start
+    report = CheckReport()
+    await check_store(config_with({"url": url}, {"STREAMSYNC_STORE_PASSWORD": password}),
+                      report)
+    assert "schema version" in report.passed[0]
+    report = CheckReport()
+    await check_store(config_with({"url": url}, {"STREAMSYNC_STORE_PASSWORD": "wrong-1234"}),
+                      report)
+    [problem] = report.problems
+    assert (problem.component, problem.path) == ("store", "store.url")
+    assert "password authentication failed" in problem.message
+    assert "wrong-1234" not in problem.message
+    report = CheckReport()
+    await check_store(config_with({}), report)
+    assert report.problems == report.passed == []

@@ -10,6 +10,7 @@ import aiohttp
 
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.store.postgres import probe
 from streamsync.config import SECRET_SOURCES, Config
 from streamsync.core import soql
 from streamsync.errors import AuthError, QueryError, SoqlError, StreamsyncError
@@ -29,7 +30,7 @@ from streamsync.runtime.mappings import check_describe, compile_object
 
 log = get_logger(__name__)
 
-Component = Literal["salesforce", "iterable", "mapping", "lists"]
+Component = Literal["salesforce", "iterable", "mapping", "lists", "store"]
 ITERABLE_BULK_UPDATE_PER_S = 5.0  # bulkUpdate requests/s per project (docs/iterable.md §1)
 
 
@@ -250,6 +251,21 @@ def rate_limit_warning(config: Config) -> str | None:
             "expect 429 replies and slower syncing, not faster")
 
 
+async def check_store(config: Config, report: CheckReport) -> None:
+    """With `[store] url`: can this machine reach and log in to the database (nothing is
+    written)?"""
+    if config.store.url is None:
+        return
+    password = config.secrets.store_password
+    try:
+        found = await probe(config.store.url, connect_timeout_s=config.store.connect_timeout_s,
+                            password=None if password is None else password.get_secret_value())
+    except StreamsyncError as exc:
+        report.problems.append(Problem("store", "store", "store.url", str(exc)))
+    else:
+        report.passed.append(f"store: {config.store.url} ({found})")
+
+
 async def check_config(
     config: Config,
     *,
@@ -276,6 +292,7 @@ async def check_config(
         async with sf_http as sf_session, it_http as it_session:
             await check_lists(config, build_salesforce_client(config, sf_session),
                               build_iterable_client(config, it_session), report)
+    await check_store(config, report)
     log.info("check.done", problems=len(report.problems), warnings=len(report.warnings))
     return report
 

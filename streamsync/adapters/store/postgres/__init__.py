@@ -3,9 +3,9 @@ several processes."""
 
 from __future__ import annotations
 
-from .base import redacted_url, translate
+from .base import probe, redacted_url, translate
 from .schema import LATEST_VERSION, MIGRATIONS, migrate, schema_version
 from .store import PostgresStore
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "PostgresStore", "migrate", "redacted_url",
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "PostgresStore", "migrate", "probe", "redacted_url",
            "schema_version", "translate"]

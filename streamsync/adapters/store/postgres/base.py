@@ -175,3 +175,31 @@ class PgBase:
                 yield conn
         except _DRIVER_ERRORS as exc:
             raise translate(exc, doing) from exc
+
+
+async def probe(url: str, *, password: str | None = None,
+                connect_timeout_s: float = 10.0) -> str:
+    """Connect once and describe the server and the store's schema, changing nothing (for
+    `check-config`); errors translated like every store call."""
+    from .schema import LATEST_VERSION, schema_version
+
+    where = redacted_url(url)
+    try:
+        conn = await asyncpg.connect(url, password=password, timeout=connect_timeout_s)
+    except _DRIVER_ERRORS as exc:
+        raise translate(exc, f"connecting to {where}") from exc
+    except ValueError as exc:
+        raise FatalError(f"store: {where} is not a usable PostgreSQL URL: {exc}") from exc
+    try:
+        server = str(await conn.fetchval("SHOW server_version"))
+        version = await schema_version(conn)
+    except _DRIVER_ERRORS as exc:
+        raise translate(exc, f"reading {where}") from exc
+    finally:
+        await conn.close()
+    if version > LATEST_VERSION:
+        raise FatalError(f"store schema version {version} is newer than this streamsync "
+                         f"understands ({LATEST_VERSION})")
+    schema = "empty: the first start creates the tables" if version == 0 else (
+        f"schema version {version}")
+    return f"PostgreSQL {server}, {schema}"
