@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import statistics
 import tempfile
 import time
@@ -26,14 +27,21 @@ from typing import Any, TextIO
 
 from streamsync.cli.progress import ConsoleProgress
 from streamsync.config import Config, parse_config
-from streamsync.core.verify import VerifyReport, compare
-from streamsync.core.verify_consent import ConsentReport
+from streamsync.core.consent_inbound import ConsentGroups, parse_export_line
+from streamsync.core.verify import Mismatch, VerifyReport, compare
+from streamsync.core.verify_consent import (
+    ConsentReport,
+    RecordConsent,
+    later_iterable_unsubscribes,
+)
 from streamsync.core.verify_events import EventReport, value_transitions
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
+from streamsync.emulators.iterable.user_clicks import unsubscribe_click
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.emulators.salesforce.actions import set_stage
 from streamsync.runtime.app import Service, open_components
 from streamsync.runtime.backfill import Backfill, BackfillOptions
+from streamsync.runtime.consent_inbound import inbound_of
 from streamsync.runtime.final_state import (
     read_consent,
     read_events,
@@ -53,6 +61,7 @@ WON_RULE: dict[str, Any] = {
     "mapping": {"Name": "dataFields.opportunityName", "Amount": "dataFields.amount"}}
 SYNCED_OBJECTS = ("Lead", "Contact")
 MARKETING_EMAIL = 39581  # the Iterable emulator's seeded Marketing Email channel
+WEBHOOK_SECRET = secrets.token_urlsafe(24)
 CONSENT = {"consent": {"unsubscribe_channel_ids": [MARKETING_EMAIL]}}
 
 
@@ -68,16 +77,34 @@ def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> 
         "objects": {"Lead": CONSENT, "Contact": CONSENT, "Account": {}},
         "events": [WON_RULE],
     }
+    # Iterable → Salesforce: the webhook receiver on a free port, the poller as the safety net.
+    data["consent_inbound"] = {"webhook": {"port": 0}, "poll": {"interval_s": 30}}
     env = {"STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
-           "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
+           "STREAMSYNC_ITERABLE_API_KEY": it.api_key,
+           "STREAMSYNC_ITERABLE_WEBHOOK_SECRET": WEBHOOK_SECRET}
     return parse_config(data, env)
+
+
+async def point_webhook(service: Service, it: IterableEmulator, task: asyncio.Task[int]) -> None:
+    """Set Iterable's system webhook to the service's receiver, as README "Consent" says."""
+    inbound = inbound_of(service)
+    while inbound is None or inbound.webhook is None or inbound.webhook.port is None:
+        if task.done():
+            return
+        await asyncio.sleep(0.05)
+        inbound = inbound_of(service)
+    settings = it.webhooks.settings
+    settings.url = f"http://127.0.0.1:{inbound.webhook.port}{inbound.webhook.conf.path}"
+    settings.auth_type, settings.auth_token = "Basic", WEBHOOK_SECRET
 
 
 class Workload:
     """Makes live changes in the Salesforce emulator and remembers when each was committed."""
 
-    def __init__(self, sf: SalesforceEmulator, rng: random.Random) -> None:
+    def __init__(self, sf: SalesforceEmulator, rng: random.Random,
+                 it: IterableEmulator | None = None) -> None:
         self.sf = sf
+        self.it = it
         self.rng = rng
         self.changes = 0
         self.kinds: dict[str, int] = {}
@@ -103,7 +130,7 @@ class Workload:
         scripted = {
             3: self.rename_account, 7: self.delete_contact, 11: self.invalid_email,
             15: self.change_email, 19: self.convert_lead, 23: self.opt_out, 27: self.opt_out,
-            31: self.opt_in,
+            31: self.opt_in, 9: self.unsubscribe_in_iterable, 17: self.unsubscribe_in_iterable,
         }
         if n % 4 == 2:
             self.win_opportunity()
@@ -173,6 +200,21 @@ class Workload:
     def opt_in(self) -> None:
         self.opt_out(False)
 
+    def unsubscribe_in_iterable(self) -> None:
+        """A person clicks "unsubscribe" in an Iterable email: Salesforce opts them out."""
+        if self.it is None:
+            return
+        record_id = self._pick("Lead", "IsDeleted = false AND Email != null AND "
+                                       "IsConverted = false AND HasOptedOutOfEmail = false")
+        email = self._email("Lead", record_id)
+        profile = self.it.project.get_by_email(email.lower()) if email else None
+        if profile is None:
+            return
+        unsubscribe_click(self.it.messaging_for(self.it.project), profile,
+                          self.it.state.wall_clock(), channel_id=MARKETING_EMAIL)
+        self.kinds["iterable_unsubscribe"] = self.kinds.get("iterable_unsubscribe", 0) + 1
+        self.changes += 1
+
     def convert_lead(self) -> None:
         record_id = self._pick("Lead", "IsDeleted = false AND IsConverted = false "
                                        "AND Email != null")
@@ -236,6 +278,28 @@ async def verify_events(config: Config, sf: SalesforceEmulator) -> EventReport:
         return await read_events(parts, changes)
 
 
+async def verify_consent_back(config: Config, sf: SalesforceEmulator,
+                              it: IterableEmulator) -> list[Mismatch]:
+    """No Salesforce record is opted in whose Iterable user unsubscribed later."""
+    changed: dict[str, int] = {}
+    for event in sf.state.event_log:
+        header = event["ChangeEventHeader"]
+        if "HasOptedOutOfEmail" in (header.get("changedFields") or []):
+            for record_id in header["recordIds"]:
+                changed[record_id] = max(changed.get(record_id, 0), header["commitTimestamp"])
+    async with open_components(config) as parts:
+        records = await read_salesforce(parts, SYNCED_OBJECTS)
+    live = [RecordConsent(name, str(r["Id"]), str(r["Email"]), r["HasOptedOutOfEmail"] is True,
+                          changed.get(str(r["Id"])))
+            for name, rows in records.items() for r in rows
+            if r.get("Email") and not r.get("IsDeleted") and not r.get("IsConverted")]
+    events = [parse_export_line(e.data_fields(), e.event_name)
+              for e in it.messaging_for(it.project).log.events
+              if e.event_name in ("emailSubscribe", "emailUnSubscribe")]
+    groups = ConsentGroups(channel_ids=frozenset({MARKETING_EMAIL}))
+    return later_iterable_unsubscribes(live, events, groups)
+
+
 def page_url(host: str, port: int) -> str:
     """The status page's address on the health bind (streamsync/runtime/statuspage/)."""
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
@@ -283,8 +347,9 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
     service = Service(config, metrics_refresh_s=0.5)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
-    workload = Workload(sf, random.Random(7))
+    workload = Workload(sf, random.Random(7), it)
     try:
+        await point_webhook(service, it, task)
         await _live_changes(service, task, workload, it, duration_s, out)
         if keep_running:
             print("   --keep-running: the service keeps syncing; Ctrl-C to stop", file=out)
@@ -300,6 +365,7 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
     print("\n== 3. Verification", file=out)
     report = await verify(config, it)
     consent = await verify_consent(config, it)
+    consent.mismatches += await verify_consent_back(config, sf, it)
     events = await verify_events(config, sf)
     figures = {**latency_figures(workload, it), "changes": workload.changes,
                "kinds": workload.kinds, **report.summary(), **consent.summary(),
@@ -313,7 +379,8 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
         print(f"   EVENT MISMATCH {wrong.event_id}: {wrong.problem} {wrong.detail}", file=out)
     ok = report.ok and consent.ok and events.ok
     print("\nEvery Iterable profile matches Salesforce, and no opted-out record is still "
-          "subscribed; every won deal fired exactly one event." if ok
+          "subscribed nor any Iterable unsubscribe missing in Salesforce; every won deal fired "
+          "exactly one event." if ok
           else "\nVerification FAILED.", file=out)
     return ok
 
@@ -341,14 +408,18 @@ async def _live_changes(service: Service, task: asyncio.Task[int], workload: Wor
             print(f"   t={time.monotonic() - started:4.0f}s  changes={workload.changes}  "
                   f"{_status_line(service)}{live}", file=out)
             next_status += 2.0
+    await it.webhooks.wait_idle()
     await _drain(service, out)
 
 
 async def _drain(service: Service, out: TextIO, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     await asyncio.sleep(1.0)
+    inbound = inbound_of(service)
     while time.monotonic() < deadline:
-        if service.queue_depth == 0:
+        pending = (await inbound.drain.store.consent_inbox_counts()).get("pending", 0) \
+            if inbound is not None else 0
+        if service.queue_depth == 0 and not pending:
             break
         await asyncio.sleep(0.25)
     print(f"   drained: {_status_line(service)}", file=out)

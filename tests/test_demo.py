@@ -42,6 +42,7 @@ def test_demo_short_mode_ends_with_every_profile_matching(tmp_path: Path) -> Non
     assert "mismatches: 0" in out
     assert "Every Iterable profile matches Salesforce, and no opted-out record" in out
     assert "consent_mismatches: 0" in out and "consent_opted_out_checked: " in out
+    assert "'iterable_unsubscribe': 2" in out  # clicks in Iterable, written back
     assert "Traceback" not in stderr
     # the global --log-level reaches the demo (structured JSON lines off a terminal)
     assert '"level":"info"' in stderr.replace(" ", "")
