@@ -1,4 +1,4 @@
-"""Group commit for the ingest (docs/design.md §8): the messages a CometD connect already
+"""Group commit for the ingest (docs/design.md §1.1): the messages a CometD connect already
 delivered are stored together, so a burst of single-record events (a bulk insert sends one
 CREATE event per record) costs one store transaction per run of a channel's messages instead
 of one per message. The store still receives each channel's ids with the replay id of the last

@@ -96,7 +96,7 @@ async def ingest_caught_up(store: Store, sf: SalesforceEmulator, channels: Itera
 
 def synced_channels(config: Config) -> list[str]:
     """The CDC channels the service subscribes to for this config."""
-    return sorted({config.channel(name) for name in config.objects})
+    return sorted({config.channel(name) for name in config.cdc_objects()})
 
 
 async def wait_caught_up(store: Store, sf: SalesforceEmulator, config: Config,
