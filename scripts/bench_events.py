@@ -2,6 +2,23 @@
 
 Phases (`--phases`, default all of them; each adds its keys to the one JSON line):
 
+- `events`: one [[events]] rule (every change of a Lead's Title is a custom event on the Lead's
+  profile, with two data fields); the Leads are backfilled first (trackBulk creates no users).
+  Changes come from the Salesforce emulator's `POST /__emulator__/burst`, so each event travels
+  CDC → ingest (the candidate stored with the replay id) → decide (SOQL read) → trackBulk,
+  under Iterable's real trackBulk limits (10 requests/s, 1,000 events per request).
+  1. latency: `--rate` (100) qualifying changes/s for `--duration` (30) s, one transaction
+     each; `event_latency_p50_s`/`_p99_s` from the change's CDC `commitTimestamp` (the
+     emulator's event log) to when the Iterable emulator stored its event (found by its
+     deterministic id).
+  2. burst: `--burst` (20,000) qualifying changes in transactions of `--burst-tx-size` (1,000)
+     records (merged CDC events). `event_burst_ratio` = the events over the time from the
+     first commit to the last event stored, against the ceiling (10 x 1,000 events/s);
+     `event_burst_sustained_ratio` the same from the first event stored to the last.
+  `duplicate_events`: events stored beyond one per qualifying change (a second id for a
+  change, or an event no change qualifies for); `missing_events`; `resent_events` (resends of
+  one id, which Iterable upserts).
+
 - `lists`: CampaignMember inserts into Campaigns mapped by [lists], made the way a marketer
   imports members: one Bulk API 2.0 ingest job each (the emulator commits 200 records per
   transaction, one CDC CREATE event per member). Every insert travels CDC → ingest → queue →
@@ -23,7 +40,8 @@ Phases (`--phases`, default all of them; each adds its keys to the one JSON line
 Salesforce emulator `--latency-ms 150` per API call, Iterable emulator `--latency-ms 100` (as
 scripts/bench_stream.py). Peak RSS of the service process is sampled every 50 ms.
 
-    .venv/bin/python scripts/bench_events.py [--phases lists] [--members 20000]
+    .venv/bin/python scripts/bench_events.py [--phases events,lists] [--members 20000]
+        [--rate 100] [--duration 30] [--burst 20000] [--burst-tx-size 1000]
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
@@ -36,6 +54,7 @@ import contextlib
 import os
 import signal
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -49,6 +68,10 @@ import orjson
 import psutil  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streamsync.core.ids import to_18  # noqa: E402
+
 PYTHON = sys.executable
 LIST_RATE_PER_S = 5.0  # the assumed lists/subscribe ceiling (docs/iterable.md §13)
 LIST_CALL_CAP = 1000  # subscribers per call: the emulator's max_list_subscribers
@@ -56,6 +79,21 @@ SUBSCRIBE = "POST /api/lists/subscribe"
 LIVE, BACKLOG = "Bench live", "Bench backlog"  # the two Campaigns, each mapped to a list
 CEILING = LIST_RATE_PER_S * LIST_CALL_CAP
 POLL_S = 0.02
+RULE = "lead-title"
+EVENT_NAME = "leadTitleChanged"
+EVENT_RULE = f"""
+[[events]]
+name = "{RULE}"
+object = "Lead"
+trigger = "update"
+changed_fields = ["Title"]
+event_name = "{EVENT_NAME}"
+[events.mapping]
+"Title" = "dataFields.title"
+"Company" = "dataFields.company"
+"""
+TRACK_BULK_BATCH = 1000
+EVENT_WAIT_S = 300.0
 
 
 class BenchError(Exception):
@@ -200,6 +238,7 @@ port = {health_port}
 level = "WARNING"
 format = "json"
 
+{EVENT_RULE}
 [[lists.campaigns]]
 campaign_name = "{LIVE}"
 create_missing = true
@@ -341,7 +380,138 @@ def _count(counts: dict[str, dict[str, int]], endpoint: str, status: str | None 
     return sum(n for st, n in counts.get(endpoint, {}).items() if status in (None, st))
 
 
+# ---------------------------------------------------------------- the events phase
+
+
+async def lead_emails(env: Env) -> dict[str, str | None]:
+    """Every Lead's 18-character Id → its Email."""
+    auth = {"Authorization": f"Bearer {env.token}"}
+    page = await call(env.http, "GET", f"{env.data}/query", headers=auth,
+                      params={"q": "SELECT Id, Email FROM Lead"})
+    rows = list(page["records"])
+    while not page.get("done", True):
+        page = await call(env.http, "GET", f"{env.sf.info['instance_url']}"
+                                           f"{page['nextRecordsUrl']}", headers=auth)
+        rows.extend(page["records"])
+    return {to_18(r["Id"]): r.get("Email") for r in rows}
+
+
+async def qualifying_changes(env: Env, emails: dict[str, str | None]) -> dict[str, float]:
+    """Event id → commit time (s) of every change that set the Title of a Lead with an email
+    (the rule's trigger; a Lead without one has no Iterable profile to land on)."""
+    out: dict[str, float] = {}
+    for body in await call(env.http, "GET", f"{env.sf.info['control_url']}/events",
+                           params={"limit": "10000"}):
+        header = body["ChangeEventHeader"]
+        if header["entityName"] != "Lead" or header["changeType"] != "UPDATE" \
+                or "Title" not in header["changedFields"]:
+            continue
+        for rid in header["recordIds"]:
+            if emails.get(to_18(rid)):
+                out[f"{RULE}-{to_18(rid)}-{header['transactionKey']}"] = \
+                    int(header["commitTimestamp"]) / 1000.0
+    return out
+
+
+async def stored_events(env: Env) -> dict[str, dict[str, Any]]:
+    """The Iterable emulator's custom events of the rule, by id."""
+    records = await call(env.http, "GET", f"{env.it.info['control_url']}/custom-events")
+    return {r["_id"]: r for r in records if r.get("eventName") == EVENT_NAME}
+
+
+async def title_burst(env: Env, count: int, rate: float, per_tx: int) -> None:
+    control = env.sf.info["control_url"]
+    await call(env.http, "POST", f"{control}/burst", json={
+        "sobject": "Lead", "count": count, "rate_per_s": rate, "per_transaction": per_tx,
+        "field": "Title"})
+    while (await call(env.http, "GET", f"{control}/burst"))["running"]:
+        await asyncio.sleep(0.2)
+
+
+async def wait_events(env: Env, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + EVENT_WAIT_S
+    while True:
+        stored = await stored_events(env)
+        if wanted <= set(stored):
+            return stored
+        if time.monotonic() > deadline:
+            raise BenchError(f"{len(wanted - set(stored))} of {len(wanted)} events never "
+                             "reached Iterable")
+        await asyncio.sleep(0.25)
+
+
+async def event_latency(env: Env, emails: dict[str, str | None], rate: float,
+                        duration: float) -> dict[str, Any]:
+    before = set(await qualifying_changes(env, emails))
+    log(f"events latency: {rate:g} qualifying changes/s for {duration:g} s")
+    await title_burst(env, int(rate * duration), rate, 1)
+    changes = {k: v for k, v in (await qualifying_changes(env, emails)).items()
+               if k not in before}
+    stored = await wait_events(env, set(changes))
+    latencies = sorted(stored[i]["receivedWall"] - changes[i] for i in changes)
+    return {"event_latency_changes": len(changes),
+            "event_latency_p50_s": round(statistics.median(latencies), 3),
+            "event_latency_p99_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3)}
+
+
+async def event_burst(env: Env, emails: dict[str, str | None], count: int,
+                      per_tx: int) -> dict[str, Any]:
+    limits = (await call(env.http, "GET", f"{env.it.info['control_url']}/limits"))["limits"]
+    ceiling = float(limits["trackBulk"]["rate_per_s"]) * TRACK_BULK_BATCH
+    before = set(await qualifying_changes(env, emails))
+    log(f"events burst: {count} qualifying changes in transactions of {per_tx}")
+    await title_burst(env, count, 1e6, per_tx)
+    changes = {k: v for k, v in (await qualifying_changes(env, emails)).items()
+               if k not in before}
+    stored = await wait_events(env, set(changes))
+    first_commit = min(changes.values())
+    received = sorted(stored[i]["receivedWall"] for i in changes)
+    sustained = (len(received) - TRACK_BULK_BATCH) / max(received[-1] - received[0], 1e-6)
+    log(f"events burst: {len(changes)} events {received[-1] - first_commit:.2f} s after the "
+        f"first commit (ceiling {ceiling:.0f}/s)")
+    return {"event_burst_changes": len(changes), "event_ceiling_per_s": ceiling,
+            "event_burst_s": round(received[-1] - first_commit, 2),
+            "event_burst_first_event_s": round(received[0] - first_commit, 2),
+            "event_burst_ratio": round(len(changes) / (received[-1] - first_commit)
+                                       / ceiling, 3),
+            "event_burst_sustained_ratio": round(sustained / ceiling, 3)}
+
+
+async def backfill_leads(env: Env) -> None:
+    """`streamsync backfill --objects Lead` (trackBulk creates no users: profiles first)."""
+    await env.stop_service()
+    proc = await asyncio.create_subprocess_exec(
+        *env.service_argv[:3], "backfill", *env.service_argv[4:], "--objects", "Lead",
+        cwd=ROOT, env=env.service_env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BenchError(f"backfill failed ({proc.returncode}): {err.decode()[-2000:]}")
+    await env.start_service()
+
+
+async def events_phase(env: Env, args: argparse.Namespace) -> dict[str, Any]:
+    """The `events` phase: see the module docstring."""
+    log("events: backfilling the Leads")
+    await backfill_leads(env)
+    emails = await lead_emails(env)
+    out: dict[str, Any] = {}
+    if args.rate and args.duration:
+        out.update(await event_latency(env, emails, args.rate, args.duration))
+    if args.burst:
+        out.update(await event_burst(env, emails, args.burst, args.burst_tx_size))
+    await asyncio.sleep(2.0)  # anything resent late shows up too
+    qualifying = await qualifying_changes(env, emails)
+    stored = await stored_events(env)
+    out.update({"event_qualifying_changes": len(qualifying), "events_stored": len(stored),
+                "duplicate_events": len(set(stored) - set(qualifying)),
+                "missing_events": len(set(qualifying) - set(stored)),
+                "resent_events": sum(int(r["writes"]) - 1 for r in stored.values())})
+    return out
+
+
 PHASES: dict[str, Callable[[Env, argparse.Namespace], Awaitable[dict[str, Any]]]] = {
+    "events": events_phase,
     "lists": lambda env, args: lists_phase(env, args.members),
 }
 
@@ -352,7 +522,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNC_")}
         sf = await spawn([PYTHON, "-m", "streamsync.emulators.salesforce", "--port", "0",
                           "--latency-ms", "150", "--seed-accounts", "1", "--seed-contacts", "0",
-                          "--seed-leads", str(args.members * 11 // 10 + 100)],
+                          "--seed-leads", str(max(args.members, args.burst,
+                                                  int(args.rate * args.duration))
+                                              * 11 // 10 + 100)],
                          work / "sf.log", base)
         it = await spawn([PYTHON, "-m", "streamsync.emulators.iterable", "--port", "0",
                           "--latency-ms", "100"], work / "it.log", base)
@@ -397,6 +569,14 @@ def main(argv: list[str] | None = None) -> int:
                         default=list(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
     parser.add_argument("--members", type=int, default=20_000,
                         help="CampaignMember inserts of the lists phase (default 20,000)")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="qualifying changes/s of the events latency step (default 100)")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds of the events latency step (default 30)")
+    parser.add_argument("--burst", type=int, default=20_000,
+                        help="qualifying changes of the events burst (default 20,000)")
+    parser.add_argument("--burst-tx-size", type=int, default=1000,
+                        help="records per events burst transaction (one merged CDC event)")
     args = parser.parse_args(argv)
     unknown = [p for p in args.phases if p not in PHASES]
     if unknown or args.members < 1:

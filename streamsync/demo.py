@@ -4,12 +4,14 @@
 2. Backfills every Lead and Contact into Iterable, with a progress bar.
 3. Runs the real-time service while a workload makes live changes in Salesforce (creates,
    updates, an Account rename, a deletion, an email change, a lead conversion, an invalid email,
-   deals moving to Closed Won, which fire the README's journey event live), showing queue depth,
-   commit-to-Iterable latency, records synced, dead letters and events sent; the status page's
-   address is printed, and the page is live while the service runs.
+   deals moving to Closed Won, which fire the README's journey event live, people joining and
+   leaving the Campaign "Demo webinar", whose Iterable list fills live), showing queue depth,
+   commit-to-Iterable latency, records synced, dead letters, events sent and the list's size;
+   the status page's address is printed, and the page is live while the service runs.
 4. Waits for the queue to drain and checks that every Iterable profile matches its Salesforce
-   record (`core/verify.py`) and that every won deal fired exactly one event
-   (`core/verify_events.py`). `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it
+   record (`core/verify.py`), that every won deal fired exactly one event
+   (`core/verify_events.py`) and that the list holds its Campaign's members
+   (`core/verify_lists.py`). `streamsync demo` (streamsync/cli/demo.py) exits 0 only if it
    does.
 """
 
@@ -36,6 +38,7 @@ from streamsync.core.verify_consent import (
 )
 from streamsync.core.verify_events import EventReport, value_transitions
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
+from streamsync.emulators.iterable.api_lists import members as list_members
 from streamsync.emulators.iterable.user_clicks import unsubscribe_click
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
 from streamsync.emulators.salesforce.actions import set_stage
@@ -45,6 +48,7 @@ from streamsync.runtime.consent_inbound import inbound_of
 from streamsync.runtime.final_state import (
     read_consent,
     read_events,
+    read_lists,
     read_salesforce,
     verify_policies,
 )
@@ -63,6 +67,8 @@ SYNCED_OBJECTS = ("Lead", "Contact")
 MARKETING_EMAIL = 39581  # the Iterable emulator's seeded Marketing Email channel
 WEBHOOK_SECRET = secrets.token_urlsafe(24)
 CONSENT = {"consent": {"unsubscribe_channel_ids": [MARKETING_EMAIL]}}
+DEMO_CAMPAIGN = "Demo webinar"  # its members fill an Iterable list of the same name ([lists])
+LISTS = {"campaigns": [{"campaign_name": DEMO_CAMPAIGN, "create_missing": True}]}
 
 
 def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> Config:
@@ -75,6 +81,7 @@ def demo_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path) -> 
         "flush": {"linger_ms": 50},
         "health": {"host": "127.0.0.1", "port": 0},
         "objects": {"Lead": CONSENT, "Contact": CONSENT, "Account": {}},
+        "lists": LISTS,
         "events": [WON_RULE],
     }
     # Iterable → Salesforce: the webhook receiver on a free port, the poller as the safety net.
@@ -134,6 +141,7 @@ class Workload:
         }
         if n % 4 == 2:
             self.win_opportunity()
+        self.campaign_member(n)
         if n in scripted:
             scripted[n]()
         elif n % 3 == 0:
@@ -148,6 +156,22 @@ class Workload:
                                                     if sobject == "Lead" else ""))
             state.update(sobject, record_id, {"FirstName": f"Renamed{n}"})
             self._note("update", self._email(sobject, record_id))
+
+    def campaign_member(self, n: int) -> None:
+        """Someone registers for the webinar (every fifth step someone cancels instead)."""
+        campaign = self.sf.select_ids("Campaign", f"Name = '{DEMO_CAMPAIGN}'")[0]
+        members = self.sf.select_ids("CampaignMember", f"CampaignId = '{campaign}'")
+        if n % 5 == 0 and members:
+            self.sf.state.delete("CampaignMember", self.rng.choice(members))
+            self._note("campaign_member_removed")
+            return
+        sobject = self.rng.choice(SYNCED_OBJECTS)
+        field = "LeadId" if sobject == "Lead" else "ContactId"
+        person = self._pick(sobject, "IsDeleted = false AND Email != null" + (
+            " AND IsConverted = false" if sobject == "Lead" else ""))
+        with contextlib.suppress(Exception):  # already registered: Salesforce refuses it
+            self.sf.state.create("CampaignMember", {"CampaignId": campaign, field: person})
+            self._note("campaign_member_added")
 
     def win_opportunity(self) -> None:
         """A deal is won (the Closed Won rule fires once); one won before gets an unrelated
@@ -305,15 +329,18 @@ def page_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def _status_line(service: Service) -> str:
+def _status_line(service: Service, it: IterableEmulator) -> str:
     m = service.metrics
     synced = sum(s.value for metric in m.records_synced.collect() for s in metric.samples
                  if s.name.endswith("_total"))
     dead = sum(s.value for metric in m.dead_letters.collect() for s in metric.samples)
     depth = service.queue_depth
     events = service.events.stats.sent if service.events is not None else 0
+    lists = [lst for lst in it.messaging_for(it.project).catalog.lists.values()
+             if lst.name == DEMO_CAMPAIGN]
+    on_list = len(list_members(it.project, lists[0].id)) if lists else 0
     return (f"queue={depth:.0f}  synced={synced:.0f}  dead_letters={dead:.0f}  "
-            f"events_sent={events}")
+            f"events_sent={events}  list '{DEMO_CAMPAIGN}'={on_list}")
 
 
 async def run_demo(duration_s: float, keep_running: bool, small: bool, out: TextIO) -> bool:
@@ -323,6 +350,7 @@ async def run_demo(duration_s: float, keep_running: bool, small: bool, out: Text
     it = IterableEmulator(IterableEmulatorConfig(project_type="email", latency_ms=20.0))
     await sf.start("127.0.0.1", 0)
     await it.start("127.0.0.1", 0)
+    sf.state.create("Campaign", {"Name": DEMO_CAMPAIGN, "IsActive": True})
     print(f"Salesforce emulator: {sf.instance_url}   Iterable emulator: {it.base_url}", file=out)
     with tempfile.TemporaryDirectory(prefix="streamsync-demo-") as tmp:
         config = demo_config(sf, it, Path(tmp))
@@ -367,9 +395,11 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
     consent = await verify_consent(config, it)
     consent.mismatches += await verify_consent_back(config, sf, it)
     events = await verify_events(config, sf)
+    async with open_components(config) as parts:
+        lists = await read_lists(config, parts)
     figures = {**latency_figures(workload, it), "changes": workload.changes,
                "kinds": workload.kinds, **report.summary(), **consent.summary(),
-               **events.summary()}
+               **events.summary(), **lists.summary()}
     for key, value in figures.items():
         print(f"   {key}: {value}", file=out)
     for mismatch in [*report.mismatches[:10], *consent.mismatches[:10]]:
@@ -377,10 +407,11 @@ async def _demo_steps(config: Config, sf: SalesforceEmulator, it: IterableEmulat
               f"{mismatch.problem} {mismatch.fields}", file=out)
     for wrong in events.mismatches[:10]:
         print(f"   EVENT MISMATCH {wrong.event_id}: {wrong.problem} {wrong.detail}", file=out)
-    ok = report.ok and consent.ok and events.ok
+    ok = report.ok and consent.ok and events.ok and lists.ok
     print("\nEvery Iterable profile matches Salesforce, and no opted-out record is still "
           "subscribed nor any Iterable unsubscribe missing in Salesforce; every won deal fired "
-          "exactly one event." if ok
+          f"exactly one event; the list '{DEMO_CAMPAIGN}' holds exactly its Campaign's "
+          "members." if ok
           else "\nVerification FAILED.", file=out)
     return ok
 
@@ -406,13 +437,14 @@ async def _live_changes(service: Service, task: asyncio.Task[int], workload: Wor
             live = (f"  latency p50={lat['latency_p50_s']:.2f}s p99={lat['latency_p99_s']:.2f}s"
                     if lat.get("latency_samples") else "")
             print(f"   t={time.monotonic() - started:4.0f}s  changes={workload.changes}  "
-                  f"{_status_line(service)}{live}", file=out)
+                  f"{_status_line(service, it)}{live}", file=out)
             next_status += 2.0
     await it.webhooks.wait_idle()
-    await _drain(service, out)
+    await _drain(service, it, out)
 
 
-async def _drain(service: Service, out: TextIO, timeout_s: float = 60.0) -> None:
+async def _drain(service: Service, it: IterableEmulator, out: TextIO,
+                 timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     await asyncio.sleep(1.0)
     inbound = inbound_of(service)
@@ -422,4 +454,4 @@ async def _drain(service: Service, out: TextIO, timeout_s: float = 60.0) -> None
         if service.queue_depth == 0 and not pending:
             break
         await asyncio.sleep(0.25)
-    print(f"   drained: {_status_line(service)}", file=out)
+    print(f"   drained: {_status_line(service, it)}", file=out)

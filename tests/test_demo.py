@@ -41,6 +41,10 @@ def test_demo_short_mode_ends_with_every_profile_matching(tmp_path: Path) -> Non
     assert "== 1. Backfill" in out and "== 2. Real time" in out
     assert "mismatches: 0" in out
     assert "Every Iterable profile matches Salesforce, and no opted-out record" in out
+    # a list filling live, then equal to its Campaign's members
+    sizes = [int(n) for n in re.findall(r"list 'Demo webinar'=(\d+)", out)]
+    assert sizes and max(sizes) > 0, out
+    assert "lists_compared: 1" in out and "list_mismatches: 0" in out
     assert "consent_mismatches: 0" in out and "consent_opted_out_checked: " in out
     assert "'iterable_unsubscribe': 2" in out  # clicks in Iterable, written back
     assert "Traceback" not in stderr
