@@ -8,7 +8,9 @@
 2. For `--minutes`, a workload generator creates, updates, deletes and undeletes records,
    converts Leads (half of them Campaign members), renames Accounts, changes emails, adds and
    removes Campaign members and changes their status, opts people out of email and back in
-   (`HasOptedOutOfEmail`; consent is configured on Lead and Contact), and now and then creates
+   (`HasOptedOutOfEmail`; consent is configured on Lead and Contact), wins deals (the
+   README's Closed Won journey event) and edits won ones, moves Leads to and from
+   "Working - Contacted" (an event rule on the Lead), and now and then creates
    a Lead with an invalid email (a genuinely bad record), through the Salesforce emulator's
    control API; people unsubscribe (a click) and sign up again in Iterable, through its
    emulator's control API, its system webhook delivering to the service's receiver; a fault
@@ -23,7 +25,9 @@
    (two Campaigns the run creates: one counts every member, one only `Responded` ones) with
    its Campaign's members (`core/verify_lists.compare_lists`), and checks that no opted-out
    record's Iterable user still receives Marketing Email and no record is opted in whose
-   Iterable user unsubscribed later (`core/verify_consent.py`). Iterable
+   Iterable user unsubscribed later (`core/verify_consent.py`), and that every qualifying change
+   (found in Salesforce's change log) produced exactly one custom event with its id, user, time
+   and data, and no other event exists (`core/verify_events.py`). Iterable
    faults hit the list calls too (three in ten) and the subscription calls (one in seven).
 4. Prints one JSON object: faults injected by kind, changes made by kind, records compared,
    mismatches (a deleted record that never had a profile, as the store shows, is none),
@@ -68,11 +72,13 @@ from streamsync.config import Config, load_config
 from streamsync.core.consent_inbound import ConsentGroups, parse_export_line
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
 from streamsync.core.verify_consent import ConsentReport, RecordConsent, later_iterable_unsubscribes
+from streamsync.core.verify_events import EventReport, QualifyingChange, value_transitions
 from streamsync.core.verify_lists import ListsReport
 from streamsync.errors import RecordError
 from streamsync.runtime.app import open_components
 from streamsync.runtime.final_state import (
     read_consent,
+    read_events,
     read_lists,
     read_salesforce,
     verify_policies,
@@ -80,7 +86,7 @@ from streamsync.runtime.final_state import (
 
 PYTHON = sys.executable
 SYNCED_OBJECTS = ("Lead", "Contact")
-SEED_DATA = {"accounts": 40, "contacts": 200, "leads": 400}
+SEED_DATA = {"accounts": 40, "contacts": 200, "leads": 400, "opportunities": 120}
 CHANGES_PER_S = 4.0
 FAULTS_PER_MIN = 14.0
 WARMUP_S = 2.0  # workload before the first fault
@@ -106,7 +112,34 @@ CHANGE_WEIGHTS = {
     "account_rename": 6, "email_change": 10, "invalid_email": 2,
     "member_add": 10, "member_remove": 4, "member_status": 4,
     "opt_out": 4, "opt_in": 2, "iterable_unsubscribe": 4, "iterable_subscribe": 2,
+    "opportunity_won": 4, "deal_update": 3, "lead_working": 3,
 }
+# [[events]] (README "Events"): deals Closed Won land on the primary contact; Leads moved to
+# Working - Contacted on themselves. `value_transitions` finds their qualifying changes.
+EVENT_RULES = (("opportunity-won", "Opportunity", "StageName", "Closed Won"),
+               ("lead-working", "Lead", "Status", "Working - Contacted"))
+EVENTS_TOML = """
+[[events]]
+name = "opportunity-won"
+object = "Opportunity"
+trigger = "update"
+changed_fields = ["StageName"]
+condition = "StageName = 'Closed Won'"
+event_name = "opportunityClosedWon"
+profile = "primary_contact_role"
+[events.mapping]
+"Name" = "dataFields.opportunityName"
+"Amount" = "dataFields.amount"
+
+[[events]]
+name = "lead-working"
+object = "Lead"
+trigger = "update"
+condition = "Status = 'Working - Contacted'"
+event_name = "leadWorking"
+[events.mapping]
+"LeadSource" = "dataFields.leadSource"
+"""
 # Consent (README "Consent"): an opt-out in Salesforce unsubscribes from Marketing Email.
 CONSENT_CHANNEL = 39581
 # [lists]: two Campaigns the run creates, one list filled by every member, one by responders.
@@ -256,6 +289,8 @@ class Model:
     deleted: list[tuple[str, str]] = field(default_factory=list)  # (sobject, id)
     campaigns: list[str] = field(default_factory=list)
     members: dict[str, str] = field(default_factory=dict)  # CampaignMember id -> person id
+    open_deals: list[str] = field(default_factory=list)  # Opportunities not closed yet
+    won_deals: list[str] = field(default_factory=list)
 
 
 class Workload:
@@ -281,6 +316,10 @@ class Workload:
             return "create"
         if kind in ("member_remove", "member_status") and not self.model.members:
             return "member_add"
+        if (kind == "opportunity_won" and not self.model.open_deals) or (
+                kind == "deal_update" and not self.model.won_deals) or (
+                kind == "lead_working" and not self.model.leads):
+            return "update"
         return kind
 
     def _pick(self, ids: list[str]) -> str:
@@ -319,6 +358,28 @@ class Workload:
                 "LeadSource": self.rng.choice(["Web", "Phone Inquiry", "Partner Referral"])}
         out = await self.control.call("POST", f"{self.url}/records/Lead", body)
         self.model.leads.append(str(out["id"]))
+
+    async def _opportunity_won(self) -> None:
+        """A deal is won: the Closed Won rule must fire once."""
+        deal = self.model.open_deals.pop(self.rng.randrange(len(self.model.open_deals)))
+        await self.control.call("POST", f"{self.url}/opportunities/{deal}/stage",
+                                {"stageName": "Closed Won"})
+        self.model.won_deals.append(deal)
+
+    async def _deal_update(self) -> None:
+        """A won deal's unrelated change: no event."""
+        deal = self._pick(self.model.won_deals)
+        await self.control.call("PATCH", f"{self.url}/records/Opportunity/{deal}",
+                                {"NextStep": f"Step {self.n}"})
+
+    async def _lead_working(self) -> None:
+        """A Lead's status moves to Working - Contacted (once per Lead: an event; again after
+        another status: another event) or, one time in three, back to Open."""
+        lead = self._pick(self.model.leads)
+        status = "Open - Not Contacted" if self.rng.random() < 0.33 else "Working - Contacted"
+        with contextlib.suppress(ChaosError):  # deleted or converted meanwhile
+            await self.control.call("PATCH", f"{self.url}/records/Lead/{lead}",
+                                    {"Status": status})
 
     async def _invalid_email(self) -> None:
         n = self.n
@@ -776,7 +837,7 @@ lookback_s = 120
 [logging]
 level = "INFO"
 format = "json"
-""" + "".join(
+""" + EVENTS_TOML + "".join(
         f'\n[[lists.campaigns]]\ncampaign_name = "{name}"\ncreate_missing = true\n'
         + (f"statuses = {list(statuses)!r}\n".replace("'", '"') if statuses else "")
         for name, statuses in CAMPAIGNS)
@@ -847,6 +908,7 @@ async def initial_model(config: Config) -> Model:
             leads=await ids("SELECT Id FROM Lead WHERE IsConverted = false"),
             contacts=await ids("SELECT Id FROM Contact"),
             accounts=await ids("SELECT Id FROM Account"),
+            open_deals=await ids("SELECT Id FROM Opportunity WHERE IsClosed = false"),
         )
 
 
@@ -950,6 +1012,62 @@ async def later_unsubscribes(control: Control, sf: dict[str, Any], it: dict[str,
                                        CONSENT_GROUPS)
 
 
+class ChangeLog:
+    """Salesforce's change events, collected while they are retained (the emulator keeps the
+    newest 10,000): the independent record of which changes qualified for an event rule."""
+
+    def __init__(self, control: Control, sf_control_url: str) -> None:
+        self.control = control
+        self.url = f"{sf_control_url}/events"
+        self.bodies: dict[tuple[int, int], dict[str, Any]] = {}
+
+    async def poll(self) -> None:
+        for body in await self.control.call("GET", f"{self.url}?limit=10000"):
+            header = body["ChangeEventHeader"]
+            self.bodies[(int(header["commitNumber"]), int(header["sequenceNumber"]))] = body
+
+    async def keep_polling(self, every_s: float = 10.0) -> None:
+        while True:
+            with contextlib.suppress(ChaosError, aiohttp.ClientError):
+                await self.poll()
+            await asyncio.sleep(every_s)
+
+    def qualifying(self) -> list[QualifyingChange]:
+        return [change for rule, entity, field_name, value in EVENT_RULES
+                for change in value_transitions(self.bodies.values(), rule=rule, entity=entity,
+                                                field_name=field_name, value=value)]
+
+
+def events_settled(db_path: Path) -> bool:
+    """No custom event waits to be decided or sent."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        return int(conn.execute("SELECT count(*) FROM event_pending WHERE state IN "
+                                "('new', 'ready')").fetchone()[0]) == 0
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
+async def wait_events_settled(db_path: Path, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if events_settled(db_path):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def read_event_report(config: Config, changes: list[QualifyingChange]) -> EventReport:
+    """Each qualifying change's event in Iterable (runtime/final_state.py `read_events`)."""
+    async with open_components(config) as parts:
+        return await read_events(parts, changes)
+
+
 async def duplicate_writes(control: Control, it: dict[str, Any],
                            keys: Sequence[str]) -> tuple[int, int]:
     """(writes applied, writes that repeated the state the previous applied write had set)."""
@@ -1018,6 +1136,7 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
              "--seed-accounts", str(SEED_DATA["accounts"]),
              "--seed-contacts", str(SEED_DATA["contacts"]),
              "--seed-leads", str(SEED_DATA["leads"]), "--seed", str(seed),
+             "--seed-opportunities", str(SEED_DATA["opportunities"]),
              "--long-poll-s", "20", "--reconnect-timeout-s", "40"],
             workdir / "salesforce.log", base_env)
         webhook_port = free_port()
@@ -1060,6 +1179,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         workload = Workload(control, str(sf["control_url"]), model, work_rng,
                             str(it["control_url"]))
         await workload.seed_campaigns()
+        change_log = ChangeLog(control, str(sf["control_url"]))
+        log_poller = asyncio.create_task(change_log.keep_polling())
         backfills = Backfills(config_path, env, workdir / "backfill.log")
         say("initial backfill (profiles, then lists)")
         await backfills.start()
@@ -1109,6 +1230,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         await faults.clear()
         await backfills.wait_all()
         drained = await wait_drained(control, sf, db_path, service)
+        events_drained = await wait_events_settled(db_path)
         consent_drained = await wait_consent_drained(control, it, db_path, service)
         if outage is not None:
             await outage.close()
@@ -1125,6 +1247,9 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         consent = await read_consent_report(config, records, await control.call(
             "GET", f"{it['control_url']}/subscriptions"))
         inbound = await later_unsubscribes(control, sf, it, records)
+        log_poller.cancel()
+        await change_log.poll()
+        events = await read_event_report(config, change_log.qualifying())
     mismatches = [
         {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem,
          "fields": {k: [v[0], v[1]] for k, v in m.fields.items()}}
@@ -1153,6 +1278,11 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
             for m in [*consent.mismatches, *inbound][:10]],
         "consent_inbound_mismatches": len(inbound),
         "consent_drained": consent_drained,
+        **events.summary(),
+        "event_mismatch_examples": [
+            {"id": m.event_id, "problem": m.problem, "detail": m.detail[:200]}
+            for m in events.mismatches[:10]],
+        "events_drained": events_drained,
         "dead_letters": len(judged),
         "dead_letters_genuine": sum(1 for d in judged if d["genuine"]),
         "dead_letter_details": judged,
@@ -1173,7 +1303,8 @@ def verdict(result: dict[str, Any]) -> bool:
     return (result["mismatches"] == 0 and not result["missing_dead_letters"]
             and result["dead_letters_genuine"] == result["dead_letters"]
             and result["list_mismatches"] == 0 and result["consent_mismatches"] == 0
-            and result["consent_inbound_mismatches"] == 0)
+            and result["consent_inbound_mismatches"] == 0
+            and result["event_mismatches"] == 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
