@@ -47,6 +47,18 @@ def summary_lines(summary: BackfillSummary) -> list[str]:
         f"  Salesforce API calls  {summary.sf_api_calls:,}",
         f"  windows               {summary.windows} ({summary.windows_resumed} resumed)",
     ]
+    run = summary.run_totals
+    if run is not None and summary.participants > 1:
+        lines += [
+            f"the whole run, {summary.participants} processes (this one above):",
+            f"  records read          {run['records_read']:,}",
+            f"  written to Iterable   {run['records_written']:,}",
+            f"  skipped (unchanged)   {run['records_skipped']:,}",
+            f"  dead-lettered         {run['dead_lettered']:,}",
+            f"  catch-up queued       {run['catchup_queued']:,}",
+            f"  Iterable requests     {run['iterable_requests']:,} "
+            f"({run['iterable_429s']:,} rate-limited)",
+        ]
     return lines
 
 

@@ -52,6 +52,26 @@ def test_dry_run_summary() -> None:
     ]
 
 
+def test_a_joint_run_summary_adds_the_whole_run() -> None:
+    run = {"records_read": 1_900, "records_written": 1_700, "records_skipped": 150,
+           "dead_lettered": 50, "catchup_queued": 3, "iterable_requests": 62,
+           "iterable_429s": 0, "participants": 2}
+    lines = summary_lines(BackfillSummary(
+        "bf-1", "finished", ("Lead",), records_read=1_000, duration_s=10.0, windows=4,
+        participants=2, run_totals=run))
+    assert lines[-7:] == [
+        "the whole run, 2 processes (this one above):",
+        "  records read          1,900",
+        "  written to Iterable   1,700",
+        "  skipped (unchanged)   150",
+        "  dead-lettered         50",
+        "  catch-up queued       3",
+        "  Iterable requests     62 (0 rate-limited)",
+    ]
+    alone = summary_lines(BackfillSummary("bf-2", "finished", ("Lead",), run_totals=run))
+    assert not any("whole run" in line for line in alone)
+
+
 def test_python_m_streamsync_backfill_is_the_same_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
