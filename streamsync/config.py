@@ -521,6 +521,9 @@ class BackfillConfig(_Model):
     page_size: int = Field(default=2000, ge=200, le=2000)
     api: Literal["rest", "bulk"] = "rest"
     window_field: str = "CreatedDate"
+    # A window is leased to the process working on it for this long, renewed every third of
+    # it; a process that died loses its windows to the others after it (docs/design.md §10.2).
+    lease_s: float = Field(default=30.0, ge=2.0, le=600.0)
 
     @field_validator("window_field")
     @classmethod

@@ -30,6 +30,7 @@ class of the product lives here (tests/test_errors.py checks it).
     │       ├── BatchRejected  field types mismatched (RequestFieldsTypesMismatched)
     │       └── BatchTooLarge  413 / BatchTooLarge: halve and resend
     └── Stopped              stop: asked to stop while a retry was waiting
+        └── WindowTaken      stop this backfill window: another process took it over
 
 Standing apart (not StreamsyncError, so no `except StreamsyncError` swallows them):
 `Terminated` (stop: SIGTERM during a command, stops like Ctrl-C) and `ConfigProblems` (a
@@ -212,6 +213,11 @@ class Unreachable(RetriableError):
 
 class Stopped(StreamsyncError):
     """Asked to stop while a retry was waiting (start-up waiting out an outage, for one)."""
+
+
+class WindowTaken(Stopped):
+    """This process's lease on a backfill window expired and another process took the window
+    over: stop working on it (its checkpoint is the other process's now)."""
 
 
 class RecordError(StreamsyncError):

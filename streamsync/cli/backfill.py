@@ -53,7 +53,9 @@ ORDER BY Id LIMIT 2000) in parallel CreatedDate windows; each window's progress 
 in the SQLite store after Iterable confirms a page, so an interrupted backfill continues with
 --resume. At the end, records modified since the backfill started are queued for the real-time
 service (catch-up), so an older backfill page is never the last write. It can run beside
-`streamsync run`.
+`streamsync run` (both draw from one Iterable rate budget kept in the store), and several
+backfill processes can work on one run: the same command started again (on this machine, or on
+another one sharing a PostgreSQL store) joins the run of the same scope in progress.
 """
 
 EPILOG = """\
@@ -62,6 +64,7 @@ examples:
   streamsync backfill --config config.toml --objects Lead --since 2024-01-01
   streamsync backfill --config config.toml --dry-run payloads.jsonl
   python -m streamsync.backfill --config config.toml --resume     (the same command)
+  streamsync backfill --config config.toml --join                 (a second process on the run)
   streamsync backfill --config config.toml --lists [--resume]    ([lists]: adds and removals)
 
 exit status: 0 done (or already finished), 1 failed, e.g. Iterable unreachable or its key
@@ -108,6 +111,13 @@ def add_parser(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
     mode.add_argument(
         "--restart", action="store_true",
         help="start over, even if the same backfill finished or stopped half-way")
+    mode.add_argument(
+        "--join", action="store_true",
+        help="work on the backfill of the same scope that is in progress (or stopped) together "
+             "with the processes already on it; fails when there is none. Without --join a "
+             "backfill joins a run of the same scope in progress by itself: windows are leased "
+             "to one process at a time (backfill.lease_s) and those of a process that died are "
+             "taken over")
     p.add_argument(
         "--dry-run", type=Path, metavar="FILE",
         help="read and map the records, write the Iterable payloads to FILE as JSON lines "
@@ -139,7 +149,8 @@ def options_from(args: argparse.Namespace) -> BackfillOptions:
     """The BackfillOptions of parsed arguments."""
     return BackfillOptions(
         objects=tuple(args.objects), since=args.since, until=args.until, where=args.where,
-        resume=args.resume, restart=args.restart, dry_run=args.dry_run, parallel=args.parallel,
+        resume=args.resume, restart=args.restart, join=args.join, dry_run=args.dry_run,
+        parallel=args.parallel,
         api=args.api, catch_up=args.catch_up)
 
 

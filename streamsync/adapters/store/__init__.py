@@ -6,6 +6,7 @@ one (imported from `streamsync.adapters.store.postgres`, so SQLite users never l
 
 from __future__ import annotations
 
+from .backfill_lease import Participant, ParticipantState, WindowClaim
 from .base import Synchronous
 from .budget import BudgetUse, Drawer, DrawerIdentity
 from .budget_plan import Booking, ClaimRequest, DrawerKind
@@ -82,6 +83,8 @@ __all__ = [
     "ListMember",
     "ListMemberWant",
     "Migration",
+    "Participant",
+    "ParticipantState",
     "PendingReconcile",
     "QueueInput",
     "QueueStats",
@@ -94,6 +97,7 @@ __all__ = [
     "Synchronous",
     "WorkerInfo",
     "collect_status",
+    "WindowClaim",
     "migrate",
     "read_applied_mappings",
     "read_payload_hashes",

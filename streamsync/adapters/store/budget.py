@@ -81,7 +81,7 @@ ON CONFLICT (budget_key, lane) DO UPDATE SET
 """
 
 
-async def _store_now(conn: aiosqlite.Connection) -> float:
+async def store_now(conn: aiosqlite.Connection) -> float:
     async with conn.execute(NOW_SQL) as cursor:
         row = await cursor.fetchone()
     assert row is not None
@@ -107,7 +107,7 @@ class BudgetOps(StoreBase):
         if req.kind != drawer.kind:
             raise ValueError(f"a {drawer.kind} drawer cannot claim as {req.kind}")
         async with self._tx("claim_slots") as conn:
-            now = await _store_now(conn)
+            now = await store_now(conn)
             async with conn.execute(
                 "SELECT lane, tat FROM rate_budget WHERE budget_key = ? AND lane IN (?, ?)",
                 (budget_key, ALL, req.kind),
@@ -137,7 +137,7 @@ class BudgetOps(StoreBase):
         """Every budget with its ceiling, the rate booked now and the processes drawing (those
         that booked within `DRAWING_WITHIN_S`), busiest drawer first."""
         async with self._read("budgets_in_use") as conn:
-            now = await _store_now(conn)
+            now = await store_now(conn)
             async with conn.execute(
                 "SELECT budget_key, rate_per_s FROM rate_budget WHERE lane = ? "
                 "ORDER BY budget_key", (ALL,)

@@ -6,7 +6,7 @@ drawer (`service`, `backfill`) has a lane `tat` of its own that advances at its 
 of the rate. A process books a few slots at a time in one store transaction (`claim`), then sends
 at those times. Times are the store's clock (the database's, shared by every process on it).
 
-The rule (docs/design.md §7):
+The rule (docs/design.md §10.1):
 - a claim within its kind's share (lane not more than `horizon_s` ahead) may book slots up to
   `horizon_s` ahead of now: each kind is guaranteed its share (service 60 %, backfill 40 %);
 - a claim beyond its share books only while the budget is idle (next free slot within

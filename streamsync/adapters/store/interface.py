@@ -14,6 +14,7 @@ from typing import Any, Protocol, Self
 
 from streamsync.models import EventCandidate
 
+from .backfill_lease import Participant, ParticipantState, WindowClaim
 from .budget import BudgetUse, DrawerIdentity
 from .budget_plan import Booking, ClaimRequest
 from .consent_inbox import ConsentEventRow, Via
@@ -539,7 +540,56 @@ class StoreAPI(Protocol):
         """Forget sent event rows older than `before`."""
         ...
 
-    # -- the shared Iterable rate budget (docs/design.md §9)
+    # -- joint backfills: several processes on one run (docs/design.md §10.2)
+
+    async def start_or_find_run(
+        self, run_id: str, windows: Sequence[BackfillWindow], options: Mapping[str, Any],
+        now: float, objects: Sequence[str] = (),
+    ) -> tuple[BackfillRun, bool]:
+        """The unfinished run of the same scope (False), or a new run (True), atomically."""
+        ...
+
+    async def join_run(self, run_id: str, me: Participant) -> None:
+        """Register a process as a participant of a run."""
+        ...
+
+    async def run_participants(self, run_id: str) -> list[ParticipantState]:
+        """Every process that worked on a run, in the order they joined."""
+        ...
+
+    async def claim_window(self, run_id: str, participant_id: str,
+                           lease_s: float) -> WindowClaim:
+        """Lease a window not done and not leased (or whose lease expired)."""
+        ...
+
+    async def renew_leases(self, run_id: str, participant_id: str, lease_s: float,
+                           totals: Mapping[str, Any] | None = None) -> int:
+        """Extend a participant's leases and save its counts; how many windows it holds."""
+        ...
+
+    async def save_leased_checkpoint(
+        self, run_id: str, window: BackfillWindow, participant_id: str, last_id: str | None,
+        records_done: int, lease_s: float, totals: Mapping[str, Any] | None = None,
+        *, done: bool = False,
+    ) -> None:
+        """A checkpoint fenced by the window's lease (WindowTaken when another holds it)."""
+        ...
+
+    async def release_participant(self, run_id: str, participant_id: str,
+                                  totals: Mapping[str, Any] | None = None) -> None:
+        """A participant leaves: its leases are free at once."""
+        ...
+
+    async def claim_run_close(self, run_id: str, participant_id: str, lease_s: float) -> bool:
+        """Become the participant that runs the catch-up and finishes the run."""
+        ...
+
+    async def finish_run_as(self, run_id: str, participant_id: str,
+                            totals: Mapping[str, Any], now: float) -> None:
+        """Finish the run and save the closer's counts in one transaction."""
+        ...
+
+    # -- the shared Iterable rate budget (docs/design.md §10.1)
 
     async def claim_slots(self, budget_key: str, drawer: DrawerIdentity,
                           req: ClaimRequest) -> Booking:

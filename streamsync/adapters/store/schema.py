@@ -494,8 +494,37 @@ _V13 = Migration(
     ),
 )
 
+_V14 = Migration(
+    14,
+    "joint backfills: window leases, the run's closing lease, and each participant's counts",
+    (
+        # A window is worked on by the process holding its lease (store clock); a lease that
+        # expired (its process died) may be taken over from the window's checkpoint.
+        "ALTER TABLE backfill_checkpoint ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE backfill_checkpoint ADD COLUMN lease_expires_at REAL",
+        # The one participant running the catch-up and marking the run finished.
+        "ALTER TABLE backfill_run ADD COLUMN close_owner TEXT",
+        "ALTER TABLE backfill_run ADD COLUMN close_expires_at REAL",
+        # Every process that worked on a run, its heartbeat and its counts (JSON object),
+        # saved with each of its checkpoints, so the run's summary covers every participant.
+        """
+        CREATE TABLE backfill_participant (
+            run_id TEXT NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
+            participant_id TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            joined_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            left_at REAL,
+            totals TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (run_id, participant_id)
+        )
+        """,
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12,
-                                     _V13)
+                                     _V13, _V14)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .backfill import BackfillOps
+from .backfill_lease import BackfillLeaseOps
 from .budget import BudgetOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
@@ -18,7 +19,8 @@ from .workers import WorkerOps
 
 
 class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-            ConsentInboxOps, WorkerOps, MappingStateOps, EventOps, BudgetOps):
+            ConsentInboxOps, WorkerOps, MappingStateOps, EventOps, BudgetOps,
+            BackfillLeaseOps):
     """The `StoreAPI` on one aiosqlite connection to a WAL database (see `base` for
     durability).
 

@@ -53,6 +53,7 @@ class BackfillOptions:
     where: str | None = None
     resume: bool = False
     restart: bool = False
+    join: bool = False
     dry_run: Path | None = None
     parallel: int | None = None
     api: Api | None = None
@@ -64,6 +65,8 @@ class BackfillOptions:
     def __post_init__(self) -> None:
         if self.resume and self.restart:
             raise BackfillError("--resume and --restart exclude each other")
+        if self.join and self.restart:
+            raise BackfillError("--join and --restart exclude each other")
         for name in ("since", "until"):
             moment = getattr(self, name)
             if moment is not None and moment.utcoffset() is None:

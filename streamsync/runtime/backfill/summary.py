@@ -45,6 +45,10 @@ class BackfillSummary:
     iterable_429s: int = 0
     duration_s: float = 0.0
     dry_run_file: str | None = None
+    participants: int = 1
+    """Processes that worked on the run (this one included, and earlier stopped attempts)."""
+    run_totals: dict[str, Any] | None = None
+    """The whole run's counts, every participant's added up (runtime/backfill/joint.py)."""
 
     @property
     def dead_lettered(self) -> int:
@@ -60,4 +64,5 @@ class BackfillSummary:
             "windows_resumed": self.windows_resumed, "sf_api_calls": self.sf_api_calls,
             "iterable_requests": self.iterable_requests, "iterable_429s": self.iterable_429s,
             "duration_s": round(self.duration_s, 3), "dry_run_file": self.dry_run_file,
+            "participants": self.participants, "run": self.run_totals,
         }

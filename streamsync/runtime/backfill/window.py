@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from streamsync.adapters.store import BackfillWindow, Checkpoint, StoreAPI
 from streamsync.logs import get_logger
@@ -23,6 +24,16 @@ PageHook = Callable[[BackfillWindow, int], Awaitable[None]]
 """Called after each page of a window is written and checkpointed (window, pages so far)."""
 ReadHook = Callable[[str, Page], None]
 """Called with each page as it is read (object name, page)."""
+
+
+class Checkpoints(Protocol):
+    """Where a window's progress goes (runtime/backfill/joint.py `Participation`: fenced by
+    the window's lease)."""
+
+    async def save(self, window: BackfillWindow, last_id: str | None,
+                   records_done: int) -> None: ...
+
+    async def finish(self, window: BackfillWindow, records_done: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +53,8 @@ class WindowRunner:
 
     def __init__(self, *, store: StoreAPI, reader: PageReader, writer: WriteEngine,
                  settings: WindowSettings, progress: Progress, on_read: ReadHook,
-                 on_page: PageHook | None = None, clock: Callable[[], float] = time.time
-                 ) -> None:
+                 on_page: PageHook | None = None, clock: Callable[[], float] = time.time,
+                 checkpoints: Checkpoints | None = None) -> None:
         self.store = store
         self.reader = reader
         self.writer = writer
@@ -52,6 +63,20 @@ class WindowRunner:
         self.on_read = on_read
         self.on_page = on_page
         self.clock = clock
+        self.checkpoints = checkpoints
+
+    async def _save(self, run_id: str, window: BackfillWindow, last_id: str,
+                    done: int) -> None:
+        if self.checkpoints is not None:
+            await self.checkpoints.save(window, last_id, done)
+        else:
+            await self.store.save_checkpoint(run_id, window, last_id, done, self.clock())
+
+    async def _finish(self, run_id: str, window: BackfillWindow, done: int) -> None:
+        if self.checkpoints is not None:
+            await self.checkpoints.finish(window, done)
+        else:
+            await self.store.finish_window(run_id, window, self.clock(), done)
 
     async def run(self, run_id: str | None, cp: Checkpoint, plan: ObjectPlan) -> None:
         """Read and write the rest of `cp`'s window; `run_id` None (dry run) saves nothing."""
@@ -78,7 +103,7 @@ class WindowRunner:
             done += count
             page_no += 1
             if run_id is not None:
-                await self.store.save_checkpoint(run_id, window, last_id, done, self.clock())
+                await self._save(run_id, window, last_id, done)
             self.progress.advance(count)
             if self.on_page is not None:
                 await self.on_page(window, page_no)
@@ -103,7 +128,7 @@ class WindowRunner:
             while inflight:
                 await settle_oldest()
             if run_id is not None:
-                await self.store.finish_window(run_id, window, self.clock(), done)
+                await self._finish(run_id, window, done)
         finally:
             await _cancel(reader, [task for task, _last, _count in inflight])
         log.info("backfill.window_finished", run_id=run_id, object=plan.object_name,

@@ -403,7 +403,33 @@ _V13 = PgMigration(
     ),
 )
 
-MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13)
+_V14 = PgMigration(
+    14,
+    "joint backfills: window leases, the run's closing lease, and each participant's counts",
+    (
+        # Columns and their meaning: streamsync/adapters/store/schema.py (version 14).
+        "ALTER TABLE backfill_checkpoint ADD COLUMN lease_owner text",
+        f"ALTER TABLE backfill_checkpoint ADD COLUMN lease_expires_at {TIME}",
+        "ALTER TABLE backfill_run ADD COLUMN close_owner text",
+        f"ALTER TABLE backfill_run ADD COLUMN close_expires_at {TIME}",
+        f"""
+        CREATE TABLE backfill_participant (
+            run_id text NOT NULL REFERENCES backfill_run (run_id) ON DELETE CASCADE,
+            participant_id text NOT NULL,
+            pid integer NOT NULL,
+            host text NOT NULL,
+            joined_at {TIME} NOT NULL,
+            heartbeat_at {TIME} NOT NULL,
+            left_at {TIME},
+            totals text NOT NULL DEFAULT '{{}}',
+            PRIMARY KEY (run_id, participant_id)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13,
+                                        _V14)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""

@@ -7,6 +7,7 @@ import sqlite3
 from ..interface import collect_status
 from ..types import StoreStatus
 from .backfill import BackfillOps
+from .backfill_lease import BackfillLeaseOps
 from .base import Connection
 from .budget import BudgetOps
 from .consent import ConsentOps
@@ -22,7 +23,8 @@ from .workers import WorkerOps
 
 
 class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
-                    ConsentInboxOps, MappingStateOps, WorkerOps, EventOps, BudgetOps):
+                    ConsentInboxOps, MappingStateOps, WorkerOps, EventOps, BudgetOps,
+                    BackfillLeaseOps):
     """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
     several machines) may use one database at once: leases are exclusive across them.
 
