@@ -49,9 +49,12 @@ def emails_of(sf: SalesforceEmulator, sobject: str) -> set[str]:
 
 def write_backfill_config(sf: SalesforceEmulator, it: IterableEmulator, workdir: Path,
                           **sections: dict[str, Any]) -> Path:
-    data = service_config_data(
-        sf, it, workdir, iterable={"rate_limit_per_s": CEILING, "batch_max_users": BATCH},
-        backfill={"page_size": 200, "parallel": 2}, logging={"level": "WARNING"}, **sections)
+    defaults: dict[str, dict[str, Any]] = {
+        "iterable": {"rate_limit_per_s": CEILING, "batch_max_users": BATCH},
+        "backfill": {"page_size": 200, "parallel": 2}, "logging": {"level": "WARNING"}}
+    for name, values in sections.items():
+        defaults[name] = {**defaults.get(name, {}), **values}
+    data = service_config_data(sf, it, workdir, **defaults)
     path = workdir / "backfill.toml"
     path.write_text(toml_dumps(data), encoding="utf-8")
     return path
