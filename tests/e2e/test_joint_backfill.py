@@ -20,7 +20,7 @@ from tests.e2e.process import REPO_ROOT, service_env
 from tests.e2e.test_shared_budget import BULK, write_backfill_config
 from tests.runtime.test_backfill import verify
 
-RECORDS = 1800  # 900 Leads + 900 Contacts: 60 calls of 30 users at 5/s, about 12 s
+RECORDS = 2400  # 1,200 Leads + 1,200 Contacts: 80 calls of 30 users at 5/s, about 16 s
 
 
 def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -33,12 +33,13 @@ def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
         return []
 
 
-def _progress_by_pid(db: Path) -> dict[int, int]:
-    """Records checkpointed in the windows each live lease holder (by pid) holds."""
-    rows = _query(db, "SELECT p.pid, sum(c.records_done) FROM backfill_checkpoint c JOIN "
-                      "backfill_participant p ON p.participant_id = c.lease_owner "
-                      "AND p.run_id = c.run_id GROUP BY p.pid")
-    return {int(str(pid)): int(str(done or 0)) for pid, done in rows}
+def _held_by_pid(db: Path) -> dict[int, tuple[int, int]]:
+    """Per live lease holder (by pid): windows it holds (not done) and the records
+    checkpointed in them."""
+    rows = _query(db, "SELECT p.pid, count(*), sum(c.records_done) FROM backfill_checkpoint c "
+                      "JOIN backfill_participant p ON p.participant_id = c.lease_owner "
+                      "AND p.run_id = c.run_id WHERE c.done = 0 GROUP BY p.pid")
+    return {int(str(pid)): (int(str(n)), int(str(done or 0))) for pid, n, done in rows}
 
 
 async def _until(condition: object, what: str, timeout_s: float = 60.0) -> None:
@@ -50,7 +51,7 @@ async def _until(condition: object, what: str, timeout_s: float = 60.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.salesforce(seed_accounts=3, seed_contacts=900, seed_leads=900)
+@pytest.mark.salesforce(seed_accounts=3, seed_contacts=1200, seed_leads=1200)
 @pytest.mark.iterable(rate_limits=True)
 async def test_a_second_process_joins_and_finishes_the_run_after_the_first_is_killed(
     sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
@@ -70,18 +71,21 @@ async def test_a_second_process_joins_and_finishes_the_run_after_the_first_is_ki
         stderr=asyncio.subprocess.DEVNULL)
     second: asyncio.subprocess.Process | None = None
     try:
-        await _until(lambda: _progress_by_pid(db).get(first.pid, 0) > 0,
+        await _until(lambda: _held_by_pid(db).get(first.pid, (0, 0))[1] > 0,
                      "the first backfill to checkpoint")
         second = await asyncio.create_subprocess_exec(
             *args, "--join", env=env, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         joined = second
-        await _until(lambda: _progress_by_pid(db).get(joined.pid, 0) > 0,
-                     "the second backfill to checkpoint windows of its own")
-        assert first.returncode is None, "the first backfill finished before it was killed"
+        # the second holds windows of its own while the first is mid-window: kill the first
+        def both_at_work() -> bool:
+            held = _held_by_pid(db)
+            return held.get(joined.pid, (0, 0))[0] > 0 and held.get(first.pid, (0, 0))[1] > 0
+
+        await _until(both_at_work, "both backfills to hold windows")
+        at_kill = _held_by_pid(db)
         first.send_signal(signal.SIGKILL)
         assert await first.wait() == -signal.SIGKILL
-        at_kill = _progress_by_pid(db)
         out, err = await asyncio.wait_for(second.communicate(), 120)
     finally:
         for proc in (first, second):
@@ -89,7 +93,8 @@ async def test_a_second_process_joins_and_finishes_the_run_after_the_first_is_ki
                 proc.kill()
                 await proc.wait()
     assert second.returncode == 0, err.decode()[-3000:]
-    assert at_kill.get(first.pid, 0) > 0  # it held windows with progress when it died
+    held, done = at_kill.get(first.pid, (0, 0))
+    assert held > 0 and done > 0  # it died mid-window, with checkpoints in it
     summary = orjson.loads(out.decode().splitlines()[-1])
     assert summary["status"] == "finished" and summary["participants"] == 2
     assert summary["windows_resumed"] >= 1  # the dead one's windows, from their checkpoints
