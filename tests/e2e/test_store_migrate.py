@@ -214,3 +214,27 @@ def test_the_command_prints_what_it_copied_and_refuses_a_password_in_the_url(
                       "-c", str(config))
     assert refused.returncode == 2 and "carries a password" in refused.stderr
     assert "hunter2" not in refused.stderr + refused.stdout
+
+
+async def test_a_table_postgresql_cannot_hold_stops_the_copy_before_anything_is_written(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        pg_server: PgServer) -> None:
+    import sqlite3
+
+    url, password = await app_database(pg_server)
+    on_sqlite, _ = configs(sf_emulator, iterable_emulator, tmp_path, url, password)
+    async with await Store.open(on_sqlite.queue.path) as store:
+        await store.enqueue([QueueInput("Lead", "00Q000000000001AAA")], 1.0, "cdc")
+    raw = sqlite3.connect(on_sqlite.queue.path)
+    with raw:
+        raw.execute("CREATE TABLE surprise (x INTEGER)")
+        raw.execute("ALTER TABLE meta ADD COLUMN extra TEXT")
+    raw.close()
+    with pytest.raises(FatalError) as refused:
+        await migrate_store(on_sqlite, url, now=1.0)
+    assert "table surprise" in str(refused.value) and "column meta.extra" in str(refused.value)
+    conn = await asyncpg.connect(url, password=password)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM queue") == 0  # nothing was copied
+    finally:
+        await conn.close()

@@ -145,28 +145,26 @@ async def target_counts(conn: Connection, tables: list[str]) -> dict[str, int]:
 async def copy_store(source: sqlite3.Connection, conn: Connection) -> dict[str, int]:
     """Copy every table of the SQLite snapshot `source` (`open_snapshot`) into the (empty,
     migrated) PostgreSQL schema of `conn`, inside the caller's transaction; returns rows per
-    table. `source` is closed."""
-    try:
-        tables = sqlite_tables(source)
-        target = await postgres_tables(conn)
-        busy = {t: n for t, n in (await target_counts(
-            conn, [t for t in target if t not in NOT_DATA])).items() if n}
-        if busy:
-            raise FatalError("store migrate: the PostgreSQL store is not empty ("
-                             + ", ".join(f"{t}: {n} rows" for t, n in sorted(busy.items()))
-                             + "); give it an empty database")
-        plans = plan_copy(tables, target, _without_rowid(source))
-        copied: dict[str, int] = {}
-        for plan in plans:
-            copied[plan.table] = 0
-            for chunk in read_chunks(source, plan):
-                await conn.copy_records_to_table(plan.table, records=chunk,
-                                                 columns=list(plan.target_columns))
-                copied[plan.table] += len(chunk)
-        expected = {t: int(source.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
-                    for t in tables}
-    finally:
-        source.close()
+    table. Reading `source` again gives the same rows (one snapshot), so a transaction
+    PostgreSQL rolled back can run this again."""
+    tables = sqlite_tables(source)
+    target = await postgres_tables(conn)
+    busy = {t: n for t, n in (await target_counts(
+        conn, [t for t in target if t not in NOT_DATA])).items() if n}
+    if busy:
+        raise FatalError("store migrate: the PostgreSQL store is not empty ("
+                         + ", ".join(f"{t}: {n} rows" for t, n in sorted(busy.items()))
+                         + "); give it an empty database")
+    plans = plan_copy(tables, target, _without_rowid(source))
+    copied: dict[str, int] = {}
+    for plan in plans:
+        copied[plan.table] = 0
+        for chunk in read_chunks(source, plan):
+            await conn.copy_records_to_table(plan.table, records=chunk,
+                                             columns=list(plan.target_columns))
+            copied[plan.table] += len(chunk)
+    expected = {t: int(source.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
+                for t in tables}
     written = await target_counts(conn, list(expected))
     if written != expected or copied != expected:
         raise FatalError(f"store migrate: row counts differ after the copy (SQLite {expected}, "
