@@ -20,8 +20,14 @@
    GAP_OVERFLOW events, a concurrent backfill (a process), lost and duplicated webhook
    deliveries and failing export polls (gaps the poller must close). Every kind is injected at least
    once; the schedule of changes and faults is drawn from `--seed` alone.
-3. Stops the faults, waits for the queue to drain, stops the service and compares every Iterable
-   profile with the state Salesforce implies (`core/verify.compare`), and every [lists] list
+   Halfway through, the mapping changes (config.toml rewritten, then SIGHUP, as `systemctl
+   reload` does): Lead's FirstName moves to dataFields.givenName and LeadSource is dropped
+   (cleared: null policy `clear`), Contact gains Title; the service reloads and re-syncs both
+   objects beside real time (or, when a kill -9 came first, re-syncs at its restart).
+3. Stops the faults, waits for the queue to drain and the re-syncs to finish, stops the
+   service and compares every Iterable profile with the state Salesforce implies under the new
+   mapping (`core/verify.compare`; the dropped targets must be absent or null), and every
+   [lists] list
    (two Campaigns the run creates: one counts every member, one only `Responded` ones) with
    its Campaign's members (`core/verify_lists.compare_lists`), and checks that no opted-out
    record's Iterable user still receives Marketing Email and no record is opted in whose
@@ -68,7 +74,12 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
-from streamsync.config import Config, load_config
+from streamsync.config import (
+    DEFAULT_CONTACT_MAPPING,
+    DEFAULT_LEAD_MAPPING,
+    Config,
+    load_config,
+)
 from streamsync.core.consent_inbound import ConsentGroups, parse_export_line
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
 from streamsync.core.verify_consent import ConsentReport, RecordConsent, later_iterable_unsubscribes
@@ -161,6 +172,13 @@ DRAIN_TIMEOUT_S = 120.0
 DRAIN_STABLE_S = 2.0
 OUTAGE_TIMES = 10**9  # fault uses: the outage lasts until it is cleared
 SCRAPE_S = 1.0
+REMAP_AT = 0.5  # the mapping change, as a share of the window
+# The mapping change: Lead's FirstName renamed (moved), LeadSource removed (cleared), and
+# Contact gains a field; `CLEARED` is what Iterable must no longer hold.
+REMAP_LEAD = {**DEFAULT_LEAD_MAPPING, "FirstName": "dataFields.givenName"}
+del REMAP_LEAD["LeadSource"]
+REMAP_CONTACT = {**DEFAULT_CONTACT_MAPPING, "Title": "dataFields.title"}
+CLEARED = {"Lead": ("dataFields.firstName", "dataFields.leadSource")}
 
 
 class ChaosError(Exception):
@@ -846,6 +864,43 @@ format = "json"
     return path
 
 
+def remap_config(path: Path) -> None:
+    """Rewrite config.toml with the changed mapping (Account keeps its default fan-out)."""
+    def table(name: str, mapping: dict[str, str]) -> str:
+        rows = "".join(f'"{k}" = "{v}"\n' for k, v in mapping.items())
+        return f"\n[objects.{name}.mapping]\n{rows}"
+
+    path.write_text(path.read_text() + "\n[objects.Account]\n" + table("Lead", REMAP_LEAD)
+                    + table("Contact", REMAP_CONTACT))
+
+
+def resyncs_left(db_path: Path) -> int | None:
+    """Re-syncs the store still owes (None while it cannot be read)."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return None
+    try:
+        return int(conn.execute("SELECT count(*) FROM resync").fetchone()[0])
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+async def wait_resynced(db_path: Path, service: ServiceProcess, timeout_s: float) -> bool:
+    """Until the store owes no re-sync (the service restarted if it died meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        service.check_alive()
+        if service.proc is None:
+            await service.start()
+        if resyncs_left(db_path) == 0:
+            return True
+        await asyncio.sleep(0.25)
+    return False
+
+
 def process_env(sf: dict[str, Any], it: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNC_")}
     env["STREAMSYNC_SF_CLIENT_SECRET"] = str(sf["client_secret"])
@@ -857,10 +912,11 @@ def process_env(sf: dict[str, Any], it: dict[str, Any]) -> dict[str, str]:
 
 async def read_records(config: Config) -> tuple[dict[str, list[dict[str, Any]]],
                                                 dict[str, ObjectPolicy], list[Any]]:
-    """Every Lead and Contact (queryAll), the verify policies and the dead letters."""
+    """Every Lead and Contact (queryAll), the verify policies (the targets the mapping change
+    dropped must be gone) and the dead letters."""
     async with open_components(config) as parts:
         records = await read_salesforce(parts, SYNCED_OBJECTS)
-        policies = verify_policies(config, parts.mappings, SYNCED_OBJECTS)
+        policies = verify_policies(config, parts.mappings, SYNCED_OBJECTS, cleared=CLEARED)
         dead = await parts.store.dead_letters(limit=1_000_000)
     return records, policies, dead
 
@@ -1201,6 +1257,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         timeline = [(i / CHANGES_PER_S, "change", "") for i in range(int(window_s
                                                                           * CHANGES_PER_S))]
         timeline += [(WARMUP_S + t, "fault", kind) for t, kind in plan]
+        timeline += [(window_s * REMAP_AT, "remap", "")]
+        remap: dict[str, Any] = {}
         outage: Outage | None = None
         if outage_s > 0:
             outage = Outage(control, outage_of, it if outage_of == "iterable" else sf,
@@ -1215,6 +1273,14 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
                 await asyncio.sleep(delay)
             if what == "change":
                 await workload.step()
+            elif what == "remap":
+                say("mapping change: config.toml rewritten, SIGHUP")
+                await backfills.wait_all()  # none still writing with the old mapping
+                remap_config(config_path)
+                remap["at_s"] = round(offset, 1)
+                if service.proc is not None and service.proc.returncode is None:
+                    service.proc.send_signal(signal.SIGHUP)
+                    remap["sighup"] = True
             elif what == "outage":
                 assert outage is not None
                 say(f"{outage_of} outage {kind}")
@@ -1232,6 +1298,12 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         drained = await wait_drained(control, sf, db_path, service)
         events_drained = await wait_events_settled(db_path)
         consent_drained = await wait_consent_drained(control, it, db_path, service)
+        remap["resyncs_finished"] = await wait_resynced(db_path, service, DRAIN_TIMEOUT_S)
+        drained = drained and await wait_drained(control, sf, db_path, service)
+        log_text = service.log_path.read_text(errors="replace")
+        remap.update({event: log_text.count(f'"{event}"') for event in (
+            "config.reloaded", "resync.scheduled", "resync.resumed", "resync.done")})
+        config = load_config(config_path, env=env)  # the new mapping
         if outage is not None:
             await outage.close()
         service_exit = await service.stop()
@@ -1293,6 +1365,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         "service_exit_code": service_exit,
         "backfill_exit_codes": backfills.exit_codes,
         "drained": drained,
+        "mapping_change": remap,
         "duration_s": round(time.monotonic() - started, 1),
         **({"outage": outage.report()} if outage is not None else {}),
     }

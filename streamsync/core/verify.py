@@ -35,6 +35,8 @@ class ObjectPolicy:
     delete_policy: str = "flag"
     delete_flag_field: str = "dataFields.salesforceDeleted"
     defers_when_converted: bool = False
+    cleared: tuple[str, ...] = ()
+    """Targets dropped from the mapping that a re-sync cleared: absent or null in Iterable."""
 
 
 @dataclass
@@ -112,6 +114,8 @@ def _expect_live(policy: ObjectPolicy, record: Mapping[str, Any]) -> tuple[str, 
     user = policy.mapping.map(record)
     data = user.payload.get("dataFields") or {}
     expected = _leaves(data)
+    for target in policy.cleared:
+        expected.setdefault(target.removeprefix("dataFields."), None)
     if policy.delete_policy == "flag":
         expected[_flag_path(policy.delete_flag_field)] = _NOT_TRUE
     return user.key, _Expectation(policy.mapping.object_name, user.sf_id, expected)

@@ -48,7 +48,7 @@ from streamsync.runtime.lists.start import start_lists
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.notify import SystemdNotifier
 from streamsync.runtime.reconcile import Reconciler
-from streamsync.runtime.reload import Reloader, open_resync_and_reload, request_reload
+from streamsync.runtime.reload import open_resync_and_reload, request_reload
 from streamsync.runtime.statuspage.data import PageData
 from streamsync.runtime.store_open import hold_store, open_store
 from streamsync.runtime.subscriptions import Subscriptions
@@ -78,7 +78,7 @@ class Service:
     ) -> None:
         self.config = config
         self.config_path = config_path
-        self.reloader: Reloader | None = None
+        self.reload_asked = asyncio.Event()  # SIGHUP (runtime/reload.py)
         self.notifier = notifier or SystemdNotifier(None)
         self.clock = clock
         self.shutdown_s = shutdown_s
@@ -220,8 +220,8 @@ class Service:
             pipeline=parts.pipeline, metrics=self.metrics, clock=self.clock, signal=signal,
             owner=leadership.worker_id if parts.store.shared else self.owner, lists=lists,
         )
-        resyncer, self.reloader = await open_resync_and_reload(
-            parts, self.config_path, self.metrics,
+        resyncer, reloader = await open_resync_and_reload(
+            parts, self.config_path, self.metrics, requested=self.reload_asked,
             holders=[self, parts, parts.pipeline, self.flusher, self.page])
         try:
             await leadership.start()
@@ -235,8 +235,8 @@ class Service:
             asyncio.create_task(resyncer.run(stop), name="resync"),
             *event_tasks(self, parts, signal, stop),
         ]
-        if self.reloader is not None:
-            work.append(asyncio.create_task(self.reloader.run(stop), name="reload"))
+        if reloader is not None:
+            work.append(asyncio.create_task(reloader.run(stop), name="reload"))
         work += consent_inbound_tasks(self, parts, stop)  # Iterable → Salesforce
         helpers = [
             asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
@@ -362,7 +362,8 @@ def install_signal_handlers(stop: asyncio.Event, service: Service | None = None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if service is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: request_reload(service.reloader))
+        loop.add_signal_handler(signal.SIGHUP, lambda: request_reload(service.reload_asked,
+                                                                 service.config_path))
 
 
 def run_service(

@@ -6,7 +6,7 @@ Salesforce the same way (`core/verify.compare`, and for custom events `core/veri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from streamsync.config import Config
@@ -36,14 +36,18 @@ USER_OBJECTS = ("Lead", "Contact")
 
 
 def verify_policies(config: Config, mappings: Mapping[str, CompiledMapping],
-                    objects: Iterable[str] = USER_OBJECTS) -> dict[str, ObjectPolicy]:
-    """The verify rules of each object, from its configuration."""
+                    objects: Iterable[str] = USER_OBJECTS,
+                    cleared: Mapping[str, Sequence[str]] | None = None
+                    ) -> dict[str, ObjectPolicy]:
+    """The verify rules of each object, from its configuration; `cleared`: per object the
+    targets a mapping change dropped (they must be absent or null)."""
     contact_first = config.converted_precedence() == "contact"
     out: dict[str, ObjectPolicy] = {}
     for name in objects:
         obj = config.objects[name]
         out[name] = ObjectPolicy(mappings[name], obj.delete_policy, obj.delete_flag_field,
-                                 defers_when_converted=name == "Lead" and contact_first)
+                                 defers_when_converted=name == "Lead" and contact_first,
+                                 cleared=tuple((cleared or {}).get(name, ())))
     return out
 
 

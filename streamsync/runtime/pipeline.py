@@ -18,6 +18,7 @@ from streamsync.errors import ConfigError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.models import MappedUser
 from streamsync.runtime.consent_out import ConsentSync
+from streamsync.runtime.generations import Generations
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline_map import hand_over_to_contacts, map_all, yield_to_leads
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
@@ -75,6 +76,7 @@ class SyncPipeline:
         self.clock = clock
         self.writer = writer or IterableWriter(
             iterable, envelope=config.iterable.bulk_envelope())
+        self.generations = Generations()  # bumped when `mappings` is replaced (a reload)
         self.consent = ConsentSync(config=config, store=store, iterable=iterable,
                                    writer=self.writer, clock=clock)
 
@@ -91,6 +93,11 @@ class SyncPipeline:
                            source: str, force: bool = False) -> SyncOutcome:
         """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
         batches by count and bytes, attribute per-user failures, save confirmed identities."""
+        with self.generations.call():
+            return await self._sync_records(object_name, records, source=source, force=force)
+
+    async def _sync_records(self, object_name: str, records: Sequence[dict[str, Any]], *,
+                            source: str, force: bool) -> SyncOutcome:
         out = SyncOutcome()
         converted: list[tuple[str, str | None]] = []
         users = map_all(self.config, self._mapping(object_name), object_name, records, out,

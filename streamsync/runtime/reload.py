@@ -122,7 +122,8 @@ class Reloader:
 
     def __init__(self, path: Path, config: Config, *, store: StoreAPI,
                  salesforce: SalesforceClient, pipeline: SyncPipeline, resyncer: Resyncer,
-                 holders: Sequence[ConfigHolder], clock: Callable[[], float]) -> None:
+                 holders: Sequence[ConfigHolder], clock: Callable[[], float],
+                 requested: asyncio.Event | None = None) -> None:
         self.path = path
         self.config = config
         self.store = store
@@ -131,7 +132,8 @@ class Reloader:
         self.resyncer = resyncer
         self.holders = list(holders)
         self.clock = clock
-        self.requested = asyncio.Event()
+        # Set by SIGHUP; one that came while the service was starting is applied at once.
+        self.requested = requested or asyncio.Event()
         self.reloads = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -166,6 +168,7 @@ class Reloader:
         for holder in self.holders:
             holder.config = ready.config
         self.pipeline.mappings = dict(ready.mappings)
+        self.pipeline.generations.bump()
         self.resyncer.apply(ready.config, ready.mappings, syncs)
         self.resyncer.activate(owed)
         self.reloads += 1
@@ -174,7 +177,7 @@ class Reloader:
 
 
 async def open_resync_and_reload(parts: Components, path: Path | None, metrics: Metrics, *,
-                                 holders: Sequence[ConfigHolder]
+                                 holders: Sequence[ConfigHolder], requested: asyncio.Event
                                  ) -> tuple[Resyncer, Reloader | None]:
     """The service's re-sync worker (re-syncs owed now scheduled) and, given the config file,
     its reloader (`holders` get each reloaded config)."""
@@ -185,16 +188,15 @@ async def open_resync_and_reload(parts: Components, path: Path | None, metrics: 
         return resyncer, None
     return resyncer, Reloader(path, parts.config, store=parts.store, salesforce=parts.salesforce,
                               pipeline=parts.pipeline, resyncer=resyncer, holders=holders,
-                              clock=parts.clock)
+                              clock=parts.clock, requested=requested)
 
 
-def request_reload(reloader: Reloader | None) -> None:
-    """SIGHUP's handler: ask `reloader` to reload (said and ignored when there is none yet)."""
-    if reloader is None:
-        log.warning("config.reload_not_ready", detail="the service is still starting, or was "
-                    "started without a config file")
+def request_reload(requested: asyncio.Event, path: Path | None) -> None:
+    """SIGHUP's handler: ask for a reload of `path` (applied once the service runs)."""
+    if path is None:
+        log.warning("config.reload_unavailable", detail="started without a config file")
         return
-    reloader.requested.set()
+    requested.set()
 
 
 async def _wait_any(*events: asyncio.Event) -> None:

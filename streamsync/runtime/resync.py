@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
@@ -116,6 +116,8 @@ class Resyncer:
         log.info("resync.started", object=name, phase=state.phase, after=state.last_id,
                  clears=list(state.clears))
         self.metrics.resync_running.labels(name).set(1)
+        # Writes mapped before a reload could land after this pass wrote the same records.
+        await _until(self.pipeline.generations.settled(), stop)
         if state.phase == "sync":
             await self._sync_phase(state, stop)
             state = await self._next_phase(state)
@@ -273,6 +275,19 @@ class Resyncer:
         for name in self.syncs:
             self.metrics.resync_running.labels(name).set(
                 int(any(s.object_name == name for s in owed)))
+
+
+async def _until(waiting: Awaitable[None], stop: asyncio.Event) -> None:
+    """Await `waiting`, or raise Stopped when `stop` is set first."""
+    task = asyncio.ensure_future(waiting)
+    halt = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, halt], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        halt.cancel()
+    if stop.is_set():
+        raise Stopped("stopped while waiting for writes mapped before a reload")
 
 
 async def _wait_any(*events: asyncio.Event) -> None:

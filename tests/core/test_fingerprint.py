@@ -84,3 +84,15 @@ def test_cleared_targets_are_sent_as_null_and_covered_by_the_payload_hash() -> N
     assert clearing.payload["dataFields"]["old"] is None
     assert clearing.payload["dataFields"]["firstName"] == "Ann"
     assert clearing.payload_hash != plain.payload_hash
+
+
+def test_the_verifier_expects_cleared_targets_absent_or_null() -> None:
+    from streamsync.core.verify import ObjectPolicy, compare
+
+    record = {"Id": to_18("00Q000000000001"), "Email": "a@example.com", "FirstName": "Ann",
+              "LeadSource": "Web", "CreatedDate": "2026-01-02T03:04:05.000+0000"}
+    policy = ObjectPolicy(compiled(BASE), "ignore", cleared=("dataFields.old",))
+    good = compiled(BASE).map(record).payload
+    stale = {**good, "dataFields": {**good["dataFields"], "old": "left over"}}
+    assert compare({"Lead": policy}, {"Lead": [record]}, {"a@example.com": good}).ok
+    assert not compare({"Lead": policy}, {"Lead": [record]}, {"a@example.com": stale}).ok

@@ -1,0 +1,40 @@
+"""runtime/generations.py: waiting for the calls that began before a reload (the pipeline's
+writes mapped with the old mapping) and for no others."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streamsync.runtime.generations import Generations
+
+
+async def test_settled_waits_for_older_calls_only() -> None:
+    gens = Generations()
+    release_old, release_new = asyncio.Event(), asyncio.Event()
+
+    async def call(release: asyncio.Event) -> None:
+        with gens.call():
+            await release.wait()
+
+    old = asyncio.create_task(call(release_old))
+    await asyncio.sleep(0)
+    gens.bump()
+    new = asyncio.create_task(call(release_new))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(gens.settled())
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and gens.older_running() == 1
+    release_old.set()
+    await asyncio.wait_for(waiter, 1.0)  # the newer call is still running
+    assert not new.done()
+    release_new.set()
+    await asyncio.gather(old, new)
+    assert gens.older_running() == 0
+
+
+async def test_settled_returns_at_once_with_nothing_older() -> None:
+    gens = Generations()
+    with gens.call():
+        gens.bump()
+        assert gens.older_running() == 1
+    await asyncio.wait_for(gens.settled(), 1.0)
