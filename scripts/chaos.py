@@ -21,8 +21,8 @@
    deliveries and failing export polls (gaps the poller must close). Every kind is injected at least
    once; the schedule of changes and faults is drawn from `--seed` alone.
    Halfway through, the mapping changes (config.toml rewritten, then SIGHUP, as `systemctl
-   reload` does): Lead's FirstName moves to dataFields.givenName and LeadSource is dropped
-   (cleared: null policy `clear`), Contact gains Title; the service reloads and re-syncs both
+   reload` does): on Leads and Contacts FirstName moves to dataFields.givenName, LeadSource is
+   dropped (cleared: null policy `clear`) and Title added; the service reloads and re-syncs both
    objects beside real time (or, when a kill -9 came first, re-syncs at its restart).
 3. Stops the faults, waits for the queue to drain and the re-syncs to finish, stops the
    service and compares every Iterable profile with the state Salesforce implies under the new
@@ -173,12 +173,17 @@ DRAIN_STABLE_S = 2.0
 OUTAGE_TIMES = 10**9  # fault uses: the outage lasts until it is cleared
 SCRAPE_S = 1.0
 REMAP_AT = 0.5  # the mapping change, as a share of the window
-# The mapping change: Lead's FirstName renamed (moved), LeadSource removed (cleared), and
-# Contact gains a field; `CLEARED` is what Iterable must no longer hold.
-REMAP_LEAD = {**DEFAULT_LEAD_MAPPING, "FirstName": "dataFields.givenName"}
-del REMAP_LEAD["LeadSource"]
-REMAP_CONTACT = {**DEFAULT_CONTACT_MAPPING, "Title": "dataFields.title"}
-CLEARED = {"Lead": ("dataFields.firstName", "dataFields.leadSource")}
+# The mapping change, the same on Leads and Contacts (a converted Lead's profile becomes its
+# Contact's): FirstName renamed (moved), LeadSource removed (cleared), Title added; `CLEARED`
+# is what Iterable must no longer hold.
+REMAP = {"FirstName": "dataFields.givenName", "Title": "dataFields.title"}
+REMAP_LEAD = {k: REMAP.get(k, v) for k, v in DEFAULT_LEAD_MAPPING.items() if k != "LeadSource"}
+REMAP_LEAD["Title"] = REMAP["Title"]
+REMAP_CONTACT = {k: REMAP.get(k, v) for k, v in DEFAULT_CONTACT_MAPPING.items()
+                 if k != "LeadSource"}
+REMAP_CONTACT["Title"] = REMAP["Title"]
+CLEARED = {name: ("dataFields.firstName", "dataFields.leadSource")
+           for name in ("Lead", "Contact")}
 
 
 class ChaosError(Exception):

@@ -130,5 +130,5 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> MappingDiff:
             changes.append(FieldChange("changed", target, str(now["source"]),
                                        detail=f"conversion {was['convert']} → {now['convert']}"))
     settings = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-                if key != "fields" and old.get(key) != new.get(key)}
+                if key not in ("fields", "cleared") and old.get(key) != new.get(key)}
     return MappingDiff(tuple(changes), settings)

@@ -32,6 +32,7 @@ from streamsync.runtime.clients import (
 )
 from streamsync.runtime.describes import refuse_on_problems, startup_describes
 from streamsync.runtime.event_rules import CompiledRule, compile_rules
+from streamsync.runtime.mapping_state import with_clears
 from streamsync.runtime.mappings import compile_mappings
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
@@ -111,6 +112,8 @@ async def open_components(
         else:
             refuse_on_problems(config, describes)
         mappings = compile_mappings(config, describes)
+        # Targets a mapping change dropped stay cleared by every writer (runtime/mapping_state.py).
+        mappings = await with_clears(store, config, mappings)
         pipeline = SyncPipeline(
             config=config, store=store, iterable=iterable, metrics=metrics,
             mappings=mappings, clock=clock,

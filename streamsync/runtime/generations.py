@@ -1,13 +1,14 @@
-"""Calls counted by the generation they started in, so a caller can wait for every call that
-began before a change (a reloaded mapping) to finish (runtime/resync.py waits for the
-pipeline's writes mapped with the old mapping before it re-syncs, so none lands after it)."""
+"""Bookkeeping of the pipeline's concurrent calls. `Generations`: calls counted by the
+generation they started in, so a caller can wait for every call that began before a change (a
+reloaded mapping) to finish (runtime/resync.py waits for the writes mapped with the old mapping
+before it re-syncs, so none lands after it). `RecordGate`: one call at a time per record."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 
 class Generations:
@@ -47,3 +48,26 @@ class Generations:
         while self.older_running(limit):
             self._changed.clear()
             await self._changed.wait()
+
+
+class RecordGate:
+    """At most one pipeline call at a time per record (object, id) in this process: the
+    re-sync and a real-time flush can hold the same record, and two writes of it racing (an
+    email move twice) would conflict. A call waits until none of its records is held."""
+
+    def __init__(self) -> None:
+        self._held: set[tuple[str, str]] = set()
+        self._released = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, object_name: str, ids: Iterable[str]) -> AsyncIterator[None]:
+        keys = {(object_name, i) for i in ids}
+        async with self._released:
+            await self._released.wait_for(lambda: not keys & self._held)
+            self._held |= keys
+        try:
+            yield
+        finally:
+            async with self._released:
+                self._held -= keys
+                self._released.notify_all()

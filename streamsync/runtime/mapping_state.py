@@ -55,6 +55,37 @@ def clears_for(change: MappingDiff, null_policy: str) -> list[str]:
     return sorted(renamed + (removed if null_policy == "clear" else []))
 
 
+def cleared_of(applied: AppliedMapping | None) -> list[str]:
+    """The targets an applied description keeps clearing (dropped by earlier changes)."""
+    if applied is None:
+        return []
+    return [str(t) for t in applied.description.get("cleared") or ()]
+
+
+def clears_in_force(syncs: Mapping[str, ObjectSync], owed: Mapping[str, ResyncState],
+                    applied: Mapping[str, AppliedMapping]) -> dict[str, list[str]]:
+    """Per object the targets its payloads send as null: an owed re-sync's clears, else those
+    the applied description keeps (when the config is the applied one). Every writer (run,
+    backfill, replay) sends them, so equal records keep equal payload hashes."""
+    out: dict[str, list[str]] = {}
+    for name, sync in syncs.items():
+        state, done = owed.get(name), applied.get(name)
+        if state is not None and state.fingerprint == sync.fingerprint:
+            out[name] = list(state.clears)
+        elif done is not None and done.fingerprint == sync.fingerprint:
+            out[name] = cleared_of(done)
+    return out
+
+
+async def with_clears(store: Store, config: Config,
+                      mappings: Mapping[str, CompiledMapping]) -> dict[str, CompiledMapping]:
+    """`mappings`, each also sending the clears in force for it (`clears_in_force`)."""
+    clears = clears_in_force(object_syncs(config, mappings), await store.resyncs(),
+                             await store.applied_mappings())
+    return {name: m.with_clears(clears[name]) if clears.get(name) else m
+            for name, m in mappings.items()}
+
+
 def left_in_place(change: MappingDiff, null_policy: str) -> list[str]:
     """Removed targets a re-sync does not clear (null policy `omit`)."""
     if null_policy == "clear":
@@ -103,7 +134,7 @@ async def _start(store: StoreAPI, done: AppliedMapping | None, replaced: ResyncS
                  sync: ObjectSync, now: float) -> ResyncState:
     change = diff(done.description if done is not None else None, sync.description)
     null_policy = str(sync.description["null_policy"])
-    clears = clears_for(change, null_policy)
+    clears = clears_for(change, null_policy) + cleared_of(done)
     if replaced is not None:
         clears += clears_for(diff(replaced.description, sync.description), null_policy)
     state = await store.start_resync(sync.object_name, sync.fingerprint, sync.description,

@@ -18,7 +18,7 @@ from streamsync.errors import ConfigError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.models import MappedUser
 from streamsync.runtime.consent_out import ConsentSync
-from streamsync.runtime.generations import Generations
+from streamsync.runtime.generations import Generations, RecordGate
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline_map import hand_over_to_contacts, map_all, yield_to_leads
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
@@ -77,6 +77,7 @@ class SyncPipeline:
         self.writer = writer or IterableWriter(
             iterable, envelope=config.iterable.bulk_envelope())
         self.generations = Generations()  # bumped when `mappings` is replaced (a reload)
+        self.gate = RecordGate()  # a record in one call at a time (re-sync beside flushes)
         self.consent = ConsentSync(config=config, store=store, iterable=iterable,
                                    writer=self.writer, clock=clock)
 
@@ -93,8 +94,11 @@ class SyncPipeline:
                            source: str, force: bool = False) -> SyncOutcome:
         """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
         batches by count and bytes, attribute per-user failures, save confirmed identities."""
-        with self.generations.call():
-            return await self._sync_records(object_name, records, source=source, force=force)
+        ids = [str(r.get("Id")) for r in records]
+        async with self.gate.hold(object_name, ids):
+            with self.generations.call():
+                return await self._sync_records(object_name, records, source=source,
+                                                force=force)
 
     async def _sync_records(self, object_name: str, records: Sequence[dict[str, Any]], *,
                             source: str, force: bool) -> SyncOutcome:

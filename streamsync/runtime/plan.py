@@ -197,7 +197,8 @@ class _Planner:
         plan.clears = clears_for(change, null_policy)
         plan.left_in_place = left_in_place(change, null_policy)
         plan.in_scope = await self._count(name, obj.safe_filter)
-        mapping = self.mappings[name].with_clears(plan.clears)
+        kept = [str(t) for t in (old or {}).get("cleared") or ()]  # still cleared
+        mapping = self.mappings[name].with_clears([*plan.clears, *kept])
         records = await self._read(name, mapping, plan.in_scope)
         plan.read = len(records)
         users = map_all(self.config, mapping, name, records, SyncOutcome(), [])

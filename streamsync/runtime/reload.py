@@ -163,6 +163,7 @@ class Reloader:
             return False
         syncs = object_syncs(ready.config, ready.mappings)
         owed = await schedule_resyncs(self.store, syncs, self.clock())
+        applied = await self.store.applied_mappings()
         # No await from here on: every part switches to the new config at once.
         self.config = ready.config
         for holder in self.holders:
@@ -170,7 +171,7 @@ class Reloader:
         self.pipeline.mappings = dict(ready.mappings)
         self.pipeline.generations.bump()
         self.resyncer.apply(ready.config, ready.mappings, syncs)
-        self.resyncer.activate(owed)
+        self.resyncer.activate(owed, applied)
         self.reloads += 1
         log.info("config.reloaded", path=str(self.path), resyncs=sorted(owed))
         return True

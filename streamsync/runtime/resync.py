@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from streamsync.adapters.salesforce import SalesforceClient
-from streamsync.adapters.store import QueueInput, ResyncState, StoreAPI
+from streamsync.adapters.store import AppliedMapping, QueueInput, ResyncState, StoreAPI
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.fingerprint import diff
@@ -34,6 +34,7 @@ from streamsync.logs import get_logger
 from streamsync.retry import Policy
 from streamsync.runtime.mapping_state import (
     ObjectSync,
+    clears_in_force,
     needs_out_of_scope_pass,
     object_syncs,
     schedule_resyncs,
@@ -83,13 +84,15 @@ class Resyncer:
         self.syncs = dict(syncs)
         self.wake.set()
 
-    def activate(self, owed: Mapping[str, ResyncState]) -> None:
-        """Make the pipeline send each owed re-sync's clears (until it is applied)."""
-        for name, state in owed.items():
-            base = self.mappings.get(name)
-            if base is not None:
-                self.pipeline.mappings[name] = (base.with_clears(state.clears) if state.clears
-                                                else base)
+    def activate(self, owed: Mapping[str, ResyncState],
+                 applied: Mapping[str, AppliedMapping]) -> None:
+        """Make the pipeline send the clears: an owed re-sync's, else those of the description
+        applied (targets once dropped stay cleared: a record deleted or out of reach while
+        its object re-synced gets them when it comes back)."""
+        clears = clears_in_force(self.syncs, owed, applied)
+        for name, base in self.mappings.items():
+            kept = clears.get(name)
+            self.pipeline.mappings[name] = base.with_clears(kept) if kept else base
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work through the owed re-syncs; wait for a reload when there are none."""
@@ -123,11 +126,9 @@ class Resyncer:
             state = await self._next_phase(state)
         if await self._wants_out_of_scope(state):
             await self._out_of_scope_phase(state, stop)
-        await self.store.set_applied_mapping(name, state.fingerprint, dict(state.description),
-                                             self.clock())
-        base = self.mappings.get(name)
-        if base is not None:
-            self.pipeline.mappings[name] = base
+        await self.store.set_applied_mapping(
+            name, state.fingerprint, {**state.description, "cleared": list(state.clears)},
+            self.clock())
         done = (await self.store.applied_mappings()).get(name)
         self.metrics.resync_running.labels(name).set(0)
         log.info("resync.done", object=name, fingerprint=state.fingerprint[:12],
@@ -309,5 +310,5 @@ async def open_resyncer(config: Config, *, store: StoreAPI, salesforce: Salesfor
     pipeline.mappings = dict(mappings)
     resyncer = Resyncer(config=config, store=store, salesforce=salesforce, pipeline=pipeline,
                         mappings=mappings, syncs=syncs, metrics=metrics, clock=clock)
-    resyncer.activate(owed)
+    resyncer.activate(owed, await store.applied_mappings())
     return resyncer

@@ -58,6 +58,8 @@ def test_one_minute_of_chaos_leaves_iterable_equal_to_salesforce(tmp_path: Path)
     assert result["consent_drained"] is True, context
     assert result["service_starts"] >= 2  # the kill -9 was followed by a restart
     assert result["service_crashes"] == [], context
+    change = result["mapping_change"]  # mid-run: rewritten config.toml, then SIGHUP
+    assert change["resyncs_finished"] and change["resync.done"] >= 2, context
     assert result["ok"] is True and proc.returncode == 0, context
 
 

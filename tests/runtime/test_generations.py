@@ -38,3 +38,34 @@ async def test_settled_returns_at_once_with_nothing_older() -> None:
         gens.bump()
         assert gens.older_running() == 1
     await asyncio.wait_for(gens.settled(), 1.0)
+
+
+async def test_the_record_gate_holds_a_record_in_one_call_at_a_time() -> None:
+    from streamsync.runtime.generations import RecordGate
+
+    gate, order = RecordGate(), []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with gate.hold("Lead", ["a", "b"]):
+            first_in.set()
+            await release.wait()
+            order.append("first")
+
+    async def overlapping() -> None:
+        async with gate.hold("Lead", ["b", "c"]):
+            order.append("overlapping")
+
+    async def disjoint() -> None:
+        async with gate.hold("Lead", ["d"]):
+            order.append("disjoint")
+
+    one = asyncio.create_task(first())
+    await first_in.wait()
+    two, three = asyncio.create_task(overlapping()), asyncio.create_task(disjoint())
+    await asyncio.wait_for(three, 1.0)  # not held up by the other records
+    assert order == ["disjoint"] and not two.done()
+    release.set()
+    await asyncio.gather(one, two)
+    assert order == ["disjoint", "first", "overlapping"]

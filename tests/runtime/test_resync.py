@@ -232,3 +232,29 @@ async def test_a_stopped_resync_resumes_from_its_checkpoint(
     assert float(read[1].split()[0]) == total - 10  # the second run started after the first
     assert all(p["data"].get("title") == p["record"].get("Title")
                for p in lead_profiles(sf_emulator, iterable_emulator).values())
+
+
+async def test_a_record_out_of_reach_during_the_resync_is_cleared_when_it_comes_back(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    old = make_config(sf_emulator, iterable_emulator, tmp_path)
+    await backfill(old)
+    await run_resyncs(old)
+    gone = next(iter(lead_profiles(sf_emulator, iterable_emulator)))
+    sf_emulator.state.delete("Lead", gone)  # the re-sync cannot read it
+    mapping = {**old.objects["Lead"].mapping, "FirstName": "dataFields.givenName"}
+    new = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(mapping=mapping))
+    await run_resyncs(new)
+    sf_emulator.state.undelete("Lead", gone)
+    async with production_components(new) as parts:  # the service after the re-sync
+        await open_resyncer(new, store=parts.store, salesforce=parts.salesforce,
+                            pipeline=parts.pipeline, mappings=parts.mappings,
+                            metrics=parts.metrics, clock=parts.clock)
+        fields = parts.pipeline.mappings["Lead"].soql_fields()
+        record = [r async for r in parts.salesforce.records(
+            f"SELECT {', '.join(fields)} FROM Lead WHERE Id = '{gone}'")]
+        outcome = await parts.pipeline.sync_records("Lead", record, source="test")
+    assert outcome.synced == [gone]
+    data = lead_profiles(sf_emulator, iterable_emulator)[gone]["data"]
+    assert data.get("firstName") is None and data.get("givenName")
