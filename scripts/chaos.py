@@ -870,13 +870,13 @@ format = "json"
 
 
 def remap_config(path: Path) -> None:
-    """Rewrite config.toml with the changed mapping (Account keeps its default fan-out)."""
+    """Rewrite config.toml with the changed mapping (the same objects, channels and fan-out:
+    nothing that needs a restart)."""
     def table(name: str, mapping: dict[str, str]) -> str:
         rows = "".join(f'"{k}" = "{v}"\n' for k, v in mapping.items())
         return f"\n[objects.{name}.mapping]\n{rows}"
 
-    path.write_text(path.read_text() + "\n[objects.Account]\n" + table("Lead", REMAP_LEAD)
-                    + table("Contact", REMAP_CONTACT))
+    path.write_text(path.read_text() + table("Lead", REMAP_LEAD) + table("Contact", REMAP_CONTACT))
 
 
 def resyncs_left(db_path: Path) -> int | None:

@@ -77,7 +77,7 @@ def clears_in_force(syncs: Mapping[str, ObjectSync], owed: Mapping[str, ResyncSt
     return out
 
 
-async def with_clears(store: Store, config: Config,
+async def with_clears(store: StoreAPI, config: Config,
                       mappings: Mapping[str, CompiledMapping]) -> dict[str, CompiledMapping]:
     """`mappings`, each also sending the clears in force for it (`clears_in_force`)."""
     clears = clears_in_force(object_syncs(config, mappings), await store.resyncs(),
