@@ -4,6 +4,7 @@ the trackBulk items in one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ class EventDecider:
     def __init__(self, *, rules: Sequence[CompiledRule], store: StoreAPI,
                  salesforce: SalesforceClient, max_attempts: int, retry_s: float) -> None:
         self._rules = {r.name: r for r in rules}
+        self._fields = {r.name: r.read_fields() for r in rules}
         self._store = store
         self._salesforce = salesforce
         self._max_attempts = max_attempts
@@ -67,7 +69,8 @@ class EventDecider:
         out.skipped.extend(p.candidate.event_id for p in leased
                            if p.candidate.rule not in self._rules)  # rule removed since
         stored = await self._store.conditions(
-            [(p.candidate.rule, p.candidate.record_id) for p in known])
+            [(p.candidate.rule, p.candidate.record_id) for p in known
+             if self._rules[p.candidate.rule].trigger.condition is not None])
         running = {k: ConditionState(s.met, s.values, s.commit_ts_ms) for k, s in stored.items()}
         reads = await self._read(known, running)
         roles = await self._primary_contacts(known, reads)
@@ -114,9 +117,7 @@ class EventDecider:
                 raise RecordError(NO_PROFILE, f"Opportunity {cand.record_id} has no primary "
                                               "contact role")
             source = role
-        raw = _walk(source, profile.path)
-        if raw is None or raw == "":
-            raise RecordError(NO_PROFILE, f"{profile.path} is empty on {cand.record_id}")
+        raw = _walk(source, profile.path)  # empty: normalize_* raise a RecordError (dead)
         item: dict[str, Any] = {"id": cand.event_id, "eventName": rule.config.event_name}
         if profile.kind == "email":
             item["email"] = normalize_email(raw)
@@ -139,7 +140,7 @@ class EventDecider:
                                             running.get((cand.rule, cand.record_id))):
                 wanted.setdefault(cand.object_name, {})[cand.record_id] = None
                 fields.setdefault(cand.object_name, {}).update(
-                    dict.fromkeys(rule.read_fields()))
+                    dict.fromkeys(self._fields[rule.name]))
         return {name: await _query_ids(self._salesforce, name, list(fields[name]), list(ids),
                                        None) for name, ids in wanted.items()}
 
@@ -157,11 +158,15 @@ class EventDecider:
                 paths[parse_source(rule.profile.path).soql_field] = None
         out: dict[str, dict[str, Any]] = {}
         id_list = list(ids)
-        for start in range(0, len(id_list), ROLE_PARENTS_PER_QUERY):
-            soql = select_children(ROLE_OBJECT, "OpportunityId",
-                                   id_list[start:start + ROLE_PARENTS_PER_QUERY],
+
+        async def read(chunk: list[str]) -> None:
+            soql = select_children(ROLE_OBJECT, "OpportunityId", chunk,
                                    ["Id", "OpportunityId", *paths], where="IsPrimary = true")
             async for page in self._salesforce.query(soql):
                 for row in page.records:
                     out[parse_id(row.get("OpportunityId"))] = row
+
+        # Concurrent: the Salesforce client bounds its requests in flight.
+        await asyncio.gather(*(read(id_list[i:i + ROLE_PARENTS_PER_QUERY])
+                               for i in range(0, len(id_list), ROLE_PARENTS_PER_QUERY)))
         return out

@@ -70,6 +70,7 @@ class EventWorker:
                                                 self._clock())
         if not leased:
             return 0
+        began = time.monotonic()
         try:
             out = await self.decider.decide(leased)
         except BaseException:
@@ -83,11 +84,14 @@ class EventWorker:
         self.stats.dead += len(out.dead)
         if out.ready:
             self._sent_signal.notify(len(out.ready))
+        log.info("events.decided", candidates=len(leased), fired=len(out.ready),
+                 dead=len(out.dead), took_s=round(time.monotonic() - began, 3))
         return len(leased)
 
     async def send_once(self) -> int:
         """Send one lease of ready events; how many rows it took."""
-        limit = self._conf.batch_max_events * self._conf.max_in_flight
+        # About a second of sends per lease: the limiter spaces them, max_in_flight overlap.
+        limit = self._conf.batch_max_events * max(1, int(self._conf.rate_limit_per_s))
         leased = await self._store.lease_events("ready", limit, self._lease_s, self._clock())
         if not leased:
             return 0

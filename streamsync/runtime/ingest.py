@@ -127,7 +127,6 @@ class Ingest:
         self._metrics = metrics
         self._clock = clock
         self._objects = tuple(dict.fromkeys([*config.cdc_objects(), *config.event_objects()]))
-        self._rules = rule_triggers(config.events)
         suppress = config.salesforce.suppress_echoes
         self._echo_client = config.salesforce.client_name if suppress else None
         self._retry_base_s = retry_base_s
@@ -146,6 +145,7 @@ class Ingest:
             retry_max_s=retry_max_s, stats=self.stats, channels=channels)
         self.anchors = ReplayAnchors(store=store, scheduler=self.reconciles, clock=clock,
                                      fence=fence)
+        self._rules = EventCandidates(rule_triggers(config.events), self.anchors)
         if callbacks is not None:
             callbacks.ingest = self
 
@@ -221,7 +221,7 @@ class Ingest:
             if await self._store.hand_over_identities([conversion], now):
                 log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
                          contact_id=conversion.target_id)
-        items, candidates = self._items(event), _candidates(self._rules, event, message)
+        items, candidates = self._items(event), self._rules.of(event, message)
         to_reconcile = objects_to_reconcile(event, self._config.cdc_objects(), self.stats)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
@@ -371,16 +371,23 @@ def _conversion(event: ChangeEvent, message: Message) -> IdentityHandover | None
     return IdentityHandover("Lead", event.record_ids[0], "Contact", contact_id)
 
 
-def _candidates(rules: list[RuleTrigger], event: ChangeEvent, message: Message
-                ) -> list[EventCandidate]:
-    """The event-rule candidates of one change (docs/events.md §3)."""
-    if not rules:
-        return []
-    data = message.get("data")
-    payload = data.get("payload") if isinstance(data, dict) else None
-    if not isinstance(payload, dict):
-        return []
-    return [c for rule in rules for c in rule.candidates(event, payload)]
+class EventCandidates:
+    """The event-rule candidates of each change (docs/events.md §3); on a channel replayed
+    from its oldest retained event, none older than its first subscription."""
+
+    def __init__(self, rules: list[RuleTrigger], anchors: ReplayAnchors) -> None:
+        self._rules = rules
+        self._anchors = anchors
+
+    def of(self, event: ChangeEvent, message: Message) -> list[EventCandidate]:
+        if not self._rules:
+            return []
+        data = message.get("data")
+        payload = data.get("payload") if isinstance(data, dict) else None
+        if not isinstance(payload, dict) or event.commit_timestamp_ms < \
+                self._anchors.event_floor_ms.get(event.channel, 0):
+            return []
+        return [c for rule in self._rules for c in rule.candidates(event, payload)]
 
 
 def _readable_replay_id(message: object) -> int | None:

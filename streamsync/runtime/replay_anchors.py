@@ -27,6 +27,9 @@ class ReplayAnchors:
         self._scheduler = scheduler
         self._clock = clock
         self._anchored: set[str] = set()  # channels whose anchor is known to be `anchored`
+        # Channels only event rules listen to, replayed from the oldest retained event: changes
+        # committed before this time (ms) are older than their first subscription.
+        self.event_floor_ms: dict[str, int] = {}
 
     async def replay_from(self, channel: str) -> ReplayId | None:
         """The stored replay id of `channel` (the subscriber's `replay_from`, called on every
@@ -66,6 +69,14 @@ class ReplayAnchors:
                 await set_channel_anchor(self._store, self._fence, channel,
                                          ChannelAnchor("earliest"), now)
                 return ALL_RETAINED_EVENTS
+        elif anchor is not None and anchor.state == "unanchored" and stored is None \
+                and not self._scheduler.objects_for_channel(channel):
+            # Only event rules listen: no reconciliation can bring back a change, so replay
+            # what is retained and fire only what was committed since the first subscription.
+            self.event_floor_ms[channel] = anchor.since_ms or 0
+            log.info("ingest.events_resubscribe_from_earliest", channel=channel,
+                     since_ms=str(anchor.since_ms))
+            return ALL_RETAINED_EVENTS
         elif anchor is not None and anchor.state != "anchored":
             since_ms = anchor.since_ms if anchor.state == "unanchored" else None
             # Routine for a channel that had no events yet: the reconciliation covers it.

@@ -234,3 +234,17 @@ async def test_track_bulk_batches_stay_within_the_endpoint_limit(
     assert len(won) == len(opps) and all(e.writes == 1 for e in won)
     worker = rig.service.service.events  # type: ignore[union-attr]
     assert worker is not None and worker.stats.calls == -(-len(opps) // 3)
+
+
+async def test_a_change_made_while_down_before_any_event_was_stored_still_fires(
+        event_rig: RigFactory) -> None:
+    """The Opportunity channel (only a rule listens to it) has no replay id stored yet: its
+    resubscribe replays what is retained, from its first subscription on."""
+    rig: EventRig = await event_rig(events=[WON])
+    earlier = rig.open_opportunity()
+    assert await rig.service.stop() == 0
+    assert await rig.store.get_replay("/data/OpportunityChangeEvent") is None
+    set_stage(rig.sf.state, earlier, "Closed Won")  # while the service is down
+    await rig.service.start()
+    [event] = await rig.wait_events(rig.primary_contact(earlier), 1)
+    assert event["_id"].startswith(f"opportunity-won-{earlier}-")

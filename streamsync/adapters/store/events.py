@@ -21,6 +21,7 @@ INSERT OR IGNORE INTO event_pending (event_id, rule, object_name, record_id, cha
     commit_ts_ms, fires, touches, change_values, state, next_attempt_at, enqueued_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'new', ?, ?)
 """
+CONDITION_KEYS_PER_QUERY = 400  # 800 parameters, under SQLite's limit
 _COLUMNS = ("event_id, rule, object_name, record_id, change_type, commit_ts_ms, fires, touches, "
             "change_values, payload, attempts, enqueued_at")
 
@@ -85,15 +86,18 @@ class EventOps(StoreBase):
                          ) -> dict[tuple[str, str], StoredCondition]:
         """The stored condition state of (rule, record id) pairs."""
         out: dict[tuple[str, str], StoredCondition] = {}
+        unique = list(dict.fromkeys(keys))
         async with self._read("conditions") as conn:
-            for rule, record_id in dict.fromkeys(keys):
+            for start in range(0, len(unique), CONDITION_KEYS_PER_QUERY):
+                chunk = unique[start:start + CONDITION_KEYS_PER_QUERY]
                 cursor = await conn.execute(
-                    "SELECT met, condition_values, commit_ts_ms FROM event_condition "
-                    "WHERE rule = ? AND record_id = ?", (rule, record_id))
-                row = await cursor.fetchone()
-                if row is not None:
-                    out[(rule, record_id)] = StoredCondition(bool(row[0]), orjson.loads(row[1]),
-                                                             int(row[2]))
+                    "SELECT rule, record_id, met, condition_values, commit_ts_ms "
+                    "FROM event_condition WHERE (rule, record_id) IN (VALUES "
+                    + ", ".join("(?, ?)" for _ in chunk) + ")",
+                    [part for key in chunk for part in key])
+                for row in await cursor.fetchall():
+                    out[(row[0], row[1])] = StoredCondition(bool(row[2]), orjson.loads(row[3]),
+                                                            int(row[4]))
         return out
 
     async def settle_decisions(

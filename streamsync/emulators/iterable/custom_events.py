@@ -78,6 +78,7 @@ class CustomEvent:
             "createdAtMs": self.created_ms,
             "writes": self.writes,
             "endpoint": self.endpoint,
+            "receivedWall": self.received_wall,
         }
 
 
