@@ -222,7 +222,7 @@ class Service:
         )
         resyncer, reloader = await open_resync_and_reload(
             parts, self.config_path, self.metrics, requested=self.reload_asked,
-            holders=[self, parts, parts.pipeline, self.flusher, self.page])
+            holders=[self, parts, parts.pipeline, self.flusher, self.page], leads=leadership)
         try:
             await leadership.start()
         except BaseException:

@@ -28,7 +28,7 @@ from streamsync.runtime.describes import startup_mappings
 from streamsync.runtime.mapping_state import object_syncs, schedule_resyncs
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
-from streamsync.runtime.resync import Resyncer, open_resyncer
+from streamsync.runtime.resync import Leader, Resyncer, open_resyncer
 
 log = get_logger(__name__)
 
@@ -178,13 +178,14 @@ class Reloader:
 
 
 async def open_resync_and_reload(parts: Components, path: Path | None, metrics: Metrics, *,
-                                 holders: Sequence[ConfigHolder], requested: asyncio.Event
+                                 holders: Sequence[ConfigHolder], requested: asyncio.Event,
+                                 leads: Leader | None = None
                                  ) -> tuple[Resyncer, Reloader | None]:
     """The service's re-sync worker (re-syncs owed now scheduled) and, given the config file,
     its reloader (`holders` get each reloaded config)."""
     resyncer = await open_resyncer(
         parts.config, store=parts.store, salesforce=parts.salesforce, pipeline=parts.pipeline,
-        mappings=parts.mappings, metrics=metrics, clock=parts.clock)
+        mappings=parts.mappings, metrics=metrics, clock=parts.clock, leads=leads)
     if path is None:
         return resyncer, None
     return resyncer, Reloader(path, parts.config, store=parts.store, salesforce=parts.salesforce,

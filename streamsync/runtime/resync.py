@@ -20,7 +20,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import AppliedMapping, QueueInput, ResyncState, StoreAPI
@@ -53,6 +53,16 @@ READS = Policy(name="resync_reads", attempts=None, timeout_s=None, wait_initial_
 OUTAGE_WAIT_MAX_S = 30.0
 
 
+LEADER_RECHECK_S = 5.0
+"""How often a worker that leads none of the owed re-syncs' channels looks again."""
+
+
+class Leader(Protocol):
+    """Which CDC channels this worker leads (runtime/leadership.py `Leadership`)."""
+
+    def channels(self) -> list[str]: ...
+
+
 class Superseded(Exception):
     """The re-sync was replaced (a reload changed the mapping again) while it ran."""
 
@@ -63,8 +73,10 @@ class Resyncer:
     def __init__(self, *, config: Config, store: StoreAPI, salesforce: SalesforceClient,
                  pipeline: SyncPipeline, mappings: Mapping[str, CompiledMapping],
                  syncs: Mapping[str, ObjectSync], metrics: Metrics,
-                 clock: Callable[[], float] = time.time, page_size: int = PAGE_SIZE) -> None:
+                 clock: Callable[[], float] = time.time, page_size: int = PAGE_SIZE,
+                 leads: Leader | None = None) -> None:
         self.config = config
+        self.leads = leads  # with several workers, an object re-syncs where its channel is led
         self.store = store
         self.salesforce = salesforce
         self.pipeline = pipeline
@@ -102,14 +114,18 @@ class Resyncer:
                 owed = [s for name, s in (await self.store.resyncs()).items()
                         if name in self.syncs and s.fingerprint == self.syncs[name].fingerprint]
                 self._show(owed)
-                for state in owed:
+                mine = self._led(owed)
+                for state in mine:
                     try:
                         await self._one(state, stop)
                     except Superseded:
                         log.info("resync.superseded", object=state.object_name)
                     if stop.is_set():
                         return
-                if not owed:
+                if len(mine) < len(owed):  # others' (or nobody's yet): look again soon
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_wait_any(stop, self.wake), LEADER_RECHECK_S)
+                elif not owed:
                     await _wait_any(stop, self.wake)
 
     # -- one object ------------------------------------------------------------------------
@@ -272,6 +288,13 @@ class Resyncer:
                 retry = set(outcome.retry)
                 records[:] = [r for r in records if r["Id"] in retry]
 
+    def _led(self, owed: Sequence[ResyncState]) -> list[ResyncState]:
+        """The owed re-syncs this worker runs: those of objects whose channel it leads."""
+        if self.leads is None:
+            return list(owed)
+        led = set(self.leads.channels())
+        return [s for s in owed if self.config.channel(s.object_name) in led]
+
     def _show(self, owed: Sequence[ResyncState]) -> None:
         for name in self.syncs:
             self.metrics.resync_running.labels(name).set(
@@ -302,13 +325,15 @@ async def _wait_any(*events: asyncio.Event) -> None:
 
 async def open_resyncer(config: Config, *, store: StoreAPI, salesforce: SalesforceClient,
                         pipeline: SyncPipeline, mappings: Mapping[str, CompiledMapping],
-                        metrics: Metrics, clock: Callable[[], float] = time.time) -> Resyncer:
+                        metrics: Metrics, clock: Callable[[], float] = time.time,
+                        leads: Leader | None = None) -> Resyncer:
     """Compare the config with what the store applied, owe the re-syncs that follows, and a
     Resyncer to run them (the pipeline sends their clears from now on)."""
     syncs = object_syncs(config, mappings)
     owed = await schedule_resyncs(store, syncs, clock())
     pipeline.mappings = dict(mappings)
     resyncer = Resyncer(config=config, store=store, salesforce=salesforce, pipeline=pipeline,
-                        mappings=mappings, syncs=syncs, metrics=metrics, clock=clock)
+                        mappings=mappings, syncs=syncs, metrics=metrics, clock=clock,
+                        leads=leads)
     resyncer.activate(owed, await store.applied_mappings())
     return resyncer

@@ -258,3 +258,41 @@ async def test_a_record_out_of_reach_during_the_resync_is_cleared_when_it_comes_
     assert outcome.synced == [gone]
     data = lead_profiles(sf_emulator, iterable_emulator)[gone]["data"]
     assert data.get("firstName") is None and data.get("givenName")
+
+
+class _Leads:
+    def __init__(self) -> None:
+        self.led: list[str] = []
+
+    def channels(self) -> list[str]:
+        return list(self.led)
+
+
+async def test_with_several_workers_an_object_resyncs_where_its_channel_is_led(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamsync.runtime.resync as resync_module
+
+    monkeypatch.setattr(resync_module, "LEADER_RECHECK_S", 0.05)
+    old = make_config(sf_emulator, iterable_emulator, tmp_path)
+    await run_resyncs(old)
+    mapping = {**old.objects["Lead"].mapping, "Title": "dataFields.title"}
+    new = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(mapping=mapping))
+    leads = _Leads()
+    async with production_components(new) as parts:
+        resyncer = await open_resyncer(new, store=parts.store, salesforce=parts.salesforce,
+                                       pipeline=parts.pipeline, mappings=parts.mappings,
+                                       metrics=parts.metrics, clock=parts.clock, leads=leads)
+        stop = asyncio.Event()
+        task = asyncio.create_task(resyncer.run(stop))
+        await asyncio.sleep(0.5)
+        assert "Lead" in await parts.store.resyncs()  # another worker leads Lead's channel
+        leads.led = [new.channel("Lead")]
+
+        async def done() -> bool:
+            return not await parts.store.resyncs()
+
+        await wait_for(done, 10.0, "the re-sync once this worker leads the channel")
+        stop.set()
+        await asyncio.wait_for(task, 5.0)
