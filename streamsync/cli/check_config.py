@@ -17,8 +17,9 @@ def add_parser(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
         help_text="validate the config against Salesforce and Iterable",
         description="Load the config and its secrets, log in to Salesforce, check every mapped "
                     "field, relationship, filter field and fan-out against the objects' "
-                    "describes, and try the Iterable API key. Prints every problem at once; "
-                    "exit 1 if any.",
+                    "describes (and consent opt-out fields), try the Iterable API key, and "
+                    "check consent's channel, message type and list ids in Iterable. Prints "
+                    "every problem at once; exit 1 if any.",
         handler=run, log_level="error")  # it prints its warnings itself
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
