@@ -4,7 +4,8 @@ class of the product lives here (tests/test_errors.py checks it).
     StreamsyncError          typed attributes: api, endpoint, status, retry_after_s
     ├── ConfigError          usage/config: bad config.toml or missing secret: refuse to start
     │   ├── SoqlError        an identifier, literal or filter not safe to send (also ValueError)
-    │   └── UnknownList      a consent list name that names no single Iterable list
+    │   ├── UnknownList      a consent list name that names no single Iterable list
+    │   └── ReloadRefused    a new config (SIGHUP) not applied: invalid, or needs a restart
     ├── UsageError           usage/config: the command line is wrong (exit 2)
     ├── FatalError           fatal: cannot go on without an operator
     │   ├── AuthError        the token endpoint or Iterable refused the credentials
@@ -30,7 +31,8 @@ class of the product lives here (tests/test_errors.py checks it).
     │       ├── BatchRejected  field types mismatched (RequestFieldsTypesMismatched)
     │       └── BatchTooLarge  413 / BatchTooLarge: halve and resend
     └── Stopped              stop: asked to stop while a retry was waiting
-        └── WindowTaken      stop this backfill window: another process took it over
+        ├── WindowTaken      stop this backfill window: another process took it over
+        └── Superseded       stop this re-sync: a reload changed the mapping again
 
 Standing apart (not StreamsyncError, so no `except StreamsyncError` swallows them):
 `Terminated` (stop: SIGTERM during a command, stops like Ctrl-C) and `ConfigProblems` (a
@@ -83,6 +85,15 @@ class SoqlError(ConfigError, ValueError):
 
 class UnknownList(ConfigError):
     """A configured Iterable list name that names no single list (consent.remove_from_lists)."""
+
+
+class ReloadRefused(ConfigError):
+    """A new config (SIGHUP) is not applied; `reason` says why, `keys` what needs a restart."""
+
+    def __init__(self, reason: str, keys: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.keys = keys or []
 
 
 class ConfigProblems(ValueError):
@@ -213,6 +224,10 @@ class Unreachable(RetriableError):
 
 class Stopped(StreamsyncError):
     """Asked to stop while a retry was waiting (start-up waiting out an outage, for one)."""
+
+
+class Superseded(Stopped):
+    """A mapping re-sync was replaced (a reload changed the mapping again) while it ran."""
 
 
 class WindowTaken(Stopped):

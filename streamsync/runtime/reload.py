@@ -21,7 +21,13 @@ from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config, load_config
 from streamsync.core.mapping import CompiledMapping
-from streamsync.errors import ConfigError, FatalError, RetriableError, StreamsyncError
+from streamsync.errors import (
+    ConfigError,
+    FatalError,
+    ReloadRefused,
+    RetriableError,
+    StreamsyncError,
+)
 from streamsync.logs import get_logger
 from streamsync.runtime.components import Components
 from streamsync.runtime.describes import startup_mappings
@@ -74,15 +80,6 @@ class Reloaded:
 
     config: Config
     mappings: dict[str, CompiledMapping]
-
-
-class ReloadRefused(Exception):
-    """The new config is not applied; `reason` says why, `keys` what needs a restart."""
-
-    def __init__(self, reason: str, keys: list[str] | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.keys = keys or []
 
 
 async def prepare_reload(path: Path, running: Config, salesforce: SalesforceClient

@@ -29,7 +29,7 @@ from streamsync.core import soql
 from streamsync.core.fingerprint import diff
 from streamsync.core.ids import row_id
 from streamsync.core.mapping import CompiledMapping
-from streamsync.errors import RetriableError, Stopped, describe_error
+from streamsync.errors import RetriableError, Stopped, Superseded, describe_error
 from streamsync.logs import get_logger
 from streamsync.retry import Policy
 from streamsync.runtime.mapping_state import (
@@ -61,10 +61,6 @@ class Leader(Protocol):
     """Which CDC channels this worker leads (runtime/leadership.py `Leadership`)."""
 
     def channels(self) -> list[str]: ...
-
-
-class Superseded(Exception):
-    """The re-sync was replaced (a reload changed the mapping again) while it ran."""
 
 
 class Resyncer:
