@@ -31,6 +31,10 @@ async def test_bookings_through_two_connections_never_overlap(store_space: Store
         stores = [one, two, one, two]
         booked = await asyncio.gather(*(_book(s, d, 40) for s, d in zip(stores, drawers,
                                                                           strict=True)))
+        [use] = await one.budgets_in_use()
+    # status: the rate being booked, by the four drawers together, is the ceiling's
+    assert 0.7 * RATE <= use.drawing_per_s <= 1.2 * RATE, use
+    assert len(use.drawers) == 4
     slots = sorted(t for times in booked for t in times)
     assert len(slots) >= 160
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]

@@ -62,13 +62,16 @@ class DrawerIdentity:
 
 DRAWER_UPSERT: Final = """
 INSERT INTO rate_budget_drawer (budget_key, drawer_id, kind, pid, host, joined_at,
-                                last_claim_at, slots_total, window_start, window_slots)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                last_claim_at, slots_total, window_start, window_slots,
+                                booked_until)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (budget_key, drawer_id) DO UPDATE SET
     last_claim_at = excluded.last_claim_at,
     slots_total = slots_total + excluded.slots_total,
+    booked_until = max(booked_until, excluded.booked_until),
     last_rate_per_s = CASE WHEN excluded.last_claim_at - window_start >= ?
-        THEN window_slots / (excluded.last_claim_at - window_start) ELSE last_rate_per_s END,
+        THEN window_slots / (max(booked_until, excluded.last_claim_at) - window_start)
+        ELSE last_rate_per_s END,
     window_slots = CASE WHEN excluded.last_claim_at - window_start >= ?
         THEN excluded.window_slots ELSE window_slots + excluded.window_slots END,
     window_start = CASE WHEN excluded.last_claim_at - window_start >= ?
@@ -89,12 +92,22 @@ async def store_now(conn: aiosqlite.Connection) -> float:
 
 
 def drawer_rate(row: Sequence[Any], now: float) -> float:
-    """Slots per second over the last `RATE_WINDOW_S`: the current window's slots plus the
-    previous window's rate for the part of it the current one does not cover yet."""
+    """Slots per second over about the last `RATE_WINDOW_S`. The current window's slots are
+    spread from its start to the last slot booked (bookings run up to a second ahead); the
+    previous window's rate fills the part of `RATE_WINDOW_S` the current one does not cover
+    yet (`row`: window_start, window_slots, last_rate_per_s, booked_until, joined_at)."""
     window_start, window_slots, last_rate = float(row[0]), int(row[1]), float(row[2])
-    span = max(0.0, now - window_start)
+    booked_until, joined_at = float(row[3]), float(row[4])
+    span = max(now, booked_until) - window_start
+    if window_start <= joined_at:  # its first window: nothing before it to carry
+        return window_slots / max(1.0, span)
     carried = last_rate * max(0.0, RATE_WINDOW_S - span)
     return (window_slots + carried) / max(RATE_WINDOW_S, span)
+
+
+def booked_until(booking: Booking, req: ClaimRequest, now: float) -> float:
+    """Where a booking's slots end: one interval after its last slot (now when none)."""
+    return booking.slots[-1] + 1.0 / req.rate_per_s if booking.slots else now
 
 
 class BudgetOps(StoreBase):
@@ -120,7 +133,8 @@ class BudgetOps(StoreBase):
             booked = len(booking.slots)
             await conn.execute(DRAWER_UPSERT, (
                 budget_key, drawer.drawer_id, drawer.kind, drawer.pid, drawer.host, now, now,
-                booked, now, booked, RATE_WINDOW_S, RATE_WINDOW_S, RATE_WINDOW_S))
+                booked, now, booked, booked_until(booking, req, now), RATE_WINDOW_S,
+                RATE_WINDOW_S, RATE_WINDOW_S))
             await conn.execute(
                 "DELETE FROM rate_budget_drawer WHERE budget_key = ? AND last_claim_at < ?",
                 (budget_key, now - FORGET_DRAWER_S))
@@ -145,7 +159,7 @@ class BudgetOps(StoreBase):
                 ceilings = [(str(r[0]), float(r[1])) for r in await cursor.fetchall()]
             async with conn.execute(
                 "SELECT budget_key, drawer_id, kind, pid, host, joined_at, last_claim_at, "
-                "slots_total, window_start, window_slots, last_rate_per_s "
+                "slots_total, window_start, window_slots, last_rate_per_s, booked_until "
                 "FROM rate_budget_drawer WHERE last_claim_at >= ?", (now - DRAWING_WITHIN_S,)
             ) as cursor:
                 rows = await cursor.fetchall()
@@ -153,7 +167,7 @@ class BudgetOps(StoreBase):
         for key, ceiling in ceilings:
             drawers = sorted(
                 (Drawer(str(r[1]), r[2], int(r[3]), str(r[4]), float(r[5]), float(r[6]),
-                        int(r[7]), drawer_rate(r[8:11], now))
+                        int(r[7]), drawer_rate((*r[8:12], r[5]), now))
                  for r in rows if r[0] == key),
                 key=lambda d: (-d.rate_per_s, d.drawer_id))
             out.append(BudgetUse(key, ceiling, sum(d.rate_per_s for d in drawers),

@@ -523,8 +523,14 @@ _V14 = Migration(
     ),
 )
 
+_V15 = Migration(
+    15,
+    "the shared rate budget: where each drawer's booked slots end (its rate for status)",
+    ("ALTER TABLE rate_budget_drawer ADD COLUMN booked_until REAL NOT NULL DEFAULT 0",),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12,
-                                     _V13, _V14)
+                                     _V13, _V14, _V15)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

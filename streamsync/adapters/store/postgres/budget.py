@@ -15,6 +15,7 @@ from ..budget import (
     BudgetUse,
     Drawer,
     DrawerIdentity,
+    booked_until,
     drawer_rate,
 )
 from ..budget_plan import ALL, Booking, ClaimRequest, book
@@ -23,13 +24,15 @@ from .base import Connection, PgBase
 NOW_SQL: Final = "SELECT extract(epoch FROM clock_timestamp())::double precision"
 DRAWER_UPSERT: Final = """
 INSERT INTO rate_budget_drawer AS d (budget_key, drawer_id, kind, pid, host, joined_at,
-                                     last_claim_at, slots_total, window_start, window_slots)
-VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $6, $7)
+                                     last_claim_at, slots_total, window_start, window_slots,
+                                     booked_until)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $6, $7, $9)
 ON CONFLICT (budget_key, drawer_id) DO UPDATE SET
     last_claim_at = excluded.last_claim_at,
     slots_total = d.slots_total + excluded.slots_total,
+    booked_until = GREATEST(d.booked_until, excluded.booked_until),
     last_rate_per_s = CASE WHEN excluded.last_claim_at - d.window_start >= $8
-        THEN d.window_slots / (excluded.last_claim_at - d.window_start)
+        THEN d.window_slots / (GREATEST(d.booked_until, excluded.last_claim_at) - d.window_start)
         ELSE d.last_rate_per_s END,
     window_slots = CASE WHEN excluded.last_claim_at - d.window_start >= $8
         THEN excluded.window_slots ELSE d.window_slots + excluded.window_slots END,
@@ -70,7 +73,8 @@ class BudgetOps(PgBase):
                 (budget_key, ALL, booking.tat, req.rate_per_s, now),
                 (budget_key, req.kind, booking.lane_tat, req.rate_per_s, now)])
             await conn.execute(DRAWER_UPSERT, budget_key, drawer.drawer_id, drawer.kind,
-                               drawer.pid, drawer.host, now, len(booking.slots), RATE_WINDOW_S)
+                               drawer.pid, drawer.host, now, len(booking.slots), RATE_WINDOW_S,
+                               booked_until(booking, req, now))
             await conn.execute(
                 "DELETE FROM rate_budget_drawer WHERE budget_key = $1 AND last_claim_at < $2",
                 budget_key, now - FORGET_DRAWER_S)
@@ -94,13 +98,13 @@ class BudgetOps(PgBase):
                 "ORDER BY budget_key", ALL)]
             rows: Sequence[Any] = await conn.fetch(
                 "SELECT budget_key, drawer_id, kind, pid, host, joined_at, last_claim_at, "
-                "slots_total, window_start, window_slots, last_rate_per_s "
+                "slots_total, window_start, window_slots, last_rate_per_s, booked_until "
                 "FROM rate_budget_drawer WHERE last_claim_at >= $1", now - DRAWING_WITHIN_S)
         out = []
         for key, ceiling in ceilings:
             drawers = sorted(
                 (Drawer(str(r[1]), r[2], int(r[3]), str(r[4]), float(r[5]), float(r[6]),
-                        int(r[7]), drawer_rate(tuple(r[8:11]), now))
+                        int(r[7]), drawer_rate((*tuple(r[8:12]), r[5]), now))
                  for r in rows if r[0] == key),
                 key=lambda d: (-d.rate_per_s, d.drawer_id))
             out.append(BudgetUse(key, ceiling, sum(d.rate_per_s for d in drawers),

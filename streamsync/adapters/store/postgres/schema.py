@@ -428,8 +428,14 @@ _V14 = PgMigration(
     ),
 )
 
+_V15 = PgMigration(
+    15,
+    "the shared rate budget: where each drawer's booked slots end (its rate for status)",
+    (f"ALTER TABLE rate_budget_drawer ADD COLUMN booked_until {TIME} NOT NULL DEFAULT 0",),
+)
+
 MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13,
-                                        _V14)
+                                        _V14, _V15)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""
