@@ -5,10 +5,11 @@ Both emulators run in this process (Salesforce with every Contact and Lead seede
 its documented limits and `--iterable-latency-ms` per call); every Contact is queued in the store
 as the service's backlog; `python -m streamsync run` drains it while
 `python -m streamsync.backfill --objects Lead` loads the Leads beside it. The measurement window
-runs from the backfill's first Lead write to its last (the service must still have a backlog when
-it ends); in it, every bulkUpdate Iterable answered (both processes) against the ceiling, the
-429s, and each process's share (told apart by the users in each request: Leads are the
-backfill's, Contacts the service's). `budgets_in_use()` is sampled from the store midway.
+runs from the backfill's first Lead write to its last (the service must still have Contacts to
+sync when it ends); in it, every bulkUpdate Iterable answered (both processes) against the
+ceiling, the 429s, and each process's share (told apart by the users in each request: mostly
+Leads is the backfill's, mostly Contacts the service's). `budgets_in_use()` is sampled from the
+store midway.
 
     .venv/bin/python scripts/bench_shared_budget.py [--quick] [--leads 3000] [--contacts 12000]
         [--batch 50]
@@ -100,13 +101,24 @@ def emails(sf: SalesforceEmulator, sobject: str) -> set[str]:
     return out
 
 
-def requests_of(it: IterableEmulator, keys: set[str]) -> dict[int, float]:
-    """request_no → received time of the bulkUpdate requests that carried any of `keys`."""
-    out: dict[int, float] = {}
-    for key in keys:
-        for entry in it.state.history(key):
-            if entry.get("request_no") is not None and entry.get("received_mono") is not None:
-                out[int(entry["request_no"])] = float(entry["received_mono"])
+def requests_by_process(it: IterableEmulator, leads: set[str], contacts: set[str]
+                        ) -> dict[str, dict[int, float]]:
+    """bulkUpdate requests (request_no → received time) per process: a request whose users are
+    mostly Leads is the backfill's, mostly Contacts the service's (a person can be both)."""
+    votes: dict[int, list[int]] = {}
+    received: dict[int, float] = {}
+    for side, keys in ((0, leads), (1, contacts)):
+        for key in keys:
+            for entry in it.state.history(key):
+                number, at = entry.get("request_no"), entry.get("received_mono")
+                if number is None or at is None or entry.get("endpoint") != BULK:
+                    continue
+                votes.setdefault(int(number), [0, 0])[side] += 1
+                received[int(number)] = float(at)
+    out: dict[str, dict[int, float]] = {"backfill": {}, "service": {}}
+    for number, (lead_votes, contact_votes) in votes.items():
+        owner = "backfill" if lead_votes >= contact_votes else "service"
+        out[owner][number] = received[number]
     return out
 
 
@@ -162,7 +174,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if backfill.returncode != 0:
                 raise RuntimeError(f"backfill exited {backfill.returncode}: "
                                    f"{err.decode()[-2000:]}")
-            backlog = (await store.queue_stats(time.time())).depth
+            contact_emails = emails(sf, "Contact")
+            synced = sum(1 for key in it.state.snapshot() if key in contact_emails)
             await store.close()
     finally:
         for proc in (backfill, service):
@@ -176,13 +189,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await it.stop()
         await sf.stop()
     summary = orjson.loads(out.decode().splitlines()[-1])
-    lead_requests = requests_of(it, emails(sf, "Lead"))
-    contact_requests = requests_of(it, emails(sf, "Contact"))
+    by_process = requests_by_process(it, emails(sf, "Lead"), contact_emails)
+    lead_requests = by_process["backfill"]
     start, end = min(lead_requests.values()), max(lead_requests.values())
     window = [(t, s) for t, e, s in calls if e == BULK and start <= t <= end]
     answered = len(window)
-    service_in_window = sum(1 for t in contact_requests.values() if start <= t <= end)
+    service_in_window = sum(1 for t in by_process["service"].values() if start <= t <= end)
     backfill_in_window = sum(1 for t in lead_requests.values() if start <= t <= end)
+    classified = service_in_window + backfill_in_window
     ratio = (answered - 1) / (end - start) / CEILING
     return {
         "ceiling_per_s": CEILING,
@@ -190,9 +204,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bulk_requests_in_window": answered,
         "ratio": round(ratio, 3),
         "iterable_429s": sum(1 for _t, e, s in calls if e == BULK and s == 429),
-        "service_share": round(service_in_window / max(1, answered), 3),
-        "backfill_share": round(backfill_in_window / max(1, answered), 3),
-        "service_backlog_left": backlog,
+        "service_share": round(service_in_window / max(1, classified), 3),
+        "backfill_share": round(backfill_in_window / max(1, classified), 3),
+        "service_contacts_left": len(contact_emails) - synced,
         "backfill_records_written": summary["records_written"],
         "budget_sample": use,
     }
