@@ -220,11 +220,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--contacts", type=int, default=12000)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--iterable-latency-ms", type=float, default=100.0)
-    parser.add_argument("--sample-after-s", type=float, default=5.0,
+    parser.add_argument("--sample-after-s", type=float, default=12.0,
                         help="when to sample budgets_in_use() after the backfill starts")
     args = parser.parse_args(argv)
     if args.quick:
         args.leads, args.contacts, args.batch = 600, 3000, 50
+        args.sample_after_s = min(args.sample_after_s, 4.0)
     return args
 
 

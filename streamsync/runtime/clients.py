@@ -103,10 +103,12 @@ def build_iterable_client(
     counter: UsageCounter | None = None,
     *,
     limiter: RateLimiter | None = None,
+    subscription_limiter: RateLimiter | None = None,
 ) -> IterableClient:
     """IterableClient for `config.iterable`; the API key must have been loaded. Its one
     RateLimiter (rate and in-flight cap of every bulkUpdate) is `limiter`, shared by the
-    service's writers, or one of its own from [iterable]."""
+    service's writers, or one of its own from [iterable]; the subscription calls' is
+    `subscription_limiter`, or one of its own from [consent]."""
     key = config.secrets.iterable_api_key
     if key is None:
         raise ConfigError("secret iterable_api_key is missing: set STREAMSYNC_ITERABLE_API_KEY")
@@ -115,6 +117,6 @@ def build_iterable_client(
         timeout_s=config.iterable.timeout_s,
         bulk_limiter=limiter or RateLimiter(config.iterable.rate_limit_per_s,
                                             max_in_flight=config.iterable.max_in_flight),
-        subscription_limiter=RateLimiter(config.consent.rate_limit_per_s,
-                                         max_in_flight=config.consent.max_in_flight),
+        subscription_limiter=subscription_limiter or RateLimiter(
+            config.consent.rate_limit_per_s, max_in_flight=config.consent.max_in_flight),
     )

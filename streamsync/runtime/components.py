@@ -73,6 +73,14 @@ def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
     return listener
 
 
+def shared_limiter(config: Config, store: StoreAPI, family: str, rate_per_s: float,
+                   max_in_flight: int, drawer: DrawerKind = "service") -> SharedRateLimiter:
+    """The limiter of one Iterable endpoint family, its slots drawn from the budget every
+    process on `store` shares for that family (docs/design.md §10.1)."""
+    return SharedRateLimiter(rate_per_s, booker=store, budget_key=budget_key(config, family),
+                             kind=drawer, max_in_flight=max_in_flight)
+
+
 @contextlib.asynccontextmanager
 async def open_components(
     config: Config,
@@ -100,13 +108,17 @@ async def open_components(
     sf_http = salesforce_session(config)
     it_http = iterable_session(config)
     limiter: SharedRateLimiter | None = None
+    subscriptions: SharedRateLimiter | None = None
     try:
         auth = build_salesforce_auth(config, sf_http, counter, clock=clock)
         salesforce = build_salesforce_client(config, sf_http, counter=counter, auth=auth)
-        limiter = SharedRateLimiter(it_conf.rate_limit_per_s, booker=store,
-                                    budget_key=budget_key(config), kind=drawer,
-                                    max_in_flight=it_conf.max_in_flight)
-        iterable = build_iterable_client(config, it_http, counter, limiter=limiter)
+        limiter = shared_limiter(config, store, "bulkUpdate", it_conf.rate_limit_per_s,
+                                 it_conf.max_in_flight, drawer)
+        subscriptions = shared_limiter(config, store, "subscriptions",
+                                       config.consent.rate_limit_per_s,
+                                       config.consent.max_in_flight, drawer)
+        iterable = build_iterable_client(config, it_http, counter, limiter=limiter,
+                                         subscription_limiter=subscriptions)
         if describes is None:
             describes = await startup_describes(config, salesforce, stop=stop)
         else:
@@ -127,6 +139,8 @@ async def open_components(
     finally:
         if limiter is not None:
             await limiter.close()
+        if subscriptions is not None:
+            await subscriptions.close()
         await sf_http.close()
         await it_http.close()
         await store.close()

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.salesforce import SalesforceClient
+from streamsync.adapters.shared_ratelimit import SharedRateLimiter
 from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config
 from streamsync.errors import RetriableError, describe_error
 from streamsync.logs import get_logger
+from streamsync.runtime.clients import budget_key
 from streamsync.runtime.components import Components
 from streamsync.runtime.event_decide import EventDecider
 from streamsync.runtime.event_rules import CompiledRule
@@ -53,7 +54,10 @@ class EventWorker:
         self.signal = signal or QueueSignal()
         self._sent_signal = QueueSignal()
         retry_s = config.queue.backoff_base_s
-        self.limiter = RateLimiter(conf.rate_limit_per_s, max_in_flight=conf.max_in_flight)
+        # trackBulk's budget is shared by every process on the store (docs/design.md §10.1)
+        self.limiter = SharedRateLimiter(conf.rate_limit_per_s, booker=store,
+                                         budget_key=budget_key(config, "trackBulk"),
+                                         kind="service", max_in_flight=conf.max_in_flight)
         self.decider = EventDecider(rules=rules, store=store, salesforce=salesforce,
                                     max_attempts=conf.max_attempts, retry_s=retry_s)
         self.sender = EventSender(iterable=iterable, limiter=self.limiter,

@@ -87,7 +87,7 @@ async def read_lists(config: Config, parts: Components) -> ListsReport:
     (`core/verify_lists.compare_lists`); an empty report when [lists] maps nothing."""
     if not config.lists.enabled:
         return ListsReport()
-    client = lists_client(config, parts.iterable)
+    client = lists_client(config, parts.iterable, parts.store)
     found = await resolve_lists(config, parts.salesforce, client, create=False)
     found.raise_on_problems()
     reader = MemberReader(config, parts.salesforce, found.lists)

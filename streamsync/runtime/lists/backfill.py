@@ -58,7 +58,7 @@ async def run_lists_backfill(config: Config, parts: Components, *, resume: bool,
     """Resolve [lists] (creating lists where allowed), then run the lists backfill."""
     if not config.lists.enabled:
         raise BackfillError("--lists: no Campaign is mapped ([[lists.campaigns]] in the config)")
-    client = lists_client(config, parts.iterable)
+    client = lists_client(config, parts.iterable, parts.store)
     resolution = await resolved(config, parts, client, create=True)
     resolution.raise_on_problems()
     reader = MemberReader(config, parts.salesforce, resolution.lists)

@@ -8,11 +8,12 @@ import asyncio
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.iterable_lists import IterableLists
 from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.store import StoreAPI
 from streamsync.config import Config
 from streamsync.errors import describe_error
 from streamsync.logs import get_logger
 from streamsync.retry import Policy
-from streamsync.runtime.components import Components
+from streamsync.runtime.components import Components, shared_limiter
 from streamsync.runtime.lists.members import MemberReader
 from streamsync.runtime.lists.resolve import Resolution, resolve_lists
 from streamsync.runtime.lists.sync import ListSync
@@ -23,11 +24,16 @@ BACKOFF_MAX_S = 60.0
 BOUNDED_ATTEMPTS = 6
 
 
-def lists_client(config: Config, iterable: IterableClient) -> IterableLists:
-    """The list endpoints on `iterable`, with their own limiter from [lists]."""
+def lists_client(config: Config, iterable: IterableClient,
+                 store: StoreAPI | None = None) -> IterableLists:
+    """The list endpoints on `iterable`, with their limiter from [lists]: its slots drawn from
+    the budget every process on `store` shares (docs/design.md §10.1), or its own."""
     conf = config.lists
-    return IterableLists(iterable, RateLimiter(conf.rate_limit_per_s,
-                                               max_in_flight=conf.max_in_flight))
+    if store is None:
+        return IterableLists(iterable, RateLimiter(conf.rate_limit_per_s,
+                                                   max_in_flight=conf.max_in_flight))
+    return IterableLists(iterable, shared_limiter(config, store, "lists", conf.rate_limit_per_s,
+                                                  conf.max_in_flight))
 
 
 def _unavailable(error: Exception) -> None:
@@ -50,7 +56,7 @@ async def start_lists(config: Config, parts: Components, *,
     entry that does not resolve."""
     if not config.lists.enabled:
         return None
-    client = lists_client(config, parts.iterable)
+    client = lists_client(config, parts.iterable, parts.store)
     resolution = await resolved(config, parts, client, create=True, stop=stop)
     resolution.raise_on_problems()
     for mapped in resolution.lists:
