@@ -424,7 +424,7 @@ class EventDeliveryConfig(_Model):
     batch_max_events: int = Field(default=1000, ge=1, le=8000)
     rate_limit_per_s: float = Field(default=10.0, gt=0, le=1000)
     max_in_flight: int = Field(default=2, ge=1, le=16)
-    batch_ids: int = Field(default=10_000, ge=1, le=50_000)  # candidates decided per lease
+    batch_ids: int = Field(default=2000, ge=1, le=50_000)  # candidates decided per lease
     max_attempts: int = Field(default=20, ge=1, le=1000)
 
 
