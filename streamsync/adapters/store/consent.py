@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from .base import StoreBase
 from .types import ConsentRow
 
-_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's bound-parameter limit
 _UPSERT = """
 INSERT INTO consent_state (object_name, record_id, opted_out, changed_at_ms, origin, updated_at)
 VALUES (?, ?, ?, ?, ?, ?)
@@ -37,19 +38,19 @@ class ConsentOps(StoreBase):
     async def consent_states(self, object_name: str, record_ids: Sequence[str]
                              ) -> dict[str, ConsentRow]:
         """The stored consent states of these records, by record id."""
-        out: dict[str, ConsentRow] = {}
-        async with self._read("consent_states") as conn:
-            for start in range(0, len(record_ids), _IN_CHUNK):
-                chunk = record_ids[start:start + _IN_CHUNK]
-                async with conn.execute(
-                    "SELECT record_id, opted_out, changed_at_ms, origin FROM consent_state "
-                    f"WHERE object_name = ? AND record_id IN ({','.join('?' * len(chunk))})",
-                    (object_name, *chunk),
-                ) as cursor:
-                    for record_id, opted, at_ms, origin in await cursor.fetchall():
-                        out[record_id] = ConsentRow(object_name, record_id, bool(opted),
-                                                    int(at_ms), str(origin))
-        return out
+        if not record_ids:
+            return {}
+        # One statement whatever the number of ids (a JSON array, not bound parameters): each
+        # statement is a hop to the store's one connection thread, busy under a burst.
+        async with self._read("consent_states") as conn, conn.execute(
+            "SELECT record_id, opted_out, changed_at_ms, origin FROM consent_state "
+            "WHERE object_name = ? AND record_id IN (SELECT value FROM json_each(?))",
+            (object_name, orjson.dumps(list(record_ids)).decode()),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {record_id: ConsentRow(object_name, record_id, bool(opted), int(at_ms),
+                                      str(origin))
+                for record_id, opted, at_ms, origin in rows}
 
     async def save_consent_states(self, rows: Sequence[ConsentRow], now: float) -> None:
         """Store these states as they are (the caller decided they prevail), one transaction."""
