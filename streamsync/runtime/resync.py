@@ -292,7 +292,10 @@ class Resyncer:
         return [s for s in owed if self.config.channel(s.object_name) in led]
 
     def _show(self, owed: Sequence[ResyncState]) -> None:
+        """Every object's gauge, and its counters at zero before its first re-sync."""
         for name in self.syncs:
+            for kind in ("read", "written", "out_of_scope"):
+                self.metrics.resync_records.labels(name, kind)
             self.metrics.resync_running.labels(name).set(
                 int(any(s.object_name == name for s in owed)))
 
