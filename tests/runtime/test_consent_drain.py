@@ -138,3 +138,23 @@ def test_email_lists_are_cut_to_fit_the_uri() -> None:
     assert [e for c in chunks for e in c] == emails
     assert all(sum(encoded_len(quote(e)) + 3 for e in c) <= 12_000 for c in chunks)
     assert len(list(email_chunks([f"p{i}@x.co" for i in range(700)]))) == 3  # 300 a query
+
+
+async def test_a_subscribe_back_is_written_only_with_apply_subscribes(
+        sf_emulator: SalesforceEmulator, clients: Clients) -> None:
+    store = clients.components.store
+    ((lead, email),) = _people(sf_emulator, 1)
+    sf_emulator.state.update("Lead", lead, {"HasOptedOutOfEmail": True})
+    back = ConsentEventRow("k1", "emailSubscribe", email, None, int(time.time()) * 1000 + 5000,
+                           "WebForm", (MARKETING,))
+    await store.add_consent_events([back], "webhook", time.time())
+    drain = ConsentDrain(targets=TARGETS, store=store, salesforce=clients.salesforce,
+                         apply_subscribes=False, policy=Policy(attempts=2, timeout_s=5))
+    assert (await drain.drain_once()).written == 0
+    assert sf_emulator.state.record("Lead", lead)["HasOptedOutOfEmail"] is True  # type: ignore[index]
+    again = ConsentEventRow("k2", "emailSubscribe", email, None, int(time.time()) * 1000 + 6000,
+                            "WebForm", (MARKETING,))
+    await store.add_consent_events([again], "webhook", time.time())
+    drain.apply_subscribes = True
+    assert (await drain.drain_once()).written == 1
+    assert sf_emulator.state.record("Lead", lead)["HasOptedOutOfEmail"] is False  # type: ignore[index]
