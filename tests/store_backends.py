@@ -47,10 +47,23 @@ async def create_database(server: PgServer, prefix: str = "t") -> str:
     return server.url(name)
 
 
+async def drop_database(server: PgServer, url: str) -> None:
+    """Drop a test's database (its connections cut), so a session's databases do not pile up
+    on disk (each copies the ~8 MB template)."""
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(server.url())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
-async def pg_url(pg_server: PgServer) -> str:
-    """The URL of a new empty database for this test."""
-    return await create_database(pg_server)
+async def pg_url(pg_server: PgServer) -> AsyncIterator[str]:
+    """The URL of a new empty database for this test (dropped afterwards)."""
+    url = await create_database(pg_server)
+    yield url
+    await drop_database(pg_server, url)
 
 
 @dataclass
@@ -69,12 +82,17 @@ class StoreSpace:
 
 
 @pytest.fixture(params=BACKENDS)
-async def store_space(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpace:
-    """Where this test's store lives: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "postgres":
-        server: PgServer = request.getfixturevalue("pg_server")
-        return StoreSpace("postgres", tmp_path / "unused.db", await create_database(server))
-    return StoreSpace("sqlite", tmp_path / "streamsync.db")
+async def store_space(request: pytest.FixtureRequest,
+                      tmp_path: Path) -> AsyncIterator[StoreSpace]:
+    """Where this test's store lives: a SQLite file, or a new PostgreSQL database (dropped
+    afterwards)."""
+    if request.param != "postgres":
+        yield StoreSpace("sqlite", tmp_path / "streamsync.db")
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    url = await create_database(server)
+    yield StoreSpace("postgres", tmp_path / "unused.db", url)
+    await drop_database(server, url)
 
 
 @pytest.fixture
