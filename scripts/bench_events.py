@@ -346,9 +346,17 @@ async def backlog(env: Env, members: int, leads: list[str]) -> dict[str, Any]:
     started, job_id = await bulk_insert(env, campaign, leads)
     await job_done(env, job_id, started)
     calls_before = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
+    emulators = {name: psutil.Process(proc.proc.pid) for name, proc in (("sf", env.sf),
+                                                                       ("it", env.it))}
+    cpu_before = {name: sum(p.cpu_times()[:2]) for name, p in emulators.items()}
     t_start = time.monotonic()
     await env.start_service()
+    assert env.service is not None
+    process = psutil.Process(env.service.proc.pid)
     t_first, seen_first, t_last = await wait_subscribed(env, before, members, t_start + 300)
+    cpu = process.cpu_times()
+    emulator_cpu = {name: round(sum(p.cpu_times()[:2]) - cpu_before[name], 2)
+                    for name, p in emulators.items()}
     calls = await call(env.http, "GET", f"{env.it.info['control_url']}/counts")
     rate = (members - seen_first) / max(t_last - t_first, 1e-9)
     log(f"lists backlog: {members - seen_first} after the first call in "
@@ -360,6 +368,11 @@ async def backlog(env: Env, members: int, leads: list[str]) -> dict[str, Any]:
         "list_burst_ratio": round(rate / CEILING, 3),
         "list_first_subscribe_after_start_s": round(t_first - t_start, 3),
         "list_backlog_drained_after_start_s": round(t_last - t_start, 3),
+        # CPU the service process used from its start to the last subscriber (its start-up,
+        # describes and list look-ups included): what a loaded machine takes away from it.
+        "list_service_cpu_s": round(cpu.user + cpu.system, 2),
+        "list_salesforce_emulator_cpu_s": emulator_cpu["sf"],
+        "list_iterable_emulator_cpu_s": emulator_cpu["it"],
         "list_subscribe_calls": _count(calls, SUBSCRIBE) - _count(calls_before, SUBSCRIBE),
         "list_subscribe_429s": (_count(calls, SUBSCRIBE, "429")
                                 - _count(calls_before, SUBSCRIBE, "429")),
