@@ -68,7 +68,22 @@ def render_status(data: Mapping[str, Any]) -> str:
         parts.append("  (none)")
     parts += _backfill(data["backfill"], list(data.get("backfill_runs") or [])[1:])
     parts += _resyncs(data.get("mapping") or {})
+    parts += _consent_inbox(data.get("consent_inbox") or {})
     return "\n".join(parts) + "\n"
+
+
+def _consent_inbox(inbox: Mapping[str, Any]) -> list[str]:
+    """Iterable consent events on their way to Salesforce (nothing when none was received)."""
+    states = inbox.get("by_state") or {}
+    read = {k: v for k, v in (inbox.get("export_read_up_to") or {}).items() if v}
+    if not states and not read:
+        return []
+    counts = ", ".join(f"{name} {states.get(name, 0)}" for name in ("pending", "done", "failed"))
+    out = [f"\nConsent events from Iterable: {counts}"]
+    if read:
+        out.append("  export read up to: " + ", ".join(f"{k} {v}" for k, v in sorted(
+            read.items())))
+    return out
 
 
 def _resyncs(mapping: Mapping[str, Any]) -> list[str]:

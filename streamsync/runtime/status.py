@@ -198,7 +198,18 @@ async def read_status(store: StoreAPI, config: Config | None, now: float,
          "finished_at": iso(run.finished_at), "options": dict(run.options)}
         for run in await store.runs(limit=runs)])
     data["mapping"] = await mapping_status(store)
+    data["consent_inbox"] = await consent_inbox_status(store)
     return data
+
+
+async def consent_inbox_status(store: StoreAPI) -> dict[str, Any]:
+    """Iterable consent events by state (pending, done, failed) and how far the export poller
+    has read each event type (`[consent_inbound]`, docs/design.md §7)."""
+    cursors = {kind: await store.consent_cursor(kind)
+               for kind in ("emailUnSubscribe", "emailSubscribe")}
+    return {"by_state": await store.consent_inbox_counts(),
+            "export_read_up_to": {k: iso(v / 1000) if v is not None else None
+                                  for k, v in cursors.items()}}
 
 
 async def mapping_status(store: StoreAPI) -> dict[str, Any]:
