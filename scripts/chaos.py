@@ -2,6 +2,7 @@
 
     python scripts/chaos.py --minutes 5 --seed 1 [--json-only]
     python scripts/chaos.py --minutes 14 --outage-minutes 10   # plus one long Iterable outage
+    python scripts/chaos.py --minutes 5 --workers 3 --store postgres   # several workers
 
 1. Starts the Salesforce and Iterable emulators as processes (their command lines), writes a
    config, backfills every record into Iterable, and starts `python -m streamsync run`.
@@ -41,6 +42,13 @@
    (writes of a profile's identical state beyond the first), duration. Exit code 0 iff there are
    no mismatches and every dead letter is genuine.
 
+With `--store postgres` the store is a throwaway PostgreSQL server
+(streamsync/testing/pg_server.py) and `--workers N` service processes share it (leases of
+`WORKER_LEASE_S`); kill -9 of the service becomes kill -9 of a channel's leader and of a
+follower, and two faults join: a PostgreSQL restart (every connection dropped) and a worker
+cut off (SIGSTOP) for longer than its lease, then resumed (its writes must be fenced off). The
+JSON then counts `failovers` and `deposed` workers from their logs.
+
 With `--outage-minutes`, Iterable (or with `--outage-of salesforce` Salesforce's REST API) is down
 (every call answers 503, or with `--outage-fault drop` has its connection dropped) for that long
 in the middle of the run, while the workload and the other faults go on; the queue then keeps
@@ -72,6 +80,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import asyncpg
 import orjson
 
 from streamsync.config import (
@@ -94,6 +103,7 @@ from streamsync.runtime.final_state import (
     read_salesforce,
     verify_policies,
 )
+from streamsync.testing.pg_server import PgServer
 
 PYTHON = sys.executable
 SYNCED_OBJECTS = ("Lead", "Contact")
@@ -118,6 +128,10 @@ FAULT_KINDS = (
     "webhook_duplicated",
     "export_gap",
 )
+WORKER_FAULT_KINDS = (*(k for k in FAULT_KINDS if k != "kill9"), "kill9_leader",
+                      "kill9_follower", "pg_restart", "worker_cut_off")
+WORKER_LEASE_S = 3.0
+WORKER_HEARTBEAT_S = 1.0
 CHANGE_WEIGHTS = {
     "create": 20, "update": 40, "delete": 8, "undelete": 5, "convert_lead": 6,
     "account_rename": 6, "email_change": 10, "invalid_email": 2,
@@ -516,15 +530,16 @@ class Workload:
 # ------------------------------------------------------------------------------ faults
 
 
-def plan_faults(rng: random.Random, window_s: float) -> list[tuple[float, str]]:
+def plan_faults(rng: random.Random, window_s: float,
+                kinds_of_run: Sequence[str] = FAULT_KINDS) -> list[tuple[float, str]]:
     """(offset from the start of the fault window, kind): every kind once, in a seeded order,
     evenly spread over the window's first 80 %, then seeded extras at random times."""
-    kinds = list(FAULT_KINDS)
+    kinds = list(kinds_of_run)
     rng.shuffle(kinds)
     span = window_s * 0.8
     plan = [(span * (i + 0.5) / len(kinds), kind) for i, kind in enumerate(kinds)]
     extra = max(0, int(window_s / 60.0 * FAULTS_PER_MIN) - len(kinds))
-    plan += [(rng.uniform(0, window_s * 0.9), rng.choice(FAULT_KINDS)) for _ in range(extra)]
+    plan += [(rng.uniform(0, window_s * 0.9), rng.choice(kinds)) for _ in range(extra)]
     return sorted(plan)
 
 
@@ -532,13 +547,16 @@ class Faults:
     """Injects one fault of a kind through the control APIs or on the processes."""
 
     def __init__(self, control: Control, sf: dict[str, Any], it: dict[str, Any],
-                 service: ServiceProcess, backfills: Backfills, rng: random.Random,
-                 leads: list[str]) -> None:
-        """`leads` is the workload's live list (GAP events name some of its ids)."""
+                 services: list[ServiceProcess], backfills: Backfills, rng: random.Random,
+                 leads: list[str], shared: SharedStore | None = None) -> None:
+        """`leads` is the workload's live list (GAP events name some of its ids); `shared`
+        the PostgreSQL store of several workers."""
         self.control = control
+        self.services = services
+        self.shared = shared
         self.sf_url = str(sf["control_url"])
         self.it_url = str(it["control_url"])
-        self.service = service
+        self.service = services[0]
         self.backfills = backfills
         self.rng = rng
         self.leads = leads
@@ -556,17 +574,55 @@ class Faults:
         await self.control.call("POST", f"{self.it_url}/faults",
                                 {"path": path, "method": method, **body})
 
-    async def _kill9(self) -> None:
-        await self.service.kill9()
+    async def _kill9(self, service: ServiceProcess | None = None) -> None:
+        victim = service or self.service
+        await victim.kill9()
         delay_s = self.rng.uniform(0.3, 1.5)
 
         async def restart() -> None:
             await asyncio.sleep(delay_s)
-            await self.service.start()
+            await victim.start()
 
-        task = asyncio.create_task(restart())
+        self._later(restart())
+
+    def _later(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self.restarts.add(task)
         task.add_done_callback(self.restarts.discard)
+
+    async def _worker(self, leading: bool) -> ServiceProcess:
+        """A live worker that leads a channel (or leads none); any live one if there is none."""
+        assert self.shared is not None
+        leaders = await self.shared.leader_pids()
+        live = [s for s in self.services if s.proc is not None and s.proc.returncode is None]
+        picked = [s for s in live if s.proc is not None and (s.proc.pid in leaders) == leading]
+        return self.rng.choice(picked or live or self.services)
+
+    async def _kill9_leader(self) -> None:
+        await self._kill9(await self._worker(leading=True))
+
+    async def _kill9_follower(self) -> None:
+        await self._kill9(await self._worker(leading=False))
+
+    async def _pg_restart(self) -> None:
+        assert self.shared is not None
+        await asyncio.to_thread(self.shared.server.restart)
+
+    async def _worker_cut_off(self) -> None:
+        """The leader stops (SIGSTOP) for longer than its lease, then goes on (SIGCONT)."""
+        victim = await self._worker(leading=True)
+        if victim.proc is None:
+            return
+        pid = victim.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+
+        async def resume() -> None:
+            await asyncio.sleep(WORKER_LEASE_S + 2.0)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+        self._later(resume())
 
     async def _iterable_429_storm(self) -> None:
         await self._iterable_fault({"kind": "status", "status": 429,
@@ -797,6 +853,83 @@ class Outage:
 # ------------------------------------------------------------------------------ the run
 
 
+@dataclass
+class SharedStore:
+    """The PostgreSQL server and database several workers share, read directly."""
+
+    server: PgServer
+    url: str
+
+    @classmethod
+    async def create(cls) -> SharedStore:
+        server = await asyncio.to_thread(PgServer.start)
+        conn = await asyncpg.connect(server.url())
+        try:
+            await conn.execute('CREATE DATABASE "chaos"')
+        finally:
+            await conn.close()
+        return cls(server, server.url("chaos"))
+
+    async def _fetch(self, sql: str) -> list[asyncpg.Record] | None:
+        try:
+            conn = await asyncpg.connect(self.url, timeout=5.0)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return None  # restarting
+        try:
+            return list(await conn.fetch(sql))
+        except asyncpg.PostgresError:
+            return None
+        finally:
+            await conn.close()
+
+    async def leader_pids(self) -> set[int]:
+        """Pids of the workers holding a live channel lease (worker ids are host/pid/random)."""
+        rows = await self._fetch("SELECT holder FROM channel_lease WHERE holder IS NOT NULL "
+                                 "AND expires_at > extract(epoch FROM now())")
+        return {int(str(r[0]).split("/")[1]) for r in rows or ()}
+
+    async def drained(self, latest_replay_id: int) -> bool:
+        """As `queue_drained`, on the shared database."""
+        rows = await self._fetch(
+            "SELECT (SELECT count(*) FROM queue), (SELECT count(*) FROM reconcile_pending), "
+            "(SELECT max(replay_id_int) FROM replay)")
+        if not rows:
+            return False
+        depth, pending, newest = rows[0]
+        return depth == 0 and pending == 0 and (newest if newest is not None else -1) \
+            >= latest_replay_id
+
+    async def count(self, sql: str) -> int | None:
+        """The single number a `SELECT count(*) ...` answers (None while unreadable)."""
+        rows = await self._fetch(sql)
+        return None if not rows else int(rows[0][0])
+
+    async def consent_settled(self, last_event_ms: int) -> bool:
+        """As `consent_settled`, on the shared database."""
+        rows = await self._fetch(
+            "SELECT (SELECT count(*) FROM consent_inbox WHERE state = 'pending'), "
+            "(SELECT count(*) FROM consent_cursor), (SELECT min(cursor_ms) FROM consent_cursor)")
+        if not rows:
+            return False
+        pending, cursors, oldest = rows[0]
+        return pending == 0 and cursors == 2 and oldest is not None and oldest > last_event_ms
+
+    def destroy(self) -> None:
+        self.server.destroy()
+
+
+def log_events(paths: Sequence[Path], event: str) -> int:
+    """How many log records of `event` the service logs hold."""
+    needle = f'"event": "{event}"'.encode()
+    compact = f'"event":"{event}"'.encode()
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            text = path.read_bytes()
+            total += text.count(needle) + text.count(compact)
+    return total
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now (the service's health port)."""
     with socket.socket() as sock:
@@ -806,7 +939,8 @@ def free_port() -> int:
 
 def write_config(workdir: Path, sf: dict[str, Any], it: dict[str, Any], *,
                  health_port: int = 0, max_attempts: int = 200, probe_max_s: float = 2.0,
-                 webhook_port: int = 0) -> Path:
+                 webhook_port: int = 0, store_url: str | None = None,
+                 name: str = "config.toml") -> Path:
     """The service's config.toml for the two emulators, tuned so one minute shows recovery."""
     text = f"""
 [salesforce]
@@ -860,11 +994,18 @@ lookback_s = 120
 [logging]
 level = "INFO"
 format = "json"
-""" + EVENTS_TOML + "".join(
+""" + EVENTS_TOML + (f"""
+[store]
+url = "{store_url}"
+
+[workers]
+lease_s = {WORKER_LEASE_S}
+heartbeat_s = {WORKER_HEARTBEAT_S}
+""" if store_url else "") + "".join(
         f'\n[[lists.campaigns]]\ncampaign_name = "{name}"\ncreate_missing = true\n'
         + (f"statuses = {list(statuses)!r}\n".replace("'", '"') if statuses else "")
         for name, statuses in CAMPAIGNS)
-    path = workdir / "config.toml"
+    path = workdir / name
     path.write_text(text)
     return path
 
@@ -893,14 +1034,15 @@ def resyncs_left(db_path: Path) -> int | None:
         conn.close()
 
 
-async def wait_resynced(db_path: Path, service: ServiceProcess, timeout_s: float) -> bool:
-    """Until the store owes no re-sync (the service restarted if it died meanwhile)."""
+async def wait_resynced(db_path: Path, services: list[ServiceProcess], timeout_s: float,
+                        shared: SharedStore | None = None) -> bool:
+    """Until the store owes no re-sync (the services restarted if they died meanwhile)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        service.check_alive()
-        if service.proc is None:
-            await service.start()
-        if resyncs_left(db_path) == 0:
+        await restart_exited(services)
+        left = await shared.count("SELECT count(*) FROM resync") if shared is not None \
+            else resyncs_left(db_path)
+        if left == 0:
             return True
         await asyncio.sleep(0.25)
     return False
@@ -996,15 +1138,16 @@ def queue_drained(db_path: Path, latest_replay_id: int) -> bool:
 
 
 async def wait_drained(control: Control, sf: dict[str, Any], db_path: Path,
-                       service: ServiceProcess) -> bool:
+                       services: list[ServiceProcess],
+                       shared: SharedStore | None = None) -> bool:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     stable_since: float | None = None
     while time.monotonic() < deadline:
-        service.check_alive()
-        if service.proc is None:
-            await service.start()
+        await restart_exited(services)
         state = await control.call("GET", f"{sf['control_url']}/state")
-        if queue_drained(db_path, int(state["latest_replay_id"])):
+        latest = int(state["latest_replay_id"])
+        if (await shared.drained(latest) if shared is not None
+                else queue_drained(db_path, latest)):
             stable_since = stable_since or time.monotonic()
             if time.monotonic() - stable_since >= DRAIN_STABLE_S:
                 return True
@@ -1040,16 +1183,16 @@ async def iterable_consent_events(control: Control, it: dict[str, Any]) -> list[
 
 
 async def wait_consent_drained(control: Control, it: dict[str, Any], db_path: Path,
-                               service: ServiceProcess) -> bool:
+                               services: list[ServiceProcess],
+                               shared: SharedStore | None = None) -> bool:
     """Until `consent_settled`, within a poll interval and the usual drain time."""
     last_ms = max((e.created_ms for e in await iterable_consent_events(control, it)),
                   default=0)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S + POLL_INTERVAL_S
     while time.monotonic() < deadline:
-        service.check_alive()
-        if service.proc is None:
-            await service.start()
-        if consent_settled(db_path, last_ms):
+        await restart_exited(services)
+        if (await shared.consent_settled(last_ms) if shared is not None
+                else consent_settled(db_path, last_ms)):
             return True
         await asyncio.sleep(0.5)
     return False
@@ -1071,6 +1214,12 @@ async def later_unsubscribes(control: Control, sf: dict[str, Any], it: dict[str,
             if r.get("Email") and not r.get("IsDeleted") and not r.get("IsConverted")]
     return later_iterable_unsubscribes(live, await iterable_consent_events(control, it),
                                        CONSENT_GROUPS)
+async def restart_exited(services: list[ServiceProcess]) -> None:
+    """Restart every service that exited without being asked to (a crash)."""
+    for service in services:
+        service.check_alive()
+        if service.proc is None:
+            await service.start()
 
 
 class ChangeLog:
@@ -1099,6 +1248,9 @@ class ChangeLog:
                                                 field_name=field_name, value=value)]
 
 
+EVENTS_UNSETTLED = "SELECT count(*) FROM event_pending WHERE state IN ('new', 'ready')"
+
+
 def events_settled(db_path: Path) -> bool:
     """No custom event waits to be decided or sent."""
     try:
@@ -1106,18 +1258,19 @@ def events_settled(db_path: Path) -> bool:
     except sqlite3.Error:
         return False
     try:
-        return int(conn.execute("SELECT count(*) FROM event_pending WHERE state IN "
-                                "('new', 'ready')").fetchone()[0]) == 0
+        return int(conn.execute(EVENTS_UNSETTLED).fetchone()[0]) == 0
     except sqlite3.Error:
         return False
     finally:
         conn.close()
 
 
-async def wait_events_settled(db_path: Path, timeout_s: float = 60.0) -> bool:
+async def wait_events_settled(db_path: Path, shared: SharedStore | None = None,
+                              timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if events_settled(db_path):
+        if (await shared.count(EVENTS_UNSETTLED) == 0 if shared is not None
+                else events_settled(db_path)):
             return True
         await asyncio.sleep(0.5)
     return False
@@ -1175,8 +1328,8 @@ def judge_dead_letters(dead: list[Any], records: dict[str, list[dict[str, Any]]]
 
 async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
                     keep_dir: Path | None = None, outage_minutes: float = 0.0,
-                    outage_fault: str = "status", outage_of: str = "iterable"
-                    ) -> dict[str, Any]:
+                    outage_fault: str = "status", outage_of: str = "iterable",
+                    workers: int = 1, store: str = "sqlite") -> dict[str, Any]:
     started = time.monotonic()
     rng = random.Random(seed)
     work_rng, fault_rng = random.Random(rng.getrandbits(64)), random.Random(rng.getrandbits(64))
@@ -1207,19 +1360,59 @@ async def run_chaos(minutes: float, seed: int, out: TextIO, quiet: bool,
              "--webhook-url", f"http://127.0.0.1:{webhook_port}{WEBHOOK_PATH}"],
             workdir / "iterable.log", base_env)
         it["webhook_port"] = webhook_port
+        shared: SharedStore | None = None
         try:
             say(f"emulators up: {sf['instance_url']} {it['base_url']}")
+            if store == "postgres":
+                shared = await SharedStore.create()
+                say(f"PostgreSQL up: {shared.url}; {workers} worker(s)")
             return await _run(minutes, seed, workdir, sf, it, work_rng, fault_rng, say, started,
-                              outage_minutes * 60.0, outage_fault, outage_of)
+                              outage_minutes * 60.0, outage_fault, outage_of, workers, shared)
         finally:
             await stop_process(it_proc, timeout_s=10)
             await stop_process(sf_proc, timeout_s=10)
+            if shared is not None:
+                await asyncio.to_thread(shared.destroy)
+
+
+async def start_services(workdir: Path, sf: dict[str, Any], it: dict[str, Any],
+                         config_path: Path, env: dict[str, str], workers: int,
+                         shared: SharedStore | None) -> tuple[list[Path], list[ServiceProcess]]:
+    """Start the service processes and wait until each is ready. Iterable's webhook reaches
+    the first; the others listen on their own ports (one machine), and the export poller
+    finds what reached none of them."""
+    configs = [config_path] + [
+        write_config(workdir, sf, it, webhook_port=free_port(), store_url=shared.url,
+                     name=f"config{n}.toml")
+        for n in range(1, workers) if shared is not None]
+    services = [ServiceProcess(configs[n], env,
+                               workdir / ("service.log" if n == 0 else f"service{n}.log"))
+                for n in range(workers)]
+    for service in services:
+        await service.start()
+    for service in services:
+        await service.wait_ready()
+    return configs, services
+
+
+def change_mapping(configs: list[Path], services: list[ServiceProcess]) -> bool:
+    """Rewrite every config with the changed mapping and SIGHUP every live service; True when
+    one was signalled."""
+    for path in configs:
+        remap_config(path)
+    sent = False
+    for service in services:
+        if service.proc is not None and service.proc.returncode is None:
+            service.proc.send_signal(signal.SIGHUP)
+            sent = True
+    return sent
 
 
 async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it: dict[str, Any],
                work_rng: random.Random, fault_rng: random.Random, say: Callable[[str], None],
                started: float, outage_s: float = 0.0, outage_fault: str = "status",
-               outage_of: str = "iterable") -> dict[str, Any]:
+               outage_of: str = "iterable", workers: int = 1,
+               shared: SharedStore | None = None) -> dict[str, Any]:
     env = process_env(sf, it)
     health_port = free_port() if outage_s > 0 else 0
     # The outage run keeps the shipped max_attempts and probe spacing; only the backoff is short
@@ -1227,7 +1420,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
     config_path = write_config(workdir, sf, it, health_port=health_port,
                                max_attempts=10 if outage_s > 0 else 200,
                                probe_max_s=10.0 if outage_s > 0 else 2.0,
-                               webhook_port=int(it["webhook_port"]))
+                               webhook_port=int(it["webhook_port"]),
+                               store_url=shared.url if shared is not None else None)
     config = load_config(config_path, env=env)
     db_path = Path(config.queue.path)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -1252,13 +1446,13 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
             raise ChaosError(f"the initial backfill failed (see {workdir / 'backfill.log'})")
         backfills.exit_codes.clear()
 
-        service = ServiceProcess(config_path, env, workdir / "service.log")
-        await service.start()
-        await service.wait_ready()
-        say("service ready; workload and faults start")
-        faults = Faults(control, sf, it, service, backfills, fault_rng, model.leads)
+        configs, services = await start_services(workdir, sf, it, config_path, env, workers,
+                                                 shared)
+        say(f"{len(services)} service process(es) ready; workload and faults start")
+        faults = Faults(control, sf, it, services, backfills, fault_rng, model.leads, shared)
         window_s = max(10.0, minutes * 60.0)
-        plan = plan_faults(fault_rng, window_s - WARMUP_S)
+        plan = plan_faults(fault_rng, window_s - WARMUP_S,
+                           WORKER_FAULT_KINDS if shared is not None else FAULT_KINDS)
         timeline = [(i / CHANGES_PER_S, "change", "") for i in range(int(window_s
                                                                           * CHANGES_PER_S))]
         timeline += [(WARMUP_S + t, "fault", kind) for t, kind in plan]
@@ -1281,11 +1475,8 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
             elif what == "remap":
                 say("mapping change: config.toml rewritten, SIGHUP")
                 await backfills.wait_all()  # none still writing with the old mapping
-                remap_config(config_path)
                 remap["at_s"] = round(offset, 1)
-                if service.proc is not None and service.proc.returncode is None:
-                    service.proc.send_signal(signal.SIGHUP)
-                    remap["sighup"] = True
+                remap["sighup"] = change_mapping(configs, services)
             elif what == "outage":
                 assert outage is not None
                 say(f"{outage_of} outage {kind}")
@@ -1294,24 +1485,24 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
                 say(f"fault {kind}")
                 await faults.inject(kind)
             if not faults.restarts:
-                service.check_alive()
-                if service.proc is None:
-                    await service.start()
+                await restart_exited(services)
         say(f"{workload.n} changes made; clearing faults and draining")
         await faults.clear()
         await backfills.wait_all()
-        drained = await wait_drained(control, sf, db_path, service)
-        events_drained = await wait_events_settled(db_path)
-        consent_drained = await wait_consent_drained(control, it, db_path, service)
-        remap["resyncs_finished"] = await wait_resynced(db_path, service, DRAIN_TIMEOUT_S)
-        drained = drained and await wait_drained(control, sf, db_path, service)
-        log_text = service.log_path.read_text(errors="replace")
+        drained = await wait_drained(control, sf, db_path, services, shared)
+        events_drained = await wait_events_settled(db_path, shared)
+        consent_drained = await wait_consent_drained(control, it, db_path, services, shared)
+        remap["resyncs_finished"] = await wait_resynced(db_path, services, DRAIN_TIMEOUT_S,
+                                                        shared)
+        drained = drained and await wait_drained(control, sf, db_path, services, shared)
+        log_text = "".join(s.log_path.read_text(errors="replace") for s in services)
         remap.update({event: log_text.count(f'"{event}"') for event in (
             "config.reloaded", "resync.scheduled", "resync.resumed", "resync.done")})
         config = load_config(config_path, env=env)  # the new mapping
         if outage is not None:
             await outage.close()
-        service_exit = await service.stop()
+        exit_codes = [await s.stop() for s in services]
+        service_exit = exit_codes[0]
         say(f"drained={drained}; verifying")
         records, policies, dead = await read_records(config)
         snapshot = await control.call("GET", f"{it['control_url']}/snapshot")
@@ -1365,9 +1556,14 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         "dead_letter_details": judged,
         "iterable_writes": writes,
         "duplicate_writes": dups,
-        "service_starts": service.starts,
-        "service_crashes": service.unexpected_exits,
+        "service_starts": sum(s.starts for s in services),
+        "service_crashes": [code for s in services for code in s.unexpected_exits],
         "service_exit_code": service_exit,
+        "service_exit_codes": exit_codes,
+        "workers": workers,
+        "store": "postgres" if shared is not None else "sqlite",
+        "failovers": log_events([s.log_path for s in services], "workers.failover"),
+        "deposed": log_events([s.log_path for s in services], "workers.leadership_lost"),
         "backfill_exit_codes": backfills.exit_codes,
         "drained": drained,
         "mapping_change": remap,
@@ -1402,19 +1598,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outage-fault", choices=("status", "drop"), default="status",
                         help="during the outage every call answers 503 (status) or has its "
                              "connection dropped (drop)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="service processes sharing the store (more than 1: --store "
+                             "postgres)")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the store: a SQLite file, or a throwaway PostgreSQL server")
     parser.add_argument("--outage-of", choices=("iterable", "salesforce"), default="iterable",
                         help="which one is down (Salesforce: its REST API under "
                              "/services/data; login and CometD stay up)")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
+    if args.workers < 1 or (args.workers > 1 and args.store != "postgres"):
+        parser.error("--workers must be at least 1; several workers need --store postgres "
+                     "(a SQLite store has one owner)")
+    if args.workers > 1 and args.outage_minutes:
+        parser.error("--outage-minutes watches one service: not with several --workers")
     if args.outage_minutes < 0 or (args.outage_minutes
                                    and args.minutes < args.outage_minutes + 1):
         parser.error("--outage-minutes must be positive and at least 1 below --minutes")
     try:
         result = asyncio.run(run_chaos(args.minutes, args.seed, sys.stderr, args.json_only,
                                        args.workdir, args.outage_minutes, args.outage_fault,
-                                       args.outage_of))
+                                       args.outage_of, args.workers, args.store))
     except ChaosError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2

@@ -63,6 +63,44 @@ def test_one_minute_of_chaos_leaves_iterable_equal_to_salesforce(tmp_path: Path)
     assert result["ok"] is True and proc.returncode == 0, context
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_minute_of_chaos_with_two_workers_on_postgresql(tmp_path: Path) -> None:
+    """Two service processes share a PostgreSQL store through kill -9 of the leader and of a
+    follower, a PostgreSQL restart and a leader cut off past its lease: Iterable ends equal
+    to Salesforce, and the leadership really moved."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--minutes", "1", "--seed", "7", "--json-only",
+         "--workers", "2", "--store", "postgres", "--workdir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=290, cwd=ROOT,
+    )
+    assert proc.stdout.strip(), f"no JSON printed; stderr:\n{proc.stderr[-3000:]}"
+    result: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    context = (f"{result}\nservice logs:\n" + _tail(tmp_path / "run" / "service.log")
+               + _tail(tmp_path / "run" / "service1.log"))
+
+    assert result["store"] == "postgres" and result["workers"] == 2, context
+    assert result["mismatches"] == 0, context
+    assert result["missing_dead_letters"] == [], context
+    assert result["dead_letters_genuine"] == result["dead_letters"], context
+    assert result["drained"] is True, context
+    assert set(result["faults_injected"]) == set(chaos.WORKER_FAULT_KINDS), context
+    assert result["records_compared"] > 0 and result["matched"] == result["records_compared"]
+    assert result["list_mismatches"] == 0, context
+    assert result["failovers"] >= 1 and result["deposed"] >= 1, context
+    assert result["service_crashes"] == [] and result["service_exit_codes"] == [0, 0], context
+    assert isinstance(result["duplicate_writes"], int), context
+    assert result["ok"] is True and proc.returncode == 0, context
+
+
+def test_a_run_of_several_workers_plans_their_own_faults() -> None:
+    plan = chaos.plan_faults(random.Random(5), 58.0, chaos.WORKER_FAULT_KINDS)
+    kinds = {kind for _, kind in plan}
+    assert kinds == set(chaos.WORKER_FAULT_KINDS)
+    assert {"kill9_leader", "kill9_follower", "pg_restart", "worker_cut_off"} <= kinds
+    assert "kill9" not in kinds  # no single service to kill: a leader or a follower
+
+
 def test_the_schedule_comes_from_the_seed_alone() -> None:
     plans = [chaos.plan_faults(random.Random(5), 58.0) for _ in range(2)]
     assert plans[0] == plans[1]
