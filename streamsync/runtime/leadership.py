@@ -182,10 +182,10 @@ class Leadership:
             if self._metrics is not None:
                 self._metrics.leadership_failovers.labels(channel=channel).inc()
             log.warning("workers.failover", channel=channel, worker=self.worker_id,
-                        token=grant.token, previous=grant.took_over_from)
+                        fence=grant.token, previous=grant.took_over_from)
         else:
             log.info("workers.leading", channel=channel, worker=self.worker_id,
-                     token=grant.token)
+                     fence=grant.token)
 
     def _drop(self, channel: str, why: str) -> None:
         held = self._held.pop(channel, None)
@@ -195,7 +195,7 @@ class Leadership:
         self.changed.set()
         log_at = log.info if why == "resigned" else log.warning
         log_at("workers.leadership_lost", channel=channel, worker=self.worker_id,
-               token=held.token, reason=why)
+               fence=held.token, reason=why)
 
     def _set_gauge(self, channel: str, value: int) -> None:
         if self._metrics is not None:
