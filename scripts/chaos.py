@@ -590,13 +590,20 @@ class Faults:
         self.restarts.add(task)
         task.add_done_callback(self.restarts.discard)
 
-    async def _worker(self, leading: bool) -> ServiceProcess:
-        """A live worker that leads a channel (or leads none); any live one if there is none."""
+    async def _worker(self, leading: bool, wait_s: float = 10.0) -> ServiceProcess:
+        """A live worker that leads a channel (or leads none), waiting up to `wait_s` for one
+        (a failover or a PostgreSQL restart may be under way); then any live one."""
         assert self.shared is not None
-        leaders = await self.shared.leader_pids()
-        live = [s for s in self.services if s.proc is not None and s.proc.returncode is None]
-        picked = [s for s in live if s.proc is not None and (s.proc.pid in leaders) == leading]
-        return self.rng.choice(picked or live or self.services)
+        deadline = time.monotonic() + wait_s
+        while True:
+            leaders = await self.shared.leader_pids()
+            live = [s for s in self.services
+                    if s.proc is not None and s.proc.returncode is None]
+            picked = [s for s in live
+                      if s.proc is not None and (s.proc.pid in leaders) == leading]
+            if picked or time.monotonic() > deadline:
+                return self.rng.choice(picked or live or self.services)
+            await asyncio.sleep(0.2)
 
     async def _kill9_leader(self) -> None:
         await self._kill9(await self._worker(leading=True))
