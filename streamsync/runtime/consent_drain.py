@@ -200,11 +200,15 @@ class ConsentDrain:
         """Drain until `stop`: at once when woken, else when the next event comes due."""
         while not stop.is_set():
             self._wake.clear()
-            result = await self.drain_once()
-            await self._prune()
+            try:
+                result = await self.drain_once()
+                await self._prune()
+                due = await self.store.next_consent_due()
+            except RetriableError as exc:  # the store is unreachable (a database restart)
+                log.warning("consent.store_unreachable", **describe_error(exc))
+                result, due = PassResult(), self.clock() + RETRY_S
             if result.events >= BATCH_EVENTS:
                 continue
-            due = await self.store.next_consent_due()
             wait_s = RECHECK_S if due is None else min(RECHECK_S, max(0.0, due - self.clock()))
             if due is not None and wait_s == 0.0 and result.events:
                 continue

@@ -4,17 +4,20 @@ identity table finds a record whose email moved, and many writes go 200 per call
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from streamsync.adapters.store import ConsentEventRow, IdentityUpdate
+from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.core.consent_inbound import ConsentGroups
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.retry import Policy
 from streamsync.runtime.consent_drain import ConsentDrain
 from streamsync.runtime.consent_match import Target
+from streamsync.testing.pg_server import PgServer
 from tests.conftest import Clients
 
 MARKETING = 39581
@@ -158,3 +161,27 @@ async def test_a_subscribe_back_is_written_only_with_apply_subscribes(
     drain.apply_subscribes = True
     assert (await drain.drain_once()).written == 1
     assert sf_emulator.state.record("Lead", lead)["HasOptedOutOfEmail"] is False  # type: ignore[index]
+
+
+async def test_a_database_down_is_waited_out_not_a_crash(clients: Clients) -> None:
+    """A PostgreSQL store whose server is down (restarting: every connection dropped, new
+    ones refused) is a transient fault: the drain goes on, it does not end the service."""
+    server = await asyncio.to_thread(PgServer.start)
+    try:
+        store = await PostgresStore.open(server.url())
+        drain = ConsentDrain(targets=TARGETS, store=store, salesforce=clients.salesforce,
+                             policy=Policy(attempts=2, timeout_s=5, name="test"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(drain.run(stop))
+        try:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(server.stop)  # connections dropped, new ones refused
+            await asyncio.sleep(2.5)  # at least two passes while it is down
+            assert not task.done(), task.exception()
+        finally:
+            stop.set()
+            drain.wake()
+            await asyncio.wait_for(task, 10)
+            await store.close()
+    finally:
+        await asyncio.to_thread(server.destroy)
