@@ -7,8 +7,9 @@ Everything runs on this machine as separate processes: a throwaway PostgreSQL se
 requests/s, `--iterable-latency-ms`), and `python -m streamsync run` processes with the
 production defaults except `[store] url` (and `--lease-s`, `--heartbeat-s`).
 
-- store_records_per_s_{sqlite,postgres}: records per second through enqueue (batches of 1,000),
-  lease (1,000 at a time) and ack, in this process, `--store-records` records;
+- store_records_per_s_{sqlite,postgres}: records per second through enqueue (batches of 1,000,
+  one producer) and lease + ack (1,000 at a time, 4 concurrent loops as the service's
+  flushers), in this process, `--store-records` records (`--store-only`: just these);
 - burst_ratio_{1,3}_workers: a mass update of `--burst` Leads (scripts/bench_stream.py
   `burst_phase`: transactions of 10,000, 1 s apart) drained by 1, then 3 workers, in users/s
   against the ceiling (5 requests/s x 1,000 users); iterable_429s over both;
@@ -54,6 +55,8 @@ from streamsync.adapters.store.postgres import PostgresStore  # noqa: E402
 from streamsync.testing.pg_server import PgServer  # noqa: E402
 
 LEAD_CHANNEL = "/data/LeadChangeEvent"
+FLUSH_LOOPS = 4
+"""Concurrent lease + ack loops of the store measurement: `flush.concurrency`'s default."""
 
 
 def log(text: str) -> None:
@@ -64,16 +67,22 @@ def log(text: str) -> None:
 # ---------------------------------------------------------------- the store alone
 
 
-async def store_records_per_s(store: StoreAPI, records: int) -> float:
-    """Records per second through enqueue, lease and ack (1,000 at a time)."""
+async def store_records_per_s(store: StoreAPI, records: int, loops: int = FLUSH_LOOPS) -> float:
+    """Records per second through enqueue (one producer, as the ingest) and lease + ack
+    (1,000 at a time, in `loops` concurrent loops, as the service's flushers)."""
     now = time.time()
     started = time.perf_counter()
     for start in range(0, records, 1000):
         await store.enqueue([QueueInput("Lead", f"00Q{n:015d}")
                              for n in range(start, min(records, start + 1000))], now, "cdc")
-    done = 0
-    while leases := await store.lease("bench", 1000, 60.0, now):
-        done += (await store.ack(leases)).deleted
+
+    async def flusher(name: str) -> int:
+        done = 0
+        while leases := await store.lease(name, 1000, 60.0, now):
+            done += (await store.ack(leases)).deleted
+        return done
+
+    done = sum(await asyncio.gather(*(flusher(f"bench{n}") for n in range(loops))))
     elapsed = time.perf_counter() - started
     if done != records:
         raise bs.BenchError(f"the store drained {done} records, not {records}")
@@ -191,6 +200,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         groups: list[Workers] = []
         try:
             out.update(await _store_figures(workdir, server, args.store_records))
+            if args.store_only:
+                return out
             sf = await bs.start_emulator("salesforce", "streamsync.emulators.salesforce", [
                 "--port", "0", "--seed-leads", str(seed_leads),
                 "--latency-ms", str(args.sf_latency_ms)], workdir)
@@ -288,6 +299,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--failovers", type=int, default=None, help="leader kills (5)")
     parser.add_argument("--store-records", type=int, default=None,
                         help="records through enqueue + lease + ack per backend (50000)")
+    parser.add_argument("--store-only", action="store_true",
+                        help="only the store figures (no emulators, no workers)")
     parser.add_argument("--lease-s", type=float, default=15.0, help="[workers] lease_s")
     parser.add_argument("--heartbeat-s", type=float, default=5.0, help="[workers] heartbeat_s")
     parser.add_argument("--sf-latency-ms", type=float, default=150.0)
