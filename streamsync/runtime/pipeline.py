@@ -91,17 +91,20 @@ class SyncPipeline:
         return mapping
 
     async def sync_records(self, object_name: str, records: Sequence[dict[str, Any]], *,
-                           source: str, force: bool = False) -> SyncOutcome:
+                           source: str, force: bool = False,
+                           read_at: float | None = None) -> SyncOutcome:
         """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
-        batches by count and bytes, attribute per-user failures, save confirmed identities."""
+        batches by count and bytes, attribute per-user failures, save confirmed identities.
+        `read_at`: when the records were read (a re-sync page); one written since then by
+        another call is skipped, its state being newer than this one."""
         ids = [str(r.get("Id")) for r in records]
         async with self.gate.hold(object_name, ids):
             with self.generations.call():
                 return await self._sync_records(object_name, records, source=source,
-                                                force=force)
+                                                force=force, read_at=read_at)
 
     async def _sync_records(self, object_name: str, records: Sequence[dict[str, Any]], *,
-                            source: str, force: bool) -> SyncOutcome:
+                            source: str, force: bool, read_at: float | None) -> SyncOutcome:
         out = SyncOutcome()
         converted: list[tuple[str, str | None]] = []
         users = map_all(self.config, self._mapping(object_name), object_name, records, out,
@@ -115,7 +118,9 @@ class SyncPipeline:
         moves: list[tuple[MappedUser, str]] = []
         for user in users:
             ident = known.get(user.sf_id)
-            if ident is not None and not force and ident.payload_hash == user.payload_hash:
+            newer = ident is not None and read_at is not None and ident.synced_at > read_at
+            if newer or (ident is not None and not force
+                         and ident.payload_hash == user.payload_hash):
                 out.skipped.append(user.sf_id)
                 continue
             old = ident.iterable_email if ident is not None else None

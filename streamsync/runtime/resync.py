@@ -166,9 +166,9 @@ class Resyncer:
         mapping = self.pipeline.mappings[name]
         fields = mapping.soql_fields(*ORDER_FIELDS)
         where = self.config.objects[name].safe_filter
-        async for records in self._pages(name, fields, where, state.last_id, stop):
+        async for records, read_at in self._pages(name, fields, where, state.last_id, stop):
             self._check_current(state, stop)
-            written = await self._write(name, records, stop)
+            written = await self._write(name, records, read_at, stop)
             await self._checkpoint(state, "sync", str(records[-1]["Id"]), len(records),
                                    written, 0)
 
@@ -177,7 +177,7 @@ class Resyncer:
         obj = self.config.objects[name]
         assert obj.filter is not None
         outside = soql.parse_filter(f"NOT ({obj.filter})")
-        async for records in self._pages(name, ["Id"], outside, state.last_id, stop):
+        async for records, _ in self._pages(name, ["Id"], outside, state.last_id, stop):
             self._check_current(state, stop)
             ids = [str(r["Id"]) for r in records]
             known = await self.store.identities(name, ids)
@@ -214,11 +214,13 @@ class Resyncer:
 
     async def _pages(self, name: str, fields: Sequence[str], where: soql.SafeFilter | None,
                      after: str | None, stop: asyncio.Event
-                     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Keyset pages in Id order, the next one read while the caller writes this one."""
+                     ) -> AsyncIterator[tuple[list[dict[str, Any]], float]]:
+        """Keyset pages in Id order, each with the time its query was sent; the next page is
+        read while the caller writes this one."""
 
-        async def read(after_id: str | None) -> list[dict[str, Any]]:
+        async def read(after_id: str | None) -> tuple[list[dict[str, Any]], float]:
             query = soql.keyset_page(name, fields, after_id, where=where, limit=self.page_size)
+            read_at = self.clock()
 
             async def once() -> list[dict[str, Any]]:
                 rows = [r async for r in self.salesforce.records(query)]
@@ -227,16 +229,16 @@ class Resyncer:
                     row["Id"] = row_id(row)
                 return [r for r in rows if r["Id"] is not None]
 
-            return await READS.call(once, stop)
+            return await READS.call(once, stop), read_at
 
         ahead = asyncio.ensure_future(read(after))
         try:
             while True:
-                records = await ahead
+                records, read_at = await ahead
                 if len(records) == self.page_size:
                     ahead = asyncio.ensure_future(read(str(records[-1]["Id"])))
                 if records:
-                    yield records
+                    yield records, read_at
                 if len(records) < self.page_size:
                     return
         finally:
@@ -245,12 +247,13 @@ class Resyncer:
                 with contextlib.suppress(asyncio.CancelledError, Stopped, RetriableError):
                     await ahead
 
-    async def _write(self, name: str, records: list[dict[str, Any]], stop: asyncio.Event
-                     ) -> int:
-        """Sync one page; returns the records written (the rest were unchanged or dead)."""
+    async def _write(self, name: str, records: list[dict[str, Any]], read_at: float,
+                     stop: asyncio.Event) -> int:
+        """Sync one page; returns the records written (the rest were unchanged, dead, or
+        written by real time since the page was read: a newer state)."""
         outcome = await self._settle(
-            name, lambda: self.pipeline.sync_records(name, records, source=SOURCE), stop,
-            records=records)
+            name, lambda: self.pipeline.sync_records(name, records, source=SOURCE,
+                                                     read_at=read_at), stop, records=records)
         return len(outcome.synced)
 
     async def _settle(self, name: str, call: Callable[[], Any], stop: asyncio.Event, *,

@@ -296,3 +296,26 @@ async def test_with_several_workers_an_object_resyncs_where_its_channel_is_led(
         await wait_for(done, 10.0, "the re-sync once this worker leads the channel")
         stop.set()
         await asyncio.wait_for(task, 5.0)
+
+
+async def test_a_page_read_before_a_real_time_write_does_not_overwrite_it(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    config = make_config(sf_emulator, iterable_emulator, tmp_path)
+    async with production_components(config) as parts:
+        fields = parts.pipeline.mappings["Lead"].soql_fields()
+        rows = [r async for r in parts.salesforce.records(
+            f"SELECT {', '.join(fields)} FROM Lead WHERE Email != null AND IsConverted = false "
+            "ORDER BY Id LIMIT 1")]
+        page_read_at = time.time()  # a re-sync page holds this state ...
+        stale = {**rows[0], "LastName": "Stale"}
+        fresh = {**rows[0], "LastName": "Fresh"}
+        await asyncio.sleep(0.01)
+        # ... then real time writes a newer state of the record before the page is written
+        assert (await parts.pipeline.sync_records("Lead", [fresh], source="cdc")).synced
+        outcome = await parts.pipeline.sync_records("Lead", [stale], source="resync",
+                                                    read_at=page_read_at)
+    assert outcome.skipped == [rows[0]["Id"]] and not outcome.synced
+    iterable_emulator.flush()
+    profile = iterable_emulator.state.snapshot()[rows[0]["Email"].lower()]
+    assert profile["dataFields"]["lastName"] == "Fresh"
