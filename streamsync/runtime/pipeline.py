@@ -76,8 +76,7 @@ class SyncPipeline:
         self.clock = clock
         self.writer = writer or IterableWriter(
             iterable, envelope=config.iterable.bulk_envelope())
-        self.generations = Generations()  # bumped when `mappings` is replaced (a reload)
-        self.gate = RecordGate()  # a record in one call at a time (re-sync beside flushes)
+        self.generations, self.gate = Generations(), RecordGate()  # runtime/generations.py
         self.consent = ConsentSync(config=config, store=store, iterable=iterable,
                                    writer=self.writer, clock=clock)
 
@@ -95,10 +94,8 @@ class SyncPipeline:
                            read_at: float | None = None) -> SyncOutcome:
         """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
         batches by count and bytes, attribute per-user failures, save confirmed identities.
-        `read_at`: when the records were read (a re-sync page); one written since then by
-        another call is skipped, its state being newer than this one."""
-        ids = [str(r.get("Id")) for r in records]
-        async with self.gate.hold(object_name, ids):
+        Skip a record written since `read_at` (a re-sync page's read): that state is newer."""
+        async with self.gate.hold(object_name, [str(r.get("Id")) for r in records]):
             with self.generations.call():
                 return await self._sync_records(object_name, records, source=source,
                                                 force=force, read_at=read_at)
