@@ -121,15 +121,16 @@ def test_the_changes_come_from_the_seed_alone() -> None:
         return [workload.choose() for _ in range(200)]
 
     assert kinds(3) == kinds(3) != kinds(4)
-    # nothing deleted yet, no Campaign member to remove or change yet
+    # nothing deleted yet, no Campaign member to remove or change yet, no deal in the model
     assert set(kinds(3)) == set(chaos.CHANGE_WEIGHTS) - {"undelete", "member_remove",
-                                                         "member_status"}
+                                                         "member_status", "opportunity_won",
+                                                         "deal_update"}
 
 
 def test_the_verdict_fails_on_a_mismatch_or_a_dead_letter_that_is_not_genuine() -> None:
     good = {"mismatches": 0, "missing_dead_letters": [], "dead_letters": 2,
             "dead_letters_genuine": 2, "list_mismatches": 0, "consent_mismatches": 0,
-            "consent_inbound_mismatches": 0}
+            "consent_inbound_mismatches": 0, "event_mismatches": 0}
     assert chaos.verdict(good)
     assert not chaos.verdict({**good, "mismatches": 1})
     assert not chaos.verdict({**good, "dead_letters_genuine": 1})
@@ -137,6 +138,7 @@ def test_the_verdict_fails_on_a_mismatch_or_a_dead_letter_that_is_not_genuine() 
     assert not chaos.verdict({**good, "list_mismatches": 1})
     assert not chaos.verdict({**good, "consent_inbound_mismatches": 1})
     assert not chaos.verdict({**good, "consent_mismatches": 1})
+    assert not chaos.verdict({**good, "event_mismatches": 1})
 
 
 def _tail(path: Path, lines: int = 40) -> str:
