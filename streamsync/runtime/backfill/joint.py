@@ -86,6 +86,7 @@ class Participation:
         self.windows_resumed = 0
         self.catchup_queued = 0
         self.poll_s = max(0.2, min(2.0, lease_s / 6))
+        self._window_ended = asyncio.Event()  # set (and replaced) when a window of ours ends
 
     def counts(self) -> dict[str, Any]:
         """This process's counts, as saved in the store."""
@@ -158,7 +159,7 @@ class Participation:
                     if claim.unfinished == 0:
                         return
                     await self.reap_local_dead()
-                    await asyncio.sleep(self.poll_s)
+                    await self._until_a_window_ends()
                     continue
                 if cp.last_id is not None:
                     self.windows_resumed += 1
@@ -170,8 +171,17 @@ class Participation:
                     await run_window(cp)
                 except WindowTaken as exc:
                     log.warning("backfill.window_lost", run_id=self.run_id, error=str(exc))
+                finally:
+                    ended, self._window_ended = self._window_ended, asyncio.Event()
+                    ended.set()
 
         await all_or_first_error([worker() for _ in range(parallel)])
+
+    async def _until_a_window_ends(self) -> None:
+        """Wait until a window this process works on ends (the run may be done), or
+        `poll_s` for those of other processes (done, or their lease expired)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._window_ended.wait(), self.poll_s)
 
     async def close(self, catch_up: Callable[[], Awaitable[int]], now: Callable[[], float]
                     ) -> None:
