@@ -64,15 +64,15 @@ def test_a_short_run_prints_the_salesforce_to_iterable_keys() -> None:
 
 @pytest.mark.slow
 def test_a_short_run_prints_the_iterable_to_salesforce_keys() -> None:
+    # The it_poll phase waits out the export's 30 s poll interval; it is left to the benchmark
+    # run (the poller itself: tests/e2e/test_consent_in.py, poller-only and a lost webhook).
     proc = subprocess.run([sys.executable, str(SCRIPT), "--phases",
-                           "it_webhook,it_poll,consistency", "--it-duration", "2",
-                           "--it-poll-count", "6", "--it-poll-spread-s", "3", "--burst", "1"],
+                           "it_webhook,consistency", "--it-duration", "2", "--burst", "1"],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = orjson.loads(proc.stdout.strip().splitlines()[-1])
     assert result["it_webhook_measured"] == result["it_webhook_unsubscribes"] == 40
     assert 0 < result["iterable_to_sf_webhook_p50_s"] <= result["iterable_to_sf_webhook_p99_s"]
-    assert result["it_poll_measured"] == 6 and result["poll_interval_s"] == 30.0
-    assert 0 < result["iterable_to_sf_poll_p99_s"] <= 2 * result["poll_interval_s"] + 3
+    assert "iterable_to_sf_poll_p99_s" not in result
     assert (result["loops"], result["mismatches"]) == (0, 0)
-    assert result["leads_checked"] == 46 and result["service_exit_code"] == 0
+    assert result["leads_checked"] == 40 and result["service_exit_code"] == 0
