@@ -24,7 +24,8 @@ from streamsync.testing.pg_server import PgServer  # noqa: E402
 Opener = Callable[[], Awaitable[StoreAPI]]
 
 
-async def _bench(open_store: Opener, events: int, burst: int) -> dict[str, Any]:
+async def _bench(open_store: Opener, events: int, burst: int,
+                 drainers: int = 1) -> dict[str, Any]:
     store = await open_store()
     try:
         now = time.time()
@@ -52,18 +53,23 @@ async def _bench(open_store: Opener, events: int, burst: int) -> dict[str, Any]:
         enqueue_s = time.perf_counter() - started
         depth = (await store.queue_stats(now)).depth
         started = time.perf_counter()
-        drained = 0
-        lease_s_total = 0.0
-        batches = 0
-        while True:
-            t = time.perf_counter()
-            leases = await store.lease("bench", 1_000, 60.0, now)
-            lease_s_total += time.perf_counter() - t
-            if not leases:
-                break
-            batches += 1
-            drained += (await store.ack(leases)).deleted
+        totals = {"drained": 0, "batches": 0, "lease_s": 0.0}
+
+        async def drainer(name: str) -> None:  # as the service's flush loops do, concurrently
+            while True:
+                t = time.perf_counter()
+                leases = await store.lease(name, 1_000, 60.0, now)
+                totals["lease_s"] += time.perf_counter() - t
+                if not leases:
+                    return
+                deleted = (await store.ack(leases)).deleted  # awaited before the sum is read
+                totals["batches"] += 1
+                totals["drained"] += deleted
+
+        await asyncio.gather(*(drainer(f"bench-{n}") for n in range(drainers)))
         drain_s = time.perf_counter() - started
+        drained, batches, lease_s_total = (int(totals["drained"]), int(totals["batches"]),
+                                           totals["lease_s"])
         return {
             "single_id_events_per_s": round(events / single_s, 1),
             "merged_2000_event_ms": round(merged_s * 1000, 2),
@@ -77,10 +83,10 @@ async def _bench(open_store: Opener, events: int, burst: int) -> dict[str, Any]:
         await store.close()
 
 
-async def _postgres(events: int, burst: int) -> dict[str, Any]:
+async def _postgres(events: int, burst: int, drainers: int) -> dict[str, Any]:
     server = await asyncio.to_thread(PgServer.start, durable=True)
     try:
-        return await _bench(lambda: PostgresStore.open(server.url()), events, burst)
+        return await _bench(lambda: PostgresStore.open(server.url()), events, burst, drainers)
     finally:
         await asyncio.to_thread(server.destroy)
 
@@ -91,9 +97,11 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=2_000, help="single-id CDC events")
     parser.add_argument("--burst", type=int, default=50_000, help="rows queued, then drained")
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite")
+    parser.add_argument("--drainers", type=int, default=1,
+                        help="concurrent lease+ack loops (the service runs flush.concurrency, 4)")
     args = parser.parse_args()
     events, burst = (300, 10_000) if args.quick else (args.events, args.burst)
-    results: dict[str, Any] = {"events": events, "burst": burst}
+    results: dict[str, Any] = {"events": events, "burst": burst, "drainers": args.drainers}
     if args.backend in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             for mode in ("FULL", "NORMAL"):
@@ -102,11 +110,11 @@ async def main() -> None:
                 async def sqlite(path: Path = path, mode: Any = mode) -> StoreAPI:
                     return await Store.open(path, synchronous=mode)
 
-                figures = await _bench(sqlite, events, burst)
+                figures = await _bench(sqlite, events, burst, args.drainers)
                 print(f"sqlite synchronous={mode}: {figures}", flush=True)
                 results.update({f"{key}_{mode.lower()}": value for key, value in figures.items()})
     if args.backend in ("postgres", "both"):
-        figures = await _postgres(events, burst)
+        figures = await _postgres(events, burst, args.drainers)
         print(f"postgres (fsync on): {figures}", flush=True)
         results.update({f"{key}_postgres": value for key, value in figures.items()})
     print(json.dumps(results))
