@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -62,3 +65,30 @@ def test_a_wheel_build_is_unpacked_with_its_libraries_and_executable(tmp_path: P
         archive.writestr("something/else.py", "")
     with pytest.raises(RuntimeError, match="not a pgserver wheel"):
         unpack_wheel(tmp_path / "other.whl", tmp_path / "pg2")
+
+
+CHILD = """
+import sys, time
+from streamsync.testing.pg_server import PgServer
+server = PgServer.start()
+print(server.root, server.pid(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_whose_owner_is_killed_is_stopped_and_deleted(tmp_path: Path) -> None:
+    """A test run killed before its teardown (a timeout, kill -9) leaves no server behind."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert child.stdout is not None
+        root_text, pid_text = child.stdout.readline().split()
+        root, postmaster = Path(root_text), int(pid_text)
+        assert psutil.pid_exists(postmaster) and root.exists()
+    finally:
+        child.kill()
+        child.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (root.exists() or psutil.pid_exists(postmaster)):
+        time.sleep(0.2)
+    assert not root.exists() and not psutil.pid_exists(postmaster)

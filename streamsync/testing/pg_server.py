@@ -19,6 +19,8 @@ Where the binaries come from, first found wins:
    the package itself is never installed.
 
 The server is tuned for throwaway data (`fsync=off`): it is for tests, never for production.
+A detached watchdog destroys it if the process that started it dies without doing so (a test
+run killed by a timeout), so no server is ever left running.
 Run `python -m streamsync.testing.pg_server` to start one and print its URL until Ctrl-C;
 `python -m streamsync.testing.pg_server --unpack WHEEL` unpacks a wheel's server into `.pg/`.
 """
@@ -205,6 +207,7 @@ class PgServer:
         except BaseException:
             server.destroy()
             raise
+        _watch(os.getpid(), root)
         return server
 
     def _run(self, args: list[str], what: str) -> None:
@@ -294,10 +297,45 @@ class PgServer:
         self.destroy()
 
 
+def _watch(pid: int, root: Path) -> None:
+    """A detached watchdog that destroys the server if process `pid` dies without doing so
+    (killed, or stopped by a timeout before its teardown ran): no server is left behind."""
+    subprocess.Popen(  # noqa: S603 - our own module, our own arguments
+        [sys.executable, "-m", "streamsync.testing.pg_server", "--watch", str(pid), str(root)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, cwd="/",
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_PG.parent), os.environ.get("PYTHONPATH", "")) if p)})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def watch(pid: int, root: Path, poll_s: float = 0.5) -> None:
+    """Wait while `pid` lives and its server exists; then stop the server and delete it."""
+    pidfile = root / "data" / "postmaster.pid"
+    while _alive(pid) and root.exists():
+        time.sleep(poll_s)
+    if not pidfile.exists():
+        return  # destroyed by its owner
+    owner = pwd.getpwuid(root.stat().st_uid) if os.geteuid() == 0 else None
+    PgServer(bindir=find_bindir(), root=root, port=0, owner=owner).destroy()
+
+
 def main() -> int:
     """Start a server, print its URL, stop it on Ctrl-C or SIGTERM (or `--unpack WHEEL`)."""
     if len(sys.argv) == 3 and sys.argv[1] == "--unpack":
         print(f"PostgreSQL server binaries: {unpack_wheel(Path(sys.argv[2]))}")
+        return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "--watch":
+        watch(int(sys.argv[2]), Path(sys.argv[3]))
         return 0
     server = PgServer.start()
     print(server.url(), flush=True)
