@@ -37,7 +37,7 @@ from streamsync.retry import Policy
 from streamsync.runtime.clients import salesforce_session
 from streamsync.runtime.components import Components as Components
 from streamsync.runtime.components import open_components as open_components
-from streamsync.runtime.consent_inbound import consent_inbound_tasks
+from streamsync.runtime.consent_inbound import consent_inbound_tasks, consent_roles
 from streamsync.runtime.event_worker import EventWorker, event_tasks
 from streamsync.runtime.fence import Fence
 from streamsync.runtime.flusher import Flusher
@@ -210,7 +210,8 @@ class Service:
                                          cookie_jar=aiohttp.CookieJar(unsafe=True))
         self.leadership = leadership = Leadership(
             store=parts.store, channels=ingest_channels(config), config=config.workers,
-            exclusive=not parts.store.shared, metrics=self.metrics, clock=self.clock)
+            exclusive=not parts.store.shared, metrics=self.metrics, clock=self.clock,
+            roles=consent_roles(config))
         self.subscriptions = Subscriptions(leadership, IngestBuilder(
             config=config, parts=parts, http=ingest_http, instance_url=instance_url,
             reconciler=reconciler, metrics=self.metrics, clock=self.clock, signal=signal,

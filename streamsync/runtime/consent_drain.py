@@ -42,7 +42,7 @@ log = get_logger(__name__)
 BATCH_EVENTS = 500  # a pass takes about a second with Salesforce's latency: fresh webhook
 # events (taken first) never wait behind more than one pass of a backlog the poller found
 RETRY_S = 5.0
-RECHECK_S = 1.0  # events another process stored (none today) or a retry coming due
+RECHECK_S = 1.0  # events another worker's receiver stored, or a retry coming due
 PRUNE_EVERY_S = 3600.0
 SALESFORCE_CALLS = Policy(attempts=4, timeout_s=30.0, wait_initial_s=0.5, wait_max_s=5.0,
                           name="consent_to_salesforce")

@@ -45,6 +45,7 @@ class ExportPoller:
     def __init__(self, conf: ConsentPollConfig, store: StoreAPI, iterable: IterableClient, *,
                  clock: Callable[[], float], on_stored: Callable[[], None] = lambda: None
                  ) -> None:
+        self.fence: tuple[str, int] | None = None  # (lease, token) the cursor writes need
         self.conf = conf
         self.store = store
         self.iterable = iterable
@@ -65,7 +66,7 @@ class ExportPoller:
                                        export_time(end_ms))
             rows = self._rows(lines, data_type, result)
             result.added += await self.store.add_exported_events(rows, data_type, end_ms,
-                                                                 self.clock())
+                                                                 self.clock(), fence=self.fence)
         self.polls += 1
         if result.added:
             log.info("consent.export_events", added=result.added, lines=result.lines)

@@ -49,14 +49,17 @@ class Leadership:
 
     `exclusive` is for a store only one `run` can hold at a time (SQLite: store/owner.py): a
     lease left by the previous, now dead, process is taken over at once instead of after it
-    expires.
+    expires. `roles` are leases of work other than a CDC channel (e.g. "consent/inbound",
+    runtime/consent_inbound.py): held, renewed and fenced the same way, never subscribed to.
     """
 
     def __init__(self, *, store: StoreAPI, channels: Sequence[str], config: WorkersConfig,
                  exclusive: bool, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time, worker_id: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, worker_id: str | None = None,
+                 roles: Sequence[str] = ()) -> None:
         self._store = store
-        self._channels = list(dict.fromkeys(channels))
+        self._roles = [r for r in dict.fromkeys(roles) if r not in channels]
+        self._channels = list(dict.fromkeys(channels)) + self._roles
         self._lease_s = config.lease_s
         self._heartbeat_s = config.heartbeat_s
         self._exclusive = exclusive
@@ -77,9 +80,10 @@ class Leadership:
         return self._heartbeat_s * STALE_AFTER_HEARTBEATS
 
     def channels(self) -> list[str]:
-        """The channels this worker leads now, in configuration order."""
+        """The CDC channels this worker leads now, in configuration order (not its roles)."""
         now = self._clock()
-        return [c for c in self._channels if c in self._held and self._held[c].valid_until > now]
+        return [c for c in self._channels if c not in self._roles
+                and c in self._held and self._held[c].valid_until > now]
 
     def token(self, channel: str) -> int | None:
         """The fencing token of a channel this worker leads, else None."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from streamsync.adapters.store import ConsentEventRow, IdentityUpdate
+from streamsync.errors import LeadershipLost
 from tests.store_backends import StoreSpace
 
 T0 = 1_796_454_000.0
@@ -88,5 +89,29 @@ async def test_webhook_events_come_due_before_an_exported_backlog_and_a_window_i
         # Re-reads of the lookback count as deliveries: the first three were seen three times.
         counts = await store.consent_events(["x0", "x3"])
         assert (counts["x0"].deliveries, counts["x3"].deliveries) == (3, 2)
+    finally:
+        await store.close()
+
+
+async def test_a_fenced_window_commits_only_under_the_current_lease_token(
+        store_space: StoreSpace) -> None:
+    """A poller deposed from the consent/inbound lease moves neither the cursor nor the inbox."""
+    store = await store_space.open()
+    try:
+        old = await store.acquire_channel("consent/inbound", "w1", 5.0, T0, take_over=False)
+        assert old is not None
+        assert await store.add_exported_events([_row("k1")], "emailUnSubscribe", 5_000, T0,
+                                               fence=("consent/inbound", old.token)) == 1
+        new = await store.acquire_channel("consent/inbound", "w2", 5.0, T0 + 10,
+                                          take_over=False)  # w1's lease ran out
+        assert new is not None and new.token > old.token
+        with pytest.raises(LeadershipLost):
+            await store.add_exported_events([_row("k2")], "emailUnSubscribe", 9_000, T0 + 10,
+                                            fence=("consent/inbound", old.token))
+        assert await store.consent_cursor("emailUnSubscribe") == 5_000
+        assert set(await store.consent_events(["k1", "k2"])) == {"k1"}
+        assert await store.add_exported_events([_row("k2")], "emailUnSubscribe", 9_000, T0 + 10,
+                                               fence=("consent/inbound", new.token)) == 1
+        assert await store.consent_cursor("emailUnSubscribe") == 9_000
     finally:
         await store.close()

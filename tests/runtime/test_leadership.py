@@ -184,3 +184,24 @@ async def test_a_deposed_leader_is_fenced_by_the_store_and_follows_and_the_new_l
     finally:
         stop.set()
         await running
+
+
+async def test_a_role_is_leased_and_taken_over_like_a_channel_but_never_subscribed_to(
+        handles: tuple[Store, Store]) -> None:
+    store_a, store_b = handles
+    clock_a, clock_b = Clock(), Clock()
+    a = Leadership(store=store_a, channels=(LEAD,), config=CONF, exclusive=False,
+                   clock=clock_a, worker_id="wa", roles=("consent/inbound",))
+    b = Leadership(store=store_b, channels=(LEAD,), config=CONF, exclusive=False,
+                   clock=clock_b, worker_id="wb", roles=("consent/inbound",))
+    await a.start()
+    await b.start()
+    assert a.channels() == [LEAD]  # what Subscriptions subscribes to: no role
+    assert a.token("consent/inbound") is not None and b.token("consent/inbound") is None
+    leases = {lease.channel: lease.holder for lease in await store_b.channel_leases()}
+    assert leases == {LEAD: "wa", "consent/inbound": "wa"}
+    clock_b.now = T0 + CONF.lease_s + 0.5  # a went silent
+    await b.tick()
+    assert b.token("consent/inbound") is not None and b.channels() == [LEAD]
+    clock_a.now = clock_b.now
+    assert a.token("consent/inbound") is None  # ran out on a's own clock too

@@ -17,6 +17,7 @@ import aiosqlite
 from .base import StoreBase, clean_error
 from .records import IDENTITY_COLUMNS
 from .types import Identity
+from .workers import check_fence
 
 Via = Literal["webhook", "export"]
 INBOX_COLUMNS = (
@@ -106,10 +107,15 @@ class ConsentInboxOps(StoreBase):
             return await self._insert(conn, events, via, now)
 
     async def add_exported_events(self, events: Sequence[ConsentEventRow], data_type: str,
-                                  cursor_ms: int, now: float) -> int:
+                                  cursor_ms: int, now: float,
+                                  fence: tuple[str, int] | None = None) -> int:
         """Commit one export window's events and move that data type's cursor to `cursor_ms`
-        in the same transaction (the cursor never passes an event not stored)."""
+        in the same transaction (the cursor never passes an event not stored). With `fence`
+        (lease, token): refused (LeadershipLost, nothing committed) unless the token is the
+        lease's."""
         async with self._tx("add_exported_events") as conn:
+            if fence is not None:
+                await check_fence(conn, *fence)
             added = await self._insert(conn, events, "export", now)
             await conn.execute(
                 "INSERT INTO consent_cursor (data_type, cursor_ms, updated_at) VALUES (?, ?, ?) "

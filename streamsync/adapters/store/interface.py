@@ -426,8 +426,10 @@ class StoreAPI(Protocol):
         ...
 
     async def add_exported_events(self, events: Sequence[ConsentEventRow], data_type: str,
-                                  cursor_ms: int, now: float) -> int:
-        """Commit one export window's events and move that data type's cursor to `cursor_ms`."""
+                                  cursor_ms: int, now: float,
+                                  fence: tuple[str, int] | None = None) -> int:
+        """Commit one export window's events and move that data type's cursor to `cursor_ms`;
+        with `fence` (lease, token), refused (LeadershipLost) unless the token is the lease's."""
         ...
 
     async def consent_cursor(self, data_type: str) -> int | None:

@@ -10,6 +10,7 @@ from ..consent_inbox import INBOX_COLUMNS, ConsentEventRow, Via, _join, _row
 from ..records import IDENTITY_COLUMNS
 from ..types import Identity
 from .base import Connection, PgBase, rows_affected
+from .workers import check_fence
 
 _INSERT = (
     "INSERT INTO consent_inbox (event_key, event_name, email, user_id, created_ms, source, "
@@ -56,11 +57,14 @@ class ConsentInboxOps(PgBase):
         return await self._write("add_consent_events", body)
 
     async def add_exported_events(self, events: Sequence[ConsentEventRow], data_type: str,
-                                  cursor_ms: int, now: float) -> int:
+                                  cursor_ms: int, now: float,
+                                  fence: tuple[str, int] | None = None) -> int:
         """Commit one export window's events and move that data type's cursor in the same
-        transaction."""
+        transaction; with `fence` (lease, token) only while the token is the lease's."""
 
         async def body(conn: Connection) -> int:
+            if fence is not None:
+                await check_fence(conn, *fence)
             added = await _insert(conn, events, "export", now)
             await conn.execute(
                 "INSERT INTO consent_cursor (data_type, cursor_ms, updated_at) "
