@@ -4,8 +4,8 @@ Windows are claimed one at a time under a lease (adapters/store/backfill_lease.p
 heartbeat every third of `backfill.lease_s` and with every checkpoint; a checkpoint of a window
 whose lease another process took over is refused (`WindowTaken`) and the window left to it. A
 participant with nothing left to claim keeps watching until every window is done, so the
-windows of one that died are taken over when their lease expires (at once when it ran on this
-machine and its process is gone). One participant closes the run (catch-up, finish); each saves
+windows of one that died are taken over when their lease expires (on this machine, once its
+process is gone: every heartbeat looks). One participant closes the run (catch-up, finish); each saves
 its counts with its checkpoints, so the run's summary adds up every participant's.
 """
 
@@ -103,12 +103,14 @@ class Participation:
         await self.reap_local_dead()
 
     async def heartbeat(self) -> None:
-        """Renew this process's leases every third of the lease, until cancelled."""
+        """Renew this process's leases every third of the lease, and free those of dead
+        participants on this machine, until cancelled."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
                 await self.store.renew_leases(self.run_id, self.me.participant_id, self.lease_s,
                                               self.counts())
+                await self.reap_local_dead()
             except TransientError as exc:
                 log.warning("backfill.heartbeat_failed", run_id=self.run_id, error=str(exc))
 
@@ -158,7 +160,6 @@ class Participation:
                 if cp is None:
                     if claim.unfinished == 0:
                         return
-                    await self.reap_local_dead()
                     await self._until_a_window_ends()
                     continue
                 if cp.last_id is not None:
