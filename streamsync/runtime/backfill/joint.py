@@ -5,8 +5,8 @@ heartbeat every third of `backfill.lease_s` and with every checkpoint; a checkpo
 whose lease another process took over is refused (`WindowTaken`) and the window left to it. A
 participant with nothing left to claim keeps watching until every window is done, so the
 windows of one that died are taken over when their lease expires (on this machine, once its
-process is gone: every heartbeat looks). One participant closes the run (catch-up, finish); each saves
-its counts with its checkpoints, so the run's summary adds up every participant's.
+process is gone: every heartbeat looks). One participant closes the run (catch-up, finish);
+each saves its counts with its checkpoints, so the run's summary adds up every participant's.
 """
 
 from __future__ import annotations
