@@ -21,6 +21,7 @@ from streamsync.runtime.ingest import Ingest, ReplayCallbacks
 from streamsync.runtime.leadership import Leadership
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
+from streamsync.runtime.reconcile_scheduler import ReconcileScheduler
 from streamsync.runtime.subscriptions import Subscriptions
 from tests.conftest import Clients
 
@@ -205,3 +206,18 @@ async def test_a_role_is_leased_and_taken_over_like_a_channel_but_never_subscrib
     assert b.token("consent/inbound") is not None and b.channels() == [LEAD]
     clock_a.now = clock_b.now
     assert a.token("consent/inbound") is None  # ran out on a's own clock too
+
+
+async def test_a_worker_resumes_only_the_reconciliations_of_the_channels_it_leads(
+        config: Config, clients: Clients, store: Store) -> None:
+    """A reconciliation owed for Contact is run by the leader of the Contact channel, once:
+    the leader of the Lead channel neither resumes nor runs it."""
+    await store.set_reconcile_pending("Lead", 1_000, "gap_overflow", T0)
+    await store.set_reconcile_pending("Contact", 2_000, "gap_overflow", T0)
+    reconciler = Reconciler(config=config, store=store, salesforce=clients.salesforce,
+                            metrics=Metrics())
+    lead_leader = ReconcileScheduler(config=config, store=store, reconciler=reconciler,
+                                     channels=[LEAD])
+    everything = ReconcileScheduler(config=config, store=store, reconciler=reconciler)
+    assert set(await lead_leader.pending()) == {"Lead"}
+    assert set(await everything.pending()) == {"Lead", "Contact"}  # a single ingest
