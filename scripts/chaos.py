@@ -938,6 +938,20 @@ def log_events(paths: Sequence[Path], event: str, unless: str = "\0") -> int:
     return total
 
 
+def crash_causes(paths: Sequence[Path]) -> list[dict[str, str]]:
+    """Each task that stopped a service (`service.task_crashed` / `service.task_fatal`)."""
+    out = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"service.task_crashed"' in line or '"service.task_fatal"' in line:
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        record = orjson.loads(line)
+                        out.append({"task": str(record.get("task")),
+                                    "error": str(record.get("error"))[:300]})
+    return out
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now (the service's health port)."""
     with socket.socket() as sock:
@@ -1566,6 +1580,7 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         "duplicate_writes": dups,
         "service_starts": sum(s.starts for s in services),
         "service_crashes": [code for s in services for code in s.unexpected_exits],
+        "crash_causes": crash_causes([s.log_path for s in services]),
         "service_exit_code": service_exit,
         "service_exit_codes": exit_codes,
         "workers": workers,
