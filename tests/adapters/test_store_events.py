@@ -7,6 +7,7 @@ import pytest
 
 from streamsync.adapters.store import QueueInput, StoreAPI
 from streamsync.adapters.store.events import StoredCondition
+from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.models import EventCandidate
 from tests.store_backends import StoreSpace
 
@@ -90,3 +91,24 @@ async def test_a_released_or_expired_lease_makes_rows_due_again(store: StoreAPI)
                                  dead={}, later={}, states={}, now=T0 + 63)
     assert await store.event_counts() == {"new": 1}  # the stale token settled nothing
     assert third.candidate == cand(1)
+
+
+async def test_two_workers_never_hold_changes_of_one_record_at_once_on_postgresql(
+        pg_url: str) -> None:
+    """Worker B leases past the change worker A holds: it skips the record's later changes
+    (they wait for A's decision) but takes other records; after A settles, B gets them in
+    commit order."""
+    first, second = cand(1, "tx-1"), cand(1, "tx-2")
+    other = cand(2, "tx-3")
+    async with await PostgresStore.open(pg_url) as a, await PostgresStore.open(pg_url) as b:
+        await a.record_event(CHANNEL, 1, [], 1000, T0, [first])
+        await a.record_event(CHANNEL, 2, [], 1001, T0, [second, other])
+        [held] = await a.lease_events("new", 1, 60, T0)
+        assert held.candidate == first
+        taken = await b.lease_events("new", 10, 60, T0)
+        assert [p.candidate for p in taken] == [other]  # not tx-2 of the record A decides
+        assert await b.lease_events("new", 10, 60, T0) == []
+        await a.settle_decisions(held.token, ready={}, skipped=[first.event_id], dead={},
+                                 later={}, states={}, now=T0 + 1)
+        [after] = await b.lease_events("new", 10, 60, T0 + 1)
+        assert after.candidate == second

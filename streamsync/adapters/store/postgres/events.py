@@ -26,6 +26,25 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigi
 ORDER BY u.n
 ON CONFLICT (event_id) DO NOTHING
 """
+# A picked row waits while an earlier undecided row of its record (attempts = 0: its
+# condition state not saved yet) is not among the picked ones; a row locked by another
+# worker's lease being taken right now is skipped by the pick but seen here as 'new'.
+LEASE_NEW_SQL = """
+WITH picked AS (
+    SELECT event_id, record_id, seq FROM event_pending
+    WHERE state = 'new' AND next_attempt_at <= $3 ORDER BY seq LIMIT $4
+    FOR UPDATE SKIP LOCKED),
+blocked AS (
+    SELECT x.record_id, min(x.seq) AS seq FROM event_pending AS x
+    WHERE x.state = 'new' AND x.attempts = 0
+      AND x.record_id IN (SELECT record_id FROM picked)
+      AND x.event_id NOT IN (SELECT event_id FROM picked)
+    GROUP BY x.record_id)
+UPDATE event_pending AS e SET lease_token = $1, next_attempt_at = $2
+FROM picked AS p LEFT JOIN blocked AS b ON b.record_id = p.record_id
+WHERE e.event_id = p.event_id AND (b.seq IS NULL OR p.seq < b.seq)
+RETURNING {returning}, e.seq
+"""
 _COLUMNS = ("event_id, rule, object_name, record_id, change_type, commit_ts_ms, fires, touches, "
             "change_values, payload, attempts, enqueued_at")
 
@@ -55,18 +74,27 @@ class EventOps(PgBase):
 
     async def lease_events(self, state: str, limit: int, lease_s: float, now: float
                            ) -> list[PendingEvent]:
-        """Up to `limit` due rows in `state` ('new' or 'ready'), in arrival order."""
+        """Up to `limit` due rows in `state` ('new' or 'ready'), in arrival order.
+
+        A 'new' row is leased only when no earlier undecided row of its record lies outside
+        this lease (leased by another worker, or locked by its lease right now): each
+        record's candidates are decided in commit order by one worker at a time, however
+        many workers share the store (docs/events.md §4)."""
         token = secrets.token_hex(8)
+        returning = ', '.join('e.' + c.strip() for c in _COLUMNS.split(','))
 
         async def body(conn: Connection) -> list[Any]:
-            return list(await conn.fetch(
-                f"""UPDATE event_pending AS e SET lease_token = $1, next_attempt_at = $2
-                FROM (SELECT event_id FROM event_pending WHERE state = $3
-                      AND next_attempt_at <= $4 ORDER BY seq LIMIT $5
-                      FOR UPDATE SKIP LOCKED) AS due
-                WHERE e.event_id = due.event_id
-                RETURNING {', '.join('e.' + c.strip() for c in _COLUMNS.split(','))}, e.seq""",
-                token, now + lease_s, state, now, limit))
+            if state != "new":
+                return list(await conn.fetch(
+                    f"""UPDATE event_pending AS e SET lease_token = $1, next_attempt_at = $2
+                    FROM (SELECT event_id FROM event_pending WHERE state = $3
+                          AND next_attempt_at <= $4 ORDER BY seq LIMIT $5
+                          FOR UPDATE SKIP LOCKED) AS due
+                    WHERE e.event_id = due.event_id
+                    RETURNING {returning}, e.seq""",
+                    token, now + lease_s, state, now, limit))
+            return list(await conn.fetch(LEASE_NEW_SQL.format(returning=returning),
+                                         token, now + lease_s, now, limit))
 
         rows = await self._write("lease_events", body)
         return [_pending(r, token) for r in sorted(rows, key=lambda r: int(r[-1]))]
