@@ -53,6 +53,7 @@ READS = Policy(name="resync_reads", attempts=None, timeout_s=None, wait_initial_
 OUTAGE_WAIT_MAX_S = 30.0
 
 
+STORE_RETRY_S = 2.0
 LEADER_RECHECK_S = 5.0
 """How often a worker that leads none of the owed re-syncs' channels looks again."""
 
@@ -103,26 +104,37 @@ class Resyncer:
             self.pipeline.mappings[name] = base.with_clears(kept) if kept else base
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work through the owed re-syncs; wait for a reload when there are none."""
+        """Work through the owed re-syncs; wait for a reload when there are none. A store that
+        cannot be reached (a PostgreSQL restart) is waited out: the re-sync resumes from its
+        last checkpoint."""
         with contextlib.suppress(Stopped):
             while not stop.is_set():
-                self.wake.clear()
-                owed = [s for name, s in (await self.store.resyncs()).items()
-                        if name in self.syncs and s.fingerprint == self.syncs[name].fingerprint]
-                self._show(owed)
-                mine = self._led(owed)
-                for state in mine:
-                    try:
-                        await self._one(state, stop)
-                    except Superseded:
-                        log.info("resync.superseded", object=state.object_name)
-                    if stop.is_set():
-                        return
-                if len(mine) < len(owed):  # others' (or nobody's yet): look again soon
+                try:
+                    await self._pass(stop)
+                except RetriableError as exc:
+                    log.warning("resync.store_unreachable", **describe_error(exc))
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(_wait_any(stop, self.wake), LEADER_RECHECK_S)
-                elif not owed:
-                    await _wait_any(stop, self.wake)
+                        await asyncio.wait_for(stop.wait(), STORE_RETRY_S)
+
+    async def _pass(self, stop: asyncio.Event) -> None:
+        """Run the re-syncs this worker owes now, then wait for a reason to look again."""
+        self.wake.clear()
+        owed = [s for name, s in (await self.store.resyncs()).items()
+                if name in self.syncs and s.fingerprint == self.syncs[name].fingerprint]
+        self._show(owed)
+        mine = self._led(owed)
+        for state in mine:
+            try:
+                await self._one(state, stop)
+            except Superseded:
+                log.info("resync.superseded", object=state.object_name)
+            if stop.is_set():
+                return
+        if len(mine) < len(owed):  # others' (or nobody's yet): look again soon
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_wait_any(stop, self.wake), LEADER_RECHECK_S)
+        elif not owed:
+            await _wait_any(stop, self.wake)
 
     # -- one object ------------------------------------------------------------------------
 

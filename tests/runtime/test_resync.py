@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from streamsync.adapters.store import Store
+from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.config import Config
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.runtime.resync import Resyncer, open_resyncer
 from streamsync.runtime.status import read_status
+from streamsync.testing.pg_server import PgServer
 from tests.conftest import MakeConfig, production_components
 from tests.e2e.harness import backfill, wait_for
 
@@ -319,3 +321,33 @@ async def test_a_page_read_before_a_real_time_write_does_not_overwrite_it(
     iterable_emulator.flush()
     profile = iterable_emulator.state.snapshot()[rows[0]["Email"].lower()]
     assert profile["dataFields"]["lastName"] == "Fresh"
+
+
+async def test_a_store_that_cannot_be_reached_is_waited_out_not_a_crash(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    """A PostgreSQL restart (every connection dropped, new ones refused) while the re-syncer
+    runs is a transient fault: it keeps running instead of ending the service."""
+    config = make_config(sf_emulator, iterable_emulator, tmp_path)
+    server = await asyncio.to_thread(PgServer.start)
+    try:
+        store = await PostgresStore.open(server.url())
+        async with production_components(config) as parts:
+            resyncer = await open_resyncer(config, store=store, salesforce=parts.salesforce,
+                                           pipeline=parts.pipeline, mappings=parts.mappings,
+                                           metrics=parts.metrics, clock=parts.clock)
+            stop = asyncio.Event()
+            task = asyncio.create_task(resyncer.run(stop))
+            try:
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(server.stop)
+                resyncer.wake.set()  # look at the store again while it is down
+                await asyncio.sleep(2.5)
+                assert not task.done(), task.exception()
+            finally:
+                stop.set()
+                resyncer.wake.set()
+                await asyncio.wait_for(task, 10)
+        await store.close()
+    finally:
+        await asyncio.to_thread(server.destroy)
