@@ -27,6 +27,7 @@ from streamsync.errors import (
     ReloadRefused,
     RetriableError,
     StreamsyncError,
+    describe_error,
 )
 from streamsync.logs import get_logger
 from streamsync.runtime.components import Components
@@ -37,6 +38,9 @@ from streamsync.runtime.pipeline import SyncPipeline
 from streamsync.runtime.resync import Leader, Resyncer, open_resyncer
 
 log = get_logger(__name__)
+
+RELOAD_RETRY_S = 2.0
+"""A reload the store could not take (unreachable) is tried again after this long."""
 
 RELOADABLE_OBJECT_KEYS: Final = frozenset({
     "filter", "identity", "email_field", "user_id_field", "delete_policy", "delete_flag_field",
@@ -140,7 +144,13 @@ class Reloader:
             if stop.is_set():
                 return
             self.requested.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except RetriableError as exc:  # the store cannot be reached: try again shortly
+                log.warning("config.reload_deferred", **describe_error(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RELOAD_RETRY_S)
+                self.requested.set()
 
     async def reload(self) -> bool:
         """Apply the file's config if it can be; True when applied. A refusal is logged (and

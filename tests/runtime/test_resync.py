@@ -6,7 +6,9 @@ filter follow `out_of_scope`, and a stopped re-sync resumes from its checkpoint.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +16,16 @@ import pytest
 
 from streamsync.adapters.store import Store
 from streamsync.adapters.store.postgres import PostgresStore
-from streamsync.config import Config
+from streamsync.config import Config, load_config
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.runtime.reload import open_resync_and_reload
 from streamsync.runtime.resync import Resyncer, open_resyncer
 from streamsync.runtime.status import read_status
 from streamsync.testing.pg_server import PgServer
 from tests.conftest import MakeConfig, production_components
 from tests.e2e.harness import backfill, wait_for
+from tests.e2e.process import service_config_data, service_env, toml_dumps
 
 pytestmark = pytest.mark.salesforce(seed_accounts=2, seed_contacts=8, seed_leads=30)
 
@@ -347,6 +351,45 @@ async def test_a_store_that_cannot_be_reached_is_waited_out_not_a_crash(
             finally:
                 stop.set()
                 resyncer.wake.set()
+                await asyncio.wait_for(task, 10)
+        await store.close()
+    finally:
+        await asyncio.to_thread(server.destroy)
+
+
+async def test_a_reload_the_store_cannot_take_is_tried_again_not_a_crash(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP while the PostgreSQL store is restarting: the reloader waits and tries again
+    (the service keeps running on the old config) instead of ending the service."""
+    sf, it = sf_emulator, iterable_emulator
+    for key, value in service_env(sf, it).items():
+        monkeypatch.setenv(key, value)
+    data = service_config_data(sf, it, tmp_path)
+    path = tmp_path / "config.toml"
+    path.write_text(toml_dumps(data), encoding="utf-8")
+    config = load_config(path, dict(os.environ))
+    server = await asyncio.to_thread(PgServer.start)
+    try:
+        store = await PostgresStore.open(server.url())
+        async with production_components(config) as parts:
+            requested = asyncio.Event()
+            _, reloader = await open_resync_and_reload(
+                replace(parts, store=store), path, parts.metrics, holders=[],
+                requested=requested)
+            assert reloader is not None
+            data["objects"]["Lead"]["null_policy"] = "omit"
+            path.write_text(toml_dumps(data), encoding="utf-8")
+            await asyncio.to_thread(server.stop)
+            stop = asyncio.Event()
+            task = asyncio.create_task(reloader.run(stop))
+            requested.set()
+            try:
+                await asyncio.sleep(2.5)
+                assert not task.done(), task.exception()
+                assert reloader.config is config  # the old config keeps running
+            finally:
+                stop.set()
                 await asyncio.wait_for(task, 10)
         await store.close()
     finally:
