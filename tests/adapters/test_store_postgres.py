@@ -224,6 +224,8 @@ def test_driver_errors_are_sorted_by_what_the_caller_should_do() -> None:
                 asyncpg.CannotConnectNowError("starting up"),
                 asyncpg.ConnectionDoesNotExistError("gone"),
                 asyncpg.InterfaceError("connection is closed"),
+                asyncpg.exceptions.InternalClientError(
+                    "cannot switch to state 15; another operation (2) is in progress"),
                 ConnectionRefusedError(111, "refused"), TimeoutError()):
         assert isinstance(translate(exc, "lease"), TransientError), exc
     for exc in (asyncpg.UniqueViolationError("dup"), asyncpg.UndefinedTableError("no table"),

@@ -67,14 +67,26 @@ def translate(exc: BaseException, doing: str) -> StreamsyncError:
         return FatalError(f"store: {doing} failed: {exc} ({type(exc).__name__} {state})")
     if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
         return TransientError(f"store: {doing}: connection to PostgreSQL lost ({exc})")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # The driver's protocol state is off (seen after a server restart cut a query short):
+        # the connection is dropped (`_drop`) and the next call gets a new one.
+        return TransientError(f"store: {doing}: PostgreSQL connection unusable ({exc})")
     if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | ConnectionError):
         return TransientError(f"store: {doing}: cannot reach PostgreSQL "
                               f"({type(exc).__name__}: {exc})")
     return FatalError(f"store: {doing} failed: {type(exc).__name__}: {exc}")
 
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError,
+                  asyncpg.exceptions.InternalClientError, OSError, TimeoutError,
                   asyncio.TimeoutError)
+_BROKEN = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+
+
+def _drop(conn: Connection) -> None:
+    """Close a connection the driver can no longer use, so the pool replaces it."""
+    with contextlib.suppress(Exception):
+        conn.terminate()
 
 
 def rows_affected(status: str) -> int:
@@ -156,8 +168,13 @@ class PgBase:
         pool = self._require()
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
-                async with pool.acquire() as conn, conn.transaction():
-                    return await body(conn)
+                async with pool.acquire() as conn:
+                    try:
+                        async with conn.transaction():
+                            return await body(conn)
+                    except _BROKEN:
+                        _drop(conn)
+                        raise
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate not in _RETRY_IN_PLACE or attempt == TX_ATTEMPTS:
                     raise translate(exc, doing) from exc
@@ -172,7 +189,11 @@ class PgBase:
         pool = self._require()
         try:
             async with pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except _BROKEN:
+                    _drop(conn)
+                    raise
         except _DRIVER_ERRORS as exc:
             raise translate(exc, doing) from exc
 
