@@ -112,3 +112,18 @@ async def test_two_workers_never_hold_changes_of_one_record_at_once_on_postgresq
                                  later={}, states={}, now=T0 + 1)
         [after] = await b.lease_events("new", 10, 60, T0 + 1)
         assert after.candidate == second
+
+
+async def test_concurrent_leases_of_one_store_keep_a_records_changes_in_order(
+        store: StoreAPI) -> None:
+    """Two decide loops of one worker: the second lease skips the record the first holds."""
+    first, second, other = cand(1, "tx-1"), cand(1, "tx-2"), cand(2, "tx-3")
+    await store.record_event(CHANNEL, 1, [], 1000, T0, [first, second, other])
+    [held] = await store.lease_events("new", 1, 60, T0)
+    assert [p.candidate for p in await store.lease_events("new", 10, 60, T0)] == [other]
+    await store.settle_decisions(held.token, ready={}, skipped=[], dead={},
+                                 later={first.event_id: ("no profile", 30.0)}, states={},
+                                 now=T0)
+    # Put off after its decision (its state saved): it holds the record's next change no more.
+    [after] = await store.lease_events("new", 10, 60, T0)
+    assert after.candidate == second

@@ -25,6 +25,24 @@ CONDITION_KEYS_PER_QUERY = 400  # 800 parameters, under SQLite's limit
 _COLUMNS = ("event_id, rule, object_name, record_id, change_type, commit_ts_ms, fires, touches, "
             "change_values, payload, attempts, enqueued_at")
 
+# A picked row waits while an earlier undecided row of its record (attempts = 0: its
+# condition state not saved yet) is not among the picked ones (leased by another loop).
+LEASE_NEW_SQL = f"""
+WITH picked AS (
+    SELECT rowid AS r, record_id FROM event_pending
+    WHERE state = 'new' AND next_attempt_at <= ?1 ORDER BY rowid LIMIT ?2),
+blocked AS (
+    SELECT x.record_id, min(x.rowid) AS r FROM event_pending AS x
+    WHERE x.state = 'new' AND x.attempts = 0
+      AND x.record_id IN (SELECT record_id FROM picked)
+      AND x.rowid NOT IN (SELECT r FROM picked)
+    GROUP BY x.record_id)
+UPDATE event_pending SET lease_token = ?3, next_attempt_at = ?4
+WHERE rowid IN (SELECT p.r FROM picked AS p LEFT JOIN blocked AS b
+                ON b.record_id = p.record_id WHERE b.r IS NULL OR p.r < b.r)
+RETURNING {_COLUMNS}, rowid
+"""
+
 
 def event_rows(events: Sequence[EventCandidate], now: float) -> list[tuple[object, ...]]:
     """Rows for INSERT_EVENT_SQL (a replayed change finds its id stored: ignored)."""
@@ -71,14 +89,21 @@ class EventOps(StoreBase):
 
     async def lease_events(self, state: str, limit: int, lease_s: float, now: float
                            ) -> list[PendingEvent]:
-        """Up to `limit` due rows in `state` ('new' or 'ready'), in arrival order."""
+        """Up to `limit` due rows in `state` ('new' or 'ready'), in arrival order.
+
+        A 'new' row is leased only when no earlier undecided row of its record is leased
+        already (by another decide loop): each record's candidates are decided in commit
+        order however many decide loops run (docs/events.md §4)."""
         token = secrets.token_hex(8)
         async with self._tx("lease_events") as conn:
-            cursor = await conn.execute(
-                f"""UPDATE event_pending SET lease_token = ?, next_attempt_at = ?
-                WHERE rowid IN (SELECT rowid FROM event_pending WHERE state = ?
-                                AND next_attempt_at <= ? ORDER BY rowid LIMIT ?)
-                RETURNING {_COLUMNS}, rowid""", (token, now + lease_s, state, now, limit))
+            if state == "new":
+                cursor = await conn.execute(LEASE_NEW_SQL, (now, limit, token, now + lease_s))
+            else:
+                cursor = await conn.execute(
+                    f"""UPDATE event_pending SET lease_token = ?, next_attempt_at = ?
+                    WHERE rowid IN (SELECT rowid FROM event_pending WHERE state = ?
+                                    AND next_attempt_at <= ? ORDER BY rowid LIMIT ?)
+                    RETURNING {_COLUMNS}, rowid""", (token, now + lease_s, state, now, limit))
             rows = sorted(await cursor.fetchall(), key=lambda r: int(r[-1]))
         return [_pending(r, token) for r in rows]
 
