@@ -56,6 +56,22 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float, w
         await asyncio.sleep(poll_s)
 
 
+async def until(check: object, what: str, timeout_s: float = 45.0) -> float:
+    """Poll an async or plain predicate until it is true; the seconds it took (AssertionError
+    naming `what` after `timeout_s`)."""
+    started = time.monotonic()
+    while True:
+        assert callable(check)
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
 async def wait_drained(store: Store, timeout_s: float) -> None:
     """Wait until the queue holds no row (due, leased or in backoff)."""
 

@@ -18,6 +18,7 @@ from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.runtime.consent_inbound import LEASE
+from tests.e2e.harness import until
 from tests.e2e.process import ServiceProcess, service_config_data, service_env, toml_dumps
 
 LEASE_S = 3.0
@@ -31,21 +32,6 @@ pytestmark = [
     pytest.mark.salesforce(long_poll_s=0.5, seed_accounts=1, seed_contacts=2, seed_leads=6),
     pytest.mark.timeout(120),
 ]
-
-
-async def _until(check: object, what: str, timeout_s: float = 20.0) -> float:
-    """Poll an async or plain predicate; the seconds it took."""
-    started = time.monotonic()
-    while True:
-        assert callable(check)
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        await asyncio.sleep(0.05)
 
 
 def _export_calls(it: IterableEmulator) -> int:
@@ -110,15 +96,15 @@ async def test_one_worker_polls_and_drains_and_the_other_takes_over_polling_afte
         for proc in procs:
             await proc.start()
         for proc in procs:
-            await _until(lambda p=proc: p.saw("service.ready"), "every worker ready", 45.0)
-            await _until(lambda p=proc: _webhook_port(p) is not None, "every receiver bound")
+            await until(lambda p=proc: p.saw("service.ready"), "every worker ready", 45.0)
+            await until(lambda p=proc: _webhook_port(p) is not None, "every receiver bound")
         store = await PostgresStore.open(pg_url)
         opened = store
-        await _until(lambda: _holder_pid(opened), "the consent/inbound lease held")
+        await until(lambda: _holder_pid(opened), "the consent/inbound lease held")
         holder_pid = await _holder_pid(opened)
         holder = next(p for p in procs if p.pid == holder_pid)
         other = next(p for p in procs if p.pid != holder_pid)
-        await _until(lambda: _export_calls(it) >= 2, "the first poll")
+        await until(lambda: _export_calls(it) >= 2, "the first poll")
         await asyncio.sleep(3 * HEARTBEAT_S)  # both workers heartbeat and renew meanwhile
         assert _export_calls(it) == 2  # one poll (two data types), by one worker
         assert holder.saw("consent.inbound_leading") and not other.saw("consent.inbound_leading")
@@ -129,20 +115,20 @@ async def test_one_worker_polls_and_drains_and_the_other_takes_over_polling_afte
         settings.auth_type, settings.auth_token, settings.backoff_s = "Basic", SECRET, 0.05
         lead, email = _lead(sf, 0)
         sf.state.update("Lead", lead, {"FirstName": "Synced"})  # the person exists in Iterable
-        await _until(lambda: email in it.state.snapshot(), "the lead synced to Iterable")
+        await until(lambda: email in it.state.snapshot(), "the lead synced to Iterable")
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{it.control_url}/click",
                                  json={"email": email, "channelId": MARKETING_EMAIL}) as resp:
                 assert resp.status == 200, await resp.text()
-        await _until(lambda: _opted_out(sf, lead), "the unsubscribe to reach Salesforce")
+        await until(lambda: _opted_out(sf, lead), "the unsubscribe to reach Salesforce")
         await it.webhooks.wait_idle()
-        await _until(lambda: _drained(opened), "the inbox drained")
+        await until(lambda: _drained(opened), "the inbox drained")
         await asyncio.sleep(2.0)  # a second drain would have written by now
         assert _our_writes(sf, lead) == 1
 
         await holder.kill()
         killed_at = time.monotonic()
-        await _until(lambda: _export_calls(it) >= 4, "the other worker polls",
+        await until(lambda: _export_calls(it) >= 4, "the other worker polls",
                      timeout_s=LEASE_S + 10)
         took_s = time.monotonic() - killed_at
         assert took_s <= LEASE_S + 5.0, took_s

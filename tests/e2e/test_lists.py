@@ -238,3 +238,4 @@ async def test_a_member_whose_email_changed_is_unsubscribed_under_its_new_email(
     await rig.settled()
     rig.sf.state.delete("CampaignMember", member)
     await rig.until(list_id, set())
+    assert list_emails(rig.it, list_id) == set()

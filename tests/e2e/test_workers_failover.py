@@ -5,7 +5,6 @@ paused past its lease is deposed and follows; every change reaches Iterable."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -18,6 +17,7 @@ from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.core.ids import to_18
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
+from tests.e2e.harness import until
 from tests.e2e.process import ServiceProcess, service_config_data, service_env, toml_dumps
 
 LEASE_S = 3.0
@@ -28,21 +28,6 @@ pytestmark = [
     pytest.mark.salesforce(long_poll_s=0.5, seed_accounts=3, seed_contacts=20, seed_leads=5),
     pytest.mark.timeout(150),
 ]
-
-
-async def _until(check: object, what: str, timeout_s: float = 45.0) -> float:
-    """Poll an async or plain predicate; the seconds it took."""
-    started = time.monotonic()
-    while True:
-        assert callable(check)
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        await asyncio.sleep(0.05)
 
 
 def _pid(worker_id: str) -> int:
@@ -68,7 +53,7 @@ class Cluster:
         for proc in self.procs:
             await proc.start()
         for proc in self.procs:
-            await _until(lambda p=proc: p.saw("service.ready"), "every worker ready")
+            await until(lambda p=proc: p.saw("service.ready"), "every worker ready")
         self.store = await PostgresStore.open(self.url)
         return self.store
 
@@ -120,13 +105,13 @@ async def test_kill_9_of_the_leader_hands_its_channels_over_within_the_lease_los
     try:
         await cluster.start()
         pids = {p.pid for p in cluster.procs}
-        await _until(lambda: cluster.all_led_by_one_of(pids), "every channel led")
+        await until(lambda: cluster.all_led_by_one_of(pids), "every channel led")
         [leader_pid] = await cluster.leader_pids()  # the first to join took every channel
         contacts = _contacts(sf, 12)
         before, during = contacts[:6], contacts[6:]
         for n, (sf_id, _) in enumerate(before):
             sf.state.update("Contact", sf_id, {"FirstName": f"Before{n}"})
-        await _until(lambda: all(v == f"Before{n}" for n, v in
+        await until(lambda: all(v == f"Before{n}" for n, v in
                                  enumerate(_first_names(it, before).values())),
                      "changes synced before the kill")
 
@@ -136,11 +121,11 @@ async def test_kill_9_of_the_leader_hands_its_channels_over_within_the_lease_los
         for n, (sf_id, _) in enumerate(during):
             sf.state.update("Contact", sf_id, {"FirstName": f"During{n}"})
         others = pids - {leader_pid}
-        await _until(lambda: cluster.all_led_by_one_of(others), "a new leader",
+        await until(lambda: cluster.all_led_by_one_of(others), "a new leader",
                      timeout_s=LEASE_S + 10)
         took_s = time.monotonic() - killed_at
         assert took_s <= LEASE_S + 5.0, took_s
-        await _until(lambda: all(v == f"During{n}" for n, v in
+        await until(lambda: all(v == f"During{n}" for n, v in
                                  enumerate(_first_names(it, during).values())),
                      "changes made while nobody led synced", timeout_s=30.0)
         new_leaders = await cluster.leader_pids()  # the survivors may share the channels
@@ -166,7 +151,7 @@ async def test_a_leader_paused_past_its_lease_is_deposed_and_follows(
     try:
         store = await cluster.start()
         pids = {p.pid for p in cluster.procs}
-        await _until(lambda: cluster.all_led_by_one_of(pids), "every channel led")
+        await until(lambda: cluster.all_led_by_one_of(pids), "every channel led")
         [leader_pid] = await cluster.leader_pids()
         tokens = {lease.channel: lease.token for lease in await store.channel_leases()}
         contacts = _contacts(sf, 6)
@@ -175,13 +160,13 @@ async def test_a_leader_paused_past_its_lease_is_deposed_and_follows(
             for n, (sf_id, _) in enumerate(contacts):
                 sf.state.update("Contact", sf_id, {"FirstName": f"Paused{n}"})
             follower = (pids - {leader_pid}).pop()
-            await _until(lambda: cluster.all_led_by_one_of({follower}), "taken over",
+            await until(lambda: cluster.all_led_by_one_of({follower}), "taken over",
                          timeout_s=LEASE_S + 10)
         finally:
             os.kill(leader_pid, signal.SIGCONT)
         paused = cluster.by_pid(leader_pid)
-        await _until(lambda: paused.saw("workers.leadership_lost"), "the old leader steps down")
-        await _until(lambda: all(v == f"Paused{n}" for n, v in
+        await until(lambda: paused.saw("workers.leadership_lost"), "the old leader steps down")
+        await until(lambda: all(v == f"Paused{n}" for n, v in
                                  enumerate(_first_names(it, contacts).values())),
                      "every change synced", timeout_s=30.0)
         leases = await store.channel_leases()
@@ -190,7 +175,7 @@ async def test_a_leader_paused_past_its_lease_is_deposed_and_follows(
         assert paused.proc is not None and paused.proc.returncode is None  # it follows
         sf_id, email = contacts[0]
         sf.state.update("Contact", sf_id, {"FirstName": "AfterResume"})
-        await _until(lambda: _first_names(it, [(sf_id, email)])[email] == "AfterResume",
+        await until(lambda: _first_names(it, [(sf_id, email)])[email] == "AfterResume",
                      "a change after the resume synced")
         for proc in cluster.procs:
             code, _ = await proc.terminate(30.0)
