@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -19,7 +20,7 @@ from streamsync.cli.options import Subparsers, add_command, config_path, positiv
 from streamsync.cli.output import err
 from streamsync.cli.progress import ConsoleProgress
 from streamsync.cli.timestamps import time_argument
-from streamsync.config import load_config
+from streamsync.config import Config, load_config
 from streamsync.errors import (
     AuthError,
     BackfillError,
@@ -38,8 +39,10 @@ from streamsync.runtime.backfill import (
     key_refused,
     unreachable,
 )
+from streamsync.runtime.backfill.events import EventBackfill, EventsSummary, select_rules
 from streamsync.runtime.lists.backfill import PAGE_SIZE as LISTS_PAGE
 from streamsync.runtime.lists.backfill import ListsSummary, run_lists_backfill
+from streamsync.runtime.progress import Progress
 
 PREFIX: Final = "streamsync backfill"
 KEY_CHECK: Final = Policy(name="iterable_key_check", attempts=3, timeout_s=30.0)
@@ -56,6 +59,13 @@ service (catch-up), so an older backfill page is never the last write. It can ru
 `streamsync run` (both draw from one Iterable rate budget kept in the store), and several
 backfill processes can work on one run: the same command started again (on this machine, or on
 another one sharing a PostgreSQL store) joins the run of the same scope in progress.
+
+A backfill fires no custom events unless given --events: then, after the profiles, each
+[[events]] rule of the selected objects whose trigger a record's current state can judge (a
+create rule; a condition rule with an update or undelete trigger; not delete, not an update
+without a condition) sends one event per record qualifying now, exactly once: its id is built
+from the rule, the record and the record state judged, and a record whose moment the store
+knows (fired from CDC, or by an earlier backfill) is not sent again (docs/events.md §7).
 """
 
 EPILOG = """\
@@ -66,6 +76,7 @@ examples:
   python -m streamsync.backfill --config config.toml --resume     (the same command)
   streamsync backfill --config config.toml --join                 (a second process on the run)
   streamsync backfill --config config.toml --lists [--resume]    ([lists]: adds and removals)
+  streamsync backfill --config config.toml --objects Opportunity --events   ([[events]] too)
 
 exit status: 0 done (or already finished), 1 failed, e.g. Iterable unreachable or its key
 refused (the message says what to do; resume with --resume), 2 usage or configuration error,
@@ -141,6 +152,14 @@ def add_parser(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
              "Campaign's current members (subscribe the missing, unsubscribe the rest); "
              "resumable with --resume")
     p.add_argument(
+        "--events", action="store_true",
+        help="after the profiles, send the custom events of the [[events]] rules of the "
+             "selected objects for the records qualifying now (a create rule: every record, "
+             "createdAt = CreatedDate; a condition rule: the records meeting it, createdAt = "
+             "LastModifiedDate); exactly once, also with the service running; resumable with "
+             "--resume. An object with rules only (no [objects] mapping) is judged for events "
+             "only")
+    p.add_argument(
         "--json", action="store_true",
         help="print the final summary as one JSON object on stdout")
 
@@ -158,7 +177,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         if args.lists:
+            if args.events:
+                raise BackfillError("--lists and --events exclude each other")
             return _run_lists(args, options)
+        if args.events:
+            return _run_events(args, options)
         summary = asyncio.run(until_terminated(run_backfill(config_path(args), options)))
     except (ConfigError, BackfillError) as exc:
         err(str(exc), PREFIX)
@@ -196,6 +219,70 @@ def _run_lists(args: argparse.Namespace, options: BackfillOptions) -> int:
                              f"{' (resumed)' if t.resumed else ''}\n")
     sys.stdout.flush()
     return EXIT_OK
+
+
+def _run_events(args: argparse.Namespace, options: BackfillOptions) -> int:
+    """`backfill --events`: errors propagate to `run`'s handlers; prints a line per rule."""
+    if options.dry_run is not None:
+        raise BackfillError("--events does not take --dry-run (nothing would be judged)")
+    profiles, events = asyncio.run(until_terminated(run_with_events(config_path(args), options)))
+    if args.json:
+        doc: dict[str, object] = profiles.to_dict() if profiles is not None else {}
+        doc["events"] = events.to_dict()
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    else:
+        for r in events.rules:
+            dead = sum(r.dead.values())
+            sys.stdout.write(
+                f"events rule {r.rule} ({r.object}): "
+                + ("already finished (--restart to judge again)\n"
+                   if r.status == "already_finished" else
+                   f"{r.records_read} records read, {r.qualifying} qualifying, {r.fired} "
+                   f"fired, {r.known} already known, {r.deferred} left to CDC, {dead} dead"
+                   f"{' (resumed)' if r.resumed else ''}\n"))
+        for name, why in events.not_judged.items():
+            sys.stdout.write(f"events rule {name}: not judged: {why}\n")
+        sys.stdout.write(f"events: {events.sent} sent in {events.trackbulk_calls} trackBulk "
+                         f"calls, {events.sent_dead} refused"
+                         + (f", {events.left_queued} queued for `streamsync run`"
+                            if events.left_queued else "") + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+async def run_with_events(config_file: str, options: BackfillOptions, *,
+                          env: Mapping[str, str] | None = None,
+                          progress: ConsoleProgress | None = None
+                          ) -> tuple[BackfillSummary | None, EventsSummary]:
+    """The profile backfill of the selected objects that have a mapping (none: skipped), then
+    the events of their `[[events]]` rules (docs/events.md §7). The rules are checked first."""
+    config = load_config(config_file, os.environ if env is None else env)
+    return await backfill_with_events(config, options, progress=progress)
+
+
+async def backfill_with_events(config: Config, options: BackfillOptions, *,
+                               progress: Progress | None = None
+                               ) -> tuple[BackfillSummary | None, EventsSummary]:
+    """`run_with_events` with a loaded config."""
+    async with open_components(config, drawer="backfill") as parts:
+        select_rules(config, parts.rules, options.objects)
+        unknown = [o for o in options.objects
+                   if o not in config.objects and all(r.config.object != o for r in parts.rules)]
+        if unknown:
+            raise BackfillError(f"object {unknown[0]!r} is neither configured nor the object "
+                                "of an [[events]] rule")
+        await check_iterable(parts.iterable, config.iterable.base_url)
+        profile_objects = tuple(o for o in options.objects if o in config.objects)
+        profiles = None
+        if profile_objects or not options.objects:
+            backfill = Backfill(config=config, store=parts.store, salesforce=parts.salesforce,
+                                pipeline=parts.pipeline, metrics=parts.metrics,
+                                progress=progress or ConsoleProgress(), clock=parts.clock,
+                                mappings=parts.mappings)
+            profiles = await backfill.run(replace(options, objects=profile_objects))
+        events = EventBackfill(config=config, store=parts.store, salesforce=parts.salesforce,
+                               iterable=parts.iterable, rules=parts.rules, clock=parts.clock)
+        return profiles, await events.run(options)
 
 
 async def run_lists(config_file: str, *, resume: bool, env: Mapping[str, str] | None = None,

@@ -153,10 +153,12 @@ def decide(trigger: RuleTrigger, candidate: Candidate, state: ConditionState | N
     met = trigger.condition.holds(known)
     if candidate.change_type in FULL_CHANGES:
         before = False
-    elif state is not None and in_order:
+    elif state is not None and (in_order or state.met):
+        # An older change than a state that holds (one a backfill judged on a later record
+        # version, docs/events.md §7): that state already accounts for it.
         before = state.met
     else:
-        before = False  # touched (an out-of-order or first-seen change)
+        before = False  # touched (an out-of-order change before an unmet state, first seen)
     fire = candidate.fires and met and (candidate.change_type == "DELETE" or not before)
     new_state = ConditionState(met, known, candidate.commit_ts_ms) if in_order else None
     return Decision(fire, new_state)

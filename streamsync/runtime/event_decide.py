@@ -107,25 +107,8 @@ class EventDecider:
 
     def _item(self, rule: CompiledRule, cand: EventCandidate, record: Mapping[str, Any],
               roles: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-        """The trackBulk item: id, eventName, the user, createdAt (commit time, seconds) and
-        dataFields (docs/events.md §1)."""
-        profile = rule.profile
-        source = record
-        if profile.via_primary_role:
-            role = roles.get(cand.record_id)
-            if role is None:
-                raise RecordError(NO_PROFILE, f"Opportunity {cand.record_id} has no primary "
-                                              "contact role")
-            source = role
-        raw = _walk(source, profile.path)  # empty: normalize_* raise a RecordError (dead)
-        item: dict[str, Any] = {"id": cand.event_id, "eventName": rule.config.event_name}
-        if profile.kind == "email":
-            item["email"] = normalize_email(raw)
-        else:
-            item["userId"] = normalize_user_id(raw, from_id_field=True)
-        item["createdAt"] = cand.commit_ts_ms // 1000
-        item["dataFields"] = rule.data.map(record).payload.get("dataFields", {})
-        return item
+        return trackbulk_item(rule, cand.event_id, cand.commit_ts_ms, record,
+                              roles.get(cand.record_id))
 
     async def _read(self, pending: Iterable[PendingEvent],
                     running: Mapping[tuple[str, str], ConditionState]
@@ -156,17 +139,46 @@ class EventDecider:
                     and p.candidate.record_id in reads.get(p.candidate.object_name, {}):
                 ids[p.candidate.record_id] = None
                 paths[parse_source(rule.profile.path).soql_field] = None
-        out: dict[str, dict[str, Any]] = {}
-        id_list = list(ids)
+        return await read_primary_contacts(self._salesforce, list(ids), list(paths))
 
-        async def read(chunk: list[str]) -> None:
-            soql = select_children(ROLE_OBJECT, "OpportunityId", chunk,
-                                   ["Id", "OpportunityId", *paths], where="IsPrimary = true")
-            async for page in self._salesforce.query(soql):
-                for row in page.records:
-                    out[parse_id(row.get("OpportunityId"))] = row
 
-        # Concurrent: the Salesforce client bounds its requests in flight.
-        await asyncio.gather(*(read(id_list[i:i + ROLE_PARENTS_PER_QUERY])
-                               for i in range(0, len(id_list), ROLE_PARENTS_PER_QUERY)))
-        return out
+def trackbulk_item(rule: CompiledRule, event_id: str, created_ms: int,
+                   record: Mapping[str, Any], role: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The trackBulk item: id, eventName, the user, createdAt (`created_ms` in seconds) and
+    dataFields (docs/events.md §1); `role`: the Opportunity's primary contact role row."""
+    profile = rule.profile
+    source = record
+    if profile.via_primary_role:
+        if role is None:
+            raise RecordError(NO_PROFILE, f"Opportunity {record.get('Id')} has no primary "
+                                          "contact role")
+        source = role
+    raw = _walk(source, profile.path)  # empty: normalize_* raise a RecordError (dead)
+    item: dict[str, Any] = {"id": event_id, "eventName": rule.config.event_name}
+    if profile.kind == "email":
+        item["email"] = normalize_email(raw)
+    else:
+        item["userId"] = normalize_user_id(raw, from_id_field=True)
+    item["createdAt"] = created_ms // 1000
+    item["dataFields"] = rule.data.map(record).payload.get("dataFields", {})
+    return item
+
+
+async def read_primary_contacts(salesforce: SalesforceClient, opportunity_ids: Sequence[str],
+                                paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Opportunity id → its primary OpportunityContactRole row, with the Contact `paths`."""
+    out: dict[str, dict[str, Any]] = {}
+    id_list = list(opportunity_ids)
+    fields = list(dict.fromkeys(paths))
+
+    async def read(chunk: list[str]) -> None:
+        soql = select_children(ROLE_OBJECT, "OpportunityId", chunk,
+                               ["Id", "OpportunityId", *fields], where="IsPrimary = true")
+        async for page in salesforce.query(soql):
+            for row in page.records:
+                out[parse_id(row.get("OpportunityId"))] = row
+
+    # Concurrent: the Salesforce client bounds its requests in flight.
+    await asyncio.gather(*(read(id_list[i:i + ROLE_PARENTS_PER_QUERY])
+                           for i in range(0, len(id_list), ROLE_PARENTS_PER_QUERY)))
+    return out

@@ -84,3 +84,17 @@ def test_create_delete_and_undelete_triggers() -> None:
     [c] = update_only.candidates(change("CREATE"), {"StageName": "Closed Won"})
     outcome = decide(update_only, c, None, {})
     assert not outcome.fire and outcome.state is not None and outcome.state.met  # state kept
+
+
+def test_an_older_change_than_a_state_that_holds_does_not_fire() -> None:
+    """A backfill judged a later record version and seeded the state (docs/events.md §7): a
+    replay of the change that made the condition hold, committed before it, fires nothing;
+    before a later state that does not hold, it still fires."""
+    rule = trigger()
+    [won] = rule.candidates(change("UPDATE", ("StageName",), ts=1000),
+                            {"StageName": "Closed Won"})
+    seeded = ConditionState(True, {"stagename": "Closed Won"}, 2000)
+    outcome = decide(rule, won, seeded, {})
+    assert not outcome.fire and outcome.state is None  # the later state stays
+    lost = ConditionState(False, {"stagename": "Closed Lost"}, 2000)
+    assert decide(rule, won, lost, {}).fire

@@ -18,6 +18,7 @@ from .backfill_lease import Participant, ParticipantState, WindowClaim
 from .budget import BudgetUse, DrawerIdentity
 from .budget_plan import Booking, ClaimRequest
 from .consent_inbox import ConsentEventRow, Via
+from .event_backfill import Admitted, BackfillEvent
 from .events import PendingEvent, StoredCondition
 from .types import (
     AckResult,
@@ -440,6 +441,19 @@ class StoreAPI(Protocol):
 
     async def prune_sent_events(self, before: float) -> int:
         """Forget sent event rows older than `before`."""
+
+    # -- events of `backfill --events` (docs/events.md §7; semantics on `event_backfill.py`)
+
+    async def add_backfill_events(self, events: Sequence[BackfillEvent], now: float
+                                  ) -> Admitted:
+        """Store the judged events the store does not know yet, seeding their conditions."""
+
+    async def lease_backfill_events(self, limit: int, lease_s: float, now: float
+                                    ) -> list[PendingEvent]:
+        """Up to `limit` due ready rows of backfills, in arrival order."""
+
+    async def backfill_events_waiting(self, rules: Sequence[str]) -> tuple[int, float | None]:
+        """Ready backfill rows of `rules` not sent yet, and when the earliest is due."""
 
     # -- joint backfills: several processes on one run (docs/design.md §10.2)
 

@@ -7,6 +7,7 @@ from .backfill_lease import BackfillLeaseOps
 from .budget import BudgetOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
+from .event_backfill import EventBackfillOps
 from .events import EventOps
 from .interface import collect_status
 from .lists import ListOps
@@ -20,7 +21,7 @@ from .workers import WorkerOps
 
 class Store(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
             ConsentInboxOps, WorkerOps, MappingStateOps, EventOps, BudgetOps,
-            BackfillLeaseOps):
+            BackfillLeaseOps, EventBackfillOps):
     """The `StoreAPI` on one aiosqlite connection to a WAL database (see `base` for
     durability).
 

@@ -13,6 +13,7 @@ from .budget import BudgetOps
 from .consent import ConsentOps
 from .consent_inbox import ConsentInboxOps
 from .copy import copy_store
+from .event_backfill import EventBackfillOps
 from .events import EventOps
 from .lists import ListOps
 from .mapping_state import MappingStateOps
@@ -24,7 +25,7 @@ from .workers import WorkerOps
 
 class PostgresStore(QueueOps, RecordOps, BackfillOps, ScheduleOps, ConsentOps, ListOps,
                     ConsentInboxOps, MappingStateOps, WorkerOps, EventOps, BudgetOps,
-                    BackfillLeaseOps):
+                    BackfillLeaseOps, EventBackfillOps):
     """The `StoreAPI` on PostgreSQL, with the SQLite store's semantics; several processes (on
     several machines) may use one database at once: leases are exclusive across them.
 
