@@ -26,7 +26,7 @@ from tests.runtime.test_backfill import verify
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ("-c", "--config", "--objects", "--since", "--until", "--where", "--resume", "--restart",
-           "--dry-run", "--parallel", "--api", "--json")
+           "--dry-run", "--parallel", "--api", "--json", "--events")
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
