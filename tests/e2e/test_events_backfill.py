@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from streamsync.adapters.iterable import IterableClient
@@ -21,6 +22,7 @@ from streamsync.core.verify_events import ExpectedEvent, compare_events
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.emulators.salesforce.actions import set_stage
+from streamsync.errors import BackfillError
 from streamsync.runtime.backfill import BackfillOptions
 from streamsync.runtime.backfill.plan import sf_datetime
 from tests.conftest import build_config
@@ -80,7 +82,8 @@ def expected_events(sf: SalesforceEmulator) -> dict[str, ExpectedEvent]:
         event_id = f"opportunity-won-{opp}-bf-{_ms(record['SystemModstamp'])}"
         out[event_id] = ExpectedEvent(
             event_id, "opportunityWon", email, _ms(record["LastModifiedDate"]) // 1000,
-            {"opportunityName": record["Name"], "amount": record["Amount"]})
+            {k: v for k, v in (("opportunityName", record["Name"]),
+                               ("amount", record["Amount"])) if v is not None})
     return out
 
 
@@ -196,35 +199,64 @@ async def _fired(it: IterableEmulator, opp: str) -> bool:
     return bool(_ids_of(it, opp))
 
 
-async def test_an_interrupted_backfill_resumes_without_sending_an_event_twice(
+def many_won(sf: SalesforceEmulator, count: int) -> None:
+    """`count` won Opportunities, each with a primary contact, created in one transaction."""
+    contacts = [c for c in sf.select_ids("Contact", "Email != null")]
+    account = sf.state.record("Contact", contacts[0])["AccountId"]
+    with sf.state.transaction(user_id=sf.state.sales_user_id) as tx:
+        for i in range(count):
+            opp = tx.create("Opportunity", {"Name": f"Bulk {i}", "StageName": "Closed Won",
+                                            "CloseDate": "2026-01-01", "AccountId": account,
+                                            "Amount": float(i)})
+            tx.create("OpportunityContactRole", {"OpportunityId": opp, "IsPrimary": True,
+                                                 "ContactId": contacts[i % len(contacts)]})
+
+
+async def test_an_interrupted_backfill_resumes_from_its_checkpoint_without_duplicates(
         sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
         tmp_path: Path) -> None:
     sf, it = sf_emulator, iterable_emulator
-    win(sf, 4)
-    config = _config(sf, it, tmp_path, event_delivery={"batch_max_events": 1})
+    many_won(sf, 450)
+    config = _config(sf, it, tmp_path, event_delivery={"batch_max_events": 50},
+                     backfill={"page_size": 200, "parallel": 1})
     await backfill(config)
-    # Each trackBulk call is slow; the run is cancelled (as Ctrl-C or SIGTERM do) once the
-    # first call is answered, while the next is in flight.
-    it.faults.add("slow", TRACK_BULK, 10_000, delay_s=0.3)
+    want = expected_events(sf)
+    # Salesforce and trackBulk calls are slow; the run is cancelled (as Ctrl-C or SIGTERM
+    # do) once a page is checkpointed and events sent, while the window goes on.
+    sf.faults.set_latency(300.0)
+    it.faults.add("slow", TRACK_BULK, 10_000, delay_s=0.2)
     task = asyncio.create_task(backfill_with_events(config, BackfillOptions()))
-    while not any(True for _ in _stored(it)):
-        assert not task.done(), task
-        await asyncio.sleep(0.02)
+    store = await Store.open(config.queue.path)
+    try:
+        while not (_stored(it) and await _mid_window(store)):
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+    finally:
+        await store.close()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    want = expected_events(sf)
     assert 0 < len(_stored(it)) < len(want)
-    with pytest.raises(Exception, match="--resume"):
+    sf.faults.set_latency(0.0)
+    with pytest.raises(BackfillError, match="--resume"):
         await backfill_with_events(config, BackfillOptions())
     _, resumed = await backfill_with_events(config, BackfillOptions(resume=True))
-    assert resumed.rules[0].resumed
+    [rule] = resumed.rules
+    assert rule.resumed and 0 < rule.records_read < len(want)  # after the checkpoint only
     assert set(_stored(it)) == set(want)
-    # The call in flight when it stopped may be sent again: the same id, one event.
-    assert sum(e.writes for e in _stored(it).values()) <= len(want) + 1
+    # Calls in flight when it stopped may be sent again: the same ids, one event each.
+    assert sum(e.writes for e in _stored(it).values()) <= len(want) + 2 * 50
     report = compare_events(want.values(), await _read_back(it, {e.user for e in want.values()}),
                             ["opportunityWon"])
-    assert report.ok, report.mismatches
+    assert report.ok, report.mismatches[:5]
+
+
+async def _mid_window(store: Store) -> bool:
+    """An events run has a window checkpointed after a page and not done."""
+    for run in await store.runs(limit=5):
+        if run.run_id.startswith("bfe-"):
+            return any(w.last_id and not w.done for w in await store.windows(run.run_id))
+    return False
 
 
 def _toml(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path, rules: str) -> Path:
@@ -279,3 +311,32 @@ async def test_bad_input_is_a_usage_error(
     assert proc.returncode == 2, err.decode()
     assert message in " ".join(err.decode().split())
     assert _stored(iterable_emulator) == {}
+
+
+async def test_the_command_sends_them_and_prints_a_summary(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+        tmp_path: Path) -> None:
+    sf, it = sf_emulator, iterable_emulator
+    win(sf, 2)
+    rule = ('[[events]]\nname = "opportunity-won"\nobject = "Opportunity"\ntrigger = "update"\n'
+            'condition = "StageName = \'Closed Won\'"\nevent_name = "opportunityWon"\n'
+            'profile = "primary_contact_role"\n[events.mapping]\n'
+            '"Name" = "dataFields.opportunityName"\n"Amount" = "dataFields.amount"\n'
+            '[[events]]\nname = "lead-gone"\nobject = "Lead"\ntrigger = "delete"\n'
+            'event_name = "leadGone"\n')
+    config = _toml(sf, it, tmp_path, rule)
+    env = {**os.environ, "STREAMSYNC_SF_CLIENT_SECRET": sf.client_secret,
+           "STREAMSYNC_ITERABLE_API_KEY": it.api_key}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamsync.backfill", "--config", str(config), "--events",
+        "--json", cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    doc = orjson.loads(out.decode().strip().splitlines()[-1])
+    want = expected_events(sf)
+    assert doc["records_written"] > 0  # the profiles
+    assert doc["events"]["sent"] == len(want) and doc["events"]["left_queued"] == 0
+    assert doc["events"]["not_judged"] == {"lead-gone": "its trigger is delete: a deleted "
+                                                        "record has no current state to judge"}
+    assert set(_stored(it)) == set(want)
