@@ -227,13 +227,17 @@ async def test_an_interrupted_backfill_resumes_from_its_checkpoint_without_dupli
     it.faults.add("slow", TRACK_BULK, 10_000, delay_s=0.2)
     task = asyncio.create_task(backfill_with_events(config, BackfillOptions()))
     store = await Store.open(config.queue.path)
+    kinds: set[str] = set()
     try:
         while not (_stored(it) and await _mid_window(store)):
             assert not task.done(), task
+            kinds.update(d.kind for b in await store.budgets_in_use()
+                         if b.budget_key.endswith(":trackBulk") for d in b.drawers)
             await asyncio.sleep(0.02)
     finally:
         await store.close()
     task.cancel()
+    assert kinds == {"backfill"}  # trackBulk slots drawn from the shared budget
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert 0 < len(_stored(it)) < len(want)
@@ -340,3 +344,46 @@ async def test_the_command_sends_them_and_prints_a_summary(
     assert doc["events"]["not_judged"] == {"lead-gone": "its trigger is delete: a deleted "
                                                         "record has no current state to judge"}
     assert set(_stored(it)) == set(want)
+
+
+CREATED = {"name": "lead-created", "object": "Lead", "trigger": "create",
+           "event_name": "leadCreated", "mapping": {"Company": "dataFields.company"}}
+
+
+async def test_a_create_rule_fires_for_every_record_once_and_not_for_one_cdc_fired(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+        tmp_path: Path) -> None:
+    sf, it = sf_emulator, iterable_emulator
+    config = build_config(sf, it, tmp_path, events=[CREATED], ingest=FAST_INGEST)
+    await backfill(config)
+    service = InProcessService(config)
+    await service.start()
+    try:
+        with sf.state.transaction(user_id=sf.state.sales_user_id) as tx:
+            fresh = tx.create("Lead", {"LastName": "Fresh", "Company": "Acme",
+                                       "Email": "fresh@example.com"})
+
+        async def fired() -> bool:
+            return any(i.startswith(f"lead-created-{fresh}-") for i in _stored(it))
+
+        await wait_for(fired, 15.0, "the CDC create event", poll_s=0.1)
+    finally:
+        await service.abandon()
+    _, summary = await backfill_with_events(config, BackfillOptions(objects=("Lead",)))
+    leads = [r for r in (sf.state.record("Lead", i) for i in sf.select_ids("Lead"))
+             if r is not None]
+    with_email = {r["Id"]: r for r in leads if r.get("Email")}
+    [rule] = summary.rules
+    assert rule.known == 1  # the CDC-fired Lead
+    ours = {i: e for i, e in _stored(it).items() if "-bf-" in i}
+    assert set(ours) == {f"lead-created-{i}-bf-{_ms(r['CreatedDate'])}"
+                         for i, r in with_email.items() if i != fresh}
+    for event_id, event in ours.items():
+        record = with_email[event_id.split("-")[2]]
+        assert event.created_ms == _ms(record["CreatedDate"])
+        assert event.data == {"company": record["Company"]}
+        assert event.email == str(record["Email"]).lower()
+    _, again = await backfill_with_events(config, BackfillOptions(objects=("Lead",),
+                                                                  restart=True))
+    assert again.rules[0].fired == 0 and again.sent == 0
+    assert all(e.writes == 1 for e in _stored(it).values())

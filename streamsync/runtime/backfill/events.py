@@ -157,8 +157,11 @@ class EventBackfill:
                 self._summary.rules.append(await self._rule(rule, options))
         finally:
             self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._sender
+            finally:
+                await self.limiter.close()  # leaves the shared budget
         self._summary.left_queued, _ = await self.store.backfill_events_waiting(
             [r.name for r in rules])
         log.info("backfill.events_finished", **{k: v for k, v in self._summary.to_dict().items()
