@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import orjson
 import pytest
 
 from streamsync.adapters.store import QueueInput
@@ -18,6 +19,7 @@ from streamsync.adapters.store.postgres import (
     translate,
 )
 from streamsync.adapters.store.postgres import schema as pg_schema
+from streamsync.adapters.store.postgres.queue import UPSERT_SQL
 from streamsync.adapters.store.postgres.schedule import PENDING_LOCK
 from streamsync.adapters.store.postgres.schema import MIGRATIONS, PgMigration
 from streamsync.errors import FatalError, StreamsyncError, TransientError
@@ -238,3 +240,66 @@ def test_a_url_is_shown_without_its_password() -> None:
     assert redacted_url("postgresql://app:s3cret@db.internal:5433/sync?sslmode=require") == (
         "postgresql://app@db.internal:5433/sync")
     assert "s3cret" not in redacted_url("postgres://:s3cret@h/db")
+
+
+def _scans(plan_json: str) -> set[tuple[str, str | None]]:
+    """(node type, table) of every scan in an `EXPLAIN (FORMAT JSON)` plan."""
+    found: set[tuple[str, str | None]] = set()
+    nodes = [orjson.loads(plan_json)[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if "Scan" in node["Node Type"]:
+            found.add((node["Node Type"], node.get("Relation Name")))
+        nodes.extend(node.get("Plans", []))
+    return found
+
+
+async def test_an_ack_finds_its_rows_by_index_never_by_scanning_the_queue(pg_url: str) -> None:
+    """An ack costs the batch, not the queue: joining 1,000 keys with a queue of a few thousand
+    rows, a planner picks a hash of the whole queue (a scan of every row)."""
+    async with await PostgresStore.open(pg_url, pool_size=1) as store:
+        await store.enqueue([lead(n) for n in range(3_000)], T0, "cdc")
+        leases = await store.lease("f", 1_000, 30, T0)
+        sent: list[asyncpg.connection.LoggedQuery] = []
+        async with store._read("test") as conn:  # the pool's one connection
+            conn.add_query_logger(sent.append)
+        assert (await store.ack(leases)).deleted == 1_000
+        await asyncio.sleep(0.05)  # query loggers are called soon after each statement
+        async with store._read("test") as conn:
+            conn.remove_query_logger(sent.append)
+            statements = [q for q in sent if q.args and "queue" in q.query]
+            assert statements
+            for query in statements:
+                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query.query}", *query.args)
+                assert ("Seq Scan", "queue") not in _scans(plan), query.query
+        assert await _queued(store) == {lead(n).record_id for n in range(1_000, 3_000)}
+
+
+async def test_a_record_re_enqueued_while_its_ack_runs_stays_queued_and_due(pg_url: str) -> None:
+    """The ack's one statement waits for the row an enqueue holds, then finds it changed (a new
+    version at a new address): it is not deleted, but released to be synced again, like a row
+    re-enqueued before the ack."""
+    async with await PostgresStore.open(pg_url) as store:
+        await store.enqueue([lead(1), lead(2)], T0, "cdc")
+        leases = await store.lease("f", 10, 30, T0)
+        other = await asyncpg.connect(pg_url)
+        try:
+            tx = other.transaction()
+            await tx.start()
+            await other.execute(UPSERT_SQL, ["Lead"], [lead(1).record_id], ["UPDATE"], [1],
+                                "cdc", T0 + 1, None)
+            ack = asyncio.create_task(store.ack(leases))
+            for _ in range(500):  # until the ack waits for the row lock the enqueue holds
+                if await other.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                        "WHERE wait_event_type = 'Lock'"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the ack never waited for the enqueued row")
+            await tx.commit()
+            result = await asyncio.wait_for(ack, timeout=10)
+        finally:
+            await other.close()
+        assert (result.deleted, result.kept) == (1, 1)
+        [again] = await store.lease("g", 10, 30, T0 + 2)
+        assert (again.record_id, again.version, again.attempts) == (lead(1).record_id, 2, 0)

@@ -254,27 +254,29 @@ class QueueOps(ReplayOps):
         A record that syncs is no longer poison: an older dead letter of it is removed, so the
         dead-letter table lists only records that are still bad.
         """
-        if not leases:
+        keys = list({_key_token(lease): lease.version for lease in leases}.items())
+        if not keys:
             return AckResult(0, 0)
         async with self._tx("ack") as conn:
-            cursor = await conn.executemany(
-                "DELETE FROM dead_letter WHERE object_name = ?1 AND record_id = ?2 AND EXISTS "
-                "(SELECT 1 FROM queue WHERE object_name = ?1 AND record_id = ?2 "
-                "AND lease_token = ?3)",
-                [_key_token(lease) for lease in leases],
-            )
-            cleared = max(cursor.rowcount, 0)
+            cleared = 0
+            async with conn.execute("SELECT EXISTS (SELECT 1 FROM dead_letter)") as cursor:
+                any_dead = await cursor.fetchone()
+            if any_dead and any_dead[0]:  # else there is nothing to clear: no statement per row
+                cursor = await conn.executemany(
+                    "DELETE FROM dead_letter WHERE object_name = ?1 AND record_id = ?2 AND EXISTS "
+                    "(SELECT 1 FROM queue WHERE object_name = ?1 AND record_id = ?2 "
+                    "AND lease_token = ?3)", [key for key, _ in keys])
+                cleared = max(cursor.rowcount, 0)
             cursor = await conn.executemany(
                 f"DELETE FROM queue WHERE {KEY_VERSION_TOKEN}",
-                [_key_version_token(lease) for lease in leases],
-            )
+                [(key[0], key[1], version, key[2]) for key, version in keys])
             deleted = max(cursor.rowcount, 0)
-            cursor = await conn.executemany(
-                f"UPDATE queue SET {NEWER_ONLY}, next_attempt_at = coalesce(leased_at, "
-                f"next_attempt_at) WHERE {KEY_TOKEN}",
-                [_key_token(lease) for lease in leases],
-            )
-            kept = max(cursor.rowcount, 0)
+            kept = 0
+            if deleted < len(keys):  # a row is left only where a newer change arrived
+                cursor = await conn.executemany(
+                    f"UPDATE queue SET {NEWER_ONLY}, next_attempt_at = coalesce(leased_at, "
+                    f"next_attempt_at) WHERE {KEY_TOKEN}", [key for key, _ in keys])
+                kept = max(cursor.rowcount, 0)
         return AckResult(deleted=deleted, kept=kept, dead_letters_cleared=cleared)
 
     async def retry_later(

@@ -162,14 +162,20 @@ class PgBase:
             raise FatalError(f"store: {self._location} is closed")
         return self._pool
 
-    async def _write(self, doing: str, body: Callable[[Connection], Awaitable[T]]) -> T:
+    async def _write(self, doing: str, body: Callable[[Connection], Awaitable[T]], *,
+                     one_statement: bool = False) -> T:
         """Run `body` in one transaction: committed when it returns, rolled back on any error,
-        run again when PostgreSQL rolled it back for a deadlock or serialization failure."""
+        run again when PostgreSQL rolled it back for a deadlock or serialization failure.
+
+        `one_statement`: `body` runs a single statement, which PostgreSQL already runs as its
+        own transaction; no BEGIN and COMMIT (two round trips fewer), the same guarantees."""
         pool = self._require()
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
                 async with pool.acquire() as conn:
                     try:
+                        if one_statement:
+                            return await body(conn)
                         async with conn.transaction():
                             return await body(conn)
                     except _BROKEN:

@@ -63,6 +63,25 @@ BY_TOKEN = "q.object_name = u.o AND q.record_id = u.r AND q.lease_token = u.t"
 BY_VERSION_TOKEN = f"{BY_TOKEN} AND q.version = u.v"
 TOKENS = "unnest($1::text[], $2::text[], $3::text[]) AS u(o, r, t)"
 VERSION_TOKENS = "unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(o, r, t, v)"
+# The dead letter of a record that syncs is cleared (it is no longer poison), in the statement
+# that deletes its row; the snapshot of both sees the rows as leased. Each row is found by its
+# primary key, one index probe per lease (a join would hash the whole queue when the planner
+# prices that lower), then deleted by its physical address. A row updated since (re-enqueued)
+# has moved to a new address, so it is not deleted: `ack` then settles it by token.
+ACK_DELETE_SQL = f"""
+WITH cleared AS (
+    DELETE FROM dead_letter AS d USING {TOKENS}
+    WHERE d.object_name = u.o AND d.record_id = u.r
+      AND EXISTS (SELECT 1 FROM queue AS q WHERE {BY_TOKEN})
+    RETURNING 1),
+deleted AS (
+    DELETE FROM queue WHERE ctid = ANY(ARRAY(
+        SELECT (SELECT q.ctid FROM queue AS q WHERE {BY_VERSION_TOKEN}) FROM {VERSION_TOKENS}))
+    RETURNING 1)
+SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM cleared)
+"""
+ACK_KEEP_SQL = f"""UPDATE queue AS q SET {NEWER_ONLY}, next_attempt_at =
+    coalesce(q.leased_at, q.next_attempt_at) FROM {TOKENS} WHERE {BY_TOKEN}"""
 LEASE_COLUMNS = (
     "q.object_name, q.record_id, q.version, q.change_type, q.source, q.attempts, "
     "q.commit_ts_ms, q.first_enqueued_at, q.outage_retries"
@@ -158,7 +177,7 @@ class QueueOps(ReplayOps, PgBase):
         async def body(conn: Connection) -> None:
             await upsert_queue(conn, items, source, commit_ts_ms, now)
 
-        await self._write("enqueue", body)
+        await self._write("enqueue", body, one_statement=True)
         return len(items)
 
     async def lease(self, owner: str, limit: int, lease_s: float, now: float,
@@ -191,27 +210,36 @@ class QueueOps(ReplayOps, PgBase):
         """
 
         async def body(conn: Connection) -> list[Lease]:
-            leases = [
+            return [
                 Lease(object_name=row[0], record_id=row[1], version=row[2], change_type=row[3],
                       source=row[4], attempts=row[5], commit_ts_ms=row[6],
                       first_enqueued_at=row[7], token=token, lease_expires_at=expires,
                       outage_retries=row[8])
                 for row in await conn.fetch(sql, *params)
             ]
-            if max_attempts is None:
-                return leases
+
+        leases = await self._write("lease", body, one_statement=True)
+        if max_attempts is not None:
             crashed = [lease for lease in leases if lease.attempts >= max_attempts]
             if crashed:
-                await dead_letter_rows(conn, [
-                    (lease, LEASE_EXPIRED,
-                     f"attempt {lease.attempts} ended in an expired lease, without ack, retry "
-                     "or release (a flusher crashed or hung on it)", lease.attempts)
-                    for lease in crashed], now)
-            return [lease for lease in leases if lease.attempts < max_attempts]
-
-        leases = await self._write("lease", body)
+                await self._dead_letter_crashed(crashed, now)
+                leases = [lease for lease in leases if lease.attempts < max_attempts]
         leases.sort(key=lambda lease: (lease.first_enqueued_at, lease.object_name, lease.record_id))
         return leases
+
+    async def _dead_letter_crashed(self, crashed: Sequence[Lease], now: float) -> None:
+        """Dead-letter `lease_expired` rows just leased whose leases kept expiring. A separate
+        transaction (rare: the lease itself stays one statement); the rows are ours meanwhile,
+        and one re-enqueued in between starts over instead, as after `retry_later`."""
+
+        async def body(conn: Connection) -> None:
+            await dead_letter_rows(conn, [
+                (lease, LEASE_EXPIRED,
+                 f"attempt {lease.attempts} ended in an expired lease, without ack, retry or "
+                 "release (a flusher crashed or hung on it)", lease.attempts)
+                for lease in crashed], now)
+
+        await self._write("lease", body)
 
     async def ack(self, leases: Sequence[Lease]) -> AckResult:
         """Delete each row whose version is still the leased one; a row re-enqueued meanwhile
@@ -222,21 +250,26 @@ class QueueOps(ReplayOps, PgBase):
         tokens = _token_arrays(unique)
         versions = [x.version for x in unique]
 
-        async def body(conn: Connection) -> AckResult:
-            cleared = rows_affected(await conn.execute(
-                f"DELETE FROM dead_letter AS d USING {TOKENS} WHERE d.object_name = u.o AND "
-                "d.record_id = u.r AND EXISTS (SELECT 1 FROM queue AS q WHERE "
-                f"{BY_TOKEN})", *tokens))
+        async def delete(conn: Connection) -> tuple[int, int]:
+            row = await conn.fetchrow(ACK_DELETE_SQL, *tokens, versions)
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        async def settle_rest(conn: Connection) -> tuple[int, int]:
             deleted = rows_affected(await conn.execute(
                 f"DELETE FROM queue AS q USING {VERSION_TOKENS} WHERE {BY_VERSION_TOKEN}",
                 *tokens, versions))
-            kept = rows_affected(await conn.execute(
-                f"UPDATE queue AS q SET {NEWER_ONLY}, next_attempt_at = "
-                f"coalesce(q.leased_at, q.next_attempt_at) FROM {TOKENS} WHERE {BY_TOKEN}",
-                *tokens))
-            return AckResult(deleted=deleted, kept=kept, dead_letters_cleared=cleared)
+            return deleted, rows_affected(await conn.execute(ACK_KEEP_SQL, *tokens))
 
-        return await self._write("ack", body)
+        # Usually every row is deleted: one statement. Rows left (re-enqueued since the lease,
+        # or updated while the statement ran) are settled in a second transaction that sees
+        # their newest version; meanwhile they stay leased to this token, nobody else's.
+        deleted, cleared = await self._write("ack", delete, one_statement=True)
+        kept = 0
+        if deleted < len(unique):
+            more, kept = await self._write("ack", settle_rest)
+            deleted += more
+        return AckResult(deleted=deleted, kept=kept, dead_letters_cleared=cleared)
 
     async def retry_later(self, leases: Sequence[Lease], error: str, now: float,
                           backoff: Backoff, retry_after_s: float | None = None) -> SettleResult:
