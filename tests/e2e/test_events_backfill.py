@@ -344,6 +344,16 @@ async def test_the_command_sends_them_and_prints_a_summary(
     assert doc["events"]["not_judged"] == {"lead-gone": "its trigger is delete: a deleted "
                                                         "record has no current state to judge"}
     assert set(_stored(it)) == set(want)
+    again = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamsync.backfill", "--config", str(config), "--events",
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    text, err = await again.communicate()
+    assert again.returncode == 0, err.decode()
+    assert text.decode().splitlines() == [
+        "events rule opportunity-won (Opportunity): already finished (--restart to judge again)",
+        "events rule lead-gone: not judged: its trigger is delete: a deleted record has no "
+        "current state to judge",
+        "events: 0 sent in 0 trackBulk calls, 0 refused"]
 
 
 CREATED = {"name": "lead-created", "object": "Lead", "trigger": "create",
