@@ -5,11 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 
 from streamsync.logs import get_logger
 
 log = get_logger(__name__)
+
+_YIELDING: ContextVar[bool] = ContextVar("streamsync_ratelimit_yielding", default=False)
+
+
+@contextlib.contextmanager
+def yielding() -> Iterator[None]:
+    """Requests made inside this block (and in tasks it starts) yield to the others: each takes
+    a send slot only when the slot is due and no other caller has taken it, so a background
+    pass (a re-sync) uses what real-time sync leaves and never queues ahead of it. The shared
+    limiter (adapters/shared_ratelimit.py) honours it; the local one sends in arrival order."""
+    token = _YIELDING.set(True)
+    try:
+        yield
+    finally:
+        _YIELDING.reset(token)
+
+
+def is_yielding() -> bool:
+    """Whether the current task runs inside `yielding()`."""
+    return _YIELDING.get()
 
 
 class RateLimiter:

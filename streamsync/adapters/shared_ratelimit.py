@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
-from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.ratelimit import RateLimiter, is_yielding
 from streamsync.adapters.store.budget import DrawerIdentity
 from streamsync.adapters.store.budget_plan import Booking, ClaimRequest, DrawerKind
 from streamsync.errors import StreamsyncError, TransientError
@@ -51,6 +51,10 @@ class SharedRateLimiter(RateLimiter):
     wastes little of the others' budget. A slot not used within one interval of its time is
     dropped, never saved up (that would bunch requests). A 429 clears the slots booked and
     pushes the whole budget back by the Retry-After (or one interval), for every process.
+
+    A caller takes the earliest slot booked as it arrives; one inside `yielding()` waits until
+    the earliest slot is due and takes it only if nobody took it first, so it never delays a
+    caller that is not yielding by more than the slot it is sending in.
     """
 
     def __init__(
@@ -83,28 +87,38 @@ class SharedRateLimiter(RateLimiter):
         raise TypeError("a SharedRateLimiter books slots through the store: use acquire()")
 
     async def acquire(self) -> None:
-        """Wait for a send slot booked in the shared budget."""
+        """Wait for a send slot booked in the shared budget (the earliest free one, or inside
+        `yielding()` the earliest one still free when it is due)."""
+        yielding = is_yielding()
         self._waiting += 1
         try:
             while True:
                 now = self._clock()
-                at = self._take(now)
+                at = self._take(now, due_only=yielding)
                 if at is not None:
                     self.granted_total += 1
                     wait = max(at, self._blocked_until) - now
                     if wait > 0:
                         await self._sleep(wait)
                     return
+                if self._slots:  # yielding: the next slot is not due yet
+                    await self._sleep(self._slots[0] - now)
+                    continue
                 await self._refill()
         finally:
             self._waiting -= 1
 
-    def _take(self, now: float) -> float | None:
+    def _take(self, now: float, *, due_only: bool = False) -> float | None:
+        """The earliest slot not too late to use (with `due_only`, only if its time has
+        come); slots past use are dropped."""
         late = 1.0 / self.current_rate_per_s(now)
         while self._slots:
-            at = self._slots.popleft()
+            at = self._slots[0]
             if at >= now - late:
-                return at
+                if due_only and at > now:
+                    return None
+                return self._slots.popleft()
+            self._slots.popleft()
             self.slots_wasted += 1
             self._wasted_since_claim += 1
         return None

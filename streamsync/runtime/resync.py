@@ -8,9 +8,13 @@ filter or the out-of-scope policy changed and the policy acts, reads the Ids the
 out and applies `out_of_scope` (flag or delete) to those synced before. Then the description is
 recorded as applied and the clears stop.
 
-Real-time changes keep priority: the re-sync has one page in Iterable at a time (two requests
-of 1,000 users by default), so a real-time batch waits behind at most those at the shared
-rate limiter, never behind the whole object.
+Pages are written in chunks of one Iterable batch (`iterable.batch_max_users` records), a few
+chunks at a time across pages (runtime/resync_window.py), so the re-sync always has a request
+ready for the next send slot while the page after is read and mapped; a page is checkpointed
+once it and every page before it were written. Real-time changes keep priority: the re-sync's
+requests yield (adapters/ratelimit.py `yielding`), taking a send slot of the shared limiter only
+when it is due and no real-time batch took it, so a real-time batch waits behind at most the
+one re-sync request in its slot, and the re-sync uses every slot real time leaves.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from streamsync.adapters.ratelimit import yielding
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.store import AppliedMapping, QueueInput, ResyncState, StoreAPI
 from streamsync.config import Config
@@ -41,11 +46,15 @@ from streamsync.runtime.mapping_state import (
 )
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
+from streamsync.runtime.resync_window import WriteWindow
 
 log = get_logger(__name__)
 
 SOURCE = "resync"
 PAGE_SIZE = 2000
+WRITE_WIDTH = 3
+"""Chunks of a re-sync written at once: enough that a request is always ready for the next
+send slot while others are answered, mapped and saved."""
 ORDER_FIELDS = ("SystemModstamp",)
 READS = Policy(name="resync_reads", attempts=None, timeout_s=None, wait_initial_s=0.5,
                wait_max_s=30.0)
@@ -71,7 +80,7 @@ class Resyncer:
                  pipeline: SyncPipeline, mappings: Mapping[str, CompiledMapping],
                  syncs: Mapping[str, ObjectSync], metrics: Metrics,
                  clock: Callable[[], float] = time.time, page_size: int = PAGE_SIZE,
-                 leads: Leader | None = None) -> None:
+                 leads: Leader | None = None, write_width: int = WRITE_WIDTH) -> None:
         self.config = config
         self.leads = leads  # with several workers, an object re-syncs where its channel is led
         self.store = store
@@ -82,6 +91,7 @@ class Resyncer:
         self.metrics = metrics
         self.clock = clock
         self.page_size = page_size
+        self.write_width = write_width
         self.wake = asyncio.Event()
 
     def apply(self, config: Config, mappings: Mapping[str, CompiledMapping],
@@ -106,8 +116,8 @@ class Resyncer:
     async def run(self, stop: asyncio.Event) -> None:
         """Work through the owed re-syncs; wait for a reload when there are none. A store that
         cannot be reached (a PostgreSQL restart) is waited out: the re-sync resumes from its
-        last checkpoint."""
-        with contextlib.suppress(Stopped):
+        last checkpoint. Its Iterable requests yield to real time's."""
+        with contextlib.suppress(Stopped), yielding():
             while not stop.is_set():
                 try:
                     await self._pass(stop)
@@ -178,11 +188,22 @@ class Resyncer:
         mapping = self.pipeline.mappings[name]
         fields = mapping.soql_fields(*ORDER_FIELDS)
         where = self.config.objects[name].safe_filter
-        async for records, read_at in self._pages(name, fields, where, state.last_id, stop):
-            self._check_current(state, stop)
-            written = await self._write(name, records, read_at, stop)
-            await self._checkpoint(state, "sync", str(records[-1]["Id"]), len(records),
-                                   written, 0)
+        size = self.config.iterable.batch_max_users
+        window = WriteWindow(self.write_width)
+        try:
+            async for records, read_at in self._pages(name, fields, where, state.last_id,
+                                                      stop):
+                self._check_current(state, stop)
+                chunks = [functools.partial(self._write, name, records[i:i + size], read_at,
+                                            stop) for i in range(0, len(records), size)]
+                await window.add(str(records[-1]["Id"]), len(records), chunks)
+                for page in window.done():
+                    await self._checkpoint(state, "sync", page.last_id, page.read,
+                                           page.written, 0)
+            for page in await window.drain():
+                await self._checkpoint(state, "sync", page.last_id, page.read, page.written, 0)
+        finally:
+            await window.close()
 
     async def _out_of_scope_phase(self, state: ResyncState, stop: asyncio.Event) -> None:
         name = state.object_name

@@ -5,10 +5,12 @@ backends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 
+from streamsync.adapters.ratelimit import yielding
 from streamsync.adapters.shared_ratelimit import SharedRateLimiter
 from tests.store_backends import StoreSpace
 
@@ -77,6 +79,39 @@ async def test_a_429_seen_by_one_process_pauses_the_others(store_space: StoreSpa
         assert time.monotonic() - limited_at >= 1.4
         await again
         assert first.rate_limited_total == 1
+
+
+async def test_a_yielding_caller_never_takes_a_slot_ahead_of_one_that_is_not(
+        store_space: StoreSpace) -> None:
+    async with await store_space.open() as store:
+        limiter = SharedRateLimiter(5.0, booker=store, budget_key=KEY, kind="service")
+        granted: list[str] = []
+
+        async def take(name: str, background: bool) -> None:
+            with yielding() if background else contextlib.nullcontext():
+                await limiter.acquire()
+            granted.append(name)
+
+        resync = [asyncio.create_task(take(f"resync{i}", True)) for i in range(3)]
+        await asyncio.sleep(0.05)  # the re-sync's callers were waiting first
+        await take("realtime", False)
+        await asyncio.gather(*resync)
+    # The first re-sync caller took the slot due at once; real time the next one, ahead of
+    # the re-sync callers that waited longer (in arrival order it would have come last).
+    assert granted == ["resync0", "realtime", "resync1", "resync2"]
+
+
+async def test_yielding_callers_alone_use_the_whole_budget(store_space: StoreSpace) -> None:
+    async with await store_space.open() as store:
+        limiter = SharedRateLimiter(RATE, booker=store, budget_key=KEY, kind="service")
+        sent: list[float] = []
+        start = time.monotonic()
+        until = start + 2.5
+        with yielding():
+            await _hammer(limiter, until, sent)
+    measured = [t for t in sent if start + 0.5 <= t < until]
+    assert len(measured) / 2.0 >= 0.9 * RATE
+    assert _max_in_window(sent, 1.0) <= 1.25 * RATE
 
 
 async def test_closing_a_limiter_removes_it_from_the_drawers(store_space: StoreSpace) -> None:

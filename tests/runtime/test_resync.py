@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamsync.adapters.ratelimit import is_yielding
 from streamsync.adapters.store import Store
 from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.config import Config, load_config
@@ -37,7 +39,9 @@ def lead_objects(**lead: Any) -> dict[str, Any]:
 
 
 async def run_resyncs(config: Config, *, page_size: int = 2000,
-                      stop_after_pages: int | None = None) -> dict[str, Any]:
+                      stop_after_pages: int | None = None,
+                      write_width: int | None = None,
+                      watch: Callable[[Resyncer], None] | None = None) -> dict[str, Any]:
     """Open the service's components, schedule and run the owed re-syncs until none is left
     (or `stop_after_pages` checkpoints were saved); what the store then says."""
     async with production_components(config) as parts:
@@ -45,6 +49,10 @@ async def run_resyncs(config: Config, *, page_size: int = 2000,
                                        pipeline=parts.pipeline, mappings=parts.mappings,
                                        metrics=parts.metrics, clock=parts.clock)
         resyncer.page_size = page_size
+        if write_width is not None:
+            resyncer.write_width = write_width
+        if watch is not None:
+            watch(resyncer)
         owed = sorted(await parts.store.resyncs())
         stop = asyncio.Event()
         if stop_after_pages is not None:
@@ -91,6 +99,50 @@ def lead_profiles(sf: SalesforceEmulator, it: IterableEmulator) -> dict[str, dic
             continue
         out[record["Id"]] = {"record": record, "data": snap[email].get("dataFields") or {}}
     return out
+
+
+async def test_pages_written_in_chunks_are_checkpointed_only_once_iterable_took_them(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig) -> None:
+    old = make_config(sf_emulator, iterable_emulator, tmp_path)
+    await backfill(old)
+    await run_resyncs(old)
+    mapping = {**old.objects["Lead"].mapping, "Title": "dataFields.title"}
+    # batches of 4: each page of 10 is three chunks, and chunks of several pages are written
+    # at once (the window's width)
+    new = make_config(sf_emulator, iterable_emulator, tmp_path,
+                      objects=lead_objects(mapping=mapping), iterable={"batch_max_users": 4})
+    checkpoints: list[tuple[str, int, bool]] = []
+    sizes: list[tuple[int, bool]] = []
+
+    def watch(resyncer: Resyncer) -> None:
+        save = resyncer.store.save_resync_progress
+        bulk = resyncer.pipeline.iterable.bulk_update
+
+        async def saving(name: str, fingerprint: str, **kw: Any) -> bool:
+            if kw["phase"] == "sync" and kw["last_id"] is not None:
+                profiles = lead_profiles(sf_emulator, iterable_emulator)
+                done = all(p["data"].get("title") == p["record"].get("Title")
+                           for i, p in profiles.items() if i <= kw["last_id"])
+                checkpoints.append((kw["last_id"], kw["read"], done))
+            return await save(name, fingerprint, **kw)
+
+        async def sending(body: bytes) -> Any:
+            sizes.append((body.count(b'"email"'), is_yielding()))
+            return await bulk(body)
+
+        resyncer.store.save_resync_progress = saving  # type: ignore[method-assign]
+        resyncer.pipeline.iterable.bulk_update = sending  # type: ignore[method-assign]
+
+    done = await run_resyncs(new, page_size=10, watch=watch)
+    assert done["owed"] == ["Lead"] and done["left"] == {}
+    total = len(sf_emulator.select_ids("Lead", "IsDeleted = false"))
+    assert [i for i, _, _ in checkpoints] == sorted(i for i, _, _ in checkpoints)
+    assert sum(n for _, n, _ in checkpoints) == total
+    assert all(ok for _, _, ok in checkpoints), checkpoints  # none passed an unwritten record
+    assert sizes and all(0 < n <= 4 and background for n, background in sizes)
+    assert all(p["data"].get("title") == p["record"].get("Title")
+               for p in lead_profiles(sf_emulator, iterable_emulator).values())
 
 
 async def test_first_run_records_the_mapping_and_owes_no_resync(
@@ -224,7 +276,8 @@ async def test_a_stopped_resync_resumes_from_its_checkpoint(
     mapping = {**old.objects["Lead"].mapping, "Title": "dataFields.title"}
     new = make_config(sf_emulator, iterable_emulator, tmp_path,
                       objects=lead_objects(mapping=mapping))
-    first = await run_resyncs(new, page_size=10, stop_after_pages=1)
+    # one chunk at a time: the stop comes right after the first page's checkpoint
+    first = await run_resyncs(new, page_size=10, stop_after_pages=1, write_width=1)
     state = first["left"]["Lead"]
     assert state.phase == "sync" and state.records_read == 10 and state.last_id is not None
     async with await Store.open(new.queue.path) as store:  # what `streamsync status` shows
