@@ -13,6 +13,18 @@ to the Iterable write carrying the change's unique FirstName). The JSON says whe
 re-sync was still running when the stream ended (else the stream outlived it and the figure
 does not measure interleaving).
 
+Iterable's ceiling is a request rate (bulkUpdate: 5 requests/s, of up to 1,000 users each), and
+real time and the re-sync share it. Over the re-sync's span (from the reload to `resync.done`),
+with `real-time requests` those that carried a stream change:
+
+- `resync_fraction_of_left` (the issue's "at the rate ceiling"): the re-sync's users/s over
+  the ceiling minus what real time used, i.e. re-synced users / ((rate x span - real-time
+  requests) x 1,000): 1.0 means every send slot real time left carried a full re-sync batch;
+- `endpoint_use`: every bulkUpdate request in the span / (rate x span): how much of Iterable's
+  request budget was used at all;
+- `resync_fraction_of_ceiling`: re-synced users/s over the whole 5,000 users/s (reaching it
+  would need real time to send nothing).
+
     .venv/bin/python scripts/bench_resync.py [--quick] [--leads 30000] [--rate 50]
         [--duration 20]
 
@@ -81,6 +93,15 @@ async def settle(env: bs.Env, base_users: int, expected: int, timeout_s: float,
     await asyncio.sleep(quiet_s)
 
 
+async def stream_requests(env: bs.Env) -> dict[int, float]:
+    """The Iterable requests that carried a stream change: request number -> receipt time."""
+    changes = env.events.lead_changes("Burst ")
+    history = await bs.histories(env.http, env.it.info["control_url"],
+                                 sorted({e.lower() for i, _, _ in changes
+                                         if (e := env.emails.get(i))}))
+    return bs.receipts(changes, env.emails, history)[1]
+
+
 def add_title(config: Path) -> None:
     """The default Lead mapping plus Title: every Lead's payload changes."""
     text = config.read_text()
@@ -145,14 +166,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 seconds = done_at - reloaded_at
                 still = done_at > stream_end
                 with_email = sum(1 for e in emails.values() if e)
+                stream = await stream_requests(env)
+                requests = after["bulk_total"] - before["bulk_total"]
+                resync_requests = requests - len(stream)
+                realtime = sum(1 for wall in stream.values() if reloaded_at <= wall <= done_at)
+                slots = rate * seconds
                 out.update({
                     "resync_running_when_stream_ended": still,
                     "stream_ended_after_reload_s": round(stream_end - reloaded_at, 1),
                     "resync_s": round(seconds, 1),
                     "resync_leads_with_email": with_email,
                     "resync_users_per_s": round(with_email / seconds, 1),
+                    "resync_fraction_of_left": round(
+                        with_email / max(1.0, (slots - realtime) * bs.BATCH_USERS), 3),
+                    "endpoint_use": round((resync_requests + realtime) / slots, 3),
                     "resync_fraction_of_ceiling": round(with_email / seconds / ceiling, 3),
-                    "iterable_requests": after["bulk_total"] - before["bulk_total"],
+                    "resync_requests": resync_requests,
+                    "resync_users_per_request": round(with_email / max(1, resync_requests), 1),
+                    "realtime_requests_during_resync": realtime,
+                    "iterable_requests": requests,
                     "iterable_429s": after["bulk_429"] - before["bulk_429"],
                     "sf_api_calls": api_used, "sf_api_calls_by_kind": kinds,
                     "sf_calls_per_1000_resynced": round(
