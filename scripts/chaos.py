@@ -92,7 +92,12 @@ from streamsync.config import (
 from streamsync.core.consent_inbound import ConsentGroups, parse_export_line
 from streamsync.core.verify import ObjectPolicy, VerifyReport, compare
 from streamsync.core.verify_consent import ConsentReport, RecordConsent, later_iterable_unsubscribes
-from streamsync.core.verify_events import EventReport, QualifyingChange, value_transitions
+from streamsync.core.verify_events import (
+    EventReport,
+    QualifyingChange,
+    mark_lost_to_cdc,
+    value_transitions,
+)
 from streamsync.core.verify_lists import ListsReport
 from streamsync.errors import RecordError
 from streamsync.runtime.app import open_components
@@ -952,6 +957,28 @@ def crash_causes(paths: Sequence[Path]) -> list[dict[str, str]]:
     return out
 
 
+def cdc_loss_windows(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """Where CDC may have lost changes: for each `ingest.replay_invalid` a service logged (its
+    stored replay id was purged from the bus), (entity, the commit time of the last event it
+    had stored on that channel, the moment it found the id gone), in ms. A change committed in
+    such a window reached no subscriber, so its custom event may be absent (docs/events.md §3)."""
+    out = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"ingest.replay_invalid"' not in line:
+                    continue
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError,
+                                         ValueError):
+                    record = orjson.loads(line)
+                    entity = str(record["channel"]).removeprefix("/data/") \
+                        .removesuffix("ChangeEvent")
+                    since = record.get("since_ms")
+                    start = int(since) if since not in (None, "None") else 0
+                    out.append((entity, start, int(float(record["ts"]) * 1000)))
+    return out
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now (the service's health port)."""
     with socket.socket() as sock:
@@ -1539,7 +1566,9 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         inbound = await later_unsubscribes(control, sf, it, records)
         log_poller.cancel()
         await change_log.poll()
-        events = await read_event_report(config, change_log.qualifying())
+        events = await read_event_report(config, mark_lost_to_cdc(
+            change_log.qualifying(), cdc_loss_windows([svc.log_path for svc in services]),
+            {rule: entity for rule, entity, _, _ in EVENT_RULES}))
     mismatches = [
         {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem,
          "fields": {k: [v[0], v[1]] for k, v in m.fields.items()}}

@@ -6,8 +6,10 @@ from typing import Any
 
 from streamsync.core.verify_events import (
     ExpectedEvent,
+    QualifyingChange,
     compare_events,
     iterable_time,
+    mark_lost_to_cdc,
     value_transitions,
 )
 
@@ -34,7 +36,30 @@ def test_every_kind_of_mismatch_is_reported_and_a_match_is_clean() -> None:
     assert sorted((m.event_id, m.problem) for m in report.mismatches) == [
         ("e1", "missing"), ("e2", "duplicate"), ("e3", "wrong_user"), ("e4", "wrong_time"),
         ("e5", "wrong_data"), ("e9", "unexpected")]
-    assert report.summary() == {"events_expected": 5, "events_found": 6, "event_mismatches": 6}
+    assert report.summary() == {"events_expected": 5, "events_found": 6, "event_mismatches": 6,
+                                "events_lost_to_cdc": 0}
+
+
+def test_a_change_lost_to_cdc_may_lack_its_event_but_never_has_two() -> None:
+    lost = ExpectedEvent("e1", "won", "a@x.com", T, {"name": "Deal"}, may_be_absent=True)
+    absent = compare_events([lost], [], {"won"})
+    assert absent.ok and absent.lost_to_cdc == 1
+    assert compare_events([lost], [event("e1")], {"won"}).ok
+    doubled = compare_events([lost], [event("e1"), event("e1")], {"won"})
+    assert [(m.event_id, m.problem) for m in doubled.mismatches] == [("e1", "duplicate")]
+    wrong = compare_events([lost], [event("e1", dataFields={"name": "Old"})], {"won"})
+    assert [m.problem for m in wrong.mismatches] == ["wrong_data"]
+
+
+def test_only_changes_of_the_rules_entity_inside_a_window_are_marked_lost() -> None:
+    changes = [QualifyingChange("won", "o1", "t1", 1_000), QualifyingChange("won", "o2", "t2",
+                                                                            2_000),
+               QualifyingChange("won", "o3", "t3", 3_001),
+               QualifyingChange("working", "l1", "t4", 2_000)]
+    marked = mark_lost_to_cdc(changes, [("Opportunity", 2_000, 3_000)],
+                              {"won": "Opportunity", "working": "Lead"})
+    assert [(c.record_id, c.lost_to_cdc) for c in marked] == [
+        ("o1", False), ("o2", True), ("o3", False), ("l1", False)]
 
 
 def test_transitions_are_the_updates_that_set_the_value() -> None:

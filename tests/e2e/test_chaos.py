@@ -151,3 +151,16 @@ def _tail(path: Path, lines: int = 40) -> str:
     if not path.exists():
         return "(no log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def test_the_windows_cdc_may_have_lost_come_from_the_replay_invalid_logs(tmp_path: Path) -> None:
+    """The verifier excuses a missing event only inside a window a service logged: from the
+    commit time of the last event it had stored to the moment it found that replay id purged."""
+    log = tmp_path / "service.log"
+    log.write_text(
+        '{"ts":1796466758.769,"level":"warning","event":"ingest.replay_invalid",'
+        '"channel":"/data/LeadChangeEvent","replay_id":"156","since_ms":1796466755676}\n'
+        '{"ts":1796466759.0,"level":"info","event":"reconcile.done","object":"Lead"}\n'
+        'not json "ingest.replay_invalid"\n')
+    assert chaos.cdc_loss_windows([log, tmp_path / "absent.log"]) == [
+        ("Lead", 1796466755676, 1796466758769)]
