@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, Final
 
 from streamsync.errors import RecordError
@@ -26,6 +27,8 @@ KEY_PREFIXES: Final[dict[str, str]] = {
     "00G": "Group",
     "00Q": "Lead",
 }
+ID_CACHE_SIZE: Final = 32_768
+"""Ids whose validation and 18-character form are remembered (about 4 MB at most)."""
 PREFIX_OF: Final[dict[str, str]] = {name: prefix for prefix, name in KEY_PREFIXES.items()}
 
 
@@ -42,20 +45,34 @@ def checksum(id15: str) -> str:
         raise ValueError(f"not a base-62 id: {id15!r}") from None
 
 
+@lru_cache(maxsize=ID_CACHE_SIZE)
+def _id18_of(value: str) -> str | None:
+    """The 18-character form of a valid id string, None for an invalid one (cached: a burst
+    handles each id several times, in ingest, the queue, the read and the settle)."""
+    if not _ID_RE.fullmatch(value):
+        return None
+    if len(value) == 18:
+        return value if checksum(value[:15]) == value[15:] else None
+    return value + checksum(value)
+
+
 def is_valid_id(value: object) -> bool:
     """A base-62 15-character id, or an 18-character id whose checksum matches."""
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
-        return False
-    return len(value) == 15 or checksum(value[:15]) == value[15:]
+    return _checked(value) is not None
+
+
+def _checked(value: object) -> str | None:
+    """`_id18_of` for strings of an id's length (nothing else reaches the cache)."""
+    return _id18_of(value) if isinstance(value, str) and len(value) in (15, 18) else None
 
 
 def to_18(value: object) -> str:
     """The 18-character form of a valid id; RecordError("invalid_id") otherwise."""
-    if not is_valid_id(value):
+    id18 = _checked(value)
+    if id18 is None:
         shown = repr(value)[:40]
         raise RecordError("invalid_id", f"not a Salesforce id: {shown}")
-    assert isinstance(value, str)
-    return value if len(value) == 18 else value + checksum(value)
+    return id18
 
 
 def parse_id(value: object) -> SfId:
@@ -65,7 +82,8 @@ def parse_id(value: object) -> SfId:
 
 def id_or_none(value: object) -> SfId | None:
     """`value` as an SfId, or None if it is no valid id (a missing or null field)."""
-    return SfId(to_18(value)) if is_valid_id(value) else None
+    id18 = _checked(value)
+    return None if id18 is None else SfId(id18)
 
 
 def row_id(row: Mapping[str, Any], field: str = "Id") -> SfId | None:

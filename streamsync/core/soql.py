@@ -103,6 +103,9 @@ def encoded_len(text: str) -> int:
     return len(_urlquote(text, safe=""))
 
 
+_QUOTE_COST: Final = encoded_len("'")
+
+
 # ---------------------------------------------------------------- the safe filter parser
 
 
@@ -447,16 +450,19 @@ def chunk_ids_by_uri_length(ids: Iterable[str], base_uri_len: int, max_uri: int 
     chunks: list[list[str]] = []
     current: list[str] = []
     used = base_uri_len
+    comma = encoded_len(",")
     for sf_id in ids:
-        cost = encoded_len(quote_id(sf_id))
-        sep = encoded_len(",") if current else 0
+        quoted = quote_id(sf_id)
+        # a valid id is alphanumeric: only its two quotes grow when percent-encoded
+        cost = len(quoted) + 2 * (_QUOTE_COST - 1)
+        sep = comma if current else 0
         if base_uri_len + cost > max_uri:
             raise SoqlError(f"URI base of {base_uri_len} characters leaves no room for an id "
                             f"under the {max_uri}-character cap")
         if current and (used + sep + cost > max_uri or (max_ids and len(current) >= max_ids)):
             chunks.append(current)
             current, used, sep = [], base_uri_len, 0
-        current.append(to_18(sf_id))
+        current.append(quoted[1:-1])
         used += sep + cost
     if current:
         chunks.append(current)
