@@ -347,6 +347,19 @@ async def test_control_api_mass_update_burst_gap(emu: SalesforceEmulator,
         assert (await r.json())["forgotten"] == 0
 
 
+async def test_a_second_burst_over_the_same_records_changes_each_of_them_again(
+        emu: SalesforceEmulator) -> None:
+    """Each burst sets values of its own: one changing records an earlier burst set (the
+    events bench runs two over the same Leads) yields a CDC change for every record."""
+    before = len(emu.state.event_log)
+    await emu.burst("Lead", 20, 1e6, per_transaction=10, field="Title")
+    await emu.burst("Lead", 20, 1e6, per_transaction=10, field="Title")
+    changed = [rid for body in list(emu.state.event_log)[before:]
+               if "Title" in body["ChangeEventHeader"]["changedFields"]
+               for rid in body["ChangeEventHeader"]["recordIds"]]
+    assert len(changed) == 40 and len(set(changed)) == 20
+
+
 async def test_concurrent_long_running_requests_are_limited() -> None:
     emu = SalesforceEmulator(SalesforceEmulatorConfig(seed_leads=5, long_running_s=0.0,
                                                       max_long_running=2))

@@ -146,6 +146,7 @@ class SalesforceEmulator:
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self._burst_task: asyncio.Task[dict[str, Any]] | None = None
+        self._bursts = 0  # bursts started: part of the values they set
         self._burst_info: dict[str, Any] = {}
         self._inflight: dict[int, float] = {}
         self.host = "127.0.0.1"
@@ -454,7 +455,9 @@ class SalesforceEmulator:
         """Update `count` live records at `rate_per_s` changes per second.
 
         Records in one transaction (per_transaction of them) get the same new value, so their
-        CDC events merge into one event with several recordIds, as a mass update does."""
+        CDC events merge into one event with several recordIds, as a mass update does. The
+        value (`Burst <burst>.<transaction>`) is new to every record each time, so every
+        update is a change, whatever earlier bursts set."""
         if count < 1 or rate_per_s <= 0 or per_transaction < 1:
             raise ValueError("count >= 1, rate_per_s > 0 and per_transaction >= 1 required")
         obj = self.state.table(sobject).obj
@@ -468,12 +471,13 @@ class SalesforceEmulator:
         start = loop.time()
         done = 0
         tx_no = 0
+        self._bursts += 1
         self._burst_info = {"sobject": obj.name, "count": count, "done": 0}
         while done < count:
             tx_no += 1
             batch = [ids[(done + k) % len(ids)] for k in range(min(per_transaction,
                                                                    count - done))]
-            value = f"Burst {tx_no}"
+            value = f"Burst {self._bursts}.{tx_no}"
             with self.state.transaction(origin="") as tx:
                 for sf_id in batch:
                     tx.update(obj.name, sf_id, {field: value})
