@@ -425,6 +425,7 @@ class EventDeliveryConfig(_Model):
     rate_limit_per_s: float = Field(default=10.0, gt=0, le=1000)
     max_in_flight: int = Field(default=2, ge=1, le=16)
     batch_ids: int = Field(default=2000, ge=1, le=50_000)  # candidates decided per lease
+    decide_ahead: int = Field(default=1, ge=0, le=4)  # further leases read while one settles
     max_attempts: int = Field(default=20, ge=1, le=1000)
 
 

@@ -37,6 +37,16 @@ class Decided:
     states: dict[tuple[str, str], StoredCondition] = field(default_factory=dict)
 
 
+@dataclass
+class Prepared:
+    """One lease with what its decisions need (see `EventDecider.prepare`)."""
+
+    leased: Sequence[PendingEvent]
+    running: dict[tuple[str, str], ConditionState]
+    reads: dict[str, dict[str, dict[str, Any]]]
+    roles: dict[str, dict[str, Any]]
+
+
 def _walk(record: Mapping[str, Any], path: str) -> Any:
     node: Any = record
     for key in parse_source(path).keys:
@@ -64,18 +74,30 @@ class EventDecider:
 
     async def decide(self, leased: Sequence[PendingEvent]) -> Decided:
         """Decide every leased row (Salesforce faults propagate; the caller releases)."""
-        out = Decided()
+        return self.finish(await self.prepare(leased))
+
+    async def prepare(self, leased: Sequence[PendingEvent]) -> Prepared:
+        """Everything the decisions of `leased` need from the store and Salesforce (the
+        condition states, the current rows, primary contact roles). The worker prepares the
+        next lease while it settles this one: the store leases no row of a record whose
+        earlier row is still undecided, so two leases never share a record."""
         known = [p for p in leased if p.candidate.rule in self._rules]
-        out.skipped.extend(p.candidate.event_id for p in leased
-                           if p.candidate.rule not in self._rules)  # rule removed since
         stored = await self._store.conditions(
             [(p.candidate.rule, p.candidate.record_id) for p in known
              if self._rules[p.candidate.rule].trigger.condition is not None])
         running = {k: ConditionState(s.met, s.values, s.commit_ts_ms) for k, s in stored.items()}
         reads = await self._read(known, running)
         roles = await self._primary_contacts(known, reads)
-        for pending in known:
-            self._one(pending, running, reads, roles, out)
+        return Prepared(leased, running, reads, roles)
+
+    def finish(self, prepared: Prepared) -> Decided:
+        """The decisions, in lease (commit) order, from what `prepare` gathered."""
+        out = Decided()
+        for pending in prepared.leased:
+            if pending.candidate.rule not in self._rules:
+                out.skipped.append(pending.candidate.event_id)  # rule removed since
+                continue
+            self._one(pending, prepared.running, prepared.reads, prepared.roles, out)
         return out
 
     def _one(self, pending: PendingEvent, running: dict[tuple[str, str], ConditionState],

@@ -4,6 +4,7 @@ event rows; rows a crash left leased become due again when their lease ends."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -14,12 +15,13 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import SalesforceClient
 from streamsync.adapters.shared_ratelimit import SharedRateLimiter
 from streamsync.adapters.store import StoreAPI
+from streamsync.adapters.store.events import PendingEvent
 from streamsync.config import Config
 from streamsync.errors import RetriableError, describe_error
 from streamsync.logs import get_logger
 from streamsync.runtime.clients import budget_key
 from streamsync.runtime.components import Components
-from streamsync.runtime.event_decide import EventDecider
+from streamsync.runtime.event_decide import EventDecider, Prepared
 from streamsync.runtime.event_rules import CompiledRule
 from streamsync.runtime.event_send import EventSender
 from streamsync.runtime.wakeup import QueueSignal
@@ -66,20 +68,37 @@ class EventWorker:
                                   max_attempts=conf.max_attempts, retry_s=retry_s)
         self._retry_s = retry_s
         self._lease_s = config.queue.lease_s  # what a crash leaves leased is due after it
+        self._ahead: collections.deque[tuple[list[PendingEvent], asyncio.Task[Prepared]]] = \
+            collections.deque()  # leases taken, their reads in flight, oldest first
+        self._deciding = asyncio.Lock()
         self.stats = EventStats()
 
     async def decide_once(self) -> int:
-        """Decide one lease of new candidates; how many rows it took."""
-        leased = await self._store.lease_events("new", self._conf.batch_ids, self._lease_s,
-                                                self._clock())
-        if not leased:
+        """Decide one lease of new candidates; how many rows it took.
+
+        Up to `decide_ahead` further leases are prepared meanwhile (their Salesforce reads in
+        flight), so the read of the next lease overlaps the decisions and settling of this one;
+        leases are settled in the order they were taken."""
+        async with self._deciding:  # one step at a time: the leases ahead are shared
+            return await self._decide_step()
+
+    async def _decide_step(self) -> int:
+        while len(self._ahead) <= self._conf.decide_ahead:
+            leased = await self._store.lease_events("new", self._conf.batch_ids, self._lease_s,
+                                                    self._clock())
+            if not leased:
+                break
+            self._ahead.append((leased, asyncio.create_task(self.decider.prepare(leased))))
+        if not self._ahead:
             return 0
+        leased, preparing = self._ahead[0]
         began = time.monotonic()
         try:
-            out = await self.decider.decide(leased)
+            out = self.decider.finish(await preparing)
         except BaseException:
-            await self._store.release_events(leased[0].token, self._clock())
+            await self.release_prepared()
             raise
+        self._ahead.popleft()
         await self._store.settle_decisions(
             leased[0].token, ready=out.ready, skipped=out.skipped, dead=out.dead,
             later=out.later, states=out.states, now=self._clock())
@@ -89,13 +108,22 @@ class EventWorker:
         if out.ready:
             self._sent_signal.notify(len(out.ready))
         log.info("events.decided", candidates=len(leased), fired=len(out.ready),
-                 dead=len(out.dead), took_s=round(time.monotonic() - began, 3))
+                 dead=len(out.dead), waited_s=round(time.monotonic() - began, 3))
         return len(leased)
 
-    async def send_once(self) -> int:
-        """Send one lease of ready events; how many rows it took."""
-        # About a second of sends per lease: the limiter spaces them, max_in_flight overlap.
-        limit = self._conf.batch_max_events * max(1, int(self._conf.rate_limit_per_s))
+    async def release_prepared(self) -> None:
+        """Give back every lease taken ahead and not settled (a failed read, shutdown)."""
+        while self._ahead:
+            leased, preparing = self._ahead.popleft()
+            preparing.cancel()
+            await asyncio.gather(preparing, return_exceptions=True)
+            await self._store.release_events(leased[0].token, self._clock())
+
+    async def send_once(self, limit: int | None = None) -> int:
+        """Send one lease of ready events (at most `limit`, by default about a second of
+        sends); how many rows it took."""
+        # The limiter spaces the batches of one lease; max_in_flight overlap.
+        limit = limit or self._conf.batch_max_events * max(1, int(self._conf.rate_limit_per_s))
         leased = await self._store.lease_events("ready", limit, self._lease_s, self._clock())
         if not leased:
             return 0
@@ -113,6 +141,10 @@ class EventWorker:
             log.info("events.sent", events=len(out.sent), calls=out.calls)
         return len(leased)
 
+    async def _send_batch(self) -> int:
+        """One trackBulk batch's worth: the run loop's send step (several run at once)."""
+        return await self.send_once(self._conf.batch_max_events)
+
     async def drain(self, rounds: int = 100) -> None:
         """Decide and send until nothing is due (tests, the demo)."""
         for _ in range(rounds):
@@ -121,10 +153,14 @@ class EventWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Both loops until `stop`; a transient Salesforce or store fault is waited out."""
+        # One send loop per in-flight place and one more: each leases one batch as soon as
+        # events are ready, so a batch waits for its send slot already cut, never for a
+        # whole lease of sends to settle (docs/events.md §4).
+        senders = [asyncio.create_task(self._loop(self._send_batch, self._sent_signal, stop),
+                                       name=f"events.send{i}")
+                   for i in range(self._conf.max_in_flight + 1)]
         loops = [asyncio.create_task(self._loop(self.decide_once, self.signal, stop),
-                                     name="events.decide"),
-                 asyncio.create_task(self._loop(self.send_once, self._sent_signal, stop),
-                                     name="events.send"),
+                                     name="events.decide"), *senders,
                  asyncio.create_task(self._prune(stop), name="events.prune")]
         try:
             await asyncio.gather(*loops)
@@ -132,6 +168,8 @@ class EventWorker:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.release_prepared()
 
     async def _loop(self, step: Callable[[], object], signal: QueueSignal,
                     stop: asyncio.Event) -> None:

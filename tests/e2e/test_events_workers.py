@@ -39,7 +39,8 @@ async def test_a_rule_with_a_condition_fires_once_per_qualifying_change_with_two
     data = service_config_data(
         sf_emulator, iterable_emulator, tmp_path, store={"url": pg_url},
         workers={"lease_s": 3.0, "heartbeat_s": 1.0},
-        event_delivery={"batch_ids": 1})  # one candidate per lease: the workers interleave
+        # one candidate per lease and none taken ahead: the workers interleave
+        event_delivery={"batch_ids": 1, "decide_ahead": 0})
     data["events"] = [WON]
     config = parse_config(data, {"STREAMSYNC_SF_CLIENT_SECRET": sf_emulator.client_secret,
                                  "STREAMSYNC_ITERABLE_API_KEY": iterable_emulator.api_key})

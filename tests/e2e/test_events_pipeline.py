@@ -1,0 +1,141 @@
+"""The event worker's pipeline (docs/events.md §4): the next lease is read while one is settled,
+without breaking each record's commit order, and one slow trackBulk call holds up only its
+own batch. The worker runs on a real SQLite store against both emulators over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streamsync.adapters.store import StoreAPI
+from streamsync.core.event_rules import event_id
+from streamsync.emulators.iterable import IterableEmulator
+from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.models import EventCandidate
+from streamsync.runtime.event_worker import EventWorker
+from tests.conftest import build_config, production_components
+from tests.e2e.harness import backfill, wait_for
+
+pytestmark = [
+    pytest.mark.salesforce(long_poll_s=1.0, seed_accounts=2, seed_contacts=2, seed_leads=12),
+    pytest.mark.timeout(60),
+]
+
+CHANNEL = "/data/LeadChangeEvent"
+RULE = {"name": "lead-title", "object": "Lead", "trigger": "update",
+        "changed_fields": ["Title"], "event_name": "leadTitleChanged",
+        "mapping": {"Title": "dataFields.title"}}
+
+
+@dataclass
+class Rig:
+    sf: SalesforceEmulator
+    it: IterableEmulator
+    store: StoreAPI
+    worker: EventWorker
+    leads: list[str]
+    commits: int = 0
+
+    async def change(self, lead: str, tx: str) -> str:
+        """Store a Title change of `lead` in transaction `tx` as ingest does; its event id."""
+        return (await self.changes([lead], tx))[0]
+
+    async def changes(self, leads: list[str], tx: str) -> list[str]:
+        """Store one transaction's Title changes of `leads` as ingest does; their event ids."""
+        self.commits += 1
+        ids = [event_id("lead-title", lead, tx) for lead in leads]
+        await self.store.record_event(CHANNEL, self.commits, [], 1_000 + self.commits,
+                                      time.time(), [EventCandidate(
+                                          eid, "lead-title", "Lead", lead, "UPDATE",
+                                          1_000 + self.commits, True, {}, False)
+                                          for eid, lead in zip(ids, leads, strict=True)])
+        self.worker.signal.notify()
+        return ids
+
+    def tracked(self) -> set[str]:
+        """Ids of the events Iterable stored."""
+        return set(self.it.messaging_for(self.it.state.project()).events.by_id)
+
+
+async def _rig(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path,
+               delivery: dict[str, int]) -> AsyncIterator[Rig]:
+    config = build_config(sf, it, tmp_path, events=[RULE], event_delivery=delivery)
+    await backfill(config, ("Lead",))  # trackBulk creates no users
+    async with production_components(config) as parts:
+        worker = EventWorker(config=parts.config, rules=parts.rules, store=parts.store,
+                             salesforce=parts.salesforce, iterable=parts.iterable)
+        leads = sf.select_ids("Lead", "Email != null AND IsConverted = false", 6)
+        assert len(leads) == 6
+        yield Rig(sf, it, parts.store, worker, leads)
+
+
+@pytest.fixture
+async def ahead_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+                    tmp_path: Path) -> AsyncIterator[Rig]:
+    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
+                          {"batch_ids": 2, "decide_ahead": 1}):
+        yield rig
+
+
+@pytest.fixture
+async def slow_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+                   tmp_path: Path) -> AsyncIterator[Rig]:
+    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
+                          {"batch_max_events": 2, "max_in_flight": 2}):
+        yield rig
+
+
+async def test_the_next_lease_is_read_ahead_and_a_records_later_change_still_waits(
+        ahead_rig: Rig) -> None:
+    rig = ahead_rig
+    a, b, c, d, e, _ = rig.leads
+    first = [await rig.change(a, "tx-1"), await rig.change(b, "tx-1")]
+    a_again = await rig.change(a, "tx-2")  # must wait for a's first change
+    later = [await rig.change(c, "tx-2"), await rig.change(d, "tx-2"),
+             await rig.change(e, "tx-2")]
+    assert await rig.worker.decide_once() == 2
+    assert rig.worker.stats.decided == 2 and rig.worker.stats.fired == 2
+    # The next lease was taken and is being read already: of the next two rows, a's later
+    # change was left out (a's first was undecided then), so it holds c alone, and the rest
+    # is free now, a's later change first.
+    probe = await rig.store.lease_events("new", 10, 60, time.time())
+    assert [p.candidate.event_id for p in probe] == [a_again, *later[1:]]
+    await rig.store.release_events(probe[0].token, time.time())
+    assert await rig.worker.decide_once() == 1  # c
+    assert await rig.worker.decide_once() == 2  # a's later change, d
+    assert await rig.worker.decide_once() == 1  # e
+    assert await rig.worker.decide_once() == 0
+    assert rig.worker.stats.fired == 6
+    await rig.worker.drain()
+    assert rig.tracked() >= {*first, a_again, *later}
+
+
+async def test_a_slow_track_bulk_call_holds_up_only_its_own_batch(slow_rig: Rig) -> None:
+    rig = slow_rig
+    rig.it.faults.slow_next("/api/events/trackBulk", delay_s=20.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(rig.worker.run(stop))
+    try:
+        slow = await rig.changes(rig.leads[:2], "tx-1")  # one batch
+
+        async def first_call_slowed() -> bool:
+            return bool(rig.it.faults.triggered)
+
+        await wait_for(first_call_slowed, 10.0, "the first trackBulk call")
+        quick = await rig.changes(rig.leads[2:4], "tx-2")
+
+        async def quick_ones_tracked() -> bool:
+            counts = await rig.store.event_counts()
+            return set(quick) <= rig.tracked() and counts.get("sent") == 2
+
+        await wait_for(quick_ones_tracked, 10.0, "the batch after the slow one")
+        assert not set(slow) & rig.tracked()  # still in the slow call
+    finally:
+        stop.set()
+        running.cancel()  # the slow call would hold the stop up for its whole delay
+        await asyncio.gather(running, return_exceptions=True)
