@@ -191,8 +191,9 @@ class Resyncer:
         size = self.config.iterable.batch_max_users
         window = WriteWindow(self.write_width)
         try:
-            async for records, read_at in self._pages(name, fields, where, state.last_id,
-                                                      stop):
+            async for records, read_at in keyset_pages(
+                    self.salesforce, name, fields, where, state.last_id,
+                    page_size=self.page_size, clock=self.clock, stop=stop):
                 self._check_current(state, stop)
                 chunks = [functools.partial(self._write, name, records[i:i + size], read_at,
                                             stop) for i in range(0, len(records), size)]
@@ -210,7 +211,9 @@ class Resyncer:
         obj = self.config.objects[name]
         assert obj.filter is not None
         outside = soql.parse_filter(f"NOT ({obj.filter})")
-        async for records, _ in self._pages(name, ["Id"], outside, state.last_id, stop):
+        async for records, _ in keyset_pages(self.salesforce, name, ["Id"], outside,
+                                             state.last_id, page_size=self.page_size,
+                                             clock=self.clock, stop=stop):
             self._check_current(state, stop)
             ids = [str(r["Id"]) for r in records]
             known = await self.store.identities(name, ids)
@@ -244,41 +247,6 @@ class Resyncer:
         labels.labels(state.object_name, "out_of_scope").inc(out_of_scope)
 
     # -- reads and writes ------------------------------------------------------------------
-
-    async def _pages(self, name: str, fields: Sequence[str], where: soql.SafeFilter | None,
-                     after: str | None, stop: asyncio.Event
-                     ) -> AsyncIterator[tuple[list[dict[str, Any]], float]]:
-        """Keyset pages in Id order, each with the time its query was sent; the next page is
-        read while the caller writes this one."""
-
-        async def read(after_id: str | None) -> tuple[list[dict[str, Any]], float]:
-            query = soql.keyset_page(name, fields, after_id, where=where, limit=self.page_size)
-            read_at = self.clock()
-
-            async def once() -> list[dict[str, Any]]:
-                rows = [r async for r in self.salesforce.records(query)]
-                for row in rows:
-                    row.pop("attributes", None)
-                    row["Id"] = row_id(row)
-                return [r for r in rows if r["Id"] is not None]
-
-            return await READS.call(once, stop), read_at
-
-        ahead = asyncio.ensure_future(read(after))
-        try:
-            while True:
-                records, read_at = await ahead
-                if len(records) == self.page_size:
-                    ahead = asyncio.ensure_future(read(str(records[-1]["Id"])))
-                if records:
-                    yield records, read_at
-                if len(records) < self.page_size:
-                    return
-        finally:
-            if not ahead.done():
-                ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Stopped, RetriableError):
-                    await ahead
 
     async def _write(self, name: str, records: list[dict[str, Any]], read_at: float,
                      stop: asyncio.Event) -> int:
@@ -334,6 +302,43 @@ class Resyncer:
                 self.metrics.resync_records.labels(name, kind)
             self.metrics.resync_running.labels(name).set(
                 int(any(s.object_name == name for s in owed)))
+
+
+async def keyset_pages(salesforce: SalesforceClient, name: str, fields: Sequence[str],
+                       where: soql.SafeFilter | None, after: str | None, *, page_size: int,
+                       clock: Callable[[], float], stop: asyncio.Event
+                       ) -> AsyncIterator[tuple[list[dict[str, Any]], float]]:
+    """Keyset pages in Id order, each with the time its query was sent; the next page is
+    read while the caller writes this one."""
+
+    async def read(after_id: str | None) -> tuple[list[dict[str, Any]], float]:
+        query = soql.keyset_page(name, fields, after_id, where=where, limit=page_size)
+        read_at = clock()
+
+        async def once() -> list[dict[str, Any]]:
+            rows = [r async for r in salesforce.records(query)]
+            for row in rows:
+                row.pop("attributes", None)
+                row["Id"] = row_id(row)
+            return [r for r in rows if r["Id"] is not None]
+
+        return await READS.call(once, stop), read_at
+
+    ahead = asyncio.ensure_future(read(after))
+    try:
+        while True:
+            records, read_at = await ahead
+            if len(records) == page_size:
+                ahead = asyncio.ensure_future(read(str(records[-1]["Id"])))
+            if records:
+                yield records, read_at
+            if len(records) < page_size:
+                return
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Stopped, RetriableError):
+                await ahead
 
 
 async def _until(waiting: Awaitable[None], stop: asyncio.Event) -> None:
