@@ -181,6 +181,18 @@ async def one_failover(env: bs.Env, workers: Workers, store: StoreAPI,
     raise bs.BenchError(f"the change made after killing pid {pid} never reached Iterable")
 
 
+def receipt_summary(offsets: Sequence[float]) -> dict[str, Any]:
+    """Users received per instant (one request's users share it) and the gaps between."""
+    sizes: dict[float, int] = {}
+    for at in offsets:
+        sizes[at] = sizes.get(at, 0) + 1
+    times = sorted(sizes)
+    gaps = [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)]
+    return {"instants": len(times), "under_1000": sum(1 for n in sizes.values() if n < 1000),
+            "sizes": [sizes[t] for t in times], "times": times, "gaps_over_0_3_s":
+            [g for g in gaps if g > 0.3]}
+
+
 async def burst(env: bs.Env, args: argparse.Namespace, ceiling: float) -> dict[str, Any]:
     return await bs.burst_phase(env, args.burst, args.burst_tx_size, args.burst_tx_interval_s,
                                 ceiling)
@@ -217,7 +229,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # One database for both rounds: the second resumes from the stored replay ids
                 # (a new one would first replay every retained event, the first burst too).
                 url = await _database(server, "workers")
-                for count in (1, 3):
+                for count in args.workers:
                     group = Workers(workdir, sf, it, url, worker_conf)
                     groups.append(group)
                     for _ in range(count):
@@ -226,6 +238,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     env = bs.Env(http, sf, it, group.procs[0], emails,
                                  bs.EventLog(http, sf.info["control_url"]))
                     figures = await burst(env, args, ceiling)
+                    log(f"burst with {count} worker(s): " + orjson.dumps({
+                        k: v for k, v in figures.items()
+                        if k not in ("burst_request_offsets_s",)}).decode())
+                    log(f"burst with {count} worker(s), receipts: "
+                        f"{receipt_summary(figures['burst_request_offsets_s'])}")
                     out[f"burst_ratio_{count}_worker{'s' if count > 1 else ''}"] = \
                         figures["burst_ratio_to_ceiling"]
                     out[f"burst_users_per_s_{count}"] = figures["burst_users_per_s"]
@@ -301,6 +318,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="records through enqueue + lease + ack per backend (50000)")
     parser.add_argument("--store-only", action="store_true",
                         help="only the store figures (no emulators, no workers)")
+    parser.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[1, 3], help="worker counts to burst with, in order (1,3)")
     parser.add_argument("--lease-s", type=float, default=15.0, help="[workers] lease_s")
     parser.add_argument("--heartbeat-s", type=float, default=5.0, help="[workers] heartbeat_s")
     parser.add_argument("--sf-latency-ms", type=float, default=150.0)
