@@ -45,12 +45,14 @@ class SlotBooker(Protocol):
 class SharedRateLimiter(RateLimiter):
     """A `RateLimiter` whose send slots come from the shared budget `budget_key`.
 
-    A claim asks for as many slots as this process is likely to use (`_want`: doubled while
-    every booked slot gets used, halved when some pass unused, never below the callers holding
-    an in-flight place), so a busy process books a slice per store round trip and an idle one
-    wastes little of the others' budget. A slot not used within one interval of its time is
-    dropped, never saved up (that would bunch requests). A 429 clears the slots booked and
-    pushes the whole budget back by the Retry-After (or one interval), for every process.
+    A claim asks for a slot per caller waiting for one (up to a slice), never for callers that
+    may come: with several processes on one budget, a slot booked ahead for a request that is
+    not ready yet is a slot another process's ready request could not have (it was seen
+    dropped unused, a gap in the drain of a burst). A busy process still books a slice per
+    store round trip: all its waiting callers at once. A slot not used within one interval of
+    its time is dropped, never saved up (that would bunch requests). A 429 clears the slots
+    booked and pushes the whole budget back by the Retry-After (or one interval), for every
+    process.
 
     A caller takes the earliest slot booked as it arrives; one inside `yielding()` waits until
     the earliest slot is due and takes it only if nobody took it first, so it never delays a
@@ -76,9 +78,8 @@ class SharedRateLimiter(RateLimiter):
         self.max_slice = max(1, math.ceil(rate_per_s * SLICE_S))
         self._slots: collections.deque[float] = collections.deque()  # local clock, ascending
         self._booking = asyncio.Lock()
-        self._want = 1
-        self._wasted_since_claim = 0
-        self._waiting = 0
+        self._waiting = 0  # callers in acquire()
+        self._holding = 0  # of which: holding a slot, sleeping until its time
         self._pause_s = 0.0
         self.claims_total = 0
         self.slots_wasted = 0
@@ -99,7 +100,11 @@ class SharedRateLimiter(RateLimiter):
                     self.granted_total += 1
                     wait = max(at, self._blocked_until) - now
                     if wait > 0:
-                        await self._sleep(wait)
+                        self._holding += 1
+                        try:
+                            await self._sleep(wait)
+                        finally:
+                            self._holding -= 1
                     return
                 if self._slots:  # yielding: the next slot is not due yet
                     await self._sleep(self._slots[0] - now)
@@ -120,16 +125,13 @@ class SharedRateLimiter(RateLimiter):
                 return self._slots.popleft()
             self._slots.popleft()
             self.slots_wasted += 1
-            self._wasted_since_claim += 1
         return None
 
     async def _refill(self) -> None:
         async with self._booking:
             if self._slots:
                 return  # another caller booked while this one waited for the lock
-            self._want = (max(1, self._want // 2) if self._wasted_since_claim
-                          else min(self.max_slice, self._want * 2))
-            want = min(self.max_slice, max(self._want, self._waiting, self.in_flight))
+            want = min(self.max_slice, max(1, self._waiting - self._holding))
             req = ClaimRequest(self.drawer.kind, want, self.current_rate_per_s(),
                                pause_s=self._pause_s)
             try:
@@ -139,7 +141,6 @@ class SharedRateLimiter(RateLimiter):
                 await self._sleep(CLAIM_RETRY_S)
                 return
             self._pause_s = 0.0
-            self._wasted_since_claim = 0
             self.claims_total += 1
             offset = self._clock() - booking.now  # store clock → local clock
             if booking.slots:

@@ -61,8 +61,8 @@ async def test_limiters_on_separate_connections_share_one_ceiling(
     assert len(measured) / 2.0 >= 0.9 * RATE
     # both got a part: neither starves the other
     assert len(sent_service) >= 0.3 * len(sent) and len(sent_backfill) >= 0.2 * len(sent)
-    # a slice per store round trip, not a round trip per request
-    assert service.claims_total + backfill.claims_total <= len(sent) / 2
+    # slots are booked for requests waiting for one: none passes unused
+    assert service.slots_wasted + backfill.slots_wasted <= 2
 
 
 async def test_a_429_seen_by_one_process_pauses_the_others(store_space: StoreSpace) -> None:
@@ -130,3 +130,34 @@ def test_reserve_is_refused() -> None:
                                 kind="service")
     with pytest.raises(TypeError):
         limiter.reserve()
+
+
+async def test_a_process_books_slots_only_for_requests_that_wait_for_one(
+        store_space: StoreSpace) -> None:
+    """One request at a time with work between (a flush reading Salesforce): each claim books
+    the one slot asked for. A slot booked ahead for a request not ready yet would pass unused,
+    a slot another process's ready request could not have."""
+    rate = 5.0
+    async with await store_space.open() as store:
+        limiter = SharedRateLimiter(rate, booker=store, budget_key=KEY, kind="service")
+        for _ in range(4):
+            await limiter.acquire()
+            await asyncio.sleep(0.45)  # the request, then the next batch's reading
+        assert limiter.granted_total == 4
+        assert limiter.slots_wasted == 0
+        [use] = await store.budgets_in_use()
+        [drawer] = use.drawers
+        assert drawer.slots_total == 4
+
+
+async def test_callers_that_wait_meanwhile_are_booked_in_one_claim(
+        store_space: StoreSpace) -> None:
+    """A busy process books a slice per store round trip: the callers that came while a claim
+    was under way are booked together by the next one, and nobody else."""
+    async with await store_space.open() as store:
+        limiter = SharedRateLimiter(RATE, booker=store, budget_key=KEY, kind="service")
+        await asyncio.gather(*(limiter.acquire() for _ in range(4)))
+        assert (limiter.claims_total, limiter.granted_total) == (2, 4)
+        [use] = await store.budgets_in_use()
+        [drawer] = use.drawers
+        assert drawer.slots_total == 4
