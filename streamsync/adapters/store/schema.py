@@ -529,8 +529,21 @@ _V15 = Migration(
     ("ALTER TABLE rate_budget_drawer ADD COLUMN booked_until REAL NOT NULL DEFAULT 0",),
 )
 
+_V16 = Migration(
+    16,
+    "custom events: leases walk a state's rows in arrival order and find a record's other rows "
+    "by index, not by sorting or scanning the whole backlog",
+    (
+        # By state, in rowid order: a lease takes the oldest rows of a state and stops (the
+        # (state, next_attempt_at) index made it sort every due row of a 100,000-row backlog).
+        "CREATE INDEX event_pending_by_state ON event_pending (state)",
+        # A record's rows: whether an earlier undecided row of it lies outside a lease.
+        "CREATE INDEX event_pending_by_record ON event_pending (record_id)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12,
-                                     _V13, _V14, _V15)
+                                     _V13, _V14, _V15, _V16)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
