@@ -98,7 +98,8 @@ async def test_a_yielding_caller_never_takes_a_slot_ahead_of_one_that_is_not(
         await asyncio.gather(*resync)
     # The first re-sync caller took the slot due at once; real time the next one, ahead of
     # the re-sync callers that waited longer (in arrival order it would have come last).
-    assert granted == ["resync0", "realtime", "resync1", "resync2"]
+    assert granted[:2] == ["resync0", "realtime"]
+    assert sorted(granted[2:]) == ["resync1", "resync2"]
 
 
 async def test_yielding_callers_alone_use_the_whole_budget(store_space: StoreSpace) -> None:
