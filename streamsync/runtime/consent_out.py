@@ -10,12 +10,15 @@ synced records for the retry or dead-letter ones, so the change is not lost.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamsync.adapters.iterable import IterableClient
-from streamsync.adapters.store import ConsentRow, StoreAPI
+from streamsync.adapters.store import ConsentRow, Identity, StoreAPI
 from streamsync.config import Config
 from streamsync.core.consent import (
     ITERABLE,
@@ -57,23 +60,73 @@ class ConsentSync:
         self.clock = clock
         self.writer = ConsentWriter(config=config, iterable=iterable, writer=writer)
 
+    def start_early(self, object_name: str, records: Mapping[str, Mapping[str, Any]],
+                    users: Sequence[MappedUser], known: Mapping[str, Identity]
+                    ) -> EarlyConsent | None:
+        """Start the consent writes of the users Iterable already knows by exactly the email and
+        userId they map to now (`known`: their stored identities) as a task, so they run while
+        the same batch's profile write does. A new user, or one whose email or userId changes
+        in this batch, waits for its profile write (the subscription call must reach the
+        profile the write creates or moves). The profile write never touches subscription
+        fields (`core/mapping.py` MANAGED_FIELDS), so the two calls cannot undo each other."""
+        consent = self.config.objects[object_name].consent
+        if consent is None:
+            return None
+        ready = [u for u in users if u.sf_id in records and _known_as(u, known.get(u.sf_id))]
+        if not ready:
+            return None
+        task = asyncio.create_task(self._decide_and_write(object_name, records, ready))
+        return EarlyConsent(task, {u.sf_id for u in ready})
+
     async def apply(self, object_name: str, records: Mapping[str, Mapping[str, Any]],
-                    users: Sequence[MappedUser], out: SyncOutcome) -> None:
+                    users: Sequence[MappedUser], out: SyncOutcome,
+                    early: EarlyConsent | None = None) -> None:
         """Decide and write consent for `users` whose profile write did not fail (`records`
-        by Salesforce id); settle their ids in `out` by the consent write's fate."""
+        by Salesforce id), the ones `early` already started aside; store each state Iterable
+        confirmed, then settle the ids in `out` by the consent write's fate."""
         consent = self.config.objects[object_name].consent
         if consent is None:
             return
+        started = early.users if early is not None else set()
         live = [u for u in users if u.sf_id not in out.dead and u.sf_id not in out.retry
-                and u.sf_id in records]
-        if not live:
-            return
+                and u.sf_id in records and u.sf_id not in started]
+        late = (await self._decide_and_write(object_name, records, live) if live
+                else _Written())
+        done = await early.result() if early is not None else _Written()
+        # An early user whose profile write failed goes back by that failure; its consent
+        # state is still stored when Iterable confirmed it (a retry then finds nothing to do).
+        profile_failed = set(out.dead) | set(out.retry)
+        done.outcome.retry[:] = [(u, e) for u, e in done.outcome.retry
+                                 if u.sf_id not in profile_failed]
+        done.outcome.dead[:] = [d for d in done.outcome.dead if d[0].sf_id not in profile_failed]
+        states = {**late.states, **done.states}
+        written = WriteOutcome()
+        written.extend(late.outcome)
+        written.extend(done.outcome)
+        failed = {u.sf_id for u, _ in written.retry} | {u.sf_id for u, _, _ in written.dead}
+        failed |= done.failed
+        rows = [_row(object_name, sf_id, state) for sf_id, state in states.items()
+                if sf_id not in failed]
+        await self.store.note_consent_states(rows, self.clock())
+        unsubscribed = late.unsubscribed + done.unsubscribed
+        resubscribed = late.resubscribed + done.resubscribed
+        if written.synced or failed:
+            log.info("consent.to_iterable", object=object_name, unsubscribed=unsubscribed,
+                     resubscribed=resubscribed, failed=len(failed), early=len(started))
+        _settle(out, written)
+
+    async def _decide_and_write(self, object_name: str,
+                                records: Mapping[str, Mapping[str, Any]],
+                                users: Sequence[MappedUser]) -> _Written:
+        """Each user's decision against the stored state, and the Iterable writes it takes."""
+        consent = self.config.objects[object_name].consent
+        assert consent is not None
         now_ms = int(self.clock() * 1000)
-        stored = await self.store.consent_states(object_name, [u.sf_id for u in live])
+        stored = await self.store.consent_states(object_name, [u.sf_id for u in users])
         by_action: dict[Action, list[MappedUser]] = {Action.UNSUBSCRIBE: [],
                                                      Action.RESUBSCRIBE: []}
-        states: dict[str, ConsentState] = {}
-        for user in live:
+        done = _Written()
+        for user in users:
             row = stored.get(user.sf_id)
             last = (None if row is None else
                     ConsentState(row.opted_out, row.changed_at_ms,
@@ -82,23 +135,56 @@ class ConsentSync:
                 _state(records[user.sf_id], consent.opt_out_fields, now_ms), last,
                 resubscribe=consent.resubscribe)
             if decision.record is not None:
-                states[user.sf_id] = decision.record
+                done.states[user.sf_id] = decision.record
             if decision.action is not Action.NONE:
                 by_action[decision.action].append(user)
-        written = WriteOutcome()
         for action, group in by_action.items():
             if group:
-                written.extend(await self.writer.apply(
+                done.outcome.extend(await self.writer.apply(
                     object_name, group, subscribe=action is Action.RESUBSCRIBE))
-        failed = {u.sf_id for u, _ in written.retry} | {u.sf_id for u, _, _ in written.dead}
-        rows = [_row(object_name, sf_id, state) for sf_id, state in states.items()
-                if sf_id not in failed]
-        await self.store.note_consent_states(rows, self.clock())
-        if written.synced or failed:
-            log.info("consent.to_iterable", object=object_name,
-                     unsubscribed=len(by_action[Action.UNSUBSCRIBE]),
-                     resubscribed=len(by_action[Action.RESUBSCRIBE]), failed=len(failed))
-        _settle(out, written)
+        failed = done.outcome
+        done.failed = {u.sf_id for u, _ in failed.retry} | {u.sf_id for u, _, _ in failed.dead}
+        done.unsubscribed = len(by_action[Action.UNSUBSCRIBE])
+        done.resubscribed = len(by_action[Action.RESUBSCRIBE])
+        return done
+
+
+@dataclass
+class _Written:
+    """One group of users' consent: the states to store, the writes' outcome, counts."""
+
+    states: dict[str, ConsentState] = field(default_factory=dict)
+    outcome: WriteOutcome = field(default_factory=WriteOutcome)
+    failed: set[str] = field(default_factory=set)
+    unsubscribed: int = 0
+    resubscribed: int = 0
+
+
+class EarlyConsent:
+    """Consent writes started before their batch's profile write returned
+    (`ConsentSync.start_early`); `ConsentSync.apply` collects them, or `cancel` drops them
+    when the batch fails (nothing is stored: the record's next sync decides again)."""
+
+    def __init__(self, task: asyncio.Task[_Written], users: set[str]) -> None:
+        self.task = task
+        self.users = users
+
+    async def result(self) -> _Written:
+        return await self.task
+
+    async def cancel(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+def _known_as(user: MappedUser, ident: Identity | None) -> bool:
+    """Iterable knows `user` by the identifiers it maps to now (its last confirmed write)."""
+    if ident is None or ident.payload_hash is None:
+        return False
+    email = ident.iterable_email.lower() if ident.iterable_email is not None else None
+    return email == user.email and ident.iterable_user_id == user.user_id
 
 
 def _settle(out: SyncOutcome, written: WriteOutcome) -> None:

@@ -17,7 +17,7 @@ from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.models import MappedUser
-from streamsync.runtime.consent_out import ConsentSync
+from streamsync.runtime.consent_out import ConsentSync, EarlyConsent
 from streamsync.runtime.generations import Generations, RecordGate
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline_map import hand_over_to_contacts, map_all, yield_to_leads
@@ -111,6 +111,23 @@ class SyncPipeline:
         if object_name == "Contact" and self.config.converted_precedence() == "lead":
             users = await yield_to_leads(self.store, users, out)
         known = await self.store.identities(object_name, [u.sf_id for u in users])
+        by_id: dict[str, dict[str, Any]] = {
+            sf_id: r for r in records if (sf_id := row_id(r)) is not None}
+        early = self.consent.start_early(object_name, by_id, users, known)  # design.md §7
+        try:
+            out = await self._write_users(object_name, users, known, by_id, out, force=force,
+                                          read_at=read_at, early=early)
+        finally:
+            if early is not None:
+                await early.cancel()  # a no-op once apply collected it
+        self._count(object_name, out, source)
+        return out
+
+    async def _write_users(self, object_name: str, users: Sequence[MappedUser],
+                           known: Mapping[str, Identity],
+                           by_id: Mapping[str, Mapping[str, Any]], out: SyncOutcome, *,
+                           force: bool, read_at: float | None,
+                           early: EarlyConsent | None) -> SyncOutcome:
         bulk: list[MappedUser] = []
         moves: list[tuple[MappedUser, str]] = []
         for user in users:
@@ -147,10 +164,7 @@ class SyncPipeline:
                             originals[u.sf_id].user_id, originals[u.sf_id].payload_hash)
              for u in written.synced], self.clock())
         if self.config.objects[object_name].consent is not None:  # docs/design.md §7
-            by_id: dict[str, dict[str, Any]] = {
-                sf_id: r for r in records if (sf_id := row_id(r)) is not None}
-            await self.consent.apply(object_name, by_id, users, out)
-        self._count(object_name, out, source)
+            await self.consent.apply(object_name, by_id, users, out, early)
         return out
 
     async def _move_email(self, user: MappedUser, old_email: str) -> WriteOutcome:

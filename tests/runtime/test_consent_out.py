@@ -5,6 +5,8 @@ confirmed."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from streamsync.adapters.iterable import UserFailure, parse_group_failures
@@ -153,3 +155,80 @@ async def test_a_user_id_project_is_unsubscribed_by_user_id(sync_rig: SyncRig) -
     assert profile is not None
     assert profile.subscriptions().unsubscribed_channel_ids == [MARKETING_EMAIL]
     assert (await sync_rig.store.consent_states("Lead", [lead]))[lead].opted_out is True
+
+
+BULK = "POST /api/users/bulkUpdate"
+ONE_GROUP = {"objects": {"Lead": {"consent": {"unsubscribe_channel_ids": [MARKETING_EMAIL]}},
+                         "Contact": {}}}
+
+
+def _calls(rig: SyncRig, endpoint: str) -> int:
+    return rig.it.state.writes()["calls"].get(endpoint, 0)
+
+
+async def _synced_once(rig: SyncRig, n: int) -> list[str]:
+    """`n` Leads whose profiles (and identities) exist, as after their first sync."""
+    leads = _leads(rig, n)
+    await rig.enqueue("Lead", leads)
+    await rig.drain()
+    return leads
+
+
+@pytest.mark.salesforce(seed_leads=4)
+@pytest.mark.sync_config(**ONE_GROUP)
+async def test_a_known_users_opt_out_is_written_while_its_profile_write_is_under_way(
+        sync_rig: SyncRig) -> None:
+    lead = (await _synced_once(sync_rig, 1))[0]
+    sync_rig.sf.state.update("Lead", lead, {"HasOptedOutOfEmail": True, "FirstName": "Early"})
+    await sync_rig.enqueue("Lead", [lead])
+    bulk, puts = _calls(sync_rig, BULK), _calls(sync_rig, PUT)
+    sync_rig.it.faults.slow_next("/api/users/bulkUpdate", delay_s=2.0)
+    flush = asyncio.create_task(sync_rig.flusher.flush_once())
+    while not flush.done() and _calls(sync_rig, PUT) == puts:
+        await asyncio.sleep(0.01)
+    # The subscription call went through while the profile write still waited on Iterable.
+    assert (_calls(sync_rig, PUT), flush.done(), _calls(sync_rig, BULK)) == (puts + 1, False,
+                                                                            bulk)
+    step = await flush
+    assert (step.synced, _calls(sync_rig, BULK)) == (1, bulk + 1)
+    assert MARKETING_EMAIL in _unsubscribed(sync_rig, lead)
+    assert (await sync_rig.store.consent_states("Lead", [lead]))[lead].opted_out is True
+
+
+@pytest.mark.salesforce(seed_leads=4)
+@pytest.mark.sync_config(**ONE_GROUP)
+async def test_an_opt_out_with_an_email_change_reaches_the_moved_profile(
+        sync_rig: SyncRig) -> None:
+    lead = (await _synced_once(sync_rig, 1))[0]
+    old = _email(sync_rig, lead)
+    sync_rig.sf.state.update("Lead", lead, {"HasOptedOutOfEmail": True,
+                                            "Email": "moved.optout@example.com"})
+    await sync_rig.enqueue("Lead", [lead])
+    # A slow move: a consent call sent before it returned would find no profile to change.
+    sync_rig.it.faults.slow_next("/api/users/updateEmail", delay_s=0.5)
+    step = await sync_rig.drain()
+    assert (step.synced, step.dead, await sync_rig.store.dead_letters()) == (1, 0, [])
+    profiles = sync_rig.profiles()
+    assert old not in profiles  # moved by updateEmail, not created anew by the consent call
+    assert MARKETING_EMAIL in _unsubscribed(sync_rig, lead)
+
+
+@pytest.mark.salesforce(seed_leads=4)
+@pytest.mark.sync_config(**ONE_GROUP)
+async def test_a_failed_profile_write_keeps_the_record_queued_and_the_confirmed_consent(
+        sync_rig: SyncRig) -> None:
+    lead = (await _synced_once(sync_rig, 1))[0]
+    sync_rig.sf.state.update("Lead", lead, {"HasOptedOutOfEmail": True, "FirstName": "Again"})
+    await sync_rig.enqueue("Lead", [lead])
+    puts = _calls(sync_rig, PUT)
+    sync_rig.it.faults.fail_next("/api/users/bulkUpdate", times=20, status=503)
+    step = await sync_rig.flusher.flush_once()
+    assert (step.synced, step.retried) == (0, 1)
+    assert (await sync_rig.store.queue_stats(sync_rig.clock())).depth == 1
+    # Iterable confirmed the unsubscribe: stored, so the retry does not send it again.
+    assert MARKETING_EMAIL in _unsubscribed(sync_rig, lead)
+    assert (await sync_rig.store.consent_states("Lead", [lead]))[lead].opted_out is True
+    sync_rig.it.faults.clear()
+    await sync_rig.drain()
+    assert _calls(sync_rig, PUT) == puts + 1
+    assert sync_rig.it.state.count(BULK, 200) >= 2
