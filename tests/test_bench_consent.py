@@ -33,6 +33,9 @@ def test_phases_and_arguments() -> None:
     args = bench.parse_args(["--quick"])
     assert (args.rate, args.duration, args.burst) == (50.0, 10.0, 10_000)
     assert bench.parse_args([]).duration == 20.0
+    assert list(bench.OPTIONAL_PHASES) == ["sf_burst_long"] and args.long_burst == 50_000
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--long-burst", "0"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--rate", "0"])
 
@@ -60,6 +63,18 @@ def test_a_short_run_prints_the_salesforce_to_iterable_keys() -> None:
     assert 0 < result["sf_to_iterable_p50_s"] <= result["sf_to_iterable_p99_s"]
     assert result["sf_burst_opt_outs"] == 2000 and result["burst_ratio_to_ceiling"] > 0
     assert result["sf_burst_subscription_429s"] == 0 and result["service_exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_the_long_burst_phase_prints_its_own_keys() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--phases", "sf_burst_long",
+                           "--long-burst", "1500", "--burst", "1", "--duration", "1"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["long_burst_opt_outs"] == 1500 and result["long_burst_ratio_to_ceiling"] > 0
+    assert result["long_burst_steady_ratio_to_ceiling"] > 0
+    assert result["long_burst_subscription_429s"] == 0 and "burst_ratio_to_ceiling" not in result
 
 
 @pytest.mark.slow
