@@ -20,6 +20,7 @@ production defaults except `[store] url` (and `--lease-s`, `--heartbeat-s`).
 - peak_rss_mb_per_worker: the largest peak RSS of any worker process.
 
     .venv/bin/python scripts/bench_scaleout.py [--quick] [--burst 50000] [--failovers 5]
+        [--workers 1,3] [--store-only]
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
