@@ -113,7 +113,7 @@ class SyncPipeline:
         known = await self.store.identities(object_name, [u.sf_id for u in users])
         by_id: dict[str, dict[str, Any]] = {
             sf_id: r for r in records if (sf_id := row_id(r)) is not None}
-        early = self.consent.start_early(object_name, by_id, users, known)  # design.md §7
+        early = self.consent.start_early(object_name, by_id, users, known)  # docs/design.md §7
         try:
             out = await self._write_users(object_name, users, known, by_id, out, force=force,
                                           read_at=read_at, early=early)
