@@ -215,7 +215,7 @@ class SyncPipeline:
         acting: list[Identity] = []
         shared: list[str] = []
         for ident in known.values():
-            if ident.iterable_email and await self._shared(ident):
+            if ident.iterable_email and await _shared(self.store, ident):
                 shared.append(ident.record_id)
             else:
                 acting.append(ident)
@@ -231,12 +231,6 @@ class SyncPipeline:
         out.absorb(written)
         self._count(object_name, out, source)
         return out
-
-    async def _shared(self, ident: Identity) -> bool:
-        assert ident.iterable_email is not None
-        owners = await self.store.find_by_email(ident.iterable_email)
-        return any((o.object_name, o.record_id) != (ident.object_name, ident.record_id)
-                   for o in owners)
 
     async def _delete_users(self, idents: Sequence[Identity]) -> WriteOutcome:
         out = WriteOutcome()
@@ -265,7 +259,7 @@ class SyncPipeline:
             if mapping is None:
                 continue
             old = ident.iterable_email
-            new = self._deleted_email(mapping, current.get(ident.record_id))
+            new = _deleted_email(mapping, current.get(ident.record_id))
             moving = (new is not None and old is not None and new != old.lower()
                       and self.config.iterable.project_type != "userId"
                       and not await self.store.find_by_email(new))  # not another's profile
@@ -298,15 +292,6 @@ class SyncPipeline:
                             u.payload_hash) for u in out.synced], self.clock())
         return out
 
-    @staticmethod
-    def _deleted_email(mapping: CompiledMapping, record: Mapping[str, Any] | None
-                       ) -> str | None:
-        """The email a deleted record maps to now, when Salesforce still returns it whole."""
-        if record is None:
-            return None
-        mapped = mapping.map_or_error(dict(record))
-        return None if isinstance(mapped, RecordError) else mapped.email
-
     def _count(self, object_name: str, out: SyncOutcome, source: str) -> None:
         self.metrics.records_synced.labels(object_name).inc(len(out.synced))
         self.metrics.records_skipped.labels(object_name).inc(len(out.skipped))
@@ -315,6 +300,23 @@ class SyncPipeline:
                      synced=len(out.synced), skipped=len(out.skipped), dead=len(out.dead),
                      retry=len(out.retry))
 
+
+
+async def _shared(store: StoreAPI, ident: Identity) -> bool:
+    """Another synced record maps to this identity's email too."""
+    assert ident.iterable_email is not None
+    owners = await store.find_by_email(ident.iterable_email)
+    return any((o.object_name, o.record_id) != (ident.object_name, ident.record_id)
+               for o in owners)
+
+
+def _deleted_email(mapping: CompiledMapping, record: Mapping[str, Any] | None
+                   ) -> str | None:
+    """The email a deleted record maps to now, when Salesforce still returns it whole."""
+    if record is None:
+        return None
+    mapped = mapping.map_or_error(dict(record))
+    return None if isinstance(mapped, RecordError) else mapped.email
 
 
 def _email_in_data_fields(user: MappedUser, old_email: str) -> MappedUser:
