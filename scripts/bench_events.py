@@ -24,9 +24,11 @@ Phases (`--phases`, default all of them; each adds its keys to the one JSON line
        full and at the ceiling's pace, the last event would arrive (calls - 1) / rate later;
      - `event_burst_commit_s` (first to last commit), `event_burst_s` (first commit to last
        event), `event_burst_changes`.
-  3. long burst: `--long-burst` (100,000; 0 skips it) changes the same way (each Lead changed
-     several times, in separate transactions), with the same keys under `event_long_burst_`:
-     `event_long_burst_ratio` counted from the first commit, as `event_burst_ratio`.
+  3. long burst, with `--long-burst N` (e.g. 100,000; none by default): N changes the same
+     way after the burst (each Lead changed several times, in separate transactions), with the
+     same keys under `event_long_burst_`: `event_long_burst_ratio` counted from the first
+     commit, as `event_burst_ratio`. Its backlog raises the service's `peak_rss_mb`, so that
+     key covers the long burst too when one runs.
   Events stored are found through Iterable's event counter (`/writes`), then read once.
   `duplicate_events`: events stored beyond one per qualifying change (a second id for a
   change, or an event no change qualifies for); `missing_events`; `resent_events` (resends of
@@ -54,7 +56,7 @@ Salesforce emulator `--latency-ms 150` per API call, Iterable emulator `--latenc
 scripts/bench_stream.py). Peak RSS of the service process is sampled every 50 ms.
 
     .venv/bin/python scripts/bench_events.py [--phases events,lists] [--members 20000]
-        [--rate 100] [--duration 30] [--burst 20000] [--long-burst 100000]
+        [--rate 100] [--duration 30] [--burst 20000] [--long-burst 0]
         [--burst-tx-size 1000]
 
 Progress goes to stderr; the last line of stdout is one JSON object.
@@ -629,9 +631,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of the events latency step (default 30)")
     parser.add_argument("--burst", type=int, default=20_000,
                         help="qualifying changes of the events burst (default 20,000)")
-    parser.add_argument("--long-burst", type=int, default=100_000,
-                        help="qualifying changes of the second, long burst (default 100,000; "
-                             "0: none); the Leads are changed several times each")
+    parser.add_argument("--long-burst", type=int, default=0,
+                        help="qualifying changes of a second, long burst, e.g. 100,000 "
+                             "(default 0: none); the Leads are changed several times each")
     parser.add_argument("--burst-tx-size", type=int, default=1000,
                         help="records per events burst transaction (one merged CDC event)")
     args = parser.parse_args(argv)

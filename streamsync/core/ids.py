@@ -27,8 +27,8 @@ KEY_PREFIXES: Final[dict[str, str]] = {
     "00G": "Group",
     "00Q": "Lead",
 }
-ID_CACHE_SIZE: Final = 32_768
-"""Ids whose validation and 18-character form are remembered (about 4 MB at most)."""
+ID_CACHE_SIZE: Final = 8_192
+"""Ids whose validation and 18-character form are remembered (a few leases' worth, ~2 MB)."""
 PREFIX_OF: Final[dict[str, str]] = {name: prefix for prefix, name in KEY_PREFIXES.items()}
 
 
