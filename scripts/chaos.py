@@ -1566,6 +1566,9 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         inbound = await later_unsubscribes(control, sf, it, records)
         log_poller.cancel()
         await change_log.poll()
+        # Salesforce's change log beside the service logs, for a post-mortem of a mismatch.
+        (workdir / "change_log.json").write_bytes(orjson.dumps(
+            [change_log.bodies[k] for k in sorted(change_log.bodies)]))
         events = await read_event_report(config, mark_lost_to_cdc(
             change_log.qualifying(), cdc_loss_windows([svc.log_path for svc in services]),
             {rule: entity for rule, entity, _, _ in EVENT_RULES}))

@@ -387,15 +387,18 @@ class CometdSubscriber:
         }
         rejected = await self._subscribe(replay)
         if rejected:
+            # Subscribe with -1 first, then report: a change committed meanwhile is either
+            # delivered on the new subscription or seen by the catch-up the caller starts in
+            # `on_replay_invalid` (its events are handled only after this method returns).
+            again = await self._subscribe({channel: NEW_EVENTS for channel in rejected})
+            if again:
+                raise TransientError(f"CometD subscribe with replay -1 rejected for {list(again)}")
             for channel, sent in rejected.items():
                 self.stats.replay_fallbacks += 1
                 log.warning("cometd.replay_invalid", channel=channel, replay_id=str(sent))
                 # The caller gets the id as its store holds it, to compare or clear it.
                 original = stored[channel]
                 await self._on_replay_invalid(channel, sent if original is None else original)
-            again = await self._subscribe({channel: NEW_EVENTS for channel in rejected})
-            if again:
-                raise TransientError(f"CometD subscribe with replay -1 rejected for {list(again)}")
         log.info("cometd.subscribed", channels=sorted(self._subscribed), replay=str(replay))
 
     async def _subscribe(self, replay: dict[str, ReplayId]) -> dict[str, ReplayId]:

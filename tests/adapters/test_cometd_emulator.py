@@ -97,11 +97,11 @@ class Env:
                                    "request_timeout_s": 2.0, "min_handshake_interval_s": 0.0,
                                    "backoff_base_s": 0.01, "sleep": self.record_sleep}
         options.update(kw)
+        options.setdefault("on_replay_invalid", self.store.on_replay_invalid)
         return CometdSubscriber(
             self.session, instance_url=self.emu.instance_url, api_version="66.0",
             get_token=self.tokens.get, invalidate_token=self.tokens.invalidate,
-            channels=channels, replay_from=self.store.replay_from,
-            on_replay_invalid=self.store.on_replay_invalid, **options)
+            channels=channels, replay_from=self.store.replay_from, **options)
 
     def lead(self, name: str) -> str:
         return self.emu.state.create("Lead", {"LastName": name, "Company": "Acme",
@@ -200,6 +200,27 @@ async def test_expired_replay_id_reports_and_falls_back_to_new_events(env: Env) 
     assert sub.subscribed_channels == {LEAD, CONTACT} and sub.stats.replay_fallbacks == 1
     new = env.lead("New")
     assert record_ids(await poll_until_data(sub)) == [new]
+    await sub.close()
+
+
+async def test_the_new_events_subscription_is_in_place_before_the_caller_hears_of_the_gap(
+        env: Env) -> None:
+    """The caller's catch-up (`on_replay_invalid`) reads Salesforce up to its own now; a change
+    committed while it runs must come on the -1 subscription, so that subscription is made
+    first (made after it, a change committed in between reached neither)."""
+    env.store.set(LEAD, env.emu.bus.latest_replay_id)
+    env.lead("Old")
+    env.store.set(LEAD, env.emu.bus.latest_replay_id)
+    env.emu.bus.purge()
+    during: list[str] = []
+
+    async def catch_up(channel: str, replay_id: ReplayId) -> None:
+        await env.store.on_replay_invalid(channel, replay_id)
+        during.append(env.lead("During"))  # committed while the catch-up runs
+
+    sub = env.subscriber(on_replay_invalid=catch_up)
+    batch = await sub.poll_once() or await poll_until_data(sub)
+    assert during and record_ids(batch) == during
     await sub.close()
 
 
