@@ -67,7 +67,9 @@ async def running(sync_rig: SyncRig) -> AsyncIterator[tuple[SyncRig, Flusher, Qu
                       signal=signal)
     stop = asyncio.Event()
     task = asyncio.create_task(flusher.run(stop))
-    await asyncio.sleep(0.1)  # every loop has found the queue empty and sleeps
+    # Every loop has found the queue empty and sleeps (0.1 s was too short for a loop's first
+    # look under a loaded CI machine: it then found the row itself, no wake needed).
+    await asyncio.sleep(0.5)
     try:
         yield rig, flusher, signal
     finally:
