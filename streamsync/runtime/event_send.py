@@ -4,7 +4,7 @@ limits, each outcome attributed to its event (docs/events.md §1, §4)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ import orjson
 
 from streamsync.adapters.iterable import IterableClient, TrackResult
 from streamsync.adapters.ratelimit import RateLimiter
+from streamsync.adapters.store import StoreAPI
 from streamsync.adapters.store.events import PendingEvent
 from streamsync.errors import BatchError, BatchTooLarge, RetriableError, describe_error
 from streamsync.logs import get_logger
@@ -131,3 +132,17 @@ class EventSender:
     def _dead(pending: PendingEvent, reason: str, error: str, out: Sent) -> None:
         log.warning("events.dead", event_id=pending.candidate.event_id, reason=reason)
         out.dead[pending.candidate.event_id] = (reason, error)
+
+
+async def send_and_settle(store: StoreAPI, sender: EventSender, leased: Sequence[PendingEvent],
+                          clock: Callable[[], float]) -> Sent:
+    """Send one lease of ready rows and settle it; on any failure the lease is released, so
+    its rows are due again at once (the real-time send loop and `backfill --events`)."""
+    try:
+        out = await sender.send(leased)
+    except BaseException:
+        await store.release_events(leased[0].token, clock())
+        raise
+    await store.settle_sent(leased[0].token, sent=out.sent, dead=out.dead,
+                            later=out.later, waiting=out.waiting, now=clock())
+    return out

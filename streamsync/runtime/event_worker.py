@@ -23,7 +23,7 @@ from streamsync.runtime.clients import budget_key
 from streamsync.runtime.components import Components
 from streamsync.runtime.event_decide import EventDecider, Prepared
 from streamsync.runtime.event_rules import CompiledRule
-from streamsync.runtime.event_send import EventSender
+from streamsync.runtime.event_send import EventSender, send_and_settle
 from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
@@ -127,13 +127,7 @@ class EventWorker:
         leased = await self._store.lease_events("ready", limit, self._lease_s, self._clock())
         if not leased:
             return 0
-        try:
-            out = await self.sender.send(leased)
-        except BaseException:
-            await self._store.release_events(leased[0].token, self._clock())
-            raise
-        await self._store.settle_sent(leased[0].token, sent=out.sent, dead=out.dead,
-                                      later=out.later, waiting=out.waiting, now=self._clock())
+        out = await send_and_settle(self._store, self.sender, leased, self._clock)
         self.stats.sent += len(out.sent)
         self.stats.dead += len(out.dead)
         self.stats.calls += out.calls

@@ -48,7 +48,7 @@ from streamsync.runtime.backfill.summary import Totals
 from streamsync.runtime.components import shared_limiter
 from streamsync.runtime.event_decide import read_primary_contacts, trackbulk_item
 from streamsync.runtime.event_rules import CompiledRule
-from streamsync.runtime.event_send import EventSender
+from streamsync.runtime.event_send import EventSender, send_and_settle
 
 log = get_logger(__name__)
 
@@ -350,15 +350,9 @@ class EventBackfill:
         if not leased:
             return 0
         try:
-            out = await self.sender.send(leased)
+            out = await send_and_settle(self.store, self.sender, leased, self.clock)
         except AuthError as exc:
-            await self.store.release_events(leased[0].token, self.clock())
             raise key_refused(exc) from exc
-        except BaseException:
-            await self.store.release_events(leased[0].token, self.clock())
-            raise
-        await self.store.settle_sent(leased[0].token, sent=out.sent, dead=out.dead,
-                                     later=out.later, waiting=out.waiting, now=self.clock())
         self._summary.sent += len(out.sent)
         self._summary.sent_dead += len(out.dead)
         self._summary.trackbulk_calls += out.calls
