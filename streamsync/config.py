@@ -45,6 +45,16 @@ def _problems(items: list[tuple[str | tuple[str | int, ...], str]]) -> ConfigPro
                                            for k, m in items))
 
 
+def _unnested_mapping(cls: type, v: Any) -> Any:
+    """A mapping whose source path was left unquoted arrives as a nested table: name it."""
+    if isinstance(v, dict):
+        nested = [k for k, val in v.items() if isinstance(val, dict)]
+        if nested:
+            raise _problems([(k, f'a table, not a target: quote dotted source paths, e.g. '
+                                 f'"{k}.Name" = "dataFields.x"') for k in nested])
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -284,15 +294,7 @@ class ObjectConfig(_Model):
             raise ValueError(problem)
         return v
 
-    @field_validator("mapping", mode="before")
-    @classmethod
-    def _dotted_keys(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            nested = [k for k, val in v.items() if isinstance(val, dict)]
-            if nested:
-                raise _problems([(k, f"a table, not a target: quote dotted source paths, e.g. "
-                                     f'"{k}.Name" = "dataFields.x"') for k in nested])
-        return v
+    _dotted_keys = field_validator("mapping", mode="before")(_unnested_mapping)
 
     @field_validator("mapping")
     @classmethod
@@ -393,15 +395,7 @@ class EventRule(_Model):
             raise ValueError(f"profile is 'record', 'primary_contact_role' or a dotted path to "
                              f"an email or id field: {exc}") from None
 
-    @field_validator("mapping", mode="before")
-    @classmethod
-    def _dotted_keys(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            nested = [k for k, val in v.items() if isinstance(val, dict)]
-            if nested:
-                raise _problems([(k, f'a table, not a target: quote dotted source paths, e.g. '
-                                     f'"{k}.Name" = "dataFields.x"') for k in nested])
-        return v
+    _dotted_keys = field_validator("mapping", mode="before")(_unnested_mapping)
 
     @field_validator("mapping")
     @classmethod

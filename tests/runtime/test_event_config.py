@@ -44,6 +44,8 @@ def test_a_valid_rule_compiles_with_the_describe_types() -> None:
     ({"condition": "CloseDate = TODAY"}, "relative date literal 'TODAY'"),
     ({"condition": "StageName = 'x' OR 1=1; --"}, "events[0].condition"),
     ({"mapping": {"Name": "email"}}, 'events[0].mapping.Name: event data goes to dataFields'),
+    ({"mapping": {"Account": {"Name": "dataFields.acc"}}},
+     'events[0].mapping.Account: a table, not a target: quote dotted source paths'),
     ({"object": "Lead"}, "primary_contact_role only applies to Opportunity rules"),
     ({"trigger": ["create", "update"]}, "changed_fields: only applies to a rule whose trigger"),
     ({"event_name": " spaced "}, "events[0].event_name"),
