@@ -61,6 +61,20 @@ def _split(text: str) -> tuple[int, ...]:
     return tuple(int(i) for i in text.split(",") if i)
 
 
+def split_new(events: Sequence[ConsentEventRow], stored: set[str]
+              ) -> tuple[list[ConsentEventRow], list[tuple[str]]]:
+    """The events to insert (first of each key not stored yet) and, as statement parameters,
+    the keys of the others: each is one more delivery of an event already there."""
+    new: dict[str, ConsentEventRow] = {}
+    repeats: list[tuple[str]] = []
+    for e in events:
+        if e.key in stored or e.key in new:
+            repeats.append((e.key,))
+        else:
+            new[e.key] = e
+    return list(new.values()), repeats
+
+
 def _row(row: Sequence[Any]) -> ConsentEventRow:
     return ConsentEventRow(
         str(row[0]), str(row[1]), row[2], row[3], int(row[4]), row[5], _split(row[6]),
@@ -83,17 +97,11 @@ class ConsentInboxOps(StoreBase):
                     "SELECT event_key FROM consent_inbox WHERE event_key IN "
                     f"({','.join('?' * len(chunk))})", tuple(chunk)) as cursor:
                 stored.update(str(r[0]) for r in await cursor.fetchall())
-        new: dict[str, ConsentEventRow] = {}
-        repeats: list[tuple[str]] = []
-        for e in events:
-            if e.key in stored or e.key in new:
-                repeats.append((e.key,))
-            else:
-                new[e.key] = e
+        new, repeats = split_new(events, stored)
         await conn.executemany(_INSERT, [(
             e.key, e.event_name, e.email, e.user_id, e.created_ms, e.source,
             _join(e.channel_ids), _join(e.message_type_ids), _join(e.list_ids), via, now, now)
-            for e in new.values()])
+            for e in new])
         await conn.executemany("UPDATE consent_inbox SET deliveries = deliveries + 1 "
                                "WHERE event_key = ?", repeats)
         return len(new)

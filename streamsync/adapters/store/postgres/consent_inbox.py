@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..base import clean_error
-from ..consent_inbox import INBOX_COLUMNS, ConsentEventRow, Via, _join, _row
+from ..consent_inbox import INBOX_COLUMNS, ConsentEventRow, Via, _join, _row, split_new
 from ..records import IDENTITY_COLUMNS
 from ..types import Identity
 from .base import Connection, PgBase, rows_affected
@@ -27,16 +27,10 @@ async def _insert(conn: Connection, events: Sequence[ConsentEventRow], via: Via,
     keys = list(dict.fromkeys(e.key for e in events))
     stored = {str(r[0]) for r in await conn.fetch(
         "SELECT event_key FROM consent_inbox WHERE event_key = ANY($1::text[])", keys)}
-    new: dict[str, ConsentEventRow] = {}
-    repeats: list[tuple[str]] = []
-    for e in events:
-        if e.key in stored or e.key in new:
-            repeats.append((e.key,))
-        else:
-            new[e.key] = e
+    new, repeats = split_new(events, stored)
     await conn.executemany(_INSERT, [(
         e.key, e.event_name, e.email, e.user_id, e.created_ms, e.source, _join(e.channel_ids),
-        _join(e.message_type_ids), _join(e.list_ids), via, now) for e in new.values()])
+        _join(e.message_type_ids), _join(e.list_ids), via, now) for e in new])
     await conn.executemany("UPDATE consent_inbox SET deliveries = deliveries + 1 "
                            "WHERE event_key = $1", repeats)
     return len(new)
