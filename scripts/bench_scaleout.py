@@ -336,15 +336,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        result = asyncio.run(run(args))
-    except bs.BenchError as exc:
-        log(f"failed: {exc}")
-        print(orjson.dumps({"error": str(exc)}).decode())
-        return 1
-    print(orjson.dumps(result).decode())
-    return 0
+    return bs.print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -685,16 +685,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def print_result(run_bench: Any, args: argparse.Namespace,
+                 errors: tuple[type[Exception], ...] = (BenchError,)) -> int:
+    """Run `run_bench(args)` and print its result as the last line of stdout, one JSON object
+    (`{"error": ...}` and exit 1 when it fails with one of `errors`): every bench's ending."""
     try:
-        result = asyncio.run(run(args))
-    except BenchError as exc:
+        result = asyncio.run(run_bench(args))
+    except errors as exc:
         log(f"failed: {exc}")
         print(orjson.dumps({"error": str(exc)}).decode())
         return 1
     print(orjson.dumps(result).decode())
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":
