@@ -2,6 +2,7 @@
 
 - `simple_salesforce(emu)`: simple-salesforce with a session token; its https:// URLs are sent
   to the emulator's http:// port by a requests adapter.
+- `json_of(resp, status)`: a reply's JSON body, asserting its status.
 - `cdc_events(emu, channel, count)`: the first `count` retained change events of a channel,
   received through aiosfstream-ng (password grant, replay from the oldest retained event)."""
 
@@ -11,6 +12,7 @@ import asyncio
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import requests
 from aiosfstream_ng.auth import PasswordAuthenticator
 from aiosfstream_ng.client import Client
@@ -19,6 +21,13 @@ from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 
 from streamsync.emulators.salesforce import SalesforceEmulator
+
+
+async def json_of(resp: aiohttp.ClientResponse, status: int = 200) -> Any:
+    """The reply's JSON body; the test fails (showing the body) on another status."""
+    body = await resp.json()
+    assert resp.status == status, body
+    return body
 
 
 class PlainHttp(HTTPAdapter):

@@ -31,13 +31,6 @@ async def emu() -> AsyncIterator[SalesforceEmulator]:
     await e.stop()
 
 
-@pytest.fixture
-async def http(emu: SalesforceEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bearer {emu.issue_token()}"}
-    async with aiohttp.ClientSession(base_url=emu.instance_url, headers=headers) as s:
-        yield s
-
-
 def _rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
-from tests.emulators.sf_clients import cdc_events
+from tests.emulators.sf_clients import cdc_events, json_of
 from tests.emulators.test_sf_soap_convert import convert, results, soap
 
 V = "/services/data/v66.0"
@@ -29,29 +28,16 @@ async def emu() -> AsyncIterator[SalesforceEmulator]:
     await e.stop()
 
 
-@pytest.fixture
-async def http(emu: SalesforceEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bearer {emu.issue_token()}"}
-    async with aiohttp.ClientSession(base_url=emu.instance_url, headers=headers) as s:
-        yield s
-
-
-async def _json(resp: aiohttp.ClientResponse, status: int = 200) -> Any:
-    body = await resp.json()
-    assert resp.status == status, body
-    return body
-
-
 async def _count(http: aiohttp.ClientSession, soql: str) -> int:
     async with http.get(f"{V}/query", params={"q": soql}) as r:
-        return int((await _json(r))["totalSize"])
+        return int((await json_of(r))["totalSize"])
 
 
 async def test_describe_soql_and_seeded_share(emu: SalesforceEmulator,
                                               http: aiohttp.ClientSession) -> None:
     for sobject in ("Lead", "Contact"):
         async with http.get(f"{V}/sobjects/{sobject}/describe") as r:
-            fields = {f["name"]: f for f in (await _json(r))["fields"]}
+            fields = {f["name"]: f for f in (await json_of(r))["fields"]}
         for name in CONSENT:
             f = fields[name]
             assert (f["type"], f["soapType"], f["nillable"], f["createable"], f["updateable"],
@@ -67,16 +53,16 @@ async def test_describe_soql_and_seeded_share(emu: SalesforceEmulator,
         async with http.get(f"{V}/query", params={
                 "q": f"SELECT Id, HasOptedOutOfEmail, HasOptedOutOfFax, DoNotCall FROM {sobject} "
                      "WHERE HasOptedOutOfEmail = true AND DoNotCall = false LIMIT 3"}) as r:
-            records = (await _json(r))["records"]
+            records = (await json_of(r))["records"]
         assert len(records) == 3
         assert all(rec["HasOptedOutOfEmail"] is True and rec["DoNotCall"] is False
                    for rec in records)
     async with http.post(f"{V}/sobjects/Lead", json={"LastName": "New", "Company": "C"}) as r:
-        new = (await _json(r, 201))["id"]
+        new = (await json_of(r, 201))["id"]
     assert {k: emu.state.record("Lead", new)[k] for k in CONSENT} == dict.fromkeys(  # type: ignore[index]
         CONSENT, False)
     async with http.patch(f"{V}/sobjects/Lead/{new}", json={"DoNotCall": None}) as r:
-        (err,) = await _json(r, 400)
+        (err,) = await json_of(r, 400)
     assert err["errorCode"] == "INVALID_TYPE_ON_FIELD_IN_RECORD"
 
 
@@ -99,12 +85,12 @@ async def _ingest_update(http: aiohttp.ClientSession, emu: SalesforceEmulator, r
                          headers: dict[str, str]) -> None:
     async with http.post(f"{V}/jobs/ingest", json={"object": "Contact", "operation": "update",
                                                    "lineEnding": "LF"}, headers=headers) as r:
-        job = (await _json(r))["id"]
+        job = (await json_of(r))["id"]
     async with http.put(f"{V}/jobs/ingest/{job}/batches", data=rows.encode(),
                         headers={"Content-Type": "text/csv"}) as r:
         assert r.status == 201
     async with http.patch(f"{V}/jobs/ingest/{job}", json={"state": "UploadComplete"}) as r:
-        await _json(r)
+        await json_of(r)
     await emu.ingest.wait_idle()
     async with http.get(f"{V}/jobs/ingest/{job}/successfulResults") as r:
         ok = list(csv.DictReader(io.StringIO(await r.text())))
@@ -121,14 +107,14 @@ async def test_every_write_path_stamps_the_client_in_the_change_origin(
     async with http.post(f"{V}/sobjects/Lead", json={"LastName": "Opt", "Company": "C",
                                                      "HasOptedOutOfEmail": True},
                          headers=tagged) as r:
-        created = (await _json(r, 201))["id"]
+        created = (await json_of(r, 201))["id"]
     async with http.patch(f"{V}/sobjects/Lead/{leads[0]}", json={"HasOptedOutOfEmail": True},
                           headers=tagged) as r:
         assert r.status == 204
     external = emu.state.record("Contact", contacts[0])["External_Id__c"]  # type: ignore[index]
     async with http.patch(f"{V}/sobjects/Contact/External_Id__c/{external}",
                           json={"DoNotCall": True}, headers=tagged) as r:
-        await _json(r)
+        await json_of(r)
     async with http.delete(f"{V}/sobjects/Lead/{created}", headers=tagged) as r:
         assert r.status == 204
     # 5 sObject Collections: one PATCH of a Lead and a Contact (one transaction).
@@ -137,12 +123,12 @@ async def test_every_write_path_stamps_the_client_in_the_change_origin(
                 {"attributes": {"type": "Lead"}, "id": leads[1], "HasOptedOutOfEmail": True},
                 {"attributes": {"type": "Contact"}, "id": contacts[1],
                  "HasOptedOutOfEmail": True}]}) as r:
-        assert [x["success"] for x in await _json(r)] == [True, True]
+        assert [x["success"] for x in await json_of(r)] == [True, True]
     # 6 Composite: one subrequest per transaction (allOrNone false).
     async with http.post(f"{V}/composite", headers=tagged, json={"compositeRequest": [
             {"method": "PATCH", "url": f"{V}/sobjects/Contact/{contacts[4]}",
              "referenceId": "optOut", "body": {"HasOptedOutOfEmail": True}}]}) as r:
-        (sub,) = (await _json(r))["compositeResponse"]
+        (sub,) = (await json_of(r))["compositeResponse"]
     assert sub["httpStatusCode"] == 204
     # 7 Bulk API 2.0 ingest: the client of the job creation call.
     await _ingest_update(http, emu, f"Id,HasOptedOutOfFax\n{contacts[2]},true\n", tagged)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from streamsync.emulators.salesforce import SalesforceEmulator, SalesforceEmulatorConfig
-from tests.emulators.sf_clients import cdc_events
+from tests.emulators.sf_clients import cdc_events, json_of
 
 V = "/services/data/v66.0"
 CONTROL = "/__emulator__"
@@ -28,28 +28,15 @@ async def emu() -> AsyncIterator[SalesforceEmulator]:
     await e.stop()
 
 
-@pytest.fixture
-async def http(emu: SalesforceEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bearer {emu.issue_token()}"}
-    async with aiohttp.ClientSession(base_url=emu.instance_url, headers=headers) as s:
-        yield s
-
-
-async def _json(resp: aiohttp.ClientResponse, status: int = 200) -> Any:
-    body = await resp.json()
-    assert resp.status == status, body
-    return body
-
-
 async def query(http: aiohttp.ClientSession, soql: str) -> list[dict[str, Any]]:
     async with http.get(f"{V}/query", params={"q": soql}) as r:
-        return list((await _json(r))["records"])
+        return list((await json_of(r))["records"])
 
 
 async def create(http: aiohttp.ClientSession, sobject: str, values: dict[str, Any],
                  status: int = 201) -> Any:
     async with http.post(f"{V}/sobjects/{sobject}", json=values) as r:
-        body = await _json(r, status)
+        body = await json_of(r, status)
     return body["id"] if status == 201 else body[0]
 
 
@@ -58,7 +45,7 @@ async def patch(http: aiohttp.ClientSession, sobject: str, sf_id: str,
     async with http.patch(f"{V}/sobjects/{sobject}/{sf_id}", json=values) as r:
         if r.status == 204:
             return None
-        return dict((await _json(r, 400))[0])
+        return dict((await json_of(r, 400))[0])
 
 
 def record(emu: SalesforceEmulator, sobject: str, sf_id: str) -> dict[str, Any]:
@@ -69,7 +56,7 @@ def record(emu: SalesforceEmulator, sobject: str, sf_id: str) -> dict[str, Any]:
 
 async def test_describe_reports_the_fields_and_their_types(http: aiohttp.ClientSession) -> None:
     async with http.get(f"{V}/sobjects") as r:
-        listed = {o["name"]: o for o in (await _json(r))["sobjects"]}
+        listed = {o["name"]: o for o in (await json_of(r))["sobjects"]}
     assert {n: listed[n]["keyPrefix"] for n in OBJECTS} == {
         "Opportunity": "006", "OpportunityContactRole": "00K", "Campaign": "701",
         "CampaignMember": "00v"}
@@ -102,18 +89,18 @@ async def test_describe_reports_the_fields_and_their_types(http: aiohttp.ClientS
     }
     for sobject, wanted in expected.items():
         async with http.get(f"{V}/sobjects/{sobject}/describe") as r:
-            fields = {f["name"]: f for f in (await _json(r))["fields"]}
+            fields = {f["name"]: f for f in (await json_of(r))["fields"]}
         got = {n: (fields[n]["type"], fields[n]["nillable"], fields[n]["createable"],
                    fields[n]["updateable"]) for n in wanted}
         assert got == wanted, sobject
     async with http.get(f"{V}/sobjects/CampaignMember/describe") as r:
-        member = {f["name"]: f for f in (await _json(r))["fields"]}
+        member = {f["name"]: f for f in (await json_of(r))["fields"]}
     assert (member["Campaign" + "Id"]["relationshipName"], member["CampaignId"]["referenceTo"]) \
         == ("Campaign", ["Campaign"])
     assert member["LeadOrContactId"]["referenceTo"] == ["Lead", "Contact"]
     assert member["LeadOrContactId"]["polymorphicForeignKey"] is True
     async with http.get(f"{V}/sobjects/Opportunity/describe") as r:
-        opp = {f["name"]: f for f in (await _json(r))["fields"]}
+        opp = {f["name"]: f for f in (await json_of(r))["fields"]}
     assert [v["value"] for v in opp["StageName"]["picklistValues"]][-2:] == [
         "Closed Won", "Closed Lost"]
     assert opp["Probability"]["soapType"] == "xsd:double"
@@ -265,11 +252,11 @@ async def test_cdc_events_through_cometd(emu: SalesforceEmulator,
     origin = "com/salesforce/api/rest/66.0;client=events-test"
     async with http.post(f"{V}/sobjects/Campaign", json={"Name": "Launch"},
                          headers=tagged) as r:
-        campaign = (await _json(r, 201))["id"]
+        campaign = (await json_of(r, 201))["id"]
     lead = emu.state.tables["Lead"].ids[-1]
     async with http.post(f"{V}/sobjects/CampaignMember", headers=tagged,
                          json={"CampaignId": campaign, "LeadId": lead}) as r:
-        member = (await _json(r, 201))["id"]
+        member = (await json_of(r, 201))["id"]
     opp = emu.state.tables["Opportunity"].ids[0]
     stage = record(emu, "Opportunity", opp)["StageName"]
     target = "Closed Lost" if stage == "Closed Won" else "Closed Won"
@@ -371,37 +358,37 @@ async def test_control_api_acts_as_a_sales_user(emu: SalesforceEmulator,
     async with aiohttp.ClientSession(base_url=emu.instance_url) as ctl:
         async with ctl.post(f"{CONTROL}/campaign-members",
                             json={"campaignId": campaign, "contactId": contact}) as r:
-            member = (await _json(r, 201))["id"]
+            member = (await json_of(r, 201))["id"]
         async with ctl.patch(f"{CONTROL}/campaign-members/{member}",
                              json={"status": "Responded"}) as r:
             assert r.status == 204
         async with ctl.post(f"{CONTROL}/campaign-members",
                             json={"campaignId": campaign, "contactId": contact}) as r:
-            assert (await _json(r, 400))[0]["errorCode"] == "DUPLICATE_VALUE"
+            assert (await json_of(r, 400))[0]["errorCode"] == "DUPLICATE_VALUE"
         async with ctl.post(f"{CONTROL}/campaign-members/remove",
                             json={"campaignId": campaign, "contactId": contact}) as r:
-            assert (await _json(r))["id"] == member
+            assert (await json_of(r))["id"] == member
         async with ctl.post(f"{CONTROL}/campaign-members/remove",
                             json={"campaignId": campaign, "contactId": contact}) as r:
-            assert (await _json(r, 404))[0]["errorCode"] == "NOT_FOUND"
+            assert (await json_of(r, 404))[0]["errorCode"] == "NOT_FOUND"
         async with ctl.post(f"{CONTROL}/campaign-members",
                             json={"campaignId": campaign}) as r:
             assert r.status == 400
         async with ctl.post(f"{CONTROL}/opportunities/{opp}/stage",
                             json={"stageName": "Closed Won"}) as r:
-            assert await _json(r) == {"Id": opp, "StageName": "Closed Won", "IsClosed": True,
+            assert await json_of(r) == {"Id": opp, "StageName": "Closed Won", "IsClosed": True,
                                       "IsWon": True, "Probability": 100.0,
                                       "ForecastCategoryName": "Closed"}
         async with ctl.post(f"{CONTROL}/opt-out", json={"id": lead}) as r:
-            assert (await _json(r))["sobject"] == "Lead"
+            assert (await json_of(r))["sobject"] == "Lead"
         async with ctl.post(f"{CONTROL}/opt-out",
                             json={"id": contact, "fields": ["HasOptedOutOfEmail",
                                                             "DoNotCall"]}) as r:
-            await _json(r)
+            await json_of(r)
         async with ctl.post(f"{CONTROL}/opt-in", json={"id": contact}) as r:
-            await _json(r)
+            await json_of(r)
         async with ctl.post(f"{CONTROL}/opt-out", json={"id": lead, "fields": ["Email"]}) as r:
-            assert (await _json(r, 400))[0]["errorCode"] == "INVALID_FIELD"
+            assert (await json_of(r, 400))[0]["errorCode"] == "INVALID_FIELD"
         async with ctl.post(f"{CONTROL}/opt-out", json={"id": opp}) as r:
             assert r.status == 400
     assert record(emu, "Lead", lead)["HasOptedOutOfEmail"] is True
@@ -439,7 +426,7 @@ async def test_composite_references_and_all_or_none(emu: SalesforceEmulator,
              "referenceId": "respond", "body": {"Status": "Responded"}},
             {"method": "GET", "url": f"{V}/sobjects/Campaign/@{{camp.id}}?fields=Name,IsActive",
              "referenceId": "get"}]}) as r:
-        subs = (await _json(r))["compositeResponse"]
+        subs = (await json_of(r))["compositeResponse"]
     assert [s["httpStatusCode"] for s in subs] == [201, 201, 200, 204, 200]
     campaign, member = subs[0]["body"]["id"], subs[1]["body"]["id"]
     assert subs[0]["httpHeaders"] == {"Location": f"{V}/sobjects/Campaign/{campaign}"}
@@ -461,7 +448,7 @@ async def test_composite_references_and_all_or_none(emu: SalesforceEmulator,
              "body": {"CampaignId": campaign, "LeadId": lead}},
             {"method": "DELETE", "url": f"{V}/sobjects/Campaign/{campaign}",
              "referenceId": "later"}]}) as r:
-        subs = (await _json(r))["compositeResponse"]
+        subs = (await json_of(r))["compositeResponse"]
     assert [s["httpStatusCode"] for s in subs] == [400, 400, 400]
     assert subs[1]["body"][0]["errorCode"] == "DUPLICATE_VALUE"
     assert subs[0]["body"][0]["errorCode"] == subs[2]["body"][0]["errorCode"] == \
@@ -477,14 +464,14 @@ async def test_composite_references_and_all_or_none(emu: SalesforceEmulator,
              "referenceId": "dependent", "body": {"Status": "Sent"}},
             {"method": "PATCH", "url": f"{V}/sobjects/Campaign/{campaign}",
              "referenceId": "independent", "body": {"IsActive": False}}]}) as r:
-        subs = (await _json(r))["compositeResponse"]
+        subs = (await json_of(r))["compositeResponse"]
     assert [s["httpStatusCode"] for s in subs] == [400, 400, 204]
     assert subs[1]["body"][0]["errorCode"] == "PROCESSING_HALTED"
     assert record(emu, "Campaign", campaign)["IsActive"] is False
     async with http.post(f"{V}/composite", json={"compositeRequest": [
             {"method": "GET", "url": f"{V}/sobjects/Lead/{lead}", "referenceId": f"r{i}"}
             for i in range(26)]}) as r:
-        assert (await _json(r, 400))[0]["errorCode"] == "LIMIT_EXCEEDED"
+        assert (await json_of(r, 400))[0]["errorCode"] == "LIMIT_EXCEEDED"
     assert emu.bus.latest_replay_id > start
 
 
@@ -510,7 +497,7 @@ async def test_member_copies_of_the_persons_fields(emu: SalesforceEmulator,
                                                 "DoNotCall": True}, 400)
     assert err["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
     async with http.get(f"{V}/sobjects/CampaignMember/describe") as r:
-        fields = {f["name"]: f for f in (await _json(r))["fields"]}
+        fields = {f["name"]: f for f in (await json_of(r))["fields"]}
     assert (fields["Email"]["type"], fields["Email"]["createable"],
             fields["Email"]["updateable"]) == ("email", False, False)
     assert fields["HasOptedOutOfEmail"]["type"] == "boolean"
@@ -518,7 +505,7 @@ async def test_member_copies_of_the_persons_fields(emu: SalesforceEmulator,
                   if e["ChangeEventHeader"]["recordIds"] == [member]]
     assert "Email" not in created and created["LeadId"] == lead
     async with http.get(f"{V}/sobjects/CampaignMember/{member}") as r:
-        assert (await _json(r))["Email"] == "ada.copy@example.com"
+        assert (await json_of(r))["Email"] == "ada.copy@example.com"
     contact = emu.state.convert_lead(lead)["contactId"]
     emu.state.update("Contact", contact, {"MailingCity": "Lyon"})
     (row,) = await query(http, select)
@@ -568,4 +555,4 @@ async def test_campaign_rollups_count_live_members_and_opportunities(
     assert campaign in {r["Id"] for r in busy}
     async with http.patch(f"{V}/sobjects/Campaign/{campaign}",
                           json={"NumberOfLeads": 9}) as r:
-        assert (await _json(r, 400))[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+        assert (await json_of(r, 400))[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"

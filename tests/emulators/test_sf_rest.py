@@ -35,14 +35,6 @@ async def emu(rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[SalesforceEmulator]:
     await e.stop()
 
 
-@pytest.fixture
-async def http(emu: SalesforceEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    token = emu.issue_token()
-    async with aiohttp.ClientSession(base_url=emu.instance_url, headers={
-            "Authorization": f"Bearer {token}"}) as s:
-        yield s
-
-
 async def _token(emu: SalesforceEmulator, data: dict[str, str],
                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as s, s.post(emu.token_url, data=data,
