@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
+
+from streamsync.core.sf_time import sf_datetime
 
 Side = Literal["salesforce", "iterable"]
 SALESFORCE: Side = "salesforce"
@@ -115,15 +116,5 @@ def echo_opt_out(payload: Mapping[str, Any], changed_fields: Sequence[str],
 
 def stamp_ms(value: Any) -> int | None:
     """A Salesforce dateTime (`2024-01-02T03:04:05.000+0000`, or with `Z`) as epoch ms."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.replace("Z", "+00:00")
-    if len(text) >= 5 and text[-5] in "+-" and text[-3] != ":":
-        text = text[:-2] + ":" + text[-2:]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.utcoffset() is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    moment = sf_datetime(value)
+    return None if moment is None else int(moment.timestamp() * 1000)

@@ -24,7 +24,7 @@ from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.emulators.salesforce.actions import set_stage
 from streamsync.errors import BackfillError
 from streamsync.runtime.backfill import BackfillOptions
-from streamsync.runtime.backfill.plan import sf_datetime
+from streamsync.core.sf_time import sf_datetime
 from tests.conftest import build_config
 from tests.e2e.harness import InProcessService, backfill, wait_for
 

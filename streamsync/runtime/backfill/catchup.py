@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamsync.config import Config
+from streamsync.core.sf_time import sf_datetime
 from streamsync.logs import get_logger
 from streamsync.runtime.backfill.options import READS
-from streamsync.runtime.backfill.plan import ObjectPlan, iso, sf_datetime
+from streamsync.runtime.backfill.plan import ObjectPlan, iso
 from streamsync.runtime.backfill.read import Page
 from streamsync.runtime.backfill.tasks import gather_or_first_error
 from streamsync.runtime.progress import Progress

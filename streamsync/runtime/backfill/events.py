@@ -38,11 +38,12 @@ from streamsync.core.event_backfill import (
     version_field,
 )
 from streamsync.core.mapping import parse_source
+from streamsync.core.sf_time import sf_datetime
 from streamsync.errors import AuthError, BackfillError, RecordError
 from streamsync.logs import get_logger
 from streamsync.runtime.backfill.joint import Participation, is_live
 from streamsync.runtime.backfill.options import READS, BackfillOptions, key_refused
-from streamsync.runtime.backfill.plan import ObjectPlan, Planner, combine, iso, sf_datetime
+from streamsync.runtime.backfill.plan import ObjectPlan, Planner, combine, iso
 from streamsync.runtime.backfill.read import Page, SalesforceReads, page_reader, strip_attributes
 from streamsync.runtime.backfill.summary import Totals
 from streamsync.runtime.components import shared_limiter

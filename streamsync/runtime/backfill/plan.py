@@ -11,6 +11,7 @@ from streamsync.adapters.store import BackfillWindow
 from streamsync.config import Config
 from streamsync.core import soql
 from streamsync.core.mapping import CompiledMapping
+from streamsync.core.sf_time import sf_datetime
 from streamsync.errors import BackfillError, QueryError
 from streamsync.runtime.backfill.options import READS, Api, BackfillOptions
 from streamsync.runtime.backfill.tasks import gather_or_first_error
@@ -44,20 +45,6 @@ def iso(moment: datetime) -> str:
 
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def sf_datetime(value: Any) -> datetime | None:
-    """A Salesforce dateTime (`2024-01-02T03:04:05.000+0000`) as an aware datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.replace("Z", "+00:00")
-    if len(text) >= 5 and text[-5] in "+-" and text[-3] != ":":
-        text = text[:-2] + ":" + text[-2:]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
 
 
 def split_windows(start: datetime, end: datetime, parts: int) -> list[tuple[datetime, datetime]]:
