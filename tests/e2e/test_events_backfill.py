@@ -18,13 +18,13 @@ from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.store import Store
 from streamsync.cli.backfill import backfill_with_events
 from streamsync.config import Config
+from streamsync.core.sf_time import sf_datetime
 from streamsync.core.verify_events import ExpectedEvent, compare_events
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.emulators.salesforce.actions import set_stage
 from streamsync.errors import BackfillError
 from streamsync.runtime.backfill import BackfillOptions
-from streamsync.core.sf_time import sf_datetime
 from tests.conftest import build_config
 from tests.e2e.harness import InProcessService, backfill, wait_for
 
