@@ -150,10 +150,10 @@ class EventWorker:
         # One send loop per in-flight place and one more: each leases one batch as soon as
         # events are ready, so a batch waits for its send slot already cut, never for a
         # whole lease of sends to settle (docs/events.md §4).
-        senders = [asyncio.create_task(self._loop(self._send_batch, self._sent_signal, stop),
-                                       name=f"events.send{i}")
+        senders = [asyncio.create_task(self._loop(self._send_batch, self._sent_signal, stop,
+                                                  "ready"), name=f"events.send{i}")
                    for i in range(self._conf.max_in_flight + 1)]
-        loops = [asyncio.create_task(self._loop(self.decide_once, self.signal, stop),
+        loops = [asyncio.create_task(self._loop(self.decide_once, self.signal, stop, "new"),
                                      name="events.decide"), *senders,
                  asyncio.create_task(self._prune(stop), name="events.prune")]
         try:
@@ -166,7 +166,10 @@ class EventWorker:
                 await self.release_prepared()
 
     async def _loop(self, step: Callable[[], object], signal: QueueSignal,
-                    stop: asyncio.Event) -> None:
+                    stop: asyncio.Event, state: str) -> None:
+        """Run `step` while it takes rows; else wait for `signal` or until the next row in
+        `state`, the rows this loop takes, is due (rows of the other loop's state do not wake
+        it: a decide loop that woke for due ready rows leased nothing, again and again)."""
         failures = 0
         while not stop.is_set():
             seen = signal.generation
@@ -180,7 +183,7 @@ class EventWorker:
                 continue
             if took:
                 continue
-            due = await self._store.next_event_due()
+            due = await self._store.next_event_due(state)
             wait = IDLE_RECHECK_S if due is None else max(0.0, min(IDLE_RECHECK_S,
                                                                     due - self._clock()))
             if wait > 0:

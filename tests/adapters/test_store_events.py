@@ -6,11 +6,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streamsync.adapters.store import QueueInput, Store, StoreAPI
 from streamsync.adapters.store.events import LEASE_NEW_SQL, LEASE_READY_SQL, StoredCondition
 from streamsync.adapters.store.postgres import PostgresStore
+from streamsync.adapters.store.postgres.events import LEASE_NEW_SQL as LEASE_NEW_PG
+from streamsync.adapters.store.postgres.events import LEASE_READY_SQL as LEASE_READY_PG
 from streamsync.models import EventCandidate
 from tests.store_backends import StoreSpace
 
@@ -88,7 +91,8 @@ async def test_a_released_or_expired_lease_makes_rows_due_again(store: StoreAPI)
     await store.release_events(first.token, T0 + 1)
     [second] = await store.lease_events("new", 10, 60, T0 + 1)
     assert second.token != first.token
-    assert await store.next_event_due() == T0 + 61
+    assert await store.next_event_due("new") == T0 + 61
+    assert await store.next_event_due("ready") is None
     [third] = await store.lease_events("new", 10, 60, T0 + 62)  # the holder crashed
     await store.settle_decisions(second.token, ready={}, skipped=[second.candidate.event_id],
                                  dead={}, later={}, states={}, now=T0 + 63)
@@ -147,3 +151,42 @@ async def test_a_sqlite_lease_neither_sorts_nor_scans_the_backlog(tmp_path: Path
               or (step.startswith("SCAN") and step not in ("SCAN p", "SCAN picked"))]
     assert not costly, plan
     assert any("USING INDEX event_pending_by_state" in step for step in plan), plan
+
+
+def _pg_plan_nodes(plan_json: str) -> list[tuple[str, str | None, str | None]]:
+    """(node type, table, index) of every node of an `EXPLAIN (FORMAT JSON)` plan."""
+    found: list[tuple[str, str | None, str | None]] = []
+    nodes = [orjson.loads(plan_json)[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        found.append((node["Node Type"], node.get("Relation Name"), node.get("Index Name")))
+        nodes.extend(node.get("Plans", []))
+    return found
+
+
+@pytest.mark.parametrize("state", ["new", "ready"])
+async def test_a_postgres_lease_neither_sorts_nor_scans_the_backlog(pg_url: str,
+                                                                    state: str) -> None:
+    """As on SQLite: with 20,000 candidates waiting, a lease of 2,000 walks the state index in
+    arrival order and looks each picked record's earlier undecided rows up by index; the
+    earlier statement sorted every due row by seq and grouped every undecided row of the
+    picked records (a scan of the backlog)."""
+    async with await PostgresStore.open(pg_url, pool_size=1) as store:
+        for tx in range(20):
+            await store.record_event(CHANNEL, tx + 1, [], 1000 + tx, T0, [
+                cand(n, f"tx-{tx}") for n in range(1000)])
+        if state == "ready":
+            leased = await store.lease_events("new", 20_000, 60, T0)
+            await store.settle_decisions(leased[0].token, ready={
+                p.candidate.event_id: {"id": p.candidate.event_id} for p in leased},
+                skipped=[], dead={}, later={}, states={}, now=T0)
+        sql = (LEASE_NEW_PG if state == "new" else LEASE_READY_PG).format(
+            returning="e.event_id")
+        async with store._read("test") as conn:
+            await conn.execute("ANALYZE event_pending")
+            plan = _pg_plan_nodes(await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) {sql}", "t", T0 + 60, T0 + 1, 2000))
+    costly = [n for n in plan if n[0] == "Sort"
+              or (n[0] in ("Seq Scan", "Bitmap Heap Scan") and n[1] == "event_pending")]
+    assert not costly, plan
+    assert ("Index Scan", "event_pending", "event_pending_by_state") in plan, plan

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamsync.adapters.store import StoreAPI
+from streamsync.adapters.store.events import PendingEvent
 from streamsync.core.event_rules import event_id
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
@@ -138,4 +139,47 @@ async def test_a_slow_track_bulk_call_holds_up_only_its_own_batch(slow_rig: Rig)
     finally:
         stop.set()
         running.cancel()  # the slow call would hold the stop up for its whole delay
+        await asyncio.gather(running, return_exceptions=True)
+
+
+@pytest.fixture
+async def one_slot_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+                       tmp_path: Path) -> AsyncIterator[Rig]:
+    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
+                          {"batch_max_events": 2, "max_in_flight": 1}):
+        yield rig
+
+
+async def test_ready_rows_waiting_for_a_send_slot_do_not_wake_the_decide_loop(
+        one_slot_rig: Rig) -> None:
+    """With no new candidate, the decide loop waits for one: ready rows that the send loops
+    cannot take yet are due, and the loop that woke for them leased nothing, over and over
+    (651 empty leases in one 20,000-event burst of scripts/bench_events.py)."""
+    rig = one_slot_rig
+    rig.it.faults.slow_next("/api/events/trackBulk", delay_s=20.0)
+    leases: list[str] = []
+    lease_events = rig.store.lease_events
+
+    async def counted(state: str, *args: float) -> list[PendingEvent]:
+        leases.append(state)
+        return await lease_events(state, *args)  # type: ignore[arg-type]
+
+    rig.store.lease_events = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(rig.worker.run(stop))
+    try:
+        await rig.changes(rig.leads, "tx-1")  # three batches: two leased, one ready and due
+
+        async def one_batch_left_ready() -> bool:
+            counts = await rig.store.event_counts()
+            return bool(rig.it.faults.triggered) and counts == {"ready": 6}
+
+        await wait_for(one_batch_left_ready, 10.0, "the slow call and a batch left ready")
+        await asyncio.sleep(0.2)  # the second send loop has leased its batch
+        before = leases.count("new")
+        await asyncio.sleep(1.0)
+        assert leases.count("new") - before <= 2  # the idle recheck, not a spin
+    finally:
+        stop.set()
+        running.cancel()
         await asyncio.gather(running, return_exceptions=True)

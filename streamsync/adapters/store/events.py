@@ -204,11 +204,11 @@ class EventOps(StoreBase):
                 "SELECT state, count(*) FROM event_pending GROUP BY state")
             return {str(s): int(n) for s, n in await cursor.fetchall()}
 
-    async def next_event_due(self) -> float | None:
-        """When the earliest new or ready row is due (None: none)."""
+    async def next_event_due(self, state: str) -> float | None:
+        """When the earliest row in `state` ('new' or 'ready') is due (None: none)."""
         async with self._read("next_event_due") as conn:
             cursor = await conn.execute("SELECT min(next_attempt_at) FROM event_pending "
-                                        "WHERE state IN ('new', 'ready')")
+                                        "WHERE state = ?", (state,))
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 

@@ -433,8 +433,8 @@ class StoreAPI(Protocol):
     async def event_counts(self) -> dict[str, int]:
         """Event rows per state."""
 
-    async def next_event_due(self) -> float | None:
-        """When the earliest new or ready event row is due."""
+    async def next_event_due(self, state: str) -> float | None:
+        """When the earliest event row in `state` ('new' or 'ready') is due."""
 
     async def dead_events(self, limit: int = 100) -> list[tuple[str, str, str]]:
         """(event id, reason, last error) of dead events, newest first."""

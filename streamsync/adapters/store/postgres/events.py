@@ -28,21 +28,33 @@ ON CONFLICT (event_id) DO NOTHING
 """
 # A picked row waits while an earlier undecided row of its record (attempts = 0: its
 # condition state not saved yet) is not among the picked ones; a row locked by another
-# worker's lease being taken right now is skipped by the pick but seen here as 'new'.
+# worker's lease being taken right now is skipped by the pick but seen here as 'new'. The
+# oldest rows come from the state index in seq order, each picked row's earlier undecided
+# rows from the partial record index (one look-up a picked row: a subquery with LIMIT, which
+# the planner keeps per row), and the rows are updated by their address (ctid, stable while
+# locked): a lease costs the batch, not the backlog (schema.py _V16; the earlier statement
+# sorted every due row by seq, and hashed the whole table to join the picked rows and the
+# undecided rows of their records).
 LEASE_NEW_SQL = """
 WITH picked AS (
-    SELECT event_id, record_id, seq FROM event_pending
-    WHERE state = 'new' AND next_attempt_at <= $3 ORDER BY seq LIMIT $4
-    FOR UPDATE SKIP LOCKED),
-blocked AS (
-    SELECT x.record_id, min(x.seq) AS seq FROM event_pending AS x
-    WHERE x.state = 'new' AND x.attempts = 0
-      AND x.record_id IN (SELECT record_id FROM picked)
-      AND x.event_id NOT IN (SELECT event_id FROM picked)
-    GROUP BY x.record_id)
+    SELECT ctid AS t, event_id, record_id, seq FROM event_pending
+    WHERE state = 'new' AND next_attempt_at <= $3 ORDER BY state, seq LIMIT $4
+    FOR UPDATE SKIP LOCKED)
 UPDATE event_pending AS e SET lease_token = $1, next_attempt_at = $2
-FROM picked AS p LEFT JOIN blocked AS b ON b.record_id = p.record_id
-WHERE e.event_id = p.event_id AND (b.seq IS NULL OR p.seq < b.seq)
+WHERE e.ctid = ANY(ARRAY(
+    SELECT p.t FROM picked AS p WHERE (
+        SELECT 1 FROM event_pending AS x
+        WHERE x.record_id = p.record_id AND x.seq < p.seq AND x.state = 'new'
+          AND x.attempts = 0 AND x.event_id NOT IN (SELECT event_id FROM picked)
+        LIMIT 1) IS NULL))
+RETURNING {returning}, e.seq
+"""
+LEASE_READY_SQL = """
+WITH due AS (
+    SELECT ctid FROM event_pending WHERE state = 'ready' AND next_attempt_at <= $3
+    ORDER BY state, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+UPDATE event_pending AS e SET lease_token = $1, next_attempt_at = $2
+WHERE e.ctid = ANY(ARRAY(SELECT ctid FROM due))
 RETURNING {returning}, e.seq
 """
 _COLUMNS = ("event_id, rule, object_name, record_id, change_type, commit_ts_ms, fires, touches, "
@@ -83,18 +95,12 @@ class EventOps(PgBase):
         token = secrets.token_hex(8)
         returning = ', '.join('e.' + c.strip() for c in _COLUMNS.split(','))
 
+        if state not in ("new", "ready"):
+            raise ValueError(f"rows in state {state!r} are not leased")
+        sql = (LEASE_NEW_SQL if state == "new" else LEASE_READY_SQL).format(returning=returning)
+
         async def body(conn: Connection) -> list[Any]:
-            if state != "new":
-                return list(await conn.fetch(
-                    f"""UPDATE event_pending AS e SET lease_token = $1, next_attempt_at = $2
-                    FROM (SELECT event_id FROM event_pending WHERE state = $3
-                          AND next_attempt_at <= $4 ORDER BY seq LIMIT $5
-                          FOR UPDATE SKIP LOCKED) AS due
-                    WHERE e.event_id = due.event_id
-                    RETURNING {returning}, e.seq""",
-                    token, now + lease_s, state, now, limit))
-            return list(await conn.fetch(LEASE_NEW_SQL.format(returning=returning),
-                                         token, now + lease_s, now, limit))
+            return list(await conn.fetch(sql, token, now + lease_s, now, limit))
 
         rows = await self._write("lease_events", body)
         return [_pending(r, token) for r in sorted(rows, key=lambda r: int(r[-1]))]
@@ -183,11 +189,11 @@ class EventOps(PgBase):
             rows = await conn.fetch("SELECT state, count(*) FROM event_pending GROUP BY state")
         return {str(r[0]): int(r[1]) for r in rows}
 
-    async def next_event_due(self) -> float | None:
-        """When the earliest new or ready row is due (None: none)."""
+    async def next_event_due(self, state: str) -> float | None:
+        """When the earliest row in `state` ('new' or 'ready') is due (None: none)."""
         async with self._read("next_event_due") as conn:
             due = await conn.fetchval("SELECT min(next_attempt_at) FROM event_pending "
-                                      "WHERE state IN ('new', 'ready')")
+                                      "WHERE state = $1", state)
         return None if due is None else float(due)
 
     async def dead_events(self, limit: int = 100) -> list[tuple[str, str, str]]:

@@ -434,8 +434,22 @@ _V15 = PgMigration(
     (f"ALTER TABLE rate_budget_drawer ADD COLUMN booked_until {TIME} NOT NULL DEFAULT 0",),
 )
 
+_V16 = PgMigration(
+    16,
+    "custom events: leases walk a state's rows in arrival order and find a record's undecided "
+    "rows by index, not by sorting or scanning the whole backlog (SQLite schema version 16)",
+    (
+        # By state in arrival order: a lease takes the oldest rows of a state and stops (the
+        # (state, next_attempt_at, seq) index leaves every due row to sort by seq).
+        "CREATE INDEX event_pending_by_state ON event_pending (state, seq)",
+        # A record's undecided rows: whether an earlier one lies outside a lease of new rows.
+        "CREATE INDEX event_pending_undecided ON event_pending (record_id, seq) "
+        "WHERE state = 'new' AND attempts = 0",
+    ),
+)
+
 MIGRATIONS: tuple[PgMigration, ...] = (_V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13,
-                                        _V14, _V15)
+                                        _V14, _V15, _V16)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _VERSION_TABLE = f"""
