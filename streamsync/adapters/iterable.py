@@ -326,6 +326,20 @@ class IterableClient:
             error_for=error_for,
         )
 
+    async def _paced(self, limiter: RateLimiter | None, method: str, path: str, endpoint: str,
+                     *, data: bytes | None = None, params: Mapping[str, str] | None = None
+                     ) -> HttpResponse:
+        """`_call` in one of `limiter`'s send slots (none: at once); a 429 slows the limiter
+        down before it is raised, the one place that does for every paced endpoint."""
+        if limiter is None:
+            return await self._call(method, path, endpoint, data=data, params=params)
+        async with limiter.slot():
+            try:
+                return await self._call(method, path, endpoint, data=data, params=params)
+            except RateLimited as exc:
+                limiter.on_rate_limited(exc.retry_after_s)
+                raise
+
     async def _single(self, method: str, path: str, endpoint: str, **body: Any) -> HttpResponse:
         """`_call` for one user: a request rejection is that user's RecordError."""
         try:
@@ -340,30 +354,15 @@ class IterableClient:
         BatchRejected; 413/BatchTooLarge → BatchTooLarge; other 400 → BatchError;
         429 → RateLimited; 5xx, timeouts, network → TransientError; 401 → AuthError.
         """
-        limiter = self.bulk_limiter
-        if limiter is None:
-            resp = await self._call("POST", "/api/users/bulkUpdate", BULK_UPDATE, data=body)
-            return parse_bulk_result(resp.json())
-        async with limiter.slot():
-            try:
-                resp = await self._call("POST", "/api/users/bulkUpdate", BULK_UPDATE, data=body)
-            except RateLimited as exc:
-                limiter.on_rate_limited(exc.retry_after_s)
-                raise
+        resp = await self._paced(self.bulk_limiter, "POST", "/api/users/bulkUpdate",
+                                 BULK_UPDATE, data=body)
         return parse_bulk_result(resp.json())
 
     async def track_bulk(self, body: bytes, limiter: RateLimiter | None = None) -> TrackResult:
         """POST /api/events/trackBulk with a pre-encoded `{"events": [...]}` body; errors map
         as for bulk_update. `limiter`: the trackBulk rate limiter (10 requests/s)."""
-        if limiter is None:
-            resp = await self._call("POST", "/api/events/trackBulk", TRACK_BULK, data=body)
-            return parse_track_result(resp.json())
-        async with limiter.slot():
-            try:
-                resp = await self._call("POST", "/api/events/trackBulk", TRACK_BULK, data=body)
-            except RateLimited as exc:
-                limiter.on_rate_limited(exc.retry_after_s)
-                raise
+        resp = await self._paced(limiter, "POST", "/api/events/trackBulk", TRACK_BULK,
+                                 data=body)
         return parse_track_result(resp.json())
 
     async def user_events(self, *, email: str | None = None, user_id: str | None = None,
@@ -462,16 +461,8 @@ class IterableClient:
         body = orjson.dumps({"users": list(emails), "usersByUserId": list(user_ids)})
         path = f"/api/subscriptions/{group}/{int(group_id)}"
         params = {"action": "subscribe" if subscribe else "unsubscribe"}
-        limiter = self.subscription_limiter
-        if limiter is None:
-            resp = await self._call("PUT", path, SUBSCRIPTIONS, data=body, params=params)
-            return parse_group_failures(resp.json())
-        async with limiter.slot():
-            try:
-                resp = await self._call("PUT", path, SUBSCRIPTIONS, data=body, params=params)
-            except RateLimited as exc:
-                limiter.on_rate_limited(exc.retry_after_s)
-                raise
+        resp = await self._paced(self.subscription_limiter, "PUT", path, SUBSCRIPTIONS,
+                                 data=body, params=params)
         return parse_group_failures(resp.json())
 
     async def _listing(self, path: str, endpoint: str, key: str) -> list[dict[str, Any]]:

@@ -110,12 +110,7 @@ class IterableLists:
 
     async def users(self, list_id: int) -> list[str]:
         """GET /api/lists/getUsers: the list's members, one email (or userId) per line."""
-        async with self.reads.slot():
-            try:
-                resp = await self.client._call("GET", "/api/lists/getUsers", GET_USERS,
-                                               params={"listId": str(list_id)})
-            except RateLimited as exc:
-                self.reads.on_rate_limited(exc.retry_after_s)
-                raise
+        resp = await self.client._paced(self.reads, "GET", "/api/lists/getUsers", GET_USERS,
+                                        params={"listId": str(list_id)})
         text = resp.body.decode("utf-8", errors="replace")
         return [line.strip() for line in text.splitlines() if line.strip()]

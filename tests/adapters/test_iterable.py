@@ -21,6 +21,7 @@ from streamsync.adapters.iterable import (
     mismatched_fields,
     parse_bulk_result,
 )
+from streamsync.adapters.iterable_lists import IterableLists
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.emulators.iterable import IterableEmulator, IterableEmulatorConfig
 from streamsync.errors import (
@@ -190,6 +191,30 @@ async def test_a_429_slows_the_shared_limiter_down(emu: IterableEmulator) -> Non
         )
         with pytest.raises(RateLimited):
             await client.bulk_update(_body({"email": "a@example.com"}))
+    assert limiter.rate_limited_total == 1
+    assert limiter.current_rate_per_s() < 5.0
+    assert limiter.in_flight == 0
+
+
+@pytest.mark.parametrize("endpoint", ["trackBulk", "subscriptions", "getUsers"])
+async def test_a_429_slows_every_paced_endpoint_s_limiter_down(emu: IterableEmulator,
+                                                               endpoint: str) -> None:
+    limiter = RateLimiter(5.0, max_in_flight=2)
+    path = {"trackBulk": "/api/events/trackBulk", "subscriptions": "/api/subscriptions/emailList/7",
+            "getUsers": "/api/lists/getUsers"}[endpoint]
+    emu.faults.fail_next(path, status=429, headers={"Retry-After": "1"},
+                         body={"msg": "Exceeded rate limit", "code": "RateLimitExceeded"})
+    async with make_session(5.0) as session:
+        client = IterableClient(session, emu.base_url, emu.api_key,
+                                subscription_limiter=limiter)
+        with pytest.raises(RateLimited):
+            if endpoint == "trackBulk":
+                await client.track_bulk(orjson.dumps({"events": []}), limiter)
+            elif endpoint == "subscriptions":
+                await client.update_subscription_group("emailList", 7, subscribe=False,
+                                                       emails=["a@example.com"])
+            else:
+                await IterableLists(client, RateLimiter(5.0), reads=limiter).users(7)
     assert limiter.rate_limited_total == 1
     assert limiter.current_rate_per_s() < 5.0
     assert limiter.in_flight == 0
