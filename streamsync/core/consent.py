@@ -114,6 +114,22 @@ def echo_opt_out(payload: Mapping[str, Any], changed_fields: Sequence[str],
     return None
 
 
+AUDIT_FIELDS = frozenset({"lastmodifieddate", "lastmodifiedbyid", "systemmodstamp",
+                          "lastreferenceddate", "lastvieweddate"})
+"""Fields Salesforce changes with every edit (lower case): they say nothing about a record."""
+
+
+def settles_opt_out(payload: Mapping[str, Any], changed_fields: Sequence[str],
+                    fields: Sequence[str]) -> bool:
+    """True when a change event alone says the record is now opted out: it changed an opt-out
+    field to true and nothing else but opt-out fields and `AUDIT_FIELDS`, so every other field
+    (the email and userId sources among them) is as the record's last sync left it."""
+    changed = {f.lower() for f in changed_fields}
+    if changed - {f.lower() for f in fields} - AUDIT_FIELDS:
+        return False
+    return echo_opt_out(payload, changed_fields, fields) is True
+
+
 def stamp_ms(value: Any) -> int | None:
     """A Salesforce dateTime (`2024-01-02T03:04:05.000+0000`, or with `Z`) as epoch ms."""
     moment = sf_datetime(value)

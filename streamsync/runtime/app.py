@@ -339,7 +339,7 @@ class IngestBuilder:
         return Ingest(
             config=config, store=parts.store, subscriber=subscriber, reconciler=self.reconciler,
             metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=self.signal,
-            channels=channels, fence=self.fence,
+            channels=channels, fence=self.fence, consent_fast=parts.pipeline.consent_fast,
         )
 
 

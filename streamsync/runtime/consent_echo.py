@@ -4,19 +4,23 @@ streamsync writes an opt-out field to Salesforce only to mirror an Iterable cons
 its `Sforce-Call-Options` client name; the CDC event of that write carries the name in
 `changeOrigin` (docs/salesforce.md §2.2). The state it states is stored as Iterable's (where it
 prevails) before the event's ids are queued, so the re-read finds the two agreeing and nothing
-goes back to Iterable (docs/design.md §7).
+goes back to Iterable (docs/design.md §7). `consent_of_event` is ingest's consent step: that,
+and handing the opt-outs an event settles to the fast path (runtime/consent_fast.py).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-from streamsync.adapters.store import ConsentRow
+from streamsync.adapters.store import ConsentRow, StoreAPI
 from streamsync.config import Config
 from streamsync.core.consent import ITERABLE, echo_opt_out
 from streamsync.core.events import origin_client
 from streamsync.models import ChangeEvent
+from streamsync.runtime.consent_fast import ConsentFastPath
+from streamsync.runtime.ingest_batch import EventBatch
 
 
 def echoed_consent(config: Config, event: ChangeEvent, message: Mapping[str, Any]
@@ -37,3 +41,17 @@ def echoed_consent(config: Config, event: ChangeEvent, message: Mapping[str, Any
         return []
     return [ConsentRow(event.entity, record_id, value, event.commit_timestamp_ms, ITERABLE)
             for record_id in event.record_ids]
+
+
+async def consent_of_event(config: Config, store: StoreAPI, fast: ConsentFastPath | None,
+                           batch: EventBatch, event: ChangeEvent, message: Mapping[str, Any],
+                           now: float) -> None:
+    """Ingest's consent step for one event: the state an echo of ours states is stored before
+    the event's ids are queued (their re-read must find it stored); an opt-out the event
+    settles goes to the fast path once the batch is committed (runtime/consent_fast.py)."""
+    echoed = echoed_consent(config, event, message)
+    if echoed:
+        await store.note_consent_states(echoed, now)
+    hint = fast.hint(event, message) if fast is not None else None
+    if fast is not None and hint is not None:
+        batch.after(functools.partial(fast.submit, hint))

@@ -46,7 +46,15 @@ def _state(record: Mapping[str, Any], fields: Sequence[str], now_ms: int) -> Con
     return ConsentState(opted_out(record, fields), at or now_ms, SALESFORCE)
 
 
-def _row(object_name: str, record_id: str, state: ConsentState) -> ConsentRow:
+def stored_state(row: ConsentRow | None) -> ConsentState | None:
+    """A stored consent row as the state `decide_from_salesforce` compares with."""
+    if row is None:
+        return None
+    return ConsentState(row.opted_out, row.changed_at_ms,
+                        SALESFORCE if row.origin == SALESFORCE else ITERABLE)
+
+
+def consent_row(object_name: str, record_id: str, state: ConsentState) -> ConsentRow:
     return ConsentRow(object_name, record_id, state.opted_out, state.changed_at_ms, state.origin)
 
 
@@ -105,7 +113,7 @@ class ConsentSync:
         written.extend(done.outcome)
         failed = {u.sf_id for u, _ in written.retry} | {u.sf_id for u, _, _ in written.dead}
         failed |= done.failed
-        rows = [_row(object_name, sf_id, state) for sf_id, state in states.items()
+        rows = [consent_row(object_name, sf_id, state) for sf_id, state in states.items()
                 if sf_id not in failed]
         await self.store.note_consent_states(rows, self.clock())
         unsubscribed = late.unsubscribed + done.unsubscribed
@@ -127,13 +135,9 @@ class ConsentSync:
                                                      Action.RESUBSCRIBE: []}
         done = _Written()
         for user in users:
-            row = stored.get(user.sf_id)
-            last = (None if row is None else
-                    ConsentState(row.opted_out, row.changed_at_ms,
-                                 SALESFORCE if row.origin == SALESFORCE else ITERABLE))
             decision = decide_from_salesforce(
-                _state(records[user.sf_id], consent.opt_out_fields, now_ms), last,
-                resubscribe=consent.resubscribe)
+                _state(records[user.sf_id], consent.opt_out_fields, now_ms),
+                stored_state(stored.get(user.sf_id)), resubscribe=consent.resubscribe)
             if decision.record is not None:
                 done.states[user.sf_id] = decision.record
             if decision.action is not Action.NONE:

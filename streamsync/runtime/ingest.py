@@ -10,16 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streamsync.adapters.cometd import (
-    CometdSubscriber,
-    ReplayId,
-)
-from streamsync.adapters.store import (
-    IdentityHandover,
-    PendingReconcile,
-    QueueInput,
-    StoreAPI,
-)
+from streamsync.adapters.cometd import CometdSubscriber, ReplayId
+from streamsync.adapters.store import IdentityHandover, PendingReconcile, QueueInput, StoreAPI
 from streamsync.config import Config
 from streamsync.core.event_rules import RuleTrigger, rule_triggers
 from streamsync.core.events import channel_for, is_echo, parse_event
@@ -28,7 +20,8 @@ from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describ
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent, EventCandidate
 from streamsync.retry import Policy
-from streamsync.runtime.consent_echo import echoed_consent
+from streamsync.runtime.consent_echo import consent_of_event
+from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.fence import Fence
 from streamsync.runtime.ingest_batch import MAX_GROUP, EventBatch
 from streamsync.runtime.metrics import Metrics
@@ -119,8 +112,10 @@ class Ingest:
         signal: QueueSignal | None = None,
         channels: list[str] | None = None,
         fence: Fence | None = None,
+        consent_fast: ConsentFastPath | None = None,
     ) -> None:
         self._config = config
+        self._fast = consent_fast  # told of committed opt-outs (runtime/consent_fast.py)
         self._fence = fence
         self._store = store
         self._subscriber = subscriber
@@ -203,9 +198,8 @@ class Ingest:
                                   _readable_replay_id(message), now)
             return
         self._metrics.last_event_ts.labels(event.channel).set(event.commit_timestamp_ms / 1000)
-        echoed = echoed_consent(self._config, event, message)
-        if echoed:  # before the ids are queued: their re-read must find the state stored
-            await self._store.note_consent_states(echoed, now)
+        await consent_of_event(self._config, self._store, self._fast, self._batch, event,
+                               message, now)  # runtime/consent_echo.py
         if self._echo_client and is_echo(event, self._echo_client):
             self.stats.echoes += 1
             log.debug("ingest.echo_suppressed", channel=event.channel,
@@ -270,6 +264,8 @@ class Ingest:
     async def aclose(self) -> None:
         """Cancel reconciliation workers (what they owe stays) and close the subscriber."""
         await self.reconciles.aclose()
+        if self._fast is not None:
+            await self._fast.aclose()
         await self._subscriber.close()
 
     # ---- message handling ------------------------------------------------------------------

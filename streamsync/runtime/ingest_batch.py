@@ -61,15 +61,21 @@ class EventBatch:
         self._after.append(callback)
 
     async def commit(self, now: float) -> None:
-        await self._write(now)
+        written = await self._write(now, notify=False)
         callbacks, self._after = self._after, []
-        for callback in callbacks:
-            callback()
+        for callback in callbacks:  # before the flusher wakes: the consent fast path's
+            callback()              # first reads go ahead of its leases (runtime/consent_fast.py)
+        if written is not None:
+            self._signal.notify(written)
 
-    async def _write(self, now: float) -> None:
+    async def _write(self, now: float, notify: bool = True) -> int | None:
+        """Store the current run; wake the flusher and the event worker (or return how many
+        rows to wake them for)."""
         run, self._run = self._run, None
         if run is None:
-            return
+            return None
         await record_event(self._store, self._fence, run.channel, run.replay_id, run.items,
                            run.commit_ts_ms, now, run.events)
-        self._signal.notify(len(run.items) + len(run.events))  # the flusher, the event worker
+        if notify:
+            self._signal.notify(len(run.items) + len(run.events))
+        return len(run.items) + len(run.events)

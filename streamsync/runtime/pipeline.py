@@ -17,6 +17,7 @@ from streamsync.core.mapping import CompiledMapping
 from streamsync.errors import ConfigError, RecordError, RetriableError
 from streamsync.logs import get_logger
 from streamsync.models import MappedUser
+from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.consent_out import ConsentSync, EarlyConsent
 from streamsync.runtime.generations import Generations, RecordGate
 from streamsync.runtime.metrics import Metrics
@@ -79,6 +80,7 @@ class SyncPipeline:
         self.generations, self.gate = Generations(), RecordGate()  # runtime/generations.py
         self.consent = ConsentSync(config=config, store=store, iterable=iterable,
                                    writer=self.writer, clock=clock)
+        self.consent_fast = ConsentFastPath(self.consent, self.gate)  # fed by ingest
 
     # -- records that exist ------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamsync.adapters.store import ConsentRow, StoreAPI
+from streamsync.adapters.store import ConsentRow, Failure, QueueInput, StoreAPI, UnsyncedChange
 
 T0 = 1_700_000_000.0
 LEAD = "00Q000000000001AAA"
@@ -55,3 +55,20 @@ async def test_many_ids_are_read_in_chunks(store: StoreAPI) -> None:
 def test_a_row_names_its_side() -> None:
     with pytest.raises(ValueError, match="origin"):
         row(True, 1, "hubspot")
+
+
+async def test_unsynced_changes_are_the_queue_rows_and_dead_letters_of_the_records(
+        store: StoreAPI) -> None:
+    other, dead = "00Q000000000002AAA", "00Q000000000003AAA"
+    assert await store.unsynced_changes("Lead", [LEAD, other]) == {}
+    await store.enqueue([QueueInput("Lead", LEAD)], T0, "cdc", 5_000)
+    assert await store.unsynced_changes("Lead", [LEAD, other]) == {
+        LEAD: UnsyncedChange(1, 5_000, False)}
+    await store.enqueue([QueueInput("Lead", LEAD)], T0 + 1, "cdc", 6_000)  # a second change
+    assert await store.unsynced_changes("Lead", [LEAD]) == {LEAD: UnsyncedChange(2, 5_000, False)}
+    assert await store.unsynced_changes("Contact", [LEAD]) == {}
+    await store.enqueue([QueueInput("Lead", dead)], T0, "cdc", 7_000)
+    [lease] = [x for x in await store.lease("t", 10, 30.0, T0 + 2) if x.record_id == dead]
+    await store.dead_letter_each([Failure(lease, "consent_rejected", "refused")], T0 + 2)
+    got = await store.unsynced_changes("Lead", [dead, LEAD, dead])
+    assert got[dead] == UnsyncedChange(0, None, True) and got[LEAD].version == 2

@@ -14,6 +14,7 @@ from streamsync.core.consent import (
     echo_opt_out,
     opted_out,
     prevails,
+    settles_opt_out,
     supersedes,
     winner,
 )
@@ -101,3 +102,25 @@ def test_echo_payload_states_an_opt_out_only_when_it_is_certain() -> None:
     # one field cleared, the other not stated: still possibly opted out
     assert echo_opt_out({"HasOptedOutOfEmail": False}, ["HasOptedOutOfEmail"], two) is None
     assert echo_opt_out({"HasOptedOutOfEmail": True}, ["HasOptedOutOfEmail"], two) is True
+
+
+def test_only_a_change_of_nothing_but_opt_out_fields_to_true_settles_an_opt_out() -> None:
+    one = ("HasOptedOutOfEmail",)
+    audit = ["LastModifiedDate", "LastModifiedById", "SystemModstamp"]
+    out = {"HasOptedOutOfEmail": True, "LastModifiedDate": "2026-12-05T13:00:00.000Z"}
+    assert settles_opt_out(out, ["HasOptedOutOfEmail", *audit], one)
+    assert settles_opt_out(out, ["hasoptedoutofemail"], one)
+    # an opt-in never goes fast (resubscribing is the pipeline's, from a read)
+    assert not settles_opt_out({"HasOptedOutOfEmail": False}, ["HasOptedOutOfEmail"], one)
+    # the same change moves the email (or any other field): the identity may not name it
+    assert not settles_opt_out({**out, "Email": "new@example.com"},
+                               ["HasOptedOutOfEmail", "Email"], one)
+    assert not settles_opt_out({**out, "FirstName": "A"}, ["HasOptedOutOfEmail", "FirstName"],
+                               one)
+    assert not settles_opt_out({"LastModifiedDate": "x"}, ["LastModifiedDate"], one)
+    assert not settles_opt_out({}, [], one)  # a gap event carries no fields
+    two = ("HasOptedOutOfEmail", "Do_Not_Market__c")
+    # one of two fields set: opted out whatever the other says
+    assert settles_opt_out({"Do_Not_Market__c": True}, ["Do_Not_Market__c"], two)
+    # one of two cleared: the other is unknown, nothing is settled
+    assert not settles_opt_out({"Do_Not_Market__c": False}, ["Do_Not_Market__c"], two)

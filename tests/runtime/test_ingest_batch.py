@@ -64,4 +64,7 @@ async def test_runs_of_channels_keep_their_order_and_wake_the_flusher_after_comm
     b = await store.get_replay("/b")
     assert b is not None and b.replay_id == 7
     assert woken and woken[0] > before
+    # ... and before the commit's own wake-up: the consent fast path's first reads go ahead of
+    # the flusher's leases (runtime/consent_fast.py)
+    assert woken[0] < signal.generation
     assert (await store.queue_stats(3.0)).depth == 3

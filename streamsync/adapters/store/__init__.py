@@ -46,6 +46,7 @@ from .types import (
     ResyncState,
     SettleResult,
     StoreStatus,
+    UnsyncedChange,
     WorkerInfo,
 )
 
@@ -94,6 +95,7 @@ __all__ = [
     "Store",
     "StoreAPI",
     "StoreStatus",
+    "UnsyncedChange",
     "Synchronous",
     "WorkerInfo",
     "collect_status",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import orjson
 
 from .base import StoreBase
-from .types import ConsentRow
+from .types import ConsentRow, UnsyncedChange
 
 _UPSERT = """
 INSERT INTO consent_state (object_name, record_id, opted_out, changed_at_ms, origin, updated_at)
@@ -24,6 +24,15 @@ WHERE excluded.changed_at_ms > consent_state.changed_at_ms
    OR (excluded.changed_at_ms = consent_state.changed_at_ms
        AND (excluded.origin = consent_state.origin
             OR (excluded.opted_out = 1 AND consent_state.opted_out = 0)))
+"""
+
+
+_UNSYNCED = """
+SELECT j.value, coalesce(q.version, 0), q.commit_ts_ms, d.record_id IS NOT NULL
+FROM json_each(?) AS j
+LEFT JOIN queue AS q ON q.object_name = ? AND q.record_id = j.value
+LEFT JOIN dead_letter AS d ON d.object_name = ? AND d.record_id = j.value
+WHERE q.record_id IS NOT NULL OR d.record_id IS NOT NULL
 """
 
 
@@ -70,3 +79,18 @@ class ConsentOps(StoreBase):
             # rowcount is the total of rows inserted or updated.
             cursor = await conn.executemany(_SUPERSEDING, [_params(r, now) for r in rows])
             return max(cursor.rowcount, 0)
+
+    async def unsynced_changes(self, object_name: str, record_ids: Sequence[str]
+                               ) -> dict[str, UnsyncedChange]:
+        """The queue row (version, earliest commit time) and dead letter of each of these
+        records that has either, by record id."""
+        if not record_ids:
+            return {}
+        async with self._read("unsynced_changes") as conn, conn.execute(
+            _UNSYNCED, (orjson.dumps(list(dict.fromkeys(record_ids))).decode(), object_name,
+                        object_name),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {str(rid): UnsyncedChange(int(version), None if ts is None else int(ts),
+                                         bool(dead))
+                for rid, version, ts, dead in rows}

@@ -49,6 +49,7 @@ from .types import (
     ResyncState,
     SettleResult,
     StoreStatus,
+    UnsyncedChange,
     WorkerInfo,
 )
 
@@ -307,6 +308,11 @@ class StoreAPI(Protocol):
 
     async def note_consent_states(self, rows: Sequence[ConsentRow], now: float) -> int:
         """Store each state only where it supersedes the stored one."""
+
+    async def unsynced_changes(self, object_name: str,
+                               record_ids: Sequence[str]) -> dict[str, UnsyncedChange]:
+        """The queue row and dead letter of each record that has either, by record id (the
+        consent fast path's freshness check, runtime/consent_fast.py)."""
 
     # -- Campaign members as list subscribers, the lists backfill
 

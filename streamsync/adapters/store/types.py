@@ -52,6 +52,16 @@ class ConsentRow:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsyncedChange:
+    """What the store holds of a record's changes not yet synced: its queue row's version
+    (0: no row) and earliest commit time, and whether it is dead-lettered."""
+
+    version: int
+    commit_ts_ms: int | None
+    dead_lettered: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A queue row handed to one flusher until `lease_expires_at`; settle it with the same token.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..types import ConsentRow
+from ..types import ConsentRow, UnsyncedChange
 from .base import Connection, PgBase, rows_affected
 
 _UPSERT = """
@@ -20,6 +20,15 @@ _SUPERSEDING = _UPSERT + """
 WHERE excluded.changed_at_ms > c.changed_at_ms
    OR (excluded.changed_at_ms = c.changed_at_ms
        AND (excluded.origin = c.origin OR (excluded.opted_out AND NOT c.opted_out)))
+"""
+
+
+_UNSYNCED = """
+SELECT i.id, coalesce(q.version, 0), q.commit_ts_ms, d.record_id IS NOT NULL
+FROM unnest($2::text[]) AS i(id)
+LEFT JOIN queue AS q ON q.object_name = $1 AND q.record_id = i.id
+LEFT JOIN dead_letter AS d ON d.object_name = $1 AND d.record_id = i.id
+WHERE q.record_id IS NOT NULL OR d.record_id IS NOT NULL
 """
 
 
@@ -68,3 +77,15 @@ class ConsentOps(PgBase):
             return stored
 
         return await self._write("note_consent_states", body)
+
+    async def unsynced_changes(self, object_name: str, record_ids: Sequence[str]
+                               ) -> dict[str, UnsyncedChange]:
+        """The queue row (version, earliest commit time) and dead letter of each of these
+        records that has either, by record id."""
+        if not record_ids:
+            return {}
+        async with self._read("unsynced_changes") as conn:
+            rows = await conn.fetch(_UNSYNCED, object_name, list(dict.fromkeys(record_ids)))
+        return {str(r[0]): UnsyncedChange(int(r[1]), None if r[2] is None else int(r[2]),
+                                          bool(r[3]))
+                for r in rows}
