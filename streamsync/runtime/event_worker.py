@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import SalesforceClient
@@ -71,6 +72,9 @@ class EventWorker:
         self._ahead: collections.deque[tuple[list[PendingEvent], asyncio.Task[Prepared]]] = \
             collections.deque()  # leases taken, their reads in flight, oldest first
         self._deciding = asyncio.Lock()
+        # Batches the decide step handed to the send loops, each leased to its own token.
+        self._handed: collections.deque[list[PendingEvent]] = collections.deque()
+        self._stored_ready = True  # ready rows may wait in the store: hand nothing past them
         self.stats = EventStats()
 
     async def decide_once(self) -> int:
@@ -99,9 +103,15 @@ class EventWorker:
             await self.release_prepared()
             raise
         self._ahead.popleft()
+        handed = self._batches_to_hand(leased, out.ready)
+        now = self._clock()
         await self._store.settle_decisions(
             leased[0].token, ready=out.ready, skipped=out.skipped, dead=out.dead,
-            later=out.later, states=out.states, now=self._clock())
+            later=out.later, states=out.states, now=now,
+            held={p.candidate.event_id: p.token for batch in handed for p in batch},
+            held_until=now + self._lease_s)
+        self._handed.extend(handed)
+        self._stored_ready = self._stored_ready or sum(map(len, handed)) < len(out.ready)
         self.stats.decided += len(leased)
         self.stats.fired += len(out.ready)
         self.stats.dead += len(out.dead)
@@ -111,8 +121,29 @@ class EventWorker:
                  dead=len(out.dead), waited_s=round(time.monotonic() - began, 3))
         return len(leased)
 
+    def _batches_to_hand(self, leased: Sequence[PendingEvent], ready: dict[str, dict[str, Any]]
+                         ) -> list[list[PendingEvent]]:
+        """The first trackBulk batches of `ready` that go straight to the send loops (no
+        store lease reads them back): while no ready row waits in the store (they would be
+        overtaken), and at most one batch per send loop in memory (docs/events.md §4)."""
+        room = self._conf.max_in_flight + 1 - len(self._handed)
+        if self._stored_ready or room <= 0 or not ready:
+            return []
+        rows = {p.candidate.event_id: p for p in leased}
+        ids = list(ready)[:room * self._conf.batch_max_events]
+        batches: list[list[PendingEvent]] = []
+        for start in range(0, len(ids), self._conf.batch_max_events):
+            token = secrets.token_hex(8)
+            batches.append([PendingEvent(rows[i].candidate, ready[i], rows[i].attempts,
+                                         rows[i].enqueued_at, token)
+                            for i in ids[start:start + self._conf.batch_max_events]])
+        return batches
+
     async def release_prepared(self) -> None:
-        """Give back every lease taken ahead and not settled (a failed read, shutdown)."""
+        """Give back every lease taken ahead and not settled (a failed read, shutdown), and
+        the batches handed to the send loops and not taken yet."""
+        while self._handed:
+            await self._store.release_events(self._handed.popleft()[0].token, self._clock())
         while self._ahead:
             leased, preparing = self._ahead.popleft()
             preparing.cancel()
@@ -122,11 +153,17 @@ class EventWorker:
     async def send_once(self, limit: int | None = None) -> int:
         """Send one lease of ready events (at most `limit`, by default about a second of
         sends); how many rows it took."""
-        # The limiter spaces the batches of one lease; max_in_flight overlap.
-        limit = limit or self._conf.batch_max_events * max(1, int(self._conf.rate_limit_per_s))
-        leased = await self._store.lease_events("ready", limit, self._lease_s, self._clock())
-        if not leased:
-            return 0
+        if self._handed:  # leased to it already by the decide step
+            leased = self._handed.popleft()
+        else:
+            # The limiter spaces the batches of one lease; max_in_flight overlap.
+            limit = limit or self._conf.batch_max_events * max(1, int(self._conf.rate_limit_per_s))
+            leased = await self._store.lease_events("ready", limit, self._lease_s,
+                                                    self._clock())
+            if len(leased) < limit:
+                self._stored_ready = False  # none due left behind
+            if not leased:
+                return 0
         out = await send_and_settle(self._store, self.sender, leased, self._clock)
         self.stats.sent += len(out.sent)
         self.stats.dead += len(out.dead)

@@ -85,6 +85,20 @@ async def test_settling_saves_states_and_moves_rows_new_ready_sent_or_dead(
     assert "sent" not in await store.event_counts()
 
 
+
+async def test_ready_rows_handed_to_a_send_loop_stay_leased_to_its_token(
+        store: StoreAPI) -> None:
+    await store.record_event(CHANNEL, 1, [], 1000, T0, [cand(1), cand(2)])
+    leased = await store.lease_events("new", 10, 60, T0)
+    first, second = (p.candidate.event_id for p in leased)
+    await store.settle_decisions(
+        leased[0].token, ready={first: {"id": first}, second: {"id": second}}, skipped=[],
+        dead={}, later={}, states={}, now=T0 + 1, held={first: "send-1"}, held_until=T0 + 61)
+    [due] = await store.lease_events("ready", 10, 60, T0 + 2)
+    assert due.candidate.event_id == second
+    await store.settle_sent("send-1", sent=[first], dead={}, later={}, waiting={}, now=T0 + 3)
+    assert await store.event_counts() == {"ready": 1, "sent": 1}
+
 async def test_a_released_or_expired_lease_makes_rows_due_again(store: StoreAPI) -> None:
     await store.record_event(CHANNEL, 1, [], 1000, T0, [cand(1)])
     [first] = await store.lease_events("new", 10, 60, T0)

@@ -183,3 +183,57 @@ async def test_ready_rows_waiting_for_a_send_slot_do_not_wake_the_decide_loop(
         stop.set()
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_decided_batches_go_straight_to_the_send_loops_and_come_back_on_release(
+        one_slot_rig: Rig) -> None:
+    """A decide step hands its first batches (one per send loop: two here) to the send loops,
+    leased to them in its settling transaction, so no lease of ready rows reads them back; the
+    rest waits in the store, due; a batch not taken yet is given back at shutdown."""
+    rig = one_slot_rig
+    worker = rig.worker
+    assert await worker.send_once() == 0  # no ready row waits in the store
+    ids = await rig.changes(rig.leads, "tx-1")  # six events: three batches of two
+    assert await worker.decide_once() == 6
+    counts = await rig.store.event_counts()
+    assert counts == {"ready": 6}
+    due = await rig.store.lease_events("ready", 10, 60, time.time())
+    assert [p.candidate.event_id for p in due] == ids[4:]  # the batches handed stay leased
+    await rig.store.release_events(due[0].token, time.time())
+    assert await worker.send_once() == 2  # a handed batch, no lease
+    assert rig.tracked() == set(ids[:2])
+    await worker.release_prepared()  # shutdown: the other handed batch is due again
+    due = await rig.store.lease_events("ready", 10, 60, time.time())
+    assert sorted(p.candidate.event_id for p in due) == sorted(ids[2:])
+
+
+async def test_a_burst_is_sent_with_no_ready_lease_while_the_send_loops_keep_up(
+        ahead_rig: Rig) -> None:
+    rig = ahead_rig
+    leases: list[tuple[str, int]] = []
+    lease_events = rig.store.lease_events
+
+    async def counted(state: str, *args: float) -> list[PendingEvent]:
+        rows = await lease_events(state, *args)  # type: ignore[arg-type]
+        leases.append((state, len(rows)))
+        return rows
+
+    rig.store.lease_events = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(rig.worker.run(stop))
+    try:
+        async def looked_in_the_store() -> bool:
+            return ("ready", 0) in leases  # no ready row waits there
+
+        await wait_for(looked_in_the_store, 10.0, "the first send step")
+        ids = await rig.changes(rig.leads, "tx-1")
+
+        async def all_sent() -> bool:
+            return set(ids) <= rig.tracked() and (await rig.store.event_counts()) == {
+                "sent": len(ids)}
+
+        await wait_for(all_sent, 20.0, "every event sent")
+    finally:
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
+    assert [n for state, n in leases if state == "ready" and n] == []

@@ -133,9 +133,13 @@ class EventOps(StoreBase):
         self, token: str, *, ready: Mapping[str, dict[str, Any]], skipped: Sequence[str],
         dead: Mapping[str, tuple[str, str]], later: Mapping[str, tuple[str, float]],
         states: Mapping[tuple[str, str], StoredCondition], now: float,
+        held: Mapping[str, str] | None = None, held_until: float = 0.0,
     ) -> None:
         """One transaction: condition states saved, rows made ready (with their item), deleted
-        (not firing), dead (reason, error) or due again later (error, delay)."""
+        (not firing), dead (reason, error) or due again later (error, delay). A ready row
+        named in `held` stays leased, to the token given, until `held_until`: the decide step
+        hands it to a send loop in memory, with no lease of ready rows to read it back."""
+        held = held or {}
         async with self._tx("settle_decisions") as conn:
             await conn.executemany(
                 """INSERT INTO event_condition (rule, record_id, met, condition_values,
@@ -148,8 +152,9 @@ class EventOps(StoreBase):
                  for (rule, rid), s in states.items()])
             await conn.executemany(
                 "UPDATE event_pending SET state = 'ready', payload = ?, next_attempt_at = ?, "
-                "lease_token = NULL WHERE event_id = ? AND lease_token = ?",
-                [(orjson.dumps(item).decode(), now, eid, token) for eid, item in ready.items()])
+                "lease_token = ? WHERE event_id = ? AND lease_token = ?",
+                [(orjson.dumps(item).decode(), held_until if eid in held else now,
+                  held.get(eid), eid, token) for eid, item in ready.items()])
             await conn.executemany(
                 "DELETE FROM event_pending WHERE event_id = ? AND lease_token = ?",
                 [(eid, token) for eid in skipped])

@@ -423,8 +423,10 @@ class StoreAPI(Protocol):
         self, token: str, *, ready: Mapping[str, dict[str, Any]], skipped: Sequence[str],
         dead: Mapping[str, tuple[str, str]], later: Mapping[str, tuple[str, float]],
         states: Mapping[tuple[str, str], StoredCondition], now: float,
+        held: Mapping[str, str] | None = None, held_until: float = 0.0,
     ) -> None:
-        """Condition states saved and decided rows settled, in one transaction."""
+        """Condition states saved and decided rows settled, in one transaction; ready rows
+        named in `held` stay leased to the token given until `held_until`."""
 
     async def settle_sent(
         self, token: str, *, sent: Sequence[str], dead: Mapping[str, tuple[str, str]],

@@ -124,8 +124,10 @@ class EventOps(PgBase):
         self, token: str, *, ready: Mapping[str, dict[str, Any]], skipped: Sequence[str],
         dead: Mapping[str, tuple[str, str]], later: Mapping[str, tuple[str, float]],
         states: Mapping[tuple[str, str], StoredCondition], now: float,
+        held: Mapping[str, str] | None = None, held_until: float = 0.0,
     ) -> None:
         """See the SQLite `settle_decisions`."""
+        held = held or {}
 
         async def body(conn: Connection) -> None:
             keys = sorted(states)
@@ -146,9 +148,11 @@ class EventOps(PgBase):
             ids = sorted(ready)
             await conn.execute(
                 "UPDATE event_pending AS e SET state = 'ready', payload = u.p, "
-                "next_attempt_at = $3, lease_token = NULL FROM unnest($1::text[], $2::text[]) "
-                "AS u(i, p) WHERE e.event_id = u.i AND e.lease_token = $4",
-                ids, [orjson.dumps(ready[i]).decode() for i in ids], now, token)
+                "next_attempt_at = CASE WHEN u.k IS NULL THEN $4::float8 ELSE $5::float8 END, "
+                "lease_token = u.k FROM unnest($1::text[], $2::text[], $3::text[]) "
+                "AS u(i, p, k) WHERE e.event_id = u.i AND e.lease_token = $6",
+                ids, [orjson.dumps(ready[i]).decode() for i in ids],
+                [held.get(i) for i in ids], now, held_until, token)
             await conn.execute("DELETE FROM event_pending WHERE event_id = ANY($1::text[]) "
                                "AND lease_token = $2", sorted(skipped), token)
             await _dead(conn, token, dead, now)
