@@ -2,11 +2,13 @@
 alone, without waiting for the record's Salesforce read (docs/design.md §7).
 
 Ingest (`runtime/ingest.py`) hands over an `OptOutHint` once the event's queue rows are
-committed. The rows stay: the pipeline syncs the records as always, so a crash, a refused call
-or a skipped hint loses nothing (the pipeline decides from its read and the stored state).
-Each record is handled under the pipeline's `RecordGate` (`runtime/generations.py`), so no
-pipeline call of it runs meanwhile in this process; whichever of the two holds the gate first
-writes and stores the state, and the other finds it stored and writes nothing.
+committed, before the flusher hears of them. The rows stay: the pipeline syncs the records as
+always, so a crash, a refused call or a skipped hint loses nothing (the pipeline decides from
+its read and the stored state). A pipeline call of a record the fast path has in hand waits
+until it is done (`settled`) before it holds the record in the pipeline's `RecordGate`
+(`runtime/generations.py`); the fast path holds records there without waiting and leaves one a
+pipeline call holds already to that call. Whichever of the two holds a record first writes and
+stores the state; the other finds it stored and writes nothing.
 
 A record goes fast only when all of this holds (else the pipeline alone decides):
 - the event is an UPDATE that set an opt-out field to true and changed nothing but opt-out and
@@ -14,8 +16,9 @@ A record goes fast only when all of this holds (else the pipeline alone decides)
   filter, and not a Contact under `converted_precedence = "lead"` (a Lead governs it);
 - its queue row holds this change and no other (version 1, dated no later than the event) and
   it has no dead letter, and no reconciliation is owed for the object: every earlier change of
-  the record has been synced, so its identity names the Iterable user it maps to now (an email
-  change still queued would otherwise unsubscribe, and so create, the old address);
+  the record has been synced, so its identity names the Iterable user it maps to now (after
+  an email change half done it would name the old address: docs/design.md §7 says why that
+  must not be unsubscribed);
 - its identity is confirmed (Iterable accepted a write to it: a payload hash).
 The store must not be shared: on PostgreSQL another worker's pipeline could sync the record
 meanwhile, so there the pipeline alone writes consent.
@@ -109,18 +112,31 @@ class ConsentFastPath:
         self.stats = FastPathStats()
         self._pending: dict[str, dict[str, OptOutHint]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._sending: dict[tuple[str, str], asyncio.Future[None]] = {}  # until handled
 
     def hint(self, event: ChangeEvent, message: Mapping[str, Any]) -> OptOutHint | None:
         """The event's hint when the fast path is on and the event settles an opt-out."""
         return opt_out_hint(self.config, event, message) if self.enabled else None
 
     def submit(self, hint: OptOutHint) -> None:
-        """Take a hint whose queue rows are committed; starts the sender when idle."""
+        """Take a hint whose queue rows are committed (before the flusher hears of them, so
+        its pipeline calls wait for the fast path: `settled`); starts the sender when idle."""
         self.stats.hinted += len(hint.record_ids)
         self._pending.setdefault(hint.object_name, {}).update(
             dict.fromkeys(hint.record_ids, hint))
+        loop = asyncio.get_running_loop()
+        for sf_id in hint.record_ids:
+            self._sending.setdefault((hint.object_name, sf_id), loop.create_future())
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="consent-fast-path")
+
+    async def settled(self, object_name: str, ids: list[str]) -> list[str]:
+        """Until the fast path is done with these records; returns `ids`. A pipeline call
+        waits so before it holds them, so the two never wait for each other."""
+        waits = [f for i in ids if (f := self._sending.get((object_name, i))) is not None]
+        if waits:
+            await asyncio.wait(waits)
+        return ids
 
     async def idle(self) -> None:
         """Until every submitted hint has been handled."""
@@ -135,6 +151,14 @@ class ConsentFastPath:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for key in list(self._sending):
+            self._done(*key)
+
+    def _done(self, object_name: str, *ids: str) -> None:
+        for sf_id in ids:
+            waiting = self._sending.pop((object_name, sf_id), None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
 
     async def _drain(self) -> None:
         while self._pending:
@@ -149,13 +173,18 @@ class ConsentFastPath:
     async def _send(self, object_name: str, hints: dict[str, OptOutHint],
                     ahead: asyncio.Semaphore) -> None:
         try:
-            # The records first (a flush that reads them meanwhile waits), then a turn.
-            async with self.gate.hold(object_name, hints), ahead:
-                await self._send_held(object_name, hints)
+            # The records first (a flush that reads them meanwhile waits), then a turn. A
+            # record a pipeline call holds now is that call's: it read the record after this
+            # change was queued, or leaves the change queued for its next read.
+            async with self.gate.hold_free(object_name, hints) as free, ahead:
+                self.stats.skipped += len(hints) - len(free)
+                await self._send_held(object_name, {i: hints[i] for i in free})
         except Exception as exc:  # noqa: BLE001 - the pipeline's path still carries them
             self.stats.failed += len(hints)
             log.warning("consent.fast_path_failed", object=object_name, records=len(hints),
                         **describe_error(exc))
+        finally:
+            self._done(object_name, *hints)
 
     async def _send_held(self, object_name: str, hints: dict[str, OptOutHint]) -> None:
         users, states = await self._decide(object_name, hints)

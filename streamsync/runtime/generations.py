@@ -71,3 +71,16 @@ class RecordGate:
             async with self._released:
                 self._held -= keys
                 self._released.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def hold_free(self, object_name: str, ids: Iterable[str]) -> AsyncIterator[set[str]]:
+        """Hold, without waiting, those of `ids` no call holds now; yields their ids."""
+        async with self._released:
+            keys = {(object_name, i) for i in ids} - self._held
+            self._held |= keys
+        try:
+            yield {i for _, i in keys}
+        finally:
+            async with self._released:
+                self._held -= keys
+                self._released.notify_all()

@@ -65,8 +65,7 @@ class SyncPipeline:
     """
 
     def __init__(self, *, config: Config, store: StoreAPI, iterable: IterableClient,
-                 metrics: Metrics,
-                 mappings: dict[str, CompiledMapping],
+                 metrics: Metrics, mappings: dict[str, CompiledMapping],
                  clock: Callable[[], float] = time.time,
                  writer: IterableWriter | None = None) -> None:
         self.config = config
@@ -75,8 +74,7 @@ class SyncPipeline:
         self.metrics = metrics
         self.mappings = mappings
         self.clock = clock
-        self.writer = writer or IterableWriter(
-            iterable, envelope=config.iterable.bulk_envelope())
+        self.writer = writer or IterableWriter(iterable, envelope=config.iterable.bulk_envelope())
         self.generations, self.gate = Generations(), RecordGate()  # runtime/generations.py
         self.consent = ConsentSync(config=config, store=store, iterable=iterable,
                                    writer=self.writer, clock=clock)
@@ -96,8 +94,10 @@ class SyncPipeline:
                            read_at: float | None = None) -> SyncOutcome:
         """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
         batches by count and bytes, attribute per-user failures, save confirmed identities.
-        Skip a record written since `read_at` (a re-sync page's read): that state is newer."""
-        async with self.gate.hold(object_name, [str(r.get("Id")) for r in records]):
+        Skip a record written since `read_at` (a re-sync page's read): that state is newer.
+        Records the consent fast path is sending are waited for first (runtime/consent_fast.py)."""
+        ids = await self.consent_fast.settled(object_name, [str(r.get("Id")) for r in records])
+        async with self.gate.hold(object_name, ids):
             with self.generations.call():
                 return await self._sync_records(object_name, records, source=source,
                                                 force=force, read_at=read_at)

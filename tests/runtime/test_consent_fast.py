@@ -240,3 +240,21 @@ async def test_the_fast_path_is_off_on_a_shared_store(sync_rig: SyncRig,
     fast = ConsentFastPath(sync_rig.pipeline.consent, RecordGate(), any_store)
     hint = fast.hint(*_last_event(sync_rig))
     assert (fast.enabled, hint is None) == (not any_store.shared, any_store.shared)
+
+
+async def test_a_pipeline_call_waits_for_the_opt_outs_the_fast_path_has_in_hand(
+        sync_rig: SyncRig) -> None:
+    first, second = await _synced(sync_rig, 2)
+    puts = _puts(sync_rig)
+    sync_rig.it.faults.slow_next("/api/subscriptions/*", times=1, delay_s=0.5)
+    sync_rig.sf.state.update("Lead", first, {"HasOptedOutOfEmail": True})
+    assert await _ingest(sync_rig, *_last_event(sync_rig)) is not None  # its call is slow
+    await asyncio.sleep(0.1)
+    sync_rig.sf.state.update("Lead", second, {"HasOptedOutOfEmail": True})
+    assert await _ingest(sync_rig, *_last_event(sync_rig)) is not None  # waits its turn
+    # The flusher leases both rows and reads them meanwhile; its pipeline call waits for the
+    # fast path rather than deciding them itself.
+    step = await sync_rig.flusher.flush_once()
+    await _fast(sync_rig).idle()
+    assert (step.synced + step.skipped, _puts(sync_rig)) == (2, puts + 2)
+    assert (_fast(sync_rig).stats.unsubscribed, _fast(sync_rig).stats.skipped) == (2, 0)

@@ -69,3 +69,21 @@ async def test_the_record_gate_holds_a_record_in_one_call_at_a_time() -> None:
     release.set()
     await asyncio.gather(one, two)
     assert order == ["disjoint", "first", "overlapping"]
+
+
+async def test_hold_free_takes_only_the_records_nobody_holds_and_never_waits() -> None:
+    from streamsync.runtime.generations import RecordGate
+
+    gate = RecordGate()
+
+    async def then_b() -> None:
+        async with gate.hold("Lead", ["b"]):
+            pass
+
+    async with gate.hold("Lead", ["a"]):
+        async with gate.hold_free("Lead", ["a", "b"]) as free:
+            assert free == {"b"}
+            waiting = asyncio.create_task(then_b())
+            await asyncio.sleep(0.01)
+            assert not waiting.done()  # "b" is held until hold_free ends
+        await asyncio.wait_for(waiting, 1.0)
