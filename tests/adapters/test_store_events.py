@@ -10,7 +10,13 @@ import orjson
 import pytest
 
 from streamsync.adapters.store import QueueInput, Store, StoreAPI
-from streamsync.adapters.store.events import LEASE_NEW_SQL, LEASE_READY_SQL, StoredCondition
+from streamsync.adapters.store.events import (
+    DELETE_SKIPPED_SQL,
+    LEASE_NEW_SQL,
+    LEASE_READY_SQL,
+    SETTLE_SENT_SQL,
+    StoredCondition,
+)
 from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.adapters.store.postgres.events import LEASE_NEW_SQL as LEASE_NEW_PG
 from streamsync.adapters.store.postgres.events import LEASE_READY_SQL as LEASE_READY_PG
@@ -204,3 +210,15 @@ async def test_a_postgres_lease_neither_sorts_nor_scans_the_backlog(pg_url: str,
               or (n[0] in ("Seq Scan", "Bitmap Heap Scan") and n[1] == "event_pending")]
     assert not costly, plan
     assert ("Index Scan", "event_pending", "event_pending_by_state") in plan, plan
+
+
+@pytest.mark.parametrize("sql", [SETTLE_SENT_SQL, DELETE_SKIPPED_SQL], ids=["sent", "skipped"])
+async def test_a_sqlite_settle_finds_a_batchs_rows_by_their_ids(tmp_path: Path, sql: str) -> None:
+    store = await Store.open(str(tmp_path / "s.db"))
+    await store.close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        plan = [str(row[3]) for row in conn.execute(
+            "EXPLAIN QUERY PLAN " + sql, (0.0, "[]", "t")[-sql.count("?"):])]
+    assert not [step for step in plan if step.startswith("SCAN event_pending")], plan
+    assert any(step.startswith("SEARCH event_pending USING INDEX sqlite_autoindex")
+               for step in plan), plan
