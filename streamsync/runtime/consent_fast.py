@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,10 +100,12 @@ class ConsentFastPath:
     retries), a few calls ahead of the limiter; hints that arrive meanwhile go next."""
 
     def __init__(self, consent: ConsentSync, gate: RecordGate,
+                 config: Callable[[], Config] | None = None,
                  store: StoreAPI | None = None) -> None:
-        """`consent`: the pipeline's (its config, store, clock and writer); `gate`: the
-        pipeline's; `store`: another store than the pipeline's (tests)."""
-        self.config = consent.config
+        """`consent`: the pipeline's (its store, clock and writer); `gate`: the pipeline's;
+        `config`: the running config (the pipeline's, which a reload replaces: a `filter` may
+        change, runtime/reload.py); `store`: another store than the pipeline's (tests)."""
+        self._config = config or (lambda: consent.config)
         self.store = store or consent.store
         self.consent = consent
         self.gate = gate
@@ -113,6 +115,10 @@ class ConsentFastPath:
         self._pending: dict[str, dict[str, OptOutHint]] = {}
         self._task: asyncio.Task[None] | None = None
         self._sending: dict[tuple[str, str], asyncio.Future[None]] = {}  # until handled
+
+    @property
+    def config(self) -> Config:
+        return self._config()
 
     def hint(self, event: ChangeEvent, message: Mapping[str, Any]) -> OptOutHint | None:
         """The event's hint when the fast path is on and the event settles an opt-out."""

@@ -78,7 +78,7 @@ class SyncPipeline:
         self.generations, self.gate = Generations(), RecordGate()  # runtime/generations.py
         self.consent = ConsentSync(config=config, store=store, iterable=iterable,
                                    writer=self.writer, clock=clock)
-        self.consent_fast = ConsentFastPath(self.consent, self.gate)  # fed by ingest
+        self.consent_fast = ConsentFastPath(self.consent, self.gate, lambda: self.config)
 
     # -- records that exist ------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class SyncPipeline:
         obj = self.config.objects[object_name]
         policy = obj.out_of_scope if out_of_scope else obj.delete_policy
         flag_field = obj.out_of_scope_flag_field if out_of_scope else obj.delete_flag_field
-        ids = [parse_id(i) for i in record_ids]
+        ids = await self.consent_fast.settled(object_name, [parse_id(i) for i in record_ids])
         known = await self.store.identities(object_name, ids)
         out.skipped.extend(i for i in ids if i not in known)
         if policy == "ignore" or not obj.writes_users:

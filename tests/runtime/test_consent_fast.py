@@ -237,7 +237,7 @@ async def test_the_fast_path_is_off_on_a_shared_store(sync_rig: SyncRig,
     # On PostgreSQL another worker's pipeline may sync the record meanwhile (docs/design.md §7).
     lead = (await _synced(sync_rig))[0]
     sync_rig.sf.state.update("Lead", lead, {"HasOptedOutOfEmail": True})
-    fast = ConsentFastPath(sync_rig.pipeline.consent, RecordGate(), any_store)
+    fast = ConsentFastPath(sync_rig.pipeline.consent, RecordGate(), store=any_store)
     hint = fast.hint(*_last_event(sync_rig))
     assert (fast.enabled, hint is None) == (not any_store.shared, any_store.shared)
 
@@ -258,3 +258,33 @@ async def test_a_pipeline_call_waits_for_the_opt_outs_the_fast_path_has_in_hand(
     await _fast(sync_rig).idle()
     assert (step.synced + step.skipped, _puts(sync_rig)) == (2, puts + 2)
     assert (_fast(sync_rig).stats.unsubscribed, _fast(sync_rig).stats.skipped) == (2, 0)
+
+
+async def test_a_filter_a_reload_adds_keeps_its_object_off_the_fast_path(
+        sync_rig: SyncRig) -> None:
+    lead = (await _synced(sync_rig))[0]
+    sync_rig.sf.state.update("Lead", lead, {"HasOptedOutOfEmail": True})
+    event, message = _last_event(sync_rig)
+    assert _fast(sync_rig).hint(event, message) is not None
+    filtered = sync_rig.config.objects["Lead"].model_copy(update={"filter": "Rating = 'Hot'"})
+    # what a reload does (runtime/reload.py): the pipeline gets the new config
+    sync_rig.pipeline.config = sync_rig.config.model_copy(
+        update={"objects": {**sync_rig.config.objects, "Lead": filtered}})
+    assert _fast(sync_rig).hint(event, message) is None  # the filter decides what is synced
+
+
+@pytest.mark.sync_config(objects={"Lead": {"delete_policy": "delete", "consent": {
+    "unsubscribe_channel_ids": [MARKETING_EMAIL]}}, "Contact": {}})
+async def test_a_delete_waits_for_the_opt_out_the_fast_path_is_sending(sync_rig: SyncRig) -> None:
+    lead = (await _synced(sync_rig))[0]
+    email = _email(sync_rig, lead)
+    sync_rig.it.faults.slow_next("/api/subscriptions/*", times=1, delay_s=0.5)
+    sync_rig.sf.state.update("Lead", lead, {"HasOptedOutOfEmail": True})
+    assert await _ingest(sync_rig, *_last_event(sync_rig)) is not None  # its call is slow
+    await asyncio.sleep(0.1)
+    sync_rig.sf.state.delete("Lead", lead)
+    await _ingest(sync_rig, *_last_event(sync_rig))
+    await sync_rig.drain()  # the delete's pipeline call waits for the fast path's call
+    await _fast(sync_rig).idle()
+    assert (_fast(sync_rig).stats.unsubscribed, _fast(sync_rig).stats.failed) == (1, 0)
+    assert _unsubscribed(sync_rig, email) is None  # then deleted
