@@ -23,7 +23,10 @@ Phases (`--phases`, default all of them; each adds its keys to the one JSON line
        event latency (`event_burst_first_event_s`) leaves: were every call after the first
        full and at the ceiling's pace, the last event would arrive (calls - 1) / rate later;
      - `event_burst_commit_s` (first to last commit), `event_burst_s` (first commit to last
-       event), `event_burst_changes`.
+       event), `event_burst_changes`;
+     - `event_burst_service_cpu_s`, `event_burst_salesforce_emulator_cpu_s`,
+       `event_burst_iterable_emulator_cpu_s`: CPU each process used from just before the
+       burst until Iterable's event counter reached it (on 2 cores, what bounds the burst).
   3. long burst, with `--long-burst N` (e.g. 100,000; none by default): N changes the same
      way after the burst (each Lead changed several times, in separate transactions), with the
      same keys under `event_long_burst_`: `event_long_burst_ratio` counted from the first
@@ -497,6 +500,13 @@ async def event_latency(env: Env, emails: dict[str, str | None], rate: float,
             "event_latency_p99_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3)}
 
 
+def cpu_seconds(env: Env) -> dict[str, float]:
+    """CPU (user + system) each process has used so far."""
+    assert env.service is not None
+    procs = {"service": env.service, "salesforce_emulator": env.sf, "iterable_emulator": env.it}
+    return {name: sum(psutil.Process(p.proc.pid).cpu_times()[:2]) for name, p in procs.items()}
+
+
 async def event_burst(env: Env, emails: dict[str, str | None], count: int,
                       per_tx: int, prefix: str = "event_burst") -> dict[str, Any]:
     """One burst of `count` qualifying changes; its keys start with `prefix`."""
@@ -506,9 +516,14 @@ async def event_burst(env: Env, emails: dict[str, str | None], count: int,
     before = set(await qualifying_changes(env, emails))
     tracked = await tracked_so_far(env)
     log(f"{prefix}: {count} qualifying changes in transactions of {per_tx}")
+    cpu_before = cpu_seconds(env)
     await title_burst(env, count, 1e6, per_tx)
     changes = {k: v for k, v in (await qualifying_changes(env, emails)).items()
                if k not in before}
+    deadline = time.monotonic() + EVENT_WAIT_S
+    while await tracked_so_far(env) - tracked < len(changes) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    cpu = {name: round(used - cpu_before[name], 2) for name, used in cpu_seconds(env).items()}
     stored = await wait_events(env, set(changes), tracked)
     first_commit, last_commit = min(changes.values()), max(changes.values())
     received = sorted(stored[i]["receivedWall"] for i in changes)
@@ -527,7 +542,8 @@ async def event_burst(env: Env, emails: dict[str, str | None], count: int,
             f"{prefix}_first_event_s": round(received[0] - first_commit, 2),
             f"{prefix}_ratio": round(n / span / ceiling, 3),
             f"{prefix}_sustained_ratio": round(sustained / ceiling, 3),
-            f"{prefix}_ratio_bound": round(bound / ceiling, 3)}
+            f"{prefix}_ratio_bound": round(bound / ceiling, 3),
+            **{f"{prefix}_{name}_cpu_s": used for name, used in cpu.items()}}
 
 
 async def backfill_leads(env: Env) -> None:

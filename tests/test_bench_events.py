@@ -13,7 +13,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_events.py"
 REQUIRED_KEYS = ("event_latency_p50_s", "event_latency_p99_s", "event_burst_ratio",
                  "event_burst_sustained_ratio", "event_burst_ratio_bound",
-                 "event_long_burst_ratio", "duplicate_events", "peak_rss_mb")
+                 "event_long_burst_ratio", "duplicate_events", "peak_rss_mb",
+                 "event_burst_service_cpu_s", "event_burst_salesforce_emulator_cpu_s",
+                 "event_burst_iterable_emulator_cpu_s")
 
 
 @pytest.mark.timeout(180)
@@ -29,3 +31,4 @@ def test_a_small_run_prints_every_key_and_no_event_is_missing_or_doubled() -> No
     assert result["event_qualifying_changes"] == result["events_stored"] > 2500
     assert result["event_long_burst_changes"] > 1400  # Leads the first burst changed too
     assert 0 < result["event_latency_p50_s"] <= result["event_latency_p99_s"]
+    assert result["event_burst_service_cpu_s"] > 0  # the service decided and sent 1,000
