@@ -8,12 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from streamsync.adapters.iterable import IterableClient, TrackResult
 from streamsync.adapters.ratelimit import RateLimiter
 from streamsync.adapters.store import StoreAPI
 from streamsync.adapters.store.events import PendingEvent
+from streamsync.core.batching import encode_part
 from streamsync.errors import BatchError, BatchTooLarge, RetriableError, describe_error
 from streamsync.logs import get_logger
 from streamsync.retry import Policy
@@ -46,7 +45,7 @@ def cut_batches(items: Sequence[PendingEvent], max_events: int, max_bytes: int
     current: list[tuple[PendingEvent, bytes]] = []
     size = _ENVELOPE
     for pending in items:
-        encoded = orjson.dumps(pending.payload)
+        encoded = encode_part(pending.payload)  # held until the batch is sent: right-sized
         if current and (len(current) >= max_events or size + len(encoded) + 1 > max_bytes):
             batches.append(current)
             current, size = [], _ENVELOPE
