@@ -3,28 +3,19 @@ and short runs of the Salesforce → Iterable and the Iterable → Salesforce ph
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import orjson
 import pytest
 
+from tests.script_loader import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_consent.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_consent", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_script("bench_consent.py")
 
 
 def test_phases_and_arguments() -> None:

@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from tests.script_loader import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_scaleout", SCRIPTS / "bench_scaleout.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_script("bench_scaleout.py")
 
 
 def test_bursts_run_with_1_then_3_workers_unless_told_otherwise() -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
+
+from tests.script_loader import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_stream.py"
 REQUIRED_KEYS = ("latency_p50_s", "latency_p99_s", "burst_users_per_s", "ceiling_users_per_s",
@@ -18,16 +18,7 @@ REQUIRED_KEYS = ("latency_p50_s", "latency_p99_s", "burst_users_per_s", "ceiling
                  "sf_api_calls_per_1000_changes")
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_stream", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_script("bench_stream.py")
 
 
 def _entry(first_name: str, received: float, applied: bool = True) -> dict[str, Any]:

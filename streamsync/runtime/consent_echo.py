@@ -17,7 +17,7 @@ from typing import Any
 from streamsync.adapters.store import ConsentRow, StoreAPI
 from streamsync.config import Config
 from streamsync.core.consent import ITERABLE, echo_opt_out
-from streamsync.core.events import origin_client
+from streamsync.core.events import is_echo
 from streamsync.models import ChangeEvent
 from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.ingest_batch import EventBatch
@@ -30,7 +30,7 @@ def echoed_consent(config: Config, event: ChangeEvent, message: Mapping[str, Any
     obj = config.objects.get(event.entity)
     if obj is None or obj.consent is None or event.is_delete:
         return []
-    if origin_client(event.change_origin) != config.salesforce.client_name:
+    if not is_echo(event, config.salesforce.client_name):
         return []
     data = message.get("data")
     payload = data.get("payload") if isinstance(data, Mapping) else None
@@ -52,6 +52,5 @@ async def consent_of_event(config: Config, store: StoreAPI, fast: ConsentFastPat
     echoed = echoed_consent(config, event, message)
     if echoed:
         await store.note_consent_states(echoed, now)
-    hint = fast.hint(event, message) if fast is not None else None
-    if fast is not None and hint is not None:
+    if fast is not None and (hint := fast.hint(event, message)) is not None:
         batch.after(functools.partial(fast.submit, hint))

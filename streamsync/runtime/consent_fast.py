@@ -42,7 +42,7 @@ from streamsync.core.consent import (
     settles_opt_out,
     stamp_ms,
 )
-from streamsync.core.events import origin_client
+from streamsync.core.events import is_echo
 from streamsync.errors import describe_error
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent, MappedUser
@@ -83,7 +83,7 @@ def opt_out_hint(config: Config, event: ChangeEvent, message: Mapping[str, Any]
     if event.entity == "Contact" and "Lead" in config.objects \
             and config.converted_precedence() == "lead":
         return None
-    if origin_client(event.change_origin) == config.salesforce.client_name:
+    if is_echo(event, config.salesforce.client_name):
         return None  # our own write's echo (runtime/consent_echo.py)
     data = message.get("data")
     payload = data.get("payload") if isinstance(data, Mapping) else None

@@ -111,8 +111,7 @@ class ConsentSync:
         written = WriteOutcome()
         written.extend(late.outcome)
         written.extend(done.outcome)
-        failed = {u.sf_id for u, _ in written.retry} | {u.sf_id for u, _, _ in written.dead}
-        failed |= done.failed
+        failed = written.failed_ids() | done.failed
         rows = [consent_row(object_name, sf_id, state) for sf_id, state in states.items()
                 if sf_id not in failed]
         await self.store.note_consent_states(rows, self.clock())
@@ -146,8 +145,7 @@ class ConsentSync:
             if group:
                 done.outcome.extend(await self.writer.apply(
                     object_name, group, subscribe=action is Action.RESUBSCRIBE))
-        failed = done.outcome
-        done.failed = {u.sf_id for u, _ in failed.retry} | {u.sf_id for u, _, _ in failed.dead}
+        done.failed = done.outcome.failed_ids()
         done.unsubscribed = len(by_action[Action.UNSUBSCRIBE])
         done.resubscribed = len(by_action[Action.RESUBSCRIBE])
         return done
@@ -193,7 +191,7 @@ def _known_as(user: MappedUser, ident: Identity | None) -> bool:
 
 def _settle(out: SyncOutcome, written: WriteOutcome) -> None:
     """Users whose consent write failed leave the synced/skipped ids for retry or dead."""
-    moved = {u.sf_id for u, _ in written.retry} | {u.sf_id for u, _, _ in written.dead}
+    moved = written.failed_ids()
     if not moved:
         out.requests += written.requests
         out.rate_limited += written.rate_limited

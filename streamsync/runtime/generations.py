@@ -68,9 +68,7 @@ class RecordGate:
         try:
             yield
         finally:
-            async with self._released:
-                self._held -= keys
-                self._released.notify_all()
+            await self._release(keys)
 
     @contextlib.asynccontextmanager
     async def hold_free(self, object_name: str, ids: Iterable[str]) -> AsyncIterator[set[str]]:
@@ -81,6 +79,9 @@ class RecordGate:
         try:
             yield {i for _, i in keys}
         finally:
-            async with self._released:
-                self._held -= keys
-                self._released.notify_all()
+            await self._release(keys)
+
+    async def _release(self, keys: set[tuple[str, str]]) -> None:
+        async with self._released:
+            self._held -= keys
+            self._released.notify_all()

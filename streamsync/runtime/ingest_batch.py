@@ -45,7 +45,7 @@ class EventBatch:
                   events: Sequence[EventCandidate] = ()) -> None:
         run = self._run
         if run is not None and run.channel != channel:
-            await self._write(now)
+            self._wake(await self._write(now))
             run = None
         if run is None:
             self._run = run = _Run(channel, replay_id, commit_ts_ms)
@@ -61,21 +61,22 @@ class EventBatch:
         self._after.append(callback)
 
     async def commit(self, now: float) -> None:
-        written = await self._write(now, notify=False)
+        written = await self._write(now)
         callbacks, self._after = self._after, []
         for callback in callbacks:  # before the flusher wakes: the consent fast path's
             callback()              # first reads go ahead of its leases (runtime/consent_fast.py)
-        if written is not None:
-            self._signal.notify(written)
+        self._wake(written)
 
-    async def _write(self, now: float, notify: bool = True) -> int | None:
-        """Store the current run; wake the flusher and the event worker (or return how many
-        rows to wake them for)."""
+    async def _write(self, now: float) -> int | None:
+        """Store the current run; how many rows it queued (None: there was none)."""
         run, self._run = self._run, None
         if run is None:
             return None
         await record_event(self._store, self._fence, run.channel, run.replay_id, run.items,
                            run.commit_ts_ms, now, run.events)
-        if notify:
-            self._signal.notify(len(run.items) + len(run.events))
         return len(run.items) + len(run.events)
+
+    def _wake(self, written: int | None) -> None:
+        """Wake the flusher and the event worker for the rows a `_write` stored."""
+        if written is not None:
+            self._signal.notify(written)

@@ -51,6 +51,10 @@ class WriteOutcome:
         self.requests += other.requests
         self.rate_limited += other.rate_limited
 
+    def failed_ids(self) -> set[str]:
+        """The Salesforce ids of the users that did not get through (dead or to retry)."""
+        return {u.sf_id for u, _ in self.retry} | {u.sf_id for u, _, _ in self.dead}
+
 
 DEFAULT_POLICY = Policy(name="writer", attempts=3, timeout_s=60.0, wait_initial_s=0.2,
                         wait_max_s=5.0)
