@@ -43,6 +43,7 @@ from streamsync.runtime.fence import Fence
 from streamsync.runtime.flusher import Flusher
 from streamsync.runtime.health import HealthServer, LoopMonitor, Readiness
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
+from streamsync.runtime.ingest_parts import ChangeRelevance
 from streamsync.runtime.leadership import Leadership
 from streamsync.runtime.lists.start import start_lists
 from streamsync.runtime.metrics import Metrics
@@ -340,6 +341,7 @@ class IngestBuilder:
             config=config, store=parts.store, subscriber=subscriber, reconciler=self.reconciler,
             metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=self.signal,
             channels=channels, fence=self.fence, consent_fast=parts.pipeline.consent_fast,
+            relevance=ChangeRelevance(parts.pipeline, parts.describes),
         )
 
 

@@ -57,6 +57,7 @@ class Components:
     pipeline: SyncPipeline
     clock: Callable[[], float] = field(default=time.time)
     rules: list[CompiledRule] = field(default_factory=list)  # [[events]], compiled
+    describes: dict[str, Any] = field(default_factory=dict)  # as fetched at start
 
 
 def _count_calls(metrics: Metrics) -> Callable[[str, str, str], None]:
@@ -134,7 +135,7 @@ async def open_components(
             config=config, store=store, metrics=metrics, counter=counter,
             salesforce_http=sf_http, iterable_http=it_http, auth=auth, salesforce=salesforce,
             iterable=iterable, limiter=limiter, mappings=mappings, pipeline=pipeline, clock=clock,
-            rules=compile_rules(config, describes),
+            rules=compile_rules(config, describes), describes=describes,
         )
     finally:
         if limiter is not None:

@@ -7,46 +7,37 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from streamsync.adapters.cometd import CometdSubscriber, ReplayId
-from streamsync.adapters.store import IdentityHandover, PendingReconcile, QueueInput, StoreAPI
+from streamsync.adapters.store import PendingReconcile, StoreAPI
 from streamsync.config import Config
-from streamsync.core.event_rules import RuleTrigger, rule_triggers
+from streamsync.core.event_rules import rule_triggers
 from streamsync.core.events import channel_for, is_echo, parse_event
-from streamsync.core.ids import KEY_PREFIXES, id_or_none
 from streamsync.errors import MalformedEvent, Stopped, UnexpectedEntity, describe_error
 from streamsync.logs import get_logger
-from streamsync.models import ChangeEvent, EventCandidate
 from streamsync.retry import Policy
 from streamsync.runtime.consent_echo import consent_of_event
 from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.fence import Fence
 from streamsync.runtime.ingest_batch import MAX_GROUP, EventBatch
+from streamsync.runtime.ingest_parts import (
+    ChangeRelevance,
+    EventCandidates,
+    IngestStats,
+    conversion_of,
+    objects_to_reconcile,
+    records_to_queue,
+)
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
-from streamsync.runtime.reconcile_scheduler import ReconcileScheduler, ReconcileStats
+from streamsync.runtime.reconcile_scheduler import ReconcileScheduler
 from streamsync.runtime.replay_anchors import ReplayAnchors
 from streamsync.runtime.wakeup import QueueSignal
 
 log = get_logger(__name__)
 
 Message = dict[str, Any]
-
-
-@dataclass
-class IngestStats(ReconcileStats):
-    """Counters of one Ingest (for tests, `status` and logs)."""
-
-    events: int = 0
-    malformed: int = 0
-    unexpected_entity: int = 0
-    echoes: int = 0
-    ids_queued: int = 0
-    ids_dropped: int = 0
-    replay_invalid: int = 0
-    store_retries: int = 0
 
 
 def ingest_channels(config: Config) -> list[str]:
@@ -113,8 +104,10 @@ class Ingest:
         channels: list[str] | None = None,
         fence: Fence | None = None,
         consent_fast: ConsentFastPath | None = None,
+        relevance: ChangeRelevance | None = None,
     ) -> None:
         self._config = config
+        self._relevance = relevance  # None: every update is queued (runtime/ingest_parts.py)
         self._fast = consent_fast  # told of committed opt-outs (runtime/consent_fast.py)
         self._fence = fence
         self._store = store
@@ -207,7 +200,7 @@ class Ingest:
             await self._batch.add(event.channel, event.replay_id, (), event.commit_timestamp_ms,
                                   now)
             return
-        conversion = _conversion(event, message) if self._hands_over_converted else None
+        conversion = conversion_of(event, message) if self._hands_over_converted else None
         if conversion is not None:
             # Before the Contact's first sync can write it under another email: the pipeline
             # hands over too, but only when it reaches the Lead, which CDC sends after the
@@ -215,7 +208,8 @@ class Ingest:
             if await self._store.hand_over_identities([conversion], now):
                 log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
                          contact_id=conversion.target_id)
-        items, candidates = self._items(event), self._rules.of(event, message)
+        items = records_to_queue(event, self._config, self._relevance, self.stats)
+        candidates = self._rules.of(event, message)
         to_reconcile = objects_to_reconcile(event, self._config.cdc_objects(), self.stats)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
@@ -270,19 +264,6 @@ class Ingest:
 
     # ---- message handling ------------------------------------------------------------------
 
-    def _items(self, event: ChangeEvent) -> list[QueueInput]:
-        ids = event.record_ids if event.entity in self._config.cdc_objects() else ()  # rules only
-        items = [QueueInput(event.entity, sf_id, event.change_type) for sf_id in ids]
-        for sf_id in event.unexpected_ids:
-            owner = KEY_PREFIXES.get(sf_id[:3])
-            if owner is not None and owner in self._config.cdc_objects():
-                items.append(QueueInput(owner, sf_id, event.change_type))
-            else:
-                self.stats.ids_dropped += 1
-                log.warning("ingest.unexpected_id_dropped", channel=event.channel,
-                            entity=event.entity, record_id=sf_id, owner=str(owner))
-        return items
-
     async def _skip(self, channel: str | None, replay_id: int | None, now: float) -> None:
         """Move the replay id past a message that carries nothing to queue."""
         if channel is not None and replay_id is not None:
@@ -331,59 +312,6 @@ class Ingest:
     def _store_retry(self, error: Exception) -> None:
         self.stats.store_retries += 1
         log.warning("ingest.store_retry", attempt=self.stats.store_retries, **describe_error(error))
-
-
-def objects_to_reconcile(event: ChangeEvent, objects: Sequence[str],
-                         stats: IngestStats) -> list[str]:
-    """Overflow: the event's object (none for an object only event rules listen to: nothing
-    to re-read). Wildcard ids (`003*`): the objects of the prefixes, where configured (the
-    event's own object when a prefix is unknown)."""
-    if event.is_overflow:
-        return [event.entity] if event.entity in objects else []
-    out: dict[str, None] = {}
-    for prefix in event.wildcard_prefixes:
-        owner = KEY_PREFIXES.get(prefix, event.entity)
-        if owner in objects:
-            out[owner] = None
-        else:
-            stats.ids_dropped += 1
-            log.warning("ingest.unexpected_wildcard_dropped", channel=event.channel,
-                        entity=event.entity, prefix=prefix, owner=owner)
-    return list(out)
-
-
-def _conversion(event: ChangeEvent, message: Message) -> IdentityHandover | None:
-    """A Lead conversion event (precedence `contact`; an UPDATE payload carries the fields that
-    changed): the Lead's identity goes to the Contact named by ConvertedContactId."""
-    if not (event.entity == "Lead" and event.change_type == "UPDATE"
-            and len(event.record_ids) == 1):
-        return None
-    data = message.get("data")
-    payload = data.get("payload") if isinstance(data, dict) else None
-    contact_id = id_or_none(payload.get("ConvertedContactId")) if isinstance(payload, dict) \
-        else None
-    if contact_id is None:
-        return None
-    return IdentityHandover("Lead", event.record_ids[0], "Contact", contact_id)
-
-
-class EventCandidates:
-    """The event-rule candidates of each change (docs/events.md §3); on a channel replayed
-    from its oldest retained event, none older than its first subscription."""
-
-    def __init__(self, rules: list[RuleTrigger], anchors: ReplayAnchors) -> None:
-        self._rules = rules
-        self._anchors = anchors
-
-    def of(self, event: ChangeEvent, message: Message) -> list[EventCandidate]:
-        if not self._rules:
-            return []
-        data = message.get("data")
-        payload = data.get("payload") if isinstance(data, dict) else None
-        if not isinstance(payload, dict) or event.commit_timestamp_ms < \
-                self._anchors.event_floor_ms.get(event.channel, 0):
-            return []
-        return [c for rule in self._rules for c in rule.candidates(event, payload)]
 
 
 def _readable_replay_id(message: object) -> int | None:

@@ -22,6 +22,7 @@ from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.errors import FatalError, RetriableError, TransientError
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
+from streamsync.runtime.ingest_parts import ChangeRelevance
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile import Reconciler
 from tests.conftest import Clients, MakeConfig
@@ -51,7 +52,7 @@ class Rig:
     def ingest(self, *, store: Store | None = None, config: Config | None = None,
                channels: tuple[str, ...] = (LEAD,), max_concurrent_reconciles: int = 2,
                retry_base_s: float = 0.5, ingest_clock: Callable[[], float] = time.time,
-               **sub_kw: Any) -> Ingest:
+               relevance: ChangeRelevance | None = None, **sub_kw: Any) -> Ingest:
         """An Ingest and its Reconciler on `ingest_clock`; `sub_kw` go to the subscriber."""
         store = store or self.store
         config = config or self.config
@@ -71,7 +72,8 @@ class Rig:
         ingest = Ingest(config=config, store=store, subscriber=subscriber, reconciler=reconciler,
                         metrics=self.metrics, clock=ingest_clock, callbacks=callbacks,
                         max_concurrent_reconciles=max_concurrent_reconciles,
-                        retry_base_s=retry_base_s, retry_max_s=max(retry_base_s, 30.0))
+                        retry_base_s=retry_base_s, retry_max_s=max(retry_base_s, 30.0),
+                        relevance=relevance)
         self.opened.append(ingest)
         return ingest
 
