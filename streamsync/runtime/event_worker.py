@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from streamsync.adapters.iterable import IterableClient
 from streamsync.adapters.salesforce import SalesforceClient
@@ -23,6 +22,7 @@ from streamsync.logs import get_logger
 from streamsync.runtime.clients import budget_key
 from streamsync.runtime.components import Components
 from streamsync.runtime.event_decide import EventDecider, Prepared
+from streamsync.runtime.event_handoff import Handoff, HandPlan
 from streamsync.runtime.event_rules import CompiledRule
 from streamsync.runtime.event_send import EventSender, send_and_settle
 from streamsync.runtime.wakeup import QueueSignal
@@ -72,8 +72,8 @@ class EventWorker:
         self._ahead: collections.deque[tuple[list[PendingEvent], asyncio.Task[Prepared]]] = \
             collections.deque()  # leases taken, their reads in flight, oldest first
         self._deciding = asyncio.Lock()
-        # Batches the decide step handed to the send loops, each leased to its own token.
-        self._handed: collections.deque[list[PendingEvent]] = collections.deque()
+        # Batches the decide step hands to the send loops, at most one per loop in memory.
+        self._handoff = Handoff(conf.batch_max_events, conf.max_in_flight + 1)
         self._stored_ready = True  # ready rows may wait in the store: hand nothing past them
         self.stats = EventStats()
 
@@ -87,31 +87,31 @@ class EventWorker:
             return await self._decide_step()
 
     async def _decide_step(self) -> int:
-        while len(self._ahead) <= self._conf.decide_ahead:
-            leased = await self._store.lease_events("new", self._conf.batch_ids, self._lease_s,
-                                                    self._clock())
-            if not leased:
-                break
-            self._ahead.append((leased, asyncio.create_task(self.decider.prepare(leased))))
+        await self._lease_ahead()
         if not self._ahead:
             return 0
         leased, preparing = self._ahead[0]
         began = time.monotonic()
         try:
-            out = self.decider.finish(await preparing)
+            out = self.decider.finish(await self._prepared(preparing, len(leased)))
         except BaseException:
             await self.release_prepared()
             raise
         self._ahead.popleft()
-        handed = self._batches_to_hand(leased, out.ready)
+        plan = self._handoff.plan(leased, out.ready) if not self._stored_ready and out.ready \
+            else HandPlan()
+        held = plan.held()
         now = self._clock()
-        await self._store.settle_decisions(
-            leased[0].token, ready=out.ready, skipped=out.skipped, dead=out.dead,
-            later=out.later, states=out.states, now=now,
-            held={p.candidate.event_id: p.token for batch in handed for p in batch},
-            held_until=now + self._lease_s)
-        self._handed.extend(handed)
-        self._stored_ready = self._stored_ready or sum(map(len, handed)) < len(out.ready)
+        try:
+            await self._store.settle_decisions(
+                leased[0].token, ready=out.ready, skipped=out.skipped, dead=out.dead,
+                later=out.later, states=out.states, now=now, held=held,
+                held_until=now + self._lease_s)
+        except BaseException:
+            self._handoff.undo(plan)
+            raise
+        self._handoff.hand(plan)
+        self._stored_ready = self._stored_ready or len(held) < len(out.ready)
         self.stats.decided += len(leased)
         self.stats.fired += len(out.ready)
         self.stats.dead += len(out.dead)
@@ -121,29 +121,38 @@ class EventWorker:
                  dead=len(out.dead), waited_s=round(time.monotonic() - began, 3))
         return len(leased)
 
-    def _batches_to_hand(self, leased: Sequence[PendingEvent], ready: dict[str, dict[str, Any]]
-                         ) -> list[list[PendingEvent]]:
-        """The first trackBulk batches of `ready` that go straight to the send loops (no
-        store lease reads them back): while no ready row waits in the store (they would be
-        overtaken), and at most one batch per send loop in memory (docs/events.md §4)."""
-        room = self._conf.max_in_flight + 1 - len(self._handed)
-        if self._stored_ready or room <= 0 or not ready:
-            return []
-        rows = {p.candidate.event_id: p for p in leased}
-        ids = list(ready)[:room * self._conf.batch_max_events]
-        batches: list[list[PendingEvent]] = []
-        for start in range(0, len(ids), self._conf.batch_max_events):
-            token = secrets.token_hex(8)
-            batches.append([PendingEvent(rows[i].candidate, ready[i], rows[i].attempts,
-                                         rows[i].enqueued_at, token)
-                            for i in ids[start:start + self._conf.batch_max_events]])
-        return batches
+    async def _lease_ahead(self) -> None:
+        """Lease new candidates and start their reads until `decide_ahead` leases wait
+        behind the one being decided."""
+        while len(self._ahead) <= self._conf.decide_ahead:
+            leased = await self._store.lease_events("new", self._conf.batch_ids, self._lease_s,
+                                                    self._clock())
+            if not leased:
+                return
+            self._ahead.append((leased, asyncio.create_task(self.decider.prepare(leased))))
+
+    async def _prepared(self, preparing: asyncio.Task[Prepared], size: int) -> Prepared:
+        """The oldest lease's read. When it holds a trackBulk batch's worth or more (`size`
+        candidates: a burst), candidates stored while it is in flight are leased and their
+        reads started meanwhile: a burst's first lease holds only what ingest had stored when
+        it began, and the second waited for its read. A trickle's small leases are not split
+        further (a lease of one candidate ahead would hold back the next ones a cycle)."""
+        while (size >= self._conf.batch_max_events and not preparing.done()
+               and len(self._ahead) <= self._conf.decide_ahead):
+            woken = asyncio.create_task(self.signal.wait(self.signal.generation, None))
+            try:
+                await asyncio.wait({preparing, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+            if not preparing.done():
+                await self._lease_ahead()
+        return await preparing
 
     async def release_prepared(self) -> None:
         """Give back every lease taken ahead and not settled (a failed read, shutdown), and
         the batches handed to the send loops and not taken yet."""
-        while self._handed:
-            await self._store.release_events(self._handed.popleft()[0].token, self._clock())
+        while (batch := self._handoff.take()) is not None:
+            await self._store.release_events(batch[0].token, self._clock())
         while self._ahead:
             leased, preparing = self._ahead.popleft()
             preparing.cancel()
@@ -153,8 +162,9 @@ class EventWorker:
     async def send_once(self, limit: int | None = None) -> int:
         """Send one lease of ready events (at most `limit`, by default about a second of
         sends); how many rows it took."""
-        if self._handed:  # leased to it already by the decide step
-            leased = self._handed.popleft()
+        handed = self._handoff.take()  # held for it already by the decide step
+        if handed is not None:
+            leased = handed
         else:
             # The limiter spaces the batches of one lease; max_in_flight overlap.
             limit = limit or self._conf.batch_max_events * max(1, int(self._conf.rate_limit_per_s))

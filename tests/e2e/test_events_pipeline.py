@@ -17,6 +17,7 @@ from streamsync.adapters.store.events import PendingEvent
 from streamsync.core.event_rules import event_id
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
+from streamsync.errors import TransientError
 from streamsync.models import EventCandidate
 from streamsync.runtime.event_worker import EventWorker
 from tests.conftest import build_config, production_components
@@ -237,3 +238,100 @@ async def test_a_burst_is_sent_with_no_ready_lease_while_the_send_loops_keep_up(
         stop.set()
         await asyncio.gather(running, return_exceptions=True)
     assert [n for state, n in leases if state == "ready" and n] == []
+
+
+@pytest.fixture
+async def topping_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+                      tmp_path: Path) -> AsyncIterator[Rig]:
+    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
+                          {"batch_ids": 2, "batch_max_events": 3, "max_in_flight": 1}):
+        yield rig
+
+
+async def test_a_batch_no_send_loop_took_yet_is_topped_up_by_the_next_decisions(
+        topping_rig: Rig) -> None:
+    """Leases of two candidates, batches of three: cut per lease, six events would take three
+    trackBulk calls; the untaken last batch is filled first, so they take two
+    (runtime/event_handoff.py)."""
+    rig, worker = topping_rig, topping_rig.worker
+    assert await worker.send_once() == 0  # no ready row waits in the store
+    ids = await rig.changes(rig.leads, "tx-1")
+    for _ in range(3):
+        assert await worker.decide_once() == 2
+    assert await rig.store.lease_events("ready", 10, 60, time.time()) == []  # all handed
+    assert await worker.send_once() == 3
+    assert await worker.send_once() == 3
+    assert worker.stats.calls == 2 and rig.tracked() == set(ids)
+
+
+async def test_a_reopened_batch_goes_back_whole_when_its_top_up_is_not_stored(
+        topping_rig: Rig) -> None:
+    rig, worker = topping_rig, topping_rig.worker
+    assert await worker.send_once() == 0  # no ready row waits in the store
+    ids = await rig.changes(rig.leads, "tx-1")
+    assert await worker.decide_once() == 2
+    settle = rig.store.settle_decisions
+
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise TransientError("the store is busy")
+
+    rig.store.settle_decisions = refused  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        await worker.decide_once()
+    rig.store.settle_decisions = settle  # type: ignore[method-assign]
+    assert await worker.send_once() == 2  # the first batch, as it was
+    assert rig.tracked() == set(ids[:2])
+
+
+@pytest.fixture
+async def burst_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+                    tmp_path: Path) -> AsyncIterator[Rig]:
+    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
+                          {"batch_ids": 2, "batch_max_events": 2, "decide_ahead": 1}):
+        yield rig
+
+
+async def _all_new_leased(store: StoreAPI) -> bool:
+    due = await store.next_event_due("new")
+    return due is not None and due > time.time() + 10  # held to their lease: none is free
+
+
+async def test_candidates_stored_while_a_full_lease_is_read_are_leased_and_read_meanwhile(
+        burst_rig: Rig) -> None:
+    """A lease of a batch's worth or more (a burst): what ingest stores while its Salesforce
+    read is in flight is leased and read at once, not after the read."""
+    rig = burst_rig
+    a, b, c, d, *_ = rig.leads
+    first = await rig.changes([a, b], "tx-1")
+    rig.sf.faults.set_latency(600)
+    deciding = asyncio.create_task(rig.worker.decide_once())
+    try:
+        await wait_for(lambda: _all_new_leased(rig.store), 5.0, "the first lease")
+        later = await rig.changes([c, d], "tx-2")  # notifies the worker, as ingest does
+        await wait_for(lambda: _all_new_leased(rig.store), 0.4, "the second lease, read ahead")
+        assert not deciding.done()  # the first read is still in flight
+    finally:
+        assert await deciding == 2
+        rig.sf.faults.set_latency(0)
+    assert await rig.worker.decide_once() == 2  # read already
+    await rig.worker.drain()
+    assert rig.tracked() >= {*first, *later}
+
+
+async def test_a_trickles_small_lease_does_not_lease_ahead_while_it_is_read(
+        topping_rig: Rig) -> None:
+    """Below a batch's worth (batches of three here), a change stored during the read waits
+    for the next step, so one candidate does not take a lease of its own."""
+    rig = topping_rig
+    a, b, c, *_ = rig.leads
+    await rig.changes([a, b], "tx-1")
+    rig.sf.faults.set_latency(400)
+    deciding = asyncio.create_task(rig.worker.decide_once())
+    try:
+        await wait_for(lambda: _all_new_leased(rig.store), 5.0, "the first lease")
+        await rig.changes([c], "tx-2")
+        await asyncio.sleep(0.2)
+        assert not await _all_new_leased(rig.store)
+    finally:
+        assert await deciding == 2
+        rig.sf.faults.set_latency(0)
