@@ -208,7 +208,8 @@ class Ingest:
             if await self._store.hand_over_identities([conversion], now):
                 log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
                          contact_id=conversion.target_id)
-        items = records_to_queue(event, self._config, self._relevance, self.stats)
+        items = records_to_queue(event, self._config, self._relevance, self.stats,
+                                 self._metrics)
         candidates = self._rules.of(event, message)
         to_reconcile = objects_to_reconcile(event, self._config.cdc_objects(), self.stats)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"

@@ -16,6 +16,7 @@ from streamsync.core.ids import KEY_PREFIXES, id_or_none
 from streamsync.core.mapping import CompiledMapping
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent, ChangeType, EventCandidate
+from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.reconcile_scheduler import ReconcileStats
 from streamsync.runtime.replay_anchors import ReplayAnchors
 
@@ -78,13 +79,14 @@ class ChangeRelevance:
 
 
 def records_to_queue(event: ChangeEvent, config: Config, relevance: ChangeRelevance | None,
-                     stats: IngestStats) -> list[QueueInput]:
+                     stats: IngestStats, metrics: Metrics) -> list[QueueInput]:
     """The event's records of queued objects, unless its object's sync cannot see the change;
     ids of another object's prefix go to that object when it is queued, else are dropped."""
     queued = config.cdc_objects()
     ids = event.record_ids if event.entity in queued else ()  # else: event rules only
     if ids and relevance is not None and relevance.skips(event):
         stats.ids_unread += len(ids)
+        metrics.changes_unread.labels(event.entity).inc(len(ids))
         ids = ()
     items = [QueueInput(event.entity, sf_id, event.change_type) for sf_id in ids]
     for sf_id in event.unexpected_ids:

@@ -50,6 +50,11 @@ class Metrics:
             "streamsync_records_skipped_total", "Records skipped as unchanged", ["object"],
             registry=r,
         )
+        self.changes_unread = Counter(
+            "streamsync_changes_unread_total",
+            "Record updates not queued: they changed no field the object's sync reads",
+            ["object"], registry=r,
+        )
         self.iterable_requests = Counter(
             "streamsync_iterable_requests_total", "Iterable requests by endpoint and status",
             ["endpoint", "status"], registry=r,

@@ -187,7 +187,8 @@ async def running_service(tmp_path: Path, *, metrics_refresh_s: float
 
 async def scrape_running_service(tmp_path: Path) -> str:
     """The /metrics text of a running Service that has synced, dead-lettered, been rate
-    limited, reconciled and skipped unchanged records, so every family has samples."""
+    limited, reconciled, skipped unchanged records and left an update of an unmapped field
+    unread, so every family has samples."""
     async with running_service(tmp_path, metrics_refresh_s=0.1) as running, \
             aiohttp.ClientSession() as http:
         sf, it = running.sf, running.it
@@ -199,6 +200,7 @@ async def scrape_running_service(tmp_path: Path) -> str:
         it.faults.fail_next(BULK, times=1, status=429, headers={"Retry-After": "0"})
         contact = sf.select_ids("Contact", "Email != null", limit=1)[0]
         sf.state.update("Contact", contact, {"FirstName": "Dashboard"})
+        sf.state.update("Contact", contact, {"Title": "Not mapped"})  # an update left unread
         sf.state.create("Contact", {"LastName": "Bad", "Email": "bad@example.c0m"})
 
         async def synced() -> bool:

@@ -42,6 +42,8 @@ async def test_an_update_of_fields_no_mapping_reads_queues_nothing_and_moves_the
 
     assert await queued(rig.store) == {}
     assert ingest.stats.ids_unread == 5 and ingest.stats.ids_queued == 0
+    assert rig.metrics.registry.get_sample_value(
+        "streamsync_changes_unread_total", {"object": "Lead"}) == 5.0
     state = await rig.store.get_replay(LEAD)
     assert state is not None and state.replay_id == replay_id_of(message)
 
