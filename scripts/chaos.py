@@ -24,7 +24,9 @@
    Halfway through, the mapping changes (config.toml rewritten, then SIGHUP, as `systemctl
    reload` does): on Leads and Contacts FirstName moves to dataFields.givenName, LeadSource is
    dropped (cleared: null policy `clear`) and Title added; the service reloads and re-syncs both
-   objects beside real time (or, when a kill -9 came first, re-syncs at its restart).
+   objects beside real time (or, when a kill -9 came first, re-syncs at its restart). Updates
+   change Title too: before the remap no mapping reads it, so ingest queues nothing for them
+   (docs/design.md §1.1), and the final state must still hold each one.
 3. Stops the faults, waits for the queue to drain and the re-syncs to finish, stops the
    service and compares every Iterable profile with the state Salesforce implies under the new
    mapping (`core/verify.compare`; the dropped targets must be absent or null), and every
@@ -434,6 +436,7 @@ class Workload:
         field_name, value = self.rng.choice([
             ("FirstName", f"Upd{self.n}"), ("LastName", f"Changed{self.n}"),
             ("LeadSource", self.rng.choice(["Web", "Other", "Trade Show"])),
+            ("Title", f"Title {self.n}"),  # read by no mapping until the remap adds it
         ])
         await self.control.call("PATCH", f"{self.url}/records/{sobject}/{self._pick(ids)}",
                                 {field_name: value})
