@@ -97,6 +97,7 @@ from streamsync.core.verify_consent import ConsentReport, RecordConsent, later_i
 from streamsync.core.verify_events import (
     EventReport,
     QualifyingChange,
+    mark_data_moved,
     mark_lost_to_cdc,
     value_transitions,
 )
@@ -1572,8 +1573,11 @@ async def _run(minutes: float, seed: int, workdir: Path, sf: dict[str, Any], it:
         # Salesforce's change log beside the service logs, for a post-mortem of a mismatch.
         (workdir / "change_log.json").write_bytes(orjson.dumps(
             [change_log.bodies[k] for k in sorted(change_log.bodies)]))
+        qualifying = mark_data_moved(  # a later change of its data: not compared with now
+            change_log.qualifying(), change_log.bodies.values(),
+            {rule.name: list(rule.mapping) for rule in config.events})
         events = await read_event_report(config, mark_lost_to_cdc(
-            change_log.qualifying(), cdc_loss_windows([svc.log_path for svc in services]),
+            qualifying, cdc_loss_windows([svc.log_path for svc in services]),
             {rule: entity for rule, entity, _, _ in EVENT_RULES}))
     mismatches = [
         {"object": m.object_name, "id": m.record_id, "key": m.key, "problem": m.problem,

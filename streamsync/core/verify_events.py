@@ -23,6 +23,7 @@ class QualifyingChange:
     transaction_key: str
     commit_ts_ms: int
     lost_to_cdc: bool = False  # in a window CDC could not replay: its event may be absent
+    data_moved: bool = False  # a later change set a field its data reads: data not compared
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,46 @@ def mark_lost_to_cdc(changes: Iterable[QualifyingChange],
     return [replace(c, lost_to_cdc=any(
         entity == entity_of.get(c.rule) and start <= c.commit_ts_ms <= end
         for entity, start, end in spans)) for c in changes]
+
+
+def mark_data_moved(changes: Iterable[QualifyingChange],
+                    change_log: Iterable[Mapping[str, Any]],
+                    data_fields: Mapping[str, Iterable[str]]) -> list[QualifyingChange]:
+    """`changes` marked `data_moved` where a later transaction's UPDATE of the record changed
+    a field its rule's data reads (`data_fields`: rule -> the paths of its mapping). The event
+    carries the record as the decide step read it, somewhere between the change and now, so
+    Salesforce now cannot tell its data; its id, user and time are still compared."""
+    later: dict[str, list[tuple[int, str, frozenset[str]]]] = {}
+    for body in change_log:
+        header = body.get("ChangeEventHeader") or {}
+        if header.get("changeType") != "UPDATE":
+            continue
+        changed = frozenset(str(f).lower().partition(".")[0]
+                            for f in header.get("changedFields") or ())
+        for rid in header.get("recordIds") or ():
+            later.setdefault(str(rid), []).append(
+                (int(header.get("commitTimestamp", 0)), str(header.get("transactionKey", "")),
+                 changed))
+    fields = {rule: cdc_field_names(paths) for rule, paths in data_fields.items()}
+    return [replace(c, data_moved=True) if any(
+        ts >= c.commit_ts_ms and key != c.transaction_key and changed & fields.get(c.rule, set())
+        for ts, key, changed in later.get(c.record_id, ())) else c for c in changes]
+
+
+def cdc_field_names(paths: Iterable[str]) -> frozenset[str]:
+    """The names (lower case) CDC gives the record's changes that can move these paths: the
+    field itself, or a relationship path's lookup field (`Account.Name`: `AccountId`;
+    `Partner__r.Name`: `Partner__c`)."""
+    out: set[str] = set()
+    for path in paths:
+        head, dot, _ = path.lower().partition(".")
+        if not dot:
+            out.add(head)
+        elif head.endswith("__r"):
+            out.add(head[:-3] + "__c")
+        else:
+            out.add(head + "id")
+    return frozenset(out)
 
 
 def iterable_time(seconds: int) -> str:

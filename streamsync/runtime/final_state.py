@@ -153,7 +153,8 @@ async def read_events(parts: Components, changes: Iterable[QualifyingChange],
             expected.append(ExpectedEvent(
                 event_id(name, to_18(change.record_id), change.transaction_key),
                 rule.config.event_name, user, change.commit_ts_ms // 1000,
-                rule.data.map(record).payload.get("dataFields", {}), change.lost_to_cdc))
+                None if change.data_moved else rule.data.map(record).payload.get(
+                    "dataFields", {}), change.lost_to_cdc))
     found: list[dict[str, Any]] = []
     for user in sorted({e.user for e in expected} | set(also_users)):
         # Read by the profile the event must be on (its stored email may be an older one).

@@ -7,8 +7,10 @@ from typing import Any
 from streamsync.core.verify_events import (
     ExpectedEvent,
     QualifyingChange,
+    cdc_field_names,
     compare_events,
     iterable_time,
+    mark_data_moved,
     mark_lost_to_cdc,
     value_transitions,
 )
@@ -76,3 +78,25 @@ def test_transitions_are_the_updates_that_set_the_value() -> None:
                               value="Closed Won")
     assert [(c.record_id, c.transaction_key, c.commit_ts_ms) for c in found] == [
         ("o1", "tx", 5), ("o2", "tx", 5)]
+
+
+def test_a_later_change_of_a_data_field_leaves_the_data_uncompared() -> None:
+    """The event carries the record as read when it was decided: after a later change of a
+    field its data reads, Salesforce now cannot tell what that was."""
+    def update(changed: list[str], tx: str, ts: int, rid: str = "l1") -> dict[str, Any]:
+        return {"ChangeEventHeader": {"entityName": "Lead", "changeType": "UPDATE",
+                                      "changedFields": changed, "recordIds": [rid],
+                                      "transactionKey": tx, "commitTimestamp": ts}}
+
+    changes = [QualifyingChange("working", rid, "tx1", 10) for rid in ("l1", "l2", "l3", "l4")]
+    log = [update(["Status", "LeadSource"], "tx1", 10),                  # its own change
+           update(["LeadSource", "LastModifiedDate"], "tx0", 5),         # earlier
+           update(["Title", "LastModifiedDate"], "tx2", 20),             # not a data field
+           update(["LeadSource", "LastModifiedDate"], "tx3", 30, "l2"),  # later: moved
+           update(["OwnerId"], "tx4", 10, "l3"),                         # same ms, other tx
+           update(["Name.LastName"], "tx5", 40, "l4")]                   # a compound's part
+    marked = mark_data_moved(changes, log, {"working": ["LeadSource", "Owner.Email", "Name"]})
+    assert [(c.record_id, c.data_moved) for c in marked] == [
+        ("l1", False), ("l2", True), ("l3", True), ("l4", True)]
+    assert cdc_field_names(["Account.Name", "Partner__r.Name", "Email"]) == {
+        "accountid", "partner__c", "email"}
