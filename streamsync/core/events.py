@@ -42,6 +42,13 @@ def _str(value: Any, name: str) -> str:
     return value
 
 
+def payload_of(message: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A delivered message's change event body (`data.payload`), or None when it has none."""
+    data = message.get("data")
+    payload = data.get("payload") if isinstance(data, Mapping) else None
+    return payload if isinstance(payload, Mapping) else None
+
+
 def parse_event(message: Mapping[str, Any],
                 expected_entities: Iterable[str] | None = None) -> ChangeEvent:
     """Parse one delivered CDC message: `{"channel", "data": {"payload", "event"}}`."""

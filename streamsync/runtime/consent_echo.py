@@ -17,7 +17,7 @@ from typing import Any
 from streamsync.adapters.store import ConsentRow, StoreAPI
 from streamsync.config import Config
 from streamsync.core.consent import ITERABLE, echo_opt_out
-from streamsync.core.events import is_echo
+from streamsync.core.events import is_echo, payload_of
 from streamsync.models import ChangeEvent
 from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.ingest_batch import EventBatch
@@ -32,9 +32,8 @@ def echoed_consent(config: Config, event: ChangeEvent, message: Mapping[str, Any
         return []
     if not is_echo(event, config.salesforce.client_name):
         return []
-    data = message.get("data")
-    payload = data.get("payload") if isinstance(data, Mapping) else None
-    if not isinstance(payload, Mapping):
+    payload = payload_of(message)
+    if payload is None:
         return []
     value = echo_opt_out(payload, event.changed_fields, obj.consent.opt_out_fields)
     if value is None:

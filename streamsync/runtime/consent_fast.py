@@ -42,7 +42,7 @@ from streamsync.core.consent import (
     settles_opt_out,
     stamp_ms,
 )
-from streamsync.core.events import is_echo
+from streamsync.core.events import is_echo, payload_of
 from streamsync.errors import describe_error
 from streamsync.logs import get_logger
 from streamsync.models import ChangeEvent, MappedUser
@@ -85,9 +85,8 @@ def opt_out_hint(config: Config, event: ChangeEvent, message: Mapping[str, Any]
         return None
     if is_echo(event, config.salesforce.client_name):
         return None  # our own write's echo (runtime/consent_echo.py)
-    data = message.get("data")
-    payload = data.get("payload") if isinstance(data, Mapping) else None
-    if not isinstance(payload, Mapping) or not settles_opt_out(
+    payload = payload_of(message)
+    if payload is None or not settles_opt_out(
             payload, event.changed_fields, obj.consent.opt_out_fields):
         return None
     at = stamp_ms(payload.get("LastModifiedDate")) or event.commit_timestamp_ms

@@ -98,8 +98,7 @@ class EventWorker:
             await self.release_prepared()
             raise
         self._ahead.popleft()
-        plan = self._handoff.plan(leased, out.ready) if not self._stored_ready and out.ready \
-            else HandPlan()
+        plan = HandPlan() if self._stored_ready else self._handoff.plan(leased, out.ready)
         held = plan.held()
         now = self._clock()
         try:

@@ -114,7 +114,8 @@ class Ingest:
         self._subscriber = subscriber
         self._metrics = metrics
         self._clock = clock
-        self._objects = tuple(dict.fromkeys([*config.cdc_objects(), *config.event_objects()]))
+        self._queued = config.cdc_objects()  # fixed for the process (a reload cannot change it)
+        self._objects = tuple(dict.fromkeys([*self._queued, *config.event_objects()]))
         suppress = config.salesforce.suppress_echoes
         self._echo_client = config.salesforce.client_name if suppress else None
         self._retry_base_s = retry_base_s
@@ -208,10 +209,10 @@ class Ingest:
             if await self._store.hand_over_identities([conversion], now):
                 log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
                          contact_id=conversion.target_id)
-        items = records_to_queue(event, self._config, self._relevance, self.stats,
+        items = records_to_queue(event, self._queued, self._relevance, self.stats,
                                  self._metrics)
         candidates = self._rules.of(event, message)
-        to_reconcile = objects_to_reconcile(event, self._config.cdc_objects(), self.stats)
+        to_reconcile = objects_to_reconcile(event, self._queued, self.stats)
         trigger = "gap_overflow" if event.is_overflow else "wildcard"
         for name in to_reconcile:
             await self.reconciles.owe(name, event.commit_timestamp_ms, trigger)

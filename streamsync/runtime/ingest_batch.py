@@ -45,7 +45,7 @@ class EventBatch:
                   events: Sequence[EventCandidate] = ()) -> None:
         run = self._run
         if run is not None and run.channel != channel:
-            self._wake(await self._write(now))
+            self._signal.notify(await self._write(now))
             run = None
         if run is None:
             self._run = run = _Run(channel, replay_id, commit_ts_ms)
@@ -65,18 +65,13 @@ class EventBatch:
         callbacks, self._after = self._after, []
         for callback in callbacks:  # before the flusher wakes: the consent fast path's
             callback()              # first reads go ahead of its leases (runtime/consent_fast.py)
-        self._wake(written)
+        self._signal.notify(written)  # the flusher, the event worker (0 wakes nobody)
 
-    async def _write(self, now: float) -> int | None:
-        """Store the current run; how many rows it queued (None: there was none)."""
+    async def _write(self, now: float) -> int:
+        """Store the current run; how many rows it queued (0: there was none)."""
         run, self._run = self._run, None
         if run is None:
-            return None
+            return 0
         await record_event(self._store, self._fence, run.channel, run.replay_id, run.items,
                            run.commit_ts_ms, now, run.events)
         return len(run.items) + len(run.events)
-
-    def _wake(self, written: int | None) -> None:
-        """Wake the flusher and the event worker for the rows a `_write` stored."""
-        if written is not None:
-            self._signal.notify(written)

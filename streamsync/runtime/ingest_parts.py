@@ -12,6 +12,7 @@ from streamsync.adapters.store import IdentityHandover, QueueInput
 from streamsync.config import Config, ObjectConfig
 from streamsync.core.change_relevance import read_fields, touches
 from streamsync.core.event_rules import RuleTrigger
+from streamsync.core.events import payload_of
 from streamsync.core.ids import KEY_PREFIXES, id_or_none
 from streamsync.core.mapping import CompiledMapping
 from streamsync.logs import get_logger
@@ -78,11 +79,12 @@ class ChangeRelevance:
         return fields
 
 
-def records_to_queue(event: ChangeEvent, config: Config, relevance: ChangeRelevance | None,
-                     stats: IngestStats, metrics: Metrics) -> list[QueueInput]:
-    """The event's records of queued objects, unless its object's sync cannot see the change;
-    ids of another object's prefix go to that object when it is queued, else are dropped."""
-    queued = config.cdc_objects()
+def records_to_queue(event: ChangeEvent, queued: Sequence[str],
+                     relevance: ChangeRelevance | None, stats: IngestStats, metrics: Metrics
+                     ) -> list[QueueInput]:
+    """The event's records of `queued` objects (`Config.cdc_objects`), unless its object's sync
+    cannot see the change; ids of another object's prefix go to that object when it is
+    queued, else are dropped."""
     ids = event.record_ids if event.entity in queued else ()  # else: event rules only
     if ids and relevance is not None and relevance.skips(event):
         stats.ids_unread += len(ids)
@@ -125,10 +127,8 @@ def conversion_of(event: ChangeEvent, message: Message) -> IdentityHandover | No
     if not (event.entity == "Lead" and event.change_type == "UPDATE"
             and len(event.record_ids) == 1):
         return None
-    data = message.get("data")
-    payload = data.get("payload") if isinstance(data, dict) else None
-    contact_id = id_or_none(payload.get("ConvertedContactId")) if isinstance(payload, dict) \
-        else None
+    payload = payload_of(message)
+    contact_id = None if payload is None else id_or_none(payload.get("ConvertedContactId"))
     if contact_id is None:
         return None
     return IdentityHandover("Lead", event.record_ids[0], "Contact", contact_id)
@@ -145,9 +145,8 @@ class EventCandidates:
     def of(self, event: ChangeEvent, message: Message) -> list[EventCandidate]:
         if not self._rules:
             return []
-        data = message.get("data")
-        payload = data.get("payload") if isinstance(data, dict) else None
-        if not isinstance(payload, dict) or event.commit_timestamp_ms < \
+        payload = payload_of(message)
+        if payload is None or event.commit_timestamp_ms < \
                 self._anchors.event_floor_ms.get(event.channel, 0):
             return []
         return [c for rule in self._rules for c in rule.candidates(event, payload)]

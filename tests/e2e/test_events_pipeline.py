@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,20 +77,19 @@ async def _rig(sf: SalesforceEmulator, it: IterableEmulator, tmp_path: Path,
         yield Rig(sf, it, parts.store, worker, leads)
 
 
-@pytest.fixture
-async def ahead_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
-                    tmp_path: Path) -> AsyncIterator[Rig]:
-    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
-                          {"batch_ids": 2, "decide_ahead": 1}):
-        yield rig
+def delivery_rig(name: str, **delivery: int) -> Any:
+    """A fixture `name`: a Rig whose [event_delivery] is `delivery`."""
+    @pytest.fixture(name=name)
+    async def fixture(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
+                      tmp_path: Path) -> AsyncIterator[Rig]:
+        async for rig in _rig(sf_emulator, iterable_emulator, tmp_path, delivery):
+            yield rig
+
+    return fixture
 
 
-@pytest.fixture
-async def slow_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
-                   tmp_path: Path) -> AsyncIterator[Rig]:
-    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
-                          {"batch_max_events": 2, "max_in_flight": 2}):
-        yield rig
+ahead_rig = delivery_rig("ahead_rig", batch_ids=2, decide_ahead=1)
+slow_rig = delivery_rig("slow_rig", batch_max_events=2, max_in_flight=2)
 
 
 async def test_the_next_lease_is_read_ahead_and_a_records_later_change_still_waits(
@@ -143,12 +143,7 @@ async def test_a_slow_track_bulk_call_holds_up_only_its_own_batch(slow_rig: Rig)
         await asyncio.gather(running, return_exceptions=True)
 
 
-@pytest.fixture
-async def one_slot_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
-                       tmp_path: Path) -> AsyncIterator[Rig]:
-    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
-                          {"batch_max_events": 2, "max_in_flight": 1}):
-        yield rig
+one_slot_rig = delivery_rig("one_slot_rig", batch_max_events=2, max_in_flight=1)
 
 
 async def test_ready_rows_waiting_for_a_send_slot_do_not_wake_the_decide_loop(
@@ -240,12 +235,7 @@ async def test_a_burst_is_sent_with_no_ready_lease_while_the_send_loops_keep_up(
     assert [n for state, n in leases if state == "ready" and n] == []
 
 
-@pytest.fixture
-async def topping_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
-                      tmp_path: Path) -> AsyncIterator[Rig]:
-    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
-                          {"batch_ids": 2, "batch_max_events": 3, "max_in_flight": 1}):
-        yield rig
+topping_rig = delivery_rig("topping_rig", batch_ids=2, batch_max_events=3, max_in_flight=1)
 
 
 async def test_a_batch_no_send_loop_took_yet_is_topped_up_by_the_next_decisions(
@@ -283,12 +273,7 @@ async def test_a_reopened_batch_goes_back_whole_when_its_top_up_is_not_stored(
     assert rig.tracked() == set(ids[:2])
 
 
-@pytest.fixture
-async def burst_rig(sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator,
-                    tmp_path: Path) -> AsyncIterator[Rig]:
-    async for rig in _rig(sf_emulator, iterable_emulator, tmp_path,
-                          {"batch_ids": 2, "batch_max_events": 2, "decide_ahead": 1}):
-        yield rig
+burst_rig = delivery_rig("burst_rig", batch_ids=2, batch_max_events=2, decide_ahead=1)
 
 
 async def _all_new_leased(store: StoreAPI) -> bool:
