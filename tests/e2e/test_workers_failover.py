@@ -50,11 +50,17 @@ class Cluster:
         self.store: PostgresStore | None = None
 
     async def start(self) -> PostgresStore:
-        for proc in self.procs:
-            await proc.start()
-        for proc in self.procs:
-            await until(lambda p=proc: p.saw("service.ready"), "every worker ready")
+        """The first worker alone until it leads every channel, then the others: started
+        together, they race for the channels and any of them may win some (CI saw it)."""
+        first, rest = self.procs[0], self.procs[1:]
+        await first.start()
+        await until(lambda: first.saw("service.ready"), "the first worker ready")
         self.store = await PostgresStore.open(self.url)
+        await until(lambda: self.all_led_by_one_of({first.pid}), "the first worker leads")
+        for proc in rest:
+            await proc.start()
+        for proc in rest:
+            await until(lambda p=proc: p.saw("service.ready"), "every worker ready")
         return self.store
 
     def by_pid(self, pid: int) -> ServiceProcess:
