@@ -221,6 +221,7 @@ class Service:
             config=config, store=parts.store, salesforce=parts.salesforce,
             pipeline=parts.pipeline, metrics=self.metrics, clock=self.clock, signal=signal,
             owner=leadership.worker_id if parts.store.shared else self.owner, lists=lists,
+            leads=leadership if parts.store.shared else None,
         )
         resyncer, reloader = await open_resync_and_reload(
             parts, self.config_path, self.metrics, requested=self.reload_asked,

@@ -91,7 +91,7 @@ async def _await_work(flusher: Flusher, seen: int) -> None:
     due time, at most OTHER_PROCESS_RECHECK_S."""
     wait_s = OTHER_PROCESS_RECHECK_S
     try:
-        due = await flusher.store.next_due(flusher.objects)
+        due = await flusher.store.next_due(await flusher.leasable())
     except RetriableError as exc:  # a busy store: look again soon
         log.warning("flusher.next_due_failed", error=type(exc).__name__)
         due = None

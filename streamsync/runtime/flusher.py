@@ -27,6 +27,7 @@ from streamsync.runtime.flush_read import FANOUT_PAGE, SALESFORCE, fan_out, read
 from streamsync.runtime.lists.sync import ListSync
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
+from streamsync.runtime.resync_holds import Leader, ResyncHolds
 from streamsync.runtime.wakeup import Coalescer, QueueSignal, Turn
 
 log = get_logger(__name__)
@@ -113,7 +114,8 @@ class Flusher:
                  pipeline: SyncPipeline, metrics: Metrics, owner: str,
                  clock: Callable[[], float] = time.time, backoff: Backoff | None = None,
                  shutdown_grace_s: float = 10.0, fanout_page: int = FANOUT_PAGE,
-                 signal: QueueSignal | None = None, lists: ListSync | None = None) -> None:
+                 signal: QueueSignal | None = None, lists: ListSync | None = None,
+                 leads: Leader | None = None) -> None:
         self.config = config
         self.lists = lists
         """CampaignMember ids become list subscriptions (runtime/lists/sync.py) when given."""
@@ -136,6 +138,14 @@ class Flusher:
         pipeline.writer.breaker = self.breakers.by_name[ITERABLE]
         self.converted_leads = ConvertedLeads(config=config, store=store, salesforce=salesforce,
                                               clock=clock)
+        self.holds = ResyncHolds(store, leads, lambda: self.config) if leads else None
+        """With several workers (`leads`), the rows of an object another worker re-syncs are
+        left to that worker (runtime/resync_holds.py)."""
+
+    async def leasable(self) -> list[str]:
+        """The objects whose queue rows this flusher leases now."""
+        held = await self.holds.held_elsewhere() if self.holds is not None else None
+        return [name for name in self.objects if name not in held] if held else self.objects
 
     def outage(self) -> str:
         """Which destination is down and since when (empty while both answer)."""
@@ -173,7 +183,7 @@ class Flusher:
         batch_ids = self.config.flush.batch_ids
         leases = await self.store.lease(
             self.owner, min(limit or batch_ids, batch_ids),
-            self.config.queue.lease_s, self.clock(), objects=self.objects,
+            self.config.queue.lease_s, self.clock(), objects=await self.leasable(),
             max_attempts=self.backoff.max_attempts)
         if turn is not None:
             self.coalescer.leased(turn, len(leases), full=len(leases) >= batch_ids)

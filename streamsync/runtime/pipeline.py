@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any
 
 from streamsync.adapters.iterable import IterableClient
@@ -21,7 +20,13 @@ from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.consent_out import ConsentSync, EarlyConsent
 from streamsync.runtime.generations import Generations, RecordGate
 from streamsync.runtime.metrics import Metrics
-from streamsync.runtime.pipeline_map import hand_over_to_contacts, map_all, yield_to_leads
+from streamsync.runtime.pipeline_map import (
+    delete_users,
+    hand_over_to_contacts,
+    map_all,
+    taken_since,
+    yield_to_leads,
+)
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
 
 log = get_logger(__name__)
@@ -132,9 +137,12 @@ class SyncPipeline:
                            early: EarlyConsent | None) -> SyncOutcome:
         bulk: list[MappedUser] = []
         moves: list[tuple[MappedUser, str]] = []
+        taken = await taken_since(self.store, object_name, users, known, read_at,
+                                  self.clock)
         for user in users:
             ident = known.get(user.sf_id)
-            newer = ident is not None and read_at is not None and ident.synced_at > read_at
+            newer = user.sf_id in taken or (
+                ident is not None and read_at is not None and ident.synced_at > read_at)
             if newer or (ident is not None and not force
                          and ident.payload_hash == user.payload_hash):
                 out.skipped.append(user.sf_id)
@@ -203,11 +211,19 @@ class SyncPipeline:
         before the delete was seen moves to that email as it is flagged. `out_of_scope`: the
         records left a changed filter; the object's `out_of_scope` policy and flag apply.
         """
+        ids = await self.consent_fast.settled(object_name, [parse_id(i) for i in record_ids])
+        async with self.gate.hold(object_name, ids):  # a re-sync page may hold one of them
+            with self.generations.call():
+                return await self._sync_deleted(object_name, ids, source=source,
+                                                current=current, out_of_scope=out_of_scope)
+
+    async def _sync_deleted(self, object_name: str, ids: Sequence[str], *, source: str,
+                            current: Mapping[str, Mapping[str, Any]] | None,
+                            out_of_scope: bool) -> SyncOutcome:
         out = SyncOutcome()
         obj = self.config.objects[object_name]
         policy = obj.out_of_scope if out_of_scope else obj.delete_policy
         flag_field = obj.out_of_scope_flag_field if out_of_scope else obj.delete_flag_field
-        ids = await self.consent_fast.settled(object_name, [parse_id(i) for i in record_ids])
         known = await self.store.identities(object_name, ids)
         out.skipped.extend(i for i in ids if i not in known)
         if policy == "ignore" or not obj.writes_users:
@@ -226,27 +242,13 @@ class SyncPipeline:
             await self.store.forget_identity(object_name, shared)
             out.skipped.extend(shared)
         if policy == "delete":
-            written = await self._delete_users(acting)
+            written = await delete_users(self.writer, self.iterable, acting,
+                                         self.config.iterable.project_type == "userId")
             await self.store.forget_identity(object_name, [u.sf_id for u in written.synced])
         else:
             written = await self._flag_users(object_name, acting, flag_field, current or {})
         out.absorb(written)
         self._count(object_name, out, source)
-        return out
-
-    async def _delete_users(self, idents: Sequence[Identity]) -> WriteOutcome:
-        out = WriteOutcome()
-        by_user_id = self.config.iterable.project_type == "userId"
-        for ident in idents:
-            user = MappedUser(ident.object_name, ident.record_id, ident.iterable_email,
-                              ident.iterable_user_id, {}, "")
-            email = None if by_user_id else ident.iterable_email
-            user_id = ident.iterable_user_id if email is None else None
-            if email is None and user_id is None:
-                out.synced.append(user)  # nothing Iterable could know it by
-                continue
-            await self.writer.settle(user, partial(self.iterable.delete_user, email=email,
-                                                   user_id=user_id), out)
         return out
 
     async def _flag_users(self, object_name: str, idents: Sequence[Identity],

@@ -4,20 +4,24 @@ or let a Lead's email win over a Contact's)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from streamsync.adapters.store import Identity, IdentityHandover, StoreAPI
+from streamsync.adapters.store import Identity, IdentityHandover, QueueInput, StoreAPI
 from streamsync.config import Config
 from streamsync.core.ids import row_id
 from streamsync.core.mapping import CompiledMapping, payload_hash
 from streamsync.errors import RecordError
 from streamsync.logs import get_logger
 from streamsync.models import MappedUser
+from streamsync.runtime.writer import WriteOutcome
 
 if TYPE_CHECKING:
+    from streamsync.adapters.iterable import IterableClient
     from streamsync.runtime.pipeline import SyncOutcome
+    from streamsync.runtime.writer import IterableWriter
 
 log = get_logger("streamsync.runtime.pipeline")  # the pipeline's log, as before the move
 
@@ -127,6 +131,44 @@ async def yield_to_leads(store: StoreAPI, users: list[MappedUser], out: SyncOutc
         else:
             kept.append(user)
     return kept
+
+
+async def taken_since(store: StoreAPI, object_name: str, users: Sequence[MappedUser],
+                      known: Mapping[str, Identity], read_at: float | None,
+                      clock: Callable[[], float]) -> set[str]:
+    """Records of a page read at `read_at` (a re-sync's) that hold no identity while another
+    record's identity, saved since, holds their email: a Lead converted after the page was read
+    (its Contact took the profile over). The page's state is older than that profile's; each is
+    queued, and real time reads it afresh (docs/design.md §9)."""
+    unknown = [u for u in users if u.sf_id not in known and u.email is not None]
+    if read_at is None or not unknown:
+        return set()
+    since = {str(h.iterable_email).lower() for h in await store.identities_for_users(
+        [str(u.email) for u in unknown], []) if h.synced_at > read_at}
+    taken = {u.sf_id for u in unknown if str(u.email).lower() in since}
+    if taken:
+        await store.enqueue([QueueInput(object_name, i, "UPDATE") for i in taken], clock(),
+                            "retry")
+        log.info("pipeline.profile_taken_since_read", object=object_name, records=len(taken))
+    return taken
+
+
+async def delete_users(writer: IterableWriter, iterable: IterableClient,
+                       idents: Sequence[Identity], by_user_id: bool) -> WriteOutcome:
+    """Delete each identity's Iterable user (delete policy `delete`), by userId in a userId
+    project, else by email; one nothing can name counts as done."""
+    out = WriteOutcome()
+    for ident in idents:
+        user = MappedUser(ident.object_name, ident.record_id, ident.iterable_email,
+                          ident.iterable_user_id, {}, "")
+        email = None if by_user_id else ident.iterable_email
+        user_id = ident.iterable_user_id if email is None else None
+        if email is None and user_id is None:
+            out.synced.append(user)  # nothing Iterable could know it by
+            continue
+        await writer.settle(user, partial(iterable.delete_user, email=email, user_id=user_id),
+                            out)
+    return out
 
 
 def _keys_differ(a: Identity, b: Identity) -> bool:

@@ -35,7 +35,8 @@ from streamsync.runtime.describes import startup_mappings
 from streamsync.runtime.mapping_state import object_syncs, schedule_resyncs
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncPipeline
-from streamsync.runtime.resync import Leader, Resyncer, open_resyncer
+from streamsync.runtime.resync import Resyncer, open_resyncer
+from streamsync.runtime.resync_holds import Leader
 
 log = get_logger(__name__)
 

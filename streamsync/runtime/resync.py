@@ -15,6 +15,10 @@ once it and every page before it were written. Real-time changes keep priority: 
 requests yield (adapters/ratelimit.py `yielding`), taking a send slot of the shared limiter only
 when it is due and no real-time batch took it, so a real-time batch waits behind at most the
 one re-sync request in its slot, and the re-sync uses every slot real time leaves.
+
+With several workers an object re-syncs in the worker that leads its channel, and the others
+leave its queue rows to that worker until it is done (runtime/resync_holds.py), so the
+pipeline's one-call-per-record gate covers every write of its records.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from streamsync.adapters.ratelimit import yielding
 from streamsync.adapters.salesforce import SalesforceClient
@@ -46,6 +50,7 @@ from streamsync.runtime.mapping_state import (
 )
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline import SyncOutcome, SyncPipeline
+from streamsync.runtime.resync_holds import Leader, wait_for_other_writers
 from streamsync.runtime.resync_window import WriteWindow
 
 log = get_logger(__name__)
@@ -65,12 +70,6 @@ OUTAGE_WAIT_MAX_S = 30.0
 STORE_RETRY_S = 2.0
 LEADER_RECHECK_S = 5.0
 """How often a worker that leads none of the owed re-syncs' channels looks again."""
-
-
-class Leader(Protocol):
-    """Which CDC channels this worker leads (runtime/leadership.py `Leadership`)."""
-
-    def channels(self) -> list[str]: ...
 
 
 class Resyncer:
@@ -155,6 +154,8 @@ class Resyncer:
         self.metrics.resync_running.labels(name).set(1)
         # Writes mapped before a reload could land after this pass wrote the same records.
         await _until(self.pipeline.generations.settled(), stop)
+        if self.leads is not None and self.store.shared:  # several workers
+            await _until(wait_for_other_writers(self.store, name, self.leads.worker_id), stop)
         if state.phase == "sync":
             await self._sync_phase(state, stop)
             state = await self._next_phase(state)

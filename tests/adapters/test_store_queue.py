@@ -62,6 +62,23 @@ async def test_lease_is_oldest_first_bounded_and_filtered_by_object(store: Store
     assert await store.lease("f", 10, 30, T0 + 10, objects=[]) == []
 
 
+async def test_leased_elsewhere_counts_live_leases_of_other_owners_on_one_object(
+        store: StoreAPI) -> None:
+    await store.enqueue([lead(1), lead(2), lead(3)], T0, "cdc")
+    await store.enqueue([QueueInput("Contact", "003000000000000001")], T0, "cdc")
+    await store.lease("w1", 1, 30, T0 + 1, objects=["Lead"])
+    await store.lease("w2", 1, 30, T0 + 1, objects=["Lead"])
+    await store.lease("w2", 1, 30, T0 + 1, objects=["Contact"])
+    assert await store.leased_elsewhere("Lead", "w1", T0 + 2) == 1  # w2's; lead(3) not leased
+    assert await store.leased_elsewhere("Lead", "w3", T0 + 2) == 2
+    assert await store.leased_elsewhere("Contact", "w2", T0 + 2) == 0
+    assert await store.leased_elsewhere("Lead", "w3", T0 + 31) == 0  # the leases expired
+    [third] = await store.lease("w3", 1, 30, T0 + 3, objects=["Lead"])
+    assert await store.leased_elsewhere("Lead", "w1", T0 + 4) == 2
+    await store.ack([third])
+    assert await store.leased_elsewhere("Lead", "w1", T0 + 4) == 1  # a settled row is free
+
+
 async def test_change_while_leased_is_not_lost(store: StoreAPI) -> None:
     await store.record_event("/data/LeadChangeEvent", 1, [lead(1)], 1_000, T0)
     [lease] = await store.lease("f1", 10, 30, T0 + 1)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from streamsync.adapters.ratelimit import is_yielding
-from streamsync.adapters.store import Store
+from streamsync.adapters.store import QueueInput, Store
 from streamsync.adapters.store.postgres import PostgresStore
 from streamsync.config import Config, load_config
 from streamsync.emulators.iterable import IterableEmulator
@@ -320,6 +320,8 @@ async def test_a_record_out_of_reach_during_the_resync_is_cleared_when_it_comes_
 
 
 class _Leads:
+    worker_id = "this-worker"
+
     def __init__(self) -> None:
         self.led: list[str] = []
 
@@ -355,6 +357,47 @@ async def test_with_several_workers_an_object_resyncs_where_its_channel_is_led(
         await wait_for(done, 10.0, "the re-sync once this worker leads the channel")
         stop.set()
         await asyncio.wait_for(task, 5.0)
+
+
+async def test_with_several_workers_a_resync_writes_once_no_other_worker_holds_its_rows(
+        sf_emulator: SalesforceEmulator, iterable_emulator: IterableEmulator, tmp_path: Path,
+        make_config: MakeConfig, pg_url: str) -> None:
+    """Another worker's flush leased before it saw the re-sync may still write a record of the
+    object: the re-sync waits for that lease to end before it writes (runtime/resync_holds.py)."""
+    config = make_config(sf_emulator, iterable_emulator, tmp_path)
+    store = await PostgresStore.open(pg_url)
+    leads = _Leads()
+    leads.led = [config.channel("Lead")]
+    try:
+        async with production_components(config) as parts:
+            resyncer = await open_resyncer(config, store=store, salesforce=parts.salesforce,
+                                           pipeline=parts.pipeline, mappings=parts.mappings,
+                                           metrics=parts.metrics, clock=parts.clock,
+                                           leads=leads)
+            await store.start_resync("Lead", resyncer.syncs["Lead"].fingerprint, {}, [],
+                                     time.time())
+            [lead_id] = sf_emulator.select_ids("Lead", "IsConverted = false", limit=1)
+            await store.enqueue([QueueInput("Lead", lead_id)], time.time(), "cdc")
+            [foreign] = await store.lease("another-worker", 10, 60.0, time.time())
+            writes_before = iterable_emulator.state.count(BULK)
+            stop = asyncio.Event()
+            task = asyncio.create_task(resyncer.run(stop))
+            try:
+                await asyncio.sleep(2.5)
+                assert "Lead" in await store.resyncs()
+                assert iterable_emulator.state.count(BULK) == writes_before
+                assert (await store.ack([foreign])).deleted == 1
+
+                async def done() -> bool:
+                    return "Lead" not in await store.resyncs()
+
+                await wait_for(done, 15.0, "the re-sync once the other worker's lease ended")
+                assert iterable_emulator.state.count(BULK) > writes_before
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10.0)
+    finally:
+        await store.close()
 
 
 async def test_a_page_read_before_a_real_time_write_does_not_overwrite_it(

@@ -132,6 +132,9 @@ class StoreAPI(Protocol):
     async def next_due(self, objects: Sequence[str] | None = None) -> float | None:
         """The earliest `next_attempt_at` of a row of `objects` (None: any object)."""
 
+    async def leased_elsewhere(self, object_name: str, owner: str, now: float) -> int:
+        """Rows of `object_name` under a live lease whose owner is not `owner`."""
+
     async def get_replay(self, channel: str) -> ReplayState | None:
         """Where `channel` resumes, or None if nothing was ever recorded for it."""
 

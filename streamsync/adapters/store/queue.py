@@ -451,6 +451,18 @@ class QueueOps(ReplayOps):
             ) as cursor:
                 return {str(name): int(count) for name, count in await cursor.fetchall()}
 
+    async def leased_elsewhere(self, object_name: str, owner: str, now: float) -> int:
+        """Rows of `object_name` under a live lease (`lease_expires_at > now`) whose owner is
+        not `owner`: another worker's flush of them may still write (runtime/resync_holds.py)."""
+        async with self._read("leased_elsewhere") as conn:
+            async with conn.execute(
+                "SELECT count(*) FROM queue WHERE object_name = ? AND lease_token IS NOT NULL "
+                "AND lease_expires_at > ? AND lease_owner IS NOT ?",
+                (object_name, now, owner),
+            ) as cursor:
+                row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
     async def next_due(self, objects: Sequence[str] | None = None) -> float | None:
         """The earliest `next_attempt_at` of a row of `objects` (None: any object), leased rows
         included (due at their lease's end): when `lease` will next find work without a new

@@ -403,6 +403,16 @@ class QueueOps(ReplayOps, PgBase):
             rows = await conn.fetch("SELECT object_name, count(*) FROM queue GROUP BY object_name")
         return {str(row[0]): int(row[1]) for row in rows}
 
+    async def leased_elsewhere(self, object_name: str, owner: str, now: float) -> int:
+        """Rows of `object_name` under a live lease whose owner is not `owner` (see the SQLite
+        `leased_elsewhere`)."""
+        async with self._read("leased_elsewhere") as conn:
+            value = await conn.fetchval(
+                "SELECT count(*) FROM queue WHERE object_name = $1 AND lease_token IS NOT NULL "
+                "AND lease_expires_at > $2 AND lease_owner IS DISTINCT FROM $3",
+                object_name, now, owner)
+        return int(value or 0)
+
     async def next_due(self, objects: Sequence[str] | None = None) -> float | None:
         """The earliest `next_attempt_at` of a row of `objects` (None: any), leased included."""
         if objects is not None and not objects:
