@@ -1,7 +1,8 @@
 """Bookkeeping of the pipeline's concurrent calls. `Generations`: calls counted by the
 generation they started in, so a caller can wait for every call that began before a change (a
 reloaded mapping) to finish (runtime/resync.py waits for the writes mapped with the old mapping
-before it re-syncs, so none lands after it). `RecordGate`: one call at a time per record."""
+before it re-syncs, so none lands after it). `RecordGate`: one call at a time per record.
+`ForgottenRecords`: when this process last forgot a record's identity."""
 
 from __future__ import annotations
 
@@ -85,3 +86,30 @@ class RecordGate:
         async with self._released:
             self._held -= keys
             self._released.notify_all()
+
+
+FORGOTTEN_KEEP_S = 3600.0
+"""How long a forgotten record is remembered: longer than a re-sync page waits to be written."""
+
+
+class ForgottenRecords:
+    """Records whose identity this process forgot (deleted, or left to a shared profile), and
+    when. A re-sync page read before that must not write them again: with no identity left,
+    nothing else in the store says the page's state is older (docs/design.md §9)."""
+
+    def __init__(self) -> None:
+        self._at: dict[tuple[str, str], float] = {}
+        self._prune_above = 1000
+
+    def note(self, object_name: str, ids: Iterable[str], at: float) -> None:
+        for record_id in ids:
+            self._at[(object_name, record_id)] = at
+        if len(self._at) > self._prune_above:  # drop what no page can be waiting on any more
+            self._at = {k: t for k, t in self._at.items() if t > at - FORGOTTEN_KEEP_S}
+            self._prune_above = max(1000, 2 * len(self._at))
+
+    def since(self, object_name: str, ids: Iterable[str], read_at: float | None) -> set[str]:
+        """Those of `ids` forgotten after `read_at` (none when `read_at` is None)."""
+        if read_at is None:
+            return set()
+        return {i for i in ids if self._at.get((object_name, i), read_at) > read_at}

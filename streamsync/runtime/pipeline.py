@@ -18,7 +18,7 @@ from streamsync.logs import get_logger
 from streamsync.models import MappedUser
 from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.consent_out import ConsentSync, EarlyConsent
-from streamsync.runtime.generations import Generations, RecordGate
+from streamsync.runtime.generations import ForgottenRecords, Generations, RecordGate
 from streamsync.runtime.metrics import Metrics
 from streamsync.runtime.pipeline_map import (
     delete_users,
@@ -81,6 +81,7 @@ class SyncPipeline:
         self.clock = clock
         self.writer = writer or IterableWriter(iterable, envelope=config.iterable.bulk_envelope())
         self.generations, self.gate = Generations(), RecordGate()  # runtime/generations.py
+        self.forgotten = ForgottenRecords()
         self.consent = ConsentSync(config=config, store=store, iterable=iterable,
                                    writer=self.writer, clock=clock)
         self.consent_fast = ConsentFastPath(self.consent, self.gate, lambda: self.config)
@@ -137,8 +138,8 @@ class SyncPipeline:
                            early: EarlyConsent | None) -> SyncOutcome:
         bulk: list[MappedUser] = []
         moves: list[tuple[MappedUser, str]] = []
-        taken = await taken_since(self.store, object_name, users, known, read_at,
-                                  self.clock)
+        taken = await taken_since(self.store, object_name, users, known, read_at, self.clock
+                                  ) | self.forgotten.since(object_name, by_id, read_at)
         for user in users:
             ident = known.get(user.sf_id)
             newer = user.sf_id in taken or (
@@ -240,11 +241,13 @@ class SyncPipeline:
         if shared:
             log.info("pipeline.delete_shared_profile", object=object_name, records=len(shared))
             await self.store.forget_identity(object_name, shared)
+            self.forgotten.note(object_name, shared, self.clock())
             out.skipped.extend(shared)
         if policy == "delete":
             written = await delete_users(self.writer, self.iterable, acting,
                                          self.config.iterable.project_type == "userId")
             await self.store.forget_identity(object_name, [u.sf_id for u in written.synced])
+            self.forgotten.note(object_name, [u.sf_id for u in written.synced], self.clock())
         else:
             written = await self._flag_users(object_name, acting, flag_field, current or {})
         out.absorb(written)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streamsync.runtime.generations import Generations
+from streamsync.runtime.generations import FORGOTTEN_KEEP_S, ForgottenRecords, Generations
 
 
 async def test_settled_waits_for_older_calls_only() -> None:
@@ -87,3 +87,21 @@ async def test_hold_free_takes_only_the_records_nobody_holds_and_never_waits() -
             await asyncio.sleep(0.01)
             assert not waiting.done()  # "b" is held until hold_free ends
         await asyncio.wait_for(waiting, 1.0)
+
+
+def test_forgotten_records_are_those_forgotten_after_a_read() -> None:
+    forgotten = ForgottenRecords()
+    forgotten.note("Lead", ["a", "b"], 100.0)
+    assert forgotten.since("Lead", ["a", "b", "c"], 99.0) == {"a", "b"}
+    assert forgotten.since("Lead", ["a"], 100.0) == set()  # read after it was forgotten
+    assert forgotten.since("Contact", ["a"], 99.0) == set()
+    assert forgotten.since("Lead", ["a"], None) == set()  # not a re-sync page
+
+
+def test_forgotten_records_stay_bounded() -> None:
+    forgotten = ForgottenRecords()
+    forgotten.note("Lead", ["old"], 0.0)
+    for n in range(3000):
+        forgotten.note("Lead", [f"r{n}"], FORGOTTEN_KEEP_S + 1.0 + n)
+    assert forgotten.since("Lead", ["old"], -1.0) == set()  # dropped: no page waits that long
+    assert forgotten.since("Lead", ["r2999"], FORGOTTEN_KEEP_S) == {"r2999"}

@@ -3,6 +3,8 @@ newer and must stay (runtime/pipeline.py). Real SQLite store, both emulators ove
 
 - A delete holds its record in the pipeline's gate like any call, so it never runs between a
   page's look at the record's identity and the page's write.
+- A record deleted (policy `delete`: its user deleted, its identity forgotten) after its page
+  was read is not written again.
 - A Lead converted after its page was read: the Contact it became took the profile over (its
   identity, saved since, holds the email); the page's Lead is not written but queued, so real
   time reads it afresh.
@@ -75,3 +77,27 @@ async def test_a_never_synced_record_of_a_page_is_written(sync_rig: SyncRig) -> 
                                               read_at=page_read_at)
     assert outcome.synced == [lead]
     assert await rig.store.queue_depth_by_object() == {}
+
+
+@pytest.mark.sync_config(objects={"Lead": {"delete_policy": "delete"}})
+async def test_a_record_deleted_after_its_page_was_read_is_not_written_again(
+        sync_rig: SyncRig) -> None:
+    rig = sync_rig
+    [lead] = rig.sf.select_ids("Lead", "IsConverted = false AND Email != null", limit=1)
+    await rig.enqueue("Lead", [lead])
+    assert (await rig.drain()).synced == 1
+    fields = rig.pipeline.mappings["Lead"].soql_fields()
+    [record] = [r async for r in rig.clients.salesforce.records(
+        f"SELECT {', '.join(fields)} FROM Lead WHERE Id = '{lead}'")]
+    email = str(record["Email"]).lower()
+    page_read_at = rig.clock()
+    rig.clock.advance(1.0)
+    rig.sf.state.delete("Lead", lead)
+    assert (await rig.pipeline.sync_deleted("Lead", [lead], source="cdc")).synced == [lead]
+    assert email not in rig.profiles()
+
+    outcome = await rig.pipeline.sync_records("Lead", [record], source="resync",
+                                              read_at=page_read_at)
+
+    assert outcome.skipped == [lead] and not outcome.synced
+    assert email not in rig.profiles()
