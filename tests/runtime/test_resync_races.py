@@ -13,6 +13,7 @@ newer and must stay (runtime/pipeline.py). Real SQLite store, both emulators ove
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,14 @@ from streamsync.adapters.store import IdentityUpdate
 from tests.conftest import SyncRig
 
 pytestmark = pytest.mark.salesforce(seed_accounts=2, seed_contacts=4, seed_leads=4)
+
+
+async def _page_record(rig: SyncRig, lead: str) -> dict[str, Any]:
+    """The Lead as a re-sync page reads it (the mapping's fields)."""
+    fields = rig.pipeline.mappings["Lead"].soql_fields()
+    [record] = [r async for r in rig.clients.salesforce.records(
+        f"SELECT {', '.join(fields)} FROM Lead WHERE Id = '{lead}'")]
+    return record
 
 
 async def test_a_delete_waits_for_a_call_that_holds_its_record(sync_rig: SyncRig) -> None:
@@ -42,9 +51,7 @@ async def test_a_lead_whose_profile_another_record_took_since_the_read_is_queued
     rig = sync_rig
     [lead] = rig.sf.select_ids("Lead", "IsConverted = false AND Email != null", limit=1)
     [contact] = rig.sf.select_ids("Contact", "Email != null", limit=1)
-    fields = rig.pipeline.mappings["Lead"].soql_fields()
-    [record] = [r async for r in rig.clients.salesforce.records(
-        f"SELECT {', '.join(fields)} FROM Lead WHERE Id = '{lead}'")]
+    record = await _page_record(rig, lead)
     email = str(record["Email"]).lower()
     page_read_at = rig.clock()
     rig.clock.advance(1.0)
@@ -68,9 +75,7 @@ async def test_a_never_synced_record_of_a_page_is_written(sync_rig: SyncRig) -> 
     """The same page with no other record holding the email: written as ever."""
     rig = sync_rig
     [lead] = rig.sf.select_ids("Lead", "IsConverted = false AND Email != null", limit=1)
-    fields = rig.pipeline.mappings["Lead"].soql_fields()
-    [record] = [r async for r in rig.clients.salesforce.records(
-        f"SELECT {', '.join(fields)} FROM Lead WHERE Id = '{lead}'")]
+    record = await _page_record(rig, lead)
     page_read_at = rig.clock()
     rig.clock.advance(1.0)
     outcome = await rig.pipeline.sync_records("Lead", [record], source="resync",
@@ -86,9 +91,7 @@ async def test_a_record_deleted_after_its_page_was_read_is_not_written_again(
     [lead] = rig.sf.select_ids("Lead", "IsConverted = false AND Email != null", limit=1)
     await rig.enqueue("Lead", [lead])
     assert (await rig.drain()).synced == 1
-    fields = rig.pipeline.mappings["Lead"].soql_fields()
-    [record] = [r async for r in rig.clients.salesforce.records(
-        f"SELECT {', '.join(fields)} FROM Lead WHERE Id = '{lead}'")]
+    record = await _page_record(rig, lead)
     email = str(record["Email"]).lower()
     page_read_at = rig.clock()
     rig.clock.advance(1.0)
