@@ -24,7 +24,7 @@ from streamsync.runtime.pipeline_map import (
     delete_users,
     hand_over_to_contacts,
     map_all,
-    taken_since,
+    newer_since_read,
     yield_to_leads,
 )
 from streamsync.runtime.writer import IterableWriter, WriteOutcome
@@ -98,10 +98,9 @@ class SyncPipeline:
     async def sync_records(self, object_name: str, records: Sequence[dict[str, Any]], *,
                            source: str, force: bool = False,
                            read_at: float | None = None) -> SyncOutcome:
-        """Map, skip unchanged (unless `force`), keep profiles across email changes, write in
-        batches by count and bytes, attribute per-user failures, save confirmed identities.
-        Skip a record written since `read_at` (a re-sync page's read): that state is newer.
-        Records the consent fast path is sending are waited for first (runtime/consent_fast.py)."""
+        """Map, skip unchanged (unless `force`) or newer since `read_at` (a re-sync page's read),
+        keep profiles across email changes, write in batches, attribute per-user failures, save
+        confirmed identities; wait first for records the consent fast path is sending."""
         ids = await self.consent_fast.settled(object_name, [str(r.get("Id")) for r in records])
         async with self.gate.hold(object_name, ids):
             with self.generations.call():
@@ -138,14 +137,12 @@ class SyncPipeline:
                            early: EarlyConsent | None) -> SyncOutcome:
         bulk: list[MappedUser] = []
         moves: list[tuple[MappedUser, str]] = []
-        taken = await taken_since(self.store, object_name, users, known, read_at, self.clock
-                                  ) | self.forgotten.since(object_name, by_id, read_at)
+        newer = await newer_since_read(self.store, self.forgotten, object_name, users, known,
+                                       read_at, self.clock)
         for user in users:
             ident = known.get(user.sf_id)
-            newer = user.sf_id in taken or (
-                ident is not None and read_at is not None and ident.synced_at > read_at)
-            if newer or (ident is not None and not force
-                         and ident.payload_hash == user.payload_hash):
+            if user.sf_id in newer or (ident is not None and not force
+                                       and ident.payload_hash == user.payload_hash):
                 out.skipped.append(user.sf_id)
                 continue
             old = ident.iterable_email if ident is not None else None
@@ -240,19 +237,22 @@ class SyncPipeline:
                 acting.append(ident)
         if shared:
             log.info("pipeline.delete_shared_profile", object=object_name, records=len(shared))
-            await self.store.forget_identity(object_name, shared)
-            self.forgotten.note(object_name, shared, self.clock())
+            await self._forget(object_name, shared)
             out.skipped.extend(shared)
         if policy == "delete":
             written = await delete_users(self.writer, self.iterable, acting,
                                          self.config.iterable.project_type == "userId")
-            await self.store.forget_identity(object_name, [u.sf_id for u in written.synced])
-            self.forgotten.note(object_name, [u.sf_id for u in written.synced], self.clock())
+            await self._forget(object_name, [u.sf_id for u in written.synced])
         else:
             written = await self._flag_users(object_name, acting, flag_field, current or {})
         out.absorb(written)
         self._count(object_name, out, source)
         return out
+
+    async def _forget(self, object_name: str, ids: Sequence[str]) -> None:
+        """Forget the records' identities, remembering when (runtime/generations.py)."""
+        await self.store.forget_identity(object_name, ids)
+        self.forgotten.note(object_name, ids, self.clock())
 
     async def _flag_users(self, object_name: str, idents: Sequence[Identity],
                           flag_field: str, current: Mapping[str, Mapping[str, Any]]

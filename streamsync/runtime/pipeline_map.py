@@ -20,6 +20,7 @@ from streamsync.runtime.writer import WriteOutcome
 
 if TYPE_CHECKING:
     from streamsync.adapters.iterable import IterableClient
+    from streamsync.runtime.generations import ForgottenRecords
     from streamsync.runtime.pipeline import SyncOutcome
     from streamsync.runtime.writer import IterableWriter
 
@@ -133,15 +134,29 @@ async def yield_to_leads(store: StoreAPI, users: list[MappedUser], out: SyncOutc
     return kept
 
 
-async def taken_since(store: StoreAPI, object_name: str, users: Sequence[MappedUser],
-                      known: Mapping[str, Identity], read_at: float | None,
-                      clock: Callable[[], float]) -> set[str]:
-    """Records of a page read at `read_at` (a re-sync's) that hold no identity while another
-    record's identity, saved since, holds their email: a Lead converted after the page was read
-    (its Contact took the profile over). The page's state is older than that profile's; each is
-    queued, and real time reads it afresh (docs/design.md §9)."""
+async def newer_since_read(store: StoreAPI, forgotten: ForgottenRecords, object_name: str,
+                           users: Sequence[MappedUser], known: Mapping[str, Identity],
+                           read_at: float | None, clock: Callable[[], float]) -> set[str]:
+    """Records of a page read at `read_at` (a re-sync's; None: not a page) that must not be
+    written: the page's state is older than what real time did since (docs/design.md §9).
+    - its identity was saved after the read;
+    - this process forgot its identity after the read (deleted, or left to a shared profile);
+    - it holds no identity while another record's identity, saved since, holds its email (a
+      Lead converted after the read: its Contact took the profile over); each of these is
+      queued, and real time reads it afresh."""
+    if read_at is None:
+        return set()
+    newer = {u.sf_id for u in users
+             if (ident := known.get(u.sf_id)) is not None and ident.synced_at > read_at}
+    newer |= forgotten.since(object_name, [u.sf_id for u in users], read_at)
+    return newer | await _taken_since(store, object_name, users, known, read_at, clock)
+
+
+async def _taken_since(store: StoreAPI, object_name: str, users: Sequence[MappedUser],
+                       known: Mapping[str, Identity], read_at: float,
+                       clock: Callable[[], float]) -> set[str]:
     unknown = [u for u in users if u.sf_id not in known and u.email is not None]
-    if read_at is None or not unknown:
+    if not unknown:
         return set()
     since = {str(h.iterable_email).lower() for h in await store.identities_for_users(
         [str(u.email) for u in unknown], []) if h.synced_at > read_at}
