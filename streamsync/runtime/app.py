@@ -342,7 +342,7 @@ class IngestBuilder:
             config=config, store=parts.store, subscriber=subscriber, reconciler=self.reconciler,
             metrics=self.metrics, clock=self.clock, callbacks=callbacks, signal=self.signal,
             channels=channels, fence=self.fence, consent_fast=parts.pipeline.consent_fast,
-            relevance=ChangeRelevance(parts.pipeline, parts.describes),
+            relevance=ChangeRelevance(parts.pipeline, parts.describes), gate=parts.pipeline.gate,
         )
 
 

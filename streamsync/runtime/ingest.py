@@ -20,6 +20,7 @@ from streamsync.retry import Policy
 from streamsync.runtime.consent_echo import consent_of_event
 from streamsync.runtime.consent_fast import ConsentFastPath
 from streamsync.runtime.fence import Fence
+from streamsync.runtime.generations import RecordGate
 from streamsync.runtime.ingest_batch import MAX_GROUP, EventBatch
 from streamsync.runtime.ingest_parts import (
     ChangeRelevance,
@@ -105,8 +106,10 @@ class Ingest:
         fence: Fence | None = None,
         consent_fast: ConsentFastPath | None = None,
         relevance: ChangeRelevance | None = None,
+        gate: RecordGate | None = None,
     ) -> None:
         self._config = config
+        self._gate = gate  # the pipeline's (runtime/generations.py): a conversion holds its Lead
         self._relevance = relevance  # None: every update is queued (runtime/ingest_parts.py)
         self._fast = consent_fast  # told of committed opt-outs (runtime/consent_fast.py)
         self._fence = fence
@@ -206,9 +209,14 @@ class Ingest:
             # Before the Contact's first sync can write it under another email: the pipeline
             # hands over too, but only when it reaches the Lead, which CDC sends after the
             # Contact's CREATE.
-            if await self._store.hand_over_identities([conversion], now):
-                log.info("ingest.converted_identity_handed_over", lead_id=conversion.source_id,
-                         contact_id=conversion.target_id)
+            # Holding the Lead: a call that read it before the conversion (a re-sync page, a
+            # flush) writes before the Contact can, or finds its identity gone and skips it.
+            hold = self._gate.hold("Lead", [conversion.source_id]) if self._gate is not None \
+                else contextlib.nullcontext()
+            async with hold:
+                if await self._store.hand_over_identities([conversion], now):
+                    log.info("ingest.converted_identity_handed_over",
+                             lead_id=conversion.source_id, contact_id=conversion.target_id)
         items = records_to_queue(event, self._queued, self._relevance, self.stats,
                                  self._metrics)
         candidates = self._rules.of(event, message)

@@ -21,6 +21,7 @@ from streamsync.core.ids import to_18
 from streamsync.emulators.iterable import IterableEmulator
 from streamsync.emulators.salesforce import SalesforceEmulator
 from streamsync.errors import FatalError, RetriableError, TransientError
+from streamsync.runtime.generations import RecordGate
 from streamsync.runtime.ingest import Ingest, ReplayCallbacks, ingest_channels
 from streamsync.runtime.ingest_parts import ChangeRelevance
 from streamsync.runtime.metrics import Metrics
@@ -52,7 +53,8 @@ class Rig:
     def ingest(self, *, store: Store | None = None, config: Config | None = None,
                channels: tuple[str, ...] = (LEAD,), max_concurrent_reconciles: int = 2,
                retry_base_s: float = 0.5, ingest_clock: Callable[[], float] = time.time,
-               relevance: ChangeRelevance | None = None, **sub_kw: Any) -> Ingest:
+               relevance: ChangeRelevance | None = None, gate: RecordGate | None = None,
+               **sub_kw: Any) -> Ingest:
         """An Ingest and its Reconciler on `ingest_clock`; `sub_kw` go to the subscriber."""
         store = store or self.store
         config = config or self.config
@@ -73,7 +75,7 @@ class Rig:
                         metrics=self.metrics, clock=ingest_clock, callbacks=callbacks,
                         max_concurrent_reconciles=max_concurrent_reconciles,
                         retry_base_s=retry_base_s, retry_max_s=max(retry_base_s, 30.0),
-                        relevance=relevance)
+                        relevance=relevance, gate=gate)
         self.opened.append(ingest)
         return ingest
 
@@ -944,3 +946,23 @@ async def test_lead_conversion_event_hands_the_leads_identity_to_its_contact(rig
     assert (ident.iterable_email, ident.payload_hash) == ("converted@example.com", None)
     rows = await queued(rig.store)
     assert rows[contact].source == "fanout" and rows[lead].source == "cdc"
+
+
+async def test_a_conversion_waits_for_a_call_that_holds_its_lead(rig: Rig) -> None:
+    """A call that read the Lead before the conversion (a re-sync page, a flush) holds it in the
+    pipeline's gate: the hand-over waits for its write, so the Contact's writes come after."""
+    lead = to_18(rig.lead("Converted"))
+    await rig.store.save_identities(
+        [IdentityUpdate("Lead", lead, "converted@example.com", None, "hash")], time.time())
+    await rig.store.set_replay(LEAD, -1, time.time())
+    gate = RecordGate()
+    ingest = rig.ingest(gate=gate)
+    await subscribe(ingest)
+    rig.emu.state.convert_lead(lead)
+    async with gate.hold("Lead", [lead]):
+        pumping = asyncio.create_task(pump(ingest))
+        await asyncio.sleep(1.0)
+        assert not pumping.done()
+        assert lead in await rig.store.identities("Lead", [lead])  # not handed over yet
+    await asyncio.wait_for(pumping, 10.0)
+    assert await rig.store.identities("Lead", [lead]) == {}
